@@ -1,0 +1,130 @@
+"""CIFAR-10/100 from torchvision's on-disk layout (the python pickles), downloaded by torchvision if allowed.
+
+At small sizes (< 128 px) the images are held in memory as tensors; at photo scale they are served through
+timm's transforms.
+
+Example:
+    >>> import sparselab as sl
+    >>> data = sl.data.load("cifar10", root="data")   # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from torch.utils.data import Dataset
+
+from ..errors import DataNotFoundError
+from ..paths import data_dir, offline
+from .datasets import DataBundle
+from .registry import register
+from .tensors import build_bundle, select_classes, stratified_split
+from .transforms import PAPER_SCALE, image_transforms
+
+_LAYOUT = {
+    "cifar10": dict(folder="cifar-10-batches-py", train=[f"data_batch_{i}" for i in range(1, 6)],
+                    test=["test_batch"], meta="batches.meta", label_key="labels", names_key="label_names",
+                    tv="CIFAR10"),
+    "cifar100": dict(folder="cifar-100-python", train=["train"], test=["test"], meta="meta",
+                     label_key="fine_labels", names_key="fine_label_names", tv="CIFAR100"),
+}
+
+
+def _unpickle(path: Path) -> dict:
+    with open(path, "rb") as f:
+        obj = pickle.load(f, encoding="bytes")
+    return {(k.decode() if isinstance(k, bytes) else k): v for k, v in obj.items()}
+
+
+def read_cifar(root: Path, name: str) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray], list[str]]:
+    """Read the pickled batches under ``root/<folder>``: (train, test) as uint8 (N, 32, 32, 3) + labels, names."""
+    lay = _LAYOUT[name]
+    folder = root / lay["folder"]
+
+    def part(files):
+        xs, ys = [], []
+        for fname in files:
+            d = _unpickle(folder / fname)
+            xs.append(np.asarray(d["data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+            ys.append(np.asarray(d[lay["label_key"]], dtype=np.int64))
+        return np.concatenate(xs), np.concatenate(ys)
+
+    meta = _unpickle(folder / lay["meta"])
+    names = [n.decode() if isinstance(n, bytes) else n for n in meta[lay["names_key"]]]
+    return part(lay["train"]), part(lay["test"]), names
+
+
+def _locate(name: str, root: Path | None, download: bool | None) -> Path:
+    lay = _LAYOUT[name]
+    base = Path(root) if root is not None else data_dir()
+    needed = lay["train"] + lay["test"] + [lay["meta"]]
+    if all((base / lay["folder"] / f).is_file() for f in needed):
+        return base
+    allow = (not offline()) if download is None else download
+    reason = "downloads disabled (SPARSELAB_OFFLINE=1 or download=False)"
+    if allow:
+        try:
+            import torchvision.datasets as tvd
+
+            getattr(tvd, lay["tv"])(str(base), train=True, download=True)
+            return base
+        except Exception as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+    raise DataNotFoundError(
+        f"{name} not found: expected {', '.join(needed)} under {base / lay['folder']}; download failed: {reason}. "
+        f"Fix: run once where the network is available (torchvision downloads it into {base}), or copy the "
+        f"extracted '{lay['folder']}' folder there."
+    )
+
+
+class ArrayImages(Dataset):
+    """uint8 HWC images served through PIL transforms (used for photo-scale training on small datasets)."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, transform):
+        self.images, self.labels, self.transform = images, labels, transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        from PIL import Image
+
+        return self.transform(Image.fromarray(self.images[i])), int(self.labels[i])
+
+
+def _load(name: str, image_size, root, download, limit, classes, val_fraction, augment, seed) -> DataBundle:
+    base = _locate(name, root, download)
+    train, test, names = read_cifar(base, name)
+    size = image_size or 32
+    if size < PAPER_SCALE:
+        return build_bundle(name, train, test, class_names=names, image_size=size, max_value=255.0,
+                            classes=classes, limit=limit, val_fraction=val_fraction, augment=augment, seed=seed)
+    tr_x, tr_y = select_classes(*train, classes)
+    te_x, te_y = select_classes(*test, classes)
+    tr_idx, va_idx = stratified_split(tr_y, val_fraction, seed)
+    if limit is not None:
+        tr_idx = tr_idx[:limit]
+    train_tf, eval_tf = image_transforms(size, augment=augment != "none")
+    kept = [names[c] for c in classes] if classes is not None else names
+    return DataBundle(
+        name, ArrayImages(tr_x[tr_idx], tr_y[tr_idx], train_tf),
+        ArrayImages(tr_x[va_idx], tr_y[va_idx], eval_tf) if len(va_idx) else None,
+        ArrayImages(te_x, te_y, eval_tf), num_classes=len(kept), in_chans=3, image_size=size, classes=kept,
+    )
+
+
+@register("cifar10", "CIFAR-10: 60k 32x32 colour images, 10 classes (torchvision layout)")
+def load_cifar10(image_size=None, root=None, download=None, limit=None, classes: Sequence[int] | None = None,
+                 val_fraction=0.1, augment="crop_flip", seed=0):
+    """CIFAR-10; in memory below 128 px, timm transforms above."""
+    return _load("cifar10", image_size, root, download, limit, classes, val_fraction, augment, seed)
+
+
+@register("cifar100", "CIFAR-100: 60k 32x32 colour images, 100 classes (torchvision layout)")
+def load_cifar100(image_size=None, root=None, download=None, limit=None, classes: Sequence[int] | None = None,
+                  val_fraction=0.1, augment="crop_flip", seed=0):
+    """CIFAR-100 (fine labels); in memory below 128 px, timm transforms above."""
+    return _load("cifar100", image_size, root, download, limit, classes, val_fraction, augment, seed)
+

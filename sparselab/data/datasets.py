@@ -1,0 +1,117 @@
+"""Dataset containers: an in-memory image tensor dataset with vectorised augmentation, and the split bundle.
+
+Small datasets (Fashion-MNIST, digits, CIFAR at 32 px) live in memory as normalised float tensors and are
+batched by indexing, which is several times faster on a 2-core CPU than a DataLoader with PIL transforms.
+Large ones (224-px ImageFolder trees) stay ordinary ``torch.utils.data.Dataset`` objects with timm transforms.
+
+Example:
+    >>> import torch
+    >>> ds = TensorImages(torch.zeros(4, 1, 8, 8), torch.tensor([0, 1, 0, 1]), augment="flip")
+    >>> x, y = ds.get_batch(torch.tensor([0, 2]), generator=torch.Generator().manual_seed(0), train=True)
+    >>> tuple(x.shape), y.tolist()
+    ((2, 1, 8, 8), [0, 0])
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from ..errors import ConfigError
+
+Augment = Literal["none", "flip", "crop", "crop_flip"]
+AUGMENTS = ("none", "flip", "crop", "crop_flip")
+
+
+class TensorImages(Dataset):
+    """Images held in memory as a float tensor ``(N, C, H, W)`` (already normalised) with integer labels.
+
+    ``augment`` applies on training batches only: ``flip`` (random horizontal flip), ``crop`` (random crop
+    after zero-padding by ``pad`` pixels), or ``crop_flip``.
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, augment: Augment = "none", pad: int = 2):
+        if images.ndim != 4:
+            raise ConfigError(f"images must have shape (N, C, H, W), got {tuple(images.shape)}")
+        if len(images) != len(labels):
+            raise ConfigError(f"{len(images)} images but {len(labels)} labels")
+        if augment not in AUGMENTS:
+            raise ConfigError(f"augment must be one of {AUGMENTS}, got {augment!r}")
+        self.images = images.float().contiguous()
+        self.labels = labels.long()
+        self.augment = augment
+        self.pad = pad
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        return self.images[i], int(self.labels[i])
+
+    def get_batch(self, idx: torch.Tensor, generator: torch.Generator | None = None, train: bool = False):
+        """Return ``(images, labels)`` for the indices, augmented with ``generator`` when ``train``."""
+        x = self.images[idx]
+        y = self.labels[idx]
+        if train and self.augment != "none":
+            x = self._augment(x, generator)
+        return x, y
+
+    def _augment(self, x: torch.Tensor, g: torch.Generator | None) -> torch.Tensor:
+        n, _, h, w = x.shape
+        if "crop" in self.augment and self.pad > 0:
+            p = self.pad
+            padded = F.pad(x, (p, p, p, p))
+            dy = torch.randint(0, 2 * p + 1, (n,), generator=g)
+            dx = torch.randint(0, 2 * p + 1, (n,), generator=g)
+            rows = (dy[:, None] + torch.arange(h)[None, :])  # (n, h)
+            cols = (dx[:, None] + torch.arange(w)[None, :])  # (n, w)
+            b = torch.arange(n)[:, None, None]
+            x = padded.permute(0, 2, 3, 1)[b, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+        if "flip" in self.augment:
+            flip = torch.rand(n, generator=g) < 0.5
+            x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+        return x.contiguous()
+
+    def subset(self, idx: torch.Tensor) -> "TensorImages":
+        return TensorImages(self.images[idx], self.labels[idx], self.augment, self.pad)
+
+
+@dataclass
+class DataBundle:
+    """The splits of one dataset plus what a model needs to know about it.
+
+    ``val`` may be ``None`` (then evaluation uses ``test``). Every split yields ``(image, label)`` pairs.
+    """
+
+    name: str
+    train: Dataset
+    val: Dataset | None
+    test: Dataset | None
+    num_classes: int
+    in_chans: int
+    image_size: int
+    classes: Sequence[str] = field(default_factory=list)
+    mean: tuple[float, ...] = ()
+    std: tuple[float, ...] = ()
+
+    def split(self, name: str) -> Dataset:
+        """Return the split called ``train``, ``val`` or ``test``."""
+        if name not in ("train", "val", "test"):
+            raise ConfigError(f"split must be 'train', 'val' or 'test', got {name!r}")
+        ds = getattr(self, name)
+        if ds is None:
+            raise ConfigError(f"dataset {self.name!r} has no {name!r} split")
+        return ds
+
+    @property
+    def eval_split(self) -> Dataset | None:
+        """The split evaluated during training: ``val`` when present, else ``test``."""
+        return self.val if self.val is not None else self.test
+
+    def __repr__(self) -> str:
+        sizes = ", ".join(f"{s}={len(d)}" for s in ("train", "val", "test") if (d := getattr(self, s)) is not None)
+        return (f"DataBundle({self.name!r}, {sizes}, classes={self.num_classes}, "
+                f"shape=({self.in_chans}, {self.image_size}, {self.image_size}))")

@@ -1,0 +1,135 @@
+"""Photo datasets: torchvision's Flowers-102, Oxford-IIIT Pets and Food-101, and ImageFolder trees (the form
+iNaturalist and iFood come in).
+
+An ImageFolder root either holds ``train/`` and ``val/`` (and optionally ``test/``) subfolders, each with one
+folder per class, or is itself one tree of class folders that is split deterministically.
+
+Example:
+    >>> import sparselab as sl
+    >>> data = sl.data.load("imagefolder", root="data/inat19", image_size=224)   # doctest: +SKIP
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from torch.utils.data import Dataset, Subset
+
+from ..errors import ConfigError, DataNotFoundError, check_ratio
+from ..paths import data_dir, offline
+from .datasets import DataBundle
+from .registry import register
+from .tensors import stratified_split
+from .transforms import image_transforms
+
+
+class _Transformed(Dataset):
+    """A view of a dataset of PIL images with its own transform (so train and val can differ)."""
+
+    def __init__(self, base: Dataset, indices, transform):
+        self.base, self.indices, self.transform = base, indices, transform
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int):
+        img, label = self.base[int(self.indices[i])]
+        return self.transform(img), label
+
+
+def _class_folder_tree(path: Path):
+    from torchvision.datasets import ImageFolder
+
+    try:
+        return ImageFolder(str(path))
+    except (FileNotFoundError, RuntimeError) as exc:
+        raise DataNotFoundError(f"{path} is not an ImageFolder tree (one sub-folder of images per class): {exc}") from None
+
+
+@register("imagefolder", "any ImageFolder tree: root/[train|val|test]/<class>/<image> or root/<class>/<image>")
+def load_imagefolder(image_size: int | None = None, root: str | Path | None = None, val_fraction: float = 0.1,
+                     test_fraction: float = 0.0, limit: int | None = None, augment: str = "randaugment",
+                     seed: int = 0, name: str | None = None, **_ignored):
+    """Load an ImageFolder tree with timm's train/eval transforms (224 px by default)."""
+    if root is None:
+        raise ConfigError("imagefolder needs root=<path of the tree>")
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise DataNotFoundError(f"ImageFolder root {root} does not exist")
+    check_ratio("val_fraction", val_fraction)
+    check_ratio("test_fraction", test_fraction)
+    size = image_size or 224
+    train_tf, eval_tf = image_transforms(size, augment=augment != "none")
+    if (root / "train").is_dir():
+        train_base = _class_folder_tree(root / "train")
+        splits = {"train": _Transformed(train_base, np.arange(len(train_base)), train_tf)}
+        for split in ("val", "test"):
+            if (root / split).is_dir():
+                base = _class_folder_tree(root / split)
+                if base.classes != train_base.classes:
+                    raise DataNotFoundError(f"{root / split} has other classes than {root / 'train'}")
+                splits[split] = _Transformed(base, np.arange(len(base)), eval_tf)
+        classes = train_base.classes
+    else:
+        base = _class_folder_tree(root)
+        labels = np.array(base.targets)
+        rest, test = stratified_split(labels, test_fraction, seed=12345)
+        tr, va = stratified_split(labels[rest], val_fraction, seed)
+        splits = {"train": _Transformed(base, rest[tr], train_tf), "val": _Transformed(base, rest[va], eval_tf),
+                  "test": _Transformed(base, test, eval_tf)}
+        splits = {k: v for k, v in splits.items() if len(v)}
+        classes = base.classes
+    if limit is not None:
+        splits["train"] = Subset(splits["train"], list(range(min(limit, len(splits["train"])))))
+    return DataBundle(name or root.name, splits["train"], splits.get("val"), splits.get("test"),
+                      num_classes=len(classes), in_chans=3, image_size=size, classes=list(classes))
+
+
+def _named_tree(name: str, folder: str, hint: str):
+    def loader(image_size=None, root=None, **options):
+        path = Path(root) if root is not None else data_dir() / folder
+        if not path.is_dir():
+            raise DataNotFoundError(f"{name} is not downloadable automatically; put the ImageFolder tree at {path} "
+                                    f"(or pass root=...). {hint}")
+        return load_imagefolder(image_size=image_size, root=path, name=name, **options)
+
+    loader.__doc__ = f"{name} from an ImageFolder tree under data/{folder}."
+    register(name, f"{name}: ImageFolder tree under data/{folder}")(loader)
+
+
+_named_tree("inat19", "inat19", "Arrange the iNaturalist-2019 images as train/<class>/ and val/<class>/.")
+_named_tree("ifood", "ifood", "Arrange the iFood-2019 images as train/<class>/ and val/<class>/.")
+
+
+def _torchvision_loader(name: str, tv_class: str, splits: dict[str, str | None], num_classes: int):
+    def loader(image_size=None, root=None, download=None, augment="randaugment", limit=None, **_ignored):
+        import torchvision.datasets as tvd
+
+        size = image_size or 224
+        base = Path(root) if root is not None else data_dir()
+        allow = (not offline()) if download is None else download
+        train_tf, eval_tf = image_transforms(size, augment=augment != "none")
+        out = {}
+        for ours, theirs in splits.items():
+            if theirs is None:
+                out[ours] = None
+                continue
+            try:
+                out[ours] = getattr(tvd, tv_class)(str(base), split=theirs, download=allow,
+                                                   transform=train_tf if ours == "train" else eval_tf)
+            except Exception as exc:
+                why = "downloads disabled (SPARSELAB_OFFLINE=1 or download=False)" if not allow else str(exc)
+                raise DataNotFoundError(f"{name} ({tv_class}) not found under {base}: {why}. Fix: run once with "
+                                        f"network access (torchvision downloads it there).") from None
+        if limit is not None:
+            out["train"] = Subset(out["train"], list(range(min(limit, len(out["train"])))))
+        return DataBundle(name, out["train"], out["val"], out["test"], num_classes=num_classes, in_chans=3,
+                          image_size=size)
+
+    loader.__doc__ = f"{name} through torchvision.datasets.{tv_class} with timm transforms."
+    register(name, f"{name} (torchvision {tv_class}, 224 px photos, {num_classes} classes)")(loader)
+
+
+_torchvision_loader("flowers102", "Flowers102", {"train": "train", "val": "val", "test": "test"}, 102)
+_torchvision_loader("pets", "OxfordIIITPet", {"train": "trainval", "val": None, "test": "test"}, 37)
+_torchvision_loader("food101", "Food101", {"train": "train", "val": None, "test": "test"}, 101)

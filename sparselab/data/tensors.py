@@ -1,0 +1,116 @@
+"""Turning raw image arrays into normalised in-memory splits: class selection, stratified subsets, resizing.
+
+Example:
+    >>> import numpy as np
+    >>> from sparselab.data.tensors import stratified_split
+    >>> a, b = stratified_split(np.array([0, 0, 1, 1, 0, 1, 0, 1, 0, 1]), 0.2, seed=0)
+    >>> len(a), len(b)
+    (8, 2)
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import ConfigError, check_ratio
+from .datasets import DataBundle, TensorImages
+
+
+def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Split indices into (rest, part) with ``part`` holding about ``fraction`` of every class."""
+    check_ratio("fraction", fraction)
+    rng = np.random.default_rng(seed)
+    rest, part = [], []
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        rng.shuffle(idx)
+        k = int(round(fraction * len(idx)))
+        part.append(idx[:k])
+        rest.append(idx[k:])
+    return np.sort(np.concatenate(rest)), np.sort(np.concatenate(part))
+
+
+def stratified_limit(labels: np.ndarray, limit: int, seed: int) -> np.ndarray:
+    """Indices of at most ``limit`` items, classes kept in proportion (deterministic for a seed)."""
+    if limit >= len(labels):
+        return np.arange(len(labels))
+    _, keep = stratified_split(labels, limit / len(labels), seed)
+    return keep
+
+
+def select_classes(images: np.ndarray, labels: np.ndarray, classes: Sequence[int] | None):
+    """Keep only ``classes`` and renumber them 0..k-1 in the given order."""
+    if classes is None:
+        return images, labels
+    present = set(np.unique(labels).tolist())
+    bad = [c for c in classes if c not in present]
+    if bad or len(set(classes)) != len(classes) or not classes:
+        raise ConfigError(f"classes must be distinct labels among {sorted(present)}, got {list(classes)}")
+    keep = np.isin(labels, classes)
+    remap = {c: i for i, c in enumerate(classes)}
+    return images[keep], np.array([remap[int(c)] for c in labels[keep]], dtype=np.int64)
+
+
+def to_float(images: np.ndarray, image_size: int, max_value: float) -> torch.Tensor:
+    """uint8/float ``(N, H, W)``, ``(N, H, W, C)`` or ``(N, C, H, W)`` arrays to float ``(N, C, S, S)`` in [0, 1]."""
+    x = torch.as_tensor(np.ascontiguousarray(images)).float() / max_value
+    if x.ndim == 3:
+        x = x[:, None]
+    elif x.ndim == 4 and x.shape[-1] in (1, 3) and x.shape[1] not in (1, 3):
+        x = x.permute(0, 3, 1, 2)
+    if x.shape[-1] != image_size or x.shape[-2] != image_size:
+        x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", antialias=True, align_corners=False)
+    return x.clamp_(0, 1).contiguous()
+
+
+def build_bundle(
+    name: str,
+    train: tuple[np.ndarray, np.ndarray],
+    test: tuple[np.ndarray, np.ndarray] | None,
+    *,
+    class_names: Sequence[str],
+    image_size: int,
+    max_value: float,
+    classes: Sequence[int] | None = None,
+    limit: int | None = None,
+    val_fraction: float = 0.1,
+    augment: str = "none",
+    seed: int = 0,
+) -> DataBundle:
+    """Assemble a normalised in-memory :class:`DataBundle` from raw (images, labels) arrays.
+
+    The validation split is carved from the training images (stratified, fixed by ``seed``); ``limit`` caps the
+    training images after that; mean/std normalisation uses the training split's statistics.
+    """
+    check_ratio("val_fraction", val_fraction)
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ConfigError(f"limit must be a positive integer or None, got {limit!r}")
+    tr_x, tr_y = select_classes(*train, classes)
+    names = [class_names[c] for c in classes] if classes is not None else list(class_names)
+    tr_idx, va_idx = stratified_split(tr_y, val_fraction, seed)
+    if limit is not None:
+        tr_idx = tr_idx[stratified_limit(tr_y[tr_idx], limit, seed)]
+    x_train = to_float(tr_x[tr_idx], image_size, max_value)
+    mean = x_train.mean(dim=(0, 2, 3))
+    std = x_train.std(dim=(0, 2, 3)).clamp_min(1e-6)
+
+    def norm(x: torch.Tensor) -> torch.Tensor:
+        return (x - mean[None, :, None, None]) / std[None, :, None, None]
+
+    def make(x: torch.Tensor, y: np.ndarray, aug: str) -> TensorImages:
+        return TensorImages(norm(x), torch.as_tensor(y, dtype=torch.long), augment=aug)
+
+    train_ds = make(x_train, tr_y[tr_idx], augment)
+    val_ds = make(to_float(tr_x[va_idx], image_size, max_value), tr_y[va_idx], "none") if len(va_idx) else None
+    test_ds = None
+    if test is not None:
+        te_x, te_y = select_classes(*test, classes)
+        test_ds = make(to_float(te_x, image_size, max_value), te_y, "none")
+    return DataBundle(
+        name=name, train=train_ds, val=val_ds, test=test_ds, num_classes=len(names),
+        in_chans=x_train.shape[1], image_size=image_size, classes=names,
+        mean=tuple(mean.tolist()), std=tuple(std.tolist()),
+    )

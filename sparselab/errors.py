@@ -1,0 +1,74 @@
+"""Errors that say what was wrong and what is allowed.
+
+Example:
+    >>> from sparselab.errors import unknown_name
+    >>> str(unknown_name("dataset", "fashon_mnist", ["fashion_mnist", "digits"]))
+    "unknown dataset 'fashon_mnist'. Did you mean 'fashion_mnist'? Available: digits, fashion_mnist"
+"""
+from __future__ import annotations
+
+import difflib
+from typing import Iterable
+
+
+class SparselabError(Exception):
+    """Base class of sparselab's own errors."""
+
+
+class UnknownNameError(SparselabError, KeyError):
+    """A dataset, model or method name that no registry knows."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+class DataNotFoundError(SparselabError, FileNotFoundError):
+    """A dataset that is neither on disk nor downloadable here."""
+
+
+class CheckpointError(SparselabError, ValueError):
+    """A checkpoint that is empty, unreadable or does not fit the model."""
+
+
+class ConfigError(SparselabError, ValueError):
+    """A parameter outside its allowed range or inconsistent with another."""
+
+
+def unknown_name(kind: str, name: str, choices: Iterable[str], extra: str = "") -> UnknownNameError:
+    """Build an error for an unknown ``name`` of ``kind`` listing close matches among ``choices``."""
+    choices = sorted(set(choices))
+    close = difflib.get_close_matches(name, choices, n=3, cutoff=0.6)
+    msg = f"unknown {kind} {name!r}."
+    if close:
+        msg += " Did you mean " + " or ".join(repr(c) for c in close) + "?"
+    shown = choices if len(choices) <= 25 else choices[:25] + [f"... ({len(choices) - 25} more)"]
+    msg += " Available: " + ", ".join(shown)
+    if extra:
+        msg += ". " + extra
+    return UnknownNameError(msg)
+
+
+def check_ratio(name: str, value: float, *, allow_zero: bool = True) -> float:
+    """Validate a ratio in [0, 1) (or (0, 1) when ``allow_zero`` is False) and return it as float.
+
+    Example:
+        >>> check_ratio("prune_ratio", 0.5)
+        0.5
+    """
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} must be a number in [0, 1), got {value!r}") from None
+    lo_ok = v >= 0 if allow_zero else v > 0
+    if not (lo_ok and v < 1):
+        allowed = "[0, 1)" if allow_zero else "(0, 1)"
+        raise ConfigError(f"{name} must lie in {allowed}, got {value!r}")
+    return v
+
+
+def check_positive_int(name: str, value: int, *, allow_zero: bool = False) -> int:
+    """Validate a positive (or non-negative) integer."""
+    if isinstance(value, bool) or not isinstance(value, (int,)) or value < (0 if allow_zero else 1):
+        bound = ">= 0" if allow_zero else ">= 1"
+        raise ConfigError(f"{name} must be an integer {bound}, got {value!r}")
+    return int(value)

@@ -1,0 +1,210 @@
+"""History: the one data product of a run, as tidy long-format tables.
+
+Schema (every table also gets a ``run`` column when histories are merged with :meth:`History.concat`):
+
+=========  ===========================================================================================
+table      columns
+=========  ===========================================================================================
+metrics    step (int, optimizer steps done), epoch (int, 0-based; ``epoch`` of an end-of-epoch row is the
+           epoch just finished), split (``train``/``val``/``test``), name (str), value (float)
+blocks     step, epoch, block (str, e.g. ``blocks.3.attn`` or a layer name), metric (str), value (float)
+events     step, epoch, block, gate (str), element (int), old (int), new (int) — a mask element whose hard
+           state changed; 0 = pruned, 1 = kept (so ``old=0, new=1`` is a reactivation)
+=========  ===========================================================================================
+
+``meta`` is a free-form JSON-serialisable dict (run name, configuration).
+
+Saved as JSON Lines (optionally gzip-compressed): a header line ``{"schema": ..., "meta": ...}`` then one
+object per row with a ``table`` key.
+
+Example:
+    >>> h = History(meta={"run": "demo"})
+    >>> h.log_metrics({"loss": 0.5, "acc": 0.9}, step=10, epoch=0, split="val")
+    >>> h.log_events(step=10, epoch=0, block="blocks.0.mlp", gate="mlp_hid", elements=[3, 7], old=0, new=1)
+    >>> h.metrics.pivot_table(index="step", columns="name", values="value").round(2).to_dict("records")
+    [{'acc': 0.9, 'loss': 0.5}]
+    >>> len(h.events)
+    2
+"""
+from __future__ import annotations
+
+import gzip
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import pandas as pd
+
+from .errors import CheckpointError, ConfigError
+
+SCHEMA = "sparselab.history/1"
+COLUMNS: dict[str, tuple[str, ...]] = {
+    "metrics": ("step", "epoch", "split", "name", "value"),
+    "blocks": ("step", "epoch", "block", "metric", "value"),
+    "events": ("step", "epoch", "block", "gate", "element", "old", "new"),
+}
+SPLITS = ("train", "val", "test")
+
+
+class History:
+    """Tidy tables of everything a run measured; see the module docstring for the schema."""
+
+    def __init__(self, meta: Mapping[str, Any] | None = None):
+        self.meta: dict[str, Any] = dict(meta or {})
+        self._rows: dict[str, list[tuple]] = {t: [] for t in COLUMNS}
+        self._run: dict[str, list[str]] | None = None  # set by concat
+
+    # ------------------------------------------------------------------ logging
+    def log_metric(self, name: str, value: float, *, step: int, epoch: int, split: str = "train") -> None:
+        """Record one scalar."""
+        if split not in SPLITS:
+            raise ConfigError(f"split must be one of {SPLITS}, got {split!r}")
+        self._rows["metrics"].append((int(step), int(epoch), split, str(name), float(value)))
+
+    def log_metrics(self, values: Mapping[str, float], *, step: int, epoch: int, split: str = "train") -> None:
+        """Record several scalars of one moment."""
+        for name, value in values.items():
+            self.log_metric(name, value, step=step, epoch=epoch, split=split)
+
+    def log_blocks(self, metric: str, values: Mapping[str, float], *, step: int, epoch: int) -> None:
+        """Record one value per block (or layer) for ``metric``."""
+        rows = self._rows["blocks"]
+        for block, value in values.items():
+            rows.append((int(step), int(epoch), str(block), str(metric), float(value)))
+
+    def log_events(self, *, step: int, epoch: int, block: str, gate: str, elements: Iterable[int], old: int,
+                   new: int) -> None:
+        """Record mask elements of one gate whose hard state went from ``old`` to ``new`` (0 pruned, 1 kept)."""
+        rows = self._rows["events"]
+        s, e, b, g, o, n = int(step), int(epoch), str(block), str(gate), int(old), int(new)
+        rows.extend((s, e, b, g, int(el), o, n) for el in elements)
+
+    # ------------------------------------------------------------------ views
+    def table(self, name: str) -> pd.DataFrame:
+        """One table as a DataFrame (``metrics``, ``blocks`` or ``events``)."""
+        if name not in COLUMNS:
+            raise ConfigError(f"table must be one of {tuple(COLUMNS)}, got {name!r}")
+        df = pd.DataFrame(self._rows[name], columns=list(COLUMNS[name]))
+        if self._run is not None:
+            df.insert(0, "run", self._run[name])
+        return df
+
+    @property
+    def metrics(self) -> pd.DataFrame:
+        return self.table("metrics")
+
+    @property
+    def blocks(self) -> pd.DataFrame:
+        return self.table("blocks")
+
+    @property
+    def events(self) -> pd.DataFrame:
+        return self.table("events")
+
+    def to_pandas(self) -> dict[str, pd.DataFrame]:
+        """All tables as DataFrames, keyed by table name."""
+        return {name: self.table(name) for name in COLUMNS}
+
+    def last(self, name: str, split: str = "val", default: float = math.nan) -> float:
+        """The most recent value of metric ``name`` on ``split``."""
+        for row in reversed(self._rows["metrics"]):
+            if row[3] == name and row[2] == split:
+                return row[4]
+        return default
+
+    def series(self, name: str, split: str = "val") -> pd.Series:
+        """Metric ``name`` on ``split`` indexed by step."""
+        df = self.metrics
+        df = df[(df.name == name) & (df.split == split)]
+        return pd.Series(df.value.to_numpy(), index=df.step.to_numpy(), name=f"{split}/{name}")
+
+    def __len__(self) -> int:
+        return sum(len(r) for r in self._rows.values())
+
+    def __eq__(self, other: object) -> bool:
+        return (isinstance(other, History) and self.meta == other.meta and self._rows == other._rows
+                and self._run == other._run)
+
+    def __repr__(self) -> str:
+        sizes = ", ".join(f"{k}={len(v)}" for k, v in self._rows.items())
+        return f"History({sizes}, meta keys={sorted(self.meta)})"
+
+    # ------------------------------------------------------------------ merging
+    @classmethod
+    def concat(cls, histories: Sequence["History"], runs: Sequence[str] | None = None) -> "History":
+        """Merge runs into one History whose tables carry a ``run`` column (names from ``runs``, else each
+        History's ``meta['run']``, else its position)."""
+        histories = list(histories)
+        if runs is None:
+            runs = [str(h.meta.get("run", i)) for i, h in enumerate(histories)]
+        if len(runs) != len(histories) or len(set(runs)) != len(runs):
+            raise ConfigError(f"need one distinct run name per history, got {list(runs)}")
+        out = cls(meta={"runs": {r: h.meta for r, h in zip(runs, histories)}})
+        out._run = {t: [] for t in COLUMNS}
+        for run, h in zip(runs, histories):
+            for t in COLUMNS:
+                out._rows[t].extend(h._rows[t])
+                out._run[t].extend(h._run[t] if h._run is not None else [run] * len(h._rows[t]))
+        return out
+
+    # ------------------------------------------------------------------ persistence
+    def state_dict(self) -> dict[str, Any]:
+        return {"schema": SCHEMA, "meta": self.meta, "rows": {k: list(v) for k, v in self._rows.items()},
+                "run": self._run}
+
+    @classmethod
+    def from_state_dict(cls, state: Mapping[str, Any]) -> "History":
+        if state.get("schema") != SCHEMA:
+            raise CheckpointError(f"not a sparselab History (schema {state.get('schema')!r}, expected {SCHEMA!r})")
+        h = cls(state["meta"])
+        h._rows = {k: [tuple(r) for r in state["rows"][k]] for k in COLUMNS}
+        h._run = {k: list(v) for k, v in state["run"].items()} if state.get("run") else None
+        return h
+
+    def save(self, path: str | Path) -> Path:
+        """Write JSON Lines (gzip when the name ends in ``.gz``) atomically; returns the path."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+        os.close(fd)
+        opener = gzip.open if path.suffix == ".gz" else open
+        try:
+            with opener(tmp, "wt", encoding="utf-8") as f:
+                f.write(json.dumps({"schema": SCHEMA, "meta": self.meta}) + "\n")
+                for table, cols in COLUMNS.items():
+                    runs = self._run[table] if self._run is not None else None
+                    for i, row in enumerate(self._rows[table]):
+                        obj = {"table": table, **dict(zip(cols, row))}
+                        if runs is not None:
+                            obj["run"] = runs[i]
+                        f.write(json.dumps(obj) + "\n")
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "History":
+        """Read a History written by :meth:`save`."""
+        path = Path(path)
+        if not path.is_file() or path.stat().st_size == 0:
+            raise CheckpointError(f"history file {path} is missing or empty")
+        opener = gzip.open if path.suffix == ".gz" else open
+        with opener(path, "rt", encoding="utf-8") as f:
+            header = json.loads(f.readline())
+            if header.get("schema") != SCHEMA:
+                raise CheckpointError(f"{path} is not a sparselab History (schema {header.get('schema')!r})")
+            h = cls(header["meta"])
+            for line in f:
+                obj = json.loads(line)
+                table = obj["table"]
+                h._rows[table].append(tuple(obj[c] for c in COLUMNS[table]))
+                if "run" in obj:
+                    if h._run is None:
+                        h._run = {t: [] for t in COLUMNS}
+                    h._run[table].append(obj["run"])
+        return h

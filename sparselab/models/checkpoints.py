@@ -1,0 +1,80 @@
+"""Reading model weights from a local file (safetensors or a torch checkpoint) with clear errors.
+
+Example:
+    >>> import torch, tempfile, os
+    >>> from safetensors.torch import save_file
+    >>> path = os.path.join(tempfile.mkdtemp(), "w.safetensors")
+    >>> save_file({"weight": torch.ones(2)}, path)
+    >>> read_state_dict(path)["weight"].tolist()
+    [1.0, 1.0]
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import CheckpointError
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Load a state dict from ``.safetensors`` or a torch file (unwrapping ``model``/``state_dict`` keys)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint {path} is empty (0 bytes); delete it and rebuild or re-download it")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"checkpoint {path} could not be read ({type(exc).__name__}: {exc})") from None
+    for key in ("model", "state_dict", "model_state"):
+        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
+            state = state[key]
+    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"checkpoint {path} holds no tensors (empty or not a state dict)")
+    return state
+
+
+def head_keys(model: nn.Module) -> set[str]:
+    """Parameter names of the classifier head (timm's ``pretrained_cfg['classifier']`` or the last Linear)."""
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    names = cfg.get("classifier")
+    if names:
+        names = [names] if isinstance(names, str) else list(names)
+        return {k for k in model.state_dict() if any(k.startswith(n + ".") for n in names)}
+    last = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    return {f"{last[-1]}.weight", f"{last[-1]}.bias"} if last else set()
+
+
+def load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str = "checkpoint") -> list[str]:
+    """Load ``state`` into ``model``; a head of another class count is skipped (transfer), anything else that
+    does not fit raises :class:`CheckpointError`. Returns the skipped keys."""
+    own = model.state_dict()
+    heads = head_keys(model)
+    skipped = [k for k in heads if k in state and k in own and state[k].shape != own[k].shape]
+    state = {k: v for k, v in state.items() if k not in skipped}
+    missing = sorted(set(own) - set(state) - set(skipped))
+    unexpected = sorted(set(state) - set(own))
+    wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    if missing or unexpected or wrong:
+        def show(keys):
+            return ", ".join(keys[:5]) + (f" (+{len(keys) - 5} more)" if len(keys) > 5 else "")
+
+        parts = []
+        if missing:
+            parts.append(f"missing keys: {show(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys: {show(unexpected)}")
+        if wrong:
+            parts.append("shape mismatch: " + show([f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+                                                     for k in wrong]))
+        raise CheckpointError(f"{source} does not match {type(model).__name__}: " + "; ".join(parts))
+    model.load_state_dict(state, strict=False)
+    return skipped

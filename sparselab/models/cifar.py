@@ -1,0 +1,106 @@
+"""The HyperSparse paper's networks: CIFAR ResNet-20/32/56 (and ResNet-32 at doubled widths), CIFAR VGG-19 with
+BatchNorm, and LeNet-300-100.
+
+Example:
+    >>> import torch
+    >>> net = cifar_resnet(20, num_classes=10, in_chans=3)
+    >>> net(torch.zeros(2, 3, 32, 32)).shape
+    torch.Size([2, 10])
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+VGG19_CFG = [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512, "M"]
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convs with BN; a 1x1 conv + BN projection on the shortcut when the shape changes."""
+
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return torch.relu(out + self.shortcut(x))
+
+
+class CifarResNet(nn.Module):
+    """ResNet for small images (He et al. 2016, §4.2): depth = 6n + 2, three stages of n basic blocks."""
+
+    def __init__(self, depth: int, num_classes: int = 10, in_chans: int = 3, widths: Sequence[int] = (16, 32, 64)):
+        super().__init__()
+        if (depth - 2) % 6 != 0:
+            raise ValueError(f"CIFAR ResNet depth must be 6n+2 (20, 32, 56, ...), got {depth}")
+        n = (depth - 2) // 6
+        self.num_classes = num_classes
+        self.conv1 = nn.Conv2d(in_chans, widths[0], 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(widths[0])
+        blocks, cin = [], widths[0]
+        for stage, w in enumerate(widths):
+            for i in range(n):
+                blocks.append(BasicBlock(cin, w, 2 if (stage > 0 and i == 0) else 1))
+                cin = w
+        self.layers = nn.Sequential(*blocks)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(cin, num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.bn1(self.conv1(x)))
+        return self.fc(self.pool(self.layers(x)).flatten(1))
+
+
+class CifarVGG(nn.Module):
+    """VGG-19 with BatchNorm for small images; ``width`` scales every layer's channels."""
+
+    def __init__(self, num_classes: int = 10, in_chans: int = 3, width: float = 1.0, cfg: Sequence = VGG19_CFG):
+        super().__init__()
+        self.num_classes = num_classes
+        layers, cin = [], in_chans
+        for v in cfg:
+            if v == "M":
+                layers.append(nn.MaxPool2d(2, ceil_mode=True))  # ceil: 28 px inputs shrink to 1x1, not 0x0
+            else:
+                c = max(1, int(round(v * width)))
+                layers += [nn.Conv2d(cin, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True)]
+                cin = c
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(cin, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.pool(self.features(x)).flatten(1))
+
+
+class LeNet300100(nn.Module):
+    """LeNet-300-100: a fully connected 300-100 network on the flattened image."""
+
+    def __init__(self, num_classes: int = 10, in_chans: int = 1, image_size: int = 28):
+        super().__init__()
+        self.num_classes = num_classes
+        self.fc1 = nn.Linear(in_chans * image_size * image_size, 300)
+        self.fc2 = nn.Linear(300, 100)
+        self.fc3 = nn.Linear(100, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.fc1(x.flatten(1)))
+        return self.fc3(torch.relu(self.fc2(x)))
+
+
+def cifar_resnet(depth: int, num_classes: int = 10, in_chans: int = 3, widths: Sequence[int] = (16, 32, 64),
+                 **_ignored) -> CifarResNet:
+    return CifarResNet(depth, num_classes, in_chans, widths)

@@ -1,0 +1,101 @@
+"""Training hyper-parameters as one self-documenting dataclass.
+
+Example:
+    >>> cfg = TrainConfig(epochs=3, lr=5e-4)
+    >>> cfg.replace(batch_size=64).batch_size
+    64
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import ConfigError, check_ratio, unknown_name
+
+OPTIMIZERS = ("adamw", "adam", "sgd")
+LR_SCHEDULES = ("constant", "cosine", "step")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How :func:`sparselab.fit` trains.
+
+    Attributes:
+        epochs: passes over the training split.
+        batch_size: global batch size (split evenly over processes under torchrun).
+        optimizer: ``adamw``, ``adam`` or ``sgd`` (biases, norms and 1-d parameters get no weight decay).
+        lr, weight_decay, momentum: optimizer settings (``momentum`` for SGD only).
+        lr_schedule: ``constant``, ``cosine`` (to 0 at the end) or ``step`` (× ``lr_gamma`` at each epoch
+            in ``lr_milestones``); all after ``warmup_steps`` of linear warm-up.
+        label_smoothing: cross-entropy label smoothing, in [0, 1).
+        grad_clip: clip the gradient norm to this value (None: no clipping).
+        seed: seeds model-independent randomness (data order, augmentation, dropout).
+        drop_last: drop the last incomplete batch of an epoch.
+        eval_split: ``val`` or ``test``: evaluated after every epoch (``val`` falls back to ``test``).
+        eval_batch_size: batch size of evaluation passes.
+        final_test: evaluate on the test split after the last epoch.
+        log_every: record the mean training loss every this many steps.
+        checkpoint_every: also checkpoint every this many steps (epochs always end with one).
+        max_steps_per_epoch: cap steps per epoch (quick runs); None: the whole training split.
+        num_workers: DataLoader workers for datasets that are not in memory.
+        amp: mixed precision; None = on for CUDA, off on the CPU (always float32 there).
+        device: ``cpu``, ``cuda``, ``cuda:1`` ...; None picks CUDA when available.
+    """
+
+    epochs: int = 10
+    batch_size: int = 128
+    optimizer: str = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    momentum: float = 0.9
+    lr_schedule: str = "constant"
+    warmup_steps: int = 0
+    lr_milestones: tuple[int, ...] = ()
+    lr_gamma: float = 0.1
+    label_smoothing: float = 0.0
+    grad_clip: float | None = None
+    seed: int = 0
+    drop_last: bool = True
+    eval_split: str = "val"
+    eval_batch_size: int = 512
+    final_test: bool = True
+    log_every: int = 10
+    checkpoint_every: int | None = None
+    max_steps_per_epoch: int | None = None
+    num_workers: int = 0
+    amp: bool | None = None
+    device: str | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "eval_batch_size", "log_every"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {v!r}")
+        for name in ("checkpoint_every", "max_steps_per_epoch"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                raise ConfigError(f"{name} must be a positive integer or None, got {v!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise unknown_name("optimizer", self.optimizer, OPTIMIZERS)
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise unknown_name("lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        if self.eval_split not in ("val", "test"):
+            raise ConfigError(f"eval_split must be 'val' or 'test', got {self.eval_split!r}")
+        if not self.lr > 0 or self.weight_decay < 0 or self.warmup_steps < 0:
+            raise ConfigError(f"need lr > 0, weight_decay >= 0, warmup_steps >= 0; got lr={self.lr}, "
+                              f"weight_decay={self.weight_decay}, warmup_steps={self.warmup_steps}")
+        check_ratio("label_smoothing", self.label_smoothing)
+        object.__setattr__(self, "lr_milestones", tuple(int(m) for m in self.lr_milestones))
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        """A copy with some fields changed; unknown names raise with close matches."""
+        names = {f.name for f in dataclasses.fields(self)}
+        for key in changes:
+            if key not in names:
+                raise unknown_name("training option", key, names)
+        return dataclasses.replace(self, **changes)
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The fields that must agree between a checkpoint and a resumed run."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.compare}

@@ -1,0 +1,363 @@
+"""The training loop: :func:`fit` trains a model on a :class:`~sparselab.data.DataBundle`, calls the pruner's
+hooks, evaluates every epoch, checkpoints atomically, resumes exactly, and returns a :class:`History`.
+
+Example:
+    >>> import sparselab as sl
+    >>> data = sl.data.load("digits", image_size=8)
+    >>> model = sl.models.create("lenet_300_100", num_classes=10, image_size=8)
+    >>> history = sl.fit(model, data, epochs=2, lr=1e-3, batch_size=64, progress=False)
+    >>> history.last("acc", split="test") > 0.5
+    True
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import signal
+import threading
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm.auto import tqdm
+
+from ..data.datasets import DataBundle
+from ..errors import CheckpointError, ConfigError
+from ..history import History
+from ..models import num_classes_of
+from . import distributed as dist_utils
+from .batches import epoch_order, eval_batches, global_batches, train_batches
+from .checkpoint import FORMAT, atomic_save, load_checkpoint
+from .config import TrainConfig
+from .optim import build_optimizer, build_scheduler, param_groups
+from .pruner import Pruner, TrainState
+
+CHECKPOINT_NAME = "last.pt"
+
+
+def _autocast(device: torch.device, enabled: bool):
+    if not enabled:
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, dataset, batch_size: int = 512, device: str | torch.device | None = None,
+             amp: bool | None = None, num_workers: int = 0) -> dict[str, float]:
+    """Mean cross-entropy ``loss`` and accuracy ``acc`` of ``model`` on a dataset (or a bundle's test split).
+
+    Under torchrun every process evaluates a share and the results are summed across processes.
+
+    Example:
+        >>> import sparselab as sl
+        >>> data = sl.data.load("digits", image_size=8)
+        >>> m = sl.models.create("lenet_300_100", image_size=8)
+        >>> sorted(sl.evaluate(m, data.test))
+        ['acc', 'loss']
+    """
+    if isinstance(dataset, DataBundle):
+        dataset = dataset.split("test")
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    amp = device.type == "cuda" if amp is None else amp
+    rank, world = dist_utils.world()
+    was_training = model.training
+    model.eval()
+    totals = torch.zeros(3, dtype=torch.float64)
+    for x, y in eval_batches(dataset, batch_size, rank, world, num_workers):
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        with _autocast(device, amp):
+            out = model(x)
+        totals[0] += F.cross_entropy(out.float(), y, reduction="sum").item()
+        totals[1] += (out.argmax(1) == y).sum().item()
+        totals[2] += len(y)
+    model.train(was_training)
+    dist_utils.all_reduce_sum(totals)
+    n = max(totals[2].item(), 1.0)
+    return {"loss": totals[0].item() / n, "acc": totals[1].item() / n}
+
+
+class _DeferredInterrupt:
+    """Turn Ctrl-C into a flag checked between steps, so the run stops at a consistent point and checkpoints.
+
+    A second Ctrl-C interrupts at once.
+    """
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled and threading.current_thread() is threading.main_thread()
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        if self.enabled:
+            self._previous = signal.getsignal(signal.SIGINT)
+            signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc):
+        if self.enabled:
+            signal.signal(signal.SIGINT, self._previous)
+        return False
+
+    def check(self, world_size: int) -> bool:
+        flag = self.requested
+        if world_size > 1:  # every process must stop at the same step
+            t = torch.tensor([float(flag)])
+            dist_utils.all_reduce_sum(t)
+            flag = t.item() > 0
+        return flag
+
+
+def _check_compatible(model: nn.Module, data: DataBundle) -> None:
+    if not isinstance(data, DataBundle):
+        raise ConfigError(f"data must be a sparselab DataBundle (from sparselab.data.load), got {type(data).__name__}")
+    n = num_classes_of(model)
+    if n is not None and n != data.num_classes:
+        raise ConfigError(f"the model has {n} output classes but {data.name!r} has {data.num_classes}; create it "
+                          f"with num_classes={data.num_classes}")
+    first_conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    if first_conv is not None and first_conv.in_channels != data.in_chans:
+        raise ConfigError(f"the model takes {first_conv.in_channels}-channel images but {data.name!r} has "
+                          f"{data.in_chans}; create it with in_chans={data.in_chans}")
+
+
+def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+
+def fit(model: nn.Module, data: DataBundle, epochs: int | None = None, pruner: Pruner | None = None, *,
+        config: TrainConfig | None = None, callbacks: Sequence[Pruner] = (), history: History | None = None,
+        checkpoint_dir: str | Path | None = None, resume: bool = False, progress: bool = True,
+        **options: Any) -> History:
+    """Train ``model`` on ``data`` and return the run's :class:`History`.
+
+    Args:
+        model: any ``nn.Module`` mapping images to logits; its class count must match the data's.
+        data: a :class:`~sparselab.data.DataBundle`.
+        epochs: shorthand for ``options["epochs"]``.
+        pruner: a :class:`Pruner` whose hooks are called during training (None: plain training).
+        config: a :class:`TrainConfig`; keyword ``options`` override its fields (e.g. ``lr=5e-4``).
+        callbacks: more objects with the :class:`Pruner` hooks, called after ``pruner``.
+        history: a History to append to (default: a new one).
+        checkpoint_dir: where ``last.pt`` is written (atomically) after every epoch and every
+            ``checkpoint_every`` steps; Ctrl-C then stops after the current step and checkpoints first.
+        resume: continue from ``checkpoint_dir/last.pt`` if it exists; the result equals an uninterrupted run.
+        progress: show a progress bar (terminal or notebook).
+
+    Under ``torchrun`` the model is wrapped in DistributedDataParallel, each process takes its share of every
+    global batch, and metrics are all-reduced, so every process returns the same History.
+    """
+    cfg = config or TrainConfig()
+    if epochs is not None:
+        options["epochs"] = epochs
+    cfg = cfg.replace(**options)
+    _check_compatible(model, data)
+    if resume and checkpoint_dir is None:
+        raise ConfigError("resume=True needs checkpoint_dir")
+    device = dist_utils.local_device(cfg.device)
+    distributed = dist_utils.init_if_launched(device)
+    rank, world = dist_utils.world()
+    amp = (device.type == "cuda") if cfg.amp is None else (cfg.amp and device.type == "cuda")
+    model.to(device)
+    plugins: list[Pruner] = [p for p in (pruner, *callbacks) if p is not None]
+
+    train_ds = data.train
+    eval_name = "val" if (cfg.eval_split == "val" and data.val is not None) else "test"
+    eval_ds = data.val if eval_name == "val" else data.test
+    n_batches = len(train_ds) // cfg.batch_size if cfg.drop_last else math.ceil(len(train_ds) / cfg.batch_size)
+    if n_batches == 0:
+        raise ConfigError(f"batch_size {cfg.batch_size} exceeds the {len(train_ds)} training images "
+                          f"(with drop_last=True no batch is left)")
+    steps_per_epoch = min(n_batches, cfg.max_steps_per_epoch or n_batches)
+
+    groups = param_groups(model, cfg)
+    for p in plugins:
+        groups = p.param_groups(groups)
+    optimizer = build_optimizer(groups, cfg)
+    scheduler = build_scheduler(optimizer, cfg, steps_per_epoch)
+    scaler = torch.amp.GradScaler("cuda") if amp and not torch.cuda.is_bf16_supported() else None
+    if history is None:
+        history = History()
+    history.meta.setdefault("config", _jsonable(cfg.fingerprint()))
+    history.meta.setdefault("model", type(model).__name__)
+    history.meta.setdefault("data", data.name)
+    history.meta.setdefault("parameters", sum(p.numel() for p in model.parameters()))
+
+    state = TrainState(model=model, optimizer=optimizer, history=history, device=device, epochs=cfg.epochs,
+                       steps_per_epoch=steps_per_epoch, rank=rank, world_size=world)
+    loop = {"epoch": 0, "batch": 0, "finished": False, "stopped": False,
+            "window": [0.0, 0.0], "train": [0.0, 0.0, 0.0]}  # window: loss sum, n; train: loss sum, correct, n
+    torch.manual_seed(cfg.seed)
+    data_gen = torch.Generator().manual_seed(cfg.seed)
+    ckpt_path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
+
+    def save_checkpoint() -> None:
+        if ckpt_path is None:
+            return
+        if rank == 0:
+            atomic_save({
+                "format": FORMAT, "config": cfg.fingerprint(), "loop": loop, "step": state.step,
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else None,
+                "plugins": [(type(p).__name__, p.state_dict()) for p in plugins],
+                "history": history.state_dict(),
+                "rng": {"torch": torch.get_rng_state(), "data": data_gen.get_state(),
+                        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+            }, ckpt_path)
+        dist_utils.barrier()
+
+    if resume and ckpt_path.exists():
+        ck = load_checkpoint(ckpt_path)
+        if ck.get("format") != FORMAT:
+            raise CheckpointError(f"{ckpt_path} is not a sparselab training checkpoint")
+        if ck["config"] != cfg.fingerprint():
+            diff = {k: (ck["config"].get(k), v) for k, v in cfg.fingerprint().items() if ck["config"].get(k) != v}
+            raise CheckpointError(f"{ckpt_path} was written with other settings (checkpoint vs now): {diff}")
+        saved = [name for name, _ in ck["plugins"]]
+        if saved != [type(p).__name__ for p in plugins]:
+            raise CheckpointError(f"{ckpt_path} was written with pruner/callbacks {saved}, now "
+                                  f"{[type(p).__name__ for p in plugins]}")
+        try:
+            model.load_state_dict(ck["model"])
+        except RuntimeError as exc:
+            raise CheckpointError(f"{ckpt_path} does not fit this model: {exc}") from None
+        optimizer.load_state_dict(ck["optimizer"])
+        scheduler.load_state_dict(ck["scheduler"])
+        if scaler is not None and ck["scaler"] is not None:
+            scaler.load_state_dict(ck["scaler"])
+        for p, (_, s) in zip(plugins, ck["plugins"]):
+            p.load_state_dict(s)
+        restored = History.from_state_dict(ck["history"])
+        history.meta, history._rows, history._run = restored.meta, restored._rows, restored._run
+        torch.set_rng_state(ck["rng"]["torch"])
+        data_gen.set_state(ck["rng"]["data"])
+        if ck["rng"]["cuda"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(ck["rng"]["cuda"])
+        loop.update(ck["loop"])
+        state.step = ck["step"]
+
+    for p in plugins:
+        p.on_fit_start(state)
+    if loop["finished"]:
+        for p in plugins:
+            p.on_fit_end(state)
+        return history
+
+    net: nn.Module = model
+    if distributed:
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    total = cfg.epochs * steps_per_epoch
+    bar = tqdm(total=total, initial=loop["epoch"] * steps_per_epoch + loop["batch"], disable=not progress or rank,
+               desc="train", unit="step", dynamic_ncols=True)
+    interrupt = _DeferredInterrupt(enabled=ckpt_path is not None)
+    try:
+        with interrupt:
+            while loop["epoch"] < cfg.epochs and not loop["stopped"]:
+                epoch = state.epoch = loop["epoch"]
+                model.train()
+                batches = global_batches(epoch_order(len(train_ds), cfg.seed, epoch), cfg.batch_size,
+                                         cfg.drop_last)[:steps_per_epoch]
+                for x, y in train_batches(train_ds, batches, loop["batch"], data_gen, rank, world, cfg.num_workers):
+                    _train_step(net, x, y, state, plugins, cfg, device, amp, scaler, optimizer, scheduler, loop)
+                    loop["batch"] += 1
+                    bar.update(1)
+                    if state.step % cfg.log_every == 0:
+                        _log_window(loop, state, optimizer, bar)
+                    if interrupt.check(world):
+                        save_checkpoint()
+                        raise KeyboardInterrupt(f"interrupted at step {state.step}; checkpoint saved to {ckpt_path}"
+                                                if ckpt_path else "interrupted")
+                    if cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0:
+                        save_checkpoint()
+                _end_epoch(state, plugins, loop, eval_ds, eval_name, cfg, device, amp, bar)
+                save_checkpoint()
+            if cfg.final_test and data.test is not None:
+                test = evaluate(model, data.test, cfg.eval_batch_size, device, amp, cfg.num_workers)
+                history.log_metrics(test, step=state.step, epoch=max(loop["epoch"] - 1, 0), split="test")
+            loop["finished"] = True
+            save_checkpoint()
+    finally:
+        bar.close()
+    for p in plugins:
+        p.on_fit_end(state)
+    return history
+
+
+def _train_step(net, x, y, state: TrainState, plugins, cfg: TrainConfig, device, amp, scaler, optimizer, scheduler,
+                loop) -> None:
+    x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+    with _autocast(device, amp):
+        out = net(x)
+    loss = F.cross_entropy(out.float(), y, label_smoothing=cfg.label_smoothing)
+    state.inputs, state.targets, state.outputs, state.loss = x, y, out, loss
+    total = loss
+    for p in plugins:
+        extra = p.extra_loss(state)
+        if extra is not None:
+            total = total + extra
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(total).backward()
+        scaler.unscale_(optimizer)
+    else:
+        total.backward()
+    for p in plugins:
+        p.after_backward(state)
+    if cfg.grad_clip is not None:
+        nn.utils.clip_grad_norm_(state.model.parameters(), cfg.grad_clip)
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    scheduler.step()
+    state.step += 1
+    for p in plugins:
+        p.after_step(state)
+    n = len(y)
+    lsum = loss.item() * n
+    loop["window"][0] += lsum
+    loop["window"][1] += n
+    loop["train"][0] += lsum
+    loop["train"][1] += (out.detach().argmax(1) == y).sum().item()
+    loop["train"][2] += n
+
+
+def _log_window(loop, state: TrainState, optimizer, bar) -> None:
+    t = dist_utils.all_reduce_sum(torch.tensor(loop["window"], dtype=torch.float64))
+    loss = t[0].item() / max(t[1].item(), 1.0)
+    state.history.log_metrics({"loss": loss, "lr": optimizer.param_groups[0]["lr"]}, step=state.step,
+                              epoch=state.epoch, split="train")
+    loop["window"] = [0.0, 0.0]
+    bar.set_postfix(epoch=state.epoch + 1, loss=f"{loss:.3f}", refresh=False)
+
+
+def _end_epoch(state: TrainState, plugins, loop, eval_ds, split: str, cfg: TrainConfig, device, amp,
+               bar) -> None:
+    t = dist_utils.all_reduce_sum(torch.tensor(loop["train"], dtype=torch.float64))
+    n = max(t[2].item(), 1.0)
+    metrics = {"train_loss": t[0].item() / n, "train_acc": t[1].item() / n}
+    state.history.log_metrics({"epoch_loss": metrics["train_loss"], "acc": metrics["train_acc"]},
+                              step=state.step, epoch=state.epoch, split="train")
+    if eval_ds is not None:
+        ev = evaluate(state.model, eval_ds, cfg.eval_batch_size, device, amp, cfg.num_workers)
+        state.history.log_metrics(ev, step=state.step, epoch=state.epoch, split=split)
+        metrics.update({f"{split}_loss": ev["loss"], f"{split}_acc": ev["acc"]})
+    state.metrics = metrics
+    for p in plugins:
+        p.on_epoch_end(state)
+    bar.set_postfix(epoch=state.epoch + 1, **{k: f"{v:.3f}" for k, v in metrics.items()})
+    loop["train"] = [0.0, 0.0, 0.0]
+    loop["batch"] = 0
+    loop["epoch"] += 1
+    loop["stopped"] = bool(state.should_stop)

@@ -1,0 +1,58 @@
+"""Optimizer and learning-rate schedule construction from a :class:`TrainConfig`.
+
+Example:
+    >>> import torch
+    >>> from sparselab.training.config import TrainConfig
+    >>> groups = param_groups(torch.nn.Linear(3, 2), TrainConfig())
+    >>> [len(g["params"]) for g in groups], [g["weight_decay"] for g in groups]
+    ([1, 1], [0.05, 0.0])
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from .config import TrainConfig
+
+
+def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
+    """Two groups: weights with decay; biases, norms, 1-d tensors and timm's ``no_weight_decay()`` without."""
+    skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim <= 1 or name in skip else decay).append(p)
+    return [{"params": decay, "weight_decay": cfg.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build_optimizer(groups: list[dict[str, Any]], cfg: TrainConfig) -> torch.optim.Optimizer:
+    groups = [g for g in groups if g["params"]]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=cfg.lr)
+    return torch.optim.AdamW(groups, lr=cfg.lr)
+
+
+def lr_factor(step: int, cfg: TrainConfig, steps_per_epoch: int) -> float:
+    """Multiplier of the base learning rate after ``step`` optimizer steps."""
+    if cfg.warmup_steps and step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    if cfg.lr_schedule == "cosine":
+        total = max(1, cfg.epochs * steps_per_epoch - cfg.warmup_steps)
+        t = min(1.0, (step - cfg.warmup_steps) / total)
+        return 0.5 * (1 + math.cos(math.pi * t))
+    if cfg.lr_schedule == "step":
+        epoch = step // max(1, steps_per_epoch)
+        return cfg.lr_gamma ** sum(epoch >= m for m in cfg.lr_milestones)
+    return 1.0
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig,
+                    steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg, steps_per_epoch))

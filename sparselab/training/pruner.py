@@ -1,0 +1,94 @@
+"""The hook interface a pruner (or any training plug-in) implements; every hook is optional.
+
+Order of calls inside :func:`sparselab.fit`::
+
+    on_fit_start
+    for each epoch:
+        for each batch:   forward -> extra_loss -> backward -> after_backward -> optimizer step -> after_step
+        evaluation -> on_epoch_end
+    on_fit_end
+
+Example:
+    >>> class CountSteps(Pruner):
+    ...     def __init__(self):
+    ...         self.steps = 0
+    ...     def after_step(self, state):
+    ...         self.steps += 1
+    ...     def state_dict(self):
+    ...         return {"steps": self.steps}
+    ...     def load_state_dict(self, state):
+    ...         self.steps = state["steps"]
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    from ..history import History
+
+
+@dataclass
+class TrainState:
+    """What a hook can see and change during :func:`sparselab.fit`.
+
+    ``model`` is the plain module (never the DistributedDataParallel wrapper). ``step`` counts optimizer steps
+    done so far; ``epoch`` is 0-based. Setting ``should_stop = True`` ends training after the current epoch.
+    """
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    history: "History"
+    device: torch.device
+    epochs: int
+    steps_per_epoch: int
+    epoch: int = 0
+    step: int = 0
+    rank: int = 0
+    world_size: int = 1
+    inputs: torch.Tensor | None = None
+    targets: torch.Tensor | None = None
+    outputs: torch.Tensor | None = None
+    loss: torch.Tensor | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    should_stop: bool = False
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+class Pruner:
+    """Base class: no-op hooks and an empty state. Subclasses override what they need."""
+
+    def on_fit_start(self, state: TrainState) -> None:
+        """Called once after the model is on its device and the optimizer exists."""
+
+    def param_groups(self, groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Adjust the optimizer's parameter groups before it is built (add probe heads, freeze gates, ...)."""
+        return groups
+
+    def extra_loss(self, state: TrainState) -> torch.Tensor | None:
+        """A term added to the loss of the current batch (``state.outputs`` holds the logits), or None."""
+        return None
+
+    def after_backward(self, state: TrainState) -> None:
+        """Gradients of the current batch are in ``.grad`` (unscaled, all-reduced across processes)."""
+
+    def after_step(self, state: TrainState) -> None:
+        """The optimizer has stepped; ``state.step`` already counts this step."""
+
+    def on_epoch_end(self, state: TrainState) -> None:
+        """After the epoch's evaluation; ``state.metrics`` holds its results."""
+
+    def on_fit_end(self, state: TrainState) -> None:
+        """Training is over."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
