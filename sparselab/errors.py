@@ -34,10 +34,16 @@ class ConfigError(SparselabError, ValueError):
     """A parameter outside its allowed range or inconsistent with another."""
 
 
-def unknown_name(kind: str, name: str, choices: Iterable[str], extra: str = "") -> UnknownNameError:
-    """Build an error for an unknown ``name`` of ``kind`` listing close matches among ``choices``."""
+def unknown_name(kind: str, name: str, choices: Iterable[str], extra: str = "",
+                 listed: Iterable[str] | None = None) -> UnknownNameError:
+    """Build an error for an unknown ``name`` of ``kind`` with close matches among ``choices``; the message lists
+    ``listed`` (default: all ``choices``)."""
     choices = sorted(set(choices))
-    close = difflib.get_close_matches(name, choices, n=3, cutoff=0.6)
+    preferred = sorted(set(listed)) if listed is not None else choices
+    close = difflib.get_close_matches(name, preferred, n=3, cutoff=0.6)
+    close += [c for c in difflib.get_close_matches(name, choices, n=3, cutoff=0.6) if c not in close]
+    close = close[:3]
+    choices = preferred
     msg = f"unknown {kind} {name!r}."
     if close:
         msg += " Did you mean " + " or ".join(repr(c) for c in close) + "?"

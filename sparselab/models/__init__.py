@@ -91,7 +91,8 @@ def create(name: str, num_classes: int = 10, in_chans: int | None = None, pretra
         import timm
 
         if not timm.is_model(name):
-            raise unknown_name("model", name, available() + _timm_names())
+            raise unknown_name("model", name, available() + _timm_names(), listed=available(),
+                               extra="or any timm model name (list them: sparselab models --all)")
         try:
             model = timm.create_model(name, pretrained=pretrained is True, num_classes=num_classes, **kwargs)
         except (OSError, RuntimeError) as exc:

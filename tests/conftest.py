@@ -1,0 +1,103 @@
+"""Shared fixtures: every test runs offline, with its own data directory, on generated files."""
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ["SPARSELAB_OFFLINE"] = "1"
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+
+@pytest.fixture(autouse=True)
+def isolated_data_dir(tmp_path_factory, monkeypatch):
+    """Point sparselab's data directory and the Debian Fashion-MNIST folder at empty temporary folders."""
+    root = tmp_path_factory.mktemp("data")
+    monkeypatch.setenv("SPARSELAB_DATA", str(root))
+    from sparselab.data import fashion_mnist
+
+    monkeypatch.setattr(fashion_mnist, "DEBIAN_DIR", root / "no-debian-package")
+    return root
+
+
+def class_images(n: int, num_classes: int, shape: tuple[int, ...], seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 images whose class is visible (a bright stripe at a class-specific row) plus noise."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % num_classes
+    rng.shuffle(labels)
+    images = rng.integers(0, 60, size=(n, *shape), dtype=np.uint8)
+    h = shape[0]
+    for i, c in enumerate(labels):
+        row = int(c * (h - 2) / max(num_classes - 1, 1))
+        images[i, row:row + 2] = 250
+    return images, labels.astype(np.uint8)
+
+
+def write_fashion_mnist(folder: Path, n_train: int = 600, n_test: int = 200, gz: bool = True) -> Path:
+    """Fashion-MNIST-format IDX files (generated images) in ``folder``."""
+    from sparselab.data.idx import write_idx
+
+    folder.mkdir(parents=True, exist_ok=True)
+    suffix = ".gz" if gz else ""
+    for prefix, n, seed in (("train", n_train, 1), ("t10k", n_test, 2)):
+        x, y = class_images(n, 10, (28, 28), seed)
+        write_idx(folder / f"{prefix}-images-idx3-ubyte{suffix}", x)
+        write_idx(folder / f"{prefix}-labels-idx1-ubyte{suffix}", y)
+    return folder
+
+
+def write_cifar(root: Path, name: str = "cifar10", n_train: int = 100, n_test: int = 40) -> Path:
+    """CIFAR python pickles in torchvision's layout under ``root``."""
+    k = 10 if name == "cifar10" else 100
+    folder = root / ("cifar-10-batches-py" if name == "cifar10" else "cifar-100-python")
+    folder.mkdir(parents=True, exist_ok=True)
+    label_key = "labels" if name == "cifar10" else "fine_labels"
+
+    def dump(fname, n, seed):
+        x, y = class_images(n, k, (32, 32, 3), seed)
+        obj = {b"data": x.transpose(0, 3, 1, 2).reshape(n, -1), label_key.encode(): [int(v) for v in y]}
+        with open(folder / fname, "wb") as f:
+            pickle.dump(obj, f)
+        return x, y
+
+    if name == "cifar10":
+        for i in range(1, 6):
+            dump(f"data_batch_{i}", n_train // 5, i)
+        dump("test_batch", n_test, 9)
+        meta = {b"label_names": [f"c{i}".encode() for i in range(10)]}
+        meta_name = "batches.meta"
+    else:
+        dump("train", n_train, 1)
+        dump("test", n_test, 9)
+        meta = {b"fine_label_names": [f"f{i}".encode() for i in range(100)]}
+        meta_name = "meta"
+    with open(folder / meta_name, "wb") as f:
+        pickle.dump(meta, f)
+    return root
+
+
+def write_image_folder(root: Path, classes=("cat", "dog", "owl"), per_class: int = 6, size: int = 20,
+                       splits=("train", "val")) -> Path:
+    """PNG files arranged as root/<split>/<class>/<i>.png (or root/<class>/ when ``splits`` is empty)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split in splits or ("",):
+        for c_idx, c in enumerate(classes):
+            d = root / split / c if split else root / c
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                arr = rng.integers(0, 255, size=(size, size, 3), dtype=np.uint8)
+                arr[c_idx::len(classes)] = 255
+                Image.fromarray(arr).save(d / f"{i}.png")
+    return root
+
+
+@pytest.fixture
+def fmnist_files(isolated_data_dir) -> Path:
+    """Generated Fashion-MNIST files in ``data/fashion_mnist``."""
+    return write_fashion_mnist(isolated_data_dir / "fashion_mnist")
