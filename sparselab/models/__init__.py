@@ -4,7 +4,7 @@ Example:
     >>> import sparselab as sl
     >>> m = sl.models.create("resnet20", num_classes=10, in_chans=1)
     >>> sum(p.numel() for p in m.parameters())
-    272282
+    272186
 """
 from __future__ import annotations
 

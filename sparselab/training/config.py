@@ -61,9 +61,9 @@ class TrainConfig:
     eval_batch_size: int = 512
     final_test: bool = True
     log_every: int = 10
-    checkpoint_every: int | None = None
+    checkpoint_every: int | None = field(default=None, compare=False)
     max_steps_per_epoch: int | None = None
-    num_workers: int = 0
+    num_workers: int = field(default=0, compare=False)
     amp: bool | None = None
     device: str | None = field(default=None, compare=False)
 

@@ -1,0 +1,36 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import sparselab as sl
+from sparselab.cli import main
+
+
+def test_train_command_writes_history_and_summary(tmp_path, capsys):
+    out = tmp_path / "run"
+    rc = main(["train", "--model", "lenet_300_100", "--data", "digits", "--image-size", "28", "--epochs", "1",
+               "--lr", "2e-3", "--out", str(out)])
+    assert rc == 0
+    history = sl.History.load(out / "history.jsonl.gz")
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["test"]["acc"] == history.last("acc", "test") > 0.5
+    assert (out / "checkpoint" / "last.pt").is_file()
+    assert "history:" in capsys.readouterr().out
+
+
+def test_errors_exit_with_code_2_and_a_message(tmp_path, capsys):
+    rc = main(["train", "--model", "resnet23", "--data", "digits", "--out", str(tmp_path)])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "unknown model 'resnet23'" in err and "resnet32" in err
+
+
+def test_listing_commands_run_as_a_module():
+    proc = subprocess.run([sys.executable, "-m", "sparselab", "datasets"], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0 and "fashion_mnist" in proc.stdout and "imagefolder" in proc.stdout
+    proc = subprocess.run([sys.executable, "-m", "sparselab", "models"], capture_output=True, text=True,
+                          timeout=120)
+    assert "vit_mini_patch7_28" in proc.stdout and "resnet32_wide" in proc.stdout
