@@ -1,0 +1,190 @@
+"""What a timm Vision Transformer is made of: its residual blocks, their gates, and their parameter counts.
+
+A depth-L ViT has K = 2L blocks, ordered ``blocks.0.attn, blocks.0.mlp, blocks.1.attn, ...``: each is one
+residual branch of a timm ``Block``. Six gate vectors per layer multiply activations (never weights):
+
+============  =============  =====================================================================
+gate          size           where it multiplies
+============  =============  =====================================================================
+attn_in       D              the ``norm1`` output feeding ``qkv``
+attn_qkv      head_dim       index j of the head dimension in every head, in q, k and v together
+                             (on the ``qkv`` output; with qk-norm also after ``q_norm``/``k_norm``)
+attn_out      D              the ``proj`` output added back to the stream
+mlp_in        D              the ``norm2`` output feeding ``fc1``
+mlp_hid       hidden         the hidden neurons after the activation
+mlp_out       D              the ``fc2`` output added back to the stream
+============  =============  =====================================================================
+
+Example:
+    >>> import timm
+    >>> s = ViTStructure(timm.create_model("vit_nano_patch4_28", num_classes=10))
+    >>> [b.name for b in s.blocks][:3], s.gate_sizes(0)["attn_qkv"]
+    (['blocks.0.attn', 'blocks.0.mlp', 'blocks.1.attn'], 16)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Mapping
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+
+GATES = ("attn_in", "attn_qkv", "attn_out", "mlp_in", "mlp_hid", "mlp_out")
+BLOCK_GATES = {"attn": GATES[:3], "mlp": GATES[3:]}
+Masks = Mapping[int, Mapping[str, torch.Tensor]]  # layer -> gate -> mask vector
+
+
+@dataclass(frozen=True)
+class BlockInfo:
+    """One residual branch: ``index`` k in 0..2L-1, its ``layer``, ``kind`` ("attn"/"mlp") and ``name``."""
+
+    index: int
+    layer: int
+    kind: str
+    name: str
+
+    @property
+    def gates(self) -> tuple[str, ...]:
+        return BLOCK_GATES[self.kind]
+
+
+def _is_identity(m: nn.Module | None) -> bool:
+    return m is None or isinstance(m, nn.Identity)
+
+
+class ViTStructure:
+    """Blocks, gate sizes and parameter counts of a timm ``VisionTransformer``-family model.
+
+    Supports class token or none, extra prefix tokens (distillation, registers), LayerScale, qk-norm, any depth
+    and width. Models whose blocks are not timm ``Block``-shaped (fused qkv Linear, ``Mlp`` with fc1/act/fc2)
+    are rejected with an error that names the offending module.
+    """
+
+    def __init__(self, model: nn.Module):
+        blocks = getattr(model, "blocks", None)
+        if blocks is None or not hasattr(model, "patch_embed"):
+            raise ConfigError(f"{type(model).__name__} is not a timm VisionTransformer (no .blocks/.patch_embed)")
+        self.model = model
+        self.layers: list[nn.Module] = list(blocks)
+        for i, blk in enumerate(self.layers):
+            self._validate(i, blk)
+        first = self.layers[0].attn
+        self.embed_dim: int = self.layers[0].norm1.normalized_shape[0]
+        self.num_prefix_tokens: int = int(getattr(model, "num_prefix_tokens", 1))
+        self.grid_size: tuple[int, int] = tuple(model.patch_embed.grid_size)
+        self.num_heads: list[int] = [b.attn.num_heads for b in self.layers]
+        self.head_dim: list[int] = [b.attn.head_dim for b in self.layers]
+        self.hidden: list[int] = [b.mlp.fc1.out_features for b in self.layers]
+        self.blocks: list[BlockInfo] = [
+            BlockInfo(2 * i + j, i, kind, f"blocks.{i}.{kind}")
+            for i in range(len(self.layers)) for j, kind in enumerate(("attn", "mlp"))
+        ]
+        self.qk_norm = not _is_identity(first.q_norm)
+
+    @staticmethod
+    def _validate(i: int, blk: nn.Module) -> None:
+        where = f"blocks.{i}"
+        for path in ("norm1", "attn.qkv", "attn.proj", "norm2", "mlp.fc1", "mlp.act", "mlp.fc2"):
+            obj = blk
+            for part in path.split("."):
+                obj = getattr(obj, part, None)
+            if obj is None:
+                raise ConfigError(f"{where}.{path} is missing: only timm Block/Attention/Mlp layouts are supported")
+        attn, mlp = blk.attn, blk.mlp
+        if not isinstance(attn.qkv, nn.Linear) or not isinstance(mlp.fc1, nn.Linear):
+            raise ConfigError(f"{where}: qkv and fc1 must be nn.Linear")
+        if getattr(attn, "gate", None) is not None:
+            raise ConfigError(f"{where}.attn uses gated attention, which block pruning does not support")
+        if not _is_identity(getattr(attn, "norm", None)):
+            raise ConfigError(f"{where}.attn.norm (scale_norm) is not supported")
+        if not _is_identity(getattr(mlp, "norm", None)):
+            raise ConfigError(f"{where}.mlp.norm is not supported")
+        if not isinstance(blk.norm1, nn.LayerNorm) or not isinstance(blk.norm2, nn.LayerNorm):
+            raise ConfigError(f"{where}: norm1/norm2 must be LayerNorm")
+
+    # ------------------------------------------------------------------ sizes
+    @property
+    def depth(self) -> int:
+        return len(self.layers)
+
+    def gate_sizes(self, layer: int) -> dict[str, int]:
+        d = self.embed_dim
+        return {"attn_in": d, "attn_qkv": self.head_dim[layer], "attn_out": d, "mlp_in": d,
+                "mlp_hid": self.hidden[layer], "mlp_out": d}
+
+    def full_masks(self) -> dict[int, dict[str, torch.Tensor]]:
+        """All-kept boolean masks for every layer and gate."""
+        return {i: {g: torch.ones(n, dtype=torch.bool) for g, n in self.gate_sizes(i).items()}
+                for i in range(self.depth)}
+
+    # ------------------------------------------------------------------ counting
+    def _counts(self, block: BlockInfo, masks: Masks | None) -> tuple[int, int]:
+        """(Linear parameters incl. biases, other block parameters: norms, LayerScale, qk-norm) kept."""
+        i, blk = block.layer, self.layers[block.layer]
+        sizes = self.gate_sizes(i)
+        n = {g: (int(masks[i][g].sum()) if masks is not None else sizes[g]) for g in block.gates}
+        d = self.embed_dim
+        if block.kind == "attn":
+            heads = self.num_heads[i]
+            a, h, o = n["attn_in"], n["attn_qkv"], n["attn_out"]
+            qkv = 3 * heads * h * a + (3 * heads * h if blk.attn.qkv.bias is not None else 0)
+            proj = o * heads * h + (o if blk.attn.proj.bias is not None else 0)
+            other = _n(blk.norm1) + _n(getattr(blk, "ls1", None))
+            if self.qk_norm:
+                other += (_n(blk.attn.q_norm) + _n(blk.attn.k_norm)) * h // max(self.head_dim[i], 1)
+            return qkv + proj, other
+        a, hid, o = n["mlp_in"], n["mlp_hid"], n["mlp_out"]
+        fc1 = hid * a + (hid if blk.mlp.fc1.bias is not None else 0)
+        fc2 = o * hid + (o if blk.mlp.fc2.bias is not None else 0)
+        return fc1 + fc2, _n(blk.norm2) + _n(getattr(blk, "ls2", None))
+
+    def linear_params(self, block: BlockInfo, masks: Masks | None = None) -> int:
+        """Linear weights and biases of ``block`` kept under ``masks`` (all when None)."""
+        return self._counts(block, masks)[0]
+
+    def block_params(self, block: BlockInfo, masks: Masks | None = None) -> int:
+        """All parameters of ``block`` kept under ``masks``: Linear layers, its LayerNorm, LayerScale, qk-norm."""
+        lin, other = self._counts(block, masks)
+        return lin + other
+
+    def outside_params(self) -> int:
+        """W_0: parameters outside the blocks (embeddings, prefix tokens, final norm, head)."""
+        total = sum(p.numel() for p in self.model.parameters())
+        return total - sum(self.block_params(b) for b in self.blocks)
+
+    def total_params(self, masks: Masks | None = None) -> int:
+        """Parameters of the whole model under ``masks``."""
+        return self.outside_params() + sum(self.block_params(b, masks) for b in self.blocks)
+
+    def prune_ratio(self, masks: Masks, blocks_only: bool = False) -> float:
+        """Fraction of parameters removed by ``masks`` (of the whole model, or of the blocks only)."""
+        dense = sum(self.block_params(b) for b in self.blocks)
+        kept = sum(self.block_params(b, masks) for b in self.blocks)
+        if not blocks_only:
+            dense += self.outside_params()
+            kept += self.outside_params()
+        return 1.0 - kept / dense
+
+    # ------------------------------------------------------------------ tokens
+    def patch_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """Residual-stream tokens ``(B, N, D)`` to a patch grid ``(B, D, h, w)``, skipping all prefix tokens."""
+        h, w = self.grid_size
+        t = x[:, self.num_prefix_tokens:]
+        return t.transpose(1, 2).reshape(x.shape[0], x.shape[2], h, w)
+
+    def pooled(self, x: torch.Tensor) -> torch.Tensor:
+        """What the model's head pools from stream tokens: the class token for ``token`` pooling, otherwise the
+        mean of the patch tokens."""
+        if getattr(self.model, "global_pool", "token") == "token" and self.num_prefix_tokens > 0:
+            return x[:, 0]
+        return x[:, self.num_prefix_tokens:].mean(dim=1)
+
+
+def _n(module: nn.Module | None) -> int:
+    return 0 if module is None else sum(p.numel() for p in module.parameters())
+
+
+def iter_blocks(structure: ViTStructure, kinds: Iterable[str] = ("attn", "mlp")) -> list[BlockInfo]:
+    return [b for b in structure.blocks if b.kind in kinds]
