@@ -6,11 +6,12 @@ Example:
     >>> model = sl.models.create("lenet_300_100", num_classes=10, in_chans=1, image_size=16)
     >>> history = sl.fit(model, data, epochs=1, progress=False)   # doctest: +SKIP
 """
-from . import data, models
+from . import data, models, probes, structure
+from .pruners import P3B, P3BSchedule
 from .errors import CheckpointError, ConfigError, DataNotFoundError, SparselabError, UnknownNameError
 from .history import History
 from .training import Pruner, TrainConfig, TrainState, evaluate, fit
 
 __version__ = "0.1.0"
-__all__ = ["data", "models", "fit", "evaluate", "History", "Pruner", "TrainConfig", "TrainState", "SparselabError", "ConfigError",
+__all__ = ["data", "models", "probes", "structure", "P3B", "P3BSchedule", "fit", "evaluate", "History", "Pruner", "TrainConfig", "TrainState", "SparselabError", "ConfigError",
            "CheckpointError", "DataNotFoundError", "UnknownNameError"]

@@ -1,0 +1,221 @@
+"""Block benefit ΔΨ: how much each attention / MLP block improves the features for the task at hand.
+
+For every block k a pair of small probe heads is trained on *detached* residual-stream features (they never
+train the backbone) and evaluated on the block's input x_{k-1} and output x_k:
+
+    ΔΨ_k = loss(probe_k(x_{k-1})) − loss(probe_k(x_k))
+
+separately for the class-token probe (ΔΨ^c) and the patch probe (ΔΨ^p). Benefits are summed over a window
+of steps and averaged when read; under torchrun sums, counts and probe gradients are all-reduced.
+
+:class:`BlockBenefit` is a training plug-in: pass it to :func:`sparselab.fit` as a callback to record benefits
+during ordinary fine-tuning (``log_every`` steps and at every epoch end), or let :class:`sparselab.P3B` drive it.
+
+Example:
+    >>> import sparselab as sl
+    >>> data = sl.data.load("digits", image_size=28, limit=256)
+    >>> model = sl.models.create("vit_nano_patch4_28", num_classes=10)
+    >>> probes = sl.probes.BlockBenefit(model, num_classes=10, patch_probe="linear")
+    >>> h = sl.fit(model, data, epochs=1, batch_size=64, callbacks=[probes], progress=False)
+    >>> sorted(h.blocks.metric.unique())
+    ['benefit_cls', 'benefit_patch']
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import ConfigError
+from ..structure.taps import ResidualTaps
+from ..structure.vit import ViTStructure
+from ..training import distributed as dist_utils
+from ..training.pruner import Pruner, TrainState
+from .heads import ProbePair
+
+VARIANTS = ("cls", "patch")
+
+
+class BlockBenefit(Pruner):
+    """Probe heads on every block of a timm ViT and the running block-benefit sums.
+
+    Args:
+        model: a timm VisionTransformer-family model.
+        num_classes: classes of the task the probes learn.
+        patch_probe: ``conv2`` (reference: two 3x3 conv layers), ``conv1``, ``linear``, or None (class probe only).
+        log_every: when used as a callback, record the window means every this many steps (and always at the
+            end of an epoch); None: at epoch ends only. Use :meth:`calibrate` and :meth:`measure` for benefits
+            before fine-tuning.
+        structure: an existing :class:`ViTStructure` of ``model`` (to share one).
+    """
+
+    def __init__(self, model: nn.Module, num_classes: int, patch_probe: str | None = "conv2",
+                 log_every: int | None = None, structure: ViTStructure | None = None):
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+            raise ConfigError(f"num_classes must be an integer >= 2, got {num_classes!r}")
+        self.structure = structure or ViTStructure(model)
+        s = self.structure
+        self.num_classes = num_classes
+        self.patch_probe = patch_probe
+        self.log_every = log_every
+        self.probes = nn.ModuleList([ProbePair(s.embed_dim, num_classes, patch_probe) for _ in s.blocks])
+        self.variants = VARIANTS if patch_probe else VARIANTS[:1]
+        self.taps = ResidualTaps(s)
+        self.accumulate = True
+        self.reset()
+
+    # ------------------------------------------------------------------ sums
+    def reset(self) -> None:
+        """Start a new window: zero the benefit sums and the batch count."""
+        k = len(self.structure.blocks)
+        self.sums = torch.zeros(len(VARIANTS), k, dtype=torch.float64)
+        self.count = 0
+
+    def window_mean(self, reduce: bool = True) -> dict[str, torch.Tensor]:
+        """Mean ΔΨ per block over the current window, per variant (``cls``, ``patch``); all-reduced."""
+        t = torch.cat([self.sums.flatten(), torch.tensor([float(self.count)], dtype=torch.float64)])
+        if reduce:
+            t = dist_utils.all_reduce_sum(t)
+        n = max(t[-1].item(), 1.0)
+        sums = t[:-1].view_as(self.sums) / n
+        return {v: sums[i].clone() for i, v in enumerate(VARIANTS) if v in self.variants}
+
+    # ------------------------------------------------------------------ probe losses
+    def probe_loss(self, targets: torch.Tensor) -> torch.Tensor:
+        """Sum of all probe losses on the last forward pass's taps; accumulates ΔΨ when ``accumulate``."""
+        stream = self.taps.stream
+        s = self.structure
+        if len(stream) != len(s.blocks) + 1:
+            raise RuntimeError("BlockBenefit saw no complete forward pass; is the model the one it was built on?")
+        total = stream[0].new_zeros(())
+        deltas = torch.zeros(len(VARIANTS), len(s.blocks), dtype=torch.float64)
+        for k, pair in enumerate(self.probes):
+            x_in, x_out = stream[k], stream[k + 1]
+            feats = torch.cat([s.pooled(x_in), s.pooled(x_out)])
+            losses = F.cross_entropy(pair.cls(feats), targets.repeat(2), reduction="none").view(2, -1).mean(1)
+            total = total + losses.sum()
+            deltas[0, k] = (losses[0] - losses[1]).item()
+            if pair.patch is not None:
+                grids = torch.cat([s.patch_tokens(x_in), s.patch_tokens(x_out)])
+                pl = F.cross_entropy(pair.patch(grids), targets.repeat(2), reduction="none").view(2, -1).mean(1)
+                total = total + pl.sum()
+                deltas[1, k] = (pl[0] - pl[1]).item()
+        if self.accumulate:
+            self.sums += deltas
+            self.count += 1
+        return total
+
+    # ------------------------------------------------------------------ hooks
+    def on_fit_start(self, state: TrainState) -> None:
+        self.probes.to(state.device)
+
+    def param_groups(self, groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return groups + [{"params": list(self.probes.parameters()), "weight_decay": 0.0}]
+
+    def extra_loss(self, state: TrainState) -> torch.Tensor:
+        self.probes.train()
+        return self.probe_loss(state.targets)
+
+    def after_backward(self, state: TrainState) -> None:
+        if state.world_size > 1:
+            all_reduce_mean_grads(list(self.probes.parameters()), state.world_size)
+
+    def after_step(self, state: TrainState) -> None:
+        if self.log_every and state.step % self.log_every == 0:
+            self.log(state)
+
+    def on_epoch_end(self, state: TrainState) -> None:
+        if self.count:
+            self.log(state)
+
+    def log(self, state: TrainState) -> None:
+        """Write the window means into the History (``benefit_cls``/``benefit_patch``) and reset."""
+        means = self.window_mean()
+        for v, values in means.items():
+            state.history.log_blocks(f"benefit_{v}", {b.name: float(values[b.index]) for b in self.structure.blocks},
+                                     step=state.step, epoch=state.epoch)
+        self.reset()
+
+    @torch.no_grad()
+    def calibrate(self, data, steps: int = 50, batch_size: int = 64, lr: float = 1e-3, seed: int = 0) -> None:
+        """Fit the probes alone on the frozen model (e.g. to measure benefit *before* fine-tuning)."""
+        from ..training.batches import epoch_order
+
+        model = self.structure.model
+        device = next(model.parameters()).device
+        self.probes.to(device)
+        opt = torch.optim.AdamW(self.probes.parameters(), lr=lr, weight_decay=0.0)
+        train = data.train
+        was_training, accumulate = model.training, self.accumulate
+        model.eval()
+        self.accumulate = False
+        order = epoch_order(len(train), seed, 0)
+        for i in range(steps):
+            idx = order[(i * batch_size) % len(order):][:batch_size]
+            x, y = train.get_batch(idx) if hasattr(train, "get_batch") else _stack(train, idx)
+            model(x.to(device))
+            with torch.enable_grad():
+                loss = self.probe_loss(y.to(device))
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+        model.train(was_training)
+        self.accumulate = accumulate
+        self.reset()
+
+    @torch.no_grad()
+    def measure(self, data, batches: int = 4, batch_size: int = 128) -> dict[str, torch.Tensor]:
+        """ΔΨ per block on a few held-out batches (probes and model in eval mode); does not touch the sums."""
+        model = self.structure.model
+        device = next(model.parameters()).device
+        ds = data.eval_split if hasattr(data, "eval_split") else data
+        saved = (self.sums.clone(), self.count, self.accumulate, model.training, self.probes.training)
+        self.reset()
+        self.accumulate = True
+        model.eval()
+        self.probes.eval()
+        for i in range(batches):
+            idx = torch.arange(i * batch_size, min((i + 1) * batch_size, len(ds)))
+            if len(idx) == 0:
+                break
+            x, y = ds.get_batch(idx) if hasattr(ds, "get_batch") else _stack(ds, idx)
+            model(x.to(device))
+            self.probe_loss(y.to(device))
+        result = self.window_mean()
+        self.sums, self.count, self.accumulate = saved[0], saved[1], saved[2]
+        model.train(saved[3])
+        self.probes.train(saved[4])
+        return result
+
+    def remove(self) -> None:
+        """Detach the taps from the model."""
+        self.taps.remove()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"probes": self.probes.state_dict(), "sums": self.sums.clone(), "count": self.count}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.probes.load_state_dict(state["probes"])
+        self.sums = state["sums"].clone()
+        self.count = state["count"]
+
+
+def all_reduce_mean_grads(params: list[torch.Tensor], world_size: int) -> None:
+    """Average the gradients of parameters that live outside DistributedDataParallel, in one collective."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.flatten() for g in grads])
+    dist_utils.all_reduce_sum(flat)
+    flat /= world_size
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset:offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
+def _stack(ds, idx):
+    items = [ds[int(i)] for i in idx]
+    return torch.stack([x for x, _ in items]), torch.tensor([y for _, y in items])

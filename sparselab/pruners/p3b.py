@@ -1,0 +1,366 @@
+"""P3B — Pruning by Block Benefit: structured pruning of a ViT while it is fine-tuned on a new domain.
+
+Between blocks, each block's keep ratio is set from its measured benefit (probe heads, §1.3–1.4) and re-set
+throughout training, so a block whose benefit rises gets budget back and its pruned elements are reactivated.
+Inside a block, a squared first-order Taylor criterion on the gates decides which elements stay (§1.5).
+
+The same machinery runs the baselines (``allocation=``): ``uniform`` (one keep ratio for every block, Taylor
+selection inside), ``global`` (one Taylor ranking across all blocks, no per-block budget), ``fixed``
+(hand-set keep-ratio profile, rescaled to the budget), and ``criterion="l1"`` (structured L1 magnitude instead
+of Taylor).
+
+Example:
+    >>> import sparselab as sl
+    >>> data = sl.data.load("digits", image_size=28, limit=256)
+    >>> model = sl.models.create("vit_nano_patch4_28", num_classes=10)
+    >>> pruner = sl.P3B(model, prune_ratio=0.5, schedule=sl.P3BSchedule(warmup=1, sparsify=2, finalize=3),
+    ...                 patch_probe="linear")
+    >>> history = sl.fit(model, data, epochs=3, batch_size=64, pruner=pruner, progress=False)
+    >>> abs(pruner.achieved_prune_ratio() - 0.5) < 0.005
+    True
+    >>> compact = pruner.compact()          # a physically smaller timm ViT   # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Any, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError, check_ratio, unknown_name
+from ..probes.block_benefit import BlockBenefit, all_reduce_mean_grads
+from ..structure.gates import Gates
+from ..structure.vit import GATES, BlockInfo, ViTStructure
+from ..training.pruner import Pruner, TrainState
+from .allocation import benefit_scores, ramp_keep, water_fill
+from .schedules import P3BSchedule, P3BSteps
+from .selection import GATE_FACTORS, block_order, find_threshold, soft_masks
+
+ALLOCATIONS = ("benefit", "uniform", "global", "fixed")
+CRITERIA = ("taylor", "l1")
+PER_PARAMETER = ("remaining", "dense")
+
+
+class P3B(Pruner):
+    """Block-benefit structured pruning of a timm ViT (and its baselines), as a :func:`sparselab.fit` pruner.
+
+    Args:
+        model: a timm VisionTransformer-family model.
+        prune_ratio: fraction of parameters to remove, in [0, 1) — of the whole model by default, of the
+            blocks only with ``blocks_only=True``.
+        schedule: a :class:`P3BSchedule` (epochs of warm-up / sparsify / finalize, updates per epoch, τ).
+        num_classes: classes of the task (default: the model's).
+        allocation: ``benefit`` (P3B), ``uniform``, ``global`` or ``fixed`` (see the module docstring).
+        criterion: ``taylor`` (Σ(m·∂L/∂m)² over the window) or ``l1`` (structured weight magnitude).
+        keep_ratios: per-block keep-ratio profile for ``allocation="fixed"`` (length 2·depth).
+        patch_probe: ``conv2`` (reference), ``conv1``, ``linear`` or None (class-token probe only).
+        benefit_scale: T in z = T·ΔΨ/max ΔΨ and in the soft clip (default 10).
+        per_parameter: divide the benefit by the ``remaining`` (reference) or ``dense`` parameter count.
+        momentum: γ of the importance momentum across updates (0.2).
+        class_weight: α, the class-token share of the class/patch mix (0.5).
+        gate_factors: per-gate multipliers of the rank-normalised scores.
+        blocks_only: let ``prune_ratio`` refer to the blocks' parameters only.
+    """
+
+    def __init__(self, model: nn.Module, prune_ratio: float, schedule: P3BSchedule | None = None, *,
+                 num_classes: int | None = None, allocation: str = "benefit", criterion: str = "taylor",
+                 keep_ratios: Sequence[float] | None = None, patch_probe: str | None = "conv2",
+                 benefit_scale: float = 10.0, per_parameter: str = "remaining", momentum: float = 0.2,
+                 class_weight: float = 0.5, gate_factors: Mapping[str, float] | None = None,
+                 blocks_only: bool = False):
+        self.prune_ratio = check_ratio("prune_ratio", prune_ratio)
+        for name, value, allowed in (("allocation", allocation, ALLOCATIONS), ("criterion", criterion, CRITERIA),
+                                     ("per_parameter", per_parameter, PER_PARAMETER)):
+            if value not in allowed:
+                raise unknown_name(name, value, allowed)
+        if not 0 < momentum <= 1:
+            raise ConfigError(f"momentum must lie in (0, 1], got {momentum}")
+        if not 0 <= class_weight <= 1:
+            raise ConfigError(f"class_weight must lie in [0, 1], got {class_weight}")
+        self.schedule = schedule or P3BSchedule()
+        self.structure = ViTStructure(model)
+        s = self.structure
+        if allocation == "fixed":
+            if keep_ratios is None or len(keep_ratios) != len(s.blocks) or min(keep_ratios) < 0:
+                raise ConfigError(f"allocation='fixed' needs keep_ratios: {len(s.blocks)} non-negative numbers "
+                                  f"(one per block), got {keep_ratios!r}")
+        self.allocation, self.criterion, self.per_parameter = allocation, criterion, per_parameter
+        self.keep_ratios = torch.tensor(list(keep_ratios), dtype=torch.float64) if keep_ratios is not None else None
+        self.benefit_scale, self.momentum, self.class_weight = benefit_scale, momentum, class_weight
+        self.gate_factors = dict(GATE_FACTORS if gate_factors is None else gate_factors)
+        self.blocks_only = blocks_only
+
+        self.dense_linear = torch.tensor([s.linear_params(b) for b in s.blocks], dtype=torch.float64)
+        self.dense_block = torch.tensor([s.block_params(b) for b in s.blocks], dtype=torch.float64)
+        blocks_total = float(self.dense_block.sum())
+        total = blocks_total if blocks_only else blocks_total + s.outside_params()
+        self.linear_budget = (1 - self.prune_ratio) * total - (total - float(self.dense_linear.sum()))
+        if self.linear_budget < 0:
+            most = float(self.dense_linear.sum()) / total
+            raise ConfigError(f"prune_ratio {self.prune_ratio} removes more than the prunable Linear layers hold: "
+                              f"at most {most:.3f} of {'the blocks' if blocks_only else 'the model'} is prunable")
+
+        self.gates = Gates(s)
+        n_cls = num_classes if num_classes is not None else getattr(model, "num_classes", None)
+        self.probes: BlockBenefit | None = None
+        if allocation == "benefit":
+            if not isinstance(n_cls, int) or n_cls < 2:
+                raise ConfigError("P3B needs num_classes (the model has no num_classes attribute)")
+            self.probes = BlockBenefit(model, n_cls, patch_probe=patch_probe, structure=s)
+            self.probes.accumulate = False
+        self.steps: P3BSteps | None = None
+        self.finalized = False
+        self.updates = 0
+        self._importance: dict[str, torch.Tensor] = {}
+        self._taylor = self._zero_scores()
+        self._taylor_prev = self._zero_scores()
+        self._count = 0
+        self._count_prev = 0
+
+    # ------------------------------------------------------------------ helpers
+    def _zero_scores(self) -> dict[str, torch.Tensor]:
+        return {Gates.key(i, g): torch.zeros(n, dtype=torch.float64)
+                for i in range(self.structure.depth) for g, n in self.structure.gate_sizes(i).items()}
+
+    def _linear_kept(self, block: BlockInfo, kept: Mapping[str, int]) -> int:
+        masks = {block.layer: {g: torch.ones(kept[g], dtype=torch.bool) for g in block.gates}}
+        return self.structure.linear_params(block, masks)
+
+    def hard_masks(self) -> dict[int, dict[str, torch.Tensor]]:
+        """Boolean masks (gate ≥ 0.5) of every layer and gate."""
+        return self.gates.hard_masks()
+
+    def achieved_prune_ratio(self) -> float:
+        """Fraction of parameters the current hard masks remove (same reference as ``prune_ratio``)."""
+        return self.structure.prune_ratio(self.hard_masks(), blocks_only=self.blocks_only)
+
+    # ------------------------------------------------------------------ hooks
+    def on_fit_start(self, state: TrainState) -> None:
+        self.gates.to(state.device)
+        if self.probes is not None:
+            self.probes.on_fit_start(state)
+        self.steps = self.schedule.steps(state.steps_per_epoch)
+        if state.epochs < self.schedule.finalize and not self.finalized:
+            warnings.warn(f"training for {state.epochs} epochs ends before P3B finalizes (epoch "
+                          f"{self.schedule.finalize}); masks stay soft", stacklevel=3)
+
+    def param_groups(self, groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        groups = groups + [{"params": list(self.gates.parameters()), "lr": 0.0, "weight_decay": 0.0}]
+        return self.probes.param_groups(groups) if self.probes is not None else groups
+
+    def extra_loss(self, state: TrainState) -> torch.Tensor | None:
+        if self.probes is None or self.finalized:
+            return None
+        self.probes.accumulate = state.step >= self.steps.start
+        return self.probes.extra_loss(state)
+
+    def after_backward(self, state: TrainState) -> None:
+        if state.world_size > 1:
+            params = list(self.gates.parameters())
+            if self.probes is not None and not self.finalized:
+                params += list(self.probes.probes.parameters())
+            all_reduce_mean_grads(params, state.world_size)
+
+    @torch.no_grad()
+    def after_step(self, state: TrainState) -> None:
+        if self.finalized or not self.steps.in_window(state.step):
+            return
+        if self.criterion == "taylor":
+            for key, p in self.gates.values.items():
+                if p.grad is not None:
+                    self._taylor[key] += (p.detach() * p.grad).double().pow(2).cpu()
+        self._count += 1
+        if self.steps.is_update(state.step):
+            self.update(state)
+
+    def on_epoch_end(self, state: TrainState) -> None:
+        if not self.finalized and state.epoch + 1 >= self.schedule.finalize:
+            self.update(state, final=True)
+            self.finalized = True
+            if self.probes is not None:
+                self.probes.remove()
+
+    # ------------------------------------------------------------------ scores
+    def _window_scores(self, final: bool) -> dict[str, torch.Tensor]:
+        if self.criterion == "l1":
+            return self._l1_scores()
+        if final:
+            n = max(self._count + self._count_prev, 1)
+            return {k: (self._taylor[k] + self._taylor_prev[k]) / n for k in self._taylor}
+        n = max(self._count, 1)
+        return {k: v / n for k, v in self._taylor.items()}
+
+    @torch.no_grad()
+    def _l1_scores(self) -> dict[str, torch.Tensor]:
+        """Structured L1 magnitude: the summed |w| of the weights each gate element switches off."""
+        s = self.structure
+        out = {}
+        for i, blk in enumerate(s.layers):
+            h, hd = s.num_heads[i], s.head_dim[i]
+            qkv, proj = blk.attn.qkv.weight.abs().double().cpu(), blk.attn.proj.weight.abs().double().cpu()
+            fc1, fc2 = blk.mlp.fc1.weight.abs().double().cpu(), blk.mlp.fc2.weight.abs().double().cpu()
+            out[Gates.key(i, "attn_in")] = qkv.sum(0)
+            out[Gates.key(i, "attn_qkv")] = (qkv.view(3, h, hd, -1).sum(dim=(0, 1, 3))
+                                              + proj.view(-1, h, hd).sum(dim=(0, 1)))
+            out[Gates.key(i, "attn_out")] = proj.sum(1)
+            out[Gates.key(i, "mlp_in")] = fc1.sum(0)
+            out[Gates.key(i, "mlp_hid")] = fc1.sum(1) + fc2.sum(0)
+            out[Gates.key(i, "mlp_out")] = fc2.sum(1)
+        return out
+
+    def _allocate(self, state: TrainState, final: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Goal keep ratios κ_k of the blocks' Linear parameters, and the logged intermediate values."""
+        s = self.structure
+        logged: dict[str, torch.Tensor] = {}
+        if self.allocation == "uniform":
+            importance = torch.ones(len(s.blocks), dtype=torch.float64)
+        elif self.allocation == "fixed":
+            importance = self.keep_ratios.clone()
+        else:  # benefit
+            masks = self.hard_masks()
+            params = (torch.tensor([s.block_params(b, masks) for b in s.blocks], dtype=torch.float64)
+                      if self.per_parameter == "remaining" else self.dense_block)
+            means = self.probes.window_mean()
+            self.probes.reset()
+            mixed = torch.zeros(len(s.blocks), dtype=torch.float64)
+            weights = {"cls": self.class_weight, "patch": 1 - self.class_weight}
+            if "patch" not in means:
+                weights = {"cls": 1.0}
+            for variant, benefit in means.items():
+                logged[f"benefit_{variant}"] = benefit
+                u = benefit_scores(benefit, params, self.benefit_scale)
+                prev = self._importance.get(variant)
+                score = u if prev is None else self.momentum * u + (1 - self.momentum) * prev
+                self._importance[variant] = score
+                logged[f"score_{variant}"] = score
+                mixed += weights[variant] * score
+            importance = mixed
+            logged["importance"] = importance
+        kappa = water_fill(importance, self.dense_linear, self.linear_budget)
+        return kappa, logged
+
+    # ------------------------------------------------------------------ the update
+    @torch.no_grad()
+    def update(self, state: TrainState, final: bool = False) -> None:
+        """Re-allocate budgets, re-select elements and set the gates; records everything in the History."""
+        s = self.structure
+        step = state.step
+        ramp = 1.0 if final else self.steps.ramp(step)
+        tau = 0.0 if final else self.steps.tau(step)
+        old = self.hard_masks()
+        scores = self._window_scores(final)
+        values: dict[int, dict[str, torch.Tensor]] = {i: {} for i in range(s.depth)}
+        if self.allocation == "global":
+            kappa = torch.full((len(s.blocks),), self.linear_budget / float(self.dense_linear.sum()),
+                               dtype=torch.float64)
+            applied = ramp_keep(kappa, ramp)
+            self._select_global(scores, float((applied * self.dense_linear).sum()), tau, values)
+            logged: dict[str, torch.Tensor] = {}
+        else:
+            kappa, logged = self._allocate(state, final)
+            applied = ramp_keep(kappa, ramp)
+            for b in s.blocks:
+                sizes = {g: s.gate_sizes(b.layer)[g] for g in b.gates}
+                block_scores = {g: scores[Gates.key(b.layer, g)] for g in b.gates}
+                gates, order = block_order(block_scores, self.gate_factors)
+                target = float(applied[b.index] * self.dense_linear[b.index])
+                t = find_threshold(gates, sizes, order, lambda kept, b=b: self._linear_kept(b, kept), target)
+                values[b.layer].update(soft_masks(gates, sizes, order, t, tau))
+        self.gates.set_values(values)
+        new = self.hard_masks()
+        self._record(state, old, new, kappa, applied, logged, ramp, tau)
+        self._taylor_prev, self._count_prev = self._taylor, self._count
+        self._taylor, self._count = self._zero_scores(), 0
+        self.updates += 1
+
+    def _select_global(self, scores: Mapping[str, torch.Tensor], target: float, tau: float,
+                       values: dict[int, dict[str, torch.Tensor]]) -> None:
+        s = self.structure
+        keys = list(scores)
+        flat = torch.cat([scores[k] for k in keys])
+        key_idx = torch.cat([torch.full((scores[k].numel(),), i) for i, k in enumerate(keys)])
+        elem_idx = torch.cat([torch.arange(scores[k].numel()) for k in keys])
+        order_idx = torch.argsort(flat, stable=True)
+        order = torch.stack([key_idx[order_idx], elem_idx[order_idx]], dim=1)
+        sizes = {k: scores[k].numel() for k in keys}
+
+        def kept_total(kept: Mapping[str, int]) -> int:
+            total = 0
+            for b in s.blocks:
+                total += self._linear_kept(b, {g: kept[Gates.key(b.layer, g)] for g in b.gates})
+            return total
+
+        t = find_threshold(keys, sizes, order, kept_total, target)
+        for key, v in soft_masks(keys, sizes, order, t, tau).items():
+            layer, gate = key[1:].split("_", 1)
+            values[int(layer)][gate] = v
+
+    def _record(self, state: TrainState, old, new, kappa, applied, logged, ramp: float, tau: float) -> None:
+        s, h, step, epoch = self.structure, state.history, state.step, state.epoch
+        names = [b.name for b in s.blocks]
+        for metric, vec in logged.items():
+            h.log_blocks(metric, dict(zip(names, vec.tolist())), step=step, epoch=epoch)
+        h.log_blocks("keep_goal", dict(zip(names, kappa.tolist())), step=step, epoch=epoch)
+        h.log_blocks("keep_applied", dict(zip(names, applied.tolist())), step=step, epoch=epoch)
+        h.log_blocks("kept_params", {b.name: s.block_params(b, new) for b in s.blocks}, step=step, epoch=epoch)
+        h.log_blocks("dense_params", dict(zip(names, self.dense_block.tolist())), step=step, epoch=epoch)
+        h.log_metrics({"prune_ratio": self.achieved_prune_ratio(), "ramp": ramp, "tau": tau}, step=step,
+                      epoch=epoch, split="train")
+        for b in s.blocks:
+            for g in b.gates:
+                before, after = old[b.layer][g], new[b.layer][g]
+                for o, n in ((0, 1), (1, 0)):
+                    changed = torch.nonzero((before == bool(o)) & (after == bool(n))).flatten()
+                    if len(changed):
+                        h.log_events(step=step, epoch=epoch, block=b.name, gate=g, elements=changed.tolist(),
+                                     old=o, new=n)
+
+    # ------------------------------------------------------------------ results
+    def compact(self) -> nn.Module:
+        """A physically smaller copy of the model under the current hard masks (outputs equal the hard-masked
+        model's); the pruner's model is left untouched."""
+        from ..structure.compact import compact_vit
+
+        return compact_vit(self.structure.model, self.hard_masks())
+
+    def remove(self) -> None:
+        """Detach gates and probes from the model (it computes densely again)."""
+        self.gates.remove()
+        if self.probes is not None:
+            self.probes.remove()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "gates": {k: v.detach().cpu().clone() for k, v in self.gates.values.items()},
+            "probes": self.probes.state_dict() if self.probes is not None else None,
+            "taylor": self._taylor, "taylor_prev": self._taylor_prev, "count": self._count,
+            "count_prev": self._count_prev, "importance": self._importance, "finalized": self.finalized,
+            "updates": self.updates,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        with torch.no_grad():
+            for k, v in state["gates"].items():
+                self.gates.values[k].copy_(v)
+        if self.probes is not None and state["probes"] is not None:
+            self.probes.load_state_dict(state["probes"])
+        self._taylor = {k: v.clone() for k, v in state["taylor"].items()}
+        self._taylor_prev = {k: v.clone() for k, v in state["taylor_prev"].items()}
+        self._count, self._count_prev = state["count"], state["count_prev"]
+        self._importance = {k: v.clone() for k, v in state["importance"].items()}
+        self.finalized, self.updates = state["finalized"], state["updates"]
+        if self.finalized and self.probes is not None:
+            self.probes.remove()
+
+
+def implied_prune_ratio(structure: ViTStructure, keep_ratios: Sequence[float], blocks_only: bool = False) -> float:
+    """The global prune ratio that per-block Linear keep ratios ``keep_ratios`` amount to."""
+    lin = torch.tensor([structure.linear_params(b) for b in structure.blocks], dtype=torch.float64)
+    blocks = float(sum(structure.block_params(b) for b in structure.blocks))
+    total = blocks if blocks_only else blocks + structure.outside_params()
+    removed = float(((1 - torch.tensor(list(keep_ratios), dtype=torch.float64)) * lin).sum())
+    return removed / total
+
+
+__all__ = ["P3B", "P3BSchedule", "implied_prune_ratio"]

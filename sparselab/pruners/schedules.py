@@ -1,0 +1,77 @@
+"""Schedules: tiny objects that answer "is this an update step?" and "what target now?".
+
+Example:
+    >>> s = P3BSchedule(warmup=2, sparsify=6, finalize=12, updates_per_epoch=3)
+    >>> steps = s.steps(steps_per_epoch=30)
+    >>> steps.start, steps.sparse, steps.final, steps.interval
+    (60, 180, 360, 10)
+    >>> round(steps.ramp(60), 4), steps.ramp(179), steps.tau(180), steps.tau(360)
+    (0.0083, 1.0, 0.1, 0.0)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..errors import ConfigError
+
+
+@dataclass(frozen=True)
+class P3BSchedule:
+    """P3B's four phases, in epochs (reference defaults: 5 / 25 / 50, ~3 mask updates per epoch).
+
+    - dense warm-up until epoch ``warmup`` (probes train; no scores accumulated);
+    - sparsify until epoch ``sparsify``: mask updates every U steps, the applied keep ratio ramps to the goal;
+    - sharpen until epoch ``finalize``: the soft-mask temperature τ decays linearly from ``tau`` to 0;
+    - finalize at the end of epoch ``finalize``: one last update with a hard threshold.
+    """
+
+    warmup: int = 5
+    sparsify: int = 25
+    finalize: int = 50
+    updates_per_epoch: int = 3
+    tau: float = 0.1
+
+    def __post_init__(self) -> None:
+        if not (0 <= self.warmup < self.sparsify <= self.finalize):
+            raise ConfigError(f"need 0 <= warmup < sparsify <= finalize (epochs), got warmup={self.warmup}, "
+                              f"sparsify={self.sparsify}, finalize={self.finalize}")
+        if self.updates_per_epoch < 1:
+            raise ConfigError(f"updates_per_epoch must be >= 1, got {self.updates_per_epoch}")
+        if self.tau < 0:
+            raise ConfigError(f"tau must be >= 0, got {self.tau}")
+
+    def steps(self, steps_per_epoch: int) -> "P3BSteps":
+        return P3BSteps(self.warmup * steps_per_epoch, self.sparsify * steps_per_epoch,
+                        self.finalize * steps_per_epoch, max(1, steps_per_epoch // self.updates_per_epoch),
+                        self.tau)
+
+
+@dataclass(frozen=True)
+class P3BSteps:
+    """The schedule in optimizer steps: ``start`` (t_start), ``sparse`` (t_sparse), ``final`` (t_final)."""
+
+    start: int
+    sparse: int
+    final: int
+    interval: int
+    tau0: float
+
+    def in_window(self, step: int) -> bool:
+        """Scores accumulate after optimizer steps ``start < step <= final``."""
+        return self.start < step <= self.final
+
+    def is_update(self, step: int) -> bool:
+        """Masks are updated every ``interval`` steps inside the window (the finalisation is separate)."""
+        return self.start < step < self.final and (step - self.start) % self.interval == 0
+
+    def ramp(self, step: int) -> float:
+        """r(t) = clip((t + 1 − t_start) / (t_sparse − t_start), 0, 1)."""
+        return min(1.0, max(0.0, (step + 1 - self.start) / max(self.sparse - self.start, 1)))
+
+    def tau(self, step: int) -> float:
+        """τ(t): ``tau0`` until t_sparse, then linearly to 0 at t_final."""
+        if step < self.sparse:
+            return self.tau0
+        if step >= self.final:
+            return 0.0
+        return self.tau0 * (1 - (step - self.sparse) / max(self.final - self.sparse, 1))
