@@ -7,11 +7,12 @@ Example:
     >>> history = sl.fit(model, data, epochs=1, progress=False)   # doctest: +SKIP
 """
 from . import data, models, probes, structure
+from .plots import plot_block_benefit, plot_keep_ratios, plot_reactivations
 from .pruners import P3B, P3BSchedule
 from .errors import CheckpointError, ConfigError, DataNotFoundError, SparselabError, UnknownNameError
 from .history import History
 from .training import Pruner, TrainConfig, TrainState, evaluate, fit
 
 __version__ = "0.1.0"
-__all__ = ["data", "models", "probes", "structure", "P3B", "P3BSchedule", "fit", "evaluate", "History", "Pruner", "TrainConfig", "TrainState", "SparselabError", "ConfigError",
+__all__ = ["data", "models", "probes", "structure", "P3B", "P3BSchedule", "plot_block_benefit", "plot_keep_ratios", "plot_reactivations", "fit", "evaluate", "History", "Pruner", "TrainConfig", "TrainState", "SparselabError", "ConfigError",
            "CheckpointError", "DataNotFoundError", "UnknownNameError"]

@@ -62,7 +62,7 @@ def water_fill(importance: torch.Tensor, dense: torch.Tensor, budget: float, max
         s = rest / denom
         trial = torch.where(free, s * imp, kappa)
         over = free & (trial >= 1)
-        under = free & (trial <= 0)
+        under = free & (trial < 0)
         if not over.any() and not under.any():
             kappa = trial
             break

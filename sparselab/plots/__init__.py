@@ -1,0 +1,17 @@
+"""Plotly figures built from a :class:`~sparselab.history.History`.
+
+Every function takes a History (or one run of a merged History, chosen with ``run=``) and returns a
+``plotly.graph_objects.Figure``; nothing is printed or shown.
+
+Example:
+    >>> from sparselab.history import History
+    >>> from sparselab.plots import plot_reactivations
+    >>> fig = plot_reactivations(History())
+    >>> fig.layout.annotations[0].text.startswith("No mask changes")
+    True
+"""
+from __future__ import annotations
+
+from .p3b import plot_block_benefit, plot_keep_ratios, plot_reactivations
+
+__all__ = ["plot_block_benefit", "plot_keep_ratios", "plot_reactivations"]

@@ -1,0 +1,295 @@
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import sparselab as sl
+from sparselab.errors import ConfigError, UnknownNameError
+from sparselab.pruners.allocation import benefit_scores, ramp_keep, soft_clip, water_fill
+from sparselab.pruners.p3b import implied_prune_ratio
+from sparselab.pruners.selection import (GATE_FACTORS, block_order, find_threshold, masks_for_threshold,
+                                         rank_normalise, soft_masks)
+from sparselab.structure import GATES, ViTStructure
+from sparselab.training.pruner import TrainState
+
+
+# ---------------------------------------------------------------- allocation (§1.4)
+def test_soft_clip_matches_the_specified_values():
+    g = soft_clip(torch.tensor([-5.0, 0.0, 10.0]))
+    assert g[0] == pytest.approx(0.001, abs=5e-4)
+    assert g[1] == pytest.approx(math.log(2) - math.log1p(math.exp(-10)), abs=1e-9)  # ~0.69
+    assert g[2] == pytest.approx(9.98, abs=0.01)
+
+
+def test_benefit_scores_hand_computed():
+    # z = 10 * [1, 2] / 2 = [5, 10]; g = soft_clip(z); u = g / params; u / mean(u)
+    u = benefit_scores(torch.tensor([1.0, 2.0]), torch.tensor([1.0, 4.0]))
+    g = soft_clip(torch.tensor([5.0, 10.0]))
+    raw = g / torch.tensor([1.0, 4.0], dtype=torch.float64)
+    torch.testing.assert_close(u, raw / raw.mean())
+    assert u.mean().item() == pytest.approx(1.0)
+    # all-negative benefits are scaled by the largest magnitude instead of flipping sign
+    assert (benefit_scores(torch.tensor([-1.0, -2.0]), torch.ones(2)) > 0).all()
+
+
+def test_water_fill_hand_computed():
+    kappa = water_fill(torch.tensor([1.0, 1.0, 4.0]), torch.tensor([100.0, 100.0, 100.0]), budget=150.0)
+    assert kappa.tolist() == [0.25, 0.25, 1.0]  # 4s >= 1 pins block 3; the rest share 50 equally
+    zero = water_fill(torch.tensor([0.0, 1.0]), torch.tensor([10.0, 10.0]), budget=5.0)
+    assert zero.tolist() == [0.0, 0.5]
+    with pytest.raises(ConfigError, match="budget"):
+        water_fill(torch.ones(2), torch.ones(2), budget=3.0)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.floats(0.0, 10.0), st.integers(1, 10_000)), min_size=1, max_size=12),
+       st.floats(0.0, 1.0))
+def test_water_fill_meets_the_budget_within_bounds(blocks, fraction):
+    imp = torch.tensor([b[0] for b in blocks], dtype=torch.float64)
+    w = torch.tensor([b[1] for b in blocks], dtype=torch.float64)
+    budget = fraction * float(w.sum())
+    kappa = water_fill(imp, w, budget)
+    assert ((kappa >= 0) & (kappa <= 1)).all()
+    assert float((kappa * w).sum()) == pytest.approx(budget, rel=1e-6, abs=1e-6)
+    free = (kappa > 1e-9) & (kappa < 1 - 1e-9) & (imp > 0)
+    if free.sum() >= 2:  # unpinned blocks keep ratios proportional to their importance
+        ratio = kappa[free] / imp[free]
+        assert float(ratio.max() - ratio.min()) < 1e-6 * float(ratio.max())
+
+
+def test_ramp_and_schedule():
+    assert ramp_keep(torch.tensor([0.2]), 0.5).item() == pytest.approx(0.6)
+    steps = sl.P3BSchedule(warmup=1, sparsify=3, finalize=5, updates_per_epoch=2).steps(10)
+    assert (steps.start, steps.sparse, steps.final, steps.interval) == (10, 30, 50, 5)
+    assert steps.ramp(9) == 0 and steps.ramp(10) == pytest.approx(1 / 20) and steps.ramp(29) == 1
+    assert steps.tau(29) == 0.1 and steps.tau(40) == pytest.approx(0.05) and steps.tau(50) == 0
+    assert [t for t in range(60) if steps.is_update(t)] == [15, 20, 25, 30, 35, 40, 45]
+    with pytest.raises(ConfigError, match="warmup"):
+        sl.P3BSchedule(warmup=5, sparsify=5, finalize=6)
+
+
+# ---------------------------------------------------------------- selection (§1.5)
+def test_rank_normalisation_and_gate_factors_order_a_block():
+    assert rank_normalise(torch.tensor([5.0, 1.0, 3.0, 2.0])).tolist() == [1.0, 0.25, 0.75, 0.5]
+    scores = {"mlp_in": torch.tensor([0.0, 1.0]), "mlp_hid": torch.tensor([9.0, 5.0, 7.0, 8.0]),
+              "mlp_out": torch.tensor([1.0, 2.0])}
+    gates, order = block_order(scores, GATE_FACTORS)
+    # q: mlp_in [0.5, 1.0]; mlp_hid 0.75*[1, .25, .5, .75]; mlp_out 1.5*[0.5, 1.0]
+    q = {("mlp_in", 0): 0.5, ("mlp_in", 1): 1.0, ("mlp_hid", 0): 0.75, ("mlp_hid", 1): 0.1875,
+         ("mlp_hid", 2): 0.375, ("mlp_hid", 3): 0.5625, ("mlp_out", 0): 0.75, ("mlp_out", 1): 1.5}
+    got = [(gates[g], e) for g, e in order.tolist()]
+    assert got == sorted(q, key=lambda k: (q[k], list(q).index(k)))
+
+
+def _mlp_kept(kept):  # an MLP block with D=6, hidden=8: fc1 hid*(in) + hid, fc2 out*hid + out
+    return kept["mlp_hid"] * kept["mlp_in"] + kept["mlp_hid"] + kept["mlp_out"] * kept["mlp_hid"] + kept["mlp_out"]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.floats(0, 1), min_size=20, max_size=20), st.floats(0.0, 1.0))
+def test_threshold_search_equals_brute_force(raw, keep):
+    sizes = {"mlp_in": 6, "mlp_hid": 8, "mlp_out": 6}
+    t_scores = torch.tensor(raw)
+    scores = {"mlp_in": t_scores[:6], "mlp_hid": t_scores[6:14], "mlp_out": t_scores[14:]}
+    gates, order = block_order(scores, GATE_FACTORS)
+    dense = _mlp_kept(sizes)
+    target = keep * dense
+
+    def count(t):
+        m = masks_for_threshold(gates, sizes, order, t)
+        return _mlp_kept({g: int(m[g].sum()) for g in gates})
+
+    t = find_threshold(gates, sizes, order, _mlp_kept, target)
+    best = min(abs(count(c) - target) for c in range(len(order) + 1))
+    assert abs(count(t) - target) == best
+
+
+def test_soft_masks_put_the_threshold_at_one_half():
+    sizes = {"a": 10, "b": 10}
+    gates, order = block_order({"a": torch.arange(10.0), "b": torch.arange(10.0) + 0.5}, {})
+    values = soft_masks(gates, sizes, order, t=6, tau=0.1)
+    flat = torch.cat([values["a"], values["b"]])
+    sorted_vals = flat[torch.tensor([g * 10 + e for g, e in order.tolist()])]
+    assert (sorted_vals[:6] < 0.5).all() and (sorted_vals[6:] > 0.5).all()
+    assert torch.all(sorted_vals[1:] >= sorted_vals[:-1])
+    # m = 0.9 at tau*n positions above the threshold (n = 20, tau = 0.1: two positions above t + 1/2)
+    j = torch.arange(1, 21, dtype=torch.float64)
+    expected = torch.sigmoid(math.log(9) * (j - 6.5) / 2.0).float()
+    torch.testing.assert_close(sorted_vals, expected)
+    hard = soft_masks(gates, sizes, order, t=6, tau=0.0)
+    assert sorted(torch.cat([hard["a"], hard["b"]]).tolist()) == [0.0] * 6 + [1.0] * 14
+
+
+# ---------------------------------------------------------------- the pruner on a tiny ViT
+@pytest.fixture(scope="module")
+def digits():
+    return sl.data.load("digits", image_size=28, limit=320)
+
+
+def nano(seed=0, **kw):
+    torch.manual_seed(seed)
+    return sl.models.create("vit_nano_patch4_28", num_classes=10, **kw)
+
+
+SCHED = sl.P3BSchedule(warmup=1, sparsify=2, finalize=3, updates_per_epoch=2)
+FIT = dict(epochs=3, batch_size=64, lr=1e-3, progress=False, max_steps_per_epoch=4)
+
+
+@pytest.mark.parametrize("prune_ratio", [0.5, 0.75])
+@pytest.mark.parametrize("method", [dict(allocation="benefit"), dict(allocation="uniform"),
+                                    dict(allocation="global"), dict(allocation="uniform", criterion="l1"),
+                                    dict(allocation="fixed", keep_ratios=[1, 0.5] * 4)])
+def test_every_method_meets_the_global_prune_ratio(digits, method, prune_ratio):
+    model = nano()
+    pruner = sl.P3B(model, prune_ratio, schedule=SCHED, patch_probe="linear", **method)
+    h = sl.fit(model, digits, pruner=pruner, **FIT)
+    assert pruner.finalized
+    assert abs(pruner.achieved_prune_ratio() - prune_ratio) < 0.005
+    gates = torch.cat([p.detach() for p in pruner.gates.parameters()])
+    assert set(gates.unique().tolist()) <= {0.0, 1.0}  # hard after finalisation
+    assert h.metrics.query("name == 'prune_ratio'").value.iloc[-1] == pytest.approx(pruner.achieved_prune_ratio())
+
+
+def test_history_records_every_update_and_events_replay_to_the_final_masks(digits):
+    model = nano()
+    pruner = sl.P3B(model, 0.5, schedule=SCHED, patch_probe="conv1")
+    h = sl.fit(model, digits, pruner=pruner, **FIT)
+    b = h.blocks
+    steps = sorted(b.step.unique())
+    assert len(steps) == pruner.updates == 4  # steps 6 and 8 in the window (interval 2, final 12), then final
+    for metric in ("benefit_cls", "benefit_patch", "score_cls", "score_patch", "importance", "keep_goal",
+                   "keep_applied", "kept_params", "dense_params"):
+        assert b[b.metric == metric].groupby("step").size().tolist() == [8] * len(steps), metric
+    # replay the events from all-kept: the final hard masks come out
+    masks = ViTStructure(model).full_masks()
+    for row in h.events.sort_values("step", kind="stable").itertuples():
+        layer = int(row.block.split(".")[1])
+        assert bool(masks[layer][row.gate][row.element]) == bool(row.old)
+        masks[layer][row.gate][row.element] = bool(row.new)
+    final = pruner.hard_masks()
+    for i in masks:
+        for g in GATES:
+            assert torch.equal(masks[i][g], final[i][g])
+    kept = b[(b.metric == "kept_params") & (b.step == steps[-1])].set_index("block").value
+    assert kept.to_dict() == {blk.name: pruner.structure.block_params(blk, final) for blk in pruner.structure.blocks}
+
+
+class GateGrads(sl.Pruner):
+    def __init__(self, gates):
+        self.gates, self.grads = gates, []
+
+    def after_backward(self, state):
+        self.grads.append({k: (p.detach() * p.grad).pow(2).double().clone() for k, p in self.gates.values.items()})
+
+
+def test_taylor_scores_are_the_window_mean_of_squared_gate_gradients(digits):
+    model = nano()
+    pruner = sl.P3B(model, 0.5, schedule=sl.P3BSchedule(warmup=1, sparsify=3, finalize=4, updates_per_epoch=1),
+                    patch_probe=None)
+    rec = GateGrads(pruner.gates)
+    with pytest.warns(UserWarning, match="before P3B finalizes"):
+        sl.fit(model, digits, pruner=pruner, callbacks=[rec], epochs=2, batch_size=64, progress=False,
+               max_steps_per_epoch=4)
+    # window: steps 5..8 (update at step 8 would be the next epoch's first: interval 4, start 4 -> update at 8)
+    assert pruner.updates == 1
+    expected = {k: sum(g[k] for g in rec.grads[4:8]) / 4 for k in rec.grads[0]}
+    window = pruner._taylor_prev
+    for k in expected:
+        torch.testing.assert_close(window[k] / pruner._count_prev, expected[k])
+
+
+def _state(model, pruner, step, history):
+    st = TrainState(model=model, optimizer=None, history=history, device=torch.device("cpu"), epochs=10,
+                    steps_per_epoch=10, step=step, epoch=step // 10)
+    return st
+
+
+def test_a_block_whose_benefit_rises_after_pruning_gets_its_elements_back():
+    model = nano()
+    pruner = sl.P3B(model, 0.5, schedule=sl.P3BSchedule(warmup=0, sparsify=1, finalize=10), patch_probe=None,
+                    momentum=1.0)
+    history = sl.History()
+    st = _state(model, pruner, 0, history)
+    pruner.on_fit_start(st)
+    late = 7  # blocks.3.mlp: a deep block
+    k = len(pruner.structure.blocks)
+    fixed_scores = {key: torch.rand(v.numel(), generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+                    for key, v in pruner._taylor.items()}  # the same ranking at every update
+    for step, late_benefit in ((5, 0.01), (10, 0.02), (15, 5.0), (20, 5.0)):
+        pruner.probes.sums = torch.zeros(2, k, dtype=torch.float64)
+        pruner.probes.sums[0] = 1.0
+        pruner.probes.sums[0, late] = late_benefit
+        pruner.probes.count = 1
+        pruner._taylor = {key: v.clone() for key, v in fixed_scores.items()}
+        pruner._count = 1
+        st.step = step
+        pruner.update(st)
+    b = history.blocks
+    kept = b[(b.block == "blocks.3.mlp") & (b.metric == "kept_params")].value.tolist()
+    assert kept[1] < 0.5 * kept[-1]  # pruned hard while useless, then given budget back
+    ev = history.events
+    back = ev[(ev.block == "blocks.3.mlp") & (ev.old == 0) & (ev.new == 1)]
+    assert len(back) > 0 and back.step.min() >= 15
+    pruned_before = set(ev[(ev.block == "blocks.3.mlp") & (ev.new == 0) & (ev.step <= 10)].element)
+    assert set(back.element) & pruned_before  # the same elements come back
+    goal = b[(b.block == "blocks.3.mlp") & (b.metric == "keep_goal")].value.tolist()
+    assert goal[-1] > goal[1]
+
+
+def test_p3b_resumes_exactly(digits, tmp_path):
+    ref_model = nano()
+    ref_pruner = sl.P3B(ref_model, 0.5, schedule=SCHED, patch_probe="conv1")
+    ref = sl.fit(ref_model, digits, pruner=ref_pruner, seed=1, **FIT)
+
+    class Crash(sl.Pruner):
+        def after_step(self, state):
+            if state.step == 7:
+                raise RuntimeError("boom")
+
+    model = nano()
+    with pytest.raises(RuntimeError, match="boom"):
+        sl.fit(model, digits, pruner=sl.P3B(model, 0.5, schedule=SCHED, patch_probe="conv1"), callbacks=[Crash()],
+               checkpoint_dir=tmp_path, checkpoint_every=3, seed=1, **FIT)
+
+    class NoCrash(sl.Pruner):
+        pass
+
+    NoCrash.__name__ = "Crash"  # same callback list as the interrupted run
+    model2 = nano(seed=5)
+    pruner2 = sl.P3B(model2, 0.5, schedule=SCHED, patch_probe="conv1")
+    resumed = sl.fit(model2, digits, pruner=pruner2, callbacks=[NoCrash()], checkpoint_dir=tmp_path, resume=True,
+                     seed=1, **FIT)
+    for a, b in zip(ref_model.state_dict().values(), model2.state_dict().values()):
+        assert torch.equal(a, b)
+    for key in ref_pruner.gates.values:
+        assert torch.equal(ref_pruner.gates.values[key], pruner2.gates.values[key])
+    assert resumed.to_pandas()["blocks"].equals(ref.to_pandas()["blocks"])
+    assert resumed.to_pandas()["events"].equals(ref.to_pandas()["events"])
+
+
+def test_bad_input_is_a_clear_error():
+    model = nano()
+    with pytest.raises(ConfigError, match=r"\[0, 1\)"):
+        sl.P3B(model, 1.0)
+    with pytest.raises(UnknownNameError, match="allocation"):
+        sl.P3B(model, 0.5, allocation="benfit")
+    with pytest.raises(ConfigError, match="keep_ratios"):
+        sl.P3B(model, 0.5, allocation="fixed")
+    with pytest.raises(ConfigError, match="at most"):
+        sl.P3B(model, 0.999)
+    with pytest.raises(ConfigError, match="VisionTransformer"):
+        sl.P3B(sl.models.create("resnet20"), 0.5)
+    with pytest.raises(UnknownNameError, match="patch probe"):
+        sl.P3B(model, 0.5, patch_probe="conv3")
+
+
+def test_implied_prune_ratio_of_fixed_ratios():
+    s = ViTStructure(nano())
+    assert implied_prune_ratio(s, [1.0] * 8) == 0
+    r = implied_prune_ratio(s, [0.5] * 8, blocks_only=True)
+    lin = sum(s.linear_params(b) for b in s.blocks)
+    assert r == pytest.approx(0.5 * lin / sum(s.block_params(b) for b in s.blocks))
