@@ -1,4 +1,4 @@
-"""Run by tests/test_training.py under torchrun: trains a small model and saves each rank's result."""
+"""Run by the tests under torchrun: trains a small model (plain, or pruned by P3B) and saves each rank's result."""
 from __future__ import annotations
 
 import sys
@@ -10,20 +10,30 @@ import sparselab as sl
 
 FIT_OPTIONS = dict(epochs=2, batch_size=64, lr=3e-3, max_steps_per_epoch=6, log_every=2, progress=False,
                    optimizer="adamw", seed=3)
+P3B_OPTIONS = dict(epochs=3, batch_size=64, lr=1e-3, max_steps_per_epoch=4, progress=False, seed=3)
 
 
-def run(out: Path | None = None) -> tuple[dict, sl.History]:
+def run(mode: str = "plain", out: Path | None = None) -> dict:
     torch.manual_seed(0)
-    data = sl.data.load("digits", image_size=8, augment="crop_flip")
-    model = sl.models.create("lenet_300_100", num_classes=10, image_size=8)
-    history = sl.fit(model, data, device="cpu", **FIT_OPTIONS)
+    result: dict = {}
+    if mode == "plain":
+        data = sl.data.load("digits", image_size=8, augment="crop_flip")
+        model = sl.models.create("lenet_300_100", num_classes=10, image_size=8)
+        history = sl.fit(model, data, device="cpu", **FIT_OPTIONS)
+    else:
+        data = sl.data.load("digits", image_size=28, limit=320)
+        model = sl.models.create("vit_nano_patch4_28", num_classes=10)
+        pruner = sl.P3B(model, 0.5, schedule=sl.P3BSchedule(warmup=1, sparsify=2, finalize=3), patch_probe="conv1")
+        history = sl.fit(model, data, pruner=pruner, device="cpu", **P3B_OPTIONS)
+        result["masks"] = pruner.hard_masks()
+    result.update({"model": model.state_dict(), "history": history.state_dict()})
     if out is not None:
         rank = torch.distributed.get_rank()
-        torch.save({"model": model.state_dict(), "history": history.state_dict(),
-                    "world": torch.distributed.get_world_size()}, out / f"rank{rank}.pt")
+        result["world"] = torch.distributed.get_world_size()
+        torch.save(result, out / f"rank{rank}.pt")
         torch.distributed.destroy_process_group()
-    return model.state_dict(), history
+    return result
 
 
 if __name__ == "__main__":
-    run(Path(sys.argv[1]))
+    run(sys.argv[1], Path(sys.argv[2]))

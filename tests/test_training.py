@@ -246,25 +246,35 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.slow
-def test_two_process_ddp_matches_one_process(tmp_path):
+def run_two_processes(mode: str, out: Path) -> tuple[dict, dict]:
+    """Launch tests/ddp_worker.py with torchrun (2 CPU processes, gloo) and load each rank's result."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+           f"--master_port={_free_port()}", str(HERE / "ddp_worker.py"), mode, str(out)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r0, r1 = (torch.load(out / f"rank{i}.pt", weights_only=False) for i in (0, 1))
+    assert r0["world"] == r1["world"] == 2
+    return r0, r1
+
+
+def single_process(mode: str) -> dict:
     sys.path.insert(0, str(HERE))
     import ddp_worker
 
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-           f"--master_port={_free_port()}", str(HERE / "ddp_worker.py"), str(tmp_path)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    r0, r1 = (torch.load(tmp_path / f"rank{i}.pt", weights_only=False) for i in (0, 1))
-    assert r0["world"] == r1["world"] == 2
+    return ddp_worker.run(mode)
+
+
+@pytest.mark.slow
+def test_two_process_ddp_matches_one_process(tmp_path):
+    r0, r1 = run_two_processes("plain", tmp_path)
     for k in r0["model"]:
         assert torch.equal(r0["model"][k], r1["model"][k]), k  # ranks identical, bit for bit
     assert r0["history"] == r1["history"]
-    single_state, single_history = ddp_worker.run()
-    for k, v in single_state.items():
+    single = single_process("plain")
+    for k, v in single["model"].items():
         torch.testing.assert_close(r0["model"][k], v, rtol=1e-4, atol=1e-5)
     multi = sl.History.from_state_dict(r0["history"]).metrics
-    one = single_history.metrics
+    one = sl.History.from_state_dict(single["history"]).metrics
     assert multi[["step", "epoch", "split", "name"]].equals(one[["step", "epoch", "split", "name"]])
     assert (multi.value - one.value).abs().max() < 1e-4
