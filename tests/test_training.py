@@ -278,3 +278,19 @@ def test_two_process_ddp_matches_one_process(tmp_path):
     one = sl.History.from_state_dict(single["history"]).metrics
     assert multi[["step", "epoch", "split", "name"]].equals(one[["step", "epoch", "split", "name"]])
     assert (multi.value - one.value).abs().max() < 1e-4
+
+
+def test_mixup_and_cutmix_train_and_resume_exactly(digits, tmp_path):
+    opts = dict(epochs=2, batch_size=64, max_steps_per_epoch=3, progress=False, mixup=0.8, cutmix=1.0,
+                label_smoothing=0.1)
+    ref_model = lenet()
+    ref = sl.fit(ref_model, digits, **opts)
+    assert ref.last("epoch_loss", "train") > 0
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        sl.fit(lenet(), digits, pruner=Recorder(crash_at_step=5), checkpoint_dir=tmp_path, checkpoint_every=2,
+               **opts)
+    model = lenet(seed=3)
+    sl.fit(model, digits, pruner=Recorder(), checkpoint_dir=tmp_path, resume=True, checkpoint_every=2, **opts)
+    assert _weights_equal(model, ref_model)
+    with pytest.raises(ConfigError, match="even batch_size"):
+        sl.fit(lenet(), digits, batch_size=63, mixup=0.8)

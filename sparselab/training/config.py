@@ -29,6 +29,8 @@ class TrainConfig:
         lr_schedule: ``constant``, ``cosine`` (to 0 at the end) or ``step`` (× ``lr_gamma`` at each epoch
             in ``lr_milestones``); all after ``warmup_steps`` of linear warm-up.
         label_smoothing: cross-entropy label smoothing, in [0, 1).
+        mixup, cutmix: alpha of timm's Mixup / CutMix (0: off); with either on, the loss is soft-target
+            cross-entropy and label smoothing goes into the mixed targets.
         grad_clip: clip the gradient norm to this value (None: no clipping).
         seed: seeds model-independent randomness (data order, augmentation, dropout).
         drop_last: drop the last incomplete batch of an epoch.
@@ -54,6 +56,8 @@ class TrainConfig:
     lr_milestones: tuple[int, ...] = ()
     lr_gamma: float = 0.1
     label_smoothing: float = 0.0
+    mixup: float = 0.0
+    cutmix: float = 0.0
     grad_clip: float | None = None
     seed: int = 0
     drop_last: bool = True
@@ -86,6 +90,10 @@ class TrainConfig:
             raise ConfigError(f"need lr > 0, weight_decay >= 0, warmup_steps >= 0; got lr={self.lr}, "
                               f"weight_decay={self.weight_decay}, warmup_steps={self.warmup_steps}")
         check_ratio("label_smoothing", self.label_smoothing)
+        if self.mixup < 0 or self.cutmix < 0:
+            raise ConfigError(f"mixup and cutmix must be >= 0, got {self.mixup}, {self.cutmix}")
+        if (self.mixup or self.cutmix) and self.batch_size % 2:
+            raise ConfigError(f"mixup/cutmix need an even batch_size, got {self.batch_size}")
         object.__setattr__(self, "lr_milestones", tuple(int(m) for m in self.lr_milestones))
 
     def replace(self, **changes: Any) -> "TrainConfig":

@@ -12,13 +12,14 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import math
+import random
 import signal
 import threading
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -197,6 +198,9 @@ def fit(model: nn.Module, data: DataBundle, epochs: int | None = None, pruner: P
     loop = {"epoch": 0, "batch": 0, "finished": False, "stopped": False,
             "window": [0.0, 0.0], "train": [0.0, 0.0, 0.0]}  # window: loss sum, n; train: loss sum, correct, n
     torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)  # timm's Mixup draws from numpy and random
+    random.seed(cfg.seed)
+    mixup = _mixup(cfg, data.num_classes)
     data_gen = torch.Generator().manual_seed(cfg.seed)
     ckpt_path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
 
@@ -211,6 +215,7 @@ def fit(model: nn.Module, data: DataBundle, epochs: int | None = None, pruner: P
                 "plugins": [(type(p).__name__, p.state_dict()) for p in plugins],
                 "history": history.state_dict(),
                 "rng": {"torch": torch.get_rng_state(), "data": data_gen.get_state(),
+                        "numpy": np.random.get_state(), "python": random.getstate(),
                         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
             }, ckpt_path)
         dist_utils.barrier()
@@ -240,6 +245,8 @@ def fit(model: nn.Module, data: DataBundle, epochs: int | None = None, pruner: P
         history.meta, history._rows, history._run = restored.meta, restored._rows, restored._run
         torch.set_rng_state(ck["rng"]["torch"])
         data_gen.set_state(ck["rng"]["data"])
+        np.random.set_state(ck["rng"]["numpy"])
+        random.setstate(ck["rng"]["python"])
         if ck["rng"]["cuda"] is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(ck["rng"]["cuda"])
         loop.update(ck["loop"])
@@ -268,7 +275,8 @@ def fit(model: nn.Module, data: DataBundle, epochs: int | None = None, pruner: P
                 batches = global_batches(epoch_order(len(train_ds), cfg.seed, epoch), cfg.batch_size,
                                          cfg.drop_last)[:steps_per_epoch]
                 for x, y in train_batches(train_ds, batches, loop["batch"], data_gen, rank, world, cfg.num_workers):
-                    _train_step(net, x, y, state, plugins, cfg, device, amp, scaler, optimizer, scheduler, loop)
+                    _train_step(net, x, y, state, plugins, cfg, device, amp, scaler, optimizer, scheduler, loop,
+                                mixup)
                     loop["batch"] += 1
                     bar.update(1)
                     if state.step % cfg.log_every == 0:
@@ -293,12 +301,27 @@ def fit(model: nn.Module, data: DataBundle, epochs: int | None = None, pruner: P
     return history
 
 
+def _mixup(cfg: TrainConfig, num_classes: int):
+    if not (cfg.mixup or cfg.cutmix):
+        return None
+    from timm.data import Mixup
+
+    return Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, label_smoothing=cfg.label_smoothing,
+                 num_classes=num_classes)
+
+
 def _train_step(net, x, y, state: TrainState, plugins, cfg: TrainConfig, device, amp, scaler, optimizer, scheduler,
-                loop) -> None:
+                loop, mixup=None) -> None:
     x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+    soft = None
+    if mixup is not None:
+        x, soft = mixup(x, y)
     with _autocast(device, amp):
         out = net(x)
-    loss = F.cross_entropy(out.float(), y, label_smoothing=cfg.label_smoothing)
+    if soft is not None:
+        loss = torch.sum(-soft * F.log_softmax(out.float(), dim=-1), dim=-1).mean()
+    else:
+        loss = F.cross_entropy(out.float(), y, label_smoothing=cfg.label_smoothing)
     state.inputs, state.targets, state.outputs, state.loss = x, y, out, loss
     total = loss
     for p in plugins:
