@@ -22,7 +22,8 @@ def run(mode: str = "plain", out: Path | None = None) -> dict:
         history = sl.fit(model, data, device="cpu", **FIT_OPTIONS)
     else:
         data = sl.data.load("digits", image_size=28, limit=320)
-        model = sl.models.create("vit_nano_patch4_28", num_classes=10)
+        # float64: summing gradients in another order (across processes) must not reorder near-tied scores
+        model = sl.models.create("vit_nano_patch4_28", num_classes=10).double()
         pruner = sl.P3B(model, 0.5, schedule=sl.P3BSchedule(warmup=1, sparsify=2, finalize=3), patch_probe="conv1")
         history = sl.fit(model, data, pruner=pruner, device="cpu", **P3B_OPTIONS)
         result["masks"] = pruner.hard_masks()

@@ -32,6 +32,7 @@ from ..errors import ConfigError
 from ..structure.taps import ResidualTaps
 from ..structure.vit import ViTStructure
 from ..training import distributed as dist_utils
+from ..training.batches import to_model_input
 from ..training.pruner import Pruner, TrainState
 from .heads import ProbePair
 
@@ -109,7 +110,7 @@ class BlockBenefit(Pruner):
 
     # ------------------------------------------------------------------ hooks
     def on_fit_start(self, state: TrainState) -> None:
-        self.probes.to(state.device)
+        self.probes.to(state.device, dtype=next(state.model.parameters()).dtype)
 
     def param_groups(self, groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return groups + [{"params": list(self.probes.parameters()), "weight_decay": 0.0}]
@@ -144,8 +145,9 @@ class BlockBenefit(Pruner):
         from ..training.batches import epoch_order
 
         model = self.structure.model
-        device = next(model.parameters()).device
-        self.probes.to(device)
+        ref = next(model.parameters())
+        device = ref.device
+        self.probes.to(device, dtype=ref.dtype)
         opt = torch.optim.AdamW(self.probes.parameters(), lr=lr, weight_decay=0.0)
         train = data.train
         was_training, accumulate = model.training, self.accumulate
@@ -155,7 +157,7 @@ class BlockBenefit(Pruner):
         for i in range(steps):
             idx = order[(i * batch_size) % len(order):][:batch_size]
             x, y = train.get_batch(idx) if hasattr(train, "get_batch") else _stack(train, idx)
-            model(x.to(device))
+            model(to_model_input(x, model, device))
             with torch.enable_grad():
                 loss = self.probe_loss(y.to(device))
                 opt.zero_grad(set_to_none=True)
@@ -181,7 +183,7 @@ class BlockBenefit(Pruner):
             if len(idx) == 0:
                 break
             x, y = ds.get_batch(idx) if hasattr(ds, "get_batch") else _stack(ds, idx)
-            model(x.to(device))
+            model(to_model_input(x, model, device))
             self.probe_loss(y.to(device))
         result = self.window_mean()
         self.sums, self.count, self.accumulate = saved[0], saved[1], saved[2]

@@ -1,5 +1,8 @@
 """Model structure shared by every structured method: blocks, gates, masks, parameter counts, compaction."""
+from .compact import compact_spec, compact_stats, compact_vit, load_compact, save_compact
 from .gates import Gates
+from .taps import ResidualTaps
 from .vit import BLOCK_GATES, GATES, BlockInfo, ViTStructure
 
-__all__ = ["ViTStructure", "BlockInfo", "Gates", "GATES", "BLOCK_GATES"]
+__all__ = ["ViTStructure", "BlockInfo", "Gates", "ResidualTaps", "GATES", "BLOCK_GATES", "compact_vit",
+           "compact_spec", "compact_stats", "save_compact", "load_compact"]

@@ -92,6 +92,10 @@ class ViTStructure:
                 obj = getattr(obj, part, None)
             if obj is None:
                 raise ConfigError(f"{where}.{path} is missing: only timm Block/Attention/Mlp layouts are supported")
+        from timm.models.vision_transformer import Block
+
+        if not isinstance(blk, Block):
+            raise ConfigError(f"{where} is a {type(blk).__name__}; only timm's pre-norm Block is supported")
         attn, mlp = blk.attn, blk.mlp
         if not isinstance(attn.qkv, nn.Linear) or not isinstance(mlp.fc1, nn.Linear):
             raise ConfigError(f"{where}: qkv and fc1 must be nn.Linear")
@@ -124,8 +128,11 @@ class ViTStructure:
         """(Linear parameters incl. biases, other block parameters: norms, LayerScale, qk-norm) kept."""
         i, blk = block.layer, self.layers[block.layer]
         sizes = self.gate_sizes(i)
-        n = {g: (int(masks[i][g].sum()) if masks is not None else sizes[g]) for g in block.gates}
-        d = self.embed_dim
+        given = masks.get(i, {}) if masks is not None else {}
+        n = {g: (int(given[g].sum()) if g in given else sizes[g]) for g in block.gates}
+        if min(n.values()) == 0:
+            # the branch no longer depends on its input: it is a constant over its kept output channels
+            return 0, n[block.gates[-1]]
         if block.kind == "attn":
             heads = self.num_heads[i]
             a, h, o = n["attn_in"], n["attn_qkv"], n["attn_out"]
@@ -175,10 +182,13 @@ class ViTStructure:
         return t.transpose(1, 2).reshape(x.shape[0], x.shape[2], h, w)
 
     def pooled(self, x: torch.Tensor) -> torch.Tensor:
-        """What the model's head pools from stream tokens: the class token for ``token`` pooling, otherwise the
-        mean of the patch tokens."""
-        if getattr(self.model, "global_pool", "token") == "token" and self.num_prefix_tokens > 0:
-            return x[:, 0]
+        """What the model's head pools from stream tokens: timm's own parameter-free pooling (``token``, ``avg``,
+        ``max``, ``avgmax``, honouring ``pool_include_prefix``); the mean of the patch tokens for attention
+        pooling (``map``), whose parameters must not be trained by probes, or no pooling."""
+        pool = getattr(self.model, "global_pool", "token")
+        if pool in ("token", "avg", "max", "avgmax") and hasattr(self.model, "pool"):
+            if pool != "token" or self.num_prefix_tokens > 0:
+                return self.model.pool(x)
         return x[:, self.num_prefix_tokens:].mean(dim=1)
 
 

@@ -23,6 +23,13 @@ from torch.utils.data import DataLoader, Dataset
 from ..data.datasets import TensorImages
 
 
+def to_model_input(x: torch.Tensor, model: torch.nn.Module, device: torch.device) -> torch.Tensor:
+    """Move a batch to ``device`` in the model's floating dtype (so float64 models work too)."""
+    dtype = next(model.parameters()).dtype
+    return x.to(device, dtype=dtype if x.is_floating_point() and dtype.is_floating_point else None,
+                non_blocking=True)
+
+
 def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed * 100_003 + epoch)
     return torch.randperm(n, generator=g)

@@ -31,7 +31,7 @@ from ..errors import CheckpointError, ConfigError
 from ..history import History
 from ..models import num_classes_of
 from . import distributed as dist_utils
-from .batches import epoch_order, eval_batches, global_batches, train_batches
+from .batches import epoch_order, eval_batches, global_batches, to_model_input, train_batches
 from .checkpoint import FORMAT, atomic_save, load_checkpoint
 from .config import TrainConfig
 from .optim import build_optimizer, build_scheduler, param_groups
@@ -70,7 +70,7 @@ def evaluate(model: nn.Module, dataset, batch_size: int = 512, device: str | tor
     model.eval()
     totals = torch.zeros(3, dtype=torch.float64)
     for x, y in eval_batches(dataset, batch_size, rank, world, num_workers):
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        x, y = to_model_input(x, model, device), y.to(device, non_blocking=True)
         with _autocast(device, amp):
             out = model(x)
         totals[0] += F.cross_entropy(out.float(), y, reduction="sum").item()
@@ -312,7 +312,7 @@ def _mixup(cfg: TrainConfig, num_classes: int):
 
 def _train_step(net, x, y, state: TrainState, plugins, cfg: TrainConfig, device, amp, scaler, optimizer, scheduler,
                 loop, mixup=None) -> None:
-    x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+    x, y = to_model_input(x, state.model, device), y.to(device, non_blocking=True)
     soft = None
     if mixup is not None:
         x, soft = mixup(x, y)

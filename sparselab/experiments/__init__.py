@@ -1,0 +1,4 @@
+"""Experiment drivers shared by the notebooks and the command line (presets, runs, result tables)."""
+from .p3b import METHODS, PRESETS, P3BPreset, P3BRun, compare, p3b_preset, run_p3b, summarize
+
+__all__ = ["P3BPreset", "P3BRun", "PRESETS", "METHODS", "p3b_preset", "run_p3b", "compare", "summarize"]

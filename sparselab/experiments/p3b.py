@@ -1,0 +1,242 @@
+"""P3B transfer experiments: a source-pretrained ViT pruned while fine-tuned on a target domain, against baselines.
+
+Scales (``p3b_preset(name)``):
+
+- ``tiny`` — CI: ``vit_nano_patch4_28`` (quick Fashion-MNIST pretraining), 320 digits, 3 epochs; seconds per run.
+- ``cpu`` — default for the notebook: ``vit_mini_patch7_28`` pretrained on Fashion-MNIST, fine-tuned and pruned on
+  scikit-learn digits (a real domain shift: clothes → handwritten digits) for 10 epochs, then the compact model
+  fine-tuned 3 more; minutes on 2 cores.
+- ``paper-deit-{s,t}-{cifar100,ifood,inat19}`` — the published setting for GPUs: ImageNet-pretrained DeiT from
+  timm's hub, 224 px, AdamW lr 5e-4·batch/512, weight decay 0.05, mixup 0.8 / cutmix 1.0, label smoothing 0.1,
+  RandAugment, drop-path 0.1, schedule 10/25/50 epochs, 3 updates per epoch, then a compact fine-tune with a
+  cosine schedule.
+
+Example:
+    >>> preset = p3b_preset("tiny")
+    >>> preset.model, preset.schedule.finalize
+    ('vit_nano_patch4_28', 3)
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import pandas as pd
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .. import data as sl_data
+from .. import models
+from ..errors import ConfigError, check_ratio, unknown_name
+from ..history import History
+from ..latency import latency_ms
+from ..pruners import P3B, P3BSchedule
+from ..training import fit
+
+METHODS: dict[str, dict[str, Any]] = {
+    "p3b": dict(allocation="benefit"),
+    "uniform": dict(allocation="uniform"),
+    "global_taylor": dict(allocation="global"),
+    "l1": dict(allocation="uniform", criterion="l1"),
+    "fixed": dict(allocation="fixed"),  # keep_ratios: attention blocks 1.0, MLP blocks 0.5, rescaled to the budget
+    "dense": {},
+}
+
+
+@dataclass(frozen=True)
+class P3BPreset:
+    """Everything one P3B transfer experiment needs; ``replace(**changes)`` makes variants."""
+
+    name: str
+    model: str
+    pretrained: bool | str
+    data: str
+    image_size: int | None = None
+    recipe: str | None = None
+    data_options: dict = field(default_factory=dict)
+    model_options: dict = field(default_factory=dict)
+    schedule: P3BSchedule = P3BSchedule()
+    fit: dict = field(default_factory=dict)
+    patch_probe: str | None = "conv2"
+    finetune_epochs: int = 0
+    finetune: dict = field(default_factory=dict)
+    methods: tuple[str, ...] = ("p3b", "uniform", "global_taylor", "l1", "fixed")
+    prune_ratios: tuple[float, ...] = (0.5, 0.75)
+    seeds: tuple[int, ...] = (0, 1, 2)
+
+    def replace(self, **changes: Any) -> "P3BPreset":
+        names = {f.name for f in dataclasses.fields(self)}
+        for k in changes:
+            if k not in names:
+                raise unknown_name("preset field", k, names)
+        return dataclasses.replace(self, **changes)
+
+
+def _paper(name: str, model: str, data: str) -> P3BPreset:
+    batch = 256
+    return P3BPreset(
+        name=name, model=model, pretrained=True, data=data, image_size=224,
+        model_options={"drop_path_rate": 0.1},
+        schedule=P3BSchedule(warmup=10, sparsify=25, finalize=50, updates_per_epoch=3),
+        fit=dict(optimizer="adamw", lr=5e-4 * batch / 512, weight_decay=0.05, batch_size=batch, mixup=0.8,
+                 cutmix=1.0, label_smoothing=0.1, num_workers=8),
+        patch_probe="conv2", finetune_epochs=50,
+        finetune=dict(optimizer="adamw", lr=5e-4 * batch / 512, weight_decay=0.05, batch_size=batch,
+                      lr_schedule="cosine", warmup_steps=500, mixup=0.8, cutmix=1.0, label_smoothing=0.1,
+                      num_workers=8),
+        seeds=(0,),
+    )
+
+
+PRESETS: dict[str, P3BPreset] = {
+    "tiny": P3BPreset(
+        name="tiny", model="vit_nano_patch4_28", pretrained="fashion_mnist", recipe="quick", data="digits",
+        image_size=28, data_options={"limit": 320},
+        schedule=P3BSchedule(warmup=1, sparsify=2, finalize=3, updates_per_epoch=2),
+        fit=dict(lr=1e-3, batch_size=64, weight_decay=0.05, max_steps_per_epoch=4), patch_probe="conv2",
+        finetune_epochs=1, finetune=dict(lr=5e-4, batch_size=64, max_steps_per_epoch=4), seeds=(0,),
+    ),
+    "cpu": P3BPreset(
+        name="cpu", model="vit_mini_patch7_28", pretrained="fashion_mnist", recipe="default", data="digits",
+        image_size=28, schedule=P3BSchedule(warmup=2, sparsify=6, finalize=10, updates_per_epoch=3),
+        fit=dict(lr=5e-4, batch_size=64, weight_decay=0.05), patch_probe="conv2",
+        finetune_epochs=3, finetune=dict(lr=2e-4, batch_size=64, lr_schedule="cosine"), seeds=(0, 1),
+    ),
+}
+for _model, _tag in (("deit_small_patch16_224", "s"), ("deit_tiny_patch16_224", "t")):
+    for _data in ("cifar100", "ifood", "inat19"):
+        PRESETS[f"paper-deit-{_tag}-{_data}"] = _paper(f"paper-deit-{_tag}-{_data}", _model, _data)
+
+
+def p3b_preset(name: str = "cpu", **changes: Any) -> P3BPreset:
+    """A named preset (``tiny``, ``cpu``, ``paper-deit-s-ifood``, ...), optionally with fields changed."""
+    if name not in PRESETS:
+        raise unknown_name("P3B preset", name, PRESETS)
+    return PRESETS[name].replace(**changes) if changes else PRESETS[name]
+
+
+@dataclass
+class P3BRun:
+    """One method at one prune ratio and seed: its History, the pruner, the compact model and its numbers."""
+
+    method: str
+    prune_ratio: float
+    seed: int
+    history: History
+    finetune_history: History | None
+    model: nn.Module
+    pruner: P3B | None
+    result: dict[str, float]
+
+
+def load_data(preset: P3BPreset, **options: Any):
+    """The preset's target dataset."""
+    return sl_data.load(preset.data, image_size=preset.image_size, **{**preset.data_options, **options})
+
+
+def fixed_profile(model: nn.Module) -> list[float]:
+    """The hand-set keep-ratio profile of the ``fixed`` baseline: attention blocks 1.0, MLP blocks 0.5."""
+    return [1.0, 0.5] * len(model.blocks)
+
+
+def run_p3b(preset: P3BPreset, method: str = "p3b", prune_ratio: float = 0.5, seed: int = 0, data=None,
+            progress: bool = True, checkpoint_dir: str | None = None, resume: bool = False,
+            latency_batch: int = 1, measure_latency: bool = True) -> P3BRun:
+    """Fine-tune the preset's source model on its target data while pruning with ``method``, compact it,
+    fine-tune the compact model ``preset.finetune_epochs`` more, and measure it.
+
+    ``method="dense"`` fine-tunes without pruning for the same number of epochs (the reference).
+    """
+    if method not in METHODS:
+        raise unknown_name("method", method, METHODS)
+    if method != "dense":
+        check_ratio("prune_ratio", prune_ratio)
+    data = data if data is not None else load_data(preset)
+    torch.manual_seed(seed)
+    model = models.create(preset.model, num_classes=data.num_classes, in_chans=data.in_chans,
+                          pretrained=preset.pretrained, **({"recipe": preset.recipe} if preset.recipe else {}),
+                          **preset.model_options)
+    name = f"{method}-{int(round(prune_ratio * 100))}-s{seed}" if method != "dense" else f"dense-s{seed}"
+    history = History(meta={"run": name, "method": method, "prune_ratio": prune_ratio if method != "dense" else 0.0,
+                            "seed": seed, "preset": preset.name})
+    pruner = None
+    if method != "dense":
+        options = dict(METHODS[method])
+        if method == "fixed":
+            options["keep_ratios"] = fixed_profile(model)
+        pruner = P3B(model, prune_ratio, schedule=preset.schedule, num_classes=data.num_classes,
+                     patch_probe=preset.patch_probe if method == "p3b" else None, **options)
+    fit(model, data, epochs=preset.schedule.finalize, pruner=pruner, seed=seed, history=history,
+        progress=progress, checkpoint_dir=checkpoint_dir, resume=resume, **preset.fit)
+    result: dict[str, float] = {"acc_pruned": history.last("acc", "test")}
+    if pruner is not None:
+        result["achieved_ratio"] = pruner.achieved_prune_ratio()
+        final = pruner.compact()
+        pruner.remove()
+    else:
+        result["achieved_ratio"] = 0.0
+        final = model
+    ft_history = None
+    if preset.finetune_epochs:
+        ft_history = History(meta={"run": name + "-finetune"})
+        fit(final, data, epochs=preset.finetune_epochs, seed=seed, history=ft_history, progress=progress,
+            **preset.finetune)
+    result["acc"] = ft_history.last("acc", "test") if ft_history is not None else result["acc_pruned"]
+    result.update(_measure(final, data, latency_batch, measure_latency))
+    return P3BRun(method, prune_ratio if method != "dense" else 0.0, seed, history, ft_history, final, pruner,
+                  result)
+
+
+def _measure(model: nn.Module, data, batch: int, with_latency: bool) -> dict[str, float]:
+    from ..structure.compact import compact_stats
+
+    stats = compact_stats(model)
+    out = {"params": float(stats["params"]), "flops": float(stats["flops"])}
+    if with_latency:
+        out["latency_ms"] = latency_ms(model, (data.in_chans, data.image_size, data.image_size), batch_size=batch)
+    return out
+
+
+def compare(preset: P3BPreset, methods: Sequence[str] | None = None, prune_ratios: Sequence[float] | None = None,
+            seeds: Sequence[int] | None = None, progress: bool = True, include_dense: bool = True,
+            ) -> tuple[pd.DataFrame, list[P3BRun]]:
+    """Run every method × prune ratio × seed (plus dense fine-tuning per seed); returns one row per run and the
+    runs themselves."""
+    methods = list(methods or preset.methods)
+    ratios = list(prune_ratios or preset.prune_ratios)
+    seeds = list(seeds or preset.seeds)
+    for m in methods:
+        if m not in METHODS:
+            raise unknown_name("method", m, METHODS)
+    jobs = [("dense", 0.0, s) for s in seeds] if include_dense else []
+    jobs += [(m, r, s) for r in ratios for m in methods for s in seeds]
+    data = load_data(preset)
+    runs: list[P3BRun] = []
+    for method, ratio, seed in tqdm(jobs, desc=f"P3B {preset.name}", disable=not progress):
+        runs.append(run_p3b(preset, method, ratio, seed, data=data, progress=False))
+    table = pd.DataFrame([{"method": r.method, "prune_ratio": r.prune_ratio, "seed": r.seed, **r.result}
+                          for r in runs])
+    return table, runs
+
+
+def summarize(table: pd.DataFrame) -> pd.DataFrame:
+    """Mean ± standard deviation over seeds per method and prune ratio (accuracy in %, parameters in M,
+    FLOPs in M multiply-accumulates, latency in ms)."""
+    if table.empty:
+        raise ConfigError("no runs to summarise")
+    g = table.groupby(["prune_ratio", "method"], sort=False)
+    out = pd.DataFrame({
+        "acc %": g.acc.mean() * 100,
+        "± (std)": g.acc.std(ddof=1).fillna(0.0) * 100,
+        "acc before fine-tune %": g.acc_pruned.mean() * 100,
+        "achieved ratio": g.achieved_ratio.mean(),
+        "params (M)": g.params.mean() / 1e6,
+        "MFLOPs": g.flops.mean() / 1e6,
+        "seeds": g.seed.count(),
+    })
+    if "latency_ms" in table:
+        out["latency (ms)"] = g.latency_ms.median()
+    return out.round(3)
+
