@@ -49,6 +49,63 @@ def _cmd_train(args) -> int:
     return 0
 
 
+def _cmd_p3b(args) -> int:
+    import torch
+
+    from .experiments import p3b_preset, run_p3b
+    from .pruners import P3BSchedule
+    from .training import distributed as dist_utils
+
+    changes: dict = {}
+    if args.model:
+        changes["model"] = args.model
+    if args.pretrained is not None:
+        changes["pretrained"] = {"none": False, "false": False, "true": True}.get(args.pretrained.lower(),
+                                                                                    args.pretrained)
+    if args.data:
+        changes["data"] = args.data
+    if args.image_size:
+        changes["image_size"] = args.image_size
+    preset = p3b_preset(args.preset, **changes)
+    data_options = dict(preset.data_options)
+    if args.data_root:
+        data_options["root"] = args.data_root
+    if args.limit:
+        data_options["limit"] = args.limit
+    fit_options = dict(preset.fit)
+    finetune = dict(preset.finetune)
+    for key, value in (("batch_size", args.batch_size), ("max_steps_per_epoch", args.max_steps_per_epoch),
+                       ("num_workers", args.workers), ("lr", args.lr)):
+        if value is not None:
+            fit_options[key] = value
+            finetune[key] = value
+    schedule = preset.schedule
+    if args.schedule:
+        w, s_, f = (int(v) for v in args.schedule.split(","))
+        schedule = P3BSchedule(warmup=w, sparsify=s_, finalize=f, updates_per_epoch=schedule.updates_per_epoch)
+    preset = preset.replace(data_options=data_options, fit=fit_options, finetune=finetune, schedule=schedule,
+                            finetune_epochs=args.finetune_epochs if args.finetune_epochs is not None
+                            else preset.finetune_epochs,
+                            patch_probe=None if args.patch_probe == "none" else (args.patch_probe or preset.patch_probe))
+    out = Path(args.out)
+    run = run_p3b(preset, args.method, args.prune_ratio, args.seed, checkpoint_dir=str(out / "checkpoint"),
+                  resume=args.resume, measure_latency=not args.no_latency)
+    rank, _ = dist_utils.world()
+    if rank == 0:
+        run.history.save(out / "history.jsonl.gz")
+        if run.finetune_history is not None:
+            run.finetune_history.save(out / "finetune_history.jsonl.gz")
+        if run.pruner is not None:
+            run.pruner.save_compact(out / "compact", model=run.model)
+        (out / "result.json").write_text(json.dumps({"preset": preset.name, "method": args.method,
+                                                     "prune_ratio": args.prune_ratio, "seed": args.seed,
+                                                     **run.result}, indent=2))
+        print(json.dumps(run.result, indent=2))
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    return 0
+
+
 def _cmd_list(args) -> int:
     if args.command == "datasets":
         from .data import available
@@ -89,6 +146,29 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", default="runs/train")
     t.add_argument("--resume", action="store_true", help="continue from --out/checkpoint")
     t.set_defaults(fn=_cmd_train)
+
+    pb = sub.add_parser("p3b", help="prune a ViT with P3B (or a baseline) during transfer; torchrun-launchable")
+    pb.add_argument("--preset", default="cpu", help="tiny, cpu, paper-deit-{s,t}-{cifar100,ifood,inat19}")
+    pb.add_argument("--method", default="p3b", help="p3b, uniform, global_taylor, l1, fixed, dense")
+    pb.add_argument("--prune-ratio", type=float, default=0.5)
+    pb.add_argument("--seed", type=int, default=0)
+    pb.add_argument("--model", default=None)
+    pb.add_argument("--pretrained", default=None, help="true (timm hub), none, fashion_mnist or a checkpoint path")
+    pb.add_argument("--data", default=None)
+    pb.add_argument("--data-root", default=None, help="where the dataset lives (ImageFolder tree, torchvision root)")
+    pb.add_argument("--image-size", type=int, default=None)
+    pb.add_argument("--limit", type=int, default=None)
+    pb.add_argument("--batch-size", type=int, default=None)
+    pb.add_argument("--lr", type=float, default=None)
+    pb.add_argument("--max-steps-per-epoch", type=int, default=None)
+    pb.add_argument("--workers", type=int, default=None)
+    pb.add_argument("--schedule", default=None, help="warmup,sparsify,finalize epochs, e.g. 10,25,50")
+    pb.add_argument("--finetune-epochs", type=int, default=None)
+    pb.add_argument("--patch-probe", default=None, help="conv2, conv1, linear or none")
+    pb.add_argument("--no-latency", action="store_true")
+    pb.add_argument("--out", default="runs/p3b")
+    pb.add_argument("--resume", action="store_true")
+    pb.set_defaults(fn=_cmd_p3b)
 
     for name in ("datasets", "models"):
         lp = sub.add_parser(name, help=f"list available {name}")

@@ -34,3 +34,23 @@ def test_listing_commands_run_as_a_module():
     proc = subprocess.run([sys.executable, "-m", "sparselab", "models"], capture_output=True, text=True,
                           timeout=120)
     assert "vit_mini_patch7_28" in proc.stdout and "resnet32_wide" in proc.stdout
+
+
+def test_p3b_paper_preset_smoke_on_random_deit_tiny(tmp_path):
+    """The paper preset's code path end to end (224 px, mixup/cutmix, conv probes, compaction, fine-tuning) on a
+    randomly initialised deit_tiny_patch16_224 and a generated ImageFolder tree, for a few steps."""
+    from conftest import write_image_folder
+
+    tree = write_image_folder(tmp_path / "tree", classes=("a", "b", "c", "d"), per_class=4, size=32)
+    out = tmp_path / "run"
+    rc = main(["p3b", "--preset", "paper-deit-t-ifood", "--pretrained", "none", "--data", "imagefolder",
+               "--data-root", str(tree), "--batch-size", "4", "--max-steps-per-epoch", "2", "--workers", "0",
+               "--schedule", "0,1,1", "--finetune-epochs", "1", "--no-latency", "--out", str(out)])
+    assert rc == 0
+    result = json.loads((out / "result.json").read_text())
+    assert abs(result["achieved_ratio"] - 0.5) < 0.005
+    history = sl.History.load(out / "history.jsonl.gz")
+    assert {"keep_goal", "benefit_cls", "benefit_patch"} <= set(history.blocks.metric)
+    compact = sl.structure.load_compact(out / "compact")
+    assert sum(p.numel() for p in compact.parameters()) == result["params"]
+    assert compact.patch_embed.img_size == (224, 224)

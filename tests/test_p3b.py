@@ -309,3 +309,40 @@ def test_two_process_p3b_masks_are_identical_and_equal_one_process(tmp_path):
         assert torch.equal(r0["model"][k], r1["model"][k]), k
     events = [sl.History.from_state_dict(r["history"]).events for r in (r0, r1, single)]
     assert events[0].equals(events[1]) and events[0].equals(events[2])  # every reactivation, too
+
+
+def test_compact_model_of_a_pruned_run_equals_the_hard_masked_model(digits, tmp_path):
+    model = nano()
+    pruner = sl.P3B(model, 0.75, schedule=SCHED, patch_probe=None, allocation="uniform")
+    sl.fit(model, digits, pruner=pruner, **FIT)
+    model.eval()
+    x = digits.test.images[:16]
+    with torch.no_grad():
+        masked = model(x)
+        compact = pruner.compact().eval()
+        torch.testing.assert_close(compact(x), masked, rtol=1e-5, atol=1e-5)
+    stats = sl.structure.compact_stats(compact)
+    dense_stats = sl.structure.compact_stats(nano())
+    assert stats["params"] == pruner.structure.total_params(pruner.hard_masks()) < 0.3 * dense_stats["params"]
+    assert stats["flops"] < 0.4 * dense_stats["flops"]
+    pruner.save_compact(tmp_path / "c", model=compact)
+    loaded = sl.structure.load_compact(tmp_path / "c")
+    with torch.no_grad():
+        assert torch.equal(loaded(x), compact(x))
+
+
+def test_experiment_summary_and_saved_results(tmp_path):
+    import pandas as pd
+
+    from sparselab.experiments import summarize
+
+    table = pd.DataFrame({"method": ["dense", "p3b", "p3b"], "prune_ratio": [0.0, 0.5, 0.5], "seed": [0, 0, 1],
+                          "acc": [0.9, 0.8, 0.7], "acc_pruned": [0.9, 0.6, 0.5], "achieved_ratio": [0, 0.5, 0.5],
+                          "params": [2e6, 1e6, 1e6], "flops": [4e6, 2e6, 2e6], "latency_ms": [2.0, 1.0, 3.0]})
+    s = summarize(table)
+    row = s.loc[(0.5, "p3b")]
+    assert row["acc %"] == pytest.approx(75.0) and row["± (std)"] == pytest.approx(7.071, abs=1e-3)
+    assert row["params (M)"] == 1.0 and row["seeds"] == 2 and row["latency (ms)"] == 2.0
+    assert s.loc[(0.0, "dense")]["± (std)"] == 0
+    with pytest.raises(ConfigError):
+        summarize(table.iloc[0:0])

@@ -102,7 +102,7 @@ PRESETS: dict[str, P3BPreset] = {
         name="cpu", model="vit_mini_patch7_28", pretrained="fashion_mnist", recipe="default", data="digits",
         image_size=28, schedule=P3BSchedule(warmup=2, sparsify=6, finalize=10, updates_per_epoch=3),
         fit=dict(lr=5e-4, batch_size=64, weight_decay=0.05), patch_probe="conv2",
-        finetune_epochs=3, finetune=dict(lr=2e-4, batch_size=64, lr_schedule="cosine"), seeds=(0, 1),
+        finetune_epochs=2, finetune=dict(lr=2e-4, batch_size=64, lr_schedule="cosine"), seeds=(0, 1),
     ),
 }
 for _model, _tag in (("deit_small_patch16_224", "s"), ("deit_tiny_patch16_224", "t")):
@@ -240,3 +240,50 @@ def summarize(table: pd.DataFrame) -> pd.DataFrame:
         out["latency (ms)"] = g.latency_ms.median()
     return out.round(3)
 
+
+
+def latency_table(runs: Sequence[P3BRun], data, batch_sizes: Sequence[int] = (1, 32), repeats: int = 20
+                  ) -> pd.DataFrame:
+    """CPU latency of each method's compact model (first seed) against the dense model, beside the ideal speed-up
+    that the FLOP ratio predicts. ``speedup / ideal`` near 1 means the parameter savings turn into time."""
+    from ..structure.compact import compact_stats
+
+    shape = (data.in_chans, data.image_size, data.image_size)
+    dense = next((r for r in runs if r.method == "dense"), None)
+    if dense is None:
+        raise ConfigError("latency_table needs a dense run among the runs (compare(..., include_dense=True))")
+    dense_flops = compact_stats(dense.model)["flops"]
+    rows = []
+    seen = set()
+    for r in runs:
+        key = (r.method, r.prune_ratio)
+        if key in seen:
+            continue
+        seen.add(key)
+        flops = compact_stats(r.model)["flops"]
+        for b in batch_sizes:
+            ms = latency_ms(r.model, shape, batch_size=b, repeats=repeats)
+            base = latency_ms(dense.model, shape, batch_size=b, repeats=repeats)
+            rows.append({"method": r.method, "prune_ratio": r.prune_ratio, "batch": b, "latency (ms)": ms,
+                         "dense (ms)": base, "speed-up": base / ms, "ideal (FLOPs)": dense_flops / flops})
+    out = pd.DataFrame(rows)
+    out["speed-up / ideal"] = out["speed-up"] / out["ideal (FLOPs)"]
+    return out.round(3)
+
+
+def save_results(out_dir, table: pd.DataFrame, runs: Sequence[P3BRun]) -> dict[str, str]:
+    """Write the results table (CSV), all Histories merged (JSON Lines) and each pruned method's first compact
+    model (JSON spec + safetensors) under ``out_dir``; returns the paths written."""
+    from pathlib import Path
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"table": str(out / "results.csv"), "histories": str(out / "histories.jsonl.gz")}
+    table.to_csv(paths["table"], index=False)
+    History.concat([r.history for r in runs]).save(paths["histories"])
+    for r in runs:
+        if r.pruner is not None and r.seed == runs[0].seed:
+            key = f"{r.method}-{int(round(r.prune_ratio * 100))}"
+            if key not in paths:
+                paths[key] = str(r.pruner.save_compact(out / "compact" / key, model=r.model))
+    return paths

@@ -58,6 +58,12 @@ def checkpoint_path(model_name: str, dataset: str = "fashion_mnist", recipe: str
     return data_dir() / "checkpoints" / f"{model_name}-{dataset}-{recipe}-{RECIPES[recipe].key()}.safetensors"
 
 
+def source_record(model_name: str, dataset: str = "fashion_mnist", recipe: str = "default") -> dict[str, Any]:
+    """The JSON record (recipe, source test accuracy, checksum) of a cached source model, pretraining it if needed."""
+    path = pretrain(model_name, dataset, recipe)
+    return json.loads(path.with_suffix(".json").read_text())
+
+
 def pretrain(model_name: str, dataset: str = "fashion_mnist", recipe: str = "default", force: bool = False,
              progress: bool = True) -> Path:
     """Train ``model_name`` on the source dataset with ``recipe`` and cache its weights; returns the path.

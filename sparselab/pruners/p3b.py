@@ -324,6 +324,14 @@ class P3B(Pruner):
 
         return compact_vit(self.structure.model, self.hard_masks())
 
+    def save_compact(self, directory, model: nn.Module | None = None):
+        """Save the compact model (``model``, e.g. after fine-tuning, or a fresh :meth:`compact`) as ``spec.json``
+        + ``model.safetensors`` in ``directory``; :func:`sparselab.structure.load_compact` reads it back."""
+        from ..structure.compact import compact_spec, save_compact
+
+        spec = compact_spec(self.structure.model, self.hard_masks())
+        return save_compact(model if model is not None else self.compact(), spec, directory)
+
     def remove(self) -> None:
         """Detach gates and probes from the model (it computes densely again)."""
         self.gates.remove()
