@@ -4,6 +4,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 import sparselab as sl
 from sparselab.cli import main
 
@@ -54,3 +56,21 @@ def test_p3b_paper_preset_smoke_on_random_deit_tiny(tmp_path):
     compact = sl.structure.load_compact(out / "compact")
     assert sum(p.numel() for p in compact.parameters()) == result["params"]
     assert compact.patch_embed.img_size == (224, 224)
+
+
+@pytest.mark.slow
+def test_p3b_command_under_torchrun(tmp_path):
+    import os
+
+    from test_training import _free_port
+
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+           f"--master_port={_free_port()}", "-m", "sparselab", "p3b", "--preset", "tiny", "--pretrained", "none",
+           "--patch-probe", "conv1", "--no-latency", "--out", str(out)]
+    proc = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((out / "result.json").read_text())
+    assert abs(result["achieved_ratio"] - 0.5) < 0.005
+    assert sl.History.load(out / "history.jsonl.gz").events.shape[0] > 0

@@ -1,0 +1,111 @@
+from __future__ import annotations
+
+import pytest
+import torch
+from timm.models.vision_transformer import VisionTransformer
+
+import sparselab as sl
+from sparselab.errors import ConfigError
+from sparselab.structure import ResidualTaps, ViTStructure
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return sl.data.load("digits", image_size=28, limit=256)
+
+
+def nano(seed=0):
+    torch.manual_seed(seed)
+    return sl.models.create("vit_nano_patch4_28", num_classes=10)
+
+
+def test_taps_record_the_residual_stream():
+    model = nano().eval()
+    taps = ResidualTaps(ViTStructure(model))
+    x = torch.randn(3, 1, 28, 28)
+    with torch.no_grad():
+        model(x)
+        recorded = list(taps.stream)
+        taps.enabled = False  # replaying the blocks by hand below must not record again
+        tokens = model.norm_pre(model._pos_embed(model.patch_embed(x)))
+        stream = [tokens]
+        for blk in model.blocks:
+            mid = tokens + blk.drop_path1(blk.ls1(blk.attn(blk.norm1(tokens))))
+            tokens = mid + blk.drop_path2(blk.ls2(blk.mlp(blk.norm2(mid))))
+            stream += [mid, tokens]
+    assert len(recorded) == 2 * len(model.blocks) + 1
+    for got, want in zip(recorded, stream):
+        torch.testing.assert_close(got, want)
+        assert not got.requires_grad
+    taps.enabled = True
+    taps.remove()
+    model(x)
+    assert taps.stream == []
+
+
+def test_probes_never_train_the_backbone(digits):
+    opts = dict(epochs=1, batch_size=64, progress=False)
+    plain, probed = nano(), nano()
+    sl.fit(plain, digits, **opts)
+    probes = sl.probes.BlockBenefit(probed, num_classes=10, patch_probe="conv2")
+    h = sl.fit(probed, digits, callbacks=[probes], **opts)
+    for a, b in zip(plain.state_dict().values(), probed.state_dict().values()):
+        assert torch.equal(a, b)  # probes read detached features only
+    b = h.blocks
+    assert set(b.metric) == {"benefit_cls", "benefit_patch"}
+    assert b.groupby("metric").size().tolist() == [8, 8]  # one row per block at the epoch end
+    assert any(p.grad is not None for p in probes.probes.parameters())
+
+
+def test_benefit_is_the_loss_decrease_across_a_block(digits):
+    model = nano()
+    probes = sl.probes.BlockBenefit(model, num_classes=10, patch_probe="linear")
+    x, y = digits.train.get_batch(torch.arange(32))
+    with torch.no_grad():
+        model(x)
+        probes.probe_loss(y)
+    s = probes.structure
+    manual = []
+    for k, pair in enumerate(probes.probes):
+        loss = [torch.nn.functional.cross_entropy(pair.cls(s.pooled(t)), y) for t in probes.taps.stream[k:k + 2]]
+        manual.append((loss[0] - loss[1]).item())
+    torch.testing.assert_close(probes.window_mean()["cls"], torch.tensor(manual, dtype=torch.float64), rtol=0,
+                               atol=2e-6)
+    probes.reset()
+    assert probes.count == 0 and probes.sums.abs().sum() == 0
+
+
+def test_calibrate_and_measure_before_fine_tuning(digits):
+    model = nano()
+    probes = sl.probes.BlockBenefit(model, num_classes=10, patch_probe="linear")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    probes.calibrate(digits, steps=20)
+    measured = probes.measure(digits, batches=2)
+    assert set(measured) == {"cls", "patch"} and measured["cls"].shape == (8,)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_prefix_tokens_and_pooling_are_respected():
+    reg = VisionTransformer(img_size=16, patch_size=4, in_chans=1, embed_dim=16, depth=2, num_heads=2,
+                            num_classes=3, reg_tokens=2)
+    s = ViTStructure(reg)
+    assert s.num_prefix_tokens == 3
+    x = torch.randn(2, 3 + 16, 16)
+    assert s.patch_tokens(x).shape == (2, 16, 4, 4)
+    torch.testing.assert_close(s.patch_tokens(x)[:, :, 0, 0], x[:, 3])
+    torch.testing.assert_close(s.pooled(x), x[:, 0])
+    avg = VisionTransformer(img_size=16, patch_size=4, in_chans=1, embed_dim=16, depth=2, num_heads=2,
+                            num_classes=3, class_token=False, global_pool="avg")
+    s = ViTStructure(avg)
+    x = torch.randn(2, 16, 16)
+    torch.testing.assert_close(s.pooled(x), x.mean(1))
+    probes = sl.probes.BlockBenefit(avg, num_classes=3)
+    avg(torch.randn(2, 1, 16, 16))
+    assert probes.probe_loss(torch.tensor([0, 2])).requires_grad
+
+
+def test_bad_input():
+    with pytest.raises(ConfigError, match="num_classes"):
+        sl.probes.BlockBenefit(nano(), num_classes=1)
+    with pytest.raises(ConfigError, match="VisionTransformer"):
+        sl.probes.BlockBenefit(sl.models.create("lenet_300_100"), num_classes=10)
