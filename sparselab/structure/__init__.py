@@ -2,7 +2,9 @@
 from .compact import compact_spec, compact_stats, compact_vit, load_compact, save_compact
 from .gates import Gates
 from .taps import ResidualTaps
+from .unstructured import apply_masks, magnitude_masks, prunable_weights, sparsity
 from .vit import BLOCK_GATES, GATES, BlockInfo, ViTStructure
 
 __all__ = ["ViTStructure", "BlockInfo", "Gates", "ResidualTaps", "GATES", "BLOCK_GATES", "compact_vit",
-           "compact_spec", "compact_stats", "save_compact", "load_compact"]
+           "compact_spec", "compact_stats", "save_compact", "load_compact", "prunable_weights", "magnitude_masks",
+           "apply_masks", "sparsity"]
