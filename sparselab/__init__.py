@@ -8,11 +8,11 @@ Example:
 """
 from . import data, models, probes, structure
 from .plots import plot_block_benefit, plot_keep_ratios, plot_reactivations
-from .pruners import P3B, P3BSchedule
+from .pruners import ART, P3B, FixedMask, GradualMagnitude, HyperSparse, P3BSchedule
 from .errors import CheckpointError, ConfigError, DataNotFoundError, SparselabError, UnknownNameError
 from .history import History
 from .training import Pruner, TrainConfig, TrainState, evaluate, fit
 
 __version__ = "0.1.0"
-__all__ = ["data", "models", "probes", "structure", "P3B", "P3BSchedule", "plot_block_benefit", "plot_keep_ratios", "plot_reactivations", "fit", "evaluate", "History", "Pruner", "TrainConfig", "TrainState", "SparselabError", "ConfigError",
+__all__ = ["data", "models", "probes", "structure", "P3B", "P3BSchedule", "ART", "HyperSparse", "FixedMask", "GradualMagnitude", "plot_block_benefit", "plot_keep_ratios", "plot_reactivations", "fit", "evaluate", "History", "Pruner", "TrainConfig", "TrainState", "SparselabError", "ConfigError",
            "CheckpointError", "DataNotFoundError", "UnknownNameError"]

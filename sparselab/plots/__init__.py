@@ -13,5 +13,7 @@ Example:
 from __future__ import annotations
 
 from .p3b import plot_block_benefit, plot_keep_ratios, plot_reactivations
+from .patterns import plot_layer_keep_ratios, plot_weight_patterns
 
-__all__ = ["plot_block_benefit", "plot_keep_ratios", "plot_reactivations"]
+__all__ = ["plot_block_benefit", "plot_keep_ratios", "plot_reactivations", "plot_layer_keep_ratios",
+           "plot_weight_patterns"]

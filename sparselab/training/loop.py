@@ -194,7 +194,7 @@ def fit(model: nn.Module, data: DataBundle, epochs: int | None = None, pruner: P
     history.meta.setdefault("parameters", sum(p.numel() for p in model.parameters()))
 
     state = TrainState(model=model, optimizer=optimizer, history=history, device=device, epochs=cfg.epochs,
-                       steps_per_epoch=steps_per_epoch, rank=rank, world_size=world)
+                       steps_per_epoch=steps_per_epoch, rank=rank, world_size=world, data=data)
     loop = {"epoch": 0, "batch": 0, "finished": False, "stopped": False,
             "window": [0.0, 0.0], "train": [0.0, 0.0, 0.0]}  # window: loss sum, n; train: loss sum, correct, n
     torch.manual_seed(cfg.seed)

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 class TrainState:
     """What a hook can see and change during :func:`sparselab.fit`.
 
-    ``model`` is the plain module (never the DistributedDataParallel wrapper). ``step`` counts optimizer steps
+    ``model`` is the plain module (never the DistributedDataParallel wrapper); ``data`` the DataBundle trained on. ``step`` counts optimizer steps
     done so far; ``epoch`` is 0-based. Setting ``should_stop = True`` ends training after the current epoch.
     """
 
@@ -49,6 +49,7 @@ class TrainState:
     step: int = 0
     rank: int = 0
     world_size: int = 1
+    data: Any = None
     inputs: torch.Tensor | None = None
     targets: torch.Tensor | None = None
     outputs: torch.Tensor | None = None

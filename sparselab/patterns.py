@@ -1,0 +1,354 @@
+"""Where the kept (high-magnitude) weights of an unstructured sparse network sit.
+
+Measurements for the HyperSparse analysis of sparse networks: the keep ratio of every layer; the structure inside
+layers (which 3×3 kernel positions keep weights, which filters or neurons lose all of theirs, which input pixels a
+first fully connected layer still reads); and for Vision Transformers the magnitude (or kept fraction) of every
+attention head's q/k/v/proj weights and of every MLP hidden neuron.
+
+Every function takes a model plus the kept weights, given in one of three ways (see :func:`kept_masks`):
+``masks`` (``dict[param_name, BoolTensor]``, True = kept, one entry per prunable weight: the ``weight`` of every
+``nn.Conv2d`` and ``nn.Linear``), ``sparsity`` (global magnitude masks at that sparsity), or neither (the nonzero
+pattern of the weights, for a model whose pruned weights were set to exactly zero). Results are pandas DataFrames
+or tensors; nothing is plotted here (see :mod:`sparselab.plots.patterns`).
+
+Example:
+    >>> import torch
+    >>> net = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2))
+    >>> layer_keep_ratios(net, sparsity=0.5)[["layer", "numel"]].values.tolist()
+    [['0.weight', 12], ['2.weight', 6]]
+"""
+from __future__ import annotations
+
+import math
+from typing import Mapping
+
+import pandas as pd
+import torch
+from torch import nn
+
+from .errors import ConfigError
+from .structure.unstructured import magnitude_masks, prunable_weights
+
+__all__ = ["kept_masks", "layer_keep_ratios", "kernel_positions", "dead_units", "input_pixel_map",
+           "infer_image_shape", "vit_magnitude_maps", "vit_blocks"]
+
+Masks = Mapping[str, torch.Tensor]
+
+
+# ---------------------------------------------------------------------------------------------------- masks
+def _short(names: list[str], limit: int = 5) -> str:
+    return ", ".join(names[:limit]) + (f" (+{len(names) - limit} more)" if len(names) > limit else "")
+
+
+@torch.no_grad()
+def kept_masks(model: nn.Module, masks: Masks | None = None, sparsity: float | None = None) -> dict[str, torch.Tensor]:
+    """Boolean keep masks (True = kept, on the CPU) of every prunable weight, in module order.
+
+    ``masks`` are checked against the prunable weights (same names, same shapes) and returned as bool tensors;
+    otherwise ``sparsity`` gives global magnitude masks (:func:`~sparselab.structure.magnitude_masks`); when both
+    are None the masks are the nonzero pattern of the weights (a model whose pruned weights are exactly zero).
+    Passing both ``masks`` and ``sparsity`` is an error.
+
+    Example:
+        >>> import torch
+        >>> net = torch.nn.Linear(3, 2, bias=False)
+        >>> with torch.no_grad():
+        ...     _ = net.weight.copy_(torch.tensor([[0.0, 2.0, 0.0], [1.0, 0.0, 0.0]]))
+        >>> kept_masks(net)["weight"].int().tolist()
+        [[0, 1, 0], [1, 0, 0]]
+        >>> kept_masks(net, sparsity=0.5)["weight"].sum().item()
+        3
+    """
+    weights = prunable_weights(model)
+    if masks is not None and sparsity is not None:
+        raise ConfigError("pass either masks or sparsity, not both (masks are used as given; sparsity builds "
+                          "global magnitude masks)")
+    if masks is None and sparsity is not None:
+        return {name: m.detach().cpu().bool() for name, m in magnitude_masks(model, sparsity).items()}
+    if masks is None:
+        return {name: (w.detach() != 0).cpu() for name, w in weights.items()}
+    if not isinstance(masks, Mapping):
+        raise ConfigError(f"masks must be a dict of parameter name → bool tensor, got {type(masks).__name__}")
+    unknown = [k for k in masks if k not in weights]
+    missing = [k for k in weights if k not in masks]
+    if unknown or missing:
+        parts = []
+        if unknown:
+            parts.append(f"names that are not prunable weights: {_short(unknown)}")
+        if missing:
+            parts.append(f"prunable weights without a mask: {_short(missing)}")
+        raise ConfigError(f"masks do not match the prunable weights (the weight of every Conv2d and Linear) of "
+                          f"{type(model).__name__}: " + "; ".join(parts))
+    out = {}
+    for name, w in weights.items():
+        m = masks[name]
+        if not isinstance(m, torch.Tensor):
+            raise ConfigError(f"mask {name!r} must be a tensor, got {type(m).__name__}")
+        if tuple(m.shape) != tuple(w.shape):
+            raise ConfigError(f"mask {name!r} has shape {tuple(m.shape)}, but the weight has shape "
+                              f"{tuple(w.shape)}")
+        out[name] = (m.detach() != 0).cpu() if m.dtype != torch.bool else m.detach().cpu()
+    return out
+
+
+def _modules_by_weight(model: nn.Module) -> dict[str, nn.Module]:
+    return {(f"{name}.weight" if name else "weight"): m for name, m in model.named_modules()
+            if isinstance(m, (nn.Conv2d, nn.Linear))}
+
+
+def _kind(module: nn.Module) -> str:
+    return "conv" if isinstance(module, nn.Conv2d) else "linear"
+
+
+# ---------------------------------------------------------------------------------------------- keep ratios
+def layer_keep_ratios(model: nn.Module, masks: Masks | None = None, sparsity: float | None = None) -> pd.DataFrame:
+    """Keep ratio of every prunable layer, in module order.
+
+    Columns: ``layer`` (parameter name), ``kind`` (``"conv"``/``"linear"``), ``shape`` (tuple), ``numel``,
+    ``kept`` (kept weights) and ``keep_ratio`` (kept / numel). Masks as in :func:`kept_masks`.
+
+    Example:
+        >>> import torch
+        >>> net = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.Flatten(), torch.nn.Linear(2, 2))
+        >>> masks = {"0.weight": torch.ones(2, 1, 3, 3, dtype=torch.bool),
+        ...          "2.weight": torch.tensor([[True, False], [False, False]])}
+        >>> layer_keep_ratios(net, masks)[["kind", "kept", "keep_ratio"]].values.tolist()
+        [['conv', 18, 1.0], ['linear', 1, 0.25]]
+    """
+    kept = kept_masks(model, masks, sparsity)
+    modules = _modules_by_weight(model)
+    rows = []
+    for name, m in kept.items():
+        n, k = m.numel(), int(m.sum())
+        rows.append(dict(layer=name, kind=_kind(modules[name]), shape=tuple(m.shape), numel=n, kept=k,
+                         keep_ratio=k / n if n else float("nan")))
+    return pd.DataFrame(rows, columns=["layer", "kind", "shape", "numel", "kept", "keep_ratio"])
+
+
+# ------------------------------------------------------------------------------------------ inside a layer
+def kernel_positions(model: nn.Module, masks: Masks | None = None, sparsity: float | None = None) -> pd.DataFrame:
+    """Kept fraction of the weights at each of the 9 positions of every 3×3 convolution.
+
+    One row per conv layer with a 3×3 kernel and kernel position: ``layer``, ``row``, ``col`` (0..2; (1, 1) is the
+    centre), ``kept`` (kept weights at that position, over all output × input channel pairs), ``total`` (those
+    pairs) and ``kept_fraction`` (kept / total). Layers in module order, positions row-major. Masks as in
+    :func:`kept_masks`. A model without 3×3 convolutions gives an empty table.
+
+    Example:
+        >>> import torch
+        >>> net = torch.nn.Conv2d(2, 4, 3)
+        >>> centre = torch.zeros(4, 2, 3, 3, dtype=torch.bool)
+        >>> centre[:, :, 1, 1] = True
+        >>> table = kernel_positions(net, {"weight": centre})
+        >>> table.pivot(index="row", columns="col", values="kept_fraction").values.tolist()
+        [[0.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 0.0]]
+    """
+    kept = kept_masks(model, masks, sparsity)
+    rows = []
+    for name, module in _modules_by_weight(model).items():
+        if not isinstance(module, nn.Conv2d) or tuple(module.kernel_size) != (3, 3):
+            continue
+        m = kept[name]
+        total = m.shape[0] * m.shape[1]
+        counts = m.sum(dim=(0, 1))
+        for r in range(3):
+            for c in range(3):
+                k = int(counts[r, c])
+                rows.append(dict(layer=name, row=r, col=c, kept=k, total=total,
+                                 kept_fraction=k / total if total else float("nan")))
+    return pd.DataFrame(rows, columns=["layer", "row", "col", "kept", "total", "kept_fraction"])
+
+
+def dead_units(model: nn.Module, masks: Masks | None = None, sparsity: float | None = None) -> pd.DataFrame:
+    """Units that lost all their kept weights, per prunable layer (module order).
+
+    Output side: ``units`` (conv filters = output channels, linear neurons = output rows), ``dead`` (units none of
+    whose weights is kept) and ``dead_fraction``. Input side: ``inputs`` (input channels / input features),
+    ``dead_inputs`` (inputs that no kept weight reads) and ``dead_input_fraction``. Grouped convolutions count each
+    input channel within its own group. Also ``layer`` and ``kind``. Masks as in :func:`kept_masks`.
+
+    Example:
+        >>> import torch
+        >>> net = torch.nn.Linear(3, 4, bias=False)
+        >>> mask = torch.tensor([[1, 1, 0], [0, 0, 0], [1, 0, 0], [0, 0, 0]]).bool()
+        >>> dead_units(net, {"weight": mask})[["units", "dead", "inputs", "dead_inputs"]].values.tolist()
+        [[4, 2, 3, 1]]
+    """
+    kept = kept_masks(model, masks, sparsity)
+    rows = []
+    for name, module in _modules_by_weight(model).items():
+        m = kept[name]
+        units = m.shape[0]
+        alive_out = m.reshape(units, -1).any(dim=1)
+        if isinstance(module, nn.Conv2d):
+            g = module.groups
+            alive_in = m.reshape(g, units // g, m.shape[1], -1).any(dim=3).any(dim=1).reshape(-1)
+        else:
+            alive_in = m.any(dim=0)
+        inputs = alive_in.numel()
+        dead, dead_in = int((~alive_out).sum()), int((~alive_in).sum())
+        rows.append(dict(layer=name, kind=_kind(module), units=units, dead=dead,
+                         dead_fraction=dead / units if units else float("nan"), inputs=inputs, dead_inputs=dead_in,
+                         dead_input_fraction=dead_in / inputs if inputs else float("nan")))
+    return pd.DataFrame(rows, columns=["layer", "kind", "units", "dead", "dead_fraction", "inputs", "dead_inputs",
+                                       "dead_input_fraction"])
+
+
+def _image_layer(model: nn.Module, features: int | None) -> tuple[str, nn.Linear] | None:
+    """The first Linear layer, with no Conv2d before it, that reads ``features`` inputs (any count when None)."""
+    for name, module in _modules_by_weight(model).items():
+        if isinstance(module, nn.Conv2d):
+            return None
+        if features is None or module.in_features == features:
+            return name, module
+    return None
+
+
+def infer_image_shape(model: nn.Module) -> tuple[int, int, int]:
+    """A plausible (C, H, W) of the square image that the model's first (Linear) layer reads flattened:
+    1 channel when its input count is a square number, else 3 channels when a third of it is.
+
+    Example:
+        >>> import sparselab as sl
+        >>> infer_image_shape(sl.models.create("lenet_300_100", num_classes=10))
+        (1, 28, 28)
+    """
+    found = _image_layer(model, None)
+    if found is None:
+        raise ConfigError(f"{type(model).__name__} does not start with a Linear layer that reads a flattened "
+                          f"image (its first Conv2d/Linear layer is a convolution)")
+    n = found[1].in_features
+    for chans in (1, 3):
+        side = math.isqrt(n // chans)
+        if n % chans == 0 and side * side * chans == n:
+            return chans, side, side
+    raise ConfigError(f"cannot tell the image shape read by {found[0]} ({n} input features are neither a "
+                      f"square nor 3 × a square); pass image_shape=(C, H, W)")
+
+
+def input_pixel_map(model: nn.Module, masks: Masks | None = None, sparsity: float | None = None,
+                    image_shape: tuple[int, int, int] | None = None, fraction: bool = False) -> torch.Tensor:
+    """Kept weights per input pixel of the first Linear layer that reads the flattened image.
+
+    The layer is the first Linear layer (with no convolution before it) whose ``in_features`` equal C·H·W; its
+    input index is ``c·H·W + h·W + w`` (``torch.flatten`` of a C×H×W image). Returns an (H, W) tensor: the number
+    of kept weights reading each pixel, summed over channels and output neurons, or with ``fraction=True`` that
+    count divided by C × out_features (float). ``image_shape`` defaults to :func:`infer_image_shape`. Masks as in
+    :func:`kept_masks`. Raises :class:`~sparselab.errors.ConfigError` when no such layer exists.
+
+    Example:
+        >>> import torch
+        >>> net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
+        >>> mask = torch.zeros(3, 4, dtype=torch.bool)
+        >>> mask[:, 3] = True
+        >>> mask[0, 0] = True
+        >>> input_pixel_map(net, {"1.weight": mask}, image_shape=(1, 2, 2)).tolist()
+        [[1, 0], [0, 3]]
+    """
+    if image_shape is None:
+        image_shape = infer_image_shape(model)
+    try:
+        c, h, w = (int(v) for v in image_shape)
+    except (TypeError, ValueError):
+        raise ConfigError(f"image_shape must be (C, H, W), got {image_shape!r}") from None
+    if min(c, h, w) < 1:
+        raise ConfigError(f"image_shape must hold positive sizes, got {image_shape!r}")
+    found = _image_layer(model, c * h * w)
+    if found is None:
+        linear = [f"{n} ({m.in_features} inputs)" for n, m in _modules_by_weight(model).items()
+                  if isinstance(m, nn.Linear)]
+        raise ConfigError(f"{type(model).__name__} has no Linear layer that reads a flattened {c}×{h}×{w} image "
+                          f"({c * h * w} input features, with no convolution before it); Linear layers: "
+                          f"{_short(linear) or 'none'}")
+    name, module = found
+    m = kept_masks(model, masks, sparsity)[name]
+    counts = m.reshape(module.out_features, c, h, w).sum(dim=(0, 1))
+    if fraction:
+        return counts.double() / (c * module.out_features)
+    return counts
+
+
+# ---------------------------------------------------------------------------------------------------- ViTs
+def vit_blocks(model: nn.Module) -> list[nn.Module]:
+    """The transformer blocks of a timm-style ViT: ``model.blocks`` whose blocks have ``attn.qkv`` (fused q/k/v
+    Linear), ``attn.proj``, ``attn.num_heads``, ``mlp.fc1`` and ``mlp.fc2``. Empty for any other model.
+
+    Example:
+        >>> import sparselab as sl
+        >>> len(vit_blocks(sl.models.create("vit_nano_patch4_28"))), vit_blocks(torch.nn.Linear(2, 2))
+        (4, [])
+    """
+    blocks = getattr(model, "blocks", None)
+    if not isinstance(blocks, nn.Module):
+        return []
+    out = list(blocks.children()) if isinstance(blocks, (nn.Sequential, nn.ModuleList)) else []
+    for b in out:
+        attn, mlp = getattr(b, "attn", None), getattr(b, "mlp", None)
+        if not (isinstance(getattr(attn, "qkv", None), nn.Linear) and isinstance(getattr(attn, "proj", None),
+                                                                                  nn.Linear)
+                and isinstance(getattr(attn, "num_heads", None), int)
+                and isinstance(getattr(mlp, "fc1", None), nn.Linear)
+                and isinstance(getattr(mlp, "fc2", None), nn.Linear)):
+            return []
+    return out
+
+
+@torch.no_grad()
+def vit_magnitude_maps(model: nn.Module, masks: Masks | None = None,
+                       sparsity: float | None = None) -> dict[str, pd.DataFrame]:
+    """Per attention head and per MLP hidden neuron magnitude (or kept fraction) maps of a timm ViT.
+
+    ``"attn"``: columns ``layer`` (block index), ``head``, ``part`` (``"q"``, ``"k"``, ``"v"``, ``"proj"``) and
+    ``value``, one row per (layer, head, part). q/k/v are head ``h``'s rows ``h·d .. (h+1)·d`` of the respective
+    third of ``attn.qkv.weight`` (d = head dim); proj are the columns ``h·d .. (h+1)·d`` of ``attn.proj.weight``
+    that read that head's output.
+
+    ``"mlp"``: columns ``layer``, ``neuron`` (hidden index) and ``value``, one row per hidden neuron: the weights of
+    its ``mlp.fc1`` row and ``mlp.fc2`` column.
+
+    Without ``masks``/``sparsity`` the values are magnitudes of the weights as they are: mean |w| of each head slice
+    and the L1 norm (fc1 row + fc2 column) per neuron. With ``masks`` or ``sparsity`` (global magnitude masks) both
+    are kept fractions of those weights instead.
+
+    Example:
+        >>> import sparselab as sl
+        >>> maps = vit_magnitude_maps(sl.models.create("vit_nano_patch4_28"), sparsity=0.9)
+        >>> len(maps["attn"]), len(maps["mlp"])  # 4 layers × 4 heads × 4 parts, 4 layers × 256 neurons
+        (64, 1024)
+    """
+    blocks = vit_blocks(model)
+    if not blocks:
+        raise ConfigError(f"vit_magnitude_maps needs a timm VisionTransformer (blocks with attn.qkv, attn.proj, "
+                          f"mlp.fc1, mlp.fc2); got {type(model).__name__}")
+    use_masks = masks is not None or sparsity is not None
+    kept = kept_masks(model, masks, sparsity) if use_masks else None
+    names = {id(m): n for n, m in model.named_modules()}
+
+    def values(module: nn.Linear) -> torch.Tensor:
+        if kept is not None:
+            return kept[f"{names[id(module)]}.weight"].double()
+        return module.weight.detach().abs().double().cpu()
+
+    attn_rows, mlp_rows = [], []
+    for layer, block in enumerate(blocks):
+        attn, mlp = block.attn, block.mlp
+        heads = attn.num_heads
+        qkv, proj = values(attn.qkv), values(attn.proj)
+        if qkv.shape[0] % (3 * heads) or proj.shape[1] % heads:
+            raise ConfigError(f"block {layer}: attn.qkv has {qkv.shape[0]} outputs and attn.proj "
+                              f"{proj.shape[1]} inputs, not divisible into q/k/v of {heads} heads")
+        d = qkv.shape[0] // (3 * heads)
+        parts = qkv.reshape(3, heads, d, qkv.shape[1])  # timm: qkv(x).reshape(B, N, 3, heads, d)
+        proj_heads = proj.reshape(proj.shape[0], heads, proj.shape[1] // heads)
+        for h in range(heads):
+            for p, part in enumerate(("q", "k", "v")):
+                attn_rows.append((layer, h, part, float(parts[p, h].mean())))
+            attn_rows.append((layer, h, "proj", float(proj_heads[:, h].mean())))
+        fc1, fc2 = values(mlp.fc1), values(mlp.fc2)
+        if kept is not None:
+            per_neuron = (fc1.sum(dim=1) + fc2.sum(dim=0)) / (fc1.shape[1] + fc2.shape[0])
+        else:
+            per_neuron = fc1.sum(dim=1) + fc2.sum(dim=0)
+        mlp_rows.extend((layer, i, float(v)) for i, v in enumerate(per_neuron.tolist()))
+    return {"attn": pd.DataFrame(attn_rows, columns=["layer", "head", "part", "value"]),
+            "mlp": pd.DataFrame(mlp_rows, columns=["layer", "neuron", "value"])}

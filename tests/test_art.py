@@ -1,0 +1,232 @@
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+import sparselab as sl
+from sparselab.errors import ConfigError, UnknownNameError
+from sparselab.pruners.regularizers import INFLECTION, L1, L2, HyperSparse, magnitude_threshold
+from sparselab.structure import magnitude_masks, prunable_weights, sparsity
+
+
+def sort_based_hypersparse_grad(weights, rate):
+    """The reference formulation: a full sort for the threshold, then the closed-form gradient."""
+    a = torch.cat([w.detach().abs().flatten() for w in weights])
+    tau = torch.sort(a).values[int(math.floor(rate * a.numel() + 1e-9))]
+    s = INFLECTION / tau
+    l1 = a.sum()
+    total = torch.tanh(s * a).sum()
+    return [torch.sign(w) * s / torch.cosh(s * w.abs()) ** 2 * l1 / total for w in weights]
+
+
+def tiny_net(seed=0, dtype=torch.float32):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(2, 4, 3), nn.Flatten(), nn.Linear(4 * 4 * 4, 6), nn.ReLU(), nn.Linear(6, 3)).to(dtype)
+
+
+@pytest.mark.parametrize("rate", [0.5, 0.9, 0.99])
+def test_hypersparse_autograd_gradient_equals_the_formula(rate):
+    net = tiny_net(dtype=torch.float64)
+    reg = HyperSparse(rate)
+    reg(net).backward()
+    weights = list(prunable_weights(net).values())
+    for w, want in zip(weights, sort_based_hypersparse_grad(weights, rate)):
+        torch.testing.assert_close(w.grad, want)
+    # no gradient reaches biases: only Conv2d/Linear weights are regularised
+    assert all(m.bias.grad is None for m in net if isinstance(m, (nn.Conv2d, nn.Linear)))
+
+
+def test_hypersparse_gradient_matches_finite_differences():
+    net = tiny_net(dtype=torch.float64)
+    reg = HyperSparse(0.8)
+    reg(net).backward()
+    weights = list(prunable_weights(net).values())
+    s = INFLECTION / reg.threshold
+    c = sum(float(w.detach().abs().sum()) for w in weights) / sum(float(torch.tanh(s * w.detach().abs()).sum())
+                                                                    for w in weights)
+
+    def phi(ws):  # the potential whose gradient HyperSparse is, with s and the normaliser frozen
+        return c * sum(torch.tanh(s * w.abs()).sum() for w in ws)
+
+    h = 1e-6
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        t = int(torch.randint(len(weights), (1,), generator=gen))
+        i = int(torch.randint(weights[t].numel(), (1,), generator=gen))
+        plus = [w.detach().clone() for w in weights]
+        minus = [w.detach().clone() for w in weights]
+        plus[t].view(-1)[i] += h
+        minus[t].view(-1)[i] -= h
+        numeric = (phi(plus) - phi(minus)) / (2 * h)
+        assert weights[t].grad.view(-1)[i].item() == pytest.approx(numeric.item(), rel=1e-5, abs=1e-9)
+
+
+def test_hypersparse_value_and_stats_mean_something():
+    net = tiny_net()
+    reg = HyperSparse(0.9)
+    loss = reg(net)
+    l1 = sum(float(w.abs().sum()) for w in prunable_weights(net).values())
+    assert loss.item() == pytest.approx(l1, rel=1e-5)  # never the constant 0 of the reference
+    stats = reg.stats(net)
+    assert stats["threshold"] == reg.threshold
+    assert stats["grad_pruned"] > stats["grad_kept"] and stats["grad_ratio"] > 1
+    assert 0 < stats["l1_below_share"] < 1
+
+
+@settings(max_examples=40, deadline=None)
+@given(sizes=st.lists(st.integers(1, 300), min_size=1, max_size=4), rate=st.floats(0.0, 0.999))
+def test_threshold_is_the_order_statistic(sizes, rate):
+    gen = torch.Generator().manual_seed(sum(sizes))
+    weights = [torch.randn(n, generator=gen) for n in sizes]
+    a = torch.cat([w.abs() for w in weights])
+    k = min(int(math.floor(rate * a.numel() + 1e-9)), a.numel() - 1)
+    assert magnitude_threshold(weights, rate) == torch.sort(a).values[k].item()
+
+
+def test_l1_and_l2_gradients():
+    net = tiny_net()
+    L1(0.9)(net).backward()
+    w = net[2].weight
+    torch.testing.assert_close(w.grad, torch.sign(w.detach()))
+    net.zero_grad()
+    L2(0.9)(net).backward()
+    torch.testing.assert_close(w.grad, 2 * w.detach())
+
+
+@settings(max_examples=30, deadline=None)
+@given(rate=st.floats(0.0, 0.999), scope=st.sampled_from(["global", "layer"]), seed=st.integers(0, 100))
+def test_magnitude_masks_hit_the_sparsity_exactly(rate, scope, seed):
+    net = tiny_net(seed)
+    with torch.no_grad():  # ties: many equal magnitudes must not break the count
+        net[2].weight[:, :10] = 0.5
+    masks = magnitude_masks(net, rate, scope=scope)
+    weights = prunable_weights(net)
+    if scope == "global":
+        n = sum(w.numel() for w in weights.values())
+        assert sum(int(m.sum()) for m in masks.values()) == n - math.floor(rate * n + 1e-9)
+    else:
+        for name, w in weights.items():
+            assert int(masks[name].sum()) == w.numel() - math.floor(rate * w.numel() + 1e-9)
+    kept = torch.cat([w.detach().abs().flatten()[masks[k].flatten()] for k, w in weights.items()])
+    dropped = torch.cat([w.detach().abs().flatten()[~masks[k].flatten()] for k, w in weights.items()])
+    if scope == "global" and len(kept) and len(dropped):
+        assert kept.min() >= dropped.max()
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return sl.data.load("digits", image_size=8)
+
+
+def lenet(seed=0):
+    torch.manual_seed(seed)
+    return sl.models.create("lenet_300_100", image_size=8)
+
+
+ART_OPTS = dict(lr=2e-3, batch_size=64, progress=False)
+
+
+def test_art_terminates_traces_and_fine_tunes_with_a_fixed_mask(digits):
+    model = lenet()
+    art = sl.ART(model, 0.9, warmup_epochs=1, lam_init=1e-3, eta=1.6, max_art_epochs=12, profile_every=2)
+    h = sl.fit(model, digits, epochs=art.max_epochs, pruner=art, **ART_OPTS)
+    info = h.meta["art"]
+    m = h.metrics.pivot_table(index="epoch", columns="name", values="value")
+    art_rows = m.dropna(subset=["acc_pruned"])
+    assert info["terminated"] and "exceeds the dense" in info["stop_reason"]
+    last = art_rows.iloc[-1]
+    assert info["best_window_mean"] > last.acc_dense  # stopped on the first epoch the criterion held
+    assert (art_rows.acc_pruned.rolling(3).mean().iloc[:-1] <= art_rows.acc_dense.iloc[:-1]).all()
+    lam = art_rows["lambda"].to_numpy()
+    assert lam[0] == pytest.approx(1e-3) and all(abs(b / a - 1.6) < 1e-9 for a, b in zip(lam, lam[1:]))
+    assert {"threshold", "kept_entered", "kept_left", "overlap_final", "grad_ratio"} <= set(m.columns)
+    cand = info["candidate_art_epoch"]
+    assert m.set_index("art_epoch").loc[cand, "overlap_final"] == pytest.approx(1.0)
+    keep = h.blocks[h.blocks.metric == "keep_ratio"]
+    assert set(keep.block) == set(prunable_weights(model))
+    assert h.meta["profiles"] and h.meta["profiles"][0]["relative_index"][0] == pytest.approx(0.65, abs=0.01)
+    # the model now holds the candidate: exactly 90 % zeros in the prunable weights
+    nonzero = {k: w != 0 for k, w in prunable_weights(model).items()}
+    assert sparsity(nonzero) == pytest.approx(0.9, abs=1e-3)
+    ft = art.finetune_pruner()
+    n = sum(w.numel() for w in prunable_weights(model).values())
+    assert ft.sparsity() == math.floor(0.9 * n) / n
+    masks = {k: v.clone() for k, v in ft.masks.items()}
+    sl.fit(model, digits, epochs=2, pruner=ft, optimizer="sgd", lr=0.05, momentum=0.9, weight_decay=1e-4,
+           progress=False)
+    for name, w in prunable_weights(model).items():
+        assert (w[~masks[name]] == 0).all()  # masked weights stay exactly zero
+        assert (w[masks[name]] != 0).any()
+
+
+def test_art_stops_with_a_message_at_max_epochs(digits):
+    model = lenet()
+    art = sl.ART(model, 0.99, warmup_epochs=0, lam_init=1e-9, eta=1.0, max_art_epochs=2)
+    with pytest.warns(UserWarning, match="max_art_epochs=2"):
+        h = sl.fit(model, digits, epochs=10, pruner=art, **ART_OPTS)
+    assert h.meta["art"]["terminated"] and h.metrics.epoch.max() == 1
+    assert art.achieved_sparsity() == pytest.approx(0.99, abs=1e-4)
+
+
+def test_art_resumes_exactly(digits, tmp_path):
+    opts = dict(epochs=6, **ART_OPTS)
+    ref_model = lenet()
+    ref_art = sl.ART(ref_model, 0.9, warmup_epochs=1, lam_init=1e-3, eta=1.6, max_art_epochs=5)
+    with pytest.warns(UserWarning, match="max_art_epochs"):
+        ref = sl.fit(ref_model, digits, pruner=ref_art, **opts)
+
+    class Crash(sl.Pruner):
+        def after_step(self, state):
+            if state.step == 70:
+                raise RuntimeError("boom")
+
+    model = lenet()
+    with pytest.raises(RuntimeError):
+        sl.fit(model, digits, pruner=sl.ART(model, 0.9, warmup_epochs=1, lam_init=1e-3, eta=1.6, max_art_epochs=5),
+               callbacks=[Crash()], checkpoint_dir=tmp_path, **opts)
+
+    class NoCrash(sl.Pruner):
+        pass
+
+    NoCrash.__name__ = "Crash"
+    model2 = lenet(seed=4)
+    art2 = sl.ART(model2, 0.9, warmup_epochs=1, lam_init=1e-3, eta=1.6, max_art_epochs=5)
+    with pytest.warns(UserWarning, match="max_art_epochs"):
+        resumed = sl.fit(model2, digits, pruner=art2, callbacks=[NoCrash()], checkpoint_dir=tmp_path, resume=True,
+                         **opts)
+    for a, b in zip(ref_model.state_dict().values(), model2.state_dict().values()):
+        assert torch.equal(a, b)
+    assert resumed.to_pandas()["metrics"].equals(ref.to_pandas()["metrics"])
+    assert art2.candidate_epoch == ref_art.candidate_epoch
+
+
+def test_gradual_magnitude_pruning_follows_the_cubic_schedule(digits):
+    model = lenet()
+    gmp = sl.GradualMagnitude(model, 0.95, start_epoch=1, end_epoch=3, every=5)
+    assert gmp.target_at(0, 20) == 0 and gmp.target_at(60, 20) == pytest.approx(0.95)
+    assert gmp.target_at(40, 20) == pytest.approx(0.95 * (1 - 0.5 ** 3))
+    h = sl.fit(model, digits, epochs=4, pruner=gmp, **ART_OPTS)
+    nonzero = {k: w != 0 for k, w in prunable_weights(model).items()}
+    n = sum(m.numel() for m in nonzero.values())
+    assert sum(int(m.sum()) for m in nonzero.values()) == n - math.floor(0.95 * n)
+    s = h.series("sparsity", "train")
+    assert s.is_monotonic_increasing and s.iloc[-1] == pytest.approx(0.95, abs=1e-6)
+
+
+def test_bad_input():
+    with pytest.raises(ConfigError, match=r"\[0, 1\)"):
+        sl.ART(lenet(), 1.0)
+    with pytest.raises(UnknownNameError, match="regularizer"):
+        sl.ART(lenet(), 0.9, regularizer="l3")
+    with pytest.raises(ConfigError, match="odd"):
+        sl.ART(lenet(), 0.9, window=2)
+    with pytest.raises(ConfigError, match="no Conv2d or Linear"):
+        sl.ART(nn.Sequential(nn.ReLU()), 0.9)
+    with pytest.raises(ConfigError, match="does not fit"):
+        sl.fit(lenet(), sl.data.load("digits", image_size=8), epochs=1, progress=False,
+               pruner=sl.FixedMask({"fc1.weight": torch.ones(3, 3, dtype=torch.bool)}))
