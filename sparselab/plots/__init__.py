@@ -1,7 +1,7 @@
-"""Plotly figures built from a :class:`~sparselab.history.History`.
+"""Plotly figures of a run's :class:`~sparselab.history.History` or of a (pruned) model.
 
-Every function takes a History (or one run of a merged History, chosen with ``run=``) and returns a
-``plotly.graph_objects.Figure``; nothing is printed or shown.
+History views take a History (or one run of a merged History, chosen with ``run=``); weight-pattern views take a
+model (and optionally masks). Every function returns a ``plotly.graph_objects.Figure``; nothing is printed or shown.
 
 Example:
     >>> from sparselab.history import History
