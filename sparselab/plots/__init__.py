@@ -12,8 +12,9 @@ Example:
 """
 from __future__ import annotations
 
+from .art import plot_exchange, plot_gradient_profile
 from .p3b import plot_block_benefit, plot_keep_ratios, plot_reactivations
 from .patterns import plot_layer_keep_ratios, plot_weight_patterns
 
 __all__ = ["plot_block_benefit", "plot_keep_ratios", "plot_reactivations", "plot_layer_keep_ratios",
-           "plot_weight_patterns"]
+           "plot_weight_patterns", "plot_gradient_profile", "plot_exchange"]

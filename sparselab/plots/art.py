@@ -1,0 +1,139 @@
+"""Figures for ART / HyperSparse runs: the gradient profile and the exploration → exploitation exchange.
+
+Example:
+    >>> from sparselab.history import History
+    >>> h = History(meta={"run": "hs", "profiles": [{"art_epoch": 0, "relative_index": [0.65, 1.0],
+    ...     "abs_w": [0.01, 0.5], "grad": [2.0, 0.01], "sparsity": 0.9, "regularizer": "hypersparse"}]})
+    >>> len(plot_gradient_profile(h).data)
+    3
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import plotly.colors as pcolors
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from ..errors import ConfigError
+from ..history import History
+from .p3b import select_run
+
+_TEMPLATE = "plotly_white"
+
+
+def _run_meta(history: History, run: str | None) -> dict:
+    meta = history.meta
+    if "runs" in meta:
+        runs = list(meta["runs"])
+        if run is None:
+            if len(runs) != 1:
+                raise ConfigError(f"this History merges {len(runs)} runs ({', '.join(runs)}); pass run=")
+            run = runs[0]
+        if run not in meta["runs"]:
+            raise ConfigError(f"unknown run {run!r}; this History holds: {', '.join(runs)}")
+        return meta["runs"][run]
+    return meta
+
+
+def plot_gradient_profile(history: History, run: str | None = None, epochs: Sequence[int] | None = None,
+                          ) -> go.Figure:
+    """Sorted |w| (top) and the regularizer's |∂L/∂w| aligned to it (bottom), from the 65th percentile of the
+    sorted magnitudes up, at several ART epochs; the dashed line marks the target sparsity κ and the dotted line
+    the L1 gradient (constant 1) for reference.
+
+    Example:
+        >>> fig = plot_gradient_profile(History(meta={"profiles": [{"art_epoch": 3, "relative_index": [0.7, 0.9],
+        ...     "abs_w": [0.1, 0.2], "grad": [1.5, 0.5], "sparsity": 0.8, "regularizer": "l1"}]}))
+        >>> fig.data[0].name
+        'ART epoch 3'
+    """
+    profiles = _run_meta(history, run).get("profiles")
+    if not profiles:
+        raise ConfigError("this History has no gradient profiles: they are recorded by sparselab.ART")
+    if epochs is not None:
+        wanted = set(epochs)
+        profiles = [p for p in profiles if p["art_epoch"] in wanted]
+        if not profiles:
+            raise ConfigError(f"no profile at ART epochs {sorted(wanted)}")
+    seen, unique = set(), []
+    for p in profiles:  # the stopping epoch may be snapshotted twice
+        if p["art_epoch"] not in seen:
+            seen.add(p["art_epoch"])
+            unique.append(p)
+    colors = pcolors.sample_colorscale("Viridis", [i / max(len(unique) - 1, 1) for i in range(len(unique))])
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08,
+                        subplot_titles=("sorted weight magnitude |w|", "regularizer gradient |∂L/∂w|"))
+    for p, color in zip(unique, colors):
+        name = f"ART epoch {p['art_epoch']}"
+        fig.add_trace(go.Scatter(x=p["relative_index"], y=p["abs_w"], name=name, legendgroup=name,
+                                 line=dict(color=color)), row=1, col=1)
+        fig.add_trace(go.Scatter(x=p["relative_index"], y=p["grad"], name=name, legendgroup=name, showlegend=False,
+                                 line=dict(color=color)), row=2, col=1)
+    x = unique[0]["relative_index"]
+    fig.add_trace(go.Scatter(x=[x[0], x[-1]], y=[1, 1], name="L1 gradient", mode="lines",
+                             line=dict(color="grey", dash="dot")), row=2, col=1)
+    kappa = unique[0]["sparsity"]
+    fig.add_vline(x=kappa, line=dict(color="black", dash="dash"), annotation_text=f"κ = {kappa:g}")
+    fig.update_yaxes(type="log", row=1, col=1, title_text="|w|")
+    fig.update_yaxes(type="log", row=2, col=1, title_text="|∂L/∂w|")
+    fig.update_xaxes(title_text="relative index in sorted |w|", row=2, col=1)
+    reg = unique[0].get("regularizer", "")
+    fig.update_layout(template=_TEMPLATE, title=f"Gradient profile of the {reg} regularizer over ART epochs",
+                      height=600)
+    return fig
+
+
+def plot_exchange(history: History, runs: Sequence[str] | None = None) -> go.Figure:
+    """Exploration → exploitation per ART epoch: the fraction of the kept (top 1−κ) set that entered and that left
+    since the previous epoch (left), and the overlap of each epoch's kept set with the final one (right); one
+    colour per run (e.g. HyperSparse vs L1 vs L2 of a merged History).
+
+    Example:
+        >>> h = History(meta={"run": "hs"})
+        >>> for e, (a, b, c) in enumerate([(0.3, 0.3, 0.5), (0.1, 0.1, 0.8), (0.01, 0.01, 1.0)]):
+        ...     h.log_metrics({"art_epoch": e, "kept_entered": a, "kept_left": b, "overlap_final": c},
+        ...                   step=e, epoch=e)
+        >>> len(plot_exchange(h).data)
+        3
+    """
+    metrics = history.metrics
+    if "run" in metrics.columns:
+        names = list(dict.fromkeys(metrics.run))
+        if runs is not None:
+            missing = [r for r in runs if r not in names]
+            if missing:
+                raise ConfigError(f"unknown runs {missing}; this History holds: {', '.join(names)}")
+            names = list(runs)
+        tables = {r: select_run(history, r)["metrics"] for r in names}
+    else:
+        tables = {str(history.meta.get("run", "run")): metrics}
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("kept set: entered / left since the previous epoch",
+                                                        "overlap with the final kept set"))
+    palette = pcolors.qualitative.Plotly
+    found = False
+    for i, (name, m) in enumerate(tables.items()):
+        wide = m[m.split == "train"].pivot_table(index="step", columns="name", values="value")
+        if "art_epoch" not in wide:
+            continue
+        found = True
+        wide = wide.dropna(subset=["art_epoch"]).sort_values("art_epoch")
+        color = palette[i % len(palette)]
+        x = wide["art_epoch"]
+        if "kept_entered" in wide:
+            fig.add_trace(go.Scatter(x=x, y=wide["kept_entered"], name=f"{name}: entered", legendgroup=name,
+                                     line=dict(color=color)), row=1, col=1)
+        if "kept_left" in wide:
+            fig.add_trace(go.Scatter(x=x, y=wide["kept_left"], name=f"{name}: left", legendgroup=name,
+                                     line=dict(color=color, dash="dot")), row=1, col=1)
+        if "overlap_final" in wide:
+            fig.add_trace(go.Scatter(x=x, y=wide["overlap_final"], name=f"{name}: overlap", legendgroup=name,
+                                     line=dict(color=color, width=3)), row=1, col=2)
+    if not found:
+        raise ConfigError("this History has no ART traces (art_epoch, kept_entered, ...): run sparselab.ART")
+    fig.update_xaxes(title_text="ART epoch")
+    fig.update_yaxes(title_text="fraction of the kept set", row=1, col=1)
+    fig.update_yaxes(title_text="overlap", range=[0, 1.02], row=1, col=2)
+    fig.update_layout(template=_TEMPLATE, title="Exploration → exploitation of the kept weights during ART")
+    return fig
+
