@@ -99,6 +99,8 @@ def _named_tree(name: str, folder: str, hint: str):
 
 _named_tree("inat19", "inat19", "Arrange the iNaturalist-2019 images as train/<class>/ and val/<class>/.")
 _named_tree("ifood", "ifood", "Arrange the iFood-2019 images as train/<class>/ and val/<class>/.")
+_named_tree("tinyimagenet", "tiny-imagenet-200", "Arrange TinyImageNet as train/<class>/*.JPEG and val/<class>/*.JPEG "
+            "(its val/ folder needs sorting into class folders with val_annotations.txt).")
 
 
 def _torchvision_loader(name: str, tv_class: str, splits: dict[str, str | None], num_classes: int):

@@ -1,0 +1,243 @@
+"""ART / HyperSparse experiments: HyperSparse vs L1 vs L2 regularisation against magnitude-pruning baselines.
+
+Every method starts from the same dense warm-up (per seed) and ends with the same fixed-mask fine-tuning:
+
+- ``hypersparse``, ``l1``, ``l2``: ART with that regularizer until the pruned copy matches the dense model;
+- ``gmp``: gradual magnitude pruning (Zhu & Gupta's cubic schedule) over ``gmp_epochs``;
+- ``oneshot``: global magnitude pruning of the warm model at once;
+- ``layerwise``: every layer pruned to the same sparsity by magnitude.
+
+Scales: ``tiny`` (CI: LeNet-300-100 on 8-px digits), ``cpu`` (LeNet-300-100 on 20 000 Fashion-MNIST images),
+``cpu-cnn`` (VGG-19-BN at width 0.25 on 10 000 Fashion-MNIST images), ``paper-{resnet32,vgg19}-{cifar10,cifar100,
+tinyimagenet}`` (the published schedule: 60 warm-up epochs, SGD lr 0.1, momentum 0.9, weight decay 1e-4, batch 64,
+λ_init 5e-6, η 1.05, 160 fine-tuning epochs with lr × 0.1 at 80 and 120).
+
+Example:
+    >>> art_preset("tiny").sparsities
+    (0.9, 0.98, 0.995)
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import pandas as pd
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .. import data as sl_data
+from .. import models
+from ..errors import ConfigError, check_ratio, unknown_name
+from ..history import History
+from ..pruners import ART, FixedMask, GradualMagnitude
+from ..structure.unstructured import magnitude_masks, prunable_weights, sparsity
+from ..training import evaluate, fit
+
+ART_METHODS = ("hypersparse", "l1", "l2", "gmp", "oneshot", "layerwise")
+
+
+@dataclass(frozen=True)
+class ARTPreset:
+    """Everything one ART comparison needs; ``replace(**changes)`` makes variants."""
+
+    name: str
+    model: str
+    data: str
+    image_size: int | None = None
+    model_options: dict = field(default_factory=dict)
+    data_options: dict = field(default_factory=dict)
+    fit: dict = field(default_factory=dict)
+    warmup_epochs: int = 60
+    lam_init: float = 5e-6
+    eta: float = 1.05
+    max_art_epochs: int = 200
+    train_eval_limit: int | None = None
+    gmp_epochs: int = 30
+    finetune_epochs: int = 160
+    finetune: dict = field(default_factory=dict)
+    methods: tuple[str, ...] = ART_METHODS
+    sparsities: tuple[float, ...] = (0.9, 0.98, 0.995)
+    seeds: tuple[int, ...] = (0,)
+
+    def replace(self, **changes: Any) -> "ARTPreset":
+        names = {f.name for f in dataclasses.fields(self)}
+        for k in changes:
+            if k not in names:
+                raise unknown_name("preset field", k, names)
+        return dataclasses.replace(self, **changes)
+
+
+def _paper(name: str, model: str, data: str, model_options: dict | None = None) -> ARTPreset:
+    sgd = dict(optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=1e-4, batch_size=64, num_workers=4)
+    return ARTPreset(name=name, model=model, data=data, model_options=model_options or {}, fit=sgd,
+                     warmup_epochs=60, lam_init=5e-6, eta=1.05, max_art_epochs=300, gmp_epochs=60,
+                     finetune_epochs=160, finetune={**sgd, "lr_schedule": "step", "lr_milestones": (80, 120)})
+
+
+ART_PRESETS: dict[str, ARTPreset] = {
+    "tiny": ARTPreset(
+        name="tiny", model="lenet_300_100", data="digits", image_size=8,
+        fit=dict(optimizer="adam", lr=2e-3, weight_decay=0.0, batch_size=64), warmup_epochs=1, lam_init=1e-3,
+        eta=1.6, max_art_epochs=4, gmp_epochs=2, finetune_epochs=1,
+        finetune=dict(optimizer="adam", lr=1e-3, weight_decay=0.0, batch_size=64)),
+    "cpu": ARTPreset(
+        name="cpu", model="lenet_300_100", data="fashion_mnist", image_size=28,
+        data_options={"limit": 20_000, "augment": "none"},
+        fit=dict(optimizer="adam", lr=1e-3, weight_decay=0.0, batch_size=128), warmup_epochs=4, lam_init=5e-5,
+        eta=1.35, max_art_epochs=16, train_eval_limit=10_000, gmp_epochs=8, finetune_epochs=4,
+        finetune=dict(optimizer="adam", lr=5e-4, weight_decay=0.0, batch_size=128, lr_schedule="cosine"),
+        seeds=(0, 1)),
+    "cpu-cnn": ARTPreset(
+        name="cpu-cnn", model="vgg19_bn", data="fashion_mnist", image_size=28, model_options={"width": 0.25},
+        data_options={"limit": 10_000, "augment": "none"},
+        fit=dict(optimizer="adam", lr=1e-3, weight_decay=0.0, batch_size=128), warmup_epochs=3, lam_init=5e-5,
+        eta=1.4, max_art_epochs=10, train_eval_limit=5_000, gmp_epochs=5, finetune_epochs=3,
+        finetune=dict(optimizer="adam", lr=5e-4, weight_decay=0.0, batch_size=128, lr_schedule="cosine"),
+        methods=("hypersparse", "l1", "l2"), sparsities=(0.98,)),
+}
+for _m, _tag, _opts in (("resnet32_wide", "resnet32", None), ("vgg19_bn", "vgg19", None)):
+    for _d in ("cifar10", "cifar100", "tinyimagenet"):
+        ART_PRESETS[f"paper-{_tag}-{_d}"] = _paper(f"paper-{_tag}-{_d}", _m, _d, _opts)
+
+
+def art_preset(name: str = "cpu", **changes: Any) -> ARTPreset:
+    """A named preset (``tiny``, ``cpu``, ``cpu-cnn``, ``paper-resnet32-cifar10``, ...), optionally changed."""
+    if name not in ART_PRESETS:
+        raise unknown_name("ART preset", name, ART_PRESETS)
+    return ART_PRESETS[name].replace(**changes) if changes else ART_PRESETS[name]
+
+
+@dataclass
+class ARTRun:
+    """One method at one sparsity and seed: the sparsification History (ART/GMP), the fine-tuning History, the
+    final model, its mask and its numbers."""
+
+    method: str
+    sparsity: float
+    seed: int
+    history: History
+    finetune_history: History
+    model: nn.Module
+    masks: dict[str, torch.Tensor]
+    result: dict[str, float]
+
+
+def load_data(preset: ARTPreset, **options: Any):
+    """The preset's dataset."""
+    return sl_data.load(preset.data, image_size=preset.image_size, **{**preset.data_options, **options})
+
+
+def warm_start(preset: ARTPreset, seed: int, data, progress: bool = True) -> tuple[nn.Module, History]:
+    """The dense warm-up every method starts from."""
+    torch.manual_seed(seed)
+    model = models.create(preset.model, num_classes=data.num_classes, in_chans=data.in_chans,
+                          **({"image_size": data.image_size} if preset.model == "lenet_300_100" else {}),
+                          **preset.model_options)
+    history = History(meta={"run": f"warmup-s{seed}", "method": "dense", "seed": seed, "preset": preset.name})
+    fit(model, data, epochs=max(preset.warmup_epochs, 1), seed=seed, history=history, progress=progress,
+        final_test=True, **preset.fit)
+    return model, history
+
+
+def run_art(preset: ARTPreset, method: str = "hypersparse", sparsity_: float = 0.9, seed: int = 0, data=None,
+            warm: nn.Module | None = None, progress: bool = True) -> ARTRun:
+    """Sparsify a warm model with ``method`` to ``sparsity_`` and fine-tune it with the mask fixed."""
+    if method not in ART_METHODS:
+        raise unknown_name("method", method, ART_METHODS)
+    check_ratio("sparsity", sparsity_)
+    data = data if data is not None else load_data(preset)
+    if warm is None:
+        warm, _ = warm_start(preset, seed, data, progress)
+    model = copy.deepcopy(warm)
+    name = f"{method}-{sparsity_:g}-s{seed}"
+    history = History(meta={"run": name, "method": method, "sparsity": sparsity_, "seed": seed,
+                            "preset": preset.name})
+    result: dict[str, float] = {}
+    if method in ("hypersparse", "l1", "l2"):
+        art = ART(model, sparsity_, regularizer=method, lam_init=preset.lam_init, eta=preset.eta, warmup_epochs=0,
+                  max_art_epochs=preset.max_art_epochs, train_eval_limit=preset.train_eval_limit)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # reaching max_art_epochs is recorded in the History
+            fit(model, data, epochs=art.max_epochs, pruner=art, seed=seed, history=history, progress=progress,
+                **preset.fit)
+        masks = art.masks()
+        result["art_epochs"] = float(history.metrics.query("name == 'art_epoch'").value.max() + 1)
+        result["art_converged"] = float("exceeds the dense" in art.stop_reason)
+    elif method == "gmp":
+        gmp = GradualMagnitude(model, sparsity_, start_epoch=0, end_epoch=preset.gmp_epochs,
+                               every=max(1, len(data.train) // preset.fit.get("batch_size", 128) // 4))
+        fit(model, data, epochs=preset.gmp_epochs, pruner=gmp, seed=seed, history=history, progress=progress,
+            **preset.fit)
+        masks = gmp.masks
+    else:
+        masks = magnitude_masks(model, sparsity_, scope="layer" if method == "layerwise" else "global")
+    masks = {k: v.cpu() for k, v in masks.items()}
+    pruned = copy.deepcopy(model)
+    FixedMask(masks).on_fit_start(_Bare(pruned))
+    result["acc_pruned"] = evaluate(pruned, data.test)["acc"]
+    ft_history = History(meta={"run": name + "-finetune"})
+    fit(model, data, epochs=preset.finetune_epochs, pruner=FixedMask(masks), seed=seed, history=ft_history,
+        progress=progress, **preset.finetune)
+    nonzero = {k: (w.detach() != 0).cpu() for k, w in prunable_weights(model).items()}
+    result.update({"acc": ft_history.last("acc", "test"), "sparsity": sparsity(masks),
+                   "nonzero_sparsity": sparsity(nonzero)})
+    return ARTRun(method, sparsity_, seed, history, ft_history, model, masks, result)
+
+
+class _Bare:
+    """The minimal state FixedMask.on_fit_start needs to zero a model outside of fit."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        self.device = next(model.parameters()).device
+
+
+def compare(preset: ARTPreset, methods: Sequence[str] | None = None, sparsities: Sequence[float] | None = None,
+            seeds: Sequence[int] | None = None, progress: bool = True) -> tuple[pd.DataFrame, list[ARTRun]]:
+    """Every method × sparsity × seed from one dense warm-up per seed; one table row per run, plus the runs."""
+    methods = list(methods or preset.methods)
+    for m in methods:
+        if m not in ART_METHODS:
+            raise unknown_name("method", m, ART_METHODS)
+    sparsities = list(sparsities or preset.sparsities)
+    seeds = list(seeds or preset.seeds)
+    data = load_data(preset)
+    runs: list[ARTRun] = []
+    rows = []
+    bar = tqdm(total=len(seeds) * (1 + len(methods) * len(sparsities)), desc=f"ART {preset.name}",
+               disable=not progress)
+    for seed in seeds:
+        warm, warm_history = warm_start(preset, seed, data, progress=False)
+        rows.append({"method": "dense", "sparsity": 0.0, "seed": seed, "acc": warm_history.last("acc", "test"),
+                     "acc_pruned": warm_history.last("acc", "test"), "nonzero_sparsity": 0.0})
+        bar.update(1)
+        for s in sparsities:
+            for m in methods:
+                run = run_art(preset, m, s, seed, data=data, warm=warm, progress=False)
+                runs.append(run)
+                rows.append({"method": m, "sparsity": s, "seed": seed, **run.result})
+                bar.update(1)
+    bar.close()
+    return pd.DataFrame(rows), runs
+
+
+def summarize(table: pd.DataFrame) -> pd.DataFrame:
+    """Test accuracy (%) mean ± standard deviation over seeds per sparsity and method, as in the paper's table."""
+    if table.empty:
+        raise ConfigError("no runs to summarise")
+    g = table.groupby(["sparsity", "method"], sort=False)
+    out = pd.DataFrame({"acc %": g.acc.mean() * 100, "± (std)": g.acc.std(ddof=1).fillna(0.0) * 100,
+                        "acc before fine-tune %": g.acc_pruned.mean() * 100,
+                        "achieved sparsity": g.nonzero_sparsity.mean(), "seeds": g.seed.count()})
+    if "art_epochs" in table:
+        out["ART epochs"] = g.art_epochs.mean()
+    return out.round(3)
+
+
+def accuracy_matrix(table: pd.DataFrame) -> pd.DataFrame:
+    """Methods × sparsities of mean test accuracy (%), the layout of the paper's result table."""
+    return (table.groupby(["method", "sparsity"]).acc.mean().mul(100).unstack("sparsity").round(2))
