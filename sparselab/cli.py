@@ -1,4 +1,4 @@
-"""Command line: ``sparselab pretrain``, ``sparselab train``, ``sparselab datasets``, ``sparselab models``.
+"""Command line: ``sparselab pretrain | train | p3b | art | datasets | models``.
 
 Example:
     $ sparselab train --model vit_mini_patch7_28 --pretrained fashion_mnist --data digits --epochs 10 --out runs/demo
@@ -106,6 +106,39 @@ def _cmd_p3b(args) -> int:
     return 0
 
 
+def _cmd_art(args) -> int:
+    from .experiments import art as art_exp
+    from .training import distributed as dist_utils
+
+    changes: dict = {}
+    for key in ("model", "data", "image_size", "warmup_epochs", "max_art_epochs", "finetune_epochs", "lam_init",
+                "eta"):
+        value = getattr(args, key)
+        if value is not None:
+            changes[key] = value
+    preset = art_exp.art_preset(args.preset, **changes)
+    if args.data_root:
+        preset = preset.replace(data_options={**preset.data_options, "root": args.data_root})
+    for key, value in (("batch_size", args.batch_size), ("max_steps_per_epoch", args.max_steps_per_epoch)):
+        if value is not None:
+            preset = preset.replace(fit={**preset.fit, key: value}, finetune={**preset.finetune, key: value})
+    run = art_exp.run_art(preset, args.method, args.sparsity, args.seed)
+    rank, _ = dist_utils.world()
+    if rank == 0:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        run.history.save(out / "history.jsonl.gz")
+        run.finetune_history.save(out / "finetune_history.jsonl.gz")
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in run.model.state_dict().items()}, str(out / "model.safetensors"))
+        (out / "result.json").write_text(json.dumps({"preset": preset.name, "method": args.method,
+                                                     "sparsity": args.sparsity, "seed": args.seed, **run.result},
+                                                    indent=2))
+        print(json.dumps(run.result, indent=2))
+    return 0
+
+
 def _cmd_list(args) -> int:
     if args.command == "datasets":
         from .data import available
@@ -169,6 +202,26 @@ def build_parser() -> argparse.ArgumentParser:
     pb.add_argument("--out", default="runs/p3b")
     pb.add_argument("--resume", action="store_true")
     pb.set_defaults(fn=_cmd_p3b)
+
+    ar = sub.add_parser("art", help="sparsify with ART (HyperSparse/L1/L2) or a magnitude baseline, then fine-tune")
+    ar.add_argument("--preset", default="cpu", help="tiny, cpu, cpu-cnn, paper-{resnet32,vgg19}-{cifar10,cifar100,"
+                                                    "tinyimagenet}")
+    ar.add_argument("--method", default="hypersparse", help="hypersparse, l1, l2, gmp, oneshot, layerwise")
+    ar.add_argument("--sparsity", type=float, default=0.98)
+    ar.add_argument("--seed", type=int, default=0)
+    ar.add_argument("--model", default=None)
+    ar.add_argument("--data", default=None)
+    ar.add_argument("--data-root", default=None)
+    ar.add_argument("--image-size", type=int, default=None)
+    ar.add_argument("--warmup-epochs", type=int, default=None)
+    ar.add_argument("--max-art-epochs", type=int, default=None)
+    ar.add_argument("--finetune-epochs", type=int, default=None)
+    ar.add_argument("--lam-init", type=float, default=None)
+    ar.add_argument("--eta", type=float, default=None)
+    ar.add_argument("--batch-size", type=int, default=None)
+    ar.add_argument("--max-steps-per-epoch", type=int, default=None)
+    ar.add_argument("--out", default="runs/art")
+    ar.set_defaults(fn=_cmd_art)
 
     for name in ("datasets", "models"):
         lp = sub.add_parser(name, help=f"list available {name}")

@@ -74,3 +74,15 @@ def test_p3b_command_under_torchrun(tmp_path):
     result = json.loads((out / "result.json").read_text())
     assert abs(result["achieved_ratio"] - 0.5) < 0.005
     assert sl.History.load(out / "history.jsonl.gz").events.shape[0] > 0
+
+
+def test_art_command_runs_a_preset(tmp_path):
+    out = tmp_path / "art"
+    rc = main(["art", "--preset", "tiny", "--method", "hypersparse", "--sparsity", "0.9", "--out", str(out)])
+    assert rc == 0
+    result = json.loads((out / "result.json").read_text())
+    assert result["nonzero_sparsity"] == pytest.approx(0.9, abs=1e-4)
+    h = sl.History.load(out / "history.jsonl.gz")
+    assert h.meta["art"]["regularizer"] == "hypersparse" and h.meta["profiles"]
+    assert (out / "model.safetensors").is_file()
+    assert main(["art", "--preset", "tiny", "--method", "l3", "--out", str(out)]) == 2

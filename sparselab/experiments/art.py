@@ -7,7 +7,7 @@ Every method starts from the same dense warm-up (per seed) and ends with the sam
 - ``oneshot``: global magnitude pruning of the warm model at once;
 - ``layerwise``: every layer pruned to the same sparsity by magnitude.
 
-Scales: ``tiny`` (CI: LeNet-300-100 on 8-px digits), ``cpu`` (LeNet-300-100 on 20 000 Fashion-MNIST images),
+Scales: ``tiny`` (CI: LeNet-300-100 on 8-px digits; ``tiny-cnn``: a narrow VGG-19), ``cpu`` (LeNet-300-100 on 20 000 Fashion-MNIST images),
 ``cpu-cnn`` (VGG-19-BN at width 0.25 on 10 000 Fashion-MNIST images), ``paper-{resnet32,vgg19}-{cifar10,cifar100,
 tinyimagenet}`` (the published schedule: 60 warm-up epochs, SGD lr 0.1, momentum 0.9, weight decay 1e-4, batch 64,
 λ_init 5e-6, η 1.05, 160 fine-tuning epochs with lr × 0.1 at 80 and 120).
@@ -99,6 +99,8 @@ ART_PRESETS: dict[str, ARTPreset] = {
         finetune=dict(optimizer="adam", lr=5e-4, weight_decay=0.0, batch_size=128, lr_schedule="cosine"),
         methods=("hypersparse", "l1", "l2"), sparsities=(0.98,)),
 }
+ART_PRESETS["tiny-cnn"] = ART_PRESETS["tiny"].replace(
+    name="tiny-cnn", model="vgg19_bn", model_options={"width": 0.125}, methods=("hypersparse",), sparsities=(0.9,))
 for _m, _tag, _opts in (("resnet32_wide", "resnet32", None), ("vgg19_bn", "vgg19", None)):
     for _d in ("cifar10", "cifar100", "tinyimagenet"):
         ART_PRESETS[f"paper-{_tag}-{_d}"] = _paper(f"paper-{_tag}-{_d}", _m, _d, _opts)
