@@ -19,7 +19,6 @@ Example:
 from __future__ import annotations
 
 import copy
-import dataclasses
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -35,6 +34,7 @@ from ..errors import ConfigError, check_ratio, unknown_name
 from ..history import History
 from ..pruners import ART, FixedMask, GradualMagnitude
 from ..structure.unstructured import magnitude_masks, prunable_weights, sparsity
+from ..training.config import checked_replace
 from ..training import evaluate, fit
 
 ART_METHODS = ("hypersparse", "l1", "l2", "gmp", "oneshot", "layerwise")
@@ -64,11 +64,7 @@ class ARTPreset:
     seeds: tuple[int, ...] = (0,)
 
     def replace(self, **changes: Any) -> "ARTPreset":
-        names = {f.name for f in dataclasses.fields(self)}
-        for k in changes:
-            if k not in names:
-                raise unknown_name("preset field", k, names)
-        return dataclasses.replace(self, **changes)
+        return checked_replace(self, "preset field", **changes)
 
 
 def _paper(name: str, model: str, data: str, model_options: dict | None = None) -> ARTPreset:

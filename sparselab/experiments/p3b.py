@@ -18,7 +18,6 @@ Example:
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -33,6 +32,7 @@ from ..errors import ConfigError, check_ratio, unknown_name
 from ..history import History
 from ..latency import latency_ms
 from ..pruners import P3B, P3BSchedule
+from ..training.config import checked_replace
 from ..training import fit
 
 METHODS: dict[str, dict[str, Any]] = {
@@ -67,11 +67,7 @@ class P3BPreset:
     seeds: tuple[int, ...] = (0, 1, 2)
 
     def replace(self, **changes: Any) -> "P3BPreset":
-        names = {f.name for f in dataclasses.fields(self)}
-        for k in changes:
-            if k not in names:
-                raise unknown_name("preset field", k, names)
-        return dataclasses.replace(self, **changes)
+        return checked_replace(self, "preset field", **changes)
 
 
 def _paper(name: str, model: str, data: str) -> P3BPreset:

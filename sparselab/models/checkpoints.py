@@ -11,6 +11,7 @@ Example:
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Iterable, Mapping
 
 import torch
 from torch import nn
@@ -53,6 +54,28 @@ def head_keys(model: nn.Module) -> set[str]:
     return {f"{last[-1]}.weight", f"{last[-1]}.bias"} if last else set()
 
 
+def state_dict_mismatch(own: Mapping[str, Any], other: Mapping[str, Any], ignore: Iterable[str] = ()) -> str:
+    """What keeps ``other`` from loading into a module whose state dict is ``own``: missing and unexpected keys and
+    shape mismatches, each listed (at most five shown); an empty string when they fit."""
+    ignore = set(ignore)
+    missing = sorted(set(own) - set(other) - ignore)
+    unexpected = sorted(set(other) - set(own))
+    wrong = sorted(k for k in set(own) & set(other) if tuple(own[k].shape) != tuple(other[k].shape))
+
+    def show(keys: list[str]) -> str:
+        return ", ".join(keys[:5]) + (f" (+{len(keys) - 5} more)" if len(keys) > 5 else "")
+
+    parts = []
+    if missing:
+        parts.append(f"missing keys: {show(missing)}")
+    if unexpected:
+        parts.append(f"unexpected keys: {show(unexpected)}")
+    if wrong:
+        parts.append("shape mismatch: " + show([f"{k} {tuple(other[k].shape)} vs {tuple(own[k].shape)}"
+                                                 for k in wrong]))
+    return "; ".join(parts)
+
+
 def load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str = "checkpoint") -> list[str]:
     """Load ``state`` into ``model``; a head of another class count is skipped (transfer), anything else that
     does not fit raises :class:`CheckpointError`. Returns the skipped keys."""
@@ -60,21 +83,8 @@ def load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str = "c
     heads = head_keys(model)
     skipped = [k for k in heads if k in state and k in own and state[k].shape != own[k].shape]
     state = {k: v for k, v in state.items() if k not in skipped}
-    missing = sorted(set(own) - set(state) - set(skipped))
-    unexpected = sorted(set(state) - set(own))
-    wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
-    if missing or unexpected or wrong:
-        def show(keys):
-            return ", ".join(keys[:5]) + (f" (+{len(keys) - 5} more)" if len(keys) > 5 else "")
-
-        parts = []
-        if missing:
-            parts.append(f"missing keys: {show(missing)}")
-        if unexpected:
-            parts.append(f"unexpected keys: {show(unexpected)}")
-        if wrong:
-            parts.append("shape mismatch: " + show([f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
-                                                     for k in wrong]))
-        raise CheckpointError(f"{source} does not match {type(model).__name__}: " + "; ".join(parts))
+    problems = state_dict_mismatch(own, state, ignore=skipped)
+    if problems:
+        raise CheckpointError(f"{source} does not match {type(model).__name__}: {problems}")
     model.load_state_dict(state, strict=False)
     return skipped

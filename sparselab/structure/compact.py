@@ -51,6 +51,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..errors import CheckpointError, ConfigError
+from ..models.checkpoints import state_dict_mismatch
 from .vit import GATES, Masks, ViTStructure
 
 SPEC_FORMAT = "sparselab-compact-vit"
@@ -690,25 +691,6 @@ def _state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
 
 
-def _mismatch(own: Mapping[str, Any], other: Mapping[str, Any]) -> str:
-    missing = sorted(set(own) - set(other))
-    unexpected = sorted(set(other) - set(own))
-    wrong = sorted(k for k in set(own) & set(other) if tuple(own[k].shape) != tuple(other[k].shape))
-
-    def show(keys: list[str]) -> str:
-        return ", ".join(keys[:5]) + (f" (+{len(keys) - 5} more)" if len(keys) > 5 else "")
-
-    parts = []
-    if missing:
-        parts.append(f"missing keys: {show(missing)}")
-    if unexpected:
-        parts.append(f"unexpected keys: {show(unexpected)}")
-    if wrong:
-        parts.append("shape mismatch: " + show([f"{k} {tuple(other[k].shape)} vs {tuple(own[k].shape)}"
-                                                 for k in wrong]))
-    return "; ".join(parts)
-
-
 def _write_atomic(path: Path, write) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
@@ -743,7 +725,7 @@ def save_compact(model: nn.Module, spec: Mapping[str, Any], directory: str | os.
         raise ConfigError(f"compact spec is not JSON-serialisable ({exc})") from None
     expected = _build(json.loads(text), ConfigError, device="meta").state_dict()
     state = _state(model)
-    problem = _mismatch(expected, state)
+    problem = state_dict_mismatch(expected, state)
     if problem:
         raise ConfigError(f"the model does not match the compact spec: {problem}")
     folder = Path(directory)
@@ -793,7 +775,7 @@ def load_compact(directory: str | os.PathLike, device: torch.device | str = "cpu
         raise CheckpointError(f"compact model directory {folder} has {SPEC_FILE} but no {WEIGHTS_FILE}")
     model = _build(spec, CheckpointError)
     state = read_state_dict(weights_path)
-    problem = _mismatch(model.state_dict(), state)
+    problem = state_dict_mismatch(model.state_dict(), state)
     if problem:
         raise CheckpointError(f"{weights_path} does not match {spec_path}: {problem}")
     model.load_state_dict(state, strict=True)

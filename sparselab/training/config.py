@@ -17,6 +17,15 @@ OPTIMIZERS = ("adamw", "adam", "sgd")
 LR_SCHEDULES = ("constant", "cosine", "step")
 
 
+def checked_replace(obj: Any, kind: str, **changes: Any) -> Any:
+    """``dataclasses.replace`` that names an unknown field (with close matches) instead of a TypeError."""
+    names = {f.name for f in dataclasses.fields(obj)}
+    for key in changes:
+        if key not in names:
+            raise unknown_name(kind, key, names)
+    return dataclasses.replace(obj, **changes)
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """How :func:`sparselab.fit` trains.
@@ -98,11 +107,7 @@ class TrainConfig:
 
     def replace(self, **changes: Any) -> "TrainConfig":
         """A copy with some fields changed; unknown names raise with close matches."""
-        names = {f.name for f in dataclasses.fields(self)}
-        for key in changes:
-            if key not in names:
-                raise unknown_name("training option", key, names)
-        return dataclasses.replace(self, **changes)
+        return checked_replace(self, "training option", **changes)
 
     def fingerprint(self) -> dict[str, Any]:
         """The fields that must agree between a checkpoint and a resumed run."""
