@@ -155,13 +155,18 @@ class History:
         return {"schema": SCHEMA, "meta": self.meta, "rows": {k: list(v) for k, v in self._rows.items()},
                 "run": self._run}
 
-    @classmethod
-    def from_state_dict(cls, state: Mapping[str, Any]) -> "History":
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Replace this History's contents in place (used when a run resumes from a checkpoint)."""
         if state.get("schema") != SCHEMA:
             raise CheckpointError(f"not a sparselab History (schema {state.get('schema')!r}, expected {SCHEMA!r})")
-        h = cls(state["meta"])
-        h._rows = {k: [tuple(r) for r in state["rows"][k]] for k in COLUMNS}
-        h._run = {k: list(v) for k, v in state["run"].items()} if state.get("run") else None
+        self.meta = dict(state["meta"])
+        self._rows = {k: [tuple(r) for r in state["rows"][k]] for k in COLUMNS}
+        self._run = {k: list(v) for k, v in state["run"].items()} if state.get("run") else None
+
+    @classmethod
+    def from_state_dict(cls, state: Mapping[str, Any]) -> "History":
+        h = cls()
+        h.load_state_dict(state)
         return h
 
     def save(self, path: str | Path) -> Path:

@@ -241,8 +241,7 @@ def fit(model: nn.Module, data: DataBundle, epochs: int | None = None, pruner: P
             scaler.load_state_dict(ck["scaler"])
         for p, (_, s) in zip(plugins, ck["plugins"]):
             p.load_state_dict(s)
-        restored = History.from_state_dict(ck["history"])
-        history.meta, history._rows, history._run = restored.meta, restored._rows, restored._run
+        history.load_state_dict(ck["history"])
         torch.set_rng_state(ck["rng"]["torch"])
         data_gen.set_state(ck["rng"]["data"])
         np.random.set_state(ck["rng"]["numpy"])
