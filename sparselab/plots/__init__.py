@@ -12,9 +12,23 @@ Example:
 """
 from __future__ import annotations
 
+import plotly.io as pio
+
 from .art import plot_exchange, plot_gradient_profile
 from .p3b import plot_block_benefit, plot_keep_ratios, plot_reactivations
 from .patterns import plot_layer_keep_ratios, plot_weight_patterns
 
-__all__ = ["plot_block_benefit", "plot_keep_ratios", "plot_reactivations", "plot_layer_keep_ratios",
+def use_notebook_renderer() -> str:
+    """Show figures in JupyterLab *and* keep them in exported HTML: plotly's mimetype renderer plus the
+    ``notebook`` renderer, which embeds plotly.js once so the HTML works offline. Returns the renderer string.
+
+    Example:
+        >>> use_notebook_renderer()
+        'plotly_mimetype+notebook'
+    """
+    pio.renderers.default = "plotly_mimetype+notebook"
+    return pio.renderers.default
+
+
+__all__ = ["use_notebook_renderer", "plot_block_benefit", "plot_keep_ratios", "plot_reactivations", "plot_layer_keep_ratios",
            "plot_weight_patterns", "plot_gradient_profile", "plot_exchange"]
