@@ -15,6 +15,7 @@ from __future__ import annotations
 import plotly.io as pio
 
 from .art import plot_exchange, plot_gradient_profile
+from .criteria import plot_block_criteria, plot_block_scores
 from .p3b import plot_block_benefit, plot_keep_ratios, plot_reactivations
 from .patterns import plot_layer_keep_ratios, plot_weight_patterns
 
@@ -31,4 +32,4 @@ def use_notebook_renderer() -> str:
 
 
 __all__ = ["use_notebook_renderer", "plot_block_benefit", "plot_keep_ratios", "plot_reactivations", "plot_layer_keep_ratios",
-           "plot_weight_patterns", "plot_gradient_profile", "plot_exchange"]
+           "plot_weight_patterns", "plot_gradient_profile", "plot_exchange", "plot_block_criteria", "plot_block_scores"]

@@ -139,6 +139,12 @@ class BlockBenefit(Pruner):
                                      step=state.step, epoch=state.epoch)
         self.reset()
 
+    def record(self, history, values: dict[str, torch.Tensor], step: int = 0, epoch: int = 0) -> None:
+        """Write measured benefits (e.g. from :meth:`measure` before fine-tuning) into a History."""
+        for v, vec in values.items():
+            history.log_blocks(f"benefit_{v}", {b.name: float(vec[b.index]) for b in self.structure.blocks},
+                               step=step, epoch=epoch)
+
     @torch.no_grad()
     def calibrate(self, data, steps: int = 50, batch_size: int = 64, lr: float = 1e-3, seed: int = 0) -> None:
         """Fit the probes alone on the frozen model (e.g. to measure benefit *before* fine-tuning)."""
@@ -179,9 +185,9 @@ class BlockBenefit(Pruner):
         model.eval()
         self.probes.eval()
         for i in range(batches):
-            idx = torch.arange(i * batch_size, min((i + 1) * batch_size, len(ds)))
-            if len(idx) == 0:
+            if i * batch_size >= len(ds):
                 break
+            idx = torch.arange(i * batch_size, min((i + 1) * batch_size, len(ds)))
             x, y = ds.get_batch(idx) if hasattr(ds, "get_batch") else _stack(ds, idx)
             model(to_model_input(x, model, device))
             self.probe_loss(y.to(device))

@@ -1,0 +1,76 @@
+"""Block benefit beside the classical criteria (magnitude, gradient, Taylor) and attributions, per block.
+
+Example:
+    >>> from sparselab.history import History
+    >>> h = History()
+    >>> for step in (0, 10):
+    ...     h.log_blocks("crit_abs_w", {"blocks.0.attn": 1.0 + step, "blocks.0.mlp": 2.0}, step=step, epoch=0)
+    >>> fig = plot_block_criteria(h, metrics=["crit_abs_w"])
+    >>> fig.data[0].z.tolist()
+    [[0.5, 1.0], [1.0, 0.18181818181818182]]
+"""
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from ..errors import ConfigError
+from ..history import History
+from .p3b import block_label, block_order, select_run
+
+TITLES = {"benefit_cls": "ΔΨ class-token probe", "benefit_patch": "ΔΨ patch probe", "crit_abs_w": "mean |w|",
+          "crit_abs_grad": "mean |∂L/∂w|", "crit_taylor": "mean (w·∂L/∂w)²"}
+DEFAULT = ("benefit_cls", "crit_abs_w", "crit_abs_grad", "crit_taylor")
+
+
+def plot_block_criteria(history: History, metrics: Sequence[str] = DEFAULT, run: str | None = None,
+                        normalize: bool = True) -> go.Figure:
+    """Blocks × time heatmaps, one per criterion; with ``normalize`` each column (moment) is divided by its largest
+    |value|, so the panels compare *where in depth* each criterion puts importance, moment by moment."""
+    blocks = select_run(history, run)["blocks"]
+    missing = [m for m in metrics if m not in set(blocks.metric)]
+    if missing:
+        raise ConfigError(f"the History lacks {missing}; record them with sparselab.probes.BlockBenefit and "
+                          f"BlockCriteria (present: {sorted(set(blocks.metric)) or 'none'})")
+    fig = make_subplots(rows=1, cols=len(metrics), shared_yaxes=True,
+                        subplot_titles=[TITLES.get(m, m) for m in metrics], horizontal_spacing=0.03)
+    for i, metric in enumerate(metrics, start=1):
+        table = blocks[blocks.metric == metric].pivot_table(index="block", columns="step", values="value")
+        table = table.reindex(block_order(table.index))
+        if normalize:
+            table = table / table.abs().max(axis=0).replace(0, 1)
+        fig.add_trace(go.Heatmap(z=table.to_numpy(), x=[str(c) for c in table.columns],
+                                 y=[block_label(b) for b in table.index], coloraxis="coloraxis",
+                                 hovertemplate="%{y}, step %{x}: %{z:.3f}<extra>" + TITLES.get(metric, metric) +
+                                 "</extra>"), row=1, col=i)
+        fig.update_xaxes(title_text="step", type="category", row=1, col=i)
+    fig.update_yaxes(autorange="reversed", title_text="block", row=1, col=1)
+    fig.update_layout(template="plotly_white", coloraxis=dict(colorscale="RdBu", cmid=0, reversescale=True),
+                      title="Where each criterion puts importance, per block over training"
+                            + (" (normalised per moment)" if normalize else ""))
+    return fig
+
+
+def plot_block_scores(scores: Mapping[str, Mapping[str, float]], normalize: bool = True) -> go.Figure:
+    """Grouped bars of several per-block scores (e.g. ΔΨ at the end, captum conductance, mean |w|), each divided
+    by its largest |value| when ``normalize``.
+
+    Example:
+        >>> fig = plot_block_scores({"a": {"blocks.0.attn": 2.0, "blocks.0.mlp": 1.0}})
+        >>> list(fig.data[0].y)
+        [1.0, 0.5]
+    """
+    if not scores:
+        raise ConfigError("no scores to plot")
+    fig = go.Figure()
+    for name, per_block in scores.items():
+        names = block_order(per_block)
+        values = [per_block[b] for b in names]
+        top = max((abs(v) for v in values), default=1.0) or 1.0
+        fig.add_bar(x=[block_label(b) for b in names], y=[v / top if normalize else v for v in values], name=name)
+    fig.update_layout(template="plotly_white", barmode="group", title="Per-block scores side by side"
+                      + (" (each normalised to its maximum)" if normalize else ""),
+                      xaxis_title="block", yaxis_title="score")
+    return fig

@@ -1,0 +1,120 @@
+"""Classical importance criteria per ViT block, recorded over training beside the block benefit.
+
+For every attention / MLP block (its Linear weights): mean |w|, mean |∂L/∂w| and mean (w·∂L/∂w)² (the squared
+first-order Taylor term), averaged over the optimizer steps of a window. These are what magnitude-, gradient- and
+Taylor-based pruning would read; the late-converging analysis compares them with ΔΨ.
+
+Example:
+    >>> import sparselab as sl
+    >>> data = sl.data.load("digits", image_size=28, limit=128)
+    >>> model = sl.models.create("vit_nano_patch4_28", num_classes=10)
+    >>> crit = BlockCriteria(model)
+    >>> h = sl.fit(model, data, epochs=1, batch_size=64, callbacks=[crit], progress=False)
+    >>> sorted(h.blocks.metric.unique())
+    ['crit_abs_grad', 'crit_abs_w', 'crit_taylor']
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..structure.vit import ViTStructure
+from ..training.pruner import Pruner, TrainState
+
+CRITERIA = ("crit_abs_w", "crit_abs_grad", "crit_taylor")
+
+
+def block_weights(structure: ViTStructure) -> list[list[nn.Parameter]]:
+    """The Linear weights of each block, in block order."""
+    out = []
+    for b in structure.blocks:
+        layer = structure.layers[b.layer]
+        out.append([layer.attn.qkv.weight, layer.attn.proj.weight] if b.kind == "attn"
+                   else [layer.mlp.fc1.weight, layer.mlp.fc2.weight])
+    return out
+
+
+class BlockCriteria(Pruner):
+    """Training plug-in recording the classical criteria of every block at each epoch end (and every ``log_every``
+    steps when given)."""
+
+    def __init__(self, model: nn.Module, log_every: int | None = None, structure: ViTStructure | None = None):
+        self.structure = structure or ViTStructure(model)
+        self.weights = block_weights(self.structure)
+        self.log_every = log_every
+        self.reset()
+
+    def reset(self) -> None:
+        k = len(self.weights)
+        self.grad_sums = torch.zeros(k, dtype=torch.float64)
+        self.taylor_sums = torch.zeros(k, dtype=torch.float64)
+        self.count = 0
+
+    @torch.no_grad()
+    def after_backward(self, state: TrainState) -> None:
+        for k, params in enumerate(self.weights):
+            n = sum(p.numel() for p in params)
+            grads = [p.grad for p in params if p.grad is not None]
+            if len(grads) != len(params):
+                continue
+            self.grad_sums[k] += sum(float(g.abs().sum()) for g in grads) / n
+            self.taylor_sums[k] += sum(float((p * g).pow(2).sum()) for p, g in zip(params, grads)) / n
+        self.count += 1
+
+    def after_step(self, state: TrainState) -> None:
+        if self.log_every and state.step % self.log_every == 0:
+            self.log(state)
+
+    def on_epoch_end(self, state: TrainState) -> None:
+        if self.count:
+            self.log(state)
+
+    @torch.no_grad()
+    def values(self) -> dict[str, torch.Tensor]:
+        """The criteria of the current window (mean |w| of the weights as they are now)."""
+        n = max(self.count, 1)
+        abs_w = torch.tensor([sum(float(p.abs().sum()) for p in params) / sum(p.numel() for p in params)
+                              for params in self.weights], dtype=torch.float64)
+        return {"crit_abs_w": abs_w, "crit_abs_grad": self.grad_sums / n, "crit_taylor": self.taylor_sums / n}
+
+    def log(self, state: TrainState) -> None:
+        """Write the window's criteria into the History and start a new window."""
+        names = [b.name for b in self.structure.blocks]
+        for metric, vec in self.values().items():
+            state.history.log_blocks(metric, dict(zip(names, vec.tolist())), step=state.step, epoch=state.epoch)
+        self.reset()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"grad": self.grad_sums.clone(), "taylor": self.taylor_sums.clone(), "count": self.count}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.grad_sums, self.taylor_sums, self.count = state["grad"].clone(), state["taylor"].clone(), state["count"]
+
+
+def agreement(history, reference: str = "benefit_cls", metrics=CRITERIA) -> "pd.DataFrame":
+    """Spearman rank correlation across blocks between each criterion and ``reference`` (ΔΨ), at every moment both
+    were recorded: 1 means the criterion ranks the blocks as the block benefit does.
+
+    Example:
+        >>> from sparselab.history import History
+        >>> h = History()
+        >>> h.log_blocks("benefit_cls", {"a": 1.0, "b": 2.0, "c": 3.0}, step=5, epoch=0)
+        >>> h.log_blocks("crit_abs_w", {"a": 3.0, "b": 2.0, "c": 1.0}, step=5, epoch=0)
+        >>> float(agreement(h, metrics=["crit_abs_w"]).loc[5, "crit_abs_w"])
+        -1.0
+    """
+    import pandas as pd
+
+    b = history.blocks
+    wide = b[b.metric.isin([reference, *metrics])].pivot_table(index=["step", "block"], columns="metric",
+                                                                values="value")
+    rows = {}
+    for step, table in wide.groupby(level="step"):
+        table = table.dropna(axis=1, how="all")
+        if reference not in table or len(table) < 3:
+            continue
+        corr = table.rank().corr()[reference]
+        rows[step] = {m: corr.get(m) for m in metrics if m in corr}
+    return pd.DataFrame.from_dict(rows, orient="index").rename_axis("step").dropna(how="all")

@@ -1,0 +1,501 @@
+"""Interactive explorers for Jupyter: ipywidgets controls driving plotly ``FigureWidget`` figures in the kernel.
+
+* :class:`SparsityExplorer` — prune a trained network (or checkpoints of it) by magnitude at any sparsity and see
+  the held-out accuracy, the per-layer keep ratios and where the kept weights sit.
+* :class:`BudgetExplorer` — for a P3B run, re-allocate the per-block budget at another prune ratio and see the
+  compact model's size and batch-1 latency.
+* :class:`TraceScrubber` — step through a P3B run's mask updates: block benefit, applied keep ratios, and how many
+  elements every gate pruned or reactivated.
+
+Every explorer keeps its controls and figures as attributes (``explorer.slider.value = 0.9`` updates everything,
+which is also how the tests drive them), exposes the assembled ``ipywidgets.VBox`` as ``explorer.widget`` and
+recomputes in :meth:`update`. Figures are changed in place with ``fig.batch_update()``.
+
+Example:
+    >>> import sparselab as sl
+    >>> data = sl.data.load("digits", image_size=8)
+    >>> explorer = SparsityExplorer(sl.models.create("lenet_300_100", image_size=8), data, max_eval=100)
+    >>> explorer.slider.value = 0.9
+    >>> round(explorer.achieved_sparsity, 3)
+    0.9
+    >>> explorer.widget  # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any, Mapping
+
+import ipywidgets as widgets
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import torch
+from torch import nn
+
+from .errors import ConfigError
+from .history import History
+from .latency import latency_ms
+from .patterns import _image_layer, input_pixel_map, kernel_positions, layer_keep_ratios
+from .plots.p3b import block_label, block_order, select_run
+from .pruners.allocation import water_fill
+from .structure.compact import compact_stats, compact_vit
+from .structure.unstructured import num_pruned, prunable_weights, sparsity as mask_sparsity
+from .structure.vit import ViTStructure
+
+__all__ = ["SparsityExplorer", "BudgetExplorer", "TraceScrubber"]
+
+_TEMPLATE = "plotly_white"
+GLOBAL = "global magnitude"
+LAYER = "layer-wise magnitude"
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+def _held_out(data: Any, max_eval: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A fixed subset (seeded permutation, at most ``max_eval`` items) of a bundle's test split (else val) or of
+    a dataset, as (images, labels) tensors."""
+    if max_eval < 1:
+        raise ConfigError(f"max_eval must be at least 1, got {max_eval}")
+    ds = data
+    if hasattr(data, "split") and hasattr(data, "eval_split"):
+        ds = data.test if data.test is not None else data.val
+        if ds is None:
+            raise ConfigError(f"dataset {data.name!r} has neither a test nor a val split to evaluate on")
+    n = len(ds)
+    if n == 0:
+        raise ConfigError("the evaluation dataset is empty")
+    idx = torch.randperm(n, generator=torch.Generator().manual_seed(0))[:min(n, max_eval)]
+    if hasattr(ds, "images") and hasattr(ds, "labels") and torch.is_tensor(ds.images):
+        return ds.images[idx].float(), ds.labels[idx].long()
+    items = [ds[int(i)] for i in idx]
+    return torch.stack([torch.as_tensor(x) for x, _ in items]).float(), torch.tensor([int(y) for _, y in items])
+
+
+def _bar_figure(title: str, names: list[str], y_title: str, traces: list[str]) -> go.FigureWidget:
+    fig = go.FigureWidget(layout=dict(template=_TEMPLATE, title=title, height=320, barmode="group",
+                                      margin=dict(l=50, r=20, t=50, b=50), yaxis_title=y_title))
+    for name in traces:
+        fig.add_bar(x=names, y=[0.0] * len(names), name=name)
+    return fig
+
+
+# ---------------------------------------------------------------------------------------- SparsityExplorer
+class SparsityExplorer:
+    """Magnitude-prune a trained model at a chosen sparsity and see held-out accuracy and where weights are kept.
+
+    Controls: ``slider`` (global sparsity, 0 to 0.995) and ``method`` (dropdown: ``"global magnitude"``,
+    ``"layer-wise magnitude"``, then one entry per checkpoint, whose weights are pruned by global magnitude).
+    Outputs: ``info`` (HTML with accuracy and achieved sparsity), ``bars`` (per-layer keep ratio; the kept counts
+    are the bars' ``customdata``) and ``heatmap`` (kept fraction per input pixel of a first Linear layer that
+    reads the flattened image, else the kept fraction per 3×3 kernel position of every convolution).
+
+    The user's model is never changed: a private copy is loaded with the chosen weights and masked. Magnitudes
+    and the held-out subset (``max_eval`` images of the test split, else val) are computed once.
+
+    Args:
+        model: the trained network.
+        data: a :class:`~sparselab.data.DataBundle` or a dataset of ``(image, label)`` pairs.
+        checkpoints: name → state_dict of the same architecture (e.g. weights trained by ART or HyperSparse).
+        image_shape: (C, H, W) read by the first Linear layer; default from the bundle or the layer's width.
+        max_eval: held-out images evaluated per change.
+
+    Example:
+        >>> import sparselab as sl
+        >>> data = sl.data.load("digits", image_size=8)
+        >>> explorer = SparsityExplorer(sl.models.create("lenet_300_100", image_size=8), data, max_eval=50)
+        >>> explorer.method.options[:2]
+        ('global magnitude', 'layer-wise magnitude')
+        >>> explorer.slider.value = 0.5
+        >>> int(explorer.keep_table.kept.sum())
+        25100
+    """
+
+    def __init__(self, model: nn.Module, data: Any, checkpoints: Mapping[str, Mapping[str, torch.Tensor]] | None = None,
+                 image_shape: tuple[int, int, int] | None = None, max_eval: int = 1000):
+        checkpoints = dict(checkpoints or {})
+        clash = [k for k in checkpoints if k in (GLOBAL, LAYER)]
+        if clash:
+            raise ConfigError(f"checkpoint names must differ from the built-in methods {GLOBAL!r} and {LAYER!r}")
+        self._work = copy.deepcopy(model).eval()
+        for p in self._work.parameters():
+            p.requires_grad_(False)
+        self._names = list(prunable_weights(self._work))
+        device = next(self._work.parameters()).device
+        x, y = _held_out(data, max_eval)
+        self._x, self._y = x.to(device, dtype=next(self._work.parameters()).dtype), y.to(device)
+        # original weights of every source, and their magnitudes (flat, per layer and concatenated)
+        own = {k: v.detach().clone() for k, v in self._work.state_dict().items()}
+        self._sources: dict[str, dict[str, torch.Tensor]] = {"model": own}
+        for name, state in checkpoints.items():
+            missing = [k for k in own if k not in state]
+            if missing:
+                raise ConfigError(f"checkpoint {name!r} does not fit the model: missing {', '.join(missing[:5])}")
+            self._sources[name] = {k: torch.as_tensor(state[k]).detach().to(own[k].device, own[k].dtype).clone()
+                                   for k in own}
+        self._mags: dict[str, tuple[list[torch.Tensor], torch.Tensor]] = {}
+        for src, state in self._sources.items():
+            per_layer = [state[n].abs().flatten().float().cpu() for n in self._names]
+            self._mags[src] = (per_layer, torch.cat(per_layer))
+        self._checkpoints = list(checkpoints)
+
+        self._pixel_shape: tuple[int, int, int] | None = None
+        if image_shape is None and hasattr(data, "in_chans") and hasattr(data, "image_size"):
+            image_shape = (int(data.in_chans), int(data.image_size), int(data.image_size))
+        if image_shape is not None:
+            if _image_layer(self._work, int(np.prod(image_shape))) is not None:
+                self._pixel_shape = tuple(int(v) for v in image_shape)
+        elif _image_layer(self._work, None) is not None:
+            from .patterns import infer_image_shape
+            try:
+                self._pixel_shape = infer_image_shape(self._work)
+            except ConfigError:
+                self._pixel_shape = None
+
+        self.slider = widgets.FloatSlider(value=0.5, min=0.0, max=0.995, step=0.005, description="sparsity",
+                                          readout_format=".3f", continuous_update=False)
+        self.method = widgets.Dropdown(options=[GLOBAL, LAYER, *self._checkpoints], value=GLOBAL,
+                                       description="weights")
+        self.info = widgets.HTML()
+        layers = list(self._names)
+        self.bars = _bar_figure("Keep ratio per layer", layers, "kept fraction", ["keep ratio"])
+        self.bars.update_yaxes(range=[0, 1.05])
+        self.bars.data[0].hovertemplate = "%{x}<br>keep ratio %{y:.4f}<br>kept %{customdata}<extra></extra>"
+        self.heatmap = go.FigureWidget(layout=dict(template=_TEMPLATE, height=320,
+                                                   margin=dict(l=50, r=20, t=50, b=50)))
+        if self._pixel_shape is not None:
+            c, h, w = self._pixel_shape
+            self.heatmap.add_heatmap(z=np.zeros((h, w)), colorscale="Viridis", zmin=0, zmax=1,
+                                     colorbar=dict(title="kept"))
+            self.heatmap.update_layout(title="Kept fraction per input pixel (first layer)")
+            self.heatmap.update_yaxes(autorange="reversed", scaleanchor="x")
+        else:
+            self.heatmap.add_heatmap(z=[[0.0] * 9], colorscale="Viridis", zmin=0, zmax=1,
+                                     colorbar=dict(title="kept"))
+            self.heatmap.update_layout(title="Kept fraction per 3×3 kernel position", xaxis_title="(row, col)")
+        self.masks: dict[str, torch.Tensor] = {}
+        self.keep_table = pd.DataFrame()
+        self.accuracy = math.nan
+        self.achieved_sparsity = math.nan
+        self.slider.observe(lambda _: self.update(), names="value")
+        self.method.observe(lambda _: self.update(), names="value")
+        self.update()
+
+    @property
+    def model(self) -> nn.Module:
+        """The private, masked working copy of the model (as last shown)."""
+        return self._work
+
+    @property
+    def widget(self) -> widgets.VBox:
+        """Controls, accuracy line and the two figures, ready to display."""
+        return widgets.VBox([widgets.HBox([self.method, self.slider]), self.info,
+                             widgets.HBox([self.bars, self.heatmap])])
+
+    def _masks(self, source: str, scope: str, s: float) -> dict[str, torch.Tensor]:
+        per_layer, flat = self._mags[source]
+        state = self._sources[source]
+        out: dict[str, torch.Tensor] = {}
+        if scope == "layer":
+            for name, mag in zip(self._names, per_layer):
+                out[name] = _top(mag, mag.numel() - num_pruned(mag.numel(), s)).view(state[name].shape)
+            return out
+        keep = _top(flat, flat.numel() - num_pruned(flat.numel(), s))
+        offset = 0
+        for name, mag in zip(self._names, per_layer):
+            out[name] = keep[offset:offset + mag.numel()].view(state[name].shape)
+            offset += mag.numel()
+        return out
+
+    @torch.no_grad()
+    def update(self) -> None:
+        """Reload the chosen weights into the working copy, mask them, evaluate and redraw."""
+        s = float(self.slider.value)
+        choice = self.method.value
+        source = choice if choice in self._checkpoints else "model"
+        scope = "layer" if choice == LAYER else "global"
+        masks = self._masks(source, scope, s)
+        self._work.load_state_dict(self._sources[source])
+        params = dict(self._work.named_parameters())
+        for name, m in masks.items():
+            params[name].mul_(m.to(params[name].device, params[name].dtype))
+        correct = 0
+        for i in range(0, len(self._y), 512):
+            out = self._work(self._x[i:i + 512])
+            correct += int((out.argmax(1) == self._y[i:i + 512]).sum())
+        self.masks = masks
+        self.accuracy = correct / len(self._y)
+        self.achieved_sparsity = mask_sparsity(masks)
+        self.keep_table = layer_keep_ratios(self._work, masks)
+        self.info.value = (f"<b>{choice}</b> at sparsity {s:.3f}: held-out accuracy <b>{self.accuracy:.2%}</b> "
+                           f"on {len(self._y)} images; achieved sparsity {self.achieved_sparsity:.4f} "
+                           f"({int(self.keep_table.kept.sum())} of {int(self.keep_table.numel.sum())} weights kept)")
+        if self._pixel_shape is not None:
+            z = input_pixel_map(self._work, masks, image_shape=self._pixel_shape, fraction=True).numpy()
+            x_labels, y_labels = None, None
+        else:
+            table = kernel_positions(self._work, masks)
+            if len(table):
+                table = table.assign(pos=[f"({r}, {c})" for r, c in zip(table.row, table.col)])
+                pivot = table.pivot(index="layer", columns="pos", values="kept_fraction")
+                pivot = pivot.loc[list(dict.fromkeys(table.layer))]
+                z, x_labels, y_labels = pivot.to_numpy(), list(pivot.columns), list(pivot.index)
+            else:
+                z, x_labels, y_labels = np.zeros((0, 9)), None, []
+        with self.bars.batch_update():
+            bar = self.bars.data[0]
+            bar.x = list(self.keep_table.layer)
+            bar.y = self.keep_table.keep_ratio.tolist()
+            bar.customdata = self.keep_table.kept.tolist()
+        with self.heatmap.batch_update():
+            hm = self.heatmap.data[0]
+            hm.z = z.tolist()
+            if x_labels is not None:
+                hm.x, hm.y = x_labels, y_labels
+
+
+def _top(values: torch.Tensor, k: int) -> torch.Tensor:
+    mask = torch.zeros(values.numel(), dtype=torch.bool)
+    if k > 0:
+        mask[torch.topk(values, k, sorted=False).indices] = True
+    return mask
+
+
+# ------------------------------------------------------------------------------------------ P3B histories
+def _block_table(history: History, run: str | None, metrics: tuple[str, ...], who: str) -> pd.DataFrame:
+    tables = select_run(history, run)
+    blocks = tables["blocks"]
+    have = set(blocks.metric.unique()) if len(blocks) else set()
+    missing = [m for m in metrics if m not in have]
+    if missing:
+        raise ConfigError(f"{who} needs the History of a P3B pruning run: the per-block metrics "
+                          f"{', '.join(missing)} were not recorded (found: {', '.join(sorted(have)) or 'none'})")
+    return blocks
+
+
+class BudgetExplorer:
+    """Re-allocate a P3B run's per-block budget at another prune ratio and measure the compact model.
+
+    Moving ``slider`` (prune ratio, 0.05 to 0.95) water-fills the last recorded block ``importance`` (uniform when
+    the run logged none) to the parameter budget of that ratio — P3B's formula: every block Linear layer is
+    prunable, everything else (norms, embeddings, head) is kept. Each block then keeps the first elements of its
+    ``attn_qkv`` (attention) or ``mlp_hid`` (MLP) gate, as many as meet its keep ratio; the masked model is
+    compacted with :func:`~sparselab.structure.compact_vit`, counted with
+    :func:`~sparselab.structure.compact_stats` and timed at batch size 1 (:func:`~sparselab.latency.latency_ms`,
+    5 repeats). Results: ``keep_goal`` / ``keep_applied`` (per block), ``masks``, ``compact``, ``params``,
+    ``latency``, ``achieved_ratio``; shown in ``bars`` and ``info``.
+
+    Example:
+        >>> import sparselab as sl
+        >>> h = History()
+        >>> h.log_blocks("keep_goal", {f"blocks.{i}.{k}": 0.5 for i in range(4) for k in ("attn", "mlp")},
+        ...              step=1, epoch=0)
+        >>> explorer = BudgetExplorer(h, sl.models.create("vit_nano_patch4_28", num_classes=10))
+        >>> explorer.slider.value = 0.5
+        >>> abs(explorer.achieved_ratio - 0.5) < 0.01
+        True
+    """
+
+    def __init__(self, history: History, model: nn.Module, run: str | None = None, blocks_only: bool = False,
+                 measure_latency: bool = True):
+        blocks = _block_table(history, run, ("keep_goal",), "BudgetExplorer")
+        self.structure = s = ViTStructure(model)
+        self._model = model
+        names = [b.name for b in s.blocks]
+        logged = block_order(blocks[blocks.metric == "keep_goal"].block)
+        if sorted(logged) != sorted(names):
+            raise ConfigError(f"the History's blocks ({', '.join(logged)}) are not the model's blocks "
+                              f"({', '.join(names)}); pass the model the run pruned")
+        imp = blocks[blocks.metric == "importance"]
+        if len(imp):
+            last = imp[imp.step == imp.step.max()].groupby("block").value.last()
+            self.importance = torch.tensor([float(last.get(n, 0.0)) for n in names], dtype=torch.float64)
+            self.importance_step: int | None = int(imp.step.max())
+        else:
+            self.importance = torch.ones(len(names), dtype=torch.float64)
+            self.importance_step = None
+        self.dense_linear = torch.tensor([s.linear_params(b) for b in s.blocks], dtype=torch.float64)
+        blocks_total = float(sum(s.block_params(b) for b in s.blocks))
+        self._total = blocks_total if blocks_only else blocks_total + s.outside_params()
+        self.blocks_only = blocks_only
+        self.measure_latency = measure_latency
+        self._gate = {b.name: ("attn_qkv" if b.kind == "attn" else "mlp_hid") for b in s.blocks}
+        # Linear parameters as a function of kept gate elements n: 0 for n = 0, else a·n + c
+        self._affine: list[tuple[float, float, int]] = []
+        for b in s.blocks:
+            g = self._gate[b.name]
+            size = s.gate_sizes(b.layer)[g]
+            f1 = s.linear_params(b, {b.layer: {g: torch.arange(size) < 1}})
+            f2 = s.linear_params(b, {b.layer: {g: torch.arange(size) < 2}}) if size > 1 else 2 * f1
+            self._affine.append((float(f2 - f1), float(f1 - (f2 - f1)), size))
+        c, hw = model.patch_embed.proj.in_channels, tuple(model.patch_embed.img_size)
+        self.input_shape = (int(c), int(hw[0]), int(hw[1]))
+        self._cache: dict[tuple[int, ...], tuple[int, float]] = {}
+
+        self.slider = widgets.FloatSlider(value=0.5, min=0.05, max=0.95, step=0.01, description="prune ratio",
+                                          readout_format=".2f", continuous_update=False)
+        self.info = widgets.HTML()
+        self.bars = _bar_figure("Keep ratio per block", [block_label(n) for n in names], "keep ratio",
+                                ["goal κ (water-filled)", "compact model"])
+        self.bars.update_yaxes(range=[0, 1.05])
+        self.keep_goal = torch.zeros(len(names), dtype=torch.float64)
+        self.keep_applied = torch.zeros(len(names), dtype=torch.float64)
+        self.units: list[int] = []
+        self.masks: dict[int, dict[str, torch.Tensor]] = {}
+        self.compact: nn.Module | None = None
+        self.params = 0
+        self.latency = math.nan
+        self.achieved_ratio = math.nan
+        self.slider.observe(lambda _: self.update(), names="value")
+        self.update()
+
+    @property
+    def widget(self) -> widgets.VBox:
+        """Slider, size/latency line and keep-ratio bars, ready to display."""
+        return widgets.VBox([self.slider, self.info, self.bars])
+
+    def budget(self, prune_ratio: float) -> float:
+        """Linear parameters the blocks may keep at ``prune_ratio`` (P3B's budget)."""
+        return (1 - prune_ratio) * self._total - (self._total - float(self.dense_linear.sum()))
+
+    def _units(self, targets: torch.Tensor, budget: float) -> list[int]:
+        """Kept gate elements per block: closest to each block's target, rounded so the total meets the budget."""
+        real, units = [], []
+        for (a, c, size), t in zip(self._affine, targets.tolist()):
+            x = min(max((t - c) / a, 0.0), float(size)) if t > 0.5 * (a + c) else 0.0
+            real.append(x)
+            units.append(int(math.floor(x + 1e-9)))
+
+        def kept(u: list[int]) -> float:
+            return sum(0.0 if n == 0 else a * n + c for n, (a, c, _) in zip(u, self._affine))
+
+        for k in sorted(range(len(units)), key=lambda k: real[k] - units[k], reverse=True):
+            a, c, size = self._affine[k]
+            if units[k] >= size:
+                continue
+            trial = units.copy()
+            trial[k] += 1
+            if abs(kept(trial) - budget) < abs(kept(units) - budget):
+                units = trial
+        return units
+
+    @torch.no_grad()
+    def update(self) -> None:
+        """Water-fill at the slider's ratio, build and compact the masked model, count and time it, redraw."""
+        s = self.structure
+        ratio = float(self.slider.value)
+        budget = self.budget(ratio)
+        if budget < 0:
+            most = float(self.dense_linear.sum()) / self._total
+            self.info.value = (f"<b>prune ratio {ratio:.2f} is out of reach</b>: only {most:.3f} of the "
+                               f"{'blocks' if self.blocks_only else 'model'} lies in prunable Linear layers")
+            return
+        kappa = water_fill(self.importance, self.dense_linear, budget)
+        units = self._units(kappa * self.dense_linear, budget)
+        masks = s.full_masks()
+        for b, n in zip(s.blocks, units):
+            g = self._gate[b.name]
+            masks[b.layer][g] = torch.arange(s.gate_sizes(b.layer)[g]) < n
+        applied = torch.tensor([s.linear_params(b, masks) for b in s.blocks], dtype=torch.float64)
+        self.keep_goal, self.keep_applied = kappa, applied / self.dense_linear
+        self.units, self.masks = units, masks
+        self.achieved_ratio = s.prune_ratio(masks, blocks_only=self.blocks_only)
+        self.compact = compact_vit(self._model, masks).eval()
+        key = tuple(units)
+        if key not in self._cache:
+            ms = (latency_ms(self.compact, self.input_shape, batch_size=1, repeats=5)
+                  if self.measure_latency else math.nan)
+            self._cache[key] = (compact_stats(self.compact)["params"], ms)
+        self.params, self.latency = self._cache[key]
+        dense = sum(p.numel() for p in self._model.parameters())
+        source = (f"importance of step {self.importance_step}" if self.importance_step is not None
+                  else "uniform importance (none recorded)")
+        self.info.value = (f"prune ratio {ratio:.2f} ({source}): compact model <b>{self.params:,}</b> parameters "
+                           f"of {dense:,} (achieved ratio {self.achieved_ratio:.4f}), batch-1 latency "
+                           f"<b>{self.latency:.2f} ms</b>")
+        with self.bars.batch_update():
+            self.bars.data[0].y = self.keep_goal.tolist()
+            self.bars.data[1].y = self.keep_applied.tolist()
+
+
+class TraceScrubber:
+    """Step through the mask updates of a P3B run.
+
+    ``slider`` (an ``IntSlider`` from the first to the last recorded update step; values between updates snap to
+    the nearest recorded step) selects one update, shown as: ``benefit`` (per-block benefit ΔΨ of the class-token
+    and patch probes, when recorded), ``keep`` (applied keep ratio κ̃ per block) and ``table`` (HTML of
+    ``events_table``: elements reactivated and pruned at that update, per block and gate).
+
+    Example:
+        >>> h = History()
+        >>> for step, keep in ((4, 0.8), (8, 0.6)):
+        ...     h.log_blocks("keep_applied", {"blocks.0.attn": keep, "blocks.0.mlp": keep}, step=step, epoch=0)
+        >>> h.log_events(step=8, epoch=0, block="blocks.0.mlp", gate="mlp_hid", elements=[1, 2], old=1, new=0)
+        >>> scrubber = TraceScrubber(h)
+        >>> scrubber.steps, scrubber.slider.value
+        ([4, 8], 8)
+        >>> scrubber.events_table.pruned.tolist()
+        [2]
+    """
+
+    def __init__(self, history: History, run: str | None = None):
+        blocks = _block_table(history, run, ("keep_applied",), "TraceScrubber")
+        self._blocks = blocks[blocks.metric.isin(["keep_applied", "keep_goal", "benefit_cls", "benefit_patch"])]
+        self._events = select_run(history, run)["events"]
+        self.steps: list[int] = sorted(int(v) for v in blocks[blocks.metric == "keep_applied"].step.unique())
+        self.names = block_order(blocks[blocks.metric == "keep_applied"].block)
+        labels = [block_label(n) for n in self.names]
+        diffs = [b - a for a, b in zip(self.steps, self.steps[1:])]
+        stride = math.gcd(*diffs) if diffs else 1
+        self.slider = widgets.IntSlider(value=self.steps[-1], min=self.steps[0], max=self.steps[-1],
+                                        step=max(stride, 1), description="update step", continuous_update=False)
+        self.info = widgets.HTML()
+        self.table = widgets.HTML()
+        self.benefit = _bar_figure("Block benefit ΔΨ", labels, "ΔΨ", ["class token", "patch"])
+        self.keep = _bar_figure("Applied keep ratio κ̃", labels, "keep ratio", ["κ̃"])
+        self.keep.update_yaxes(range=[0, 1.05])
+        self.events_table = pd.DataFrame()
+        self.step = self.steps[-1]
+        self.slider.observe(lambda _: self.update(), names="value")
+        self.update()
+
+    @property
+    def widget(self) -> widgets.VBox:
+        """Slider, step line, the two figures and the events table, ready to display."""
+        return widgets.VBox([self.slider, self.info, widgets.HBox([self.benefit, self.keep]), self.table])
+
+    def values(self, metric: str, step: int) -> list[float]:
+        """The History's ``metric`` per block (in ``names`` order) at ``step``; NaN where not recorded."""
+        df = self._blocks[(self._blocks.metric == metric) & (self._blocks.step == step)]
+        got = df.groupby("block").value.last()
+        return [float(got.get(n, math.nan)) for n in self.names]
+
+    def update(self) -> None:
+        """Snap the slider to a recorded update step and redraw that update."""
+        value = int(self.slider.value)
+        step = min(self.steps, key=lambda s: (abs(s - value), s))
+        if step != value:
+            self.slider.value = step  # re-enters update() with a recorded step
+            return
+        self.step = step
+        ev = self._events[self._events.step == step]
+        rows = []
+        for (block, gate), g in ev.groupby(["block", "gate"], sort=False):
+            rows.append(dict(block=block, gate=gate, reactivated=int(((g.old == 0) & (g.new == 1)).sum()),
+                             pruned=int(((g.old == 1) & (g.new == 0)).sum())))
+        table = pd.DataFrame(rows, columns=["block", "gate", "reactivated", "pruned"])
+        if len(table):
+            order = {n: i for i, n in enumerate(block_order(table.block))}
+            table = table.sort_values(["block", "gate"], key=lambda col: col.map(order) if col.name == "block"
+                                      else col).reset_index(drop=True)
+        self.events_table = table
+        index = self.steps.index(step)
+        self.info.value = (f"update {index + 1} of {len(self.steps)} at step <b>{step}</b>: "
+                           f"{int(table.reactivated.sum()) if len(table) else 0} elements reactivated, "
+                           f"{int(table.pruned.sum()) if len(table) else 0} pruned")
+        self.table.value = (table.to_html(index=False, border=0) if len(table)
+                            else "<i>no mask element changed at this update</i>")
+        with self.benefit.batch_update():
+            self.benefit.data[0].y = self.values("benefit_cls", step)
+            self.benefit.data[1].y = self.values("benefit_patch", step)
+        with self.keep.batch_update():
+            self.keep.data[0].y = self.values("keep_applied", step)
