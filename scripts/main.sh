@@ -14,4 +14,6 @@ mkdir -p runs
 .venv/bin/papermill notebooks/01_p3b_transfer.ipynb runs/01_p3b_transfer.ipynb \
   -p scale "$SCALE" -p out_dir runs/01_p3b_transfer --cwd "$(pwd)" --execution-timeout 3600 --log-output
 .venv/bin/jupyter nbconvert --to html runs/01_p3b_transfer.ipynb --output-dir runs --log-level WARN
-echo "main job done: runs/01_p3b_transfer.ipynb, runs/01_p3b_transfer.html, runs/01_p3b_transfer/"
+# PNGs of the key figures next to the HTML report (kaleido drives Debian's Chromium)
+.venv/bin/sparselab figures runs/01_p3b_transfer/histories.jsonl.gz --out runs/01_p3b_transfer_figures
+echo "main job done: runs/01_p3b_transfer.ipynb, runs/01_p3b_transfer.html, runs/01_p3b_transfer_figures/*.png, runs/01_p3b_transfer/"

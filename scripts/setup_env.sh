@@ -7,8 +7,8 @@ ROOT=$(pwd)
 VENV="${SPARSELAB_VENV:-$ROOT/.venv}"
 PY="${PYTHON:-python3}"
 
-# --- Debian packages: real Fashion-MNIST (and, later, Chromium for browser tests) ---
-APT_PACKAGES=(dataset-fashion-mnist)
+# --- Debian packages: real Fashion-MNIST; Chromium for static figure export (kaleido) and the browser tests ---
+APT_PACKAGES=(dataset-fashion-mnist chromium chromium-driver)
 if [ -n "${SPARSELAB_APT_EXTRA:-}" ]; then APT_PACKAGES+=(${SPARSELAB_APT_EXTRA}); fi
 missing=()
 if command -v dpkg-query >/dev/null 2>&1; then

@@ -139,6 +139,35 @@ def _cmd_art(args) -> int:
     return 0
 
 
+def _cmd_figures(args) -> int:
+    from . import plots
+    from .history import History
+
+    history = History.load(args.history)
+    run = args.run
+    if run is None and "runs" in history.meta:
+        run = next((r for r in history.meta["runs"] if r.startswith("p3b")), next(iter(history.meta["runs"])))
+    figures = {}
+    if "keep_goal" in set(history.blocks.metric):
+        figures.update({
+            "block_benefit_heatmap": plots.plot_block_benefit(history, view="heatmap", run=run),
+            "block_benefit_profile": plots.plot_block_benefit(history, view="profile", run=run),
+            "keep_ratios": plots.plot_keep_ratios(history, run=run),
+            "reactivations": plots.plot_reactivations(history, run=run),
+        })
+    elif "benefit_cls" in set(history.blocks.metric):
+        figures["block_benefit_profile"] = plots.plot_block_benefit(history, view="profile", run=run)
+    if "runs" in history.meta and any(m.get("profiles") for m in history.meta["runs"].values()):
+        figures["gradient_profile"] = plots.plot_gradient_profile(history, run=run)
+        figures["exchange"] = plots.plot_exchange(history)
+    if not figures:
+        print("sparselab: error: no figure applies to this History", file=sys.stderr)
+        return 2
+    for path in plots.export_figures(figures, args.out, formats=args.format):
+        print(path)
+    return 0
+
+
 def _cmd_list(args) -> int:
     if args.command == "datasets":
         from .data import available
@@ -222,6 +251,13 @@ def build_parser() -> argparse.ArgumentParser:
     ar.add_argument("--max-steps-per-epoch", type=int, default=None)
     ar.add_argument("--out", default="runs/art")
     ar.set_defaults(fn=_cmd_art)
+
+    fg = sub.add_parser("figures", help="write the key figures of a saved History as PNG/SVG/PDF")
+    fg.add_argument("history", help="a History file (.jsonl or .jsonl.gz)")
+    fg.add_argument("--run", default=None, help="the run of a merged History (default: the first P3B run)")
+    fg.add_argument("--out", default="runs/figures")
+    fg.add_argument("--format", nargs="+", default=["png"], help="png, svg, pdf")
+    fg.set_defaults(fn=_cmd_figures)
 
     for name in ("datasets", "models"):
         lp = sub.add_parser(name, help=f"list available {name}")

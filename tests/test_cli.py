@@ -86,3 +86,19 @@ def test_art_command_runs_a_preset(tmp_path):
     assert h.meta["art"]["regularizer"] == "hypersparse" and h.meta["profiles"]
     assert (out / "model.safetensors").is_file()
     assert main(["art", "--preset", "tiny", "--method", "l3", "--out", str(out)]) == 2
+
+
+@pytest.mark.slow
+def test_figures_command_writes_static_images(tmp_path):
+    """Static export through kaleido and the system Chromium (installed by the setup script)."""
+    model = sl.models.create("vit_nano_patch4_28", num_classes=10)
+    pruner = sl.P3B(model, 0.5, schedule=sl.P3BSchedule(warmup=1, sparsify=2, finalize=3), patch_probe="linear")
+    data = sl.data.load("digits", image_size=28, limit=256)
+    history = sl.fit(model, data, epochs=3, batch_size=64, max_steps_per_epoch=3, pruner=pruner, progress=False)
+    history.save(tmp_path / "h.jsonl.gz")
+    rc = main(["figures", str(tmp_path / "h.jsonl.gz"), "--out", str(tmp_path / "figs"), "--format", "png", "svg"])
+    assert rc == 0
+    for name in ("block_benefit_heatmap", "block_benefit_profile", "keep_ratios", "reactivations"):
+        png = (tmp_path / "figs" / f"{name}.png").read_bytes()
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+        assert (tmp_path / "figs" / f"{name}.svg").read_text().lstrip().startswith("<svg")

@@ -16,6 +16,7 @@ import plotly.io as pio
 
 from .art import plot_exchange, plot_gradient_profile
 from .criteria import plot_block_criteria, plot_block_scores
+from .export import export_figures
 from .p3b import plot_block_benefit, plot_keep_ratios, plot_reactivations
 from .patterns import plot_layer_keep_ratios, plot_weight_patterns
 
@@ -31,5 +32,5 @@ def use_notebook_renderer() -> str:
     return pio.renderers.default
 
 
-__all__ = ["use_notebook_renderer", "plot_block_benefit", "plot_keep_ratios", "plot_reactivations", "plot_layer_keep_ratios",
+__all__ = ["use_notebook_renderer", "export_figures", "plot_block_benefit", "plot_keep_ratios", "plot_reactivations", "plot_layer_keep_ratios",
            "plot_weight_patterns", "plot_gradient_profile", "plot_exchange", "plot_block_criteria", "plot_block_scores"]
