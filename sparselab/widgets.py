@@ -159,8 +159,9 @@ class SparsityExplorer:
         layers = list(self._names)
         self.bars = _bar_figure("Keep ratio per layer", layers, "kept fraction", ["keep ratio"])
         self.bars.update_yaxes(range=[0, 1.05])
+        self.bars.update_layout(width=560)  # side by side with the heatmap in a notebook cell
         self.bars.data[0].hovertemplate = "%{x}<br>keep ratio %{y:.4f}<br>kept %{customdata}<extra></extra>"
-        self.heatmap = go.FigureWidget(layout=dict(template=_TEMPLATE, height=320,
+        self.heatmap = go.FigureWidget(layout=dict(template=_TEMPLATE, height=320, width=460,
                                                    margin=dict(l=50, r=20, t=50, b=50)))
         if self._pixel_shape is not None:
             c, h, w = self._pixel_shape
@@ -461,6 +462,8 @@ class TraceScrubber:
     @property
     def widget(self) -> widgets.VBox:
         """Slider, step line, the two figures and the events table, ready to display."""
+        self.benefit.update_layout(width=560)
+        self.keep.update_layout(width=560)
         return widgets.VBox([self.slider, self.info, widgets.HBox([self.benefit, self.keep]), self.table])
 
     def values(self, metric: str, step: int) -> list[float]:
