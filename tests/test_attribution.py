@@ -52,3 +52,14 @@ def test_similarity_is_scale_invariant_and_bad_method_is_an_error():
     torch.testing.assert_close(map_similarity(a, 3 * a), torch.ones(2))
     with pytest.raises(UnknownNameError, match="attribution method"):
         attribute(linear_model(), torch.randn(1, 2, 4, 4), method="gradcam")
+
+
+def test_comparison_figure_shows_image_and_both_maps():
+    torch.manual_seed(0)
+    dense = sl.models.create("lenet_300_100", image_size=8)
+    x = sl.data.load("digits", image_size=8).test.images[:3]
+    result = compare_attributions(dense, dense, x, method="saliency")
+    fig = sl.plots.plot_attribution_comparison(result, x)
+    assert len(fig.data) == 9
+    assert fig.data[1].z.tolist() == result.dense[0].numpy().tolist()
+    assert "similarity 1.00" in fig.layout.annotations[0].text

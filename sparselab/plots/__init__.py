@@ -15,6 +15,7 @@ from __future__ import annotations
 import plotly.io as pio
 
 from .art import plot_exchange, plot_gradient_profile
+from .attribution import plot_attribution_comparison
 from .criteria import plot_block_criteria, plot_block_scores
 from .export import export_figures
 from .p3b import plot_block_benefit, plot_keep_ratios, plot_reactivations
@@ -32,5 +33,5 @@ def use_notebook_renderer() -> str:
     return pio.renderers.default
 
 
-__all__ = ["use_notebook_renderer", "export_figures", "plot_block_benefit", "plot_keep_ratios", "plot_reactivations", "plot_layer_keep_ratios",
+__all__ = ["use_notebook_renderer", "export_figures", "plot_attribution_comparison", "plot_block_benefit", "plot_keep_ratios", "plot_reactivations", "plot_layer_keep_ratios",
            "plot_weight_patterns", "plot_gradient_profile", "plot_exchange", "plot_block_criteria", "plot_block_scores"]

@@ -1,0 +1,38 @@
+"""Attribution maps of a dense and a pruned model side by side.
+
+Example:
+    >>> import torch
+    >>> from sparselab.attribution import AttributionComparison
+    >>> r = AttributionComparison(torch.rand(2, 4, 4), torch.rand(2, 4, 4), torch.tensor([1, 3]),
+    ...                           torch.tensor([0.9, 0.5]), "saliency")
+    >>> len(plot_attribution_comparison(r, torch.rand(2, 1, 4, 4)).data)
+    6
+"""
+from __future__ import annotations
+
+import plotly.graph_objects as go
+import torch
+from plotly.subplots import make_subplots
+
+from ..attribution import AttributionComparison
+
+
+def plot_attribution_comparison(result: AttributionComparison, images: torch.Tensor,
+                                labels: tuple[str, str] = ("dense", "pruned")) -> go.Figure:
+    """One column per image: the image, the dense model's map and the pruned model's map (rows), titled with the
+    target class and the maps' cosine similarity."""
+    n = len(result.target)
+    titles = [f"class {int(t)} · similarity {float(s):.2f}" for t, s in zip(result.target, result.similarity)]
+    fig = make_subplots(rows=3, cols=n, subplot_titles=titles + [""] * (2 * n), vertical_spacing=0.04,
+                        horizontal_spacing=0.01, row_titles=["image", labels[0], labels[1]])
+    for i in range(n):
+        img = images[i].float().mean(0)
+        for row, z, scale in ((1, img, "Greys"), (2, result.dense[i], "Hot"), (3, result.pruned[i], "Hot")):
+            fig.add_trace(go.Heatmap(z=z.numpy(), colorscale=scale, showscale=False, reversescale=row == 1),
+                          row=row, col=i + 1)
+    fig.update_xaxes(visible=False)
+    fig.update_yaxes(visible=False, autorange="reversed")
+    fig.update_layout(template="plotly_white", height=560,
+                      title=f"Where the models look ({result.method.replace('_', ' ')}): mean similarity "
+                            f"{result.mean_similarity:.2f}")
+    return fig
