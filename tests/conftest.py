@@ -7,6 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import settings
+
+# the same examples on every run, so CI is reproducible; explore with HYPOTHESIS_PROFILE=explore
+settings.register_profile("ci", derandomize=True)
+settings.register_profile("explore", derandomize=False)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 os.environ["SPARSELAB_OFFLINE"] = "1"
 os.environ["HF_HUB_OFFLINE"] = "1"

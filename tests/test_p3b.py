@@ -4,7 +4,7 @@ import math
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import sparselab as sl
@@ -48,6 +48,8 @@ def test_water_fill_hand_computed():
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.tuples(st.floats(0.0, 10.0), st.integers(1, 10_000)), min_size=1, max_size=12),
        st.floats(0.0, 1.0))
+@example([(5e-324, 1)], 0.5)  # a subnormal importance once overflowed the scale factor
+@example([(0.0, 1), (1.0, 1)], 1.0)
 def test_water_fill_meets_the_budget_within_bounds(blocks, fraction):
     imp = torch.tensor([b[0] for b in blocks], dtype=torch.float64)
     w = torch.tensor([b[1] for b in blocks], dtype=torch.float64)

@@ -51,8 +51,9 @@ def water_fill(importance: torch.Tensor, dense: torch.Tensor, budget: float, max
         raise ConfigError(f"the parameter budget {budget:.0f} lies outside [0, {total:.0f}] (all block parameters)")
     kappa = torch.zeros_like(imp)
     free = torch.ones_like(imp, dtype=torch.bool)
-    if float(imp.sum()) <= 0:  # nothing to go by: uniform
+    if float(imp.max()) <= 0:  # nothing to go by: uniform
         imp = torch.ones_like(imp)
+    imp = imp / imp.max()  # scale-free; keeps s finite for tiny (even subnormal) importances
     for _ in range(max_rounds):
         fixed = float((kappa * w)[~free].sum())
         denom = float((imp * w)[free].sum())
