@@ -33,13 +33,14 @@ from ..structure.taps import ResidualTaps
 from ..structure.vit import ViTStructure
 from ..training import distributed as dist_utils
 from ..training.batches import to_model_input
-from ..training.pruner import Pruner, TrainState
+from ..training.pruner import TrainState
 from .heads import ProbePair
+from .window import WindowedRecorder
 
 VARIANTS = ("cls", "patch")
 
 
-class BlockBenefit(Pruner):
+class BlockBenefit(WindowedRecorder):
     """Probe heads on every block of a timm ViT and the running block-benefit sums.
 
     Args:
@@ -60,7 +61,7 @@ class BlockBenefit(Pruner):
         s = self.structure
         self.num_classes = num_classes
         self.patch_probe = patch_probe
-        self.log_every = log_every
+        super().__init__(log_every)
         self.probes = nn.ModuleList([ProbePair(s.embed_dim, num_classes, patch_probe) for _ in s.blocks])
         self.variants = VARIANTS if patch_probe else VARIANTS[:1]
         self.taps = ResidualTaps(s)
@@ -122,14 +123,6 @@ class BlockBenefit(Pruner):
     def after_backward(self, state: TrainState) -> None:
         if state.world_size > 1:
             all_reduce_mean_grads(list(self.probes.parameters()), state.world_size)
-
-    def after_step(self, state: TrainState) -> None:
-        if self.log_every and state.step % self.log_every == 0:
-            self.log(state)
-
-    def on_epoch_end(self, state: TrainState) -> None:
-        if self.count:
-            self.log(state)
 
     def log(self, state: TrainState) -> None:
         """Write the window means into the History (``benefit_cls``/``benefit_patch``) and reset."""

@@ -21,7 +21,8 @@ import torch
 from torch import nn
 
 from ..structure.vit import ViTStructure
-from ..training.pruner import Pruner, TrainState
+from ..training.pruner import TrainState
+from .window import WindowedRecorder
 
 CRITERIA = ("crit_abs_w", "crit_abs_grad", "crit_taylor")
 
@@ -36,14 +37,14 @@ def block_weights(structure: ViTStructure) -> list[list[nn.Parameter]]:
     return out
 
 
-class BlockCriteria(Pruner):
+class BlockCriteria(WindowedRecorder):
     """Training plug-in recording the classical criteria of every block at each epoch end (and every ``log_every``
     steps when given)."""
 
     def __init__(self, model: nn.Module, log_every: int | None = None, structure: ViTStructure | None = None):
         self.structure = structure or ViTStructure(model)
         self.weights = block_weights(self.structure)
-        self.log_every = log_every
+        super().__init__(log_every)
         self.reset()
 
     def reset(self) -> None:
@@ -62,14 +63,6 @@ class BlockCriteria(Pruner):
             self.grad_sums[k] += sum(float(g.abs().sum()) for g in grads) / n
             self.taylor_sums[k] += sum(float((p * g).pow(2).sum()) for p, g in zip(params, grads)) / n
         self.count += 1
-
-    def after_step(self, state: TrainState) -> None:
-        if self.log_every and state.step % self.log_every == 0:
-            self.log(state)
-
-    def on_epoch_end(self, state: TrainState) -> None:
-        if self.count:
-            self.log(state)
 
     @torch.no_grad()
     def values(self) -> dict[str, torch.Tensor]:
