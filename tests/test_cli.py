@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -89,6 +90,7 @@ def test_art_command_runs_a_preset(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian's chromium is installed by scripts/setup_env.sh")
 def test_figures_command_writes_static_images(tmp_path):
     """Static export through kaleido and the system Chromium (installed by the setup script)."""
     model = sl.models.create("vit_nano_patch4_28", num_classes=10)
