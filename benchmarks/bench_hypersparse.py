@@ -1,0 +1,99 @@
+"""HyperSparse regularizer overhead per training step, ours against the sort-based reference formulation.
+
+Ours: threshold by partial selection (np.partition), per-tensor sums, one autograd pass.
+Reference: torch.sort of all |w| for the threshold, the loss over one concatenated copy of all weights.
+Both are timed on the same model in the same run, beside a plain training step (forward + backward + SGD step,
+random batch), and reported as a fraction of that step.
+
+Usage: python benchmarks/bench_hypersparse.py [--quick] [--out benchmarks/results/hypersparse.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+import sparselab as sl
+from sparselab.pruners.regularizers import INFLECTION, HyperSparse
+from sparselab.structure import prunable_weights
+
+MODELS = {  # name: (factory, input shape, batch)
+    "lenet_300_100 (0.27 M)": (lambda: sl.models.create("lenet_300_100"), (1, 28, 28), 128),
+    "resnet32 (0.47 M)": (lambda: sl.models.create("resnet32", in_chans=3), (3, 32, 32), 64),
+    "resnet32_wide (1.9 M)": (lambda: sl.models.create("resnet32_wide", in_chans=3), (3, 32, 32), 64),
+    "vgg19_bn (20 M)": (lambda: sl.models.create("vgg19_bn", in_chans=3), (3, 32, 32), 64),
+}
+
+
+def reference_penalty(weights, rate):
+    """The reference formulation: full sort for the threshold, one concatenated copy for the loss."""
+    a = torch.cat([w.abs().flatten() for w in weights])
+    tau = torch.sort(a.detach()).values[int(math.floor(rate * a.numel()))]
+    s = INFLECTION / tau
+    t = torch.tanh(s * a).sum()
+    l1 = a.sum()
+    return l1 * t / t.detach() - l1
+
+
+def timed(fn, repeats):
+    times = []
+    for i in range(repeats + 1):
+        t0 = time.perf_counter()
+        fn()
+        if i:  # the first call warms up
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def bench(name, factory, shape, batch, repeats, rate=0.98):
+    torch.manual_seed(0)
+    model = factory()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    x, y = torch.randn(batch, *shape), torch.randint(0, 10, (batch,))
+    weights = list(prunable_weights(model).values())
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+
+    reg = HyperSparse(rate)
+
+    def ours():
+        reg(model).backward()
+
+    def reference():
+        reference_penalty(weights, rate).backward()
+
+    t_step = timed(step, repeats)
+    t_ours = timed(ours, repeats)
+    t_ref = timed(reference, repeats)
+    return {"model": name, "weights": sum(w.numel() for w in weights), "step_s": t_step, "ours_s": t_ours,
+            "reference_s": t_ref, "ours_share_of_step": t_ours / t_step, "reference_share_of_step": t_ref / t_step,
+            "speedup_vs_reference": t_ref / t_ours}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="3 repeats instead of 10")
+    parser.add_argument("--out", default="benchmarks/results/hypersparse.json")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    repeats = 3 if args.quick else 10
+    rows = [bench(name, *spec, repeats=repeats) for name, spec in MODELS.items()]
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"repeats": repeats, "threads": 2, "rows": rows}, indent=2))
+    print(f"{'model':24s} {'step s':>8s} {'ours':>8s} {'ref':>8s} {'ours/step':>10s} {'ref/step':>9s} {'speed-up':>9s}")
+    for r in rows:
+        print(f"{r['model']:24s} {r['step_s']:8.4f} {r['ours_s']:8.4f} {r['reference_s']:8.4f} "
+              f"{r['ours_share_of_step']:10.1%} {r['reference_share_of_step']:9.1%} {r['speedup_vs_reference']:8.1f}x")
+
+
+if __name__ == "__main__":
+    main()
