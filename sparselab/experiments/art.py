@@ -33,7 +33,7 @@ from .. import models
 from ..errors import ConfigError, check_ratio, unknown_name
 from ..history import History
 from ..pruners import ART, FixedMask, GradualMagnitude
-from ..structure.unstructured import magnitude_masks, prunable_weights, sparsity
+from ..structure.unstructured import apply_masks, magnitude_masks, prunable_weights, sparsity
 from ..training.config import checked_replace
 from ..training import evaluate, fit
 
@@ -67,9 +67,9 @@ class ARTPreset:
         return checked_replace(self, "preset field", **changes)
 
 
-def _paper(name: str, model: str, data: str, model_options: dict | None = None) -> ARTPreset:
+def _paper(name: str, model: str, data: str) -> ARTPreset:
     sgd = dict(optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=1e-4, batch_size=64, num_workers=4)
-    return ARTPreset(name=name, model=model, data=data, model_options=model_options or {}, fit=sgd,
+    return ARTPreset(name=name, model=model, data=data, fit=sgd,
                      warmup_epochs=60, lam_init=5e-6, eta=1.05, max_art_epochs=300, gmp_epochs=60,
                      finetune_epochs=160, finetune={**sgd, "lr_schedule": "step", "lr_milestones": (80, 120)})
 
@@ -97,9 +97,9 @@ ART_PRESETS: dict[str, ARTPreset] = {
 }
 ART_PRESETS["tiny-cnn"] = ART_PRESETS["tiny"].replace(
     name="tiny-cnn", model="vgg19_bn", model_options={"width": 0.125}, methods=("hypersparse",), sparsities=(0.9,))
-for _m, _tag, _opts in (("resnet32_wide", "resnet32", None), ("vgg19_bn", "vgg19", None)):
+for _m, _tag in (("resnet32_wide", "resnet32"), ("vgg19_bn", "vgg19")):
     for _d in ("cifar10", "cifar100", "tinyimagenet"):
-        ART_PRESETS[f"paper-{_tag}-{_d}"] = _paper(f"paper-{_tag}-{_d}", _m, _d, _opts)
+        ART_PRESETS[f"paper-{_tag}-{_d}"] = _paper(f"paper-{_tag}-{_d}", _m, _d)
 
 
 def art_preset(name: str = "cpu", **changes: Any) -> ARTPreset:
@@ -175,7 +175,7 @@ def run_art(preset: ARTPreset, method: str = "hypersparse", sparsity_: float = 0
         masks = magnitude_masks(model, sparsity_, scope="layer" if method == "layerwise" else "global")
     masks = {k: v.cpu() for k, v in masks.items()}
     pruned = copy.deepcopy(model)
-    FixedMask(masks).on_fit_start(_Bare(pruned))
+    apply_masks(pruned, masks)
     result["acc_pruned"] = evaluate(pruned, data.test)["acc"]
     ft_history = History(meta={"run": name + "-finetune"})
     fit(model, data, epochs=preset.finetune_epochs, pruner=FixedMask(masks), seed=seed, history=ft_history,
@@ -184,14 +184,6 @@ def run_art(preset: ARTPreset, method: str = "hypersparse", sparsity_: float = 0
     result.update({"acc": ft_history.last("acc", "test"), "sparsity": sparsity(masks),
                    "nonzero_sparsity": sparsity(nonzero)})
     return ARTRun(method, sparsity_, seed, history, ft_history, model, masks, result)
-
-
-class _Bare:
-    """The minimal state FixedMask.on_fit_start needs to zero a model outside of fit."""
-
-    def __init__(self, model: nn.Module):
-        self.model = model
-        self.device = next(model.parameters()).device
 
 
 def compare(preset: ARTPreset, methods: Sequence[str] | None = None, sparsities: Sequence[float] | None = None,
