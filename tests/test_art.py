@@ -10,7 +10,7 @@ from torch import nn
 
 import sparselab as sl
 from sparselab.errors import ConfigError, UnknownNameError
-from sparselab.pruners.regularizers import INFLECTION, L1, L2, HyperSparse, magnitude_threshold
+from sparselab.pruners.regularizers import INFLECTION, L1, L2, HyperSparse, banded_threshold, magnitude_threshold
 from sparselab.structure import magnitude_masks, prunable_weights, sparsity
 
 
@@ -86,6 +86,48 @@ def test_threshold_is_the_order_statistic(sizes, rate):
     a = torch.cat([w.abs() for w in weights])
     k = min(int(math.floor(rate * a.numel() + 1e-9)), a.numel() - 1)
     assert magnitude_threshold(weights, rate) == torch.sort(a).values[k].item()
+
+
+@settings(max_examples=40, deadline=None)
+@given(sizes=st.lists(st.integers(1, 300), min_size=1, max_size=4), rate=st.floats(0.0, 0.999),
+       guess_factor=st.floats(0.0, 3.0), width=st.floats(0.001, 0.5))
+def test_banded_threshold_is_the_same_order_statistic(sizes, rate, guess_factor, width):
+    gen = torch.Generator().manual_seed(sum(sizes))
+    weights = [torch.randn(n, generator=gen).abs() for n in sizes]
+    exact = magnitude_threshold(weights, rate)
+    # a guess near the answer takes the band path, a far one falls back; both must give the exact value
+    assert banded_threshold(weights, rate, exact * guess_factor, width) == exact
+    assert banded_threshold(weights, rate, exact * (1 + width / 2), width) == exact
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("cls", [HyperSparse, L1, L2])
+def test_add_gradient_equals_backpropagating_the_penalty(cls, dtype):
+    scale = 3e-3
+    via_loss, direct = tiny_net(dtype=dtype), tiny_net(dtype=dtype)
+    for net in (via_loss, direct):  # both start from the same data gradient
+        net(torch.ones(1, 2, 6, 6, dtype=dtype)).sum().backward()
+    ref, reg = cls(0.9), cls(0.9)
+    value_loss = ref(via_loss)
+    (scale * value_loss).backward()
+    value = reg.add_gradient(direct, scale=scale)
+    assert value == pytest.approx(value_loss.detach().item(), rel=1e-5)
+    assert reg.threshold == ref.threshold or cls is not HyperSparse
+    tol = {"rtol": 1e-4, "atol": 1e-7} if dtype == torch.float32 else {"rtol": 1e-10, "atol": 1e-14}
+    for a, b in zip(via_loss.parameters(), direct.parameters()):
+        torch.testing.assert_close(b.grad, a.grad, **tol)
+
+
+def test_add_gradient_tracks_the_threshold_across_steps():
+    net, reg = tiny_net(), HyperSparse(0.8)
+    opt = torch.optim.SGD(net.parameters(), lr=0.5)
+    for _ in range(5):
+        opt.zero_grad()
+        want = magnitude_threshold(list(prunable_weights(net).values()), 0.8)
+        reg.add_gradient(net, scale=1.0)
+        opt.step()
+        assert reg.threshold == want
+    assert reg._calls == 5
 
 
 def test_l1_and_l2_gradients():

@@ -97,11 +97,12 @@ class ART(Pruner):
     def on_fit_start(self, state: TrainState) -> None:
         self.model = state.model
 
-    def extra_loss(self, state: TrainState) -> torch.Tensor | None:
+    def after_backward(self, state: TrainState) -> None:
+        # λ_e·∇R added straight into the gradients: the same update as backpropagating λ_e·R, without its graph
         e = state.epoch - self.warmup_epochs
         if e < 0 or self.terminated:
-            return None
-        return self.lam(e) * self.regularizer(state.model)
+            return
+        self.regularizer.add_gradient(state.model, scale=self.lam(e))
 
     def on_epoch_end(self, state: TrainState) -> None:
         e = state.epoch - self.warmup_epochs
