@@ -75,6 +75,40 @@ def test_benefit_is_the_loss_decrease_across_a_block(digits):
     assert probes.count == 0 and probes.sums.abs().sum() == 0
 
 
+def test_probe_fraction_measures_on_the_first_part_of_the_batch(digits):
+    model = nano()
+    x, y = digits.train.get_batch(torch.arange(40))
+    part = sl.probes.BlockBenefit(model, num_classes=10, patch_probe="conv1", probe_fraction=0.25)
+    whole = sl.probes.BlockBenefit(model, num_classes=10, patch_probe="conv1")
+    whole.probes.load_state_dict(part.probes.state_dict())
+    with torch.no_grad():
+        model(x)
+        loss = part.probe_loss(y)
+        model(x[:10])  # ⌈0.25·40⌉ = 10 samples
+        want = whole.probe_loss(y[:10])
+    torch.testing.assert_close(loss, want)
+    for v in ("cls", "patch"):
+        torch.testing.assert_close(part.window_mean()[v], whole.window_mean()[v])
+
+
+def test_probe_every_runs_the_probes_on_every_kth_step_only(digits):
+    model = nano()
+    probes = sl.probes.BlockBenefit(model, num_classes=10, patch_probe="linear", probe_every=3)
+    seen, counted = [], []
+
+    class Watch(sl.Pruner):  # runs before the probes' own hooks
+        def after_backward(self, state):
+            seen.append(probes.probes[0].cls.weight.grad is not None)
+
+        def on_epoch_end(self, state):
+            counted.append(probes.count)
+
+    sl.fit(model, digits, epochs=1, batch_size=32, callbacks=[Watch(), probes], progress=False,
+           max_steps_per_epoch=7, log_every=100)
+    assert seen == [step % 3 == 0 for step in range(7)]
+    assert counted == [3]  # the window held steps 0, 3 and 6
+
+
 def test_calibrate_and_measure_before_fine_tuning(digits):
     model = nano()
     probes = sl.probes.BlockBenefit(model, num_classes=10, patch_probe="linear")
@@ -107,5 +141,9 @@ def test_prefix_tokens_and_pooling_are_respected():
 def test_bad_input():
     with pytest.raises(ConfigError, match="num_classes"):
         sl.probes.BlockBenefit(nano(), num_classes=1)
+    with pytest.raises(ConfigError, match="probe_every"):
+        sl.probes.BlockBenefit(nano(), num_classes=10, probe_every=0)
+    with pytest.raises(ConfigError, match="probe_fraction"):
+        sl.probes.BlockBenefit(nano(), num_classes=10, probe_fraction=1.5)
     with pytest.raises(ConfigError, match="VisionTransformer"):
         sl.probes.BlockBenefit(sl.models.create("lenet_300_100"), num_classes=10)

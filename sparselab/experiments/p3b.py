@@ -60,6 +60,7 @@ class P3BPreset:
     schedule: P3BSchedule = P3BSchedule()
     fit: dict = field(default_factory=dict)
     patch_probe: str | None = "conv2"
+    probe_options: dict = field(default_factory=dict)  # e.g. probe_every / probe_fraction for the p3b method
     finetune_epochs: int = 0
     finetune: dict = field(default_factory=dict)
     methods: tuple[str, ...] = ("p3b", "uniform", "global_taylor", "l1", "fixed")
@@ -139,11 +140,12 @@ def fixed_profile(model: nn.Module) -> list[float]:
 
 def run_p3b(preset: P3BPreset, method: str = "p3b", prune_ratio: float = 0.5, seed: int = 0, data=None,
             progress: bool = True, checkpoint_dir: str | None = None, resume: bool = False,
-            latency_batch: int = 1, measure_latency: bool = True) -> P3BRun:
+            latency_batch: int = 1, measure_latency: bool = True, callbacks: Sequence[Any] = ()) -> P3BRun:
     """Fine-tune the preset's source model on its target data while pruning with ``method``, compact it,
     fine-tune the compact model ``preset.finetune_epochs`` more, and measure it.
 
-    ``method="dense"`` fine-tunes without pruning for the same number of epochs (the reference).
+    ``method="dense"`` fine-tunes without pruning for the same number of epochs (the reference). ``callbacks``
+    join the pruning fit (e.g. a step timer).
     """
     if method not in METHODS:
         raise unknown_name("method", method, METHODS)
@@ -163,9 +165,10 @@ def run_p3b(preset: P3BPreset, method: str = "p3b", prune_ratio: float = 0.5, se
         if method == "fixed":
             options["keep_ratios"] = fixed_profile(model)
         pruner = P3B(model, prune_ratio, schedule=preset.schedule, num_classes=data.num_classes,
-                     patch_probe=preset.patch_probe if method == "p3b" else None, **options)
+                     patch_probe=preset.patch_probe if method == "p3b" else None,
+                     **(preset.probe_options if method == "p3b" else {}), **options)
     fit(model, data, epochs=preset.schedule.finalize, pruner=pruner, seed=seed, history=history,
-        progress=progress, checkpoint_dir=checkpoint_dir, resume=resume, **preset.fit)
+        progress=progress, checkpoint_dir=checkpoint_dir, resume=resume, callbacks=list(callbacks), **preset.fit)
     result: dict[str, float] = {"acc_pruned": history.last("acc", "test")}
     if pruner is not None:
         result["achieved_ratio"] = pruner.achieved_prune_ratio()

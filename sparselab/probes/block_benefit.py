@@ -8,6 +8,10 @@ train the backbone) and evaluated on the block's input x_{k-1} and output x_k:
 separately for the class-token probe (ΔΨ^c) and the patch probe (ΔΨ^p). Benefits are summed over a window
 of steps and averaged when read; under torchrun sums, counts and probe gradients are all-reduced.
 
+The reference estimator evaluates every probe on the whole batch at every step. Two knobs make it cheaper
+(``benchmarks/bench_p3b_probes.py`` measures cost and agreement with the reference): ``probe_every=k`` trains and
+measures the probes on every k-th step only, ``probe_fraction=f`` on the first ⌈f·B⌉ samples of each batch.
+
 :class:`BlockBenefit` is a training plug-in: pass it to :func:`sparselab.fit` as a callback to record benefits
 during ordinary fine-tuning (``log_every`` steps and at every epoch end), or let :class:`sparselab.P3B` drive it.
 
@@ -22,6 +26,7 @@ Example:
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -51,12 +56,20 @@ class BlockBenefit(WindowedRecorder):
             end of an epoch); None: at epoch ends only. Use :meth:`calibrate` and :meth:`measure` for benefits
             before fine-tuning.
         structure: an existing :class:`ViTStructure` of ``model`` (to share one).
+        probe_every: train and measure the probes on every this many training steps (1: every step, the reference).
+        probe_fraction: share of each batch the probes see, in (0, 1] (1: the whole batch, the reference).
     """
 
     def __init__(self, model: nn.Module, num_classes: int, patch_probe: str | None = "conv2",
-                 log_every: int | None = None, structure: ViTStructure | None = None):
+                 log_every: int | None = None, structure: ViTStructure | None = None, probe_every: int = 1,
+                 probe_fraction: float = 1.0):
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
             raise ConfigError(f"num_classes must be an integer >= 2, got {num_classes!r}")
+        if isinstance(probe_every, bool) or not isinstance(probe_every, int) or probe_every < 1:
+            raise ConfigError(f"probe_every must be an integer >= 1 (1 = every step), got {probe_every!r}")
+        if not 0 < probe_fraction <= 1:
+            raise ConfigError(f"probe_fraction must lie in (0, 1] (1 = the whole batch), got {probe_fraction!r}")
+        self.probe_every, self.probe_fraction = probe_every, float(probe_fraction)
         self.structure = structure or ViTStructure(model)
         s = self.structure
         self.num_classes = num_classes
@@ -91,6 +104,9 @@ class BlockBenefit(WindowedRecorder):
         s = self.structure
         if len(stream) != len(s.blocks) + 1:
             raise RuntimeError("BlockBenefit saw no complete forward pass; is the model the one it was built on?")
+        if self.probe_fraction < 1:
+            n = max(1, math.ceil(self.probe_fraction * len(targets)))
+            stream, targets = [x[:n] for x in stream], targets[:n]
         total = stream[0].new_zeros(())
         deltas = torch.zeros(len(VARIANTS), len(s.blocks), dtype=torch.float64)
         for k, pair in enumerate(self.probes):
@@ -116,7 +132,13 @@ class BlockBenefit(WindowedRecorder):
     def param_groups(self, groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return groups + [{"params": list(self.probes.parameters()), "weight_decay": 0.0}]
 
-    def extra_loss(self, state: TrainState) -> torch.Tensor:
+    def probes_this_step(self, state: TrainState) -> bool:
+        """Whether the probes run on the current step (``probe_every``)."""
+        return state.step % self.probe_every == 0
+
+    def extra_loss(self, state: TrainState) -> torch.Tensor | None:
+        if not self.probes_this_step(state):
+            return None
         self.probes.train()
         return self.probe_loss(state.targets)
 

@@ -55,6 +55,8 @@ class P3B(Pruner):
         criterion: ``taylor`` (Σ(m·∂L/∂m)² over the window) or ``l1`` (structured weight magnitude).
         keep_ratios: per-block keep-ratio profile for ``allocation="fixed"`` (length 2·depth).
         patch_probe: ``conv2`` (reference), ``conv1``, ``linear`` or None (class-token probe only).
+        probe_every, probe_fraction: run the probes on every k-th step only / on a share of each batch
+            (cheaper benefit estimates; see :class:`sparselab.probes.BlockBenefit`). Default: the reference.
         benefit_scale: T in z = T·ΔΨ/max ΔΨ and in the soft clip (default 10).
         per_parameter: divide the benefit by the ``remaining`` (reference) or ``dense`` parameter count.
         momentum: γ of the importance momentum across updates (0.2).
@@ -68,7 +70,7 @@ class P3B(Pruner):
                  keep_ratios: Sequence[float] | None = None, patch_probe: str | None = "conv2",
                  benefit_scale: float = 10.0, per_parameter: str = "remaining", momentum: float = 0.2,
                  class_weight: float = 0.5, gate_factors: Mapping[str, float] | None = None,
-                 blocks_only: bool = False):
+                 blocks_only: bool = False, probe_every: int = 1, probe_fraction: float = 1.0):
         self.prune_ratio = check_ratio("prune_ratio", prune_ratio)
         for name, value, allowed in (("allocation", allocation, ALLOCATIONS), ("criterion", criterion, CRITERIA),
                                      ("per_parameter", per_parameter, PER_PARAMETER)):
@@ -102,12 +104,15 @@ class P3B(Pruner):
                               f"at most {most:.3f} of {'the blocks' if blocks_only else 'the model'} is prunable")
 
         self.gates = Gates(s)
+        if criterion != "taylor":  # only the Taylor criterion reads the gates' gradients
+            self.gates.requires_grad_(False)
         n_cls = num_classes if num_classes is not None else getattr(model, "num_classes", None)
         self.probes: BlockBenefit | None = None
         if allocation == "benefit":
             if not isinstance(n_cls, int) or n_cls < 2:
                 raise ConfigError("P3B needs num_classes (the model has no num_classes attribute)")
-            self.probes = BlockBenefit(model, n_cls, patch_probe=patch_probe, structure=s)
+            self.probes = BlockBenefit(model, n_cls, patch_probe=patch_probe, structure=s, probe_every=probe_every,
+                                       probe_fraction=probe_fraction)
             self.probes.accumulate = False
         self.steps: P3BSteps | None = None
         self.finalized = False
@@ -146,7 +151,7 @@ class P3B(Pruner):
                           f"{self.schedule.finalize}); masks stay soft", stacklevel=3)
 
     def param_groups(self, groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        groups = groups + [{"params": list(self.gates.parameters()), "lr": 0.0, "weight_decay": 0.0}]
+        # the gates stay out of the optimizer (they are set, never stepped); their gradients are cleared in after_step
         return self.probes.param_groups(groups) if self.probes is not None else groups
 
     def extra_loss(self, state: TrainState) -> torch.Tensor | None:
@@ -157,19 +162,22 @@ class P3B(Pruner):
 
     def after_backward(self, state: TrainState) -> None:
         if state.world_size > 1:
-            params = list(self.gates.parameters())
+            params = [p for p in self.gates.parameters() if p.requires_grad]
             if self.probes is not None and not self.finalized:
                 params += list(self.probes.probes.parameters())
             all_reduce_mean_grads(params, state.world_size)
 
     @torch.no_grad()
     def after_step(self, state: TrainState) -> None:
-        if self.finalized or not self.steps.in_window(state.step):
-            return
-        if self.criterion == "taylor":
+        collect = not self.finalized and self.steps.in_window(state.step)
+        if collect and self.criterion == "taylor":
             for key, p in self.gates.values.items():
                 if p.grad is not None:
                     self._taylor[key] += (p.detach() * p.grad).double().pow(2).cpu()
+        for p in self.gates.parameters():
+            p.grad = None
+        if not collect:
+            return
         self._count += 1
         if self.steps.is_update(state.step):
             self.update(state)

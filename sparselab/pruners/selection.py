@@ -47,8 +47,9 @@ def masks_for_threshold(gates: list[str], sizes: Mapping[str, int], order: torch
                         t: int) -> dict[str, torch.Tensor]:
     """Boolean masks with the first ``t`` sorted elements removed."""
     masks = {g: torch.ones(sizes[g], dtype=torch.bool) for g in gates}
-    for gi, ei in order[:t].tolist():
-        masks[gates[gi]][ei] = False
+    removed = order[:t]
+    for i, g in enumerate(gates):
+        masks[g][removed[removed[:, 0] == i, 1]] = False
     return masks
 
 
@@ -90,6 +91,8 @@ def soft_masks(gates: list[str], sizes: Mapping[str, int], order: torch.Tensor, 
     else:
         m = (j > t).double()
     values = {g: torch.ones(sizes[g], dtype=torch.float32) for g in gates}
-    for (gi, ei), v in zip(order.tolist(), m.tolist()):
-        values[gates[gi]][ei] = v
+    m = m.float()
+    for i, g in enumerate(gates):
+        mine = order[:, 0] == i
+        values[g][order[mine, 1]] = m[mine]
     return values

@@ -1,8 +1,8 @@
 """Gate vectors attached to a ViT with forward hooks (no replaced forward methods).
 
 Each gate is an ``nn.Parameter`` that multiplies an activation (see :mod:`sparselab.structure.vit`). Gates
-receive gradients (the Taylor criterion reads ``m * dL/dm``) but are never moved by the optimizer: put
-:meth:`Gates.parameters` in a parameter group with ``lr=0`` and no weight decay. "Kept" means value >= 0.5.
+receive gradients (the Taylor criterion reads ``m * dL/dm``) but are never moved by an optimizer: keep them out of
+it and clear their ``.grad`` after reading it. "Kept" means value >= 0.5.
 
 Example:
     >>> import timm, torch
