@@ -100,7 +100,7 @@ def main():
     rows = [bench(name, *spec, repeats=repeats) for name, spec in MODELS.items()]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"repeats": repeats, "threads": 2, "rows": rows}, indent=2))
+    out.write_text(json.dumps({"quick": args.quick, "repeats": repeats, "threads": 2, "rows": rows}, indent=2))
     print(f"{'model':24s} {'step s':>8s} {'in place':>9s} {'loss path':>10s} {'reference':>10s} {'vs ref':>7s}")
     for r in rows:
         print(f"{r['model']:24s} {r['step_s']:8.4f} {r['ours_share_of_step']:9.1%} "

@@ -86,7 +86,10 @@ def _cmd_p3b(args) -> int:
     preset = preset.replace(data_options=data_options, fit=fit_options, finetune=finetune, schedule=schedule,
                             finetune_epochs=args.finetune_epochs if args.finetune_epochs is not None
                             else preset.finetune_epochs,
-                            patch_probe=None if args.patch_probe == "none" else (args.patch_probe or preset.patch_probe))
+                            patch_probe=None if args.patch_probe == "none" else (args.patch_probe or preset.patch_probe),
+                            probe_options={**preset.probe_options,
+                                           **({"probe_every": args.probe_every} if args.probe_every else {}),
+                                           **({"probe_fraction": args.probe_fraction} if args.probe_fraction else {})})
     out = Path(args.out)
     run = run_p3b(preset, args.method, args.prune_ratio, args.seed, checkpoint_dir=str(out / "checkpoint"),
                   resume=args.resume, measure_latency=not args.no_latency)
@@ -227,6 +230,10 @@ def build_parser() -> argparse.ArgumentParser:
     pb.add_argument("--schedule", default=None, help="warmup,sparsify,finalize epochs, e.g. 10,25,50")
     pb.add_argument("--finetune-epochs", type=int, default=None)
     pb.add_argument("--patch-probe", default=None, help="conv2, conv1, linear or none")
+    pb.add_argument("--probe-every", type=int, default=None,
+                    help="run the benefit probes on every k-th step only (default 1: every step)")
+    pb.add_argument("--probe-fraction", type=float, default=None,
+                    help="share of each batch the probes see, in (0, 1] (default 1)")
     pb.add_argument("--no-latency", action="store_true")
     pb.add_argument("--out", default="runs/p3b")
     pb.add_argument("--resume", action="store_true")

@@ -18,6 +18,7 @@ part       in the compact block
 ``ls2``    ``Sequential(ScatterChannels(kept mlp_out, D), LayerScale or Identity)``
 =========  ===========================================================================================
 
+Where a gate keeps every channel, its ``SelectChannels``/``ScatterChannels`` is an ``Identity`` (no copy).
 A branch that keeps nothing in one of its gates no longer depends on its input: its norm and LayerScale become
 ``Identity`` and the branch becomes a :class:`ConstantBranch` that adds the (LayerScale-folded) constant the
 masked branch produces, held only for the kept output channels (zero values when ``attn_out``/``mlp_out`` is
@@ -98,7 +99,7 @@ class ScatterChannels(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = x.new_zeros(*x.shape[:-1], self.dim)
-        return out.index_copy(out.dim() - 1, self.index, x)
+        return out.index_copy_(out.dim() - 1, self.index, x)
 
     def extra_repr(self) -> str:
         return f"{self.index.numel()} -> {self.dim} channels"
@@ -320,9 +321,18 @@ def _compact_attn(blk: nn.Module, m: dict[str, torch.Tensor], heads: int, head_d
     if qk_norm:
         for name, scale in (("q_norm", q_scale), ("k_norm", 1.0)):
             new.add_module(name, _padded_norm(getattr(attn, name), i_hd, head_dim, scale, name))
-    norm1 = nn.Sequential(_fresh(blk.norm1), SelectChannels(i_in.to(ref.device)))
-    ls1 = nn.Sequential(ScatterChannels(i_out.to(ref.device), dim), _fresh(blk.ls1))
+    norm1 = nn.Sequential(_fresh(blk.norm1), _select(i_in.to(ref.device), dim))
+    ls1 = nn.Sequential(_scatter(i_out.to(ref.device), dim), _fresh(blk.ls1))
     return norm1, new, ls1
+
+
+def _select(index: torch.Tensor, dim: int) -> nn.Module:
+    # all channels kept: no copy at all (indices from _kept are sorted, so a full set is the identity)
+    return nn.Identity() if index.numel() == dim else SelectChannels(index)
+
+
+def _scatter(index: torch.Tensor, dim: int) -> nn.Module:
+    return nn.Identity() if index.numel() == dim else ScatterChannels(index, dim)
 
 
 def _padded_norm(norm: nn.Module, kept: torch.Tensor, full: int, scale: float, name: str) -> ZeroPaddedLayerNorm:
@@ -367,8 +377,8 @@ def _compact_mlp(blk: nn.Module, m: dict[str, torch.Tensor], dim: int):
         _copy_param(new.fc1.bias, None if mlp.fc1.bias is None else _rows(mlp.fc1.bias, i_hid), mlp.fc1.bias)
         _copy_param(new.fc2.weight, _cols(_rows(mlp.fc2.weight, i_out), i_hid), mlp.fc2.weight)
         _copy_param(new.fc2.bias, None if mlp.fc2.bias is None else _rows(mlp.fc2.bias, i_out), mlp.fc2.bias)
-    norm2 = nn.Sequential(_fresh(blk.norm2), SelectChannels(i_in.to(ref.device)))
-    ls2 = nn.Sequential(ScatterChannels(i_out.to(ref.device), dim), _fresh(blk.ls2))
+    norm2 = nn.Sequential(_fresh(blk.norm2), _select(i_in.to(ref.device), dim))
+    ls2 = nn.Sequential(_scatter(i_out.to(ref.device), dim), _fresh(blk.ls2))
     return norm2, new, ls2
 
 

@@ -1,0 +1,134 @@
+"""Run every benchmark (each in its own process) and write benchmarks/RESULTS.md from their JSON results.
+
+Usage:
+    python benchmarks/run_all.py            # the full measurements (about an hour on 2 cores)
+    python benchmarks/run_all.py --quick    # a few minutes: shorter runs, fewer repeats, one seed
+    python benchmarks/run_all.py --render   # only rewrite RESULTS.md from benchmarks/results/*.json
+    python benchmarks/run_all.py --only hypersparse history
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+BENCHMARKS = {  # name: script
+    "hypersparse": "bench_hypersparse.py",
+    "p3b_probes": "bench_p3b_probes.py",
+    "compact_latency": "bench_compact_latency.py",
+    "history": "bench_history.py",
+}
+
+
+def run(names: list[str], quick: bool) -> None:
+    env = {**os.environ, "SPARSELAB_OFFLINE": os.environ.get("SPARSELAB_OFFLINE", "1")}
+    for name in names:
+        cmd = [sys.executable, str(HERE / BENCHMARKS[name]), "--out", str(RESULTS / f"{name}.json")]
+        if quick:
+            cmd.append("--quick")
+        print(f"== {name}: {' '.join(cmd[1:])}", flush=True)
+        t0 = time.perf_counter()
+        subprocess.run(cmd, check=True, env=env)
+        print(f"== {name}: {time.perf_counter() - t0:.0f} s", flush=True)
+
+
+def _load(name: str) -> dict | None:
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _met(ok: bool) -> str:
+    return "**yes**" if ok else "no"
+
+
+def render() -> str:
+    parts = ["# Benchmark results", "",
+             "Written by `python benchmarks/run_all.py` from `benchmarks/results/*.json`. Measured on the project's "
+             "2-core CPU machine with `torch.set_num_threads(2)`; every number is a ratio of timings taken in the "
+             "same run (absolute times on this shared machine are noise). A `(quick)` tag marks results of "
+             "`--quick`, which shortens runs and repeats.", ""]
+    hs = _load("hypersparse")
+    if hs:
+        parts += [f"## HyperSparse overhead per training step{' (quick)' if hs.get('quick') else ''}", "",
+                  "Share of one plain training step (forward, backward, SGD step). *in place*: "
+                  "`HyperSparse.add_gradient` (what ART trains with: banded exact threshold, sigmoid-based gradient "
+                  "into `.grad`); *loss path*: the same regularizer backpropagated as a loss (np.partition "
+                  "threshold, per-tensor sums); *reference*: full `torch.sort` and one concatenated copy. "
+                  "Goal: ≤ 5 % for ResNet-32 and VGG-19.", ""]
+        rows = []
+        for r in hs["rows"]:
+            goal = "resnet32 (" in r["model"] or "vgg19" in r["model"]
+            rows.append([r["model"], f"{r['ours_share_of_step']:.1%}", f"{r['loss_path_share_of_step']:.1%}",
+                         f"{r['reference_share_of_step']:.1%}", f"{r['speedup_vs_loss_path']:.1f}x",
+                         f"{r['speedup_vs_reference']:.1f}x",
+                         _met(r["ours_share_of_step"] <= 0.05) if goal else "–"])
+        parts += [_table(["model", "in place / step", "loss path / step", "reference / step",
+                          "in place vs loss path", "in place vs reference", "≤ 5 %"], rows), ""]
+    pb = _load("p3b_probes")
+    if pb:
+        parts += [f"## P3B step cost and cheaper block-benefit estimators{' (quick)' if pb.get('quick') else ''}",
+                  "",
+                  f"P3B at 50 % on the `{pb['preset']}` preset, seeds {pb['seeds']}. Step cost: mean training step "
+                  "over the whole pruning run relative to plain fine-tuning of the same model. ρ: Spearman "
+                  "correlation with the reference run of the same seed (final per-block keep ratios; block "
+                  "importance averaged over all updates). Δacc: compact model after its fine-tune, mean over seeds, "
+                  f"minus the reference's (reference seed std: {pb['reference_acc_seed_std'] * 100:.2f} points). "
+                  "Goal: ≤ 1.3x plain with keep-ratio ρ ≥ 0.9 and Δacc within seed noise.", ""]
+        rows = []
+        noise = pb["reference_acc_seed_std"]
+        for r in pb["rows"]:
+            has = "keep_spearman" in r
+            ok = has and r["step_ratio"] <= 1.3 and r["keep_spearman"] >= 0.9 and abs(r["acc_diff"]) <= 2 * noise
+            rows.append([r["estimator"], f"{r['step_ratio']:.2f}x",
+                         f"{r['keep_spearman']:.2f}" if has else "–", f"{r['benefit_spearman']:.2f}" if has else "–",
+                         f"{r['acc'] * 100:.2f}", f"{r['acc_diff'] * 100:+.2f}", _met(ok) if has else "–"])
+        parts += [_table(["estimator", "step / plain", "keep ρ", "benefit ρ", "acc %", "Δacc (points)",
+                          "goal"], rows), ""]
+    cl = _load("compact_latency")
+    if cl:
+        parts += ["## Compact-model CPU latency (P3B-compacted DeiT, random weights, 224 px)", "",
+                  "Forward time of the compact model against the dense one (interleaved, median), and the ideal "
+                  "speed-up from the multiply-accumulate count. Goal: speed-up within 15 % of the ideal.", ""]
+        rows = [[r["model"], f"{r['prune_ratio']:.0%}", str(r["batch"]), f"{r['dense_ms']:.1f}",
+                 f"{r['compact_ms']:.1f}", f"{r['params_ratio']:.2f}", f"{r['speedup']:.2f}x",
+                 f"{r['ideal_speedup']:.2f}x", f"{r['speedup_over_ideal']:.0%}", _met(r["speedup_over_ideal"] >= 0.85)]
+                for r in cl["rows"]]
+        parts += [_table(["model", "pruned", "batch", "dense ms", "compact ms", "params kept", "speed-up",
+                          "ideal", "of ideal", "≥ 85 %"], rows), ""]
+    hi = _load("history")
+    if hi:
+        parts += ["## History recording overhead", "",
+                  "Time inside the recording code (outermost calls) as a share of the whole fit. Goal: ≤ 2 %.", ""]
+        rows = [[r["case"], f"{r['recording_s'] * 1000:.0f} ms", f"{r['fit_s']:.1f} s", f"{r['share']:.2%}",
+                 str(r["rows"]["events"]), str(r["rows"]["blocks"]), _met(r["share"] <= 0.02)] for r in hi["rows"]]
+        parts += [_table(["run", "recording", "fit", "share", "events", "block rows", "≤ 2 %"], rows), ""]
+    return "\n".join(parts)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="shorter runs and fewer repeats (a few minutes)")
+    parser.add_argument("--render", action="store_true", help="only rewrite RESULTS.md from the JSON results")
+    parser.add_argument("--only", nargs="+", choices=sorted(BENCHMARKS), help="run only these benchmarks")
+    args = parser.parse_args()
+    if not args.render:
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        run(args.only or list(BENCHMARKS), args.quick)
+    (HERE / "RESULTS.md").write_text(render() + "\n")
+    print(f"wrote {HERE / 'RESULTS.md'}")
+
+
+if __name__ == "__main__":
+    main()
