@@ -1,16 +1,17 @@
 """P3B training-step cost against plain fine-tuning, and cheaper block-benefit estimators against the reference.
 
-Every estimator runs the same P3B transfer experiment (the ``cpu`` preset: Fashion-MNIST ViT pruned to 50 % while
-fine-tuned on digits) with the same seeds. Reported per estimator:
+Two passes over the same estimators:
 
-- step cost: mean CPU time of a training step (data, forward, backward, probes, gates, optimizer; epoch-end
-  evaluations excluded) over the whole pruning run, divided by that of plain fine-tuning of the same model.
-  Process CPU time, not wall time: runs follow each other, and on this shared machine the wall time of one run
-  against the next drifts by tens of percent with the neighbours' load;
-- agreement with the reference run of the same seed: Spearman correlation of the final per-block keep ratios and of
-  the benefit ranking (the block importance averaged over all updates), averaged over seeds;
-- accuracy: the compact model's test accuracy after its fine-tune, mean over seeds, and its difference to the
-  reference against the reference's seed spread.
+- step cost: P3B with each estimator prunes the ``cpu`` preset's model (Fashion-MNIST ViT on digits, 50 %) over a
+  shortened schedule (warm-up, sparsify and finalize phases all present); after every P3B step a plain fine-tuning
+  step of a second copy of the model runs on the same batch. The ratio is the summed wall time of the P3B steps
+  (data, forward, backward, probes, gates, optimizer, mask updates; epoch-end evaluations excluded) over that of
+  the plain steps. Interleaving step by step keeps the neighbours' load on this shared machine out of the ratio;
+  ``dense`` (no pruner) is the control and should read 1.0;
+- agreement: the full ``cpu`` preset run with every estimator and each seed; Spearman correlation with the reference
+  run of the same seed of the final per-block keep ratios and of the benefit ranking (block importance averaged over
+  all updates), averaged over seeds; the compact model's test accuracy after its fine-tune, mean over seeds, and its
+  difference to the reference's against the reference's seed spread.
 
 ``uniform`` (the same gates and Taylor selection, no probes) separates the cost of the probes from that of the
 masking machinery.
@@ -33,37 +34,49 @@ import sparselab as sl
 from sparselab.experiments.p3b import load_data, p3b_preset, run_p3b
 from sparselab.training.pruner import Pruner
 
-ESTIMATORS: dict[str, dict] = {  # name: (patch probe, BlockBenefit options)
+ESTIMATORS: dict[str, dict] = {  # name: patch probe and BlockBenefit options (class-token probes always run)
     "reference (conv2, every step, whole batch)": dict(patch_probe="conv2"),
     "conv1 patch probe": dict(patch_probe="conv1"),
     "linear patch probe": dict(patch_probe="linear"),
     "class-token probe only": dict(patch_probe=None),
-    "conv2, every 4th step": dict(patch_probe="conv2", probe_every=4),
-    "conv2, 1/4 of the batch": dict(patch_probe="conv2", probe_fraction=0.25),
-    "conv2, every 4th step, 1/4 of the batch": dict(patch_probe="conv2", probe_every=4, probe_fraction=0.25),
-    "conv2, every 8th step, 1/4 of the batch": dict(patch_probe="conv2", probe_every=8, probe_fraction=0.25),
+    "conv2 patch probe, every 4th step": dict(patch_probe="conv2", probe_every=4),
+    "conv2 patch probe, 1/4 of the batch": dict(patch_probe="conv2", probe_fraction=0.25),
+    "conv2 patch probe, every 4th step, 1/4 of the batch": dict(patch_probe="conv2", probe_every=4,
+                                                                probe_fraction=0.25),
+    "conv2 patch probe, every 8th step, 1/4 of the batch": dict(patch_probe="conv2", probe_every=8,
+                                                                probe_fraction=0.25),
 }
 REFERENCE = next(iter(ESTIMATORS))
 
 
-class StepClock(Pruner):
-    """Process CPU time between consecutive optimizer steps, leaving out the epoch ends (evaluation)."""
+class LockstepClock(Pruner):
+    """After every step of the run it joins, times one plain fine-tuning step of its own model on the same batch;
+    sums both, leaving out the epoch ends (evaluation)."""
 
-    def __init__(self):
-        self.intervals: list[float] = []
-        self._last: float | None = None
-
-    def on_fit_start(self, state) -> None:
-        self._last = None
+    def __init__(self, plain: torch.nn.Module, lr: float, weight_decay: float):
+        self.plain = plain
+        self.optimizer = torch.optim.AdamW(plain.parameters(), lr=lr, weight_decay=weight_decay)
+        self.run_s = self.plain_s = 0.0
+        self.steps = 0
+        self._end: float | None = None
 
     def after_step(self, state) -> None:
-        now = time.process_time()
-        if self._last is not None:
-            self.intervals.append(now - self._last)
-        self._last = now
+        start = time.perf_counter()
+        if self._end is not None:
+            self.run_s += start - self._end
+            self.plain.train()
+            x, y = state.inputs.detach().clone(), state.targets
+            loss = torch.nn.functional.cross_entropy(self.plain(x), y)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            loss.item()
+            self.steps += 1
+            self.plain_s += time.perf_counter() - start
+        self._end = time.perf_counter()
 
     def on_epoch_end(self, state) -> None:
-        self._last = None
+        self._end = None
 
     def state_dict(self):
         return {}
@@ -83,19 +96,42 @@ def mean_importance(history: sl.History) -> np.ndarray:
     return imp.groupby("block").value.mean().sort_index().to_numpy()
 
 
-def one_run(preset, method, seed, data, options):
-    clock = StepClock()
+def make_model(preset, data):
+    return sl.models.create(preset.model, num_classes=data.num_classes, in_chans=data.in_chans,
+                            pretrained=preset.pretrained, recipe=preset.recipe)
+
+
+def step_cost(preset, data, method: str, options: dict, max_steps: int | None) -> dict:
+    """P3B steps over interleaved plain steps, on a shortened schedule (see the module docstring)."""
+    schedule = sl.P3BSchedule(warmup=1, sparsify=2, finalize=3, updates_per_epoch=preset.schedule.updates_per_epoch)
+    torch.manual_seed(0)
+    model, plain = make_model(preset, data), make_model(preset, data)
+    pruner = None
+    if method != "dense":
+        probe = dict(options)
+        patch = probe.pop("patch_probe", None)
+        pruner = sl.P3B(model, 0.5, schedule=schedule, allocation=method, num_classes=data.num_classes,
+                        patch_probe=patch, **probe)
+    clock = LockstepClock(plain, lr=preset.fit["lr"], weight_decay=preset.fit["weight_decay"])
+    fit_options = {**preset.fit, "max_steps_per_epoch": max_steps}
+    sl.fit(model, data, epochs=schedule.finalize, pruner=pruner, callbacks=[clock], progress=False, seed=0,
+           **fit_options)
+    return {"step_ratio": clock.run_s / clock.plain_s, "steps": clock.steps, "plain_step_ms": clock.plain_s /
+            clock.steps * 1000}
+
+
+def agreement_run(preset, method, seed, data, options):
     probe = dict(options)
     patch = probe.pop("patch_probe", preset.patch_probe)
-    run = run_p3b(preset.replace(patch_probe=patch, probe_options=probe), method, 0.5, seed, data=data,
-                  progress=False, measure_latency=False, callbacks=[clock])
-    return run, statistics.fmean(clock.intervals)
+    return run_p3b(preset.replace(patch_probe=patch, probe_options=probe), method, 0.5, seed, data=data,
+                   progress=False, measure_latency=False)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="one seed and a shortened schedule")
     parser.add_argument("--out", default="benchmarks/results/p3b_probes.json")
+    parser.add_argument("--cost-only", action="store_true", help="only the step-cost pass (prints, writes nothing)")
     args = parser.parse_args()
     torch.set_num_threads(2)
     preset = p3b_preset("cpu")
@@ -106,32 +142,36 @@ def main():
         preset = preset.replace(seeds=(0, 1, 2))
     data = load_data(preset)
     seeds = list(preset.seeds)
-    plain, rows = {}, {}
-    for seed in seeds:
-        _, plain[seed] = one_run(preset, "dense", seed, data, {})
-    jobs = [("uniform (no probes)", "uniform", {})] + [(name, "p3b", opts) for name, opts in ESTIMATORS.items()]
-    runs = {}
+    jobs = [("dense (control)", "dense", {}), ("uniform (no probes)", "uniform", {})] + \
+        [(name, "benefit", opts) for name, opts in ESTIMATORS.items()]
+    costs = {}
     for name, method, opts in jobs:
+        costs[name] = step_cost(preset, data, method, opts, 12 if args.quick else None)
+        print(f"{name:44s} step {costs[name]['step_ratio']:.2f}x plain ({costs[name]['steps']} steps)", flush=True)
+    if args.cost_only:
+        return
+    runs, rows = {}, {}
+    for name, method, opts in jobs[2:]:
         for seed in seeds:
-            run, step = one_run(preset, method, seed, data, opts)
+            run = agreement_run(preset, "p3b", seed, data, opts)
             runs[name, seed] = run
-            rows.setdefault(name, []).append({"seed": seed, "step_ratio": step / plain[seed], "acc": run.result["acc"],
+            rows.setdefault(name, []).append({"seed": seed, "acc": run.result["acc"],
                                               "achieved_ratio": run.result["achieved_ratio"]})
-            print(f"{name:44s} seed {seed}: step {step / plain[seed]:.2f}x plain, acc {run.result['acc']:.4f}",
-                  flush=True)
+            print(f"{name:44s} seed {seed}: acc {run.result['acc']:.4f}", flush=True)
     table = []
     ref_acc = [r["acc"] for r in rows[REFERENCE]]
     for name, method, _ in jobs:
-        entry = {"estimator": name, "step_ratio": statistics.fmean(r["step_ratio"] for r in rows[name]),
-                 "acc": statistics.fmean(r["acc"] for r in rows[name]), "per_seed": rows[name]}
-        entry["acc_diff"] = entry["acc"] - statistics.fmean(ref_acc)
-        if method == "p3b":
-            keep = [spearmanr(keep_ratios(runs[name, s].history), keep_ratios(runs[REFERENCE, s].history))[0]
-                    for s in seeds]
-            rank = [spearmanr(mean_importance(runs[name, s].history),
-                              mean_importance(runs[REFERENCE, s].history))[0] for s in seeds]
-            entry["keep_spearman"] = float(np.mean(keep))
-            entry["benefit_spearman"] = float(np.mean(rank))
+        entry = {"estimator": name, **costs[name]}
+        if name in rows:
+            entry["acc"] = statistics.fmean(r["acc"] for r in rows[name])
+            entry["acc_diff"] = entry["acc"] - statistics.fmean(ref_acc)
+            entry["per_seed"] = rows[name]
+            entry["keep_spearman"] = float(np.mean([
+                spearmanr(keep_ratios(runs[name, s].history), keep_ratios(runs[REFERENCE, s].history))[0]
+                for s in seeds]))
+            entry["benefit_spearman"] = float(np.mean([
+                spearmanr(mean_importance(runs[name, s].history), mean_importance(runs[REFERENCE, s].history))[0]
+                for s in seeds]))
         table.append(entry)
     seed_std = statistics.stdev(ref_acc) if len(ref_acc) > 1 else float("nan")
     out = Path(args.out)
@@ -140,9 +180,10 @@ def main():
                                "reference_acc_seed_std": seed_std, "rows": table}, indent=2))
     print(f"\nreference accuracy seed std: {seed_std:.4f}")
     print(f"{'estimator':44s} {'step/plain':>10s} {'keep rho':>9s} {'benefit rho':>12s} {'acc':>7s} {'Δacc':>7s}")
+    nan = float("nan")
     for e in table:
-        print(f"{e['estimator']:44s} {e['step_ratio']:9.2f}x {e.get('keep_spearman', float('nan')):9.2f} "
-              f"{e.get('benefit_spearman', float('nan')):12.2f} {e['acc']:7.4f} {e['acc_diff']:+7.4f}")
+        print(f"{e['estimator']:44s} {e['step_ratio']:9.2f}x {e.get('keep_spearman', nan):9.2f} "
+              f"{e.get('benefit_spearman', nan):12.2f} {e.get('acc', nan):7.4f} {e.get('acc_diff', nan):+7.4f}")
 
 
 if __name__ == "__main__":

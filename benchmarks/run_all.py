@@ -80,11 +80,12 @@ def render() -> str:
     if pb:
         parts += [f"## P3B step cost and cheaper block-benefit estimators{' (quick)' if pb.get('quick') else ''}",
                   "",
-                  f"P3B at 50 % on the `{pb['preset']}` preset, seeds {pb['seeds']}. Step cost: mean training step "
-                  "over the whole pruning run relative to plain fine-tuning of the same model. ρ: Spearman "
-                  "correlation with the reference run of the same seed (final per-block keep ratios; block "
-                  "importance averaged over all updates). Δacc: compact model after its fine-tune, mean over seeds, "
-                  f"minus the reference's (reference seed std: {pb['reference_acc_seed_std'] * 100:.2f} points). "
+                  f"P3B at 50 % on the `{pb['preset']}` preset. Step cost: wall time of the P3B steps over that of "
+                  "plain fine-tuning steps interleaved with them on the same batches (`dense` is the control). "
+                  f"Agreement over seeds {pb['seeds']}: ρ is the Spearman correlation with the reference run of the "
+                  "same seed (final per-block keep ratios; block importance averaged over all updates); Δacc is the "
+                  "compact model's test accuracy after its fine-tune, mean over seeds, minus the reference's "
+                  f"(reference seed std: {pb['reference_acc_seed_std'] * 100:.2f} points). "
                   "Goal: ≤ 1.3x plain with keep-ratio ρ ≥ 0.9 and Δacc within seed noise.", ""]
         rows = []
         noise = pb["reference_acc_seed_std"]
@@ -93,7 +94,8 @@ def render() -> str:
             ok = has and r["step_ratio"] <= 1.3 and r["keep_spearman"] >= 0.9 and abs(r["acc_diff"]) <= 2 * noise
             rows.append([r["estimator"], f"{r['step_ratio']:.2f}x",
                          f"{r['keep_spearman']:.2f}" if has else "–", f"{r['benefit_spearman']:.2f}" if has else "–",
-                         f"{r['acc'] * 100:.2f}", f"{r['acc_diff'] * 100:+.2f}", _met(ok) if has else "–"])
+                         f"{r['acc'] * 100:.2f}" if has else "–", f"{r['acc_diff'] * 100:+.2f}" if has else "–",
+                         _met(ok) if has else "–"])
         parts += [_table(["estimator", "step / plain", "keep ρ", "benefit ρ", "acc %", "Δacc (points)",
                           "goal"], rows), ""]
     cl = _load("compact_latency")

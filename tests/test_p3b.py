@@ -225,7 +225,7 @@ def test_a_block_whose_benefit_rises_after_pruning_gets_its_elements_back():
         pruner.probes.sums = torch.zeros(2, k, dtype=torch.float64)
         pruner.probes.sums[0] = 1.0
         pruner.probes.sums[0, late] = late_benefit
-        pruner.probes.count = 1
+        pruner.probes.counts = torch.ones(2, dtype=torch.float64)
         pruner._taylor = {key: v.clone() for key, v in fixed_scores.items()}
         pruner._count = 1
         st.step = step

@@ -75,38 +75,51 @@ def test_benefit_is_the_loss_decrease_across_a_block(digits):
     assert probes.count == 0 and probes.sums.abs().sum() == 0
 
 
-def test_probe_fraction_measures_on_the_first_part_of_the_batch(digits):
+def test_patch_samples_give_the_patch_probes_the_first_part_of_the_batch(digits):
     model = nano()
     x, y = digits.train.get_batch(torch.arange(40))
-    part = sl.probes.BlockBenefit(model, num_classes=10, patch_probe="conv1", probe_fraction=0.25)
+    part = sl.probes.BlockBenefit(model, num_classes=10, patch_probe="conv1")
     whole = sl.probes.BlockBenefit(model, num_classes=10, patch_probe="conv1")
+    first = sl.probes.BlockBenefit(model, num_classes=10, patch_probe="conv1")
     whole.probes.load_state_dict(part.probes.state_dict())
+    first.probes.load_state_dict(part.probes.state_dict())
     with torch.no_grad():
         model(x)
-        loss = part.probe_loss(y)
-        model(x[:10])  # ⌈0.25·40⌉ = 10 samples
-        want = whole.probe_loss(y[:10])
-    torch.testing.assert_close(loss, want)
-    for v in ("cls", "patch"):
-        torch.testing.assert_close(part.window_mean()[v], whole.window_mean()[v])
+        part.probe_loss(y, patch_samples=10)
+        whole.probe_loss(y)
+        model(x[:10])
+        first.probe_loss(y[:10])
+    # the class-token probes see the whole batch, the patch probes its first 10 samples
+    torch.testing.assert_close(part.window_mean()["cls"], whole.window_mean()["cls"])
+    torch.testing.assert_close(part.window_mean()["patch"], first.window_mean()["patch"])
+    assert not torch.allclose(part.window_mean()["patch"], whole.window_mean()["patch"])
 
 
-def test_probe_every_runs_the_probes_on_every_kth_step_only(digits):
+def test_probe_every_and_fraction_subsample_only_the_patch_probes(digits):
     model = nano()
-    probes = sl.probes.BlockBenefit(model, num_classes=10, patch_probe="linear", probe_every=3)
-    seen, counted = [], []
+    probes = sl.probes.BlockBenefit(model, num_classes=10, patch_probe="linear", probe_every=3, probe_fraction=0.25)
+    seen, counted, batch = [], [], []
 
     class Watch(sl.Pruner):  # runs before the probes' own hooks
         def after_backward(self, state):
-            seen.append(probes.probes[0].cls.weight.grad is not None)
+            seen.append((probes.probes[0].cls.weight.grad is not None,
+                         probes.probes[0].patch.fc.weight.grad is not None))
 
         def on_epoch_end(self, state):
-            counted.append(probes.count)
+            counted.append(probes.counts.tolist())
 
+    original = probes.probe_loss
+
+    def spy(targets, patch=True, patch_samples=None):
+        batch.append(patch_samples)
+        return original(targets, patch, patch_samples)
+
+    probes.probe_loss = spy
     sl.fit(model, digits, epochs=1, batch_size=32, callbacks=[Watch(), probes], progress=False,
            max_steps_per_epoch=7, log_every=100)
-    assert seen == [step % 3 == 0 for step in range(7)]
-    assert counted == [3]  # the window held steps 0, 3 and 6
+    assert seen == [(True, step % 3 == 0) for step in range(7)]
+    assert counted == [[7.0, 3.0]]  # class probes on all 7 steps, patch probes on steps 0, 3 and 6
+    assert batch == [8] * 7  # ⌈0.25·32⌉
 
 
 def test_calibrate_and_measure_before_fine_tuning(digits):

@@ -8,9 +8,11 @@ train the backbone) and evaluated on the block's input x_{k-1} and output x_k:
 separately for the class-token probe (ΔΨ^c) and the patch probe (ΔΨ^p). Benefits are summed over a window
 of steps and averaged when read; under torchrun sums, counts and probe gradients are all-reduced.
 
-The reference estimator evaluates every probe on the whole batch at every step. Two knobs make it cheaper
-(``benchmarks/bench_p3b_probes.py`` measures cost and agreement with the reference): ``probe_every=k`` trains and
-measures the probes on every k-th step only, ``probe_fraction=f`` on the first ⌈f·B⌉ samples of each batch.
+The reference estimator evaluates every probe on the whole batch at every step. Nearly all of its cost is the
+patch probes' 3x3 convolutions; two knobs make them cheaper (``benchmarks/bench_p3b_probes.py`` measures cost and
+agreement with the reference): ``probe_every=k`` trains and measures the patch probes on every k-th step only,
+``probe_fraction=f`` on the first ⌈f·B⌉ samples of each batch. The class-token probes (one Linear each) always run
+on every step and the whole batch; each variant's window mean divides by its own batch count.
 
 :class:`BlockBenefit` is a training plug-in: pass it to :func:`sparselab.fit` as a callback to record benefits
 during ordinary fine-tuning (``log_every`` steps and at every epoch end), or let :class:`sparselab.P3B` drive it.
@@ -56,8 +58,10 @@ class BlockBenefit(WindowedRecorder):
             end of an epoch); None: at epoch ends only. Use :meth:`calibrate` and :meth:`measure` for benefits
             before fine-tuning.
         structure: an existing :class:`ViTStructure` of ``model`` (to share one).
-        probe_every: train and measure the probes on every this many training steps (1: every step, the reference).
-        probe_fraction: share of each batch the probes see, in (0, 1] (1: the whole batch, the reference).
+        probe_every: train and measure the patch probes on every this many training steps (1: every step, the
+            reference).
+        probe_fraction: share of each batch the patch probes see during training, in (0, 1] (1: the whole
+            batch, the reference).
     """
 
     def __init__(self, model: nn.Module, num_classes: int, patch_probe: str | None = "conv2",
@@ -83,30 +87,38 @@ class BlockBenefit(WindowedRecorder):
 
     # ------------------------------------------------------------------ sums
     def reset(self) -> None:
-        """Start a new window: zero the benefit sums and the batch count."""
+        """Start a new window: zero the benefit sums and the batch counts."""
         k = len(self.structure.blocks)
         self.sums = torch.zeros(len(VARIANTS), k, dtype=torch.float64)
-        self.count = 0
+        self.counts = torch.zeros(len(VARIANTS), dtype=torch.float64)
+
+    @property
+    def count(self) -> int:
+        """Batches in the current window (those of the class-token probe, which runs on every one)."""
+        return int(self.counts.max())
 
     def window_mean(self, reduce: bool = True) -> dict[str, torch.Tensor]:
         """Mean ΔΨ per block over the current window, per variant (``cls``, ``patch``); all-reduced."""
-        t = torch.cat([self.sums.flatten(), torch.tensor([float(self.count)], dtype=torch.float64)])
+        t = torch.cat([self.sums.flatten(), self.counts])
         if reduce:
             t = dist_utils.all_reduce_sum(t)
-        n = max(t[-1].item(), 1.0)
-        sums = t[:-1].view_as(self.sums) / n
+        n = t[-len(VARIANTS):].clamp_min(1.0)
+        sums = t[:-len(VARIANTS)].view_as(self.sums) / n[:, None]
         return {v: sums[i].clone() for i, v in enumerate(VARIANTS) if v in self.variants}
 
     # ------------------------------------------------------------------ probe losses
-    def probe_loss(self, targets: torch.Tensor) -> torch.Tensor:
-        """Sum of all probe losses on the last forward pass's taps; accumulates ΔΨ when ``accumulate``."""
+    def probe_loss(self, targets: torch.Tensor, patch: bool = True, patch_samples: int | None = None
+                   ) -> torch.Tensor:
+        """Sum of all probe losses on the last forward pass's taps; accumulates ΔΨ when ``accumulate``.
+
+        ``patch=False`` skips the patch probes; ``patch_samples`` gives them only the first samples of the batch.
+        """
         stream = self.taps.stream
         s = self.structure
         if len(stream) != len(s.blocks) + 1:
             raise RuntimeError("BlockBenefit saw no complete forward pass; is the model the one it was built on?")
-        if self.probe_fraction < 1:
-            n = max(1, math.ceil(self.probe_fraction * len(targets)))
-            stream, targets = [x[:n] for x in stream], targets[:n]
+        patch = patch and self.probes[0].patch is not None
+        n = len(targets) if patch_samples is None else max(1, min(patch_samples, len(targets)))
         total = stream[0].new_zeros(())
         deltas = torch.zeros(len(VARIANTS), len(s.blocks), dtype=torch.float64)
         for k, pair in enumerate(self.probes):
@@ -115,14 +127,14 @@ class BlockBenefit(WindowedRecorder):
             losses = F.cross_entropy(pair.cls(feats), targets.repeat(2), reduction="none").view(2, -1).mean(1)
             total = total + losses.sum()
             deltas[0, k] = (losses[0] - losses[1]).item()
-            if pair.patch is not None:
-                grids = torch.cat([s.patch_tokens(x_in), s.patch_tokens(x_out)])
-                pl = F.cross_entropy(pair.patch(grids), targets.repeat(2), reduction="none").view(2, -1).mean(1)
+            if patch:
+                grids = torch.cat([s.patch_tokens(x_in[:n]), s.patch_tokens(x_out[:n])])
+                pl = F.cross_entropy(pair.patch(grids), targets[:n].repeat(2), reduction="none").view(2, -1).mean(1)
                 total = total + pl.sum()
                 deltas[1, k] = (pl[0] - pl[1]).item()
         if self.accumulate:
             self.sums += deltas
-            self.count += 1
+            self.counts += torch.tensor([1.0, float(patch)], dtype=torch.float64)
         return total
 
     # ------------------------------------------------------------------ hooks
@@ -132,15 +144,14 @@ class BlockBenefit(WindowedRecorder):
     def param_groups(self, groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return groups + [{"params": list(self.probes.parameters()), "weight_decay": 0.0}]
 
-    def probes_this_step(self, state: TrainState) -> bool:
-        """Whether the probes run on the current step (``probe_every``)."""
+    def patch_probes_this_step(self, state: TrainState) -> bool:
+        """Whether the patch probes run on the current step (``probe_every``)."""
         return state.step % self.probe_every == 0
 
-    def extra_loss(self, state: TrainState) -> torch.Tensor | None:
-        if not self.probes_this_step(state):
-            return None
+    def extra_loss(self, state: TrainState) -> torch.Tensor:
         self.probes.train()
-        return self.probe_loss(state.targets)
+        n = math.ceil(self.probe_fraction * len(state.targets)) if self.probe_fraction < 1 else None
+        return self.probe_loss(state.targets, patch=self.patch_probes_this_step(state), patch_samples=n)
 
     def after_backward(self, state: TrainState) -> None:
         if state.world_size > 1:
@@ -194,7 +205,7 @@ class BlockBenefit(WindowedRecorder):
         model = self.structure.model
         device = next(model.parameters()).device
         ds = data.eval_split if hasattr(data, "eval_split") else data
-        saved = (self.sums.clone(), self.count, self.accumulate, model.training, self.probes.training)
+        saved = (self.sums.clone(), self.counts.clone(), self.accumulate, model.training, self.probes.training)
         self.reset()
         self.accumulate = True
         model.eval()
@@ -207,7 +218,7 @@ class BlockBenefit(WindowedRecorder):
             model(to_model_input(x, model, device))
             self.probe_loss(y.to(device))
         result = self.window_mean()
-        self.sums, self.count, self.accumulate = saved[0], saved[1], saved[2]
+        self.sums, self.counts, self.accumulate = saved[0], saved[1], saved[2]
         model.train(saved[3])
         self.probes.train(saved[4])
         return result
@@ -217,12 +228,13 @@ class BlockBenefit(WindowedRecorder):
         self.taps.remove()
 
     def state_dict(self) -> dict[str, Any]:
-        return {"probes": self.probes.state_dict(), "sums": self.sums.clone(), "count": self.count}
+        return {"probes": self.probes.state_dict(), "sums": self.sums.clone(), "counts": self.counts.clone()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.probes.load_state_dict(state["probes"])
         self.sums = state["sums"].clone()
-        self.count = state["count"]
+        self.counts = (state["counts"].clone() if "counts" in state
+                       else torch.full((len(VARIANTS),), float(state["count"]), dtype=torch.float64))
 
 
 def all_reduce_mean_grads(params: list[torch.Tensor], world_size: int) -> None:

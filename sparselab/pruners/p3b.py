@@ -55,7 +55,7 @@ class P3B(Pruner):
         criterion: ``taylor`` (Σ(m·∂L/∂m)² over the window) or ``l1`` (structured weight magnitude).
         keep_ratios: per-block keep-ratio profile for ``allocation="fixed"`` (length 2·depth).
         patch_probe: ``conv2`` (reference), ``conv1``, ``linear`` or None (class-token probe only).
-        probe_every, probe_fraction: run the probes on every k-th step only / on a share of each batch
+        probe_every, probe_fraction: run the patch probes on every k-th step only / on a share of each batch
             (cheaper benefit estimates; see :class:`sparselab.probes.BlockBenefit`). Default: the reference.
         benefit_scale: T in z = T·ΔΨ/max ΔΨ and in the soft clip (default 10).
         per_parameter: divide the benefit by the ``remaining`` (reference) or ``dense`` parameter count.
