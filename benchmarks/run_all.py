@@ -86,7 +86,8 @@ def render() -> str:
                   "same seed (final per-block keep ratios; block importance averaged over all updates); Δacc is the "
                   "compact model's test accuracy after its fine-tune, mean over seeds, minus the reference's "
                   f"(reference seed std: {pb['reference_acc_seed_std'] * 100:.2f} points). "
-                  "Goal: ≤ 1.3x plain with keep-ratio ρ ≥ 0.9 and Δacc within seed noise.", ""]
+                  "Goal: ≤ 1.3x plain with keep-ratio ρ ≥ 0.9 and |Δacc| within seed noise (two reference seed "
+                  "standard deviations). The winner is offered as `sl.probes.FAST_PROBES`.", ""]
         rows = []
         noise = pb["reference_acc_seed_std"]
         for r in pb["rows"]:

@@ -53,6 +53,7 @@ def _cmd_p3b(args) -> int:
     import torch
 
     from .experiments import p3b_preset, run_p3b
+    from .probes import FAST_PROBES
     from .pruners import P3BSchedule
     from .training import distributed as dist_utils
 
@@ -87,7 +88,7 @@ def _cmd_p3b(args) -> int:
                             finetune_epochs=args.finetune_epochs if args.finetune_epochs is not None
                             else preset.finetune_epochs,
                             patch_probe=None if args.patch_probe == "none" else (args.patch_probe or preset.patch_probe),
-                            probe_options={**preset.probe_options,
+                            probe_options={**preset.probe_options, **(FAST_PROBES if args.fast_probes else {}),
                                            **({"probe_every": args.probe_every} if args.probe_every else {}),
                                            **({"probe_fraction": args.probe_fraction} if args.probe_fraction else {})})
     out = Path(args.out)
@@ -231,9 +232,11 @@ def build_parser() -> argparse.ArgumentParser:
     pb.add_argument("--finetune-epochs", type=int, default=None)
     pb.add_argument("--patch-probe", default=None, help="conv2, conv1, linear or none")
     pb.add_argument("--probe-every", type=int, default=None,
-                    help="run the benefit probes on every k-th step only (default 1: every step)")
+                    help="run the patch probes on every k-th step only (default 1: every step)")
     pb.add_argument("--probe-fraction", type=float, default=None,
-                    help="share of each batch the probes see, in (0, 1] (default 1)")
+                    help="share of each batch the patch probes see, in (0, 1] (default 1)")
+    pb.add_argument("--fast-probes", action="store_true",
+                    help="sparselab.probes.FAST_PROBES: patch probes on every 8th step and a quarter of the batch")
     pb.add_argument("--no-latency", action="store_true")
     pb.add_argument("--out", default="runs/p3b")
     pb.add_argument("--resume", action="store_true")

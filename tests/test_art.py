@@ -105,7 +105,9 @@ def test_banded_threshold_is_the_same_order_statistic(sizes, rate, guess_factor,
 def test_add_gradient_equals_backpropagating_the_penalty(cls, dtype):
     scale = 3e-3
     via_loss, direct = tiny_net(dtype=dtype), tiny_net(dtype=dtype)
-    for net in (via_loss, direct):  # both start from the same data gradient
+    for net in (via_loss, direct):  # both start from the same data gradient, with a few weights exactly 0
+        with torch.no_grad():
+            net[2].weight[:, :5] = 0
         net(torch.ones(1, 2, 6, 6, dtype=dtype)).sum().backward()
     ref, reg = cls(0.9), cls(0.9)
     value_loss = ref(via_loss)
@@ -116,6 +118,16 @@ def test_add_gradient_equals_backpropagating_the_penalty(cls, dtype):
     tol = {"rtol": 1e-4, "atol": 1e-7} if dtype == torch.float32 else {"rtol": 1e-10, "atol": 1e-14}
     for a, b in zip(via_loss.parameters(), direct.parameters()):
         torch.testing.assert_close(b.grad, a.grad, **tol)
+    if cls is HyperSparse:  # the closed form used for statistics and profiles agrees too
+        fresh = tiny_net(dtype=dtype)
+        with torch.no_grad():
+            fresh[2].weight[:, :5] = 0
+        weights = list(prunable_weights(fresh).values())
+        ref.threshold = magnitude_threshold(weights, 0.9)
+        leaves = [w.detach().clone().requires_grad_(True) for w in weights]
+        want = torch.autograd.grad(ref.penalty(leaves), leaves)
+        for got, w in zip(ref.gradient(weights), want):
+            torch.testing.assert_close(got, w, **tol)
 
 
 def test_add_gradient_tracks_the_threshold_across_steps():

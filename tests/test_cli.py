@@ -48,7 +48,7 @@ def test_p3b_paper_preset_smoke_on_random_deit_tiny(tmp_path):
     out = tmp_path / "run"
     rc = main(["p3b", "--preset", "paper-deit-t-ifood", "--pretrained", "none", "--data", "imagefolder",
                "--data-root", str(tree), "--batch-size", "4", "--max-steps-per-epoch", "2", "--workers", "0",
-               "--schedule", "0,1,1", "--finetune-epochs", "1", "--no-latency", "--probe-fraction", "0.5",
+               "--schedule", "0,1,1", "--finetune-epochs", "1", "--no-latency", "--fast-probes",
                "--out", str(out)])
     assert rc == 0
     result = json.loads((out / "result.json").read_text())

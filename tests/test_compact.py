@@ -15,7 +15,7 @@ import sparselab  # noqa: F401  (registers the small ViTs with timm)
 from sparselab.errors import CheckpointError, ConfigError
 from sparselab.structure import GATES, Gates, ViTStructure
 from sparselab.structure.compact import (ConstantBranch, ZeroPaddedLayerNorm, compact_spec, compact_stats,
-                                         compact_vit, load_compact, save_compact)
+                                         compact_vit, load_compact, pad_masks, save_compact)
 
 PREFIX = {
     "cls": dict(),
@@ -88,10 +88,11 @@ def has_hooks(model: nn.Module) -> bool:
     qk_norm=st.booleans(),
     biases=st.sampled_from([(True, True), (True, True), (False, True), (False, False)]),
     seed=st.integers(0, 2**16),
+    pad_to=st.sampled_from([1, 1, 4, 8]),
     data=st.data(),
 )
 def test_compact_equals_hard_masked_model(depth, heads, head_dim, mlp_ratio, prefix, init_values, qk_norm, biases,
-                                          seed, data):
+                                          seed, pad_to, data):
     head_dim = max(head_dim, -(-8 // heads))  # embed dim 8..48
     model = tiny_vit(depth, heads, head_dim, mlp_ratio, prefix, init_values, qk_norm, seed,
                      qkv_bias=biases[0], proj_bias=biases[1])
@@ -106,7 +107,7 @@ def test_compact_equals_hard_masked_model(depth, heads, head_dim, mlp_ratio, pre
     gates.set_hard(masks)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     masked = model(x)
-    small = compact_vit(model, masks)
+    small = compact_vit(model, masks, pad_to=pad_to)
 
     close(small(x), masked)
     set_fused(small, False)  # the explicit softmax(q k^T * scale) path
@@ -115,7 +116,18 @@ def test_compact_equals_hard_masked_model(depth, heads, head_dim, mlp_ratio, pre
     close(model(x), masked)
     set_fused(model, True)
 
-    assert n_params(small) == structure.total_params(masks)  # empty gates included: constant branches
+    if pad_to == 1:
+        assert n_params(small) == structure.total_params(masks)  # empty gates included: constant branches
+    else:  # padded widths: multiples of pad_to (or the full width) wherever the branch is live
+        padded, _ = pad_masks(structure, masks, pad_to)
+        assert n_params(small) == structure.total_params(padded) >= structure.total_params(masks)
+        for i, blk in enumerate(small.blocks):
+            for lin, full_in, full_out in ((getattr(blk.mlp, "fc1", None), structure.embed_dim, structure.hidden[i]),
+                                           (getattr(blk.attn, "proj", None), None, structure.embed_dim)):
+                if lin is not None:
+                    assert lin.out_features % pad_to == 0 or lin.out_features == full_out
+                    if full_in is not None:
+                        assert lin.in_features % pad_to == 0 or lin.in_features == full_in
     assert not has_hooks(small)
     own = {p.data_ptr() for p in model.parameters()}
     assert not own & {p.data_ptr() for p in small.parameters()}
@@ -237,11 +249,12 @@ def test_save_load_round_trip(tmp_path, kind):
         model = tiny_vit(depth=2, cls=VisionTransformerDistilled)
     s = ViTStructure(model)
     masks = random_masks(s, 5, {(1, "mlp_hid"): "none", (0, "attn_in"): "none"})
-    small = compact_vit(model, masks)
-    spec = compact_spec(model, masks)
+    small = compact_vit(model, masks, pad_to=4)
+    spec = compact_spec(model, masks, pad_to=4)
     assert json.loads(json.dumps(spec)) == spec
     assert spec["layers"][1]["kept"]["mlp_hid"] == 0
-    assert spec["layers"][0]["indices"]["attn_qkv"] == torch.nonzero(masks[0]["attn_qkv"]).flatten().tolist()
+    padded, _ = pad_masks(s, masks, 4)
+    assert spec["layers"][0]["indices"]["attn_qkv"] == torch.nonzero(padded[0]["attn_qkv"]).flatten().tolist()
     folder = save_compact(small, spec, tmp_path / "out" / "compact")
     assert sorted(p.name for p in folder.iterdir()) == ["model.safetensors", "spec.json"]
     loaded = load_compact(folder)

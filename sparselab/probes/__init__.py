@@ -1,6 +1,6 @@
 """Measurements of what each block contributes: block-benefit probes and classical criteria."""
-from .block_benefit import BlockBenefit
+from .block_benefit import FAST_PROBES, BlockBenefit
 from .criteria import BlockCriteria
 from .heads import PatchProbe, ProbePair
 
-__all__ = ["BlockBenefit", "BlockCriteria", "PatchProbe", "ProbePair"]
+__all__ = ["FAST_PROBES", "BlockBenefit", "BlockCriteria", "PatchProbe", "ProbePair"]

@@ -412,8 +412,85 @@ def _require_timm_attention_widths() -> None:
                           f"{timm.__version__} lacks; upgrade timm (pip install -U timm)")
 
 
-def compact_vit(model: nn.Module, masks: Masks | None = None) -> nn.Module:
+def pad_masks(structure: ViTStructure, masks: Masks, multiple: int = 8
+              ) -> tuple[dict[int, dict[str, torch.Tensor]], dict[int, dict[str, torch.Tensor]]]:
+    """Masks whose kept counts are rounded up to a multiple of ``multiple`` (capped at the gate size) by adding
+    the lowest-index pruned elements, and for each layer and gate the elements so added.
+
+    Only live branches are padded (a branch with an empty gate stays a constant), and not ``attn_qkv`` under
+    qk-norm (a normalised zero is not zero). :func:`compact_vit` zeroes the weights of the added elements, which
+    keeps the outputs those of the unpadded masks.
+
+    Example:
+        >>> import timm, torch
+        >>> model = timm.create_model("vit_nano_patch4_28", num_classes=10)
+        >>> padded, added = pad_masks(ViTStructure(model), {0: {"mlp_hid": torch.arange(256) < 61}}, 8)
+        >>> int(padded[0]["mlp_hid"].sum()), added[0]["mlp_hid"].nonzero().flatten().tolist()
+        (64, [61, 62, 63])
+    """
+    if isinstance(multiple, bool) or not isinstance(multiple, int) or multiple < 1:
+        raise ConfigError(f"pad_to must be a positive integer (1: no padding), got {multiple!r}")
+    full = {i: {g: masks[i][g].clone() if i in masks and g in masks[i] else torch.ones(n, dtype=torch.bool)
+                for g, n in structure.gate_sizes(i).items()} for i in range(structure.depth)}
+    added = {i: {g: torch.zeros_like(m) for g, m in per.items()} for i, per in full.items()}
+    if multiple == 1:
+        return full, added
+    for i, per in full.items():
+        for block in structure.blocks[2 * i:2 * i + 2]:
+            if min(int(per[g].sum()) for g in block.gates) == 0:
+                continue
+            for g in block.gates:
+                if g == "attn_qkv" and structure.qk_norm:
+                    continue
+                m = per[g]
+                want = min(-(-int(m.sum()) // multiple) * multiple, m.numel())
+                extra = torch.nonzero(~m).flatten()[:want - int(m.sum())]
+                m[extra] = True
+                added[i][g][extra] = True
+    return full, added
+
+
+@torch.no_grad()
+def _zero_padding(attn: nn.Module, mlp: nn.Module, kept: Mapping[str, torch.Tensor],
+                  added: Mapping[str, torch.Tensor], heads: int) -> None:
+    """Zero the compact weights that belong to padding elements, so they contribute nothing."""
+    def positions(g: str) -> torch.Tensor:  # where the added elements sit among the kept ones
+        return torch.nonzero(added[g][_kept(kept[g])]).flatten()
+
+    if hasattr(attn, "qkv"):
+        qkv, proj, hd = attn.qkv, attn.proj, attn.head_dim
+        qkv.weight[:, positions("attn_in")] = 0
+        for p in positions("attn_qkv").tolist():
+            rows = [c * heads * hd + h * hd + p for c in range(3) for h in range(heads)]
+            qkv.weight[rows] = 0
+            if qkv.bias is not None:
+                qkv.bias[rows] = 0
+            proj.weight[:, [h * hd + p for h in range(heads)]] = 0
+        out = positions("attn_out")
+        proj.weight[out] = 0
+        if proj.bias is not None:
+            proj.bias[out] = 0
+    if hasattr(mlp, "fc1"):
+        fc1, fc2 = mlp.fc1, mlp.fc2
+        fc1.weight[:, positions("mlp_in")] = 0
+        hid = positions("mlp_hid")
+        fc1.weight[hid] = 0
+        fc2.weight[:, hid] = 0
+        if fc1.bias is not None:
+            fc1.bias[hid] = 0
+        out = positions("mlp_out")
+        fc2.weight[out] = 0
+        if fc2.bias is not None:
+            fc2.bias[out] = 0
+
+
+def compact_vit(model: nn.Module, masks: Masks | None = None, pad_to: int = 1) -> nn.Module:
     """A new, physically smaller copy of a timm Vision Transformer that computes what the hard-masked model does.
+
+    ``pad_to=8`` (or 16) rounds every kept width of a live branch up to a multiple by taking in pruned elements
+    whose weights are set to zero (see :func:`pad_masks`): the outputs stay those of the hard-masked model while the
+    matrix multiplications get the shapes CPU kernels run fastest (``benchmarks/bench_compact_latency.py``), at the
+    price of a few zero parameters (so the parameter count exceeds ``structure.total_params(masks)``).
 
     ``masks`` maps layer -> gate -> boolean vector (see :mod:`sparselab.structure.vit`); layers or gates left out
     are kept whole. ``model`` is not changed and may have :class:`~sparselab.structure.gates.Gates` attached
@@ -448,12 +525,14 @@ def compact_vit(model: nn.Module, masks: Masks | None = None) -> nn.Module:
     for i, blk in enumerate(structure.layers):
         _check_block(i, blk)
     dim = structure.embed_dim
+    full, padding = pad_masks(structure, full, pad_to)
 
     new_blocks = []
     for i, blk in enumerate(structure.layers):
         heads, head_dim = structure.num_heads[i], structure.head_dim[i]
         norm1, attn, ls1 = _compact_attn(blk, full[i], heads, head_dim, dim)
         norm2, mlp, ls2 = _compact_mlp(blk, full[i], dim)
+        _zero_padding(attn, mlp, full[i], padding[i], heads)
         nb = _copy_except(blk, [blk.norm1, blk.attn, blk.ls1, blk.norm2, blk.mlp, blk.ls2])
         for name, mod in (("norm1", norm1), ("attn", attn), ("ls1", ls1), ("norm2", norm2), ("mlp", mlp),
                           ("ls2", ls2)):
@@ -609,9 +688,10 @@ def _base_kwargs(model: nn.Module) -> tuple[str, dict[str, Any], dict[str, Any]]
     return type(model).__name__, kwargs, {"type": norm_kind, "eps": norm_eps}
 
 
-def compact_spec(model: nn.Module, masks: Masks | None = None) -> dict[str, Any]:
-    """A JSON-able description of ``compact_vit(model, masks)``: the base model's constructor arguments, the
-    kept widths and the kept indices of every layer and gate (what :func:`load_compact` needs to rebuild it).
+def compact_spec(model: nn.Module, masks: Masks | None = None, pad_to: int = 1) -> dict[str, Any]:
+    """A JSON-able description of ``compact_vit(model, masks, pad_to)``: the base model's constructor arguments,
+    the kept widths and the kept indices of every layer and gate (what :func:`load_compact` needs to rebuild it;
+    with padding, the padded ones: the zeroed weights travel in the weights file).
 
     ``model`` is the dense (base) model the masks refer to; ``None`` masks mean all kept.
 
@@ -624,7 +704,7 @@ def compact_spec(model: nn.Module, masks: Masks | None = None) -> dict[str, Any]
     """
     arch, kwargs, norm = _base_kwargs(model)
     structure = ViTStructure(model)
-    full = _check_masks(structure, masks)
+    full, _ = pad_masks(structure, _check_masks(structure, masks), pad_to)
     dtype = next(model.parameters()).dtype
     layers = []
     for i in range(structure.depth):
@@ -792,5 +872,5 @@ def load_compact(directory: str | os.PathLike, device: torch.device | str = "cpu
     return model.to(device).eval()
 
 
-__all__ = ["compact_vit", "compact_spec", "compact_stats", "save_compact", "load_compact", "SelectChannels",
+__all__ = ["compact_vit", "compact_spec", "pad_masks", "compact_stats", "save_compact", "load_compact", "SelectChannels",
            "ScatterChannels", "ZeroPaddedLayerNorm", "ConstantBranch"]

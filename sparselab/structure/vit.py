@@ -82,6 +82,9 @@ class ViTStructure:
             for i in range(len(self.layers)) for j, kind in enumerate(("attn", "mlp"))
         ]
         self.qk_norm = not _is_identity(first.q_norm)
+        # the architecture is fixed for the structure's lifetime: per-block constants and W_0 are counted once
+        self._fixed: dict[int, tuple[bool, bool, int]] = {}
+        self._outside: int | None = None
 
     @staticmethod
     def _validate(i: int, blk: nn.Module) -> None:
@@ -126,26 +129,42 @@ class ViTStructure:
     # ------------------------------------------------------------------ counting
     def _counts(self, block: BlockInfo, masks: Masks | None) -> tuple[int, int]:
         """(Linear parameters incl. biases, other block parameters: norms, LayerScale, qk-norm) kept."""
+        sizes = self.gate_sizes(block.layer)
+        given = masks.get(block.layer, {}) if masks is not None else {}
+        return self.kept_counts_params(block, {g: (int(given[g].sum()) if g in given else sizes[g])
+                                               for g in block.gates})
+
+    def kept_counts_params(self, block: BlockInfo, n: Mapping[str, int]) -> tuple[int, int]:
+        """Like :meth:`linear_params`/:meth:`block_params` together, from the kept count of each of the block's
+        gates: (Linear parameters, other parameters)."""
         i, blk = block.layer, self.layers[block.layer]
-        sizes = self.gate_sizes(i)
-        given = masks.get(i, {}) if masks is not None else {}
-        n = {g: (int(given[g].sum()) if g in given else sizes[g]) for g in block.gates}
         if min(n.values()) == 0:
             # the branch no longer depends on its input: it is a constant over its kept output channels
             return 0, n[block.gates[-1]]
+        first_bias, second_bias, other = self._fixed_counts(block)
         if block.kind == "attn":
             heads = self.num_heads[i]
             a, h, o = n["attn_in"], n["attn_qkv"], n["attn_out"]
-            qkv = 3 * heads * h * a + (3 * heads * h if blk.attn.qkv.bias is not None else 0)
-            proj = o * heads * h + (o if blk.attn.proj.bias is not None else 0)
-            other = _n(blk.norm1) + _n(getattr(blk, "ls1", None))
+            qkv = 3 * heads * h * a + (3 * heads * h if first_bias else 0)
+            proj = o * heads * h + (o if second_bias else 0)
             if self.qk_norm:
                 other += (_n(blk.attn.q_norm) + _n(blk.attn.k_norm)) * h // max(self.head_dim[i], 1)
             return qkv + proj, other
         a, hid, o = n["mlp_in"], n["mlp_hid"], n["mlp_out"]
-        fc1 = hid * a + (hid if blk.mlp.fc1.bias is not None else 0)
-        fc2 = o * hid + (o if blk.mlp.fc2.bias is not None else 0)
-        return fc1 + fc2, _n(blk.norm2) + _n(getattr(blk, "ls2", None))
+        fc1 = hid * a + (hid if first_bias else 0)
+        fc2 = o * hid + (o if second_bias else 0)
+        return fc1 + fc2, other
+
+    def _fixed_counts(self, block: BlockInfo) -> tuple[bool, bool, int]:
+        """(first Linear has a bias, second Linear has a bias, norm + LayerScale parameters) of a block."""
+        if block.index not in self._fixed:
+            blk = self.layers[block.layer]
+            if block.kind == "attn":
+                first, second, parts = blk.attn.qkv, blk.attn.proj, (blk.norm1, getattr(blk, "ls1", None))
+            else:
+                first, second, parts = blk.mlp.fc1, blk.mlp.fc2, (blk.norm2, getattr(blk, "ls2", None))
+            self._fixed[block.index] = (first.bias is not None, second.bias is not None, sum(_n(m) for m in parts))
+        return self._fixed[block.index]
 
     def linear_params(self, block: BlockInfo, masks: Masks | None = None) -> int:
         """Linear weights and biases of ``block`` kept under ``masks`` (all when None)."""
@@ -158,8 +177,10 @@ class ViTStructure:
 
     def outside_params(self) -> int:
         """W_0: parameters outside the blocks (embeddings, prefix tokens, final norm, head)."""
-        total = sum(p.numel() for p in self.model.parameters())
-        return total - sum(self.block_params(b) for b in self.blocks)
+        if self._outside is None:
+            total = sum(p.numel() for p in self.model.parameters())
+            self._outside = total - sum(self.block_params(b) for b in self.blocks)
+        return self._outside
 
     def total_params(self, masks: Masks | None = None) -> int:
         """Parameters of the whole model under ``masks``."""
