@@ -1,8 +1,9 @@
 """Run every benchmark (each in its own process) and write benchmarks/RESULTS.md from their JSON results.
 
 Usage:
-    python benchmarks/run_all.py            # the full measurements (about an hour on 2 cores)
+    python benchmarks/run_all.py            # the full measurements (about 25 minutes on 2 cores) -> RESULTS.md
     python benchmarks/run_all.py --quick    # a few minutes: shorter runs, fewer repeats, one seed
+                                            #   -> benchmarks/results/quick/RESULTS.md (the full results stay)
     python benchmarks/run_all.py --render   # only rewrite RESULTS.md from benchmarks/results/*.json
     python benchmarks/run_all.py --only hypersparse history
 """
@@ -26,10 +27,10 @@ BENCHMARKS = {  # name: script
 }
 
 
-def run(names: list[str], quick: bool) -> None:
+def run(names: list[str], quick: bool, folder: Path) -> None:
     env = {**os.environ, "SPARSELAB_OFFLINE": os.environ.get("SPARSELAB_OFFLINE", "1")}
     for name in names:
-        cmd = [sys.executable, str(HERE / BENCHMARKS[name]), "--out", str(RESULTS / f"{name}.json")]
+        cmd = [sys.executable, str(HERE / BENCHMARKS[name]), "--out", str(folder / f"{name}.json")]
         if quick:
             cmd.append("--quick")
         print(f"== {name}: {' '.join(cmd[1:])}", flush=True)
@@ -38,8 +39,8 @@ def run(names: list[str], quick: bool) -> None:
         print(f"== {name}: {time.perf_counter() - t0:.0f} s", flush=True)
 
 
-def _load(name: str) -> dict | None:
-    path = RESULTS / f"{name}.json"
+def _load(folder: Path, name: str) -> dict | None:
+    path = folder / f"{name}.json"
     return json.loads(path.read_text()) if path.exists() else None
 
 
@@ -53,13 +54,13 @@ def _met(ok: bool) -> str:
     return "**yes**" if ok else "no"
 
 
-def render() -> str:
+def render(folder: Path = RESULTS) -> str:
     parts = ["# Benchmark results", "",
              "Written by `python benchmarks/run_all.py` from `benchmarks/results/*.json`. Measured on the project's "
              "2-core CPU machine with `torch.set_num_threads(2)`; every number is a ratio of timings taken in the "
              "same run (absolute times on this shared machine are noise). A `(quick)` tag marks results of "
              "`--quick`, which shortens runs and repeats.", ""]
-    hs = _load("hypersparse")
+    hs = _load(folder, "hypersparse")
     if hs:
         parts += [f"## HyperSparse overhead per training step{' (quick)' if hs.get('quick') else ''}", "",
                   "Share of one plain training step (forward, backward, SGD step). *in place*: "
@@ -76,7 +77,7 @@ def render() -> str:
                          _met(r["ours_share_of_step"] <= 0.05) if goal else "–"])
         parts += [_table(["model", "in place / step", "loss path / step", "reference / step",
                           "in place vs loss path", "in place vs reference", "≤ 5 %"], rows), ""]
-    pb = _load("p3b_probes")
+    pb = _load(folder, "p3b_probes")
     if pb:
         parts += [f"## P3B step cost and cheaper block-benefit estimators{' (quick)' if pb.get('quick') else ''}",
                   "",
@@ -99,20 +100,23 @@ def render() -> str:
                          _met(ok) if has else "–"])
         parts += [_table(["estimator", "step / plain", "keep ρ", "benefit ρ", "acc %", "Δacc (points)",
                           "goal"], rows), ""]
-    cl = _load("compact_latency")
+    cl = _load(folder, "compact_latency")
     if cl:
-        parts += ["## Compact-model CPU latency (P3B-compacted DeiT, random weights, 224 px)", "",
+        parts += [f"## Compact-model CPU latency (P3B-compacted DeiT, random weights, 224 px)"
+                  f"{' (quick)' if cl.get('quick') else ''}", "",
                   "Forward time of the compact model against the dense one (interleaved, median), and the ideal "
-                  "speed-up from the multiply-accumulate count. Goal: speed-up within 15 % of the ideal.", ""]
-        rows = [[r["model"], f"{r['prune_ratio']:.0%}", str(r["batch"]), f"{r['dense_ms']:.1f}",
-                 f"{r['compact_ms']:.1f}", f"{r['params_ratio']:.2f}", f"{r['speedup']:.2f}x",
+                  "speed-up from the multiply-accumulate count of the unpadded compact model. `pad 8`: "
+                  "`pruner.compact(pad_to=8)`, kept widths rounded up to multiples of 8 with zero weights (same "
+                  "outputs). Goal: speed-up within 15 % of the ideal.", ""]
+        rows = [[r["model"], f"{r['prune_ratio']:.0%}", str(r.get("pad_to", 1)), str(r["batch"]),
+                 f"{r['dense_ms']:.1f}", f"{r['compact_ms']:.1f}", f"{r['params_ratio']:.2f}", f"{r['speedup']:.2f}x",
                  f"{r['ideal_speedup']:.2f}x", f"{r['speedup_over_ideal']:.0%}", _met(r["speedup_over_ideal"] >= 0.85)]
                 for r in cl["rows"]]
-        parts += [_table(["model", "pruned", "batch", "dense ms", "compact ms", "params kept", "speed-up",
+        parts += [_table(["model", "pruned", "pad", "batch", "dense ms", "compact ms", "params kept", "speed-up",
                           "ideal", "of ideal", "≥ 85 %"], rows), ""]
-    hi = _load("history")
+    hi = _load(folder, "history")
     if hi:
-        parts += ["## History recording overhead", "",
+        parts += [f"## History recording overhead{' (quick)' if hi.get('quick') else ''}", "",
                   "Time inside the recording code (outermost calls) as a share of the whole fit. Goal: ≤ 2 %.", ""]
         rows = [[r["case"], f"{r['recording_s'] * 1000:.0f} ms", f"{r['fit_s']:.1f} s", f"{r['share']:.2%}",
                  str(r["rows"]["events"]), str(r["rows"]["blocks"]), _met(r["share"] <= 0.02)] for r in hi["rows"]]
@@ -126,11 +130,13 @@ def main() -> None:
     parser.add_argument("--render", action="store_true", help="only rewrite RESULTS.md from the JSON results")
     parser.add_argument("--only", nargs="+", choices=sorted(BENCHMARKS), help="run only these benchmarks")
     args = parser.parse_args()
+    folder = RESULTS / "quick" if args.quick else RESULTS
     if not args.render:
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        run(args.only or list(BENCHMARKS), args.quick)
-    (HERE / "RESULTS.md").write_text(render() + "\n")
-    print(f"wrote {HERE / 'RESULTS.md'}")
+        folder.mkdir(parents=True, exist_ok=True)
+        run(args.only or list(BENCHMARKS), args.quick, folder)
+    target = folder / "RESULTS.md" if args.quick else HERE / "RESULTS.md"
+    target.write_text(render(folder) + "\n")
+    print(f"wrote {target}")
 
 
 if __name__ == "__main__":

@@ -103,7 +103,8 @@ def _cmd_p3b(args) -> int:
             run.pruner.save_compact(out / "compact", model=run.model)
         (out / "result.json").write_text(json.dumps({"preset": preset.name, "method": args.method,
                                                      "prune_ratio": args.prune_ratio, "seed": args.seed,
-                                                     **run.result}, indent=2))
+                                                     "patch_probe": preset.patch_probe,
+                                                     "probe_options": preset.probe_options, **run.result}, indent=2))
         print(json.dumps(run.result, indent=2))
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()

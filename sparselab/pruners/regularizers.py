@@ -161,9 +161,12 @@ class HyperSparse(Regularizer):
         if self._calls % self.threshold_every == 0 or math.isnan(self.threshold):
             self.threshold = banded_threshold(buffers, self.sparsity, self.threshold, scratch=self._masks)
         self._calls += 1
-        l1, coef = self._gradient_from_magnitudes(weights, buffers, [m for m, _ in self._masks])
-        for w, b in zip(weights, buffers):
-            _accumulate(w, b, scale * coef)
+        l1, coef = self._gradient_from_magnitudes(weights, buffers, self._signs)
+        for w, b, sign in zip(weights, buffers, self._signs):
+            if w.grad is None:
+                w.grad = b.mul(sign).mul_(scale * coef)
+            else:
+                w.grad.addcmul_(b, sign, value=scale * coef)
         return l1
 
     @torch.no_grad()
@@ -171,21 +174,22 @@ class HyperSparse(Regularizer):
         """The closed-form gradient for each tensor (the same numbers as autograd through :meth:`penalty`)."""
         weights = [w.detach() for w in weights]
         buffers = [w.abs() for w in weights]
-        _, coef = self._gradient_from_magnitudes(weights, buffers, [torch.empty_like(w, dtype=torch.bool)
-                                                                     for w in weights])
-        return [b.mul_(coef) for b in buffers]
+        signs = [torch.empty_like(w) for w in weights]
+        _, coef = self._gradient_from_magnitudes(weights, buffers, signs)
+        return [b.mul_(sign).mul_(coef) for b, sign in zip(buffers, signs)]
 
-    def _gradient_from_magnitudes(self, weights, buffers, zero_masks) -> tuple[float, float]:
-        """Turn ``buffers`` (holding |w|) in place into sign(w)·u(1 − u) with u = σ(2s|w|); return ‖w‖₁ and the
-        factor c that makes c·buffer the gradient: tanh(x) = 2σ(2x) − 1 and sech²(x) = 4σ(2x)(1 − σ(2x))."""
+    def _gradient_from_magnitudes(self, weights, buffers, signs) -> tuple[float, float]:
+        """Turn ``buffers`` (holding |w|) in place into u(1 − u) with u = σ(2s|w|) and fill ``signs`` with sign(w)
+        (sign(0) = 0, as autograd's |w| has it); return ‖w‖₁ and the factor c that makes c·sign·buffer the
+        gradient: tanh(x) = 2σ(2x) − 1 and sech²(x) = 4σ(2x)(1 − σ(2x))."""
         s = INFLECTION / max(self.threshold, 1e-12)
         l1 = sum(float(b.sum()) for b in buffers)
         for b in buffers:
             b.mul_(2 * s).sigmoid_()
         tanh_sum = sum(2 * float(b.sum()) - b.numel() for b in buffers)
-        for w, b, zero in zip(weights, buffers, zero_masks):
-            b.addcmul_(b, b, value=-1).copysign_(w)
-            b.masked_fill_(torch.eq(w, 0, out=zero), 0.0)  # |w| has no slope at 0; autograd takes sign(0) = 0
+        for w, b, sign in zip(weights, buffers, signs):
+            b.addcmul_(b, b, value=-1)
+            torch.sign(w, out=sign)
         return l1, (l1 / max(tanh_sum, 1e-30)) * s * 4
 
     def _buffers(self, weights: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -197,6 +201,7 @@ class HyperSparse(Regularizer):
             self._scratch = cached
             self._masks = [(torch.empty_like(b, dtype=torch.bool), torch.empty_like(b, dtype=torch.bool))
                            for b in cached]
+            self._signs = [torch.empty_like(b) for b in cached]
         return cached
 
 
