@@ -31,7 +31,7 @@ from torch import nn
 from ..errors import ConfigError, check_ratio, unknown_name
 from ..probes.block_benefit import BlockBenefit, all_reduce_mean_grads
 from ..structure.gates import Gates
-from ..structure.vit import GATES, BlockInfo, ViTStructure
+from ..structure.vit import BlockInfo, ViTStructure
 from ..training.pruner import Pruner, TrainState
 from .allocation import benefit_scores, ramp_keep, water_fill
 from .schedules import P3BSchedule, P3BSteps

@@ -90,10 +90,16 @@ class Regularizer:
 
     def __call__(self, model: nn.Module) -> torch.Tensor:
         weights = self.weights(model)
-        if self._calls % self.threshold_every == 0 or math.isnan(self.threshold):
+        if self._threshold_due():
             self.threshold = magnitude_threshold(weights, self.sparsity)
-        self._calls += 1
         return self.penalty(weights)
+
+    def _threshold_due(self) -> bool:
+        """Count one use; True when the threshold is to be recomputed (the first use, then every
+        ``threshold_every`` uses)."""
+        due = self._calls % self.threshold_every == 0 or math.isnan(self.threshold)
+        self._calls += 1
+        return due
 
     def penalty(self, weights: list[torch.Tensor]) -> torch.Tensor:
         raise NotImplementedError
@@ -103,9 +109,8 @@ class Regularizer:
         """Add ``scale``·∂penalty/∂w to every prunable weight's ``.grad`` (created if missing); return the
         penalty's value. Equivalent to backpropagating ``scale * self(model)``, without an autograd graph."""
         weights = self.weights(model)
-        if self._calls % self.threshold_every == 0 or math.isnan(self.threshold):
+        if self._threshold_due():
             self.threshold = magnitude_threshold(weights, self.sparsity)
-        self._calls += 1
         value = float(self.penalty([w.detach() for w in weights]))
         for w, g in zip(weights, self.gradient(weights)):
             _accumulate(w, g, scale)
@@ -158,9 +163,8 @@ class HyperSparse(Regularizer):
         buffers = self._buffers(weights)
         for w, b in zip(weights, buffers):
             torch.abs(w, out=b)
-        if self._calls % self.threshold_every == 0 or math.isnan(self.threshold):
+        if self._threshold_due():
             self.threshold = banded_threshold(buffers, self.sparsity, self.threshold, scratch=self._masks)
-        self._calls += 1
         l1, coef = self._gradient_from_magnitudes(weights, buffers, self._signs)
         for w, b, sign in zip(weights, buffers, self._signs):
             if w.grad is None:

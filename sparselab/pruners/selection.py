@@ -45,12 +45,8 @@ def block_order(scores: Mapping[str, torch.Tensor], factors: Mapping[str, float]
 
 def masks_for_threshold(gates: list[str], sizes: Mapping[str, int], order: torch.Tensor,
                         t: int) -> dict[str, torch.Tensor]:
-    """Boolean masks with the first ``t`` sorted elements removed."""
-    masks = {g: torch.ones(sizes[g], dtype=torch.bool) for g in gates}
-    removed = order[:t]
-    for i, g in enumerate(gates):
-        masks[g][removed[removed[:, 0] == i, 1]] = False
-    return masks
+    """Boolean masks with the first ``t`` sorted elements removed (the hard state of :func:`soft_masks`)."""
+    return {g: v >= 0.5 for g, v in soft_masks(gates, sizes, order, t, 0.0).items()}
 
 
 def find_threshold(gates: list[str], sizes: Mapping[str, int], order: torch.Tensor,

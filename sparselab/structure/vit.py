@@ -83,8 +83,8 @@ class ViTStructure:
         ]
         self.qk_norm = not _is_identity(first.q_norm)
         # the architecture is fixed for the structure's lifetime: per-block constants and W_0 are counted once
-        self._fixed: dict[int, tuple[bool, bool, int]] = {}
-        self._outside: int | None = None
+        self._fixed = [self._fixed_counts(b) for b in self.blocks]
+        self._outside = sum(p.numel() for p in model.parameters()) - sum(self.block_params(b) for b in self.blocks)
 
     @staticmethod
     def _validate(i: int, blk: nn.Module) -> None:
@@ -137,34 +137,32 @@ class ViTStructure:
     def kept_counts_params(self, block: BlockInfo, n: Mapping[str, int]) -> tuple[int, int]:
         """Like :meth:`linear_params`/:meth:`block_params` together, from the kept count of each of the block's
         gates: (Linear parameters, other parameters)."""
-        i, blk = block.layer, self.layers[block.layer]
+        i = block.layer
         if min(n.values()) == 0:
             # the branch no longer depends on its input: it is a constant over its kept output channels
             return 0, n[block.gates[-1]]
-        first_bias, second_bias, other = self._fixed_counts(block)
+        first_bias, second_bias, other, qk_norm = self._fixed[block.index]
         if block.kind == "attn":
             heads = self.num_heads[i]
             a, h, o = n["attn_in"], n["attn_qkv"], n["attn_out"]
             qkv = 3 * heads * h * a + (3 * heads * h if first_bias else 0)
             proj = o * heads * h + (o if second_bias else 0)
-            if self.qk_norm:
-                other += (_n(blk.attn.q_norm) + _n(blk.attn.k_norm)) * h // max(self.head_dim[i], 1)
-            return qkv + proj, other
+            return qkv + proj, other + qk_norm * h // max(self.head_dim[i], 1)
         a, hid, o = n["mlp_in"], n["mlp_hid"], n["mlp_out"]
         fc1 = hid * a + (hid if first_bias else 0)
         fc2 = o * hid + (o if second_bias else 0)
         return fc1 + fc2, other
 
-    def _fixed_counts(self, block: BlockInfo) -> tuple[bool, bool, int]:
-        """(first Linear has a bias, second Linear has a bias, norm + LayerScale parameters) of a block."""
-        if block.index not in self._fixed:
-            blk = self.layers[block.layer]
-            if block.kind == "attn":
-                first, second, parts = blk.attn.qkv, blk.attn.proj, (blk.norm1, getattr(blk, "ls1", None))
-            else:
-                first, second, parts = blk.mlp.fc1, blk.mlp.fc2, (blk.norm2, getattr(blk, "ls2", None))
-            self._fixed[block.index] = (first.bias is not None, second.bias is not None, sum(_n(m) for m in parts))
-        return self._fixed[block.index]
+    def _fixed_counts(self, block: BlockInfo) -> tuple[bool, bool, int, int]:
+        """(first Linear has a bias, second Linear has a bias, norm + LayerScale parameters, qk-norm parameters)
+        of a block."""
+        blk = self.layers[block.layer]
+        if block.kind == "attn":
+            qk_norm = _n(blk.attn.q_norm) + _n(blk.attn.k_norm) if self.qk_norm else 0
+            return (blk.attn.qkv.bias is not None, blk.attn.proj.bias is not None,
+                    _n(blk.norm1) + _n(getattr(blk, "ls1", None)), qk_norm)
+        return (blk.mlp.fc1.bias is not None, blk.mlp.fc2.bias is not None,
+                _n(blk.norm2) + _n(getattr(blk, "ls2", None)), 0)
 
     def linear_params(self, block: BlockInfo, masks: Masks | None = None) -> int:
         """Linear weights and biases of ``block`` kept under ``masks`` (all when None)."""
@@ -177,9 +175,6 @@ class ViTStructure:
 
     def outside_params(self) -> int:
         """W_0: parameters outside the blocks (embeddings, prefix tokens, final norm, head)."""
-        if self._outside is None:
-            total = sum(p.numel() for p in self.model.parameters())
-            self._outside = total - sum(self.block_params(b) for b in self.blocks)
         return self._outside
 
     def total_params(self, masks: Masks | None = None) -> int:
