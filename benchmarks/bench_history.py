@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 import sparselab as sl
-from sparselab.experiments.p3b import load_data, p3b_preset
+from sparselab.experiments.p3b import load_data, p3b_preset, source_model
 from sparselab.history import History
 from sparselab.probes.block_benefit import BlockBenefit
 from sparselab.pruners.art import ART
@@ -75,8 +75,7 @@ def p3b_case(updates_per_epoch: int, epochs: int, steps: int | None):
     preset = p3b_preset("cpu")
     data = load_data(preset)
     torch.manual_seed(0)
-    model = sl.models.create(preset.model, num_classes=data.num_classes, in_chans=data.in_chans,
-                             pretrained=preset.pretrained, recipe=preset.recipe)
+    model = source_model(preset, data)
     schedule = sl.P3BSchedule(warmup=0, sparsify=1, finalize=epochs, updates_per_epoch=updates_per_epoch)
     pruner = sl.P3B(model, 0.5, schedule=schedule, patch_probe="linear")
     return lambda: sl.fit(model, data, epochs=epochs, pruner=pruner, progress=False, max_steps_per_epoch=steps,

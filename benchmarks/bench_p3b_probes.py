@@ -31,7 +31,7 @@ import torch
 from scipy.stats import spearmanr
 
 import sparselab as sl
-from sparselab.experiments.p3b import load_data, p3b_preset, run_p3b
+from sparselab.experiments.p3b import load_data, p3b_preset, run_p3b, source_model
 from sparselab.training.pruner import Pruner
 
 ESTIMATORS: dict[str, dict] = {  # name: patch probe and BlockBenefit options (class-token probes always run)
@@ -96,16 +96,11 @@ def mean_importance(history: sl.History) -> np.ndarray:
     return imp.groupby("block").value.mean().sort_index().to_numpy()
 
 
-def make_model(preset, data):
-    return sl.models.create(preset.model, num_classes=data.num_classes, in_chans=data.in_chans,
-                            pretrained=preset.pretrained, recipe=preset.recipe)
-
-
 def step_cost(preset, data, method: str, options: dict, max_steps: int | None) -> dict:
     """P3B steps over interleaved plain steps, on a shortened schedule (see the module docstring)."""
     schedule = sl.P3BSchedule(warmup=1, sparsify=2, finalize=3, updates_per_epoch=preset.schedule.updates_per_epoch)
     torch.manual_seed(0)
-    model, plain = make_model(preset, data), make_model(preset, data)
+    model, plain = source_model(preset, data), source_model(preset, data)
     pruner = None
     if method != "dense":
         probe = dict(options)

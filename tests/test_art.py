@@ -273,6 +273,21 @@ def test_gradual_magnitude_pruning_follows_the_cubic_schedule(digits):
     assert s.is_monotonic_increasing and s.iloc[-1] == pytest.approx(0.95, abs=1e-6)
 
 
+def test_presets_by_name_with_changes_and_clear_errors():
+    from sparselab.experiments import art as art_exp
+    from sparselab.experiments import p3b_preset
+
+    assert art_exp.art_preset("tiny", seeds=(5,)).seeds == (5,)
+    assert art_exp.art_preset("tiny") is art_exp.ART_PRESETS["tiny"]
+    assert p3b_preset("tiny", seeds=(5,)).seeds == (5,)
+    with pytest.raises(UnknownNameError, match="ART preset.*tiny"):
+        art_exp.art_preset("tiny2")
+    with pytest.raises(UnknownNameError, match="P3B preset.*cpu"):
+        p3b_preset("gpu")
+    with pytest.raises(UnknownNameError, match="preset field"):
+        p3b_preset("tiny", seed=1)
+
+
 def test_bad_input():
     with pytest.raises(ConfigError, match=r"\[0, 1\)"):
         sl.ART(lenet(), 1.0)

@@ -28,7 +28,6 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .. import data as sl_data
 from .. import models
 from ..errors import ConfigError, check_ratio, unknown_name
 from ..history import History
@@ -36,6 +35,7 @@ from ..pruners import ART, FixedMask, GradualMagnitude
 from ..structure.unstructured import apply_masks, magnitude_masks, prunable_weights, sparsity
 from ..training.config import checked_replace
 from ..training import evaluate, fit
+from .presets import load_data, named_preset
 
 ART_METHODS = ("hypersparse", "l1", "l2", "gmp", "oneshot", "layerwise")
 
@@ -104,9 +104,7 @@ for _m, _tag in (("resnet32_wide", "resnet32"), ("vgg19_bn", "vgg19")):
 
 def art_preset(name: str = "cpu", **changes: Any) -> ARTPreset:
     """A named preset (``tiny``, ``cpu``, ``cpu-cnn``, ``paper-resnet32-cifar10``, ...), optionally changed."""
-    if name not in ART_PRESETS:
-        raise unknown_name("ART preset", name, ART_PRESETS)
-    return ART_PRESETS[name].replace(**changes) if changes else ART_PRESETS[name]
+    return named_preset("ART preset", ART_PRESETS, name, **changes)
 
 
 @dataclass
@@ -122,11 +120,6 @@ class ARTRun:
     model: nn.Module
     masks: dict[str, torch.Tensor]
     result: dict[str, float]
-
-
-def load_data(preset: ARTPreset, **options: Any):
-    """The preset's dataset."""
-    return sl_data.load(preset.data, image_size=preset.image_size, **{**preset.data_options, **options})
 
 
 def warm_start(preset: ARTPreset, seed: int, data, progress: bool = True) -> tuple[nn.Module, History]:

@@ -26,7 +26,6 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .. import data as sl_data
 from .. import models
 from ..errors import ConfigError, check_ratio, unknown_name
 from ..history import History
@@ -34,6 +33,7 @@ from ..latency import latency_ms
 from ..pruners import P3B, P3BSchedule
 from ..training.config import checked_replace
 from ..training import fit
+from .presets import load_data, named_preset
 
 METHODS: dict[str, dict[str, Any]] = {
     "p3b": dict(allocation="benefit"),
@@ -109,9 +109,7 @@ for _model, _tag in (("deit_small_patch16_224", "s"), ("deit_tiny_patch16_224", 
 
 def p3b_preset(name: str = "cpu", **changes: Any) -> P3BPreset:
     """A named preset (``tiny``, ``cpu``, ``paper-deit-s-ifood``, ...), optionally with fields changed."""
-    if name not in PRESETS:
-        raise unknown_name("P3B preset", name, PRESETS)
-    return PRESETS[name].replace(**changes) if changes else PRESETS[name]
+    return named_preset("P3B preset", PRESETS, name, **changes)
 
 
 @dataclass
@@ -128,9 +126,11 @@ class P3BRun:
     result: dict[str, float]
 
 
-def load_data(preset: P3BPreset, **options: Any):
-    """The preset's target dataset."""
-    return sl_data.load(preset.data, image_size=preset.image_size, **{**preset.data_options, **options})
+def source_model(preset: P3BPreset, data) -> nn.Module:
+    """The preset's source model (pretrained as the preset says) with a head for ``data``'s classes."""
+    return models.create(preset.model, num_classes=data.num_classes, in_chans=data.in_chans,
+                         pretrained=preset.pretrained, **({"recipe": preset.recipe} if preset.recipe else {}),
+                         **preset.model_options)
 
 
 def fixed_profile(model: nn.Module) -> list[float]:
@@ -153,9 +153,7 @@ def run_p3b(preset: P3BPreset, method: str = "p3b", prune_ratio: float = 0.5, se
         check_ratio("prune_ratio", prune_ratio)
     data = data if data is not None else load_data(preset)
     torch.manual_seed(seed)
-    model = models.create(preset.model, num_classes=data.num_classes, in_chans=data.in_chans,
-                          pretrained=preset.pretrained, **({"recipe": preset.recipe} if preset.recipe else {}),
-                          **preset.model_options)
+    model = source_model(preset, data)
     name = f"{method}-{int(round(prune_ratio * 100))}-s{seed}" if method != "dense" else f"dense-s{seed}"
     history = History(meta={"run": name, "method": method, "prune_ratio": prune_ratio if method != "dense" else 0.0,
                             "seed": seed, "preset": preset.name})

@@ -1,0 +1,25 @@
+"""What the P3B and ART experiment presets share: picking one by name and loading its dataset.
+
+Example:
+    >>> from sparselab.experiments.p3b import PRESETS
+    >>> named_preset("P3B preset", PRESETS, "tiny", seeds=(3,)).seeds
+    (3,)
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from .. import data as sl_data
+from ..errors import unknown_name
+
+
+def named_preset(kind: str, presets: Mapping[str, Any], name: str, **changes: Any) -> Any:
+    """``presets[name]`` with ``changes`` applied through its ``replace``; a clear error names the known ones."""
+    if name not in presets:
+        raise unknown_name(kind, name, presets)
+    return presets[name].replace(**changes) if changes else presets[name]
+
+
+def load_data(preset: Any, **options: Any):
+    """The preset's dataset (its ``data``, ``image_size`` and ``data_options``, overridden by ``options``)."""
+    return sl_data.load(preset.data, image_size=preset.image_size, **{**preset.data_options, **options})
