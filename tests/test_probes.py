@@ -110,9 +110,9 @@ def test_probe_every_and_fraction_subsample_only_the_patch_probes(digits):
 
     original = probes.probe_loss
 
-    def spy(targets, patch=True, patch_samples=None):
+    def spy(targets, patch=True, patch_samples=None, label_smoothing=0.0):
         batch.append(patch_samples)
-        return original(targets, patch, patch_samples)
+        return original(targets, patch, patch_samples, label_smoothing)
 
     probes.probe_loss = spy
     sl.fit(model, digits, epochs=1, batch_size=32, callbacks=[Watch(), probes], progress=False,

@@ -5,8 +5,11 @@ train the backbone) and evaluated on the block's input x_{k-1} and output x_k:
 
     ΔΨ_k = loss(probe_k(x_{k-1})) − loss(probe_k(x_k))
 
-separately for the class-token probe (ΔΨ^c) and the patch probe (ΔΨ^p). Benefits are summed over a window
-of steps and averaged when read; under torchrun sums, counts and probe gradients are all-reduced.
+separately for the class-token probe (ΔΨ^c) and the patch probe (ΔΨ^p). The loss is the task's own: during
+:func:`sparselab.fit` the probes train and measure on the targets the model trains on (mixed and smoothed under
+mixup/cutmix, smoothed with label smoothing), never on hard labels next to mixed images. Benefits are summed over
+a window of steps and averaged when read; the previous window is kept so that both can be merged (P3B's
+finalisation). Under torchrun sums, counts and probe gradients are all-reduced.
 
 The reference estimator evaluates every probe on the whole batch at every step. Nearly all of its cost is the
 patch probes' 3x3 convolutions; two knobs make them cheaper (``benchmarks/bench_p3b_probes.py`` measures cost and
@@ -69,18 +72,26 @@ class BlockBenefit(WindowedRecorder):
             reference).
         probe_fraction: share of each batch the patch probes see during training, in (0, 1] (1: the whole
             batch, the reference).
+        lr: the probes' own learning rate (the reference: 5e-4, not scaled with the batch); None: the model's.
+        weight_decay: the probes' weight decay on conv/linear weights (the reference: 0.05); biases and BatchNorm
+            get none.
     """
 
     def __init__(self, model: nn.Module, num_classes: int, patch_probe: str | None = "conv2",
                  log_every: int | None = None, structure: ViTStructure | None = None, probe_every: int = 1,
-                 probe_fraction: float = 1.0):
+                 probe_fraction: float = 1.0, lr: float | None = None, weight_decay: float = 0.0):
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
             raise ConfigError(f"num_classes must be an integer >= 2, got {num_classes!r}")
         if isinstance(probe_every, bool) or not isinstance(probe_every, int) or probe_every < 1:
             raise ConfigError(f"probe_every must be an integer >= 1 (1 = every step), got {probe_every!r}")
         if not 0 < probe_fraction <= 1:
             raise ConfigError(f"probe_fraction must lie in (0, 1] (1 = the whole batch), got {probe_fraction!r}")
+        if lr is not None and not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+            raise ConfigError(f"the probes' lr must be a finite number > 0 (or None: the model's), got {lr!r}")
+        if not (isinstance(weight_decay, (int, float)) and math.isfinite(weight_decay) and weight_decay >= 0):
+            raise ConfigError(f"the probes' weight_decay must be a finite number >= 0, got {weight_decay!r}")
         self.probe_every, self.probe_fraction = probe_every, float(probe_fraction)
+        self.lr, self.weight_decay = lr, float(weight_decay)
         self.structure = structure or ViTStructure(model)
         s = self.structure
         self.num_classes = num_classes
@@ -94,8 +105,13 @@ class BlockBenefit(WindowedRecorder):
 
     # ------------------------------------------------------------------ sums
     def reset(self) -> None:
-        """Start a new window: zero the benefit sums and the batch counts."""
+        """Start a new window: the current one becomes the previous one; zero the sums and the batch counts."""
         k = len(self.structure.blocks)
+        if hasattr(self, "sums"):
+            self.prev_sums, self.prev_counts = self.sums, self.counts
+        else:
+            self.prev_sums = torch.zeros(len(VARIANTS), k, dtype=torch.float64)
+            self.prev_counts = torch.zeros(len(VARIANTS), dtype=torch.float64)
         self.sums = torch.zeros(len(VARIANTS), k, dtype=torch.float64)
         self.counts = torch.zeros(len(VARIANTS), dtype=torch.float64)
 
@@ -104,20 +120,26 @@ class BlockBenefit(WindowedRecorder):
         """Batches in the current window (those of the class-token probe, which runs on every one)."""
         return int(self.counts.max())
 
-    def window_mean(self, reduce: bool = True) -> dict[str, torch.Tensor]:
-        """Mean ΔΨ per block over the current window, per variant (``cls``, ``patch``); all-reduced."""
-        t = torch.cat([self.sums.flatten(), self.counts])
+    def window_mean(self, reduce: bool = True, merge_previous: bool = False) -> dict[str, torch.Tensor]:
+        """Mean ΔΨ per block over the current window, per variant (``cls``, ``patch``); all-reduced.
+        ``merge_previous``: over the previous and the current window together."""
+        sums, counts = self.sums, self.counts
+        if merge_previous:
+            sums, counts = sums + self.prev_sums, counts + self.prev_counts
+        t = torch.cat([sums.flatten(), counts])
         if reduce:
             t = dist_utils.all_reduce_sum(t)
         n = t[-len(VARIANTS):].clamp_min(1.0)
-        sums = t[:-len(VARIANTS)].view_as(self.sums) / n[:, None]
-        return {v: sums[i].clone() for i, v in enumerate(VARIANTS) if v in self.variants}
+        means = t[:-len(VARIANTS)].view_as(self.sums) / n[:, None]
+        return {v: means[i].clone() for i, v in enumerate(VARIANTS) if v in self.variants}
 
     # ------------------------------------------------------------------ probe losses
-    def probe_loss(self, targets: torch.Tensor, patch: bool = True, patch_samples: int | None = None
-                   ) -> torch.Tensor:
+    def probe_loss(self, targets: torch.Tensor, patch: bool = True, patch_samples: int | None = None,
+                   label_smoothing: float = 0.0) -> torch.Tensor:
         """Sum of all probe losses on the last forward pass's taps; accumulates ΔΨ when ``accumulate``.
 
+        ``targets`` are class indices ``(B,)`` (cross-entropy with ``label_smoothing``) or target distributions
+        ``(B, C)`` (soft-target cross-entropy, as under mixup/cutmix); see :func:`sparselab.training.task_loss`.
         ``patch=False`` skips the patch probes; ``patch_samples`` gives them only the first samples of the batch.
         """
         stream = self.taps.stream
@@ -131,12 +153,12 @@ class BlockBenefit(WindowedRecorder):
         for k, pair in enumerate(self.probes):
             x_in, x_out = stream[k], stream[k + 1]
             feats = torch.cat([s.pooled(x_in), s.pooled(x_out)])
-            losses = F.cross_entropy(pair.cls(feats), targets.repeat(2), reduction="none").view(2, -1).mean(1)
+            losses = _loss(pair.cls(feats), twice(targets), label_smoothing).view(2, -1).mean(1)
             total = total + losses.sum()
             deltas[0, k] = (losses[0] - losses[1]).item()
             if patch:
                 grids = torch.cat([s.patch_tokens(x_in[:n]), s.patch_tokens(x_out[:n])])
-                pl = F.cross_entropy(pair.patch(grids), targets[:n].repeat(2), reduction="none").view(2, -1).mean(1)
+                pl = _loss(pair.patch(grids), twice(targets[:n]), label_smoothing).view(2, -1).mean(1)
                 total = total + pl.sum()
                 deltas[1, k] = (pl[0] - pl[1]).item()
         if self.accumulate:
@@ -149,7 +171,11 @@ class BlockBenefit(WindowedRecorder):
         self.probes.to(state.device, dtype=next(state.model.parameters()).dtype)
 
     def param_groups(self, groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        return groups + [{"params": list(self.probes.parameters()), "weight_decay": 0.0}]
+        decay = [p for p in self.probes.parameters() if p.ndim > 1]
+        no_decay = [p for p in self.probes.parameters() if p.ndim <= 1]
+        lr = {"lr": self.lr} if self.lr is not None else {}
+        return groups + [{"params": decay, "weight_decay": self.weight_decay, **lr},
+                         {"params": no_decay, "weight_decay": 0.0, **lr}]
 
     def patch_probes_this_step(self, state: TrainState) -> bool:
         """Whether the patch probes run on the current step (``probe_every``)."""
@@ -158,7 +184,8 @@ class BlockBenefit(WindowedRecorder):
     def extra_loss(self, state: TrainState) -> torch.Tensor:
         self.probes.train()
         n = math.ceil(self.probe_fraction * len(state.targets)) if self.probe_fraction < 1 else None
-        return self.probe_loss(state.targets, patch=self.patch_probes_this_step(state), patch_samples=n)
+        return self.probe_loss(state.loss_targets, patch=self.patch_probes_this_step(state), patch_samples=n,
+                               label_smoothing=state.label_smoothing)
 
     def after_backward(self, state: TrainState) -> None:
         if state.world_size > 1:
@@ -235,13 +262,27 @@ class BlockBenefit(WindowedRecorder):
         self.taps.remove()
 
     def state_dict(self) -> dict[str, Any]:
-        return {"probes": self.probes.state_dict(), "sums": self.sums.clone(), "counts": self.counts.clone()}
+        return {"probes": self.probes.state_dict(), "sums": self.sums.clone(), "counts": self.counts.clone(),
+                "prev_sums": self.prev_sums.clone(), "prev_counts": self.prev_counts.clone()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.probes.load_state_dict(state["probes"])
         self.sums = state["sums"].clone()
         self.counts = (state["counts"].clone() if "counts" in state
                        else torch.full((len(VARIANTS),), float(state["count"]), dtype=torch.float64))
+        if "prev_sums" in state:
+            self.prev_sums, self.prev_counts = state["prev_sums"].clone(), state["prev_counts"].clone()
+
+
+def twice(targets: torch.Tensor) -> torch.Tensor:
+    """Targets for a probe evaluated on a block's input and output stacked along the batch."""
+    return torch.cat([targets, targets])
+
+
+def _loss(logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float) -> torch.Tensor:
+    from ..training.loop import task_loss
+
+    return task_loss(logits, targets, label_smoothing, reduction="none")
 
 
 def all_reduce_mean_grads(params: list[torch.Tensor], world_size: int) -> None:

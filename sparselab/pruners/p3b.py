@@ -65,6 +65,12 @@ class P3B(Pruner):
         class_weight: α, the class-token share of the class/patch mix (0.5).
         gate_factors: per-gate multipliers of the rank-normalised scores.
         blocks_only: let ``prune_ratio`` refer to the blocks' parameters only.
+        probe_lr, probe_weight_decay: the probes' own optimizer settings (the reference: 5e-4 and 0.05 on
+            conv/linear weights); ``probe_lr=None`` uses the model's learning rate.
+
+    Under fp16 loss scaling the gate gradients (the gates are outside the optimizer) are unscaled like every other
+    gradient, and a step the scaler skips adds nothing to the Taylor scores. At finalisation the Taylor scores and
+    the block benefit are both taken over the last two windows merged.
     """
 
     def __init__(self, model: nn.Module, prune_ratio: float, schedule: P3BSchedule | None = None, *,
@@ -72,7 +78,8 @@ class P3B(Pruner):
                  keep_ratios: Sequence[float] | None = None, patch_probe: str | None = "conv2",
                  benefit_scale: float = 10.0, per_parameter: str = "remaining", momentum: float = 0.2,
                  class_weight: float = 0.5, gate_factors: Mapping[str, float] | None = None,
-                 blocks_only: bool = False, probe_every: int = 1, probe_fraction: float = 1.0):
+                 blocks_only: bool = False, probe_every: int = 1, probe_fraction: float = 1.0,
+                 probe_lr: float | None = None, probe_weight_decay: float = 0.0):
         self.prune_ratio = check_ratio("prune_ratio", prune_ratio)
         for name, value, allowed in (("allocation", allocation, ALLOCATIONS), ("criterion", criterion, CRITERIA),
                                      ("per_parameter", per_parameter, PER_PARAMETER)):
@@ -114,7 +121,7 @@ class P3B(Pruner):
             if not isinstance(n_cls, int) or n_cls < 2:
                 raise ConfigError("P3B needs num_classes (the model has no num_classes attribute)")
             self.probes = BlockBenefit(model, n_cls, patch_probe=patch_probe, structure=s, probe_every=probe_every,
-                                       probe_fraction=probe_fraction)
+                                       probe_fraction=probe_fraction, lr=probe_lr, weight_decay=probe_weight_decay)
             self.probes.accumulate = False
         self.steps: P3BSteps | None = None
         self.finalized = False
@@ -124,6 +131,7 @@ class P3B(Pruner):
         self._taylor_prev = self._zero_scores()
         self._count = 0
         self._count_prev = 0
+        self.skipped_steps = 0
 
     # ------------------------------------------------------------------ helpers
     def _zero_scores(self) -> dict[str, torch.Tensor]:
@@ -162,6 +170,11 @@ class P3B(Pruner):
         return self.probes.extra_loss(state)
 
     def after_backward(self, state: TrainState) -> None:
+        if state.grad_scale != 1.0:  # the gates are outside the optimizer: the scaler did not unscale them
+            inv = 1.0 / state.grad_scale
+            for p in self.gates.parameters():
+                if p.grad is not None:
+                    p.grad.mul_(inv)
         if state.world_size > 1:
             params = [p for p in self.gates.parameters() if p.requires_grad]
             if self.probes is not None and not self.finalized:
@@ -172,15 +185,20 @@ class P3B(Pruner):
     def after_step(self, state: TrainState) -> None:
         collect = not self.finalized and self.steps.in_window(state.step)
         if collect and self.criterion == "taylor":
-            for key, p in self.gates.values.items():
-                if p.grad is not None:
-                    self._taylor[key] += (p.detach() * p.grad).double().pow(2).cpu()
+            terms = {key: (p.detach() * p.grad).double().pow(2).cpu()
+                     for key, p in self.gates.values.items() if p.grad is not None}
+            # a step the grad scaler skipped (or any overflow) adds nothing, not even to the count
+            if state.step_skipped or not all(bool(torch.isfinite(t).all()) for t in terms.values()):
+                collect = False
+                self.skipped_steps += 1
+            else:
+                for key, t in terms.items():
+                    self._taylor[key] += t
         for p in self.gates.parameters():
             p.grad = None
-        if not collect:
-            return
-        self._count += 1
-        if self.steps.is_update(state.step):
+        if collect:
+            self._count += 1
+        if not self.finalized and self.steps.is_update(state.step):
             self.update(state)
 
     def on_epoch_end(self, state: TrainState) -> None:
@@ -230,7 +248,7 @@ class P3B(Pruner):
             masks = self.hard_masks()
             params = (torch.tensor([s.block_params(b, masks) for b in s.blocks], dtype=torch.float64)
                       if self.per_parameter == "remaining" else self.dense_block)
-            means = self.probes.window_mean()
+            means = self.probes.window_mean(merge_previous=final)
             self.probes.reset()
             mixed = torch.zeros(len(s.blocks), dtype=torch.float64)
             weights = {"cls": self.class_weight, "patch": 1 - self.class_weight}
@@ -355,7 +373,7 @@ class P3B(Pruner):
             "probes": self.probes.state_dict() if self.probes is not None else None,
             "taylor": self._taylor, "taylor_prev": self._taylor_prev, "count": self._count,
             "count_prev": self._count_prev, "importance": self._importance, "finalized": self.finalized,
-            "updates": self.updates,
+            "updates": self.updates, "skipped_steps": self.skipped_steps,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -369,6 +387,7 @@ class P3B(Pruner):
         self._count, self._count_prev = state["count"], state["count_prev"]
         self._importance = {k: v.clone() for k, v in state["importance"].items()}
         self.finalized, self.updates = state["finalized"], state["updates"]
+        self.skipped_steps = state.get("skipped_steps", 0)
         if self.finalized and self.probes is not None:
             self.probes.remove()
 

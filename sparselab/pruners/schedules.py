@@ -21,7 +21,8 @@ class P3BSchedule:
 
     - dense warm-up until epoch ``warmup`` (probes train; no scores accumulated);
     - sparsify until epoch ``sparsify``: mask updates every U steps, the applied keep ratio ramps to the goal;
-    - sharpen until epoch ``finalize``: the soft-mask temperature τ decays linearly from ``tau`` to 0;
+    - sharpen until epoch ``finalize``: the soft-mask temperature τ decays linearly from ``tau`` to ``tau_min``
+      (default 0);
     - finalize at the end of epoch ``finalize``: one last update with a hard threshold.
     """
 
@@ -30,6 +31,7 @@ class P3BSchedule:
     finalize: int = 50
     updates_per_epoch: int = 3
     tau: float = 0.1
+    tau_min: float = 0.0
 
     def __post_init__(self) -> None:
         if not (0 <= self.warmup < self.sparsify <= self.finalize):
@@ -37,13 +39,13 @@ class P3BSchedule:
                               f"sparsify={self.sparsify}, finalize={self.finalize}")
         if self.updates_per_epoch < 1:
             raise ConfigError(f"updates_per_epoch must be >= 1, got {self.updates_per_epoch}")
-        if self.tau < 0:
-            raise ConfigError(f"tau must be >= 0, got {self.tau}")
+        if not (0 <= self.tau_min <= self.tau):  # also rejects NaN
+            raise ConfigError(f"need 0 <= tau_min <= tau, got tau={self.tau}, tau_min={self.tau_min}")
 
     def steps(self, steps_per_epoch: int) -> "P3BSteps":
         return P3BSteps(self.warmup * steps_per_epoch, self.sparsify * steps_per_epoch,
                         self.finalize * steps_per_epoch, max(1, steps_per_epoch // self.updates_per_epoch),
-                        self.tau)
+                        self.tau, self.tau_min)
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,7 @@ class P3BSteps:
     final: int
     interval: int
     tau0: float
+    tau_min: float = 0.0
 
     def in_window(self, step: int) -> bool:
         """Scores accumulate after optimizer steps ``start < step <= final``."""
@@ -69,9 +72,10 @@ class P3BSteps:
         return min(1.0, max(0.0, (step + 1 - self.start) / max(self.sparse - self.start, 1)))
 
     def tau(self, step: int) -> float:
-        """τ(t): ``tau0`` until t_sparse, then linearly to 0 at t_final."""
+        """τ(t): ``tau0`` until t_sparse, then linearly to ``tau_min`` at t_final."""
         if step < self.sparse:
             return self.tau0
         if step >= self.final:
-            return 0.0
-        return self.tau0 * (1 - (step - self.sparse) / max(self.final - self.sparse, 1))
+            return self.tau_min
+        frac = (step - self.sparse) / max(self.final - self.sparse, 1)
+        return self.tau_min + (self.tau0 - self.tau_min) * (1 - frac)

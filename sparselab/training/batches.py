@@ -5,6 +5,12 @@ and cuts it into the same global batches; process ``r`` of ``w`` then takes chun
 In-memory datasets are indexed directly and augmented for the whole global batch before the chunk is taken, so
 ``w`` processes see exactly what one process with the same global batches would see.
 
+With gradient accumulation the permutation is cut into effective batches (``batch_size * accumulate_steps``)
+first and each of those into ``accumulate_steps`` micro-batches, so that accumulating 2 x 32 visits exactly the
+images of one batch of 64. With repeated augmentation the order comes from timm's ``RepeatAugSampler``: process
+``r`` takes what the sampler gives replica ``r`` of ``w`` (as under timm's own distributed training), and global
+batch ``b`` is the concatenation of every process's ``b``-th local batch.
+
 Example:
     >>> import torch
     >>> from sparselab.data import TensorImages
@@ -21,6 +27,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..data.datasets import TensorImages
+from ..errors import ConfigError
 
 
 def to_model_input(x: torch.Tensor, model: torch.nn.Module, device: torch.device) -> torch.Tensor:
@@ -40,6 +47,41 @@ def global_batches(order: torch.Tensor, batch_size: int, drop_last: bool) -> lis
     if drop_last and batches and len(batches[-1]) < batch_size:
         batches.pop()
     return batches
+
+
+def epoch_groups(n: int, batch_size: int, accumulate_steps: int, drop_last: bool, seed: int, epoch: int,
+                 repeated_aug: int = 1, world_size: int = 1) -> list[list[torch.Tensor]]:
+    """The epoch's optimizer steps: each a list of ``accumulate_steps`` global micro-batches of dataset indices.
+
+    Example:
+        >>> groups = epoch_groups(10, batch_size=2, accumulate_steps=2, drop_last=True, seed=0, epoch=0)
+        >>> len(groups), [len(b) for b in groups[0]]
+        (2, [2, 2])
+    """
+    effective = batch_size * accumulate_steps
+    if repeated_aug == 1:
+        steps = global_batches(epoch_order(n, seed, epoch), effective, drop_last)
+        return [list(step.split(batch_size)) for step in steps]
+    if batch_size % world_size:
+        raise ConfigError(f"repeated augmentation needs a batch_size divisible by the {world_size} processes, "
+                          f"got {batch_size}")
+    from timm.data.distributed_sampler import RepeatAugSampler
+
+    streams = []
+    for rank in range(world_size):
+        sampler = RepeatAugSampler(range(n), num_replicas=world_size, rank=rank, shuffle=True,
+                                   num_repeats=repeated_aug)
+        sampler.set_epoch(seed * 100_003 + epoch)  # timm seeds its shuffle with the epoch alone
+        streams.append(torch.tensor(list(sampler), dtype=torch.long))
+    local = batch_size // world_size
+    per_rank = [list(s.split(local)) for s in streams]
+    micro = [torch.cat([chunks[i] for chunks in per_rank]) for i in range(len(per_rank[0]))]
+    if drop_last and micro and len(micro[-1]) < batch_size:
+        micro.pop()
+    groups = [micro[i:i + accumulate_steps] for i in range(0, len(micro), accumulate_steps)]
+    if drop_last and groups and len(groups[-1]) < accumulate_steps:
+        groups.pop()
+    return groups
 
 
 def local_chunk(batch: torch.Tensor, rank: int, world_size: int) -> slice:

@@ -15,6 +15,7 @@ from ..errors import ConfigError, check_ratio, unknown_name
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
 LR_SCHEDULES = ("constant", "cosine", "step")
+WEIGHT_DECAY_ON = ("weights", "all")
 
 
 def checked_replace(obj: Any, kind: str, **changes: Any) -> Any:
@@ -32,11 +33,20 @@ class TrainConfig:
 
     Attributes:
         epochs: passes over the training split.
-        batch_size: global batch size (split evenly over processes under torchrun).
-        optimizer: ``adamw``, ``adam`` or ``sgd`` (biases, norms and 1-d parameters get no weight decay).
+        batch_size: global batch size of one forward/backward pass (split evenly over processes under torchrun).
+        accumulate_steps: gradient accumulation: one optimizer step per this many batches, so the effective batch
+            is ``batch_size * accumulate_steps``. Every schedule (learning rate, warm-up, ``max_steps_per_epoch``,
+            checkpoints, pruner hooks after the step) counts optimizer steps.
+        repeated_aug: timm's ``RepeatAugSampler`` with this many repeats (1: off; the DeiT recipe uses 3): every
+            image appears ``repeated_aug`` times per epoch with independent augmentations, and an epoch keeps the
+            dataset's length (rounded down to a multiple of 256, as timm does).
+        optimizer: ``adamw``, ``adam`` or ``sgd``.
         lr, weight_decay, momentum: optimizer settings (``momentum`` for SGD only).
-        lr_schedule: ``constant``, ``cosine`` (to 0 at the end) or ``step`` (× ``lr_gamma`` at each epoch
-            in ``lr_milestones``); all after ``warmup_steps`` of linear warm-up.
+        weight_decay_on: ``weights`` (biases, norms, 1-d tensors and timm's ``no_weight_decay()`` get none) or
+            ``all`` (every parameter, as the HyperSparse reference's SGD).
+        lr_schedule: ``constant``, ``cosine`` (to ``min_lr`` at the end) or ``step`` (× ``lr_gamma`` at each
+            epoch in ``lr_milestones``); all after ``warmup_steps`` of linear warm-up.
+        min_lr: the learning rate the cosine schedule ends at.
         label_smoothing: cross-entropy label smoothing, in [0, 1).
         mixup, cutmix: alpha of timm's Mixup / CutMix (0: off); with either on, the loss is soft-target
             cross-entropy and label smoothing goes into the mixed targets.
@@ -56,11 +66,15 @@ class TrainConfig:
 
     epochs: int = 10
     batch_size: int = 128
+    accumulate_steps: int = 1
+    repeated_aug: int = 1
     optimizer: str = "adamw"
     lr: float = 1e-3
     weight_decay: float = 0.05
+    weight_decay_on: str = "weights"
     momentum: float = 0.9
     lr_schedule: str = "constant"
+    min_lr: float = 0.0
     warmup_steps: int = 0
     lr_milestones: tuple[int, ...] = ()
     lr_gamma: float = 0.1
@@ -81,7 +95,7 @@ class TrainConfig:
     device: str | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "eval_batch_size", "log_every"):
+        for name in ("epochs", "batch_size", "accumulate_steps", "repeated_aug", "eval_batch_size", "log_every"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {v!r}")
@@ -93,6 +107,10 @@ class TrainConfig:
             raise unknown_name("optimizer", self.optimizer, OPTIMIZERS)
         if self.lr_schedule not in LR_SCHEDULES:
             raise unknown_name("lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        if self.weight_decay_on not in WEIGHT_DECAY_ON:
+            raise unknown_name("weight_decay_on", self.weight_decay_on, WEIGHT_DECAY_ON)
+        if not 0 <= self.min_lr < self.lr:
+            raise ConfigError(f"min_lr must lie in [0, lr={self.lr}), got {self.min_lr}")
         if self.eval_split not in ("val", "test"):
             raise ConfigError(f"eval_split must be 'val' or 'test', got {self.eval_split!r}")
         if not self.lr > 0 or self.weight_decay < 0 or self.warmup_steps < 0:
@@ -104,6 +122,11 @@ class TrainConfig:
         if (self.mixup or self.cutmix) and self.batch_size % 2:
             raise ConfigError(f"mixup/cutmix need an even batch_size, got {self.batch_size}")
         object.__setattr__(self, "lr_milestones", tuple(int(m) for m in self.lr_milestones))
+
+    @property
+    def effective_batch_size(self) -> int:
+        """Images per optimizer step: ``batch_size * accumulate_steps``."""
+        return self.batch_size * self.accumulate_steps
 
     def replace(self, **changes: Any) -> "TrainConfig":
         """A copy with some fields changed; unknown names raise with close matches."""

@@ -31,7 +31,7 @@ from ..errors import CheckpointError, ConfigError
 from ..history import History
 from ..models import num_classes_of
 from . import distributed as dist_utils
-from .batches import epoch_order, eval_batches, global_batches, to_model_input, train_batches
+from .batches import epoch_groups, eval_batches, to_model_input, train_batches
 from .checkpoint import FORMAT, atomic_save, load_checkpoint
 from .config import TrainConfig
 from .optim import build_optimizer, build_scheduler, param_groups
@@ -138,7 +138,7 @@ def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
 def fit(model: nn.Module, data: DataBundle, epochs: int | None = None, pruner: Pruner | None = None, *,
         config: TrainConfig | None = None, callbacks: Sequence[Pruner] = (), history: History | None = None,
         checkpoint_dir: str | Path | None = None, resume: bool = False, progress: bool = True,
-        **options: Any) -> History:
+        grad_scaler: torch.amp.GradScaler | None = None, **options: Any) -> History:
     """Train ``model`` on ``data`` and return the run's :class:`History`.
 
     Args:
@@ -153,6 +153,9 @@ def fit(model: nn.Module, data: DataBundle, epochs: int | None = None, pruner: P
             ``checkpoint_every`` steps; Ctrl-C then stops after the current step and checkpoints first.
         resume: continue from ``checkpoint_dir/last.pt`` if it exists; the result equals an uninterrupted run.
         progress: show a progress bar (terminal or notebook).
+        grad_scaler: a ``torch.amp.GradScaler`` to use instead of the automatic one (float16 autocast on CUDA
+            gets one by itself); hooks see its scale in ``state.grad_scale`` and skipped steps in
+            ``state.step_skipped``.
 
     Under ``torchrun`` the model is wrapped in DistributedDataParallel, each process takes its share of every
     global batch, and metrics are all-reduced, so every process returns the same History.
@@ -174,18 +177,27 @@ def fit(model: nn.Module, data: DataBundle, epochs: int | None = None, pruner: P
     train_ds = data.train
     eval_name = "val" if (cfg.eval_split == "val" and data.val is not None) else "test"
     eval_ds = data.val if eval_name == "val" else data.test
-    n_batches = len(train_ds) // cfg.batch_size if cfg.drop_last else math.ceil(len(train_ds) / cfg.batch_size)
-    if n_batches == 0:
-        raise ConfigError(f"batch_size {cfg.batch_size} exceeds the {len(train_ds)} training images "
+
+    def plan(epoch: int) -> list[list[torch.Tensor]]:
+        return epoch_groups(len(train_ds), cfg.batch_size, cfg.accumulate_steps, cfg.drop_last, cfg.seed, epoch,
+                            cfg.repeated_aug, world)
+
+    n_steps = len(plan(0))
+    if n_steps == 0:
+        raise ConfigError(f"an effective batch of {cfg.effective_batch_size} images (batch_size {cfg.batch_size} x "
+                          f"accumulate_steps {cfg.accumulate_steps}) exceeds the {len(train_ds)} training images "
                           f"(with drop_last=True no batch is left)")
-    steps_per_epoch = min(n_batches, cfg.max_steps_per_epoch or n_batches)
+    steps_per_epoch = min(n_steps, cfg.max_steps_per_epoch or n_steps)
 
     groups = param_groups(model, cfg)
     for p in plugins:
         groups = p.param_groups(groups)
     optimizer = build_optimizer(groups, cfg)
     scheduler = build_scheduler(optimizer, cfg, steps_per_epoch)
-    scaler = torch.amp.GradScaler("cuda") if amp and not torch.cuda.is_bf16_supported() else None
+    if grad_scaler is not None:
+        scaler = grad_scaler
+    else:
+        scaler = torch.amp.GradScaler("cuda") if amp and not torch.cuda.is_bf16_supported() else None
     if history is None:
         history = History()
     history.meta.setdefault("config", _jsonable(cfg.fingerprint()))
@@ -194,7 +206,8 @@ def fit(model: nn.Module, data: DataBundle, epochs: int | None = None, pruner: P
     history.meta.setdefault("parameters", sum(p.numel() for p in model.parameters()))
 
     state = TrainState(model=model, optimizer=optimizer, history=history, device=device, epochs=cfg.epochs,
-                       steps_per_epoch=steps_per_epoch, rank=rank, world_size=world, data=data)
+                       steps_per_epoch=steps_per_epoch, rank=rank, world_size=world, data=data,
+                       label_smoothing=cfg.label_smoothing, accumulate_steps=cfg.accumulate_steps)
     loop = {"epoch": 0, "batch": 0, "finished": False, "stopped": False,
             "window": [0.0, 0.0], "train": [0.0, 0.0, 0.0]}  # window: loss sum, n; train: loss sum, correct, n
     torch.manual_seed(cfg.seed)
@@ -271,11 +284,13 @@ def fit(model: nn.Module, data: DataBundle, epochs: int | None = None, pruner: P
             while loop["epoch"] < cfg.epochs and not loop["stopped"]:
                 epoch = state.epoch = loop["epoch"]
                 model.train()
-                batches = global_batches(epoch_order(len(train_ds), cfg.seed, epoch), cfg.batch_size,
-                                         cfg.drop_last)[:steps_per_epoch]
-                for x, y in train_batches(train_ds, batches, loop["batch"], data_gen, rank, world, cfg.num_workers):
-                    _train_step(net, x, y, state, plugins, cfg, device, amp, scaler, optimizer, scheduler, loop,
-                                mixup)
+                groups = plan(epoch)[:steps_per_epoch]
+                micro = [b for group in groups[loop["batch"]:] for b in group]
+                sizes = [[len(b) for b in group] for group in groups[loop["batch"]:]]
+                stream = train_batches(train_ds, micro, 0, data_gen, rank, world, cfg.num_workers)
+                for group_sizes in sizes:
+                    _train_step(net, [next(stream) for _ in group_sizes], group_sizes, state, plugins, cfg, device,
+                                amp, scaler, optimizer, scheduler, loop, mixup)
                     loop["batch"] += 1
                     bar.update(1)
                     if state.step % cfg.log_every == 0:
@@ -309,30 +324,38 @@ def _mixup(cfg: TrainConfig, num_classes: int):
                  num_classes=num_classes)
 
 
-def _train_step(net, x, y, state: TrainState, plugins, cfg: TrainConfig, device, amp, scaler, optimizer, scheduler,
-                loop, mixup=None) -> None:
-    x, y = to_model_input(x, state.model, device), y.to(device, non_blocking=True)
-    soft = None
-    if mixup is not None:
-        x, soft = mixup(x, y)
-    with _autocast(device, amp):
-        out = net(x)
-    if soft is not None:
-        loss = torch.sum(-soft * F.log_softmax(out.float(), dim=-1), dim=-1).mean()
-    else:
-        loss = F.cross_entropy(out.float(), y, label_smoothing=cfg.label_smoothing)
-    state.inputs, state.targets, state.outputs, state.loss = x, y, out, loss
-    total = loss
-    for p in plugins:
-        extra = p.extra_loss(state)
-        if extra is not None:
-            total = total + extra
+def task_loss(logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float = 0.0,
+              reduction: str = "mean") -> torch.Tensor:
+    """The training loss: soft-target cross-entropy for (mixed, smoothed) target distributions ``(B, C)``,
+    cross-entropy with ``label_smoothing`` for class indices ``(B,)``.
+
+    Example:
+        >>> import torch
+        >>> logits = torch.zeros(2, 4)
+        >>> round(task_loss(logits, torch.tensor([0, 1])).item(), 4), round(task_loss(logits, torch.full((2, 4), .25)).item(), 4)
+        (1.3863, 1.3863)
+    """
+    if logits.dtype in (torch.float16, torch.bfloat16):  # autocast outputs; float64 stays float64
+        logits = logits.float()
+    if targets.ndim == 2:
+        loss = torch.sum(-targets * F.log_softmax(logits, dim=-1), dim=-1)
+        return loss.mean() if reduction == "mean" else loss
+    return F.cross_entropy(logits, targets, label_smoothing=label_smoothing, reduction=reduction)
+
+
+def _train_step(net, batches, sizes: list[int], state: TrainState, plugins, cfg: TrainConfig, device, amp, scaler,
+                optimizer, scheduler, loop, mixup=None) -> None:
+    """One optimizer step over ``len(batches)`` accumulated micro-batches (each weighted by its share of images)."""
+    total_size = sum(sizes)
     optimizer.zero_grad(set_to_none=True)
+    for i, ((x, y), size) in enumerate(zip(batches, sizes)):
+        last = i == len(batches) - 1
+        sync = contextlib.nullcontext() if last or not hasattr(net, "no_sync") else net.no_sync()
+        with sync:
+            _micro_step(net, x, y, size / total_size, state, plugins, cfg, device, amp, scaler, loop, mixup)
+    state.grad_scale = float(scaler.get_scale()) if scaler is not None else 1.0
     if scaler is not None:
-        scaler.scale(total).backward()
         scaler.unscale_(optimizer)
-    else:
-        total.backward()
     for p in plugins:
         p.after_backward(state)
     if cfg.grad_clip is not None:
@@ -340,12 +363,34 @@ def _train_step(net, x, y, state: TrainState, plugins, cfg: TrainConfig, device,
     if scaler is not None:
         scaler.step(optimizer)
         scaler.update()
+        state.step_skipped = float(scaler.get_scale()) < state.grad_scale  # the scaler backs off after an overflow
     else:
         optimizer.step()
+        state.step_skipped = False
     scheduler.step()
     state.step += 1
     for p in plugins:
         p.after_step(state)
+
+
+def _micro_step(net, x, y, weight: float, state: TrainState, plugins, cfg: TrainConfig, device, amp, scaler, loop,
+                mixup) -> None:
+    x, y = to_model_input(x, state.model, device), y.to(device, non_blocking=True)
+    soft = None
+    if mixup is not None:
+        x, soft = mixup(x, y)
+    with _autocast(device, amp):
+        out = net(x)
+    loss = task_loss(out, soft if soft is not None else y, cfg.label_smoothing)
+    state.inputs, state.targets, state.soft_targets, state.outputs, state.loss = x, y, soft, out, loss
+    total = loss
+    for p in plugins:
+        extra = p.extra_loss(state)
+        if extra is not None:
+            total = total + extra
+    if weight != 1.0:
+        total = total * weight
+    (scaler.scale(total) if scaler is not None else total).backward()
     n = len(y)
     lsum = loss.item() * n
     loop["window"][0] += lsum

@@ -19,13 +19,15 @@ from .config import TrainConfig
 
 
 def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
-    """Two groups: weights with decay; biases, norms, 1-d tensors and timm's ``no_weight_decay()`` without."""
+    """Two groups: weights with decay; biases, norms, 1-d tensors and timm's ``no_weight_decay()`` without
+    (with ``cfg.weight_decay_on == "all"`` every parameter is in the first group)."""
     skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        (no_decay if p.ndim <= 1 or name in skip else decay).append(p)
+        exempt = cfg.weight_decay_on == "weights" and (p.ndim <= 1 or name in skip)
+        (no_decay if exempt else decay).append(p)
     return [{"params": decay, "weight_decay": cfg.weight_decay},
             {"params": no_decay, "weight_decay": 0.0}]
 
@@ -46,7 +48,8 @@ def lr_factor(step: int, cfg: TrainConfig, steps_per_epoch: int) -> float:
     if cfg.lr_schedule == "cosine":
         total = max(1, cfg.epochs * steps_per_epoch - cfg.warmup_steps)
         t = min(1.0, (step - cfg.warmup_steps) / total)
-        return 0.5 * (1 + math.cos(math.pi * t))
+        floor = cfg.min_lr / cfg.lr
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t))
     if cfg.lr_schedule == "step":
         epoch = step // max(1, steps_per_epoch)
         return cfg.lr_gamma ** sum(epoch >= m for m in cfg.lr_milestones)

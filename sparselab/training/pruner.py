@@ -35,8 +35,16 @@ if TYPE_CHECKING:
 class TrainState:
     """What a hook can see and change during :func:`sparselab.fit`.
 
-    ``model`` is the plain module (never the DistributedDataParallel wrapper); ``data`` the DataBundle trained on. ``step`` counts optimizer steps
-    done so far; ``epoch`` is 0-based. Setting ``should_stop = True`` ends training after the current epoch.
+    ``model`` is the plain module (never the DistributedDataParallel wrapper); ``data`` the DataBundle trained on.
+    ``step`` counts optimizer steps done so far; ``epoch`` is 0-based. Setting ``should_stop = True`` ends training
+    after the current epoch.
+
+    Per (micro-)batch: ``inputs`` (mixed when mixup/cutmix is on), ``targets`` (class indices), ``soft_targets``
+    (the mixed, smoothed target distributions the model is trained on, or None), ``outputs``, ``loss``. Anything
+    that trains on the task (e.g. probe heads) should use :attr:`loss_targets` with ``label_smoothing`` through
+    :func:`sparselab.training.task_loss`, so it sees the model's own targets. Per optimizer step:
+    ``grad_scale`` (the loss scale of the gradients in ``.grad`` of parameters *outside* the optimizer; 1.0
+    without a grad scaler) and ``step_skipped`` (the scaler skipped this step after an overflow).
     """
 
     model: nn.Module
@@ -52,14 +60,24 @@ class TrainState:
     data: Any = None
     inputs: torch.Tensor | None = None
     targets: torch.Tensor | None = None
+    soft_targets: torch.Tensor | None = None
     outputs: torch.Tensor | None = None
     loss: torch.Tensor | None = None
+    label_smoothing: float = 0.0
+    accumulate_steps: int = 1
+    grad_scale: float = 1.0
+    step_skipped: bool = False
     metrics: dict[str, float] = field(default_factory=dict)
     should_stop: bool = False
 
     @property
     def is_main(self) -> bool:
         return self.rank == 0
+
+    @property
+    def loss_targets(self) -> torch.Tensor | None:
+        """What the model's loss compares with: ``soft_targets`` under mixup/cutmix, else ``targets``."""
+        return self.soft_targets if self.soft_targets is not None else self.targets
 
 
 class Pruner:
@@ -73,11 +91,14 @@ class Pruner:
         return groups
 
     def extra_loss(self, state: TrainState) -> torch.Tensor | None:
-        """A term added to the loss of the current batch (``state.outputs`` holds the logits), or None."""
+        """A term added to the loss of the current (micro-)batch (``state.outputs`` holds the logits), or None.
+        With gradient accumulation it is called once per micro-batch and weighted like the loss."""
         return None
 
     def after_backward(self, state: TrainState) -> None:
-        """Gradients of the current batch are in ``.grad`` (unscaled, all-reduced across processes)."""
+        """Once per optimizer step, when the gradients of all its micro-batches are in ``.grad``: unscaled and
+        all-reduced for the optimizer's parameters; parameters outside the optimizer still carry the loss scale
+        ``state.grad_scale`` (and are not all-reduced)."""
 
     def after_step(self, state: TrainState) -> None:
         """The optimizer has stepped; ``state.step`` already counts this step."""
