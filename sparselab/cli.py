@@ -1,4 +1,4 @@
-"""Command line: ``sparselab pretrain | train | p3b | art | datasets | models``.
+"""Command line: ``sparselab pretrain | train | p3b | art | presets | figures | datasets | models``.
 
 Example:
     $ sparselab train --model vit_mini_patch7_28 --pretrained fashion_mnist --data digits --epochs 10 --out runs/demo
@@ -65,7 +65,7 @@ def _cmd_p3b(args) -> int:
                                                                                     args.pretrained)
     if args.data:
         changes["data"] = args.data
-    if args.image_size:
+    if args.image_size is not None:
         changes["image_size"] = args.image_size
     preset = p3b_preset(args.preset, **changes)
     data_options = dict(preset.data_options)
@@ -91,6 +91,8 @@ def _cmd_p3b(args) -> int:
                             probe_options={**preset.probe_options, **(FAST_PROBES if args.fast_probes else {}),
                                            **({"probe_every": args.probe_every} if args.probe_every else {}),
                                            **({"probe_fraction": args.probe_fraction} if args.probe_fraction else {})})
+    if args.dry_run:
+        return _dry_run(preset)
     out = Path(args.out)
     run = run_p3b(preset, args.method, args.prune_ratio, args.seed, checkpoint_dir=str(out / "checkpoint"),
                   resume=args.resume, measure_latency=not args.no_latency)
@@ -127,6 +129,8 @@ def _cmd_art(args) -> int:
     for key, value in (("batch_size", args.batch_size), ("max_steps_per_epoch", args.max_steps_per_epoch)):
         if value is not None:
             preset = preset.replace(fit={**preset.fit, key: value}, finetune={**preset.finetune, key: value})
+    if args.dry_run:
+        return _dry_run(preset)
     run = art_exp.run_art(preset, args.method, args.sparsity, args.seed)
     rank, _ = dist_utils.world()
     if rank == 0:
@@ -141,6 +145,46 @@ def _cmd_art(args) -> int:
                                                      "sparsity": args.sparsity, "seed": args.seed, **run.result},
                                                     indent=2))
         print(json.dumps(run.result, indent=2))
+    return 0
+
+
+def _dry_run(preset) -> int:
+    """Print the resolved recipe (schedules in optimizer steps) and exit without training."""
+    from .experiments.presets import load_data
+    from .experiments.recipes import format_recipe, resolved_recipe
+
+    try:
+        data = load_data(preset)
+        note = ""
+    except SparselabError as exc:
+        data, note = None, f"(step counts need the data, which is not here: {exc})"
+    print(format_recipe(resolved_recipe(preset, data)))
+    if note:
+        print(note)
+    return 0
+
+
+def _cmd_presets(args) -> int:
+    from .experiments import recipes
+
+    if args.action == "list":
+        for name, preset in recipes.all_presets().items():
+            kind = "P3B" if isinstance(preset, recipes.P3BPreset) else "ART"
+            print(f"{name:32s} {kind}  {preset.model} on {preset.data}")
+        return 0
+    if args.action == "markdown":
+        text = recipes.render_markdown()
+        if args.out:
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.out).write_text(text + "\n")
+            print(args.out)
+        else:
+            print(text)
+        return 0
+    if not args.name:
+        print("sparselab: error: presets show needs a preset name (see: sparselab presets list)", file=sys.stderr)
+        return 2
+    print(recipes.render_table(args.name))
     return 0
 
 
@@ -215,7 +259,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(fn=_cmd_train)
 
     pb = sub.add_parser("p3b", help="prune a ViT with P3B (or a baseline) during transfer; torchrun-launchable")
-    pb.add_argument("--preset", default="cpu", help="tiny, cpu, paper-deit-{s,t}-{cifar100,ifood,inat19}")
+    pb.add_argument("--preset", default="cpu", help="tiny, cpu, paper-deit-{s,t}-{cifar100,ifood,inat19}[-ft50] "
+                                                    "(sparselab presets list)")
     pb.add_argument("--method", default="p3b", help="p3b, uniform, global_taylor, l1, fixed, dense")
     pb.add_argument("--prune-ratio", type=float, default=0.5)
     pb.add_argument("--seed", type=int, default=0)
@@ -241,13 +286,16 @@ def build_parser() -> argparse.ArgumentParser:
     pb.add_argument("--no-latency", action="store_true")
     pb.add_argument("--out", default="runs/p3b")
     pb.add_argument("--resume", action="store_true")
+    pb.add_argument("--dry-run", action="store_true",
+                    help="print the resolved recipe (data, image size, effective batch, schedules in optimizer "
+                         "steps) and exit without training")
     pb.set_defaults(fn=_cmd_p3b)
 
     ar = sub.add_parser("art", help="sparsify with ART (HyperSparse/L1/L2) or a magnitude baseline, then fine-tune")
     ar.add_argument("--preset", default="cpu", help="tiny, cpu, cpu-cnn, paper-{resnet32,vgg19}-{cifar10,cifar100,"
-                                                    "tinyimagenet}")
+                                                    "tinyimagenet} (sparselab presets list)")
     ar.add_argument("--method", default="hypersparse", help="hypersparse, l1, l2, gmp, oneshot, layerwise")
-    ar.add_argument("--sparsity", type=float, default=0.98)
+    ar.add_argument("--sparsity", type=float, default=0.98, help="0.9, 0.98, 0.995, 0.998 in the paper")
     ar.add_argument("--seed", type=int, default=0)
     ar.add_argument("--model", default=None)
     ar.add_argument("--data", default=None)
@@ -261,7 +309,15 @@ def build_parser() -> argparse.ArgumentParser:
     ar.add_argument("--batch-size", type=int, default=None)
     ar.add_argument("--max-steps-per-epoch", type=int, default=None)
     ar.add_argument("--out", default="runs/art")
+    ar.add_argument("--dry-run", action="store_true",
+                    help="print the resolved recipe (schedules in optimizer steps) and exit without training")
     ar.set_defaults(fn=_cmd_art)
+
+    ps = sub.add_parser("presets", help="list presets, or show one beside the reference recipe")
+    ps.add_argument("action", choices=("list", "show", "markdown"))
+    ps.add_argument("name", nargs="?", default=None, help="a preset name (for show)")
+    ps.add_argument("--out", default=None, help="for markdown: write to this file (e.g. docs/presets.md)")
+    ps.set_defaults(fn=_cmd_presets)
 
     fg = sub.add_parser("figures", help="write the key figures of a saved History as PNG/SVG/PDF")
     fg.add_argument("history", help="a History file (.jsonl or .jsonl.gz)")

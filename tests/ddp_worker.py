@@ -20,6 +20,11 @@ def run(mode: str = "plain", out: Path | None = None) -> dict:
         data = sl.data.load("digits", image_size=8, augment="crop_flip")
         model = sl.models.create("lenet_300_100", num_classes=10, image_size=8)
         history = sl.fit(model, data, device="cpu", **FIT_OPTIONS)
+    elif mode == "repeat":  # timm's repeated augmentation and gradient accumulation
+        data = sl.data.load("digits", image_size=8, augment="crop_flip")
+        model = sl.models.create("lenet_300_100", num_classes=10, image_size=8)
+        history = sl.fit(model, data, device="cpu", **{**FIT_OPTIONS, "batch_size": 32, "accumulate_steps": 2,
+                                                       "repeated_aug": 3, "max_steps_per_epoch": 3})
     else:
         data = sl.data.load("digits", image_size=28, limit=320)
         # float64: summing gradients in another order (across processes) must not reorder near-tied scores

@@ -53,7 +53,8 @@ def test_p3b_paper_preset_smoke_on_random_deit_tiny(tmp_path):
     assert rc == 0
     result = json.loads((out / "result.json").read_text())
     assert abs(result["achieved_ratio"] - 0.5) < 0.005
-    assert result["patch_probe"] == "conv2" and result["probe_options"] == sl.probes.FAST_PROBES
+    assert result["patch_probe"] == "conv2"
+    assert result["probe_options"] == {**sl.probes.FAST_PROBES, "probe_lr": 5e-4, "probe_weight_decay": 0.05}
     history = sl.History.load(out / "history.jsonl.gz")
     assert {"keep_goal", "benefit_cls", "benefit_patch"} <= set(history.blocks.metric)
     compact = sl.structure.load_compact(out / "compact")

@@ -114,11 +114,55 @@ def test_imagefolder_with_split_folders(tmp_path):
     root = write_image_folder(tmp_path / "tree")
     data = sl.data.load("imagefolder", root=root, image_size=16, augment="none")
     assert data.num_classes == 3 and data.classes == ["cat", "dog", "owl"]
-    assert len(data.train) == 18 and len(data.val) == 18
+    # train/ + val/ without test/ (iFood, iNat19, TinyImageNet): val/ is the test set, as in the papers
+    assert len(data.train) == 18 and data.val is None and len(data.test) == 18
     x, y = data.train[0]
     assert x.shape == (3, 16, 16) and y == 0
     # a path works as a name, too
-    assert len(sl.data.load(str(root), split="val", image_size=16)) == 18
+    assert len(sl.data.load(str(root), split="test", image_size=16)) == 18
+    # with a test/ folder as well, val/ stays the validation split
+    three = write_image_folder(tmp_path / "three", splits=("train", "val", "test"))
+    data = sl.data.load("imagefolder", root=three, image_size=16)
+    assert len(data.val) == 18 and len(data.test) == 18
+
+
+def test_a_train_val_tree_reports_a_test_accuracy(tmp_path):
+    """A run on a train/ + val/ tree must end with a number, not NaN."""
+    root = write_image_folder(tmp_path / "tree", per_class=8)
+    data = sl.data.load("imagefolder", root=root, image_size=16, augment="none")
+    model = sl.models.create("lenet_300_100", num_classes=3, in_chans=3, image_size=16)
+    history = sl.fit(model, data, epochs=1, batch_size=8, progress=False)
+    acc = history.last("acc", "test")
+    assert 0 <= acc <= 1
+
+
+def test_small_photo_recipe_pads_by_four_and_paper_scale_erases_in_pixel_mode():
+    from torchvision import transforms as T
+
+    from sparselab.data.transforms import image_transforms
+
+    train, _ = image_transforms(64, pad=4)
+    crops = [t for t in train.transforms if isinstance(t, T.RandomCrop)]
+    assert len(crops) == 1 and crops[0].padding == 4
+    train, _ = image_transforms(224)
+    from timm.data.random_erasing import RandomErasing
+
+    erasing = [t for t in train.transforms[-1].transforms if isinstance(t, RandomErasing)]
+    assert len(erasing) == 1 and erasing[0].per_pixel and erasing[0].probability == 0.25
+
+
+def test_cifar_crops_pad_four_pixels_of_black(tmp_path):
+    write_cifar(tmp_path, "cifar10", n_train=100)
+    data = sl.data.load("cifar10", root=tmp_path, val_fraction=0.0)
+    assert data.val is None and len(data.train) == 100
+    assert data.train.pad == 4
+    black = torch.tensor(data.train.fill)
+    mean, std = torch.tensor(data.mean), torch.tensor(data.std)
+    torch.testing.assert_close(black, -mean / std)
+    x, _ = data.train.get_batch(torch.arange(64), torch.Generator().manual_seed(0), train=True)
+    # a crop shifted by the full padding shows a 4-pixel border of black on some image
+    corner = x[:, :, 0, 0]
+    assert ((corner - black).abs().max(dim=1).values < 1e-6).any()
 
 
 def test_imagefolder_single_tree_is_split(tmp_path):

@@ -42,11 +42,68 @@ def test_paper_cnns(name, in_chans, size, params):
     assert m(torch.zeros(2, in_chans, size, size)).shape == (2, 10)
 
 
-def test_vgg19_bn_full_and_narrow():
+# configuration E as the HyperSparse reference builds it for CIFAR: four max-pools, none after the last block
+VGG19_E = [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512]
+
+
+def vgg_params(cfg, in_chans, classes, width=1.0):
+    """Parameter count from the configuration: 3x3 convs with bias, BN (weight, bias), one Linear classifier."""
+    total, cin = 0, in_chans
+    for v in cfg:
+        if v == "M":
+            continue
+        c = max(1, int(round(v * width)))
+        total += 3 * 3 * cin * c + c + 2 * c
+        cin = c
+    return total + cin * classes + classes
+
+
+def test_vgg19_bn_is_the_reference_architecture():
     full = sl.models.create("vgg19_bn", num_classes=100, in_chans=3)
-    assert 20.0e6 < n_params(full) < 20.1e6
+    convs = [m for m in full.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert len(convs) == 16 and all(c.bias is not None for c in convs)
+    assert sum(isinstance(m, torch.nn.MaxPool2d) for m in full.modules()) == 4
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in full.modules()) == 16
+    linears = [m for m in full.modules() if isinstance(m, torch.nn.Linear)]
+    assert len(linears) == 1 and linears[0].in_features == 512
+    assert n_params(full) == vgg_params(VGG19_E, 3, 100) == 20_086_692  # 20,018,880 conv + 16,512 bias/BN + 51,300
     narrow = sl.models.create("vgg19_bn", num_classes=10, in_chans=1, width=0.25)
-    assert narrow(torch.zeros(2, 1, 28, 28)).shape == (2, 10)  # 28 px survives five poolings
+    assert n_params(narrow) == vgg_params(VGG19_E, 1, 10, width=0.25)
+
+
+@pytest.mark.parametrize("size,left", [(28, 2), (32, 2), (64, 4)])
+def test_vgg19_bn_shapes_and_the_average_pool(size, left):
+    torch.manual_seed(0)
+    net = sl.models.create("vgg19_bn", num_classes=7, in_chans=3, width=0.125).eval()
+    x = torch.randn(2, 3, size, size)
+    with torch.no_grad():
+        assert net(x).shape == (2, 7)
+        feats = net.features(x)
+        assert feats.shape[-2:] == (left, left)  # ceil-mode pools: 28 -> 14 -> 7 -> 4 -> 2
+        if size in (32, 64):  # the reference's AvgPool2d(2) at 32 px and AvgPool2d(4) at 64 px
+            ref = net.classifier(torch.nn.AvgPool2d(left)(feats).flatten(1))
+            torch.testing.assert_close(net(x), ref)
+
+
+def test_vgg19_bn_initialisation():
+    torch.manual_seed(0)
+    net = sl.models.create("vgg19_bn", num_classes=100, in_chans=3)
+    for m in net.modules():
+        if isinstance(m, torch.nn.Conv2d):
+            fan_in = m.in_channels * 9
+            assert m.weight.std().item() == pytest.approx((2 / fan_in) ** 0.5, rel=0.1)  # He normal, the reference's n
+            assert m.weight.mean().abs().item() < 0.1 * (2 / fan_in) ** 0.5
+            assert (m.bias == 0).all()
+            if m.in_channels == m.out_channels == 512:  # fan_in == fan_out here
+                assert m.weight.std().item() == pytest.approx((2 / (m.out_channels * 9)) ** 0.5, rel=0.1)
+        elif isinstance(m, torch.nn.BatchNorm2d):
+            assert (m.weight == 1).all() and (m.bias == 0).all()
+    assert net.classifier.weight.std().item() == pytest.approx(0.01, rel=0.1)
+    assert (net.classifier.bias == 0).all()
+    # the 64 -> 128 conv tells fan_in (std 0.059) from fan_out (0.042): the reference uses n = 3*3*in_channels
+    conv = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)][2]
+    assert (conv.in_channels, conv.out_channels) == (64, 128)
+    assert conv.weight.std().item() == pytest.approx((2 / 576) ** 0.5, rel=0.05)
 
 
 @pytest.mark.parametrize("name", ["vit_nano_patch4_28", "vit_micro_patch4_28", "vit_mini_patch7_28",

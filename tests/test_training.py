@@ -236,8 +236,9 @@ def test_dataloader_path_for_photo_datasets(tmp_path):
     model = sl.models.create("resnet20", num_classes=3, in_chans=3)
     h = sl.fit(model, data, epochs=1, batch_size=6, progress=False, device="cpu")
     assert len(h.series("epoch_loss", "train")) == 1
-    assert 0 <= h.last("acc", "val") <= 1
-    assert h.last("acc", "test", default=-1) == -1  # this tree has no test split
+    # train/ + val/ without test/: val/ is the test set, evaluated every epoch and at the end
+    assert 0 <= h.last("acc", "test") <= 1
+    assert h.last("acc", "val", default=-1) == -1
 
 
 def _free_port() -> int:

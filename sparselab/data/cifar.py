@@ -94,13 +94,14 @@ class ArrayImages(Dataset):
         return self.transform(Image.fromarray(self.images[i])), int(self.labels[i])
 
 
-def _load(name: str, image_size, root, download, limit, classes, val_fraction, augment, seed) -> DataBundle:
+def _load(name: str, image_size, root, download, limit, classes, val_fraction, augment, seed, pad) -> DataBundle:
     base = _locate(name, root, download)
     train, test, names = read_cifar(base, name)
     size = image_size or 32
     if size < PAPER_SCALE:
         return build_bundle(name, train, test, class_names=names, image_size=size, max_value=255.0,
-                            classes=classes, limit=limit, val_fraction=val_fraction, augment=augment, seed=seed)
+                            classes=classes, limit=limit, val_fraction=val_fraction, augment=augment, seed=seed,
+                            pad=pad)
     tr_x, tr_y = select_classes(*train, classes)
     te_x, te_y = select_classes(*test, classes)
     tr_idx, va_idx = stratified_split(tr_y, val_fraction, seed)
@@ -117,14 +118,15 @@ def _load(name: str, image_size, root, download, limit, classes, val_fraction, a
 
 @register("cifar10", "CIFAR-10: 60k 32x32 colour images, 10 classes (torchvision layout)")
 def load_cifar10(image_size=None, root=None, download=None, limit=None, classes: Sequence[int] | None = None,
-                 val_fraction=0.1, augment="crop_flip", seed=0):
-    """CIFAR-10; in memory below 128 px, timm transforms above."""
-    return _load("cifar10", image_size, root, download, limit, classes, val_fraction, augment, seed)
+                 val_fraction=0.1, augment="crop_flip", seed=0, pad=4):
+    """CIFAR-10; in memory below 128 px (random crop after ``pad`` pixels of padding), timm transforms above."""
+    return _load("cifar10", image_size, root, download, limit, classes, val_fraction, augment, seed, pad)
 
 
 @register("cifar100", "CIFAR-100: 60k 32x32 colour images, 100 classes (torchvision layout)")
 def load_cifar100(image_size=None, root=None, download=None, limit=None, classes: Sequence[int] | None = None,
-                  val_fraction=0.1, augment="crop_flip", seed=0):
-    """CIFAR-100 (fine labels); in memory below 128 px, timm transforms above."""
-    return _load("cifar100", image_size, root, download, limit, classes, val_fraction, augment, seed)
+                  val_fraction=0.1, augment="crop_flip", seed=0, pad=4):
+    """CIFAR-100 (fine labels); in memory below 128 px (random crop after ``pad`` pixels of padding), timm
+    transforms above."""
+    return _load("cifar100", image_size, root, download, limit, classes, val_fraction, augment, seed, pad)
 

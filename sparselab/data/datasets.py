@@ -30,10 +30,13 @@ class TensorImages(Dataset):
     """Images held in memory as a float tensor ``(N, C, H, W)`` (already normalised) with integer labels.
 
     ``augment`` applies on training batches only: ``flip`` (random horizontal flip), ``crop`` (random crop
-    after zero-padding by ``pad`` pixels), or ``crop_flip``.
+    after padding by ``pad`` pixels), or ``crop_flip``. The padding holds ``fill`` per channel (default 0; a
+    normalised dataset passes the value a black pixel normalises to, as torchvision's RandomCrop pads before
+    normalising).
     """
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, augment: Augment = "none", pad: int = 2):
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, augment: Augment = "none", pad: int = 2,
+                 fill: Sequence[float] | None = None):
         if images.ndim != 4:
             raise ConfigError(f"images must have shape (N, C, H, W), got {tuple(images.shape)}")
         if len(images) != len(labels):
@@ -42,8 +45,11 @@ class TensorImages(Dataset):
             raise ConfigError(f"augment must be one of {AUGMENTS}, got {augment!r}")
         self.images = images.float().contiguous()
         self.labels = labels.long()
+        if isinstance(pad, bool) or not isinstance(pad, int) or pad < 0:
+            raise ConfigError(f"pad must be an integer >= 0 (pixels of padding before a random crop), got {pad!r}")
         self.augment = augment
         self.pad = pad
+        self.fill = tuple(float(v) for v in fill) if fill is not None else None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -64,6 +70,11 @@ class TensorImages(Dataset):
         if "crop" in self.augment and self.pad > 0:
             p = self.pad
             padded = F.pad(x, (p, p, p, p))
+            if self.fill is not None:
+                border = torch.ones(1, 1, h + 2 * p, w + 2 * p, dtype=torch.bool)
+                border[..., p:p + h, p:p + w] = False
+                fill = torch.tensor(self.fill, dtype=x.dtype)[None, :, None, None]
+                padded = torch.where(border, fill, padded)
             dy = torch.randint(0, 2 * p + 1, (n,), generator=g)
             dx = torch.randint(0, 2 * p + 1, (n,), generator=g)
             rows = (dy[:, None] + torch.arange(h)[None, :])  # (n, h)
@@ -76,7 +87,7 @@ class TensorImages(Dataset):
         return x.contiguous()
 
     def subset(self, idx: torch.Tensor) -> "TensorImages":
-        return TensorImages(self.images[idx], self.labels[idx], self.augment, self.pad)
+        return TensorImages(self.images[idx], self.labels[idx], self.augment, self.pad, self.fill)
 
 
 @dataclass

@@ -2,7 +2,9 @@
 iNaturalist and iFood come in).
 
 An ImageFolder root either holds ``train/`` and ``val/`` (and optionally ``test/``) subfolders, each with one
-folder per class, or is itself one tree of class folders that is split deterministically.
+folder per class, or is itself one tree of class folders that is split deterministically. A tree with ``train/``
+and ``val/`` but no ``test/`` (iFood, iNaturalist, TinyImageNet as published) uses its ``val/`` folder as the test
+set, as the papers do; there is then no separate validation split.
 
 Example:
     >>> import sparselab as sl
@@ -20,7 +22,7 @@ from ..paths import data_dir, offline
 from .datasets import DataBundle
 from .registry import register
 from .tensors import stratified_split
-from .transforms import image_transforms
+from .transforms import IMAGENET_MEAN, IMAGENET_STD, image_transforms
 
 
 class _Transformed(Dataset):
@@ -49,8 +51,10 @@ def _class_folder_tree(path: Path):
 @register("imagefolder", "any ImageFolder tree: root/[train|val|test]/<class>/<image> or root/<class>/<image>")
 def load_imagefolder(image_size: int | None = None, root: str | Path | None = None, val_fraction: float = 0.1,
                      test_fraction: float = 0.0, limit: int | None = None, augment: str = "randaugment",
-                     seed: int = 0, name: str | None = None, **_ignored):
-    """Load an ImageFolder tree with timm's train/eval transforms (224 px by default)."""
+                     seed: int = 0, name: str | None = None, pad: int | None = None,
+                     mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD, **_ignored):
+    """Load an ImageFolder tree with timm's train/eval transforms (224 px by default; below 128 px a random crop
+    after ``pad`` pixels of padding and a flip), normalised by ``mean``/``std``."""
     if root is None:
         raise ConfigError("imagefolder needs root=<path of the tree>")
     root = Path(root).expanduser()
@@ -59,16 +63,19 @@ def load_imagefolder(image_size: int | None = None, root: str | Path | None = No
     check_ratio("val_fraction", val_fraction)
     check_ratio("test_fraction", test_fraction)
     size = image_size or 224
-    train_tf, eval_tf = image_transforms(size, augment=augment != "none")
+    train_tf, eval_tf = image_transforms(size, mean=mean, std=std, augment=augment != "none", pad=pad)
     if (root / "train").is_dir():
         train_base = _class_folder_tree(root / "train")
         splits = {"train": _Transformed(train_base, np.arange(len(train_base)), train_tf)}
+        has_test = (root / "test").is_dir()
         for split in ("val", "test"):
             if (root / split).is_dir():
                 base = _class_folder_tree(root / split)
                 if base.classes != train_base.classes:
                     raise DataNotFoundError(f"{root / split} has other classes than {root / 'train'}")
-                splits[split] = _Transformed(base, np.arange(len(base)), eval_tf)
+                splits[split if has_test else "test"] = _Transformed(base, np.arange(len(base)), eval_tf)
+        if "test" not in splits:
+            raise DataNotFoundError(f"{root} has train/ but neither val/ nor test/: there is nothing to test on")
         classes = train_base.classes
     else:
         base = _class_folder_tree(root)
@@ -85,13 +92,13 @@ def load_imagefolder(image_size: int | None = None, root: str | Path | None = No
                       num_classes=len(classes), in_chans=3, image_size=size, classes=list(classes))
 
 
-def _named_tree(name: str, folder: str, hint: str):
+def _named_tree(name: str, folder: str, hint: str, **defaults):
     def loader(image_size=None, root=None, **options):
         path = Path(root) if root is not None else data_dir() / folder
         if not path.is_dir():
             raise DataNotFoundError(f"{name} is not downloadable automatically; put the ImageFolder tree at {path} "
                                     f"(or pass root=...). {hint}")
-        return load_imagefolder(image_size=image_size, root=path, name=name, **options)
+        return load_imagefolder(image_size=image_size, root=path, name=name, **{**defaults, **options})
 
     loader.__doc__ = f"{name} from an ImageFolder tree under data/{folder}."
     register(name, f"{name}: ImageFolder tree under data/{folder}")(loader)
@@ -99,8 +106,12 @@ def _named_tree(name: str, folder: str, hint: str):
 
 _named_tree("inat19", "inat19", "Arrange the iNaturalist-2019 images as train/<class>/ and val/<class>/.")
 _named_tree("ifood", "ifood", "Arrange the iFood-2019 images as train/<class>/ and val/<class>/.")
+# TinyImageNet's own channel statistics (the ones commonly used with its 64-px recipe)
+TINYIMAGENET_MEAN = (0.4802, 0.4481, 0.3975)
+TINYIMAGENET_STD = (0.2302, 0.2265, 0.2262)
 _named_tree("tinyimagenet", "tiny-imagenet-200", "Arrange TinyImageNet as train/<class>/*.JPEG and val/<class>/*.JPEG "
-            "(its val/ folder needs sorting into class folders with val_annotations.txt).")
+            "(its val/ folder needs sorting into class folders with val_annotations.txt).",
+            mean=TINYIMAGENET_MEAN, std=TINYIMAGENET_STD)
 
 
 def _torchvision_loader(name: str, tv_class: str, splits: dict[str, str | None], num_classes: int):

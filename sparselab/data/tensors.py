@@ -79,11 +79,13 @@ def build_bundle(
     val_fraction: float = 0.1,
     augment: str = "none",
     seed: int = 0,
+    pad: int = 2,
 ) -> DataBundle:
     """Assemble a normalised in-memory :class:`DataBundle` from raw (images, labels) arrays.
 
     The validation split is carved from the training images (stratified, fixed by ``seed``); ``limit`` caps the
-    training images after that; mean/std normalisation uses the training split's statistics.
+    training images after that; mean/std normalisation uses the training split's statistics. Random crops pad by
+    ``pad`` pixels of black (in normalised units).
     """
     check_ratio("val_fraction", val_fraction)
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
@@ -100,8 +102,10 @@ def build_bundle(
     def norm(x: torch.Tensor) -> torch.Tensor:
         return (x - mean[None, :, None, None]) / std[None, :, None, None]
 
+    black = (-mean / std).tolist()
+
     def make(x: torch.Tensor, y: np.ndarray, aug: str) -> TensorImages:
-        return TensorImages(norm(x), torch.as_tensor(y, dtype=torch.long), augment=aug)
+        return TensorImages(norm(x), torch.as_tensor(y, dtype=torch.long), augment=aug, pad=pad, fill=black)
 
     train_ds = make(x_train, tr_y[tr_idx], augment)
     val_ds = make(to_float(tr_x[va_idx], image_size, max_value), tr_y[va_idx], "none") if len(va_idx) else None

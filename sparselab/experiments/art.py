@@ -7,10 +7,17 @@ Every method starts from the same dense warm-up (per seed) and ends with the sam
 - ``oneshot``: global magnitude pruning of the warm model at once;
 - ``layerwise``: every layer pruned to the same sparsity by magnitude.
 
-Scales: ``tiny`` (CI: LeNet-300-100 on 8-px digits; ``tiny-cnn``: a narrow VGG-19), ``cpu`` (LeNet-300-100 on 20 000 Fashion-MNIST images),
-``cpu-cnn`` (VGG-19-BN at width 0.25 on 10 000 Fashion-MNIST images), ``paper-{resnet32,vgg19}-{cifar10,cifar100,
-tinyimagenet}`` (the published schedule: 60 warm-up epochs, SGD lr 0.1, momentum 0.9, weight decay 1e-4, batch 64,
-λ_init 5e-6, η 1.05, 160 fine-tuning epochs with lr × 0.1 at 80 and 120).
+Scales: ``tiny`` (CI: LeNet-300-100 on 8-px digits; ``tiny-cnn``: a narrow VGG-19), ``cpu`` (LeNet-300-100 on
+20 000 Fashion-MNIST images), ``cpu-cnn`` (VGG-19-BN at width 0.25 on 10 000 Fashion-MNIST images),
+``paper-{resnet32,vgg19}-{cifar10,cifar100,tinyimagenet}`` (the reference recipe, METHODS.md §2.3a: all 50 000
+CIFAR training images at 32 px, TinyImageNet at 64 px, random crop after 4 pixels of padding + flip, SGD lr 0.1,
+momentum 0.9, weight decay 1e-4 on every parameter, batch 64, fp32, one optimizer from the 60 warm-up epochs
+through ART, λ_init 5e-6, η 1.05, the reference candidate rule, 160 fine-tuning epochs with lr × 0.1 at 80 and
+120; sparsities 90 / 98 / 99.5 / 99.8 %; the last and the best test accuracy of fine-tuning are both reported).
+``sparselab presets show NAME`` lists every value beside the reference.
+
+Every method continues the warm-up's optimizer (its momentum included) while it sparsifies; fine-tuning starts a
+fresh one.
 
 Example:
     >>> art_preset("tiny").sparsities
@@ -34,8 +41,8 @@ from ..history import History
 from ..pruners import ART, FixedMask, GradualMagnitude
 from ..structure.unstructured import apply_masks, magnitude_masks, prunable_weights, sparsity
 from ..training.config import checked_replace
-from ..training import evaluate, fit
-from .presets import load_data, named_preset
+from ..training import OptimizerHandoff, evaluate, fit
+from .presets import load_data, named_preset, require_test_split
 
 ART_METHODS = ("hypersparse", "l1", "l2", "gmp", "oneshot", "layerwise")
 
@@ -55,6 +62,7 @@ class ARTPreset:
     lam_init: float = 5e-6
     eta: float = 1.05
     max_art_epochs: int = 200
+    candidate_rule: str = "reference"
     train_eval_limit: int | None = None
     gmp_epochs: int = 30
     finetune_epochs: int = 160
@@ -68,10 +76,15 @@ class ARTPreset:
 
 
 def _paper(name: str, model: str, data: str) -> ARTPreset:
-    sgd = dict(optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=1e-4, batch_size=64, num_workers=4)
-    return ARTPreset(name=name, model=model, data=data, fit=sgd,
-                     warmup_epochs=60, lam_init=5e-6, eta=1.05, max_art_epochs=300, gmp_epochs=60,
-                     finetune_epochs=160, finetune={**sgd, "lr_schedule": "step", "lr_milestones": (80, 120)})
+    sgd = dict(optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=1e-4, weight_decay_on="all", batch_size=64,
+               amp=False, num_workers=4)
+    tiny_imagenet = data == "tinyimagenet"
+    return ARTPreset(name=name, model=model, data=data, image_size=64 if tiny_imagenet else 32,
+                     data_options={"pad": 4, "augment": "crop_flip", **({} if tiny_imagenet else {"val_fraction": 0.0})},
+                     fit=sgd, warmup_epochs=60, lam_init=5e-6, eta=1.05, max_art_epochs=300, gmp_epochs=60,
+                     candidate_rule="reference", finetune_epochs=160,
+                     finetune={**sgd, "lr_schedule": "step", "lr_milestones": (80, 120)},
+                     sparsities=(0.9, 0.98, 0.995, 0.998))
 
 
 ART_PRESETS: dict[str, ARTPreset] = {
@@ -122,39 +135,59 @@ class ARTRun:
     result: dict[str, float]
 
 
-def warm_start(preset: ARTPreset, seed: int, data, progress: bool = True) -> tuple[nn.Module, History]:
-    """The dense warm-up every method starts from."""
+@dataclass
+class WarmStart:
+    """The dense warm-up every method starts from: the model, its History and its optimizer (handed on)."""
+
+    model: nn.Module
+    history: History
+    optimizer: OptimizerHandoff
+
+    def __iter__(self):  # ``model, history = warm_start(...)``
+        return iter((self.model, self.history))
+
+
+def warm_start(preset: ARTPreset, seed: int, data, progress: bool = True) -> WarmStart:
+    """The dense warm-up every method starts from (its optimizer continues into each method's sparsification)."""
+    require_test_split(data)
     torch.manual_seed(seed)
     model = models.create(preset.model, num_classes=data.num_classes, in_chans=data.in_chans,
                           **({"image_size": data.image_size} if preset.model == "lenet_300_100" else {}),
                           **preset.model_options)
     history = History(meta={"run": f"warmup-s{seed}", "method": "dense", "seed": seed, "preset": preset.name})
+    handoff = OptimizerHandoff()
     fit(model, data, epochs=max(preset.warmup_epochs, 1), seed=seed, history=history, progress=progress,
-        final_test=True, **preset.fit)
-    return model, history
+        final_test=True, callbacks=[handoff], **preset.fit)
+    return WarmStart(model, history, handoff)
 
 
 def run_art(preset: ARTPreset, method: str = "hypersparse", sparsity_: float = 0.9, seed: int = 0, data=None,
-            warm: nn.Module | None = None, progress: bool = True) -> ARTRun:
-    """Sparsify a warm model with ``method`` to ``sparsity_`` and fine-tune it with the mask fixed."""
+            warm: WarmStart | nn.Module | None = None, progress: bool = True) -> ARTRun:
+    """Sparsify a warm model with ``method`` to ``sparsity_`` and fine-tune it with the mask fixed.
+
+    ``warm``: a :func:`warm_start` (its optimizer continues, as in the reference) or a bare model (a fresh
+    optimizer); None runs the warm-up first."""
     if method not in ART_METHODS:
         raise unknown_name("method", method, ART_METHODS)
     check_ratio("sparsity", sparsity_)
     data = data if data is not None else load_data(preset)
+    require_test_split(data)
     if warm is None:
-        warm, _ = warm_start(preset, seed, data, progress)
-    model = copy.deepcopy(warm)
+        warm = warm_start(preset, seed, data, progress)
+    carried = [warm.optimizer.resume()] if isinstance(warm, WarmStart) else []
+    model = copy.deepcopy(warm.model if isinstance(warm, WarmStart) else warm)
     name = f"{method}-{sparsity_:g}-s{seed}"
     history = History(meta={"run": name, "method": method, "sparsity": sparsity_, "seed": seed,
                             "preset": preset.name})
     result: dict[str, float] = {}
     if method in ("hypersparse", "l1", "l2"):
         art = ART(model, sparsity_, regularizer=method, lam_init=preset.lam_init, eta=preset.eta, warmup_epochs=0,
-                  max_art_epochs=preset.max_art_epochs, train_eval_limit=preset.train_eval_limit)
+                  max_art_epochs=preset.max_art_epochs, train_eval_limit=preset.train_eval_limit,
+                  candidate_rule=preset.candidate_rule)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # reaching max_art_epochs is recorded in the History
             fit(model, data, epochs=art.max_epochs, pruner=art, seed=seed, history=history, progress=progress,
-                **preset.fit)
+                callbacks=carried, **preset.fit)
         masks = art.masks()
         result["art_epochs"] = float(history.metrics.query("name == 'art_epoch'").value.max() + 1)
         result["art_converged"] = float("exceeds the dense" in art.stop_reason)
@@ -162,7 +195,7 @@ def run_art(preset: ARTPreset, method: str = "hypersparse", sparsity_: float = 0
         gmp = GradualMagnitude(model, sparsity_, start_epoch=0, end_epoch=preset.gmp_epochs,
                                every=max(1, len(data.train) // preset.fit.get("batch_size", 128) // 4))
         fit(model, data, epochs=preset.gmp_epochs, pruner=gmp, seed=seed, history=history, progress=progress,
-            **preset.fit)
+            callbacks=carried, **preset.fit)
         masks = gmp.masks
     else:
         masks = magnitude_masks(model, sparsity_, scope="layer" if method == "layerwise" else "global")
@@ -174,8 +207,9 @@ def run_art(preset: ARTPreset, method: str = "hypersparse", sparsity_: float = 0
     fit(model, data, epochs=preset.finetune_epochs, pruner=FixedMask(masks), seed=seed, history=ft_history,
         progress=progress, **preset.finetune)
     nonzero = {k: (w.detach() != 0).cpu() for k, w in prunable_weights(model).items()}
-    result.update({"acc": ft_history.last("acc", "test"), "sparsity": sparsity(masks),
-                   "nonzero_sparsity": sparsity(nonzero)})
+    tests = ft_history.metrics.query("split == 'test' and name == 'acc'").value
+    result.update({"acc": ft_history.last("acc", "test"), "acc_best": float(tests.max()),
+                   "sparsity": sparsity(masks), "nonzero_sparsity": sparsity(nonzero)})
     return ARTRun(method, sparsity_, seed, history, ft_history, model, masks, result)
 
 
@@ -194,9 +228,10 @@ def compare(preset: ARTPreset, methods: Sequence[str] | None = None, sparsities:
     bar = tqdm(total=len(seeds) * (1 + len(methods) * len(sparsities)), desc=f"ART {preset.name}",
                disable=not progress)
     for seed in seeds:
-        warm, warm_history = warm_start(preset, seed, data, progress=False)
-        rows.append({"method": "dense", "sparsity": 0.0, "seed": seed, "acc": warm_history.last("acc", "test"),
-                     "acc_pruned": warm_history.last("acc", "test"), "nonzero_sparsity": 0.0})
+        warm = warm_start(preset, seed, data, progress=False)
+        dense_acc = warm.history.last("acc", "test")
+        rows.append({"method": "dense", "sparsity": 0.0, "seed": seed, "acc": dense_acc, "acc_best": dense_acc,
+                     "acc_pruned": dense_acc, "nonzero_sparsity": 0.0})
         bar.update(1)
         for s in sparsities:
             for m in methods:
@@ -214,6 +249,7 @@ def summarize(table: pd.DataFrame) -> pd.DataFrame:
         raise ConfigError("no runs to summarise")
     g = table.groupby(["sparsity", "method"], sort=False)
     out = pd.DataFrame({"acc %": g.acc.mean() * 100, "± (std)": g.acc.std(ddof=1).fillna(0.0) * 100,
+                        **({"best acc %": g.acc_best.mean() * 100} if "acc_best" in table else {}),
                         "acc before fine-tune %": g.acc_pruned.mean() * 100,
                         "achieved sparsity": g.nonzero_sparsity.mean(), "seeds": g.seed.count()})
     if "art_epochs" in table:

@@ -6,10 +6,14 @@ Scales (``p3b_preset(name)``):
 - ``cpu`` — default for the notebook: ``vit_mini_patch7_28`` pretrained on Fashion-MNIST, fine-tuned and pruned on
   scikit-learn digits (a real domain shift: clothes → handwritten digits) for 8 epochs, then the compact model
   fine-tuned 2 more; minutes on 2 cores.
-- ``paper-deit-{s,t}-{cifar100,ifood,inat19}`` — the published setting for GPUs: ImageNet-pretrained DeiT from
-  timm's hub, 224 px, AdamW lr 5e-4·batch/512, weight decay 0.05, mixup 0.8 / cutmix 1.0, label smoothing 0.1,
-  RandAugment, drop-path 0.1, schedule 10/25/50 epochs, 3 updates per epoch, then a compact fine-tune with a
-  cosine schedule.
+- ``paper-deit-{s,t}-{cifar100,ifood,inat19}`` — the reference recipe (METHODS.md §1.6a) for GPUs:
+  ImageNet-pretrained DeiT from timm's hub at 224 px, effective batch 512 (256 x 2 accumulation steps), AdamW lr
+  5e-4, weight decay 0.05, constant lr, repeated augmentation x3, RandAugment, random erasing 0.25 (pixel), mixup
+  0.8 / cutmix 1.0 / label smoothing 0.1, drop-path 0 during pruning, probes with their own lr 5e-4 and weight
+  decay 0.05, schedule 10 / 25 / 50 epochs with 3 mask updates per epoch, then 300 epochs of compact fine-tuning
+  (cosine to 1e-5, no warm-up); ``...-ft50`` presets fine-tune for 50 epochs instead. CIFAR-100 trains on all
+  50 000 images; iFood and iNat19 test on their ``val/`` folder. ``sparselab presets show NAME`` lists every value
+  beside the reference.
 
 Example:
     >>> preset = p3b_preset("tiny")
@@ -33,7 +37,7 @@ from ..latency import latency_ms
 from ..pruners import P3B, P3BSchedule
 from ..training.config import checked_replace
 from ..training import fit
-from .presets import load_data, named_preset
+from .presets import load_data, named_preset, require_test_split
 
 METHODS: dict[str, dict[str, Any]] = {
     "p3b": dict(allocation="benefit"),
@@ -60,7 +64,7 @@ class P3BPreset:
     schedule: P3BSchedule = P3BSchedule()
     fit: dict = field(default_factory=dict)
     patch_probe: str | None = "conv2"
-    probe_options: dict = field(default_factory=dict)  # e.g. probe_every / probe_fraction for the p3b method
+    probe_options: dict = field(default_factory=dict)  # P3B's probe arguments for the p3b method (probe_every, probe_lr, ...)
     finetune_epochs: int = 0
     finetune: dict = field(default_factory=dict)
     methods: tuple[str, ...] = ("p3b", "uniform", "global_taylor", "l1", "fixed")
@@ -71,18 +75,24 @@ class P3BPreset:
         return checked_replace(self, "preset field", **changes)
 
 
-def _paper(name: str, model: str, data: str) -> P3BPreset:
-    batch = 256
+#: The DeiT training recipe shared by the pruning run and the compact fine-tuning (METHODS.md §1.6a): micro-batch
+#: 256 x 2 accumulation steps = 512 per optimizer step, lr 5e-4 x 512/512.
+PAPER_BATCH, PAPER_ACCUMULATE = 256, 2
+_DEIT_RECIPE = dict(optimizer="adamw", lr=5e-4 * PAPER_BATCH * PAPER_ACCUMULATE / 512, weight_decay=0.05,
+                    batch_size=PAPER_BATCH, accumulate_steps=PAPER_ACCUMULATE, repeated_aug=3, mixup=0.8,
+                    cutmix=1.0, label_smoothing=0.1, num_workers=8)
+
+
+def _paper(name: str, model: str, data: str, finetune_epochs: int = 300) -> P3BPreset:
     return P3BPreset(
         name=name, model=model, pretrained=True, data=data, image_size=224,
-        model_options={"drop_path_rate": 0.1},
-        schedule=P3BSchedule(warmup=10, sparsify=25, finalize=50, updates_per_epoch=3),
-        fit=dict(optimizer="adamw", lr=5e-4 * batch / 512, weight_decay=0.05, batch_size=batch, mixup=0.8,
-                 cutmix=1.0, label_smoothing=0.1, num_workers=8),
-        patch_probe="conv2", finetune_epochs=50,
-        finetune=dict(optimizer="adamw", lr=5e-4 * batch / 512, weight_decay=0.05, batch_size=batch,
-                      lr_schedule="cosine", warmup_steps=500, mixup=0.8, cutmix=1.0, label_smoothing=0.1,
-                      num_workers=8),
+        data_options={"val_fraction": 0.0} if data == "cifar100" else {},
+        model_options={"drop_path_rate": 0.0},
+        schedule=P3BSchedule(warmup=10, sparsify=25, finalize=50, updates_per_epoch=3, tau=0.1, tau_min=0.0),
+        fit=dict(_DEIT_RECIPE, lr_schedule="constant"),
+        patch_probe="conv2", probe_options={"probe_lr": 5e-4, "probe_weight_decay": 0.05},
+        finetune_epochs=finetune_epochs,
+        finetune=dict(_DEIT_RECIPE, lr_schedule="cosine", min_lr=1e-5, warmup_steps=0),
         seeds=(0,),
     )
 
@@ -105,6 +115,7 @@ PRESETS: dict[str, P3BPreset] = {
 for _model, _tag in (("deit_small_patch16_224", "s"), ("deit_tiny_patch16_224", "t")):
     for _data in ("cifar100", "ifood", "inat19"):
         PRESETS[f"paper-deit-{_tag}-{_data}"] = _paper(f"paper-deit-{_tag}-{_data}", _model, _data)
+        PRESETS[f"paper-deit-{_tag}-{_data}-ft50"] = _paper(f"paper-deit-{_tag}-{_data}-ft50", _model, _data, 50)
 
 
 def p3b_preset(name: str = "cpu", **changes: Any) -> P3BPreset:
@@ -152,6 +163,7 @@ def run_p3b(preset: P3BPreset, method: str = "p3b", prune_ratio: float = 0.5, se
     if method != "dense":
         check_ratio("prune_ratio", prune_ratio)
     data = data if data is not None else load_data(preset)
+    require_test_split(data)
     torch.manual_seed(seed)
     model = source_model(preset, data)
     name = f"{method}-{int(round(prune_ratio * 100))}-s{seed}" if method != "dense" else f"dense-s{seed}"

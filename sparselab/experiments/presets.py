@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from .. import data as sl_data
-from ..errors import unknown_name
+from ..errors import ConfigError, unknown_name
 
 
 def named_preset(kind: str, presets: Mapping[str, Any], name: str, **changes: Any) -> Any:
@@ -23,3 +23,10 @@ def named_preset(kind: str, presets: Mapping[str, Any], name: str, **changes: An
 def load_data(preset: Any, **options: Any):
     """The preset's dataset (its ``data``, ``image_size`` and ``data_options``, overridden by ``options``)."""
     return sl_data.load(preset.data, image_size=preset.image_size, **{**preset.data_options, **options})
+
+
+def require_test_split(data) -> None:
+    """Refuse, before any training, a dataset whose results would have no test accuracy (NaN in the table)."""
+    if data.test is None:
+        raise ConfigError(f"dataset {data.name!r} has no test split, so the run could report no test accuracy; "
+                          f"give it a test set (an ImageFolder tree's val/ folder serves as one)")

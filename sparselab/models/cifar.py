@@ -14,7 +14,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
-VGG19_CFG = [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512, "M"]
+# configuration E as the HyperSparse reference's CIFAR VGG builds it: four max-pools, none after the last block
+VGG19_CFG = [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512]
 
 
 class BasicBlock(nn.Module):
@@ -65,7 +66,26 @@ class CifarResNet(nn.Module):
 
 
 class CifarVGG(nn.Module):
-    """VGG-19 with BatchNorm for small images; ``width`` scales every layer's channels."""
+    """VGG-19 with BatchNorm for small images, as in the HyperSparse reference code; ``width`` scales every layer's
+    channels.
+
+    Configuration E (16 convs) with four 2x2 max-pools — none after the last block — then average pooling over the
+    remaining map and one Linear classifier. Every conv is 3x3 with a bias and followed by BatchNorm and ReLU.
+    ``AdaptiveAvgPool2d(1)`` is the reference's fixed average pool at its image sizes: the map left after four
+    pools is 2x2 at 32 px (the reference's ``AvgPool2d(2)``) and 4x4 at 64 px (its ``AvgPool2d(4)``); other sizes
+    are averaged over whatever remains. Pools use ``ceil_mode=True`` so 28-px inputs shrink 28 → 14 → 7 → 4 → 2
+    (the same as floor at 32 and 64 px).
+
+    Initialisation as the reference: conv weights He-normal N(0, 2/(3·3·in_channels)) (``kaiming_normal_`` in
+    ``fan_in`` mode; the reference computes n = k·k·in_channels) with zero bias, BatchNorm weight 1 and bias 0,
+    Linear weights N(0, 0.01²) with zero bias.
+
+    Example:
+        >>> import torch
+        >>> net = CifarVGG(num_classes=10, width=0.125)
+        >>> net(torch.zeros(2, 3, 32, 32)).shape
+        torch.Size([2, 10])
+    """
 
     def __init__(self, num_classes: int = 10, in_chans: int = 3, width: float = 1.0, cfg: Sequence = VGG19_CFG):
         super().__init__()
@@ -73,14 +93,24 @@ class CifarVGG(nn.Module):
         layers, cin = [], in_chans
         for v in cfg:
             if v == "M":
-                layers.append(nn.MaxPool2d(2, ceil_mode=True))  # ceil: 28 px inputs shrink to 1x1, not 0x0
+                layers.append(nn.MaxPool2d(2, ceil_mode=True))  # ceil: 28 px inputs shrink to 2x2, never to 0x0
             else:
                 c = max(1, int(round(v * width)))
-                layers += [nn.Conv2d(cin, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True)]
+                layers += [nn.Conv2d(cin, c, 3, padding=1, bias=True), nn.BatchNorm2d(c), nn.ReLU(inplace=True)]
                 cin = c
         self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(cin, num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, 0.0, 0.01)
+                nn.init.zeros_(m.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.pool(self.features(x)).flatten(1))

@@ -4,15 +4,23 @@ Phases inside one :func:`sparselab.fit` call:
 
 1. dense warm-up for ``warmup_epochs``;
 2. ART epochs e = 0, 1, …: loss = CE + λ_e·L_reg with λ_e = λ_init·η^e. After each epoch a copy of the model is
-   pruned globally by magnitude at κ and its training accuracy measured; over a sliding window of 3 such results,
-   the window's middle model becomes the candidate whenever the window mean is the best so far; training stops as
-   soon as the best window mean exceeds the dense model's training accuracy of the epoch, or — with a warning — after
-   ``max_art_epochs``.
+   pruned globally by magnitude at κ and its training accuracy measured (eval mode, on *augmented* training
+   batches, as the reference does). The results go into a sliding window of up to ``window`` (3) entries, filled
+   from the first ART epoch; partial windows count, and the window's middle model is entry
+   ``min(len(window) - 1, window // 2)``. With the default ``candidate_rule="reference"`` (the reference code's
+   rule) the middle model becomes the candidate whenever the window mean exceeds the *candidate's own* pruned
+   accuracy (the first window always makes one), and training stops as soon as the window mean that chose the
+   current candidate exceeds the dense model's running training accuracy of the epoch — possibly right after ART
+   epoch 0. ``candidate_rule="best_mean"`` is the variant: full windows only, the candidate is the middle model of
+   the best window mean so far, and training stops once that best mean exceeds the dense accuracy. Either way
+   training also stops — with a warning — after ``max_art_epochs``.
 
-Then :meth:`ART.finetune` trains the candidate with its mask fixed (fresh optimizer; the paper: 160 epochs, lr × 0.1
-at 80 and 120). Every ART epoch writes traces into the History: λ, threshold, dense and pruned-copy training
-accuracy, the fractions of the kept set that entered and left since the previous epoch, the overlap with the final
-kept set, per-layer keep ratios, and snapshots of the sorted-magnitude / regularizer-gradient profile.
+Then fine-tuning trains the candidate with its mask fixed (:meth:`ART.finetune_pruner`; fresh optimizer; the
+paper: 160 epochs, lr × 0.1 at 80 and 120). Every ART epoch writes traces into the History: λ, threshold, dense and
+pruned-copy training accuracy, the fractions of the kept set that entered and left since the previous epoch, the
+overlap with the final kept set, per-layer keep ratios, and snapshots of the sorted-magnitude /
+regularizer-gradient profile. ``history.meta["art"]`` records the rule, the candidate (its ART epoch, own accuracy
+and the window mean that chose it) and why ART stopped.
 
 Example:
     >>> import sparselab as sl
@@ -23,25 +31,45 @@ Example:
 """
 from __future__ import annotations
 
+import contextlib
 import copy
+import random
 import warnings
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
 from torch import nn
 
-from ..errors import ConfigError, check_ratio
+from ..errors import CheckpointError, ConfigError, check_ratio, unknown_name
 from ..structure.unstructured import apply_masks, magnitude_masks, prunable_weights, sparsity
 from ..training.pruner import Pruner, TrainState
 from .masking import FixedMask
 from .regularizers import Regularizer, make_regularizer
 
 PROFILE_POINTS = 256
+CANDIDATE_RULES = ("reference", "best_mean")
+TRAIN_EVAL_BATCH = 512
+_TRAIN_EVAL_SEED = 0x5EED_A27  # the pruned copy's augmentation stream at ART epoch e is seeded with this + e
 
 
 class ART(Pruner):
     """Adaptive regularized training towards ``sparsity`` (see the module docstring).
+
+    After every ART epoch e the globally magnitude-pruned copy's training accuracy a_e enters a window of the last
+    (up to) ``window`` results, whose middle entry is ``min(len - 1, window // 2)``. With
+    ``candidate_rule="reference"``, window = 3 and accuracies a_0, a_1, a_2, …:
+
+    - after e = 0 the window is [a_0] (middle a_0): copy 0 becomes the candidate (there is none yet), chosen by the
+      mean a_0; ART stops at once if a_0 exceeds the dense running training accuracy of epoch 0;
+    - after e = 1 the window is [a_0, a_1] (middle a_1): copy 1 replaces the candidate if (a_0 + a_1)/2 exceeds
+      the candidate's own accuracy;
+    - from e = 2 on the window is [a_{e-2}, a_{e-1}, a_e] (middle a_{e-1}), likewise;
+    - ART stops after the first epoch whose dense training accuracy is below the window mean that chose the
+      current candidate (the same as this epoch's window mean whenever the candidate was just replaced).
+
+    ``candidate_rule="best_mean"`` uses full windows only, takes the middle model of the best window mean so far,
+    and stops once that best mean exceeds the dense accuracy.
 
     Args:
         model: any model with Conv2d/Linear weights.
@@ -52,16 +80,29 @@ class ART(Pruner):
         warmup_epochs: dense epochs before ART (60 in the paper).
         window: sliding-window length (3).
         max_art_epochs: stop after this many ART epochs even without reaching the dense accuracy.
-        train_eval_limit: measure the pruned copy's training accuracy on at most this many training images
+        train_eval_limit: measure the pruned copy's training accuracy on the first this many training images
             (None: all).
         profile_every: snapshot the magnitude/gradient profile every this many ART epochs (and the last).
+        threshold_every: recompute the regularizer's threshold every this many steps (1: every step).
+        candidate_rule: ``"reference"`` (the reference code's rule, default) or ``"best_mean"`` (the variant that
+            sparselab used before: full windows, best mean so far).
+        train_eval_augment: measure the pruned copy's training accuracy in eval mode on *augmented* training
+            batches (True, as the reference does: for an in-memory :class:`~sparselab.data.TensorImages` split a
+            generator seeded from the ART epoch draws the augmentation, so resuming stays exact and the global RNG
+            is untouched; any other split already applies its training transforms, which then run under RNGs
+            seeded the same way and restored afterwards). False: :func:`sparselab.evaluate` on the training split
+            (un-augmented for in-memory splits; other splits apply their own transforms).
     """
 
     def __init__(self, model: nn.Module, sparsity: float, regularizer: str | Regularizer = "hypersparse", *,
                  lam_init: float = 5e-6, eta: float = 1.05, warmup_epochs: int = 60, window: int = 3,
                  max_art_epochs: int = 200, train_eval_limit: int | None = None, profile_every: int = 5,
-                 threshold_every: int = 1):
+                 threshold_every: int = 1, candidate_rule: str = "reference", train_eval_augment: bool = True):
         self.sparsity = check_ratio("sparsity", sparsity)
+        if candidate_rule not in CANDIDATE_RULES:
+            raise unknown_name("ART candidate_rule", candidate_rule, CANDIDATE_RULES)
+        if train_eval_limit is not None and train_eval_limit < 1:
+            raise ConfigError(f"train_eval_limit must be None or an integer >= 1, got {train_eval_limit!r}")
         if lam_init <= 0 or eta < 1:
             raise ConfigError(f"need lam_init > 0 and eta >= 1, got {lam_init}, {eta}")
         if window < 1 or window % 2 == 0:
@@ -73,12 +114,15 @@ class ART(Pruner):
         self.lam_init, self.eta = lam_init, eta
         self.warmup_epochs, self.window, self.max_art_epochs = warmup_epochs, window, max_art_epochs
         self.train_eval_limit, self.profile_every = train_eval_limit, profile_every
+        self.candidate_rule, self.train_eval_augment = candidate_rule, bool(train_eval_augment)
         prunable_weights(model)  # clear error for a model without prunable weights
         self.model = model
         self._window: list[tuple[float, dict[str, torch.Tensor]]] = []
-        self.best_mean = -1.0
+        self.best_mean = -1.0  # best window mean so far (full windows only under "best_mean")
         self.candidate: dict[str, torch.Tensor] | None = None
         self.candidate_epoch: int | None = None
+        self.candidate_acc: float | None = None  # the candidate's own pruned-copy training accuracy
+        self.candidate_mean: float | None = None  # the window mean that made it the candidate
         self.terminated = False
         self.stop_reason = ""
         self._prev_kept: dict[str, torch.Tensor] | None = None
@@ -132,31 +176,61 @@ class ART(Pruner):
                      epoch=state.epoch)
         if e % self.profile_every == 0:
             self._snapshot(state, e)
-        self._window.append((acc_pruned, {k: v.detach().cpu().clone() for k, v in pruned.state_dict().items()}))
+        reason = self._update_window(acc_pruned, pruned.state_dict(), acc_dense, e)
+        if reason:
+            self._stop(state, e, reason)
+            return
+        if e + 1 >= self.max_art_epochs:
+            which = "best" if self.candidate_rule == "best_mean" else "current"
+            self._stop(state, e, f"reached max_art_epochs={self.max_art_epochs} without the pruned copy matching "
+                                 f"the dense model (best window mean {self.best_mean:.4f}); using the {which} "
+                                 f"candidate")
+            warnings.warn(f"ART: {self.stop_reason}", stacklevel=2)
+
+    def _update_window(self, acc_pruned: float, weights: dict[str, torch.Tensor], acc_dense: float,
+                       e: int) -> str | None:
+        """Push ART epoch ``e``'s pruned copy (its accuracy and state dict) into the window, update the candidate
+        by ``candidate_rule``, and return why ART stops now (None: it goes on)."""
+        self._window.append((float(acc_pruned), {k: v.detach().cpu().clone() for k, v in weights.items()}))
         if len(self._window) > self.window:
             self._window.pop(0)
-        if len(self._window) == self.window:
-            mean = float(np.mean([a for a, _ in self._window]))
+        accs = [a for a, _ in self._window]
+        mean = float(np.mean(accs))
+        if self.candidate_rule == "best_mean":
+            if len(self._window) < self.window:
+                return None
+            mid = self.window // 2
             if mean > self.best_mean:
                 self.best_mean = mean
-                self.candidate = self._window[self.window // 2][1]
-                self.candidate_epoch = e - self.window // 2
+                self._choose(mid, e, mean)
             if self.best_mean > acc_dense:
-                self._stop(state, e, f"the pruned copy's accuracy (window mean {self.best_mean:.4f}) exceeds the "
-                                     f"dense model's ({acc_dense:.4f}) after ART epoch {e}")
-                return
-        if e + 1 >= self.max_art_epochs:
-            self._stop(state, e, f"reached max_art_epochs={self.max_art_epochs} without the pruned copy matching "
-                                 f"the dense model (best window mean {self.best_mean:.4f}); using the best candidate")
-            warnings.warn(f"ART: {self.stop_reason}", stacklevel=2)
+                return (f"the pruned copy's accuracy (window mean {self.best_mean:.4f}) exceeds the dense model's "
+                        f"({acc_dense:.4f}) after ART epoch {e}")
+            return None
+        # the reference rule (GreenAutoML4FAS/HyperSparse, utils/art.py): partial windows count
+        mid = min(len(self._window) - 1, self.window // 2)
+        self.best_mean = max(self.best_mean, mean)
+        if self.candidate is None or mean > self.candidate_acc:
+            self._choose(mid, e, mean)
+        if self.candidate_mean > acc_dense:
+            return (f"the pruned copy's accuracy (window mean {self.candidate_mean:.4f} over "
+                    f"{len(self._window)} ART epoch(s)) exceeds the dense model's ({acc_dense:.4f}) after ART "
+                    f"epoch {e}")
+        return None
+
+    def _choose(self, mid: int, e: int, mean: float) -> None:
+        self.candidate_acc, self.candidate = self._window[mid]
+        self.candidate_epoch = e - (len(self._window) - 1 - mid)
+        self.candidate_mean = mean
 
     def _stop(self, state: TrainState, e: int, reason: str) -> None:
         self.terminated = True
         self.stop_reason = reason
         state.should_stop = True
-        if self.candidate is None:  # fewer epochs than the window: take the last pruned copy
-            self.candidate = self._window[-1][1]
+        if self.candidate is None:  # best_mean with fewer epochs than the window: take the last pruned copy
+            self.candidate_acc, self.candidate = self._window[-1]
             self.candidate_epoch = e
+            self.candidate_mean = float(np.mean([a for a, _ in self._window]))
         self._snapshot(state, e)
 
     def on_fit_end(self, state: TrainState) -> None:
@@ -170,19 +244,71 @@ class ART(Pruner):
             h.log_metric("overlap_final", float((kept & final).sum() / max(final.sum(), 1)), step=step,
                          epoch=self.warmup_epochs + e, split="train")
         h.meta["art"] = {"terminated": self.terminated, "stop_reason": self.stop_reason,
-                         "candidate_art_epoch": self.candidate_epoch, "best_window_mean": self.best_mean,
-                         "sparsity": self.sparsity, "regularizer": self.regularizer.name}
+                         "candidate_rule": self.candidate_rule, "candidate_art_epoch": self.candidate_epoch,
+                         "candidate_acc": self.candidate_acc, "candidate_window_mean": self.candidate_mean,
+                         "best_window_mean": self.best_mean, "window": self.window,
+                         "train_eval_augment": self.train_eval_augment, "sparsity": self.sparsity,
+                         "regularizer": self.regularizer.name}
 
     # ------------------------------------------------------------------ helpers
     @torch.no_grad()
     def _train_accuracy(self, model: nn.Module, state: TrainState) -> float:
+        """The pruned copy's training accuracy (eval mode) at ART epoch ``state.epoch - warmup_epochs``, summed
+        over processes under torchrun."""
+        from ..training import distributed as dist_utils
         from ..training.loop import evaluate
 
         ds = state.data.train
-        if self.train_eval_limit is not None and len(ds) > self.train_eval_limit:
-            idx = torch.arange(self.train_eval_limit)
-            ds = ds.subset(idx) if hasattr(ds, "subset") else torch.utils.data.Subset(ds, idx.tolist())
-        return evaluate(model, ds, device=state.device)["acc"]
+        if not self.train_eval_augment:
+            if self.train_eval_limit is not None and len(ds) > self.train_eval_limit:
+                idx = torch.arange(self.train_eval_limit)
+                ds = ds.subset(idx) if hasattr(ds, "subset") else torch.utils.data.Subset(ds, idx.tolist())
+            return evaluate(model, ds, device=state.device)["acc"]
+        counts = self._train_counts(model, state)
+        dist_utils.all_reduce_sum(counts)
+        return counts[0].item() / max(counts[1].item(), 1.0)
+
+    @torch.no_grad()
+    def _train_counts(self, model: nn.Module, state: TrainState) -> torch.Tensor:
+        """(correct, seen) of this process's share of the augmented training images, as a float64 tensor.
+
+        In-memory splits are augmented a whole batch of ``TRAIN_EVAL_BATCH`` at a time by one generator seeded from
+        the ART epoch and process ``r`` of ``w`` takes every ``w``-th image of each batch, so the summed counts do
+        not depend on the number of processes. Other splits yield every ``w``-th image through a DataLoader with
+        their training transforms, under RNGs seeded from the ART epoch and restored afterwards (there the drawn
+        augmentations depend on the number of processes).
+        """
+        from ..data.datasets import TensorImages
+        from ..training.batches import to_model_input
+
+        ds = state.data.train
+        n = len(ds) if self.train_eval_limit is None else min(len(ds), self.train_eval_limit)
+        seed = _TRAIN_EVAL_SEED + max(state.epoch - self.warmup_epochs, 0)
+        rank, world = state.rank, state.world_size
+        device = state.device
+        was_training = model.training
+        model.eval()
+        totals = torch.zeros(2, dtype=torch.float64)
+        if isinstance(ds, TensorImages):
+            gen = torch.Generator().manual_seed(seed)
+            batches: Any = (ds.get_batch(idx, gen, train=True) for idx in torch.arange(n).split(TRAIN_EVAL_BATCH))
+            batches = ((x[rank::world], y[rank::world]) for x, y in batches)
+            rng = contextlib.nullcontext()
+        else:
+            share = torch.utils.data.Subset(ds, list(range(rank, n, world)))
+            batches = torch.utils.data.DataLoader(share, batch_size=TRAIN_EVAL_BATCH)
+            rng = _seeded_rngs(seed)
+        with rng:
+            for x, y in batches:
+                if len(y) == 0:
+                    continue
+                x, y = to_model_input(x, model, device), y.to(device, non_blocking=True)
+                with _eval_autocast(device):
+                    out = model(x)
+                totals[0] += (out.argmax(1) == y).sum().item()
+                totals[1] += len(y)
+        model.train(was_training)
+        return totals
 
     @torch.no_grad()
     def _snapshot(self, state: TrainState, e: int) -> None:
@@ -219,14 +345,49 @@ class ART(Pruner):
 
     def state_dict(self) -> dict[str, Any]:
         return {"window": self._window, "best_mean": self.best_mean, "candidate": self.candidate,
-                "candidate_epoch": self.candidate_epoch, "terminated": self.terminated,
+                "candidate_epoch": self.candidate_epoch, "candidate_acc": self.candidate_acc,
+                "candidate_mean": self.candidate_mean, "candidate_rule": self.candidate_rule,
+                "train_eval_augment": self.train_eval_augment, "terminated": self.terminated,
                 "stop_reason": self.stop_reason, "prev_kept": self._prev_kept, "kept_history": self._kept_history,
                 "threshold": self.regularizer.threshold, "calls": self.regularizer._calls}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._window = state["window"]
+        # checkpoints from before candidate_rule existed were written by the "best_mean" rule on un-augmented images
+        saved = (state.get("candidate_rule", "best_mean"), state.get("train_eval_augment", False))
+        if saved != (self.candidate_rule, self.train_eval_augment):
+            raise CheckpointError(f"the checkpoint's ART state was written with candidate_rule={saved[0]!r}, "
+                                  f"train_eval_augment={saved[1]}; this ART has candidate_rule="
+                                  f"{self.candidate_rule!r}, train_eval_augment={self.train_eval_augment}")
+        self._window = list(state["window"])  # a copy: the loaded dict may be shared
         self.best_mean, self.candidate = state["best_mean"], state["candidate"]
         self.candidate_epoch, self.terminated = state["candidate_epoch"], state["terminated"]
+        self.candidate_acc = state.get("candidate_acc")
+        self.candidate_mean = state.get("candidate_mean")
+        if self.candidate is not None and self.candidate_mean is None:  # written before candidate_mean existed
+            self.candidate_mean = self.best_mean
         self.stop_reason, self._prev_kept = state["stop_reason"], state["prev_kept"]
-        self._kept_history = state["kept_history"]
+        self._kept_history = list(state["kept_history"])
         self.regularizer.threshold, self.regularizer._calls = state["threshold"], state["calls"]
+
+
+@contextlib.contextmanager
+def _seeded_rngs(seed: int) -> Iterator[None]:
+    """Seed the global CPU torch, numpy and Python RNGs (what dataset transforms draw from) for the block and put
+    their states back afterwards."""
+    torch_state, np_state, py_state = torch.get_rng_state(), np.random.get_state(), random.getstate()
+    torch.default_generator.manual_seed(seed)  # the CPU generator only: CUDA's stay as they are
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+    try:
+        yield
+    finally:
+        torch.set_rng_state(torch_state)
+        np.random.set_state(np_state)
+        random.setstate(py_state)
+
+
+def _eval_autocast(device: torch.device):
+    """Mixed precision on CUDA (bfloat16 where supported), as :func:`sparselab.evaluate` uses by default."""
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    return torch.autocast("cuda", dtype=torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)

@@ -16,6 +16,7 @@ from ..errors import ConfigError, check_ratio, unknown_name
 OPTIMIZERS = ("adamw", "adam", "sgd")
 LR_SCHEDULES = ("constant", "cosine", "step")
 WEIGHT_DECAY_ON = ("weights", "all")
+AMP_DTYPES = ("bfloat16", "float16", "bf16", "fp16")
 
 
 def checked_replace(obj: Any, kind: str, **changes: Any) -> Any:
@@ -61,6 +62,8 @@ class TrainConfig:
         max_steps_per_epoch: cap steps per epoch (quick runs); None: the whole training split.
         num_workers: DataLoader workers for datasets that are not in memory.
         amp: mixed precision; None = on for CUDA, off on the CPU (always float32 there).
+        amp_dtype: ``bfloat16`` or ``float16`` (with a loss scaler) under AMP; None: bfloat16 where the GPU
+            supports it, else float16.
         device: ``cpu``, ``cuda``, ``cuda:1`` ...; None picks CUDA when available.
     """
 
@@ -92,6 +95,7 @@ class TrainConfig:
     max_steps_per_epoch: int | None = None
     num_workers: int = field(default=0, compare=False)
     amp: bool | None = None
+    amp_dtype: str | None = None
     device: str | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
@@ -107,6 +111,8 @@ class TrainConfig:
             raise unknown_name("optimizer", self.optimizer, OPTIMIZERS)
         if self.lr_schedule not in LR_SCHEDULES:
             raise unknown_name("lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        if self.amp_dtype is not None and self.amp_dtype not in AMP_DTYPES:
+            raise unknown_name("amp_dtype", self.amp_dtype, AMP_DTYPES)
         if self.weight_decay_on not in WEIGHT_DECAY_ON:
             raise unknown_name("weight_decay_on", self.weight_decay_on, WEIGHT_DECAY_ON)
         if not 0 <= self.min_lr < self.lr:

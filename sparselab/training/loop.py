@@ -40,11 +40,17 @@ from .pruner import Pruner, TrainState
 CHECKPOINT_NAME = "last.pt"
 
 
-def _autocast(device: torch.device, enabled: bool):
+def amp_dtype(name: str | None) -> torch.dtype:
+    """The autocast dtype for ``TrainConfig.amp_dtype`` (None: bfloat16 where the GPU supports it)."""
+    if name is None:
+        return torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if name in ("bfloat16", "bf16") else torch.float16
+
+
+def _autocast(device: torch.device, enabled: bool, dtype: torch.dtype | None = None):
     if not enabled:
         return contextlib.nullcontext()
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
+    return torch.autocast(device_type=device.type, dtype=dtype or amp_dtype(None))
 
 
 @torch.no_grad()
@@ -197,7 +203,7 @@ def fit(model: nn.Module, data: DataBundle, epochs: int | None = None, pruner: P
     if grad_scaler is not None:
         scaler = grad_scaler
     else:
-        scaler = torch.amp.GradScaler("cuda") if amp and not torch.cuda.is_bf16_supported() else None
+        scaler = torch.amp.GradScaler("cuda") if amp and amp_dtype(cfg.amp_dtype) == torch.float16 else None
     if history is None:
         history = History()
     history.meta.setdefault("config", _jsonable(cfg.fingerprint()))
@@ -379,7 +385,7 @@ def _micro_step(net, x, y, weight: float, state: TrainState, plugins, cfg: Train
     soft = None
     if mixup is not None:
         x, soft = mixup(x, y)
-    with _autocast(device, amp):
+    with _autocast(device, amp, amp_dtype(cfg.amp_dtype)):
         out = net(x)
     loss = task_loss(out, soft if soft is not None else y, cfg.label_smoothing)
     state.inputs, state.targets, state.soft_targets, state.outputs, state.loss = x, y, soft, out, loss
