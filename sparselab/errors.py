@@ -8,6 +8,7 @@ Example:
 from __future__ import annotations
 
 import difflib
+import math
 from typing import Iterable
 
 
@@ -34,6 +35,10 @@ class ConfigError(SparselabError, ValueError):
     """A parameter outside its allowed range or inconsistent with another."""
 
 
+class DivergedError(SparselabError, FloatingPointError):
+    """Training produced non-finite values (NaN or inf)."""
+
+
 def unknown_name(kind: str, name: str, choices: Iterable[str], extra: str = "",
                  listed: Iterable[str] | None = None) -> UnknownNameError:
     """Build an error for an unknown ``name`` of ``kind`` with close matches among ``choices``; the message lists
@@ -52,6 +57,27 @@ def unknown_name(kind: str, name: str, choices: Iterable[str], extra: str = "",
     if extra:
         msg += ". " + extra
     return UnknownNameError(msg)
+
+
+def check_finite(name: str, value: float, *, low: float | None = None, low_inclusive: bool = True,
+                 high: float | None = None) -> float:
+    """Validate a finite number (NaN and ±inf are refused) within optional bounds and return it as float.
+
+    Example:
+        >>> check_finite("lr", 5e-4, low=0, low_inclusive=False)
+        0.0005
+    """
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} must be a number, got {value!r}") from None
+    if isinstance(value, bool) or not math.isfinite(v):
+        raise ConfigError(f"{name} must be a finite number, got {value!r}")
+    if low is not None and (v < low or (v == low and not low_inclusive)):
+        raise ConfigError(f"{name} must be {'>=' if low_inclusive else '>'} {low:g}, got {value!r}")
+    if high is not None and v > high:
+        raise ConfigError(f"{name} must be <= {high:g}, got {value!r}")
+    return v
 
 
 def check_ratio(name: str, value: float, *, allow_zero: bool = True) -> float:

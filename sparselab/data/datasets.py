@@ -107,6 +107,7 @@ class DataBundle:
     classes: Sequence[str] = field(default_factory=list)
     mean: tuple[float, ...] = ()
     std: tuple[float, ...] = ()
+    options: dict = field(default_factory=dict)  # what it was loaded with (sparselab.data.load records them)
 
     def split(self, name: str) -> Dataset:
         """Return the split called ``train``, ``val`` or ``test``."""
@@ -122,7 +123,54 @@ class DataBundle:
         """The split evaluated during training: ``val`` when present, else ``test``."""
         return self.val if self.val is not None else self.test
 
+    def fingerprint(self) -> dict:
+        """What identifies this data for a resumed run: name, loading options, split sizes, classes, image shape
+        and a hash of the training labels in order (another dataset, subset, class order or split changes it).
+
+        Example:
+            >>> import torch
+            >>> b = DataBundle("toy", TensorImages(torch.zeros(4, 1, 4, 4), torch.tensor([0, 1, 1, 0])), None, None,
+            ...                num_classes=2, in_chans=1, image_size=4)
+            >>> b.fingerprint()["sizes"]
+            [4, 0, 0]
+        """
+        import hashlib
+
+        labels = _labels_of(self.train)
+        digest = (hashlib.sha256(labels.numpy().astype("int64").tobytes()).hexdigest()[:16]
+                  if labels is not None else None)
+        return {"name": self.name, "options": {k: _plain(v) for k, v in sorted(self.options.items())},
+                "sizes": [len(d) if d is not None else 0 for d in (self.train, self.val, self.test)],
+                "num_classes": self.num_classes, "classes": list(self.classes), "in_chans": self.in_chans,
+                "image_size": self.image_size, "train_labels_sha256": digest}
+
     def __repr__(self) -> str:
         sizes = ", ".join(f"{s}={len(d)}" for s in ("train", "val", "test") if (d := getattr(self, s)) is not None)
         return (f"DataBundle({self.name!r}, {sizes}, classes={self.num_classes}, "
                 f"shape=({self.in_chans}, {self.image_size}, {self.image_size}))")
+
+
+def _plain(v):
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    return v if isinstance(v, (int, float, str, bool, type(None))) else str(v)
+
+
+def _labels_of(ds) -> torch.Tensor | None:
+    """The labels of a dataset in item order, where they can be read without loading images."""
+    from torch.utils.data import Subset
+
+    if isinstance(ds, TensorImages):
+        return ds.labels
+    if isinstance(ds, Subset):
+        inner = _labels_of(ds.dataset)
+        return inner[torch.as_tensor(list(ds.indices), dtype=torch.long)] if inner is not None else None
+    for attr in ("labels", "targets", "_labels"):
+        values = getattr(ds, attr, None)
+        if values is not None:
+            return torch.as_tensor(list(values) if not hasattr(values, "__array__") else values).long()
+    base, indices = getattr(ds, "base", None), getattr(ds, "indices", None)
+    if base is not None and indices is not None:
+        inner = _labels_of(base)
+        return inner[torch.as_tensor(list(indices), dtype=torch.long)] if inner is not None else None
+    return None

@@ -28,6 +28,7 @@ from __future__ import annotations
 import copy
 import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Sequence
 
 import pandas as pd
@@ -36,7 +37,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .. import models
-from ..errors import ConfigError, check_ratio, unknown_name
+from ..errors import ConfigError, check_finite, check_ratio, unknown_name
 from ..history import History
 from ..pruners import ART, FixedMask, GradualMagnitude
 from ..structure.unstructured import apply_masks, magnitude_masks, prunable_weights, sparsity
@@ -70,6 +71,17 @@ class ARTPreset:
     methods: tuple[str, ...] = ART_METHODS
     sparsities: tuple[float, ...] = (0.9, 0.98, 0.995)
     seeds: tuple[int, ...] = (0,)
+
+    def __post_init__(self) -> None:
+        for name, low in (("warmup_epochs", 0), ("max_art_epochs", 1), ("gmp_epochs", 1), ("finetune_epochs", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                why = " (ART's result is the fine-tuned sparse model)" if name == "finetune_epochs" else ""
+                raise ConfigError(f"{name} must be an integer >= {low}{why}, got {value!r}")
+        check_finite("lam_init", self.lam_init, low=0, low_inclusive=False)
+        check_finite("eta", self.eta, low=1)
+        for s in self.sparsities:
+            check_ratio("sparsity", s)
 
     def replace(self, **changes: Any) -> "ARTPreset":
         return checked_replace(self, "preset field", **changes)
@@ -141,40 +153,48 @@ class WarmStart:
 
     model: nn.Module
     history: History
-    optimizer: OptimizerHandoff
+    optimizer: OptimizerHandoff | None  # None: no warm-up ran, the methods start with a fresh optimizer
 
     def __iter__(self):  # ``model, history = warm_start(...)``
         return iter((self.model, self.history))
 
 
-def warm_start(preset: ARTPreset, seed: int, data, progress: bool = True) -> WarmStart:
-    """The dense warm-up every method starts from (its optimizer continues into each method's sparsification)."""
+def warm_start(preset: ARTPreset, seed: int, data, progress: bool = True, checkpoint_dir: str | None = None,
+               resume: bool = False) -> WarmStart:
+    """The dense warm-up every method starts from (its optimizer continues into each method's sparsification).
+    ``warmup_epochs=0`` starts from the freshly initialised model."""
     require_test_split(data)
     torch.manual_seed(seed)
     model = models.create(preset.model, num_classes=data.num_classes, in_chans=data.in_chans,
                           **({"image_size": data.image_size} if preset.model == "lenet_300_100" else {}),
                           **preset.model_options)
     history = History(meta={"run": f"warmup-s{seed}", "method": "dense", "seed": seed, "preset": preset.name})
+    if preset.warmup_epochs == 0:
+        history.log_metrics(evaluate(model, data.test), step=0, epoch=0, split="test")
+        return WarmStart(model, history, None)
     handoff = OptimizerHandoff()
-    fit(model, data, epochs=max(preset.warmup_epochs, 1), seed=seed, history=history, progress=progress,
-        final_test=True, callbacks=[handoff], **preset.fit)
+    fit(model, data, epochs=preset.warmup_epochs, seed=seed, history=history, progress=progress, final_test=True,
+        callbacks=[handoff], checkpoint_dir=checkpoint_dir, resume=resume, **preset.fit)
     return WarmStart(model, history, handoff)
 
 
 def run_art(preset: ARTPreset, method: str = "hypersparse", sparsity_: float = 0.9, seed: int = 0, data=None,
-            warm: WarmStart | nn.Module | None = None, progress: bool = True) -> ARTRun:
+            warm: WarmStart | nn.Module | None = None, progress: bool = True, checkpoint_dir: str | None = None,
+            resume: bool = False) -> ARTRun:
     """Sparsify a warm model with ``method`` to ``sparsity_`` and fine-tune it with the mask fixed.
 
     ``warm``: a :func:`warm_start` (its optimizer continues, as in the reference) or a bare model (a fresh
-    optimizer); None runs the warm-up first."""
+    optimizer); None runs the warm-up first. ``checkpoint_dir``: each phase (``warmup/``, ``sparsify/``,
+    ``finetune/``) checkpoints there every epoch, and ``resume=True`` continues an interrupted run exactly."""
     if method not in ART_METHODS:
         raise unknown_name("method", method, ART_METHODS)
     check_ratio("sparsity", sparsity_)
     data = data if data is not None else load_data(preset)
     require_test_split(data)
+    phase = (lambda name: str(Path(checkpoint_dir) / name)) if checkpoint_dir is not None else (lambda name: None)
     if warm is None:
-        warm = warm_start(preset, seed, data, progress)
-    carried = [warm.optimizer.resume()] if isinstance(warm, WarmStart) else []
+        warm = warm_start(preset, seed, data, progress, checkpoint_dir=phase("warmup"), resume=resume)
+    carried = [warm.optimizer.resume()] if isinstance(warm, WarmStart) and warm.optimizer is not None else []
     model = copy.deepcopy(warm.model if isinstance(warm, WarmStart) else warm)
     name = f"{method}-{sparsity_:g}-s{seed}"
     history = History(meta={"run": name, "method": method, "sparsity": sparsity_, "seed": seed,
@@ -187,7 +207,7 @@ def run_art(preset: ARTPreset, method: str = "hypersparse", sparsity_: float = 0
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # reaching max_art_epochs is recorded in the History
             fit(model, data, epochs=art.max_epochs, pruner=art, seed=seed, history=history, progress=progress,
-                callbacks=carried, **preset.fit)
+                callbacks=carried, checkpoint_dir=phase("sparsify"), resume=resume, **preset.fit)
         masks = art.masks()
         result["art_epochs"] = float(history.metrics.query("name == 'art_epoch'").value.max() + 1)
         result["art_converged"] = float("exceeds the dense" in art.stop_reason)
@@ -195,7 +215,7 @@ def run_art(preset: ARTPreset, method: str = "hypersparse", sparsity_: float = 0
         gmp = GradualMagnitude(model, sparsity_, start_epoch=0, end_epoch=preset.gmp_epochs,
                                every=max(1, len(data.train) // preset.fit.get("batch_size", 128) // 4))
         fit(model, data, epochs=preset.gmp_epochs, pruner=gmp, seed=seed, history=history, progress=progress,
-            callbacks=carried, **preset.fit)
+            callbacks=carried, checkpoint_dir=phase("sparsify"), resume=resume, **preset.fit)
         masks = gmp.masks
     else:
         masks = magnitude_masks(model, sparsity_, scope="layer" if method == "layerwise" else "global")
@@ -205,7 +225,7 @@ def run_art(preset: ARTPreset, method: str = "hypersparse", sparsity_: float = 0
     result["acc_pruned"] = evaluate(pruned, data.test)["acc"]
     ft_history = History(meta={"run": name + "-finetune"})
     fit(model, data, epochs=preset.finetune_epochs, pruner=FixedMask(masks), seed=seed, history=ft_history,
-        progress=progress, **preset.finetune)
+        progress=progress, checkpoint_dir=phase("finetune"), resume=resume, **preset.finetune)
     nonzero = {k: (w.detach() != 0).cpu() for k, w in prunable_weights(model).items()}
     tests = ft_history.metrics.query("split == 'test' and name == 'acc'").value
     result.update({"acc": ft_history.last("acc", "test"), "acc_best": float(tests.max()),

@@ -71,6 +71,17 @@ class P3BPreset:
     prune_ratios: tuple[float, ...] = (0.5, 0.75)
     seeds: tuple[int, ...] = (0, 1, 2)
 
+    def __post_init__(self) -> None:
+        if isinstance(self.finetune_epochs, bool) or not isinstance(self.finetune_epochs, int) \
+                or self.finetune_epochs < 0:
+            raise ConfigError(f"finetune_epochs must be an integer >= 0 (0: no compact fine-tuning), got "
+                              f"{self.finetune_epochs!r}")
+        for m in self.methods:
+            if m not in METHODS:
+                raise unknown_name("method", m, METHODS)
+        for r in self.prune_ratios:
+            check_ratio("prune_ratio", r)
+
     def replace(self, **changes: Any) -> "P3BPreset":
         return checked_replace(self, "preset field", **changes)
 

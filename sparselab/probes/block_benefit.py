@@ -261,6 +261,11 @@ class BlockBenefit(WindowedRecorder):
         """Detach the taps from the model."""
         self.taps.remove()
 
+    def config(self) -> dict[str, Any]:
+        return {"num_classes": self.num_classes, "patch_probe": self.patch_probe, "probe_every": self.probe_every,
+                "probe_fraction": self.probe_fraction, "lr": self.lr, "weight_decay": self.weight_decay,
+                "log_every": self.log_every}
+
     def state_dict(self) -> dict[str, Any]:
         return {"probes": self.probes.state_dict(), "sums": self.sums.clone(), "counts": self.counts.clone(),
                 "prev_sums": self.prev_sums.clone(), "prev_counts": self.prev_counts.clone()}

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 import random
 import warnings
 from typing import Any, Iterator
@@ -41,7 +42,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import CheckpointError, ConfigError, check_ratio, unknown_name
+from ..errors import CheckpointError, ConfigError, DivergedError, check_finite, check_ratio, unknown_name
 from ..structure.unstructured import apply_masks, magnitude_masks, prunable_weights, sparsity
 from ..training.pruner import Pruner, TrainState
 from .masking import FixedMask
@@ -103,8 +104,8 @@ class ART(Pruner):
             raise unknown_name("ART candidate_rule", candidate_rule, CANDIDATE_RULES)
         if train_eval_limit is not None and train_eval_limit < 1:
             raise ConfigError(f"train_eval_limit must be None or an integer >= 1, got {train_eval_limit!r}")
-        if lam_init <= 0 or eta < 1:
-            raise ConfigError(f"need lam_init > 0 and eta >= 1, got {lam_init}, {eta}")
+        check_finite("lam_init", lam_init, low=0, low_inclusive=False)
+        check_finite("eta", eta, low=1)
         if window < 1 or window % 2 == 0:
             raise ConfigError(f"window must be an odd integer >= 1 (its middle model is the candidate), got {window}")
         if warmup_epochs < 0 or max_art_epochs < 1:
@@ -127,6 +128,13 @@ class ART(Pruner):
         self.stop_reason = ""
         self._prev_kept: dict[str, torch.Tensor] | None = None
         self._kept_history: list[tuple[int, int, np.ndarray]] = []  # (step, art epoch, packed kept bits)
+
+    def config(self) -> dict[str, Any]:
+        return {"sparsity": self.sparsity, "regularizer": self.regularizer.name, "lam_init": self.lam_init,
+                "eta": self.eta, "warmup_epochs": self.warmup_epochs, "window": self.window,
+                "max_art_epochs": self.max_art_epochs, "train_eval_limit": self.train_eval_limit,
+                "candidate_rule": self.candidate_rule, "train_eval_augment": self.train_eval_augment,
+                "threshold_every": self.regularizer.threshold_every}
 
     @property
     def max_epochs(self) -> int:
@@ -153,6 +161,11 @@ class ART(Pruner):
         if e < 0 or self.terminated:
             return
         model, h, step = state.model, state.history, state.step
+        diverged = [n for n, w in prunable_weights(model).items() if not bool(torch.isfinite(w).all())]
+        if diverged or not math.isfinite(state.metrics.get("train_acc", 0.0)):
+            raise DivergedError(f"ART diverged in ART epoch {e}: non-finite weights in "
+                                f"{', '.join(diverged[:3]) or 'the model'} (λ = {self.lam(e):.3g}); no candidate from "
+                                f"a diverged model is reported. Lower lam_init or eta, or the learning rate")
         masks = magnitude_masks(model, self.sparsity)
         pruned = copy.deepcopy(model)
         apply_masks(pruned, masks)

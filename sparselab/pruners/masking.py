@@ -56,6 +56,15 @@ class FixedMask(Pruner):
     def after_step(self, state: TrainState) -> None:
         apply_masks(state.model, self.masks)
 
+    def config(self) -> dict[str, Any]:
+        import hashlib
+
+        digest = hashlib.sha256()
+        for k in sorted(self.masks):
+            digest.update(k.encode())
+            digest.update(self.masks[k].cpu().numpy().tobytes())
+        return {"masks_sha256": digest.hexdigest()[:16], "sparsity": self.sparsity()}
+
     def state_dict(self) -> dict[str, Any]:
         return {"masks": {k: v.cpu() for k, v in self.masks.items()}}
 
@@ -75,6 +84,10 @@ class GradualMagnitude(FixedMask):
             raise ConfigError(f"need 0 <= start_epoch < end_epoch, got {start_epoch}, {end_epoch}")
         self.start_epoch, self.end_epoch, self.every = start_epoch, end_epoch, max(1, int(every))
         super().__init__(magnitude_masks(model, 0.0))
+
+    def config(self) -> dict[str, Any]:  # the masks change as it prunes: the schedule defines the run
+        return {"sparsity": self.target, "initial_sparsity": self.initial, "start_epoch": self.start_epoch,
+                "end_epoch": self.end_epoch, "every": self.every}
 
     def target_at(self, step: int, steps_per_epoch: int) -> float:
         t0, t1 = self.start_epoch * steps_per_epoch, self.end_epoch * steps_per_epoch

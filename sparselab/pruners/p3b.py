@@ -22,13 +22,15 @@ Example:
 """
 from __future__ import annotations
 
+import dataclasses
+import math
 import warnings
 from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
 
-from ..errors import ConfigError, check_ratio, unknown_name
+from ..errors import ConfigError, check_finite, check_ratio, unknown_name
 from ..probes.block_benefit import BlockBenefit, all_reduce_mean_grads
 from ..structure.gates import Gates
 from ..structure.vit import BlockInfo, ViTStructure
@@ -101,6 +103,22 @@ class P3B(Pruner):
         self.benefit_scale, self.momentum, self.class_weight = benefit_scale, momentum, class_weight
         self.gate_factors = dict(GATE_FACTORS if gate_factors is None else gate_factors)
         self.blocks_only = blocks_only
+        if allocation == "fixed" and not all(math.isfinite(float(k)) for k in keep_ratios):
+            raise ConfigError(f"keep_ratios must be finite numbers >= 0, got {list(keep_ratios)!r}")
+        for name, value in (("benefit_scale", benefit_scale), ("momentum", momentum),
+                            ("class_weight", class_weight)):
+            check_finite(name, value)
+        if not benefit_scale > 0:
+            raise ConfigError(f"benefit_scale must be > 0, got {benefit_scale}")
+        for gate, factor in self.gate_factors.items():
+            check_finite(f"gate_factors[{gate!r}]", factor, low=0, low_inclusive=False)
+        self._config = {
+            "prune_ratio": self.prune_ratio, "schedule": dataclasses.asdict(self.schedule), "allocation": allocation,
+            "criterion": criterion, "keep_ratios": list(map(float, keep_ratios)) if keep_ratios is not None else None,
+            "patch_probe": patch_probe if allocation == "benefit" else None, "benefit_scale": benefit_scale,
+            "per_parameter": per_parameter, "momentum": momentum, "class_weight": class_weight,
+            "gate_factors": dict(self.gate_factors), "blocks_only": blocks_only, "probe_every": probe_every,
+            "probe_fraction": probe_fraction, "probe_lr": probe_lr, "probe_weight_decay": probe_weight_decay}
 
         self.dense_linear = torch.tensor([s.linear_params(b) for b in s.blocks], dtype=torch.float64)
         self.dense_block = torch.tensor([s.block_params(b) for b in s.blocks], dtype=torch.float64)
@@ -132,6 +150,10 @@ class P3B(Pruner):
         self._count = 0
         self._count_prev = 0
         self.skipped_steps = 0
+
+    def config(self) -> dict[str, Any]:
+        """Everything this pruner was built with (recorded in checkpoints; a resume with other settings fails)."""
+        return dict(self._config)
 
     # ------------------------------------------------------------------ helpers
     def _zero_scores(self) -> dict[str, torch.Tensor]:

@@ -95,11 +95,18 @@ class ViTStructure:
                 obj = getattr(obj, part, None)
             if obj is None:
                 raise ConfigError(f"{where}.{path} is missing: only timm Block/Attention/Mlp layouts are supported")
+        from timm.layers import Attention, Mlp
         from timm.models.vision_transformer import Block
 
         if not isinstance(blk, Block):
             raise ConfigError(f"{where} is a {type(blk).__name__}; only timm's pre-norm Block is supported")
         attn, mlp = blk.attn, blk.mlp
+        if not isinstance(attn, Attention):
+            raise ConfigError(f"{where}.attn is {type(attn).__name__}; block pruning supports timm's Attention "
+                              f"(softmax attention over a fused qkv) only")
+        if not isinstance(mlp, Mlp) or mlp.fc1.out_features != mlp.fc2.in_features:
+            raise ConfigError(f"{where}.mlp is {type(mlp).__name__}; block pruning supports timm's Mlp (fc1 → act → "
+                              f"fc2) only, not gated or packed variants such as GluMlp/SwiGLU")
         if not isinstance(attn.qkv, nn.Linear) or not isinstance(mlp.fc1, nn.Linear):
             raise ConfigError(f"{where}: qkv and fc1 must be nn.Linear")
         if getattr(attn, "gate", None) is not None:

@@ -1,4 +1,8 @@
-"""Atomic checkpoint files: written to a temporary file in the same folder, flushed, then renamed.
+"""Atomic checkpoint files with a checksum: written to a temporary file in the same folder, flushed, then renamed.
+
+A checkpoint is a short header (a magic line and the SHA-256 of the payload) followed by ``torch.save``'s bytes,
+so a file damaged after it was written is refused instead of loaded. A temporary file left behind by a killed
+write is removed by :func:`remove_orphans` (``sparselab.fit`` calls it when it starts).
 
 Example:
     >>> import tempfile, os
@@ -9,6 +13,8 @@ Example:
 """
 from __future__ import annotations
 
+import hashlib
+import io
 import os
 import tempfile
 from pathlib import Path
@@ -19,16 +25,21 @@ import torch
 from ..errors import CheckpointError
 
 FORMAT = "sparselab.checkpoint/1"
+MAGIC = b"sparselab-checkpoint sha256 "
 
 
 def atomic_save(obj: Any, path: str | Path) -> None:
-    """``torch.save`` that never leaves a half-written file at ``path``."""
+    """``torch.save`` that never leaves a half-written file at ``path``, with a checksum of its contents."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    payload = buffer.getvalue()
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            f.write(MAGIC + hashlib.sha256(payload).hexdigest().encode() + b"\n")
+            f.write(payload)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -44,10 +55,28 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint {path} does not exist")
     if path.stat().st_size == 0:
         raise CheckpointError(f"checkpoint {path} is empty (0 bytes)")
+    raw = path.read_bytes()
+    if raw.startswith(MAGIC):
+        header, _, payload = raw.partition(b"\n")
+        if hashlib.sha256(payload).hexdigest().encode() != header[len(MAGIC):]:
+            raise CheckpointError(f"checkpoint {path} is corrupted: its contents do not match the checksum written "
+                                  f"with it (delete it to start over)")
+        raw = payload
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=False)
+        obj = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=False)
     except Exception as exc:
         raise CheckpointError(f"checkpoint {path} is unreadable ({type(exc).__name__}: {exc})") from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"checkpoint {path} does not hold a dict")
     return obj
+
+
+def remove_orphans(path: str | Path) -> list[Path]:
+    """Delete temporary files that a killed :func:`atomic_save` of ``path`` left behind; returns them."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        return []
+    orphans = sorted(path.parent.glob(f".{path.name}.*.tmp"))
+    for p in orphans:
+        p.unlink(missing_ok=True)
+    return orphans

@@ -11,12 +11,13 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import ConfigError, check_ratio, unknown_name
+from ..errors import ConfigError, check_finite, check_ratio, unknown_name
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
 LR_SCHEDULES = ("constant", "cosine", "step")
 WEIGHT_DECAY_ON = ("weights", "all")
 AMP_DTYPES = ("bfloat16", "float16", "bf16", "fp16")
+NONFINITE = ("raise", "skip")
 
 
 def checked_replace(obj: Any, kind: str, **changes: Any) -> Any:
@@ -64,6 +65,9 @@ class TrainConfig:
         amp: mixed precision; None = on for CUDA, off on the CPU (always float32 there).
         amp_dtype: ``bfloat16`` or ``float16`` (with a loss scaler) under AMP; None: bfloat16 where the GPU
             supports it, else float16.
+        nonfinite: what a non-finite (NaN/inf) loss does: ``raise`` (stop with an error; the last checkpoint,
+            written before, stays good) or ``skip`` (drop that optimizer step and go on; the History counts the
+            skipped steps as ``skipped_steps``).
         device: ``cpu``, ``cuda``, ``cuda:1`` ...; None picks CUDA when available.
     """
 
@@ -96,6 +100,7 @@ class TrainConfig:
     num_workers: int = field(default=0, compare=False)
     amp: bool | None = None
     amp_dtype: str | None = None
+    nonfinite: str = field(default="raise", compare=False)
     device: str | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
@@ -119,12 +124,20 @@ class TrainConfig:
             raise ConfigError(f"min_lr must lie in [0, lr={self.lr}), got {self.min_lr}")
         if self.eval_split not in ("val", "test"):
             raise ConfigError(f"eval_split must be 'val' or 'test', got {self.eval_split!r}")
-        if not self.lr > 0 or self.weight_decay < 0 or self.warmup_steps < 0:
-            raise ConfigError(f"need lr > 0, weight_decay >= 0, warmup_steps >= 0; got lr={self.lr}, "
-                              f"weight_decay={self.weight_decay}, warmup_steps={self.warmup_steps}")
+        check_finite("lr", self.lr, low=0, low_inclusive=False)
+        check_finite("weight_decay", self.weight_decay, low=0)
+        check_finite("momentum", self.momentum, low=0, high=1)
+        check_finite("lr_gamma", self.lr_gamma, low=0, low_inclusive=False)
+        check_finite("min_lr", self.min_lr, low=0)
+        if self.grad_clip is not None:
+            check_finite("grad_clip", self.grad_clip, low=0, low_inclusive=False)
+        if isinstance(self.warmup_steps, bool) or not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
+            raise ConfigError(f"warmup_steps must be an integer >= 0, got {self.warmup_steps!r}")
+        if self.nonfinite not in NONFINITE:
+            raise unknown_name("nonfinite (what a NaN/inf loss does)", self.nonfinite, NONFINITE)
         check_ratio("label_smoothing", self.label_smoothing)
-        if self.mixup < 0 or self.cutmix < 0:
-            raise ConfigError(f"mixup and cutmix must be >= 0, got {self.mixup}, {self.cutmix}")
+        check_finite("mixup", self.mixup, low=0)
+        check_finite("cutmix", self.cutmix, low=0)
         if (self.mixup or self.cutmix) and self.batch_size % 2:
             raise ConfigError(f"mixup/cutmix need an even batch_size, got {self.batch_size}")
         object.__setattr__(self, "lr_milestones", tuple(int(m) for m in self.lr_milestones))

@@ -27,12 +27,12 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from ..data.datasets import DataBundle
-from ..errors import CheckpointError, ConfigError
+from ..errors import CheckpointError, ConfigError, DivergedError
 from ..history import History
 from ..models import num_classes_of
 from . import distributed as dist_utils
 from .batches import epoch_groups, eval_batches, to_model_input, train_batches
-from .checkpoint import FORMAT, atomic_save, load_checkpoint
+from .checkpoint import FORMAT, atomic_save, load_checkpoint, remove_orphans
 from .config import TrainConfig
 from .optim import build_optimizer, build_scheduler, param_groups
 from .pruner import Pruner, TrainState
@@ -135,6 +135,47 @@ def _check_compatible(model: nn.Module, data: DataBundle) -> None:
     if first_conv is not None and first_conv.in_channels != data.in_chans:
         raise ConfigError(f"the model takes {first_conv.in_channels}-channel images but {data.name!r} has "
                           f"{data.in_chans}; create it with in_chans={data.in_chans}")
+    size = data.image_size
+    embed = getattr(model, "patch_embed", None)
+    if embed is not None and getattr(embed, "strict_img_size", False) and not getattr(embed, "dynamic_img_pad",
+                                                                                        False):
+        expected = tuple(embed.img_size)
+        if expected != (size, size):
+            raise ConfigError(f"the model takes {expected[0]}x{expected[1]} images but {data.name!r} is loaded at "
+                              f"{size}x{size}; load it with image_size={expected[0]} (or create the model for "
+                              f"{size}-px images)")
+    flat = getattr(model, "fc1", None)
+    if type(model).__name__ == "LeNet300100" and flat.in_features != data.in_chans * size * size:
+        raise ConfigError(f"the model takes flattened {flat.in_features}-value images but {data.name!r} gives "
+                          f"{data.in_chans}x{size}x{size} = {data.in_chans * size * size}; create it with "
+                          f"image_size={size}")
+
+
+def _check_same_run(path: Path, what: str, before: Any, now: Any) -> None:
+    """Refuse to resume a checkpoint written by a different run, naming what differs."""
+    if before is None or _jsonable_deep(before) == _jsonable_deep(now):
+        return
+    if isinstance(before, dict) and isinstance(now, dict):
+        keys = sorted(set(before) | set(now), key=str)
+        diff = {k: (before.get(k), now.get(k)) for k in keys
+                if _jsonable_deep(before.get(k)) != _jsonable_deep(now.get(k))}
+        detail = "; ".join(f"{k}: {a!r} in the checkpoint, {b!r} now" for k, (a, b) in diff.items())
+    else:
+        detail = f"{before!r} in the checkpoint, {now!r} now"
+    raise CheckpointError(f"{path} belongs to another run: its {what} differ ({detail}). Resume with the same "
+                          f"settings, or start a new run in another folder")
+
+
+def _jsonable_deep(v: Any) -> Any:
+    if isinstance(v, dict):
+        return {str(k): _jsonable_deep(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable_deep(x) for x in v]
+    if isinstance(v, torch.Tensor):
+        return v.tolist()
+    if isinstance(v, float) and math.isnan(v):
+        return "nan"
+    return v
 
 
 def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
@@ -226,9 +267,15 @@ def fit(model: nn.Module, data: DataBundle, epochs: int | None = None, pruner: P
     def save_checkpoint() -> None:
         if ckpt_path is None:
             return
+        bad = [n for n, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
+        if bad:  # never replace a good checkpoint by a diverged model
+            raise DivergedError(f"non-finite weights ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}) at "
+                                f"step {state.step}: training diverged; the checkpoint in {ckpt_path.parent} was not "
+                                f"overwritten. Lower the learning rate (or other step sizes) and start again")
         if rank == 0:
             atomic_save({
                 "format": FORMAT, "config": cfg.fingerprint(), "loop": loop, "step": state.step,
+                "data": data.fingerprint(), "plugin_configs": [p.config() for p in plugins],
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else None,
                 "plugins": [(type(p).__name__, p.state_dict()) for p in plugins],
@@ -250,6 +297,9 @@ def fit(model: nn.Module, data: DataBundle, epochs: int | None = None, pruner: P
         if saved != [type(p).__name__ for p in plugins]:
             raise CheckpointError(f"{ckpt_path} was written with pruner/callbacks {saved}, now "
                                   f"{[type(p).__name__ for p in plugins]}")
+        _check_same_run(ckpt_path, "data", ck.get("data"), data.fingerprint())
+        for p, before in zip(plugins, ck.get("plugin_configs") or [None] * len(plugins)):
+            _check_same_run(ckpt_path, f"{type(p).__name__} settings", before, p.config())
         try:
             model.load_state_dict(ck["model"])
         except RuntimeError as exc:
@@ -270,6 +320,8 @@ def fit(model: nn.Module, data: DataBundle, epochs: int | None = None, pruner: P
         loop.update(ck["loop"])
         state.step = ck["step"]
 
+    if ckpt_path is not None and rank == 0:
+        remove_orphans(ckpt_path)  # a write killed half-way leaves its temporary file behind
     for p in plugins:
         p.on_fit_start(state)
     if loop["finished"]:
@@ -358,7 +410,16 @@ def _train_step(net, batches, sizes: list[int], state: TrainState, plugins, cfg:
         last = i == len(batches) - 1
         sync = contextlib.nullcontext() if last or not hasattr(net, "no_sync") else net.no_sync()
         with sync:
-            _micro_step(net, x, y, size / total_size, state, plugins, cfg, device, amp, scaler, loop, mixup)
+            finite = _micro_step(net, x, y, size / total_size, state, plugins, cfg, device, amp, scaler, loop,
+                                 mixup)
+        if not finite:
+            if cfg.nonfinite == "raise":
+                raise DivergedError(
+                    f"non-finite loss at step {state.step + 1} (epoch {state.epoch + 1}): training diverged. Lower "
+                    f"the learning rate, or pass nonfinite='skip' to drop such steps; checkpoints already written "
+                    f"are left as they were")
+            _skip_step(state, plugins, optimizer, scheduler, loop)
+            return
     state.grad_scale = float(scaler.get_scale()) if scaler is not None else 1.0
     if scaler is not None:
         scaler.unscale_(optimizer)
@@ -379,8 +440,22 @@ def _train_step(net, batches, sizes: list[int], state: TrainState, plugins, cfg:
         p.after_step(state)
 
 
+def _skip_step(state: TrainState, plugins, optimizer, scheduler, loop) -> None:
+    """Drop an optimizer step whose loss was not finite: no update; schedules and hooks still count the step."""
+    optimizer.zero_grad(set_to_none=True)
+    state.grad_scale, state.step_skipped = 1.0, True  # hooks drop what they hold outside the optimizer
+    scheduler.step()
+    state.step += 1
+    loop["skipped"] = loop.get("skipped", 0) + 1
+    state.history.log_metric("skipped_steps", float(loop["skipped"]), step=state.step, epoch=state.epoch,
+                             split="train")
+    for p in plugins:
+        p.after_step(state)
+
+
 def _micro_step(net, x, y, weight: float, state: TrainState, plugins, cfg: TrainConfig, device, amp, scaler, loop,
-                mixup) -> None:
+                mixup) -> bool:
+    """Forward and backward of one micro-batch; False (and no backward) when its loss is not finite."""
     x, y = to_model_input(x, state.model, device), y.to(device, non_blocking=True)
     soft = None
     if mixup is not None:
@@ -396,6 +471,13 @@ def _micro_step(net, x, y, weight: float, state: TrainState, plugins, cfg: Train
             total = total + extra
     if weight != 1.0:
         total = total * weight
+    finite = bool(torch.isfinite(total.detach()))
+    if state.world_size > 1:  # every process must take the same branch (backward all-reduces)
+        flag = torch.tensor([0.0 if finite else 1.0])
+        dist_utils.all_reduce_sum(flag)
+        finite = flag.item() == 0
+    if not finite:
+        return False
     (scaler.scale(total) if scaler is not None else total).backward()
     n = len(y)
     lsum = loss.item() * n
@@ -404,6 +486,7 @@ def _micro_step(net, x, y, weight: float, state: TrainState, plugins, cfg: Train
     loop["train"][0] += lsum
     loop["train"][1] += (out.detach().argmax(1) == y).sum().item()
     loop["train"][2] += n
+    return True
 
 
 def _log_window(loop, state: TrainState, optimizer, bar) -> None:

@@ -109,6 +109,11 @@ class Pruner:
     def on_fit_end(self, state: TrainState) -> None:
         """Training is over."""
 
+    def config(self) -> dict[str, Any]:
+        """The settings that define what this plug-in does (JSON-able). A checkpoint records them, and resuming
+        with other settings is refused, naming what differs."""
+        return {}
+
     def state_dict(self) -> dict[str, Any]:
         return {}
 
