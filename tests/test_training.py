@@ -31,7 +31,8 @@ def lenet(seed=0):
 class Recorder(sl.Pruner):
     """Records every hook call, checks what each hook can see, and carries state through checkpoints."""
 
-    def __init__(self, stop_at_epoch=None, interrupt_at_step=None, crash_at_step=None):
+    def __init__(self, stop_at_epoch=None, interrupt_at_step=None, crash_at_step=None, sig=signal.SIGINT):
+        self.sig = sig
         self.calls: list[tuple[str, int]] = []
         self.seen_steps = 0
         self.stop_at_epoch = stop_at_epoch
@@ -58,7 +59,7 @@ class Recorder(sl.Pruner):
         self.calls.append(("after_step", state.step))
         self.seen_steps += 1
         if self.interrupt_at_step == state.step:
-            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), self.sig)
         if self.crash_at_step == state.step:
             raise RuntimeError("simulated crash")
 
@@ -154,11 +155,12 @@ def test_resume_after_crash_is_exact(digits, tmp_path):
     assert rec.seen_steps == ref_rec.seen_steps == 21
 
 
-def test_ctrl_c_checkpoints_the_current_step_and_resumes_exactly(digits, tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_checkpoints_the_current_step_and_resumes_exactly(digits, tmp_path, sig):
     ref_model = lenet()
     ref = sl.fit(ref_model, digits, **OPTS)
     with pytest.raises(KeyboardInterrupt):
-        sl.fit(lenet(), digits, pruner=Recorder(interrupt_at_step=10), checkpoint_dir=tmp_path, **OPTS)
+        sl.fit(lenet(), digits, pruner=Recorder(interrupt_at_step=10, sig=sig), checkpoint_dir=tmp_path, **OPTS)
     assert load_checkpoint(tmp_path / "last.pt")["step"] == 10  # nothing lost
     model = lenet(seed=7)
     resumed = sl.fit(model, digits, pruner=Recorder(), checkpoint_dir=tmp_path, resume=True, **OPTS)

@@ -89,20 +89,22 @@ def evaluate(model: nn.Module, dataset, batch_size: int = 512, device: str | tor
 
 
 class _DeferredInterrupt:
-    """Turn Ctrl-C into a flag checked between steps, so the run stops at a consistent point and checkpoints.
-
-    A second Ctrl-C interrupts at once.
+    """Turn Ctrl-C (SIGINT) and SIGTERM into a flag checked between steps, so the run stops at a consistent point
+    and checkpoints. A second signal interrupts at once.
     """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self, enabled: bool):
         self.enabled = enabled and threading.current_thread() is threading.main_thread()
         self.requested = False
-        self._previous = None
+        self._previous: dict = {}
 
     def __enter__(self):
         if self.enabled:
-            self._previous = signal.getsignal(signal.SIGINT)
-            signal.signal(signal.SIGINT, self._handle)
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.getsignal(sig)
+                signal.signal(sig, self._handle)
         return self
 
     def _handle(self, signum, frame):
@@ -112,7 +114,8 @@ class _DeferredInterrupt:
 
     def __exit__(self, *exc):
         if self.enabled:
-            signal.signal(signal.SIGINT, self._previous)
+            for sig, previous in self._previous.items():
+                signal.signal(sig, previous)
         return False
 
     def check(self, world_size: int) -> bool:
