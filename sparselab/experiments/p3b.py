@@ -34,6 +34,7 @@ from .. import models
 from ..errors import ConfigError, check_ratio, unknown_name
 from ..history import History
 from ..latency import latency_ms
+from ..probes import FAST_PROBES
 from ..pruners import P3B, P3BSchedule
 from ..training.config import checked_replace
 from ..training import fit
@@ -41,6 +42,10 @@ from .presets import load_data, named_preset, require_test_split
 
 METHODS: dict[str, dict[str, Any]] = {
     "p3b": dict(allocation="benefit"),
+    # ablations of P3B's claims: no reactivation of pruned elements, no late re-allocation, cheap probes
+    "p3b_no_reactivation": dict(allocation="benefit", reactivation=False),
+    "p3b_frozen_benefit": dict(allocation="benefit", freeze_allocation_after=1),
+    "p3b_fast_probes": dict(allocation="benefit", **FAST_PROBES),
     "uniform": dict(allocation="uniform"),
     "global_taylor": dict(allocation="global"),
     "l1": dict(allocation="uniform", criterion="l1"),
@@ -185,9 +190,10 @@ def run_p3b(preset: P3BPreset, method: str = "p3b", prune_ratio: float = 0.5, se
         options = dict(METHODS[method])
         if method == "fixed":
             options["keep_ratios"] = fixed_profile(model)
+        benefit = options.get("allocation") == "benefit"
         pruner = P3B(model, prune_ratio, schedule=preset.schedule, num_classes=data.num_classes,
-                     patch_probe=preset.patch_probe if method == "p3b" else None,
-                     **(preset.probe_options if method == "p3b" else {}), **options)
+                     patch_probe=preset.patch_probe if benefit else None,
+                     **{**(preset.probe_options if benefit else {}), **options})
     fit(model, data, epochs=preset.schedule.finalize, pruner=pruner, seed=seed, history=history,
         progress=progress, checkpoint_dir=checkpoint_dir, resume=resume, callbacks=list(callbacks), **preset.fit)
     result: dict[str, float] = {"acc_pruned": history.last("acc", "test")}

@@ -39,14 +39,20 @@ def benefit_scores(benefit: torch.Tensor, params: torch.Tensor, scale: float = 1
     return u / mean if mean > 0 else torch.ones_like(u)
 
 
-def water_fill(importance: torch.Tensor, dense: torch.Tensor, budget: float, max_rounds: int = 100) -> torch.Tensor:
+def water_fill(importance: torch.Tensor, dense: torch.Tensor, budget: float, max_rounds: int = 100,
+               upper: torch.Tensor | None = None) -> torch.Tensor:
     """κ_k = s·I_k in [0, 1] with Σ κ_k·W_k = budget: blocks reaching 1 (or 0) are pinned and s re-solved.
 
-    Raises if the budget cannot be met (negative, or more than all blocks hold).
+    ``upper`` caps κ_k per block below 1 (e.g. what a block can still keep when pruned elements may not return);
+    blocks reaching their cap are pinned there. Raises if the budget cannot be met (negative, or more than all
+    blocks hold).
     """
     imp = importance.double().clamp_min(0)
     w = dense.double()
-    total = float(w.sum())
+    cap = torch.ones_like(imp) if upper is None else upper.double().clamp(0, 1)
+    total = float((w * cap).sum())
+    if upper is not None and budget > total:  # the caps hold less than the budget: keep all that may be kept
+        return cap.clone()
     if budget < -1e-9 or budget > total + 1e-6:
         raise ConfigError(f"the parameter budget {budget:.0f} lies outside [0, {total:.0f}] (all block parameters)")
     kappa = torch.zeros_like(imp)
@@ -62,18 +68,19 @@ def water_fill(importance: torch.Tensor, dense: torch.Tensor, budget: float, max
             break
         s = rest / denom
         trial = torch.where(free, s * imp, kappa)
-        over = free & (trial >= 1)
+        over = free & (trial >= cap)
         under = free & (trial < 0)
         if not over.any() and not under.any():
             kappa = trial
             break
-        kappa = torch.where(over, torch.ones_like(kappa), torch.where(under, torch.zeros_like(kappa), kappa))
+        kappa = torch.where(over, cap, torch.where(under, torch.zeros_like(kappa), kappa))
         free = free & ~over & ~under
     if free.any() and float((kappa * w).sum()) < budget - 1e-6 * max(total, 1):
         # zero-importance blocks left free: share the remainder uniformly among them
         fixed = float((kappa * w)[~free].sum())
-        kappa = torch.where(free, torch.full_like(kappa, min(1.0, (budget - fixed) / float(w[free].sum()))), kappa)
-    return kappa.clamp(0, 1)
+        share = (budget - fixed) / float((w * cap)[free].sum())
+        kappa = torch.where(free, cap * min(1.0, share), kappa)
+    return torch.minimum(kappa.clamp(0, 1), cap)
 
 
 def ramp_keep(kappa: torch.Tensor, ramp: float) -> torch.Tensor:

@@ -69,6 +69,12 @@ class P3B(Pruner):
         blocks_only: let ``prune_ratio`` refer to the blocks' parameters only.
         probe_lr, probe_weight_decay: the probes' own optimizer settings (the reference: 5e-4 and 0.05 on
             conv/linear weights); ``probe_lr=None`` uses the model's learning rate.
+        reactivation: ``False`` makes a pruning permanent — an element whose gate was below 0.5 after an update
+            stays below the threshold in every later update (an ablation of the reactivation P3B relies on). The
+            water-filling caps each block at what its living elements hold, so the budget is still met.
+        freeze_allocation_after: keep the per-block goal keep ratios of this many first updates' last one for
+            the rest of the run (``1``: the benefit read at the first update decides; an ablation of late
+            re-allocation). None: re-allocate at every update (the method).
 
     Under fp16 loss scaling the gate gradients (the gates are outside the optimizer) are unscaled like every other
     gradient, and a step the scaler skips adds nothing to the Taylor scores. At finalisation the Taylor scores and
@@ -81,7 +87,8 @@ class P3B(Pruner):
                  benefit_scale: float = 10.0, per_parameter: str = "remaining", momentum: float = 0.2,
                  class_weight: float = 0.5, gate_factors: Mapping[str, float] | None = None,
                  blocks_only: bool = False, probe_every: int = 1, probe_fraction: float = 1.0,
-                 probe_lr: float | None = None, probe_weight_decay: float = 0.0):
+                 probe_lr: float | None = None, probe_weight_decay: float = 0.0, reactivation: bool = True,
+                 freeze_allocation_after: int | None = None):
         self.prune_ratio = check_ratio("prune_ratio", prune_ratio)
         for name, value, allowed in (("allocation", allocation, ALLOCATIONS), ("criterion", criterion, CRITERIA),
                                      ("per_parameter", per_parameter, PER_PARAMETER)):
@@ -112,13 +119,19 @@ class P3B(Pruner):
             raise ConfigError(f"benefit_scale must be > 0, got {benefit_scale}")
         for gate, factor in self.gate_factors.items():
             check_finite(f"gate_factors[{gate!r}]", factor, low=0, low_inclusive=False)
+        if freeze_allocation_after is not None and (isinstance(freeze_allocation_after, bool) or not isinstance(
+                freeze_allocation_after, int) or freeze_allocation_after < 1):
+            raise ConfigError(f"freeze_allocation_after must be None or an integer >= 1 (updates), got "
+                              f"{freeze_allocation_after!r}")
+        self.reactivation, self.freeze_allocation_after = bool(reactivation), freeze_allocation_after
         self._config = {
             "prune_ratio": self.prune_ratio, "schedule": dataclasses.asdict(self.schedule), "allocation": allocation,
             "criterion": criterion, "keep_ratios": list(map(float, keep_ratios)) if keep_ratios is not None else None,
             "patch_probe": patch_probe if allocation == "benefit" else None, "benefit_scale": benefit_scale,
             "per_parameter": per_parameter, "momentum": momentum, "class_weight": class_weight,
             "gate_factors": dict(self.gate_factors), "blocks_only": blocks_only, "probe_every": probe_every,
-            "probe_fraction": probe_fraction, "probe_lr": probe_lr, "probe_weight_decay": probe_weight_decay}
+            "probe_fraction": probe_fraction, "probe_lr": probe_lr, "probe_weight_decay": probe_weight_decay,
+            "reactivation": self.reactivation, "freeze_allocation_after": freeze_allocation_after}
 
         self.dense_linear = torch.tensor([s.linear_params(b) for b in s.blocks], dtype=torch.float64)
         self.dense_block = torch.tensor([s.block_params(b) for b in s.blocks], dtype=torch.float64)
@@ -150,6 +163,8 @@ class P3B(Pruner):
         self._count = 0
         self._count_prev = 0
         self.skipped_steps = 0
+        self._dead: dict[str, torch.Tensor] = {}  # without reactivation: elements pruned at an earlier update
+        self._frozen_kappa: torch.Tensor | None = None
 
     def config(self) -> dict[str, Any]:
         """Everything this pruner was built with (recorded in checkpoints; a resume with other settings fails)."""
@@ -286,8 +301,20 @@ class P3B(Pruner):
                 mixed += weights[variant] * score
             importance = mixed
             logged["importance"] = importance
-        kappa = water_fill(importance, self.dense_linear, self.linear_budget)
+        kappa = water_fill(importance, self.dense_linear, self.linear_budget, upper=self._alive_caps())
         return kappa, logged
+
+    def _alive_caps(self) -> torch.Tensor | None:
+        """Without reactivation: the largest keep ratio each block can still reach (its dead elements stay off)."""
+        if not self._dead:
+            return None
+        s = self.structure
+        caps = []
+        for b in s.blocks:
+            sizes = s.gate_sizes(b.layer)
+            alive = {g: sizes[g] - int(self._dead[Gates.key(b.layer, g)].sum()) for g in b.gates}
+            caps.append(self._linear_kept(b, alive) / float(self.dense_linear[b.index]))
+        return torch.tensor(caps, dtype=torch.float64)
 
     # ------------------------------------------------------------------ the update
     @torch.no_grad()
@@ -308,16 +335,28 @@ class P3B(Pruner):
             logged: dict[str, torch.Tensor] = {}
         else:
             kappa, logged = self._allocate(state, final)
+            if self.freeze_allocation_after is not None:
+                if self._frozen_kappa is not None:
+                    kappa = self._frozen_kappa.clone()
+                elif self.updates + 1 >= self.freeze_allocation_after:
+                    self._frozen_kappa = kappa.clone()
             applied = ramp_keep(kappa, ramp)
             for b in s.blocks:
                 sizes = {g: s.gate_sizes(b.layer)[g] for g in b.gates}
                 block_scores = {g: scores[Gates.key(b.layer, g)] for g in b.gates}
-                gates, order = block_order(block_scores, self.gate_factors)
+                dead = {g: self._dead[Gates.key(b.layer, g)] for g in b.gates if Gates.key(b.layer, g) in self._dead}
+                gates, order = block_order(block_scores, self.gate_factors, dead or None)
                 target = float(applied[b.index] * self.dense_linear[b.index])
                 t = find_threshold(gates, sizes, order, lambda kept, b=b: self._linear_kept(b, kept), target)
+                t = max(t, sum(int(d.sum()) for d in dead.values()))  # dead elements sort first and stay below t
                 values[b.layer].update(soft_masks(gates, sizes, order, t, tau))
         self.gates.set_values(values)
         new = self.hard_masks()
+        if not self.reactivation:
+            for layer, gates in new.items():
+                for g, keep in gates.items():
+                    key = Gates.key(layer, g)
+                    self._dead[key] = self._dead.get(key, torch.zeros_like(keep.cpu())) | ~keep.cpu()
         self._record(state, old, new, kappa, applied, logged, ramp, tau)
         self._taylor_prev, self._count_prev = self._taylor, self._count
         self._taylor, self._count = self._zero_scores(), 0
@@ -327,7 +366,8 @@ class P3B(Pruner):
                        values: dict[int, dict[str, torch.Tensor]]) -> None:
         s = self.structure
         keys = list(scores)
-        flat = torch.cat([scores[k] for k in keys])
+        flat = torch.cat([torch.where(self._dead[k], torch.full_like(scores[k], -math.inf), scores[k])
+                          if k in self._dead else scores[k] for k in keys])
         key_idx = torch.cat([torch.full((scores[k].numel(),), i) for i, k in enumerate(keys)])
         elem_idx = torch.cat([torch.arange(scores[k].numel()) for k in keys])
         order_idx = torch.argsort(flat, stable=True)
@@ -341,6 +381,7 @@ class P3B(Pruner):
             return total
 
         t = find_threshold(keys, sizes, order, kept_total, target)
+        t = max(t, sum(int(d.sum()) for d in self._dead.values()))
         for key, v in soft_masks(keys, sizes, order, t, tau).items():
             layer, gate = key[1:].split("_", 1)
             values[int(layer)][gate] = v
@@ -395,7 +436,8 @@ class P3B(Pruner):
             "probes": self.probes.state_dict() if self.probes is not None else None,
             "taylor": self._taylor, "taylor_prev": self._taylor_prev, "count": self._count,
             "count_prev": self._count_prev, "importance": self._importance, "finalized": self.finalized,
-            "updates": self.updates, "skipped_steps": self.skipped_steps,
+            "updates": self.updates, "skipped_steps": self.skipped_steps, "dead": dict(self._dead),
+            "frozen_kappa": self._frozen_kappa,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -410,6 +452,8 @@ class P3B(Pruner):
         self._importance = {k: v.clone() for k, v in state["importance"].items()}
         self.finalized, self.updates = state["finalized"], state["updates"]
         self.skipped_steps = state.get("skipped_steps", 0)
+        self._dead = {k: v.clone() for k, v in state.get("dead", {}).items()}
+        self._frozen_kappa = state.get("frozen_kappa")
         if self.finalized and self.probes is not None:
             self.probes.remove()
 

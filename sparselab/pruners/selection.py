@@ -30,13 +30,22 @@ def rank_normalise(scores: torch.Tensor) -> torch.Tensor:
     return ranks / n
 
 
-def block_order(scores: Mapping[str, torch.Tensor], factors: Mapping[str, float]) -> tuple[list[str], torch.Tensor]:
+def block_order(scores: Mapping[str, torch.Tensor], factors: Mapping[str, float],
+                forced_off: Mapping[str, torch.Tensor] | None = None) -> tuple[list[str], torch.Tensor]:
     """Sort every element of a block ascending by factor·rank-normalised score.
 
     Returns the gate names and, for each sorted position, ``(gate index, element index)`` as an (n, 2) tensor.
+    Elements marked in ``forced_off`` (boolean per gate) sort before all others, so a threshold removes them
+    first (P3B without reactivation).
     """
     gates = list(scores)
-    q = torch.cat([rank_normalise(scores[g].float().cpu()) * factors.get(g, 1.0) for g in gates])
+    parts = []
+    for g in gates:
+        q = rank_normalise(scores[g].float().cpu()) * factors.get(g, 1.0)
+        if forced_off is not None and g in forced_off:
+            q = torch.where(forced_off[g].cpu(), torch.full_like(q, -1.0), q)
+        parts.append(q)
+    q = torch.cat(parts)
     gate_idx = torch.cat([torch.full((scores[g].numel(),), i) for i, g in enumerate(gates)])
     elem_idx = torch.cat([torch.arange(scores[g].numel()) for g in gates])
     order = torch.argsort(q, stable=True)
