@@ -1,0 +1,122 @@
+"""Statistics over seeds: means with confidence intervals, paired per-seed differences, and claims read off them.
+
+A result table has one row per run (``method``, a setting column such as ``prune_ratio`` or ``sparsity``,
+``seed`` and the measured ``acc``), as ``sparselab.experiments.p3b.compare`` and ``...art.compare`` return.
+
+- :func:`mean_ci`: mean and Student-t confidence interval of a sample.
+- :func:`summarize_ci`: that per method and setting.
+- :func:`paired_differences`: method − baseline per seed (same seed = same warm start and data order), mean and
+  interval of the differences.
+- :func:`verdict` / :func:`finding`: whether an interval supports, contradicts or cannot decide a claim, and
+  a one-line statement of it — what a notebook's findings cell prints.
+
+Example:
+    >>> import pandas as pd
+    >>> t = pd.DataFrame({"method": ["p3b"] * 3 + ["uniform"] * 3, "prune_ratio": 0.9, "seed": [0, 1, 2] * 2,
+    ...                   "acc": [0.90, 0.92, 0.91, 0.88, 0.89, 0.885]})
+    >>> d = paired_differences(t, "uniform", setting="prune_ratio").iloc[0]
+    >>> round(float(d["diff"]) * 100, 2), int(d["n"]), verdict(d["low"], d["high"])
+    (2.5, 3, 'supports')
+"""
+from __future__ import annotations
+
+import math
+from typing import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from .errors import ConfigError
+
+CONFIDENCE = 0.95
+
+
+def mean_ci(values: Iterable[float], confidence: float = CONFIDENCE) -> tuple[float, float, float, int]:
+    """``(mean, low, high, n)``: the Student-t interval of the mean (``low = high = mean`` for one value)."""
+    from scipy import stats as st
+
+    x = np.asarray([float(v) for v in values], dtype=float)
+    x = x[np.isfinite(x)]
+    n = len(x)
+    if n == 0:
+        return math.nan, math.nan, math.nan, 0
+    mean = float(x.mean())
+    if n == 1:
+        return mean, mean, mean, 1
+    half = float(st.t.ppf(0.5 + confidence / 2, n - 1) * x.std(ddof=1) / math.sqrt(n))
+    return mean, mean - half, mean + half, n
+
+
+def summarize_ci(table: pd.DataFrame, value: str = "acc", setting: str = "prune_ratio",
+                 method: str = "method", confidence: float = CONFIDENCE) -> pd.DataFrame:
+    """Mean and confidence interval of ``value`` per method and setting (one row each)."""
+    _need(table, [value, setting, method])
+    rows = []
+    for (s, m), group in table.groupby([setting, method], sort=False):
+        mean, low, high, n = mean_ci(group[value], confidence)
+        rows.append({setting: s, method: m, "mean": mean, "low": low, "high": high, "n": n})
+    return pd.DataFrame(rows)
+
+
+def paired_differences(table: pd.DataFrame, baseline: str, value: str = "acc", setting: str = "prune_ratio",
+                       method: str = "method", seed: str = "seed", methods: Sequence[str] | None = None,
+                       confidence: float = CONFIDENCE) -> pd.DataFrame:
+    """Per setting and method: mean of (method − ``baseline``) over the seeds both ran, with its interval.
+
+    Pairing by seed removes what the seed does to both (warm start, data order); only seeds present for both
+    methods count (``n``)."""
+    _need(table, [value, setting, method, seed])
+    if baseline not in set(table[method]):
+        raise ConfigError(f"baseline {baseline!r} is not among the methods {sorted(set(table[method]))}")
+    rows = []
+    for s, at in table.groupby(setting, sort=False):
+        base = at[at[method] == baseline].set_index(seed)[value]
+        others = methods if methods is not None else [m for m in at[method].unique() if m != baseline]
+        for m in others:
+            mine = at[at[method] == m].set_index(seed)[value]
+            common = mine.index.intersection(base.index)
+            diff = (mine.loc[common] - base.loc[common]).to_numpy(dtype=float)
+            mean, low, high, n = mean_ci(diff, confidence)
+            rows.append({setting: s, method: m, "baseline": baseline, "diff": mean, "low": low, "high": high,
+                         "n": n})
+    return pd.DataFrame(rows)
+
+
+def verdict(low: float, high: float, expect: str = "positive") -> str:
+    """``supports`` when the whole interval lies on the expected side of 0, ``contradicts`` when it lies on the
+    other side, else ``inconclusive`` (also for an interval from fewer than two seeds: ``low == high``)."""
+    if expect not in ("positive", "negative"):
+        raise ConfigError(f"expect must be 'positive' or 'negative', got {expect!r}")
+    if not (math.isfinite(low) and math.isfinite(high)) or low == high:
+        return "inconclusive"
+    sign = 1 if expect == "positive" else -1
+    if sign * low > 0 and sign * high > 0:
+        return "supports"
+    if sign * low < 0 and sign * high < 0:
+        return "contradicts"
+    return "inconclusive"
+
+
+def finding(label: str, diff: float, low: float, high: float, n: int, expect: str = "positive",
+            scale: float = 100.0, unit: str = "points") -> str:
+    """One line: ``"P3B − uniform at 90 %: +1.8 points, 95 % CI [+0.9, +2.7], 5 seeds — supports"``."""
+    return (f"{label}: {diff * scale:+.2f} {unit}, {CONFIDENCE:.0%} CI [{low * scale:+.2f}, {high * scale:+.2f}], "
+            f"{n} seed{'s' if n != 1 else ''} — {verdict(low, high, expect)}")
+
+
+def findings_from(diffs: pd.DataFrame, setting: str = "prune_ratio", method: str = "method",
+                  expect: str = "positive", names: dict[str, str] | None = None) -> list[str]:
+    """:func:`finding` for every row of :func:`paired_differences`."""
+    names = names or {}
+    out = []
+    for _, r in diffs.iterrows():
+        label = (f"{names.get(r[method], r[method])} − {names.get(r['baseline'], r['baseline'])} at "
+                 f"{r[setting] * 100:g} %")
+        out.append(finding(label, r["diff"], r["low"], r["high"], int(r["n"]), expect))
+    return out
+
+
+def _need(table: pd.DataFrame, columns: Sequence[str]) -> None:
+    missing = [c for c in columns if c not in table.columns]
+    if missing:
+        raise ConfigError(f"the result table has no column(s) {missing}; it has {list(table.columns)}")
