@@ -32,7 +32,8 @@ CONFIDENCE = 0.95
 
 
 def mean_ci(values: Iterable[float], confidence: float = CONFIDENCE) -> tuple[float, float, float, int]:
-    """``(mean, low, high, n)``: the Student-t interval of the mean (``low = high = mean`` for one value)."""
+    """``(mean, low, high, n)``: the Student-t interval of the mean (NaN bounds for a single value: one seed
+    bounds nothing)."""
     from scipy import stats as st
 
     x = np.asarray([float(v) for v in values], dtype=float)
@@ -42,7 +43,7 @@ def mean_ci(values: Iterable[float], confidence: float = CONFIDENCE) -> tuple[fl
         return math.nan, math.nan, math.nan, 0
     mean = float(x.mean())
     if n == 1:
-        return mean, mean, mean, 1
+        return mean, math.nan, math.nan, 1
     half = float(st.t.ppf(0.5 + confidence / 2, n - 1) * x.std(ddof=1) / math.sqrt(n))
     return mean, mean - half, mean + half, n
 
@@ -84,10 +85,10 @@ def paired_differences(table: pd.DataFrame, baseline: str, value: str = "acc", s
 
 def verdict(low: float, high: float, expect: str = "positive") -> str:
     """``supports`` when the whole interval lies on the expected side of 0, ``contradicts`` when it lies on the
-    other side, else ``inconclusive`` (also for an interval from fewer than two seeds: ``low == high``)."""
+    other side, else ``inconclusive`` (also without an interval: NaN bounds from a single seed)."""
     if expect not in ("positive", "negative"):
         raise ConfigError(f"expect must be 'positive' or 'negative', got {expect!r}")
-    if not (math.isfinite(low) and math.isfinite(high)) or low == high:
+    if not (math.isfinite(low) and math.isfinite(high)):
         return "inconclusive"
     sign = 1 if expect == "positive" else -1
     if sign * low > 0 and sign * high > 0:

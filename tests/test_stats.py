@@ -41,7 +41,7 @@ def test_paired_differences_pair_by_seed_and_give_verdicts():
     lines = stats.findings_from(stats.paired_differences(t, "a", methods=["c"]))
     assert lines[0].startswith("c − a at 90 %: +") and lines[0].endswith("3 seeds — supports")
     assert stats.verdict(-0.02, -0.01) == "contradicts" and stats.verdict(-0.01, 0.02) == "inconclusive"
-    assert stats.verdict(0.01, 0.01) == "inconclusive"  # one seed decides nothing
+    assert stats.verdict(*stats.mean_ci([0.5])[1:3]) == "inconclusive"  # one seed decides nothing
     with pytest.raises(ConfigError, match="baseline"):
         stats.paired_differences(t, "zzz")
     with pytest.raises(ConfigError, match="no column"):
@@ -68,3 +68,20 @@ def test_late_convergence_ranks_arrival_against_depth():
     assert half_benefit_moments(scaled).moment.tolist() == [1, 1, 2]
     with pytest.raises(ConfigError, match="benefit_patch"):
         late_convergence(late, metric="benefit_patch")
+
+
+def test_figures_show_intervals_and_verdicts():
+    from sparselab.plots.stats import plot_accuracy_ci, plot_paired_differences
+
+    t = pd.DataFrame({"method": ["dense"] * 3 + ["p3b"] * 6 + ["uniform"] * 6,
+                      "prune_ratio": [0.0] * 3 + [0.5, 0.5, 0.5, 0.9, 0.9, 0.9] * 2, "seed": [0, 1, 2] * 5,
+                      "acc": [0.95, 0.96, 0.955, 0.94, 0.945, 0.95, 0.90, 0.91, 0.92,
+                              0.93, 0.935, 0.94, 0.85, 0.86, 0.87]})
+    fig = plot_accuracy_ci(t)
+    assert [tr.name for tr in fig.data] == ["p3b", "uniform"]  # dense is the reference band
+    p3b = fig.data[0]
+    mean, low, high, n = stats.mean_ci([0.90, 0.91, 0.92])
+    assert p3b.y[1] == pytest.approx(mean * 100) and p3b.error_y.array[1] == pytest.approx((high - mean) * 100)
+    diffs = stats.paired_differences(t[t.method != "dense"], "uniform")
+    fig = plot_paired_differences(diffs)
+    assert len(fig.data) == 2 and all(tr.marker.color == "#2ca02c" for tr in fig.data)
