@@ -1,0 +1,91 @@
+"""The claims a run supports or contradicts, computed from its result table and Histories (a notebook's last cell).
+
+Each claim of the papers becomes a number with a 95 % interval over seeds and a verdict
+(:func:`sparselab.stats.verdict`): ``supports`` when the whole interval lies on the claimed side, ``contradicts``
+when it lies on the other, ``inconclusive`` otherwise (or with a single seed). Nothing here looks at which method
+"should" win; it reports what the table holds.
+
+Example:
+    >>> import pandas as pd
+    >>> t = pd.DataFrame({"method": ["hypersparse"] * 2 + ["l1"] * 2, "sparsity": 0.98, "seed": [0, 1] * 2,
+    ...                   "acc": [0.86, 0.87, 0.85, 0.855]})
+    >>> art_findings(t)[0].split(":")[0]
+    'hypersparse − l1 at 98 %'
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import pandas as pd
+
+from ..stats import finding, mean_ci, paired_differences, verdict
+
+P3B_NAMES = {"p3b": "P3B", "uniform": "uniform", "global_taylor": "global Taylor", "l1": "L1", "fixed": "fixed",
+             "p3b_no_reactivation": "P3B without reactivation", "p3b_frozen_benefit": "P3B with a frozen allocation",
+             "p3b_fast_probes": "P3B with FAST_PROBES", "dense": "dense"}
+
+
+def p3b_findings(table: pd.DataFrame, runs: Sequence = (), probes: Sequence[str] = ("cls", "patch")) -> list[str]:
+    """Claims of the P3B paper against a :func:`sparselab.experiments.p3b.compare` result:
+
+    - P3B keeps more accuracy than each baseline at each prune ratio (paired by seed);
+    - the ablations cost accuracy: P3B − P3B without reactivation / with a frozen allocation (when they ran);
+    - P3B at each ratio against dense fine-tuning of the same seed (the paper: little or no loss);
+    - deep blocks converge late: the rank correlation of each block's half-benefit moment with depth, per P3B run
+      (:func:`sparselab.probes.late_convergence`), is positive;
+    - P3B reactivates pruned elements (0 → 1 events per run).
+    """
+    lines: list[str] = []
+    pruned = table[table.method != "dense"]
+    methods = list(dict.fromkeys(pruned.method))
+    if "p3b" in methods:
+        p3b = pruned[pruned.method == "p3b"]
+        for other in [m for m in methods if m != "p3b"]:
+            pair = pd.concat([p3b, pruned[pruned.method == other]])
+            diffs = paired_differences(pair, other, methods=["p3b"])
+            for _, r in diffs.iterrows():
+                expect = "positive"
+                lines.append(finding(f"P3B − {P3B_NAMES.get(other, other)} at {r.prune_ratio * 100:g} %", r["diff"],
+                                     r["low"], r["high"], int(r["n"]), expect))
+        dense = table[table.method == "dense"].set_index("seed").acc
+        for ratio, group in p3b.groupby("prune_ratio"):
+            mine = group.set_index("seed").acc
+            common = mine.index.intersection(dense.index)
+            mean, low, high, n = mean_ci(mine.loc[common] - dense.loc[common])
+            lines.append(finding(f"P3B at {ratio * 100:g} % − dense fine-tuning (the paper: about 0, at most a small "
+                                 f"loss)", mean, low, high, n, "positive"))
+    p3b_runs = [r for r in runs if getattr(r, "method", None) == "p3b"]
+    if p3b_runs:
+        from ..probes.convergence import late_convergence
+
+        for variant in probes:
+            rhos = []
+            for r in p3b_runs:
+                if f"benefit_{variant}" in set(r.history.blocks.metric):
+                    rhos.append(late_convergence(r.history, f"benefit_{variant}")["rho"])
+            if rhos:
+                mean, low, high, n = mean_ci(rhos)
+                lines.append(f"deep blocks converge late ({variant} probe): Spearman ρ of half-benefit moment vs "
+                             f"depth {mean:+.2f}, 95 % CI [{low:+.2f}, {high:+.2f}], {n} runs — "
+                             f"{verdict(low, high)}")
+        counts = [int(((r.history.events.old == 0) & (r.history.events.new == 1)).sum()) for r in p3b_runs]
+        mean, low, high, n = mean_ci(counts)
+        lines.append(f"P3B reactivates pruned elements: {mean:.1f} reactivations per run, 95 % CI [{low:.1f}, "
+                     f"{high:.1f}], {n} runs — {verdict(low, high)}")
+    return lines
+
+
+def art_findings(table: pd.DataFrame, method: str = "hypersparse") -> list[str]:
+    """Claims of the HyperSparse paper against a :func:`sparselab.experiments.art.compare` result: ``method``
+    keeps more accuracy than each other method at each sparsity (paired by seed: every method of a seed starts
+    from the same warm-up)."""
+    pruned = table[table.method != "dense"]
+    if method not in set(pruned.method):
+        return []
+    lines = []
+    for other in [m for m in dict.fromkeys(pruned.method) if m != method]:
+        pair = pruned[pruned.method.isin([method, other])]
+        for _, r in paired_differences(pair, other, setting="sparsity", methods=[method]).iterrows():
+            lines.append(finding(f"{method} − {other} at {r.sparsity * 100:g} %", r["diff"], r["low"], r["high"],
+                                 int(r["n"])))
+    return lines
