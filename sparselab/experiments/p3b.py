@@ -160,6 +160,26 @@ def source_model(preset: P3BPreset, data) -> nn.Module:
                          **preset.model_options)
 
 
+def benefit_trace(preset: P3BPreset, seed: int = 0, data=None, progress: bool = False,
+                  calibration_steps: int = 60) -> History:
+    """Dense fine-tuning of the preset's source model with block-benefit probes attached (no pruning): ΔΨ before
+    fine-tuning (probes fitted on the frozen model) and twice per epoch after — the data of the late-convergence
+    analysis (:func:`sparselab.probes.late_convergence`) for one seed."""
+    from ..probes import BlockBenefit
+
+    data = data if data is not None else load_data(preset)
+    torch.manual_seed(seed)
+    model = source_model(preset, data)
+    history = History(meta={"run": f"benefit-s{seed}", "seed": seed, "preset": preset.name})
+    probes = BlockBenefit(model, num_classes=data.num_classes, patch_probe=preset.patch_probe,
+                          log_every=max(1, len(data.train) // preset.fit.get("batch_size", 128) // 2))
+    probes.calibrate(data, steps=calibration_steps, seed=seed)
+    probes.record(history, probes.measure(data), step=0)
+    fit(model, data, epochs=preset.schedule.finalize, callbacks=[probes], history=history, seed=seed,
+        progress=progress, **preset.fit)
+    return history
+
+
 def fixed_profile(model: nn.Module) -> list[float]:
     """The hand-set keep-ratio profile of the ``fixed`` baseline: attention blocks 1.0, MLP blocks 0.5."""
     return [1.0, 0.5] * len(model.blocks)
