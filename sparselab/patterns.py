@@ -30,7 +30,7 @@ from .errors import ConfigError
 from .structure.unstructured import magnitude_masks, prunable_weights
 
 __all__ = ["kept_masks", "layer_keep_ratios", "kernel_positions", "dead_units", "input_pixel_map",
-           "infer_image_shape", "vit_magnitude_maps", "vit_blocks"]
+           "infer_image_shape", "vit_magnitude_maps", "vit_blocks", "vit_pattern_summary"]
 
 Masks = Mapping[str, torch.Tensor]
 
@@ -352,3 +352,63 @@ def vit_magnitude_maps(model: nn.Module, masks: Masks | None = None,
         mlp_rows.extend((layer, i, float(v)) for i, v in enumerate(per_neuron.tolist()))
     return {"attn": pd.DataFrame(attn_rows, columns=["layer", "head", "part", "value"]),
             "mlp": pd.DataFrame(mlp_rows, columns=["layer", "neuron", "value"])}
+
+
+@torch.no_grad()
+def vit_pattern_summary(model: nn.Module, masks: Masks | None = None, sparsity: float | None = None) -> dict:
+    """Numbers that say where the kept weights of a sparse timm ViT sit (computed from its keep masks):
+
+    - ``attn_kept`` / ``mlp_kept``: kept fraction of the attention (qkv + proj) and MLP (fc1 + fc2) weights;
+    - ``depth_rho``: Spearman correlation of each block's kept fraction with its depth (negative: deep blocks lose
+      more); ``per_block``: the kept fraction per block, attention and MLP;
+    - ``head_spread``: mean over blocks of (largest − smallest) kept fraction among its heads (0: heads thinned
+      alike);
+    - ``dead_neurons``: share of MLP hidden neurons with no kept weight in fc1's row nor fc2's column;
+    - ``unread_channels``: share of residual-stream channels (inputs of qkv and fc1) that no block reads any more,
+      and ``channel_gini``: how unevenly the kept input weights spread over the channels (0 even, →1 few).
+
+    Example:
+        >>> import sparselab as sl
+        >>> s = vit_pattern_summary(sl.models.create("vit_nano_patch4_28"), sparsity=0.9)
+        >>> 0 < s["attn_kept"] < 1 and 0 < s["mlp_kept"] < 1
+        True
+    """
+    from scipy.stats import spearmanr
+
+    blocks = vit_blocks(model)
+    if not blocks:
+        raise ConfigError(f"vit_pattern_summary needs a timm VisionTransformer; got {type(model).__name__}")
+    kept = kept_masks(model, masks, sparsity)
+    names = {id(m): n for n, m in model.named_modules()}
+
+    def k(module: nn.Linear) -> torch.Tensor:
+        return kept[f"{names[id(module)]}.weight"]
+
+    rows, attn_n, attn_k, mlp_n, mlp_k, spreads, dead, neurons = [], 0, 0, 0, 0, [], 0, 0
+    reads = None
+    for layer, b in enumerate(blocks):
+        qkv, proj, fc1, fc2 = k(b.attn.qkv), k(b.attn.proj), k(b.mlp.fc1), k(b.mlp.fc2)
+        a_n, a_k = qkv.numel() + proj.numel(), int(qkv.sum() + proj.sum())
+        m_n, m_k = fc1.numel() + fc2.numel(), int(fc1.sum() + fc2.sum())
+        attn_n, attn_k, mlp_n, mlp_k = attn_n + a_n, attn_k + a_k, mlp_n + m_n, mlp_k + m_k
+        rows.append({"block": layer, "attn": a_k / a_n, "mlp": m_k / m_n, "all": (a_k + m_k) / (a_n + m_n)})
+        heads = b.attn.num_heads
+        d = qkv.shape[0] // (3 * heads)
+        per_head = (qkv.reshape(3, heads, d, -1).float().mean(dim=(0, 2, 3))
+                    + proj.reshape(proj.shape[0], heads, -1).float().mean(dim=(0, 2))) / 2
+        spreads.append(float(per_head.max() - per_head.min()))
+        alive = fc1.any(dim=1) | fc2.any(dim=0)
+        dead, neurons = dead + int((~alive).sum()), neurons + alive.numel()
+        col = qkv.sum(dim=0) + fc1.sum(dim=0)
+        reads = col if reads is None else reads + col
+    per_block = pd.DataFrame(rows)
+    rho = float(spearmanr(per_block.block, per_block["all"]).statistic) if len(per_block) > 2 else math.nan
+    reads = reads.double()
+    sorted_reads = torch.sort(reads).values
+    n = len(sorted_reads)
+    total = float(sorted_reads.sum())
+    gini = (float((2 * torch.arange(1, n + 1, dtype=torch.float64) - n - 1).mul(sorted_reads).sum()) / (n * total)
+            if total > 0 else math.nan)
+    return {"attn_kept": attn_k / attn_n, "mlp_kept": mlp_k / mlp_n, "depth_rho": rho, "per_block": per_block,
+            "head_spread": sum(spreads) / len(spreads), "dead_neurons": dead / neurons,
+            "unread_channels": float((reads == 0).double().mean()), "channel_gini": gini}

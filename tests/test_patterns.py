@@ -343,3 +343,27 @@ def test_plot_weight_patterns_rejects_other_models():
         plot_weight_patterns(net)
     with pytest.raises(ConfigError, match="nn.Module"):
         plot_weight_patterns(pd.DataFrame())
+
+
+def test_vit_pattern_summary_matches_hand_built_masks():
+    import sparselab as sl
+    from sparselab.patterns import kept_masks, vit_pattern_summary
+
+    model = sl.models.create("vit_nano_patch4_28", num_classes=10)
+    masks = {k: torch.ones_like(v) for k, v in kept_masks(model, sparsity=0.0).items()}
+    masks["blocks.3.mlp.fc1.weight"].zero_()
+    masks["blocks.3.mlp.fc2.weight"].zero_()
+    for i in range(4):  # residual channel 5 is read by no block
+        masks[f"blocks.{i}.attn.qkv.weight"][:, 5] = False
+        masks[f"blocks.{i}.mlp.fc1.weight"][:, 5] = False
+    masks["blocks.0.attn.qkv.weight"][:16] = False  # head 0's q rows of block 0 (head dim 16)
+    s = vit_pattern_summary(model, masks)
+    d = model.embed_dim
+    qkv_n, proj_n, fc_n = 3 * d * d, d * d, model.blocks[0].mlp.fc1.weight.numel()
+    attn_expected = 1 - (4 * 3 * d + 16 * d - 16) / (4 * (qkv_n + proj_n))
+    assert s["attn_kept"] == pytest.approx(attn_expected)
+    assert s["mlp_kept"] == pytest.approx(1 - (2 * fc_n + 3 * model.blocks[0].mlp.fc1.out_features) / (8 * fc_n))
+    assert s["dead_neurons"] == pytest.approx(1 / 4)
+    assert s["unread_channels"] == pytest.approx(1 / d)
+    assert s["depth_rho"] < 0  # the last block lost its MLP
+    assert s["head_spread"] > 0 and list(s["per_block"].columns) == ["block", "attn", "mlp", "all"]

@@ -120,6 +120,17 @@ ART_PRESETS: dict[str, ARTPreset] = {
         finetune=dict(optimizer="adam", lr=5e-4, weight_decay=0.0, batch_size=128, lr_schedule="cosine"),
         methods=("hypersparse", "l1", "l2"), sparsities=(0.98,)),
 }
+# the small ViT of the P3B notebooks, sparsified without structure (notebook 04's ViT weight patterns)
+ART_PRESETS["cpu-vit"] = ARTPreset(
+    name="cpu-vit", model="vit_nano_patch4_28", data="digits", image_size=28,
+    fit=dict(optimizer="adam", lr=1e-3, weight_decay=0.0, batch_size=64), warmup_epochs=6, lam_init=5e-5, eta=1.4,
+    max_art_epochs=10, gmp_epochs=6, finetune_epochs=3,
+    finetune=dict(optimizer="adam", lr=5e-4, weight_decay=0.0, batch_size=64, lr_schedule="cosine"),
+    methods=("hypersparse", "gmp"), sparsities=(0.9, 0.98))
+ART_PRESETS["tiny-vit"] = ART_PRESETS["cpu-vit"].replace(
+    name="tiny-vit", data_options={"limit": 320}, warmup_epochs=1, max_art_epochs=2, gmp_epochs=1, finetune_epochs=1,
+    fit=dict(optimizer="adam", lr=1e-3, weight_decay=0.0, batch_size=64, max_steps_per_epoch=3),
+    finetune=dict(optimizer="adam", lr=5e-4, weight_decay=0.0, batch_size=64, max_steps_per_epoch=3))
 ART_PRESETS["tiny-cnn"] = ART_PRESETS["tiny"].replace(
     name="tiny-cnn", model="vgg19_bn", model_options={"width": 0.125}, methods=("hypersparse",), sparsities=(0.9,))
 for _m, _tag in (("resnet32_wide", "resnet32"), ("vgg19_bn", "vgg19")):
