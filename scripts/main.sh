@@ -9,8 +9,9 @@ bash scripts/setup_env.sh
 export SPARSELAB_OFFLINE="${SPARSELAB_OFFLINE:-1}"
 SCALE="${SCALE:-cpu}"
 mkdir -p runs
-# the source model: trained once on Fashion-MNIST (about 8 minutes on 2 cores), then cached under data/
-.venv/bin/sparselab pretrain --model vit_mini_patch7_28
+# the source model the chosen scale needs, trained once on Fashion-MNIST and cached under data/: `cpu` about
+# 8 minutes on 2 cores (vit_mini_patch7_28), `tiny` seconds (vit_nano_patch4_28, quick recipe), paper presets none
+.venv/bin/sparselab pretrain --preset "$SCALE"
 .venv/bin/papermill notebooks/01_p3b_transfer.ipynb runs/01_p3b_transfer.ipynb \
   -p scale "$SCALE" -p out_dir runs/01_p3b_transfer --cwd "$(pwd)" --execution-timeout 3600 --log-output
 .venv/bin/jupyter nbconvert --to html runs/01_p3b_transfer.ipynb --output-dir runs --log-level WARN

@@ -2,44 +2,224 @@
 
 Example:
     $ sparselab train --model vit_mini_patch7_28 --pretrained fashion_mnist --data digits --epochs 10 --out runs/demo
+
+Every option is checked before any work starts; a bad one ends the command with one line
+``sparselab: error: ...`` and exit status 2. Ctrl-C (or SIGTERM) stops a training command at a step boundary,
+after a checkpoint, with exit status 130. torch and the training code are imported only inside the commands, so
+``sparselab --help`` answers at once.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
+import shutil
+import signal
 import sys
+import threading
 from pathlib import Path
 
-from .errors import SparselabError
+from .errors import CheckpointError, ConfigError, SparselabError, unknown_name
+
+#: What marks a folder as holding a run (``--out`` refuses it without ``--resume`` or ``--overwrite``).
+RUN_MARKERS = ("result.json", "summary.json", "history.jsonl.gz", "checkpoint")
+#: What the run commands write into ``--out`` (``--overwrite`` deletes these, and nothing else).
+RUN_OUTPUTS = RUN_MARKERS + ("finetune_history.jsonl.gz", "compact", "model.safetensors")
+SOURCE_DATASETS = ("fashion_mnist",)  # sparselab.models.SOURCE_DATASETS, without importing torch
+PATCH_PROBES = ("conv2", "conv1", "linear", "none")
+FIGURE_FORMATS = ("png", "svg", "pdf")
 
 
+# ------------------------------------------------------------------------------------------------ option types
+def _int_at_least(low: int, why: str = ""):
+    """An argparse type: an integer >= ``low`` (``why`` says what the bound is for)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < low:
+            reason = f" ({why})" if why else ""
+            raise argparse.ArgumentTypeError(f"must be an integer >= {low}{reason}, got {text!r}")
+        return value
+
+    parse.__name__ = f"integer >= {low}"
+    return parse
+
+
+def _finite_float(text: str) -> float:
+    """An argparse type: a finite number (``float`` alone accepts 'nan' and 'inf')."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
+def _number_in(low: float, high: float | None = None, *, low_open: bool = False, high_open: bool = False):
+    """An argparse type: a finite number in the interval from ``low`` to ``high`` (open or closed ends)."""
+    left, right = "(" if low_open else "[", ")" if high_open else "]"
+    allowed = f"in {left}{low:g}, {high:g}{right}" if high is not None else f"{'>' if low_open else '>='} {low:g}"
+
+    def parse(text: str) -> float:
+        value = _finite_float(text)
+        ok = (value > low if low_open else value >= low) and (
+            high is None or (value < high if high_open else value <= high))
+        if not ok:
+            raise argparse.ArgumentTypeError(f"must be a finite number {allowed}, got {text!r}")
+        return value
+
+    parse.__name__ = f"number {allowed}"
+    return parse
+
+
+POSITIVE = _int_at_least(1)
+NON_NEGATIVE = _int_at_least(0)
+RATIO = _number_in(0.0, 1.0, high_open=True)  # [0, 1): prune ratios, sparsities
+LR = _number_in(0.0, low_open=True)
+IMAGE_SIZE = _int_at_least(4)  # as sparselab.data.load checks
+
+
+def _schedule(text: str) -> tuple[int, int, int]:
+    """``--schedule warmup,sparsify,finalize`` (three integers)."""
+    parts = [p.strip() for p in text.split(",")]
+    try:
+        values = tuple(int(p) for p in parts)
+    except ValueError:
+        values = ()
+    if len(values) != 3:
+        raise ConfigError(f"--schedule must be three integers warmup,sparsify,finalize (epochs, e.g. 10,25,50), "
+                          f"got {text!r}")
+    return values  # type: ignore[return-value]
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one ``sparselab: error: ...`` line (exit status 2), like the library's."""
+
+    def error(self, message: str):
+        raise ConfigError(f"{message} (see: {self.prog} --help)")
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows ``(default: ...)`` except for unset options (None: the preset's value) and flags."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False or action.default == argparse.SUPPRESS:
+            return action.help
+        return super()._get_help_string(action)
+
+
+# ------------------------------------------------------------------------------------------------ shared checks
+def _prepare_out(out: Path, args) -> None:
+    """Refuse to write a run into a folder that holds one, unless ``--resume`` (continue it) or ``--overwrite``
+    (delete sparselab's outputs there first) was given."""
+    resume, overwrite = getattr(args, "resume", False), getattr(args, "overwrite", False)
+    if resume and overwrite:
+        raise ConfigError("--resume continues the run in --out and --overwrite replaces it: pass only one")
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file, not a folder")
+    found = [name for name in RUN_MARKERS if (out / name).exists()]
+    if not found:
+        return
+    if overwrite:
+        if os.environ.get("RANK", "0") == "0":  # under torchrun one process clears the folder
+            for name in RUN_OUTPUTS:
+                path = out / name
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path, ignore_errors=True)
+                elif path.exists() or path.is_symlink():
+                    path.unlink(missing_ok=True)
+        return
+    if not resume:
+        raise ConfigError(f"--out {out} already holds a run ({', '.join(found)}): pass --resume to continue it, "
+                          f"--overwrite to replace it, or choose another --out")
+
+
+def _pretrained_arg(value: str | None):
+    """``--pretrained``: False, True (timm hub), a source dataset, or an existing checkpoint path."""
+    if value is None:
+        return None
+    lowered = value.lower()
+    if lowered in ("none", "false"):
+        return False
+    if lowered == "true":
+        return True
+    if value in SOURCE_DATASETS:
+        return value
+    if not Path(value).expanduser().is_file():
+        raise CheckpointError(f"--pretrained {value!r} is neither a checkpoint file nor one of: true (timm hub "
+                              f"weights), none, {', '.join(SOURCE_DATASETS)}")
+    return value
+
+
+def _check_model_name(name: str | None) -> None:
+    if name is not None:
+        from .models import check_name
+
+        check_name(name)
+
+
+# ------------------------------------------------------------------------------------------------ commands
 def _cmd_pretrain(args) -> int:
     from .models.pretrained import pretrain
 
-    path = pretrain(args.model, args.dataset, args.recipe, force=args.force)
+    model, dataset, recipe = args.model, args.dataset, args.recipe
+    if args.preset is not None:
+        if model is not None or recipe is not None:
+            raise ConfigError("--preset picks the model and recipe the preset's source model needs; leave out "
+                              "--model and --recipe")
+        from .experiments.p3b import p3b_preset
+
+        preset = p3b_preset(args.preset)
+        if preset.pretrained not in SOURCE_DATASETS:
+            print(f"preset {preset.name!r} needs no source model from sparselab (pretrained="
+                  f"{preset.pretrained!r}); nothing to do")
+            return 0
+        model, dataset, recipe = preset.model, preset.pretrained, preset.recipe or "default"
+    path = pretrain(model or "vit_mini_patch7_28", dataset, recipe or "default", force=args.force,
+                    resume=args.resume)
     print(path)
     print(path.with_suffix(".json").read_text())
     return 0
 
 
 def _cmd_train(args) -> int:
+    from . import models
+
+    _check_model_name(args.model)
+    pretrained = _pretrained_arg(args.pretrained)
+    if args.recipe is not None and pretrained not in SOURCE_DATASETS:
+        raise ConfigError(f"--recipe picks how a source model is pretrained; it needs --pretrained "
+                          f"{' or '.join(SOURCE_DATASETS)}")
+    from .training import TrainConfig, fit
+
+    config = TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+                         weight_decay=args.weight_decay, optimizer=args.optimizer, seed=args.seed)
+    size = models.input_size(args.model)
+    if size is not None and args.image_size is not None and args.image_size != size:
+        raise ConfigError(f"{args.model} takes {size}-px images, but --image-size is {args.image_size}; pass "
+                          f"--image-size {size} or a model for {args.image_size}-px images")
+    out = Path(args.out)
+    _prepare_out(out, args)
+
     import torch
 
     from . import data as sl_data
-    from . import models
-    from .training import fit
 
     torch.manual_seed(args.seed)
-    bundle = sl_data.load(args.data, image_size=args.image_size, limit=args.limit)
-    pretrained = args.pretrained
-    if pretrained in ("true", "True"):
-        pretrained = True
+    bundle = sl_data.load(args.data, image_size=args.image_size if args.image_size is not None else size,
+                          limit=args.limit)
+    extra = {"recipe": args.recipe} if args.recipe is not None else {}
+    if args.model == "lenet_300_100":
+        extra["image_size"] = bundle.image_size
     model = models.create(args.model, num_classes=bundle.num_classes, in_chans=bundle.in_chans,
-                          pretrained=pretrained or False, **({"recipe": args.recipe} if args.recipe else {}))
-    out = Path(args.out)
-    history = fit(model, bundle, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
-                  weight_decay=args.weight_decay, optimizer=args.optimizer, seed=args.seed,
-                  checkpoint_dir=out / "checkpoint", resume=args.resume)
+                          pretrained=pretrained or False, **extra)
+    models.check_input_size(model, args.model, bundle.image_size)
+    history = fit(model, bundle, config=config, checkpoint_dir=out / "checkpoint", resume=args.resume)
     history.meta.update({"command": " ".join(sys.argv), "pretrained": str(args.pretrained)})
     history.save(out / "history.jsonl.gz")
     summary = {split: {k: history.last(k, split) for k in ("acc", "loss")} for split in ("val", "test")}
@@ -50,28 +230,38 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_p3b(args) -> int:
-    import torch
-
     from .experiments import p3b_preset, run_p3b
+    from .experiments.p3b import METHODS
     from .probes import FAST_PROBES
     from .pruners import P3BSchedule
-    from .training import distributed as dist_utils
 
+    if args.method not in METHODS:
+        raise unknown_name("method", args.method, METHODS)
+    probe_flags = [flag for flag, value in (("--patch-probe", args.patch_probe), ("--probe-every", args.probe_every),
+                                            ("--probe-fraction", args.probe_fraction),
+                                            ("--fast-probes", args.fast_probes or None)) if value is not None]
+    with_probes = [m for m, options in METHODS.items() if options.get("allocation") == "benefit"]
+    if probe_flags and args.method not in with_probes:
+        raise ConfigError(f"{', '.join(probe_flags)} set the block-benefit probes, which --method {args.method} does "
+                          f"not use (only {', '.join(with_probes)} do)")
+    fixed = [flag for flag in probe_flags if flag != "--patch-probe" and set(METHODS[args.method]) & set(FAST_PROBES)]
+    if fixed:
+        raise ConfigError(f"--method {args.method} fixes the probe cadence itself; leave out {', '.join(fixed)}")
+    _check_model_name(args.model)
     changes: dict = {}
-    if args.model:
+    if args.model is not None:
         changes["model"] = args.model
     if args.pretrained is not None:
-        changes["pretrained"] = {"none": False, "false": False, "true": True}.get(args.pretrained.lower(),
-                                                                                    args.pretrained)
-    if args.data:
+        changes["pretrained"] = _pretrained_arg(args.pretrained)
+    if args.data is not None:
         changes["data"] = args.data
     if args.image_size is not None:
         changes["image_size"] = args.image_size
     preset = p3b_preset(args.preset, **changes)
     data_options = dict(preset.data_options)
-    if args.data_root:
+    if args.data_root is not None:
         data_options["root"] = args.data_root
-    if args.limit:
+    if args.limit is not None:
         data_options["limit"] = args.limit
     fit_options = dict(preset.fit)
     finetune = dict(preset.finetune)
@@ -81,19 +271,35 @@ def _cmd_p3b(args) -> int:
             fit_options[key] = value
             finetune[key] = value
     schedule = preset.schedule
-    if args.schedule:
-        w, s_, f = (int(v) for v in args.schedule.split(","))
+    if args.schedule is not None:
+        w, s_, f = _schedule(args.schedule)
         schedule = P3BSchedule(warmup=w, sparsify=s_, finalize=f, updates_per_epoch=schedule.updates_per_epoch)
+    probe_options = {**preset.probe_options, **(FAST_PROBES if args.fast_probes else {})}
+    if args.probe_every is not None:
+        probe_options["probe_every"] = args.probe_every
+    if args.probe_fraction is not None:
+        probe_options["probe_fraction"] = args.probe_fraction
+    patch_probe = preset.patch_probe if args.patch_probe is None else (
+        None if args.patch_probe == "none" else args.patch_probe)
     preset = preset.replace(data_options=data_options, fit=fit_options, finetune=finetune, schedule=schedule,
                             finetune_epochs=args.finetune_epochs if args.finetune_epochs is not None
                             else preset.finetune_epochs,
-                            patch_probe=None if args.patch_probe == "none" else (args.patch_probe or preset.patch_probe),
-                            probe_options={**preset.probe_options, **(FAST_PROBES if args.fast_probes else {}),
-                                           **({"probe_every": args.probe_every} if args.probe_every else {}),
-                                           **({"probe_fraction": args.probe_fraction} if args.probe_fraction else {})})
+                            patch_probe=patch_probe, probe_options=probe_options)
+    from .models import input_size
+
+    size = input_size(preset.model)
+    if size is not None and preset.image_size is not None and preset.image_size != size:
+        raise ConfigError(f"{preset.model} takes {size}-px images, but the image size is {preset.image_size}; pass "
+                          f"--image-size {size} or a --model for {preset.image_size}-px images")
     if args.dry_run:
         return _dry_run(preset)
     out = Path(args.out)
+    _prepare_out(out, args)
+
+    import torch
+
+    from .training import distributed as dist_utils
+
     run = run_p3b(preset, args.method, args.prune_ratio, args.seed, checkpoint_dir=str(out / "checkpoint"),
                   resume=args.resume, measure_latency=not args.no_latency)
     rank, _ = dist_utils.world()
@@ -115,8 +321,10 @@ def _cmd_p3b(args) -> int:
 
 def _cmd_art(args) -> int:
     from .experiments import art as art_exp
-    from .training import distributed as dist_utils
 
+    if args.method not in art_exp.ART_METHODS:
+        raise unknown_name("method", args.method, art_exp.ART_METHODS)
+    _check_model_name(args.model)
     changes: dict = {}
     for key in ("model", "data", "image_size", "warmup_epochs", "max_art_epochs", "finetune_epochs", "lam_init",
                 "eta"):
@@ -124,17 +332,22 @@ def _cmd_art(args) -> int:
         if value is not None:
             changes[key] = value
     preset = art_exp.art_preset(args.preset, **changes)
-    if args.data_root:
+    if args.data_root is not None:
         preset = preset.replace(data_options={**preset.data_options, "root": args.data_root})
     for key, value in (("batch_size", args.batch_size), ("max_steps_per_epoch", args.max_steps_per_epoch)):
         if value is not None:
             preset = preset.replace(fit={**preset.fit, key: value}, finetune={**preset.finetune, key: value})
     if args.dry_run:
         return _dry_run(preset)
-    run = art_exp.run_art(preset, args.method, args.sparsity, args.seed)
+    out = Path(args.out)
+    _prepare_out(out, args)
+
+    from .training import distributed as dist_utils
+
+    run = art_exp.run_art(preset, args.method, args.sparsity, args.seed, checkpoint_dir=str(out / "checkpoint"),
+                          resume=args.resume)
     rank, _ = dist_utils.world()
     if rank == 0:
-        out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         run.history.save(out / "history.jsonl.gz")
         run.finetune_history.save(out / "finetune_history.jsonl.gz")
@@ -182,10 +395,45 @@ def _cmd_presets(args) -> int:
             print(text)
         return 0
     if not args.name:
-        print("sparselab: error: presets show needs a preset name (see: sparselab presets list)", file=sys.stderr)
-        return 2
+        raise ConfigError("presets show needs a preset name (see: sparselab presets list)")
     print(recipes.render_table(args.name))
     return 0
+
+
+def history_figures(history, run: str | None = None) -> dict:
+    """The key figures of a saved History, by name: P3B's block benefit, keep ratios and reactivations; ART's
+    gradient profile, exchange and per-layer keep ratios over ART epochs. Raises ConfigError when none applies."""
+    from . import plots
+
+    runs_meta = history.meta.get("runs") if isinstance(history.meta.get("runs"), dict) else None
+    metrics_present = set(history.blocks.metric)
+    figures = {}
+    p3b_run = run
+    if p3b_run is None and runs_meta:
+        p3b_run = next((r for r in runs_meta if str(r).startswith("p3b")), next(iter(runs_meta)))
+    if "keep_goal" in metrics_present:
+        figures.update({
+            "block_benefit_heatmap": plots.plot_block_benefit(history, view="heatmap", run=p3b_run),
+            "block_benefit_profile": plots.plot_block_benefit(history, view="profile", run=p3b_run),
+            "keep_ratios": plots.plot_keep_ratios(history, run=p3b_run),
+            "reactivations": plots.plot_reactivations(history, run=p3b_run),
+        })
+    elif "benefit_cls" in metrics_present:
+        figures["block_benefit_profile"] = plots.plot_block_benefit(history, view="profile", run=p3b_run)
+    if runs_meta:
+        art_runs = [r for r, m in runs_meta.items() if isinstance(m, dict) and m.get("profiles")]
+    else:
+        art_runs = [None] if history.meta.get("profiles") else []
+    if art_runs:
+        art_run = run if run is not None else art_runs[0]
+        figures["gradient_profile"] = plots.plot_gradient_profile(history, run=art_run)
+        figures["exchange"] = plots.plot_exchange(history)
+        if "keep_ratio" in metrics_present:
+            figures["art_keep_ratios"] = plots.plot_art_keep_ratios(history, run=art_run)
+    if not figures:
+        raise ConfigError("no figure applies to this History: it holds neither P3B block traces (keep_goal, "
+                          "benefit_cls) nor ART gradient profiles")
+    return figures
 
 
 def _cmd_figures(args) -> int:
@@ -193,25 +441,7 @@ def _cmd_figures(args) -> int:
     from .history import History
 
     history = History.load(args.history)
-    run = args.run
-    if run is None and "runs" in history.meta:
-        run = next((r for r in history.meta["runs"] if r.startswith("p3b")), next(iter(history.meta["runs"])))
-    figures = {}
-    if "keep_goal" in set(history.blocks.metric):
-        figures.update({
-            "block_benefit_heatmap": plots.plot_block_benefit(history, view="heatmap", run=run),
-            "block_benefit_profile": plots.plot_block_benefit(history, view="profile", run=run),
-            "keep_ratios": plots.plot_keep_ratios(history, run=run),
-            "reactivations": plots.plot_reactivations(history, run=run),
-        })
-    elif "benefit_cls" in set(history.blocks.metric):
-        figures["block_benefit_profile"] = plots.plot_block_benefit(history, view="profile", run=run)
-    if "runs" in history.meta and any(m.get("profiles") for m in history.meta["runs"].values()):
-        figures["gradient_profile"] = plots.plot_gradient_profile(history, run=run)
-        figures["exchange"] = plots.plot_exchange(history)
-    if not figures:
-        print("sparselab: error: no figure applies to this History", file=sys.stderr)
-        return 2
+    figures = history_figures(history, run=args.run)
     for path in plots.export_figures(figures, args.out, formats=args.format):
         print(path)
     return 0
@@ -230,117 +460,169 @@ def _cmd_list(args) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------------------ the parser
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sparselab", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="sparselab", description=__doc__.splitlines()[0], formatter_class=_HelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    p = sub.add_parser("pretrain", help="train and cache a source-pretrained small ViT")
-    p.add_argument("--model", default="vit_mini_patch7_28")
-    p.add_argument("--dataset", default="fashion_mnist")
-    p.add_argument("--recipe", default="default")
+    def add(name: str, **kwargs) -> argparse.ArgumentParser:
+        return sub.add_parser(name, formatter_class=_HelpFormatter, **kwargs)
+
+    p = add("pretrain", help="train and cache a source-pretrained small ViT")
+    p.add_argument("--model", default=None, help="one of sparselab's small ViTs (default: vit_mini_patch7_28)")
+    p.add_argument("--dataset", default="fashion_mnist", help="the source dataset")
+    p.add_argument("--recipe", default=None,
+                   help="default, or quick (seconds; tests and the tiny scale) (default: default)")
+    p.add_argument("--preset", default=None,
+                   help="pretrain what this P3B preset's source model needs (tiny, cpu; nothing for paper-*)")
     p.add_argument("--force", action="store_true", help="retrain even if cached")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted pretraining from its checkpoint")
     p.set_defaults(fn=_cmd_pretrain)
 
-    t = sub.add_parser("train", help="train (or fine-tune) a model and save its History")
-    t.add_argument("--model", default="vit_mini_patch7_28")
-    t.add_argument("--data", default="digits")
-    t.add_argument("--pretrained", default=None, help="fashion_mnist, a checkpoint path, or true (timm hub)")
-    t.add_argument("--recipe", default=None, help="source-pretraining recipe (default, quick)")
-    t.add_argument("--image-size", type=int, default=None)
-    t.add_argument("--limit", type=int, default=None, help="cap on training images")
-    t.add_argument("--epochs", type=int, default=10)
-    t.add_argument("--lr", type=float, default=5e-4)
-    t.add_argument("--batch-size", type=int, default=64)
-    t.add_argument("--weight-decay", type=float, default=0.05)
-    t.add_argument("--optimizer", default="adamw")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--out", default="runs/train")
-    t.add_argument("--resume", action="store_true", help="continue from --out/checkpoint")
+    t = add("train", help="train (or fine-tune) a model and save its History")
+    t.add_argument("--model", default="vit_mini_patch7_28", help="a model name (sparselab models)")
+    t.add_argument("--data", default="digits", help="a dataset name (sparselab datasets) or an ImageFolder path")
+    t.add_argument("--pretrained", default=None,
+                   help="fashion_mnist, a checkpoint path, true (timm hub) or none (default: none)")
+    t.add_argument("--recipe", default=None, help="source-pretraining recipe with --pretrained fashion_mnist "
+                                                  "(default, quick)")
+    t.add_argument("--image-size", type=IMAGE_SIZE, default=None,
+                   help="side length images are resized to (default: the model's input size, else the dataset's)")
+    t.add_argument("--limit", type=int, default=None, help="cap on training images (default: all)")
+    t.add_argument("--epochs", type=POSITIVE, default=10, help="passes over the training images")
+    t.add_argument("--lr", type=LR, default=5e-4, help="learning rate")
+    t.add_argument("--batch-size", type=POSITIVE, default=64, help="images per step")
+    t.add_argument("--weight-decay", type=_number_in(0.0), default=0.05, help="weight decay")
+    t.add_argument("--optimizer", default="adamw", help="adamw, adam or sgd")
+    t.add_argument("--seed", type=NON_NEGATIVE, default=0, help="random seed")
+    t.add_argument("--out", default="runs/train", help="output folder")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    t.add_argument("--overwrite", action="store_true", help="replace the run in --out")
     t.set_defaults(fn=_cmd_train)
 
-    pb = sub.add_parser("p3b", help="prune a ViT with P3B (or a baseline) during transfer; torchrun-launchable")
+    pb = add("p3b", help="prune a ViT with P3B (or a baseline) during transfer; torchrun-launchable")
     pb.add_argument("--preset", default="cpu", help="tiny, cpu, paper-deit-{s,t}-{cifar100,ifood,inat19}[-ft50] "
                                                     "(sparselab presets list)")
     pb.add_argument("--method", default="p3b", help="p3b, uniform, global_taylor, l1, fixed, dense")
-    pb.add_argument("--prune-ratio", type=float, default=0.5)
-    pb.add_argument("--seed", type=int, default=0)
-    pb.add_argument("--model", default=None)
-    pb.add_argument("--pretrained", default=None, help="true (timm hub), none, fashion_mnist or a checkpoint path")
-    pb.add_argument("--data", default=None)
+    pb.add_argument("--prune-ratio", type=RATIO, default=0.5, help="share of the parameters to remove, in [0, 1)")
+    pb.add_argument("--seed", type=NON_NEGATIVE, default=0, help="random seed")
+    pb.add_argument("--model", default=None, help="a ViT name (default: the preset's)")
+    pb.add_argument("--pretrained", default=None,
+                    help="true (timm hub), none, fashion_mnist or a checkpoint path (default: the preset's)")
+    pb.add_argument("--data", default=None, help="a dataset name or ImageFolder path (default: the preset's)")
     pb.add_argument("--data-root", default=None, help="where the dataset lives (ImageFolder tree, torchvision root)")
-    pb.add_argument("--image-size", type=int, default=None)
-    pb.add_argument("--limit", type=int, default=None)
-    pb.add_argument("--batch-size", type=int, default=None)
-    pb.add_argument("--lr", type=float, default=None)
-    pb.add_argument("--max-steps-per-epoch", type=int, default=None)
-    pb.add_argument("--workers", type=int, default=None)
-    pb.add_argument("--schedule", default=None, help="warmup,sparsify,finalize epochs, e.g. 10,25,50")
-    pb.add_argument("--finetune-epochs", type=int, default=None)
-    pb.add_argument("--patch-probe", default=None, help="conv2, conv1, linear or none")
-    pb.add_argument("--probe-every", type=int, default=None,
-                    help="run the patch probes on every k-th step only (default 1: every step)")
-    pb.add_argument("--probe-fraction", type=float, default=None,
-                    help="share of each batch the patch probes see, in (0, 1] (default 1)")
+    pb.add_argument("--image-size", type=IMAGE_SIZE, default=None, help="image side length (default: the preset's)")
+    pb.add_argument("--limit", type=int, default=None, help="cap on training images (default: the preset's)")
+    pb.add_argument("--batch-size", type=POSITIVE, default=None, help="images per step (default: the preset's)")
+    pb.add_argument("--lr", type=LR, default=None, help="learning rate (default: the preset's)")
+    pb.add_argument("--max-steps-per-epoch", type=POSITIVE, default=None,
+                    help="cap on optimizer steps per epoch (default: the preset's)")
+    pb.add_argument("--workers", type=NON_NEGATIVE, default=None, help="DataLoader workers (default: the preset's)")
+    pb.add_argument("--schedule", default=None,
+                    help="warmup,sparsify,finalize epochs, e.g. 10,25,50 (default: the preset's)")
+    pb.add_argument("--finetune-epochs", type=NON_NEGATIVE, default=None,
+                    help="epochs of compact fine-tuning; 0: none (default: the preset's)")
+    pb.add_argument("--patch-probe", default=None, choices=PATCH_PROBES,
+                    help="the patch probes' head (default: the preset's)")
+    pb.add_argument("--probe-every", type=POSITIVE, default=None,
+                    help="run the patch probes on every k-th step only (default: the preset's, 1 = every step)")
+    pb.add_argument("--probe-fraction", type=_number_in(0.0, 1.0, low_open=True), default=None,
+                    help="share of each batch the patch probes see, in (0, 1] (default: the preset's, 1)")
     pb.add_argument("--fast-probes", action="store_true",
                     help="sparselab.probes.FAST_PROBES: patch probes on every 8th step and a quarter of the batch")
-    pb.add_argument("--no-latency", action="store_true")
-    pb.add_argument("--out", default="runs/p3b")
-    pb.add_argument("--resume", action="store_true")
+    pb.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
+    pb.add_argument("--out", default="runs/p3b", help="output folder")
+    pb.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    pb.add_argument("--overwrite", action="store_true", help="replace the run in --out")
     pb.add_argument("--dry-run", action="store_true",
                     help="print the resolved recipe (data, image size, effective batch, schedules in optimizer "
                          "steps) and exit without training")
     pb.set_defaults(fn=_cmd_p3b)
 
-    ar = sub.add_parser("art", help="sparsify with ART (HyperSparse/L1/L2) or a magnitude baseline, then fine-tune")
+    ar = add("art", help="sparsify with ART (HyperSparse/L1/L2) or a magnitude baseline, then fine-tune")
     ar.add_argument("--preset", default="cpu", help="tiny, cpu, cpu-cnn, paper-{resnet32,vgg19}-{cifar10,cifar100,"
                                                     "tinyimagenet} (sparselab presets list)")
     ar.add_argument("--method", default="hypersparse", help="hypersparse, l1, l2, gmp, oneshot, layerwise")
-    ar.add_argument("--sparsity", type=float, default=0.98, help="0.9, 0.98, 0.995, 0.998 in the paper")
-    ar.add_argument("--seed", type=int, default=0)
-    ar.add_argument("--model", default=None)
-    ar.add_argument("--data", default=None)
-    ar.add_argument("--data-root", default=None)
-    ar.add_argument("--image-size", type=int, default=None)
-    ar.add_argument("--warmup-epochs", type=int, default=None)
-    ar.add_argument("--max-art-epochs", type=int, default=None)
-    ar.add_argument("--finetune-epochs", type=int, default=None)
-    ar.add_argument("--lam-init", type=float, default=None)
-    ar.add_argument("--eta", type=float, default=None)
-    ar.add_argument("--batch-size", type=int, default=None)
-    ar.add_argument("--max-steps-per-epoch", type=int, default=None)
-    ar.add_argument("--out", default="runs/art")
+    ar.add_argument("--sparsity", type=RATIO, default=0.98, help="in [0, 1); 0.9, 0.98, 0.995, 0.998 in the paper")
+    ar.add_argument("--seed", type=NON_NEGATIVE, default=0, help="random seed")
+    ar.add_argument("--model", default=None, help="a model name (default: the preset's)")
+    ar.add_argument("--data", default=None, help="a dataset name (default: the preset's)")
+    ar.add_argument("--data-root", default=None, help="where the dataset lives")
+    ar.add_argument("--image-size", type=IMAGE_SIZE, default=None, help="image side length (default: the preset's)")
+    ar.add_argument("--warmup-epochs", type=NON_NEGATIVE, default=None,
+                    help="dense warm-up epochs; 0: none (default: the preset's)")
+    ar.add_argument("--max-art-epochs", type=POSITIVE, default=None,
+                    help="cap on ART epochs (default: the preset's)")
+    ar.add_argument("--finetune-epochs", type=_int_at_least(1, "ART's result is the fine-tuned sparse model"),
+                    default=None, help="fine-tuning epochs with the mask fixed (default: the preset's)")
+    ar.add_argument("--lam-init", type=LR, default=None,
+                    help="initial regularization weight λ (default: the preset's)")
+    ar.add_argument("--eta", type=_number_in(1.0), default=None,
+                    help="λ's growth factor per ART epoch, >= 1 (default: the preset's)")
+    ar.add_argument("--batch-size", type=POSITIVE, default=None, help="images per step (default: the preset's)")
+    ar.add_argument("--max-steps-per-epoch", type=POSITIVE, default=None,
+                    help="cap on optimizer steps per epoch (default: the preset's)")
+    ar.add_argument("--out", default="runs/art", help="output folder")
+    ar.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    ar.add_argument("--overwrite", action="store_true", help="replace the run in --out")
     ar.add_argument("--dry-run", action="store_true",
                     help="print the resolved recipe (schedules in optimizer steps) and exit without training")
     ar.set_defaults(fn=_cmd_art)
 
-    ps = sub.add_parser("presets", help="list presets, or show one beside the reference recipe")
-    ps.add_argument("action", choices=("list", "show", "markdown"))
+    ps = add("presets", help="list presets, or show one beside the reference recipe")
+    ps.add_argument("action", choices=("list", "show", "markdown"), help="what to do")
     ps.add_argument("name", nargs="?", default=None, help="a preset name (for show)")
     ps.add_argument("--out", default=None, help="for markdown: write to this file (e.g. docs/presets.md)")
     ps.set_defaults(fn=_cmd_presets)
 
-    fg = sub.add_parser("figures", help="write the key figures of a saved History as PNG/SVG/PDF")
-    fg.add_argument("history", help="a History file (.jsonl or .jsonl.gz)")
-    fg.add_argument("--run", default=None, help="the run of a merged History (default: the first P3B run)")
-    fg.add_argument("--out", default="runs/figures")
-    fg.add_argument("--format", nargs="+", default=["png"], help="png, svg, pdf")
+    fg = add("figures", help="write the key figures of a saved History as PNG/SVG/PDF")
+    fg.add_argument("history", help="a History file (.jsonl or .jsonl.gz) written by sparselab")
+    fg.add_argument("--run", default=None,
+                    help="the run of a merged History (default: the first P3B run, or the first ART run)")
+    fg.add_argument("--out", default="runs/figures", help="output folder")
+    fg.add_argument("--format", nargs="+", default=["png"], choices=FIGURE_FORMATS, help="file formats")
     fg.set_defaults(fn=_cmd_figures)
 
     for name in ("datasets", "models"):
-        lp = sub.add_parser(name, help=f"list available {name}")
+        lp = add(name, help=f"list available {name}")
         if name == "models":
             lp.add_argument("--all", action="store_true", help="include every timm ViT/DeiT")
         lp.set_defaults(fn=_cmd_list)
     return parser
 
 
+# ------------------------------------------------------------------------------------------------ entry point
+def _sigterm_as_interrupt(signum, frame) -> None:
+    """SIGTERM behaves like Ctrl-C: whatever handles SIGINT now (the training loop defers it to a step boundary
+    and checkpoints) handles it; without a handler it raises KeyboardInterrupt."""
+    handler = signal.getsignal(signal.SIGINT)
+    if callable(handler):
+        handler(signal.SIGINT, frame)
+    else:
+        raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run one command; returns the exit status (0 ok, 2 bad input, 130 interrupted)."""
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _sigterm_as_interrupt) if in_main_thread else None
+    args = None
     try:
+        args = build_parser().parse_args(argv)
         return args.fn(args)
     except SparselabError as exc:
         print(f"sparselab: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as exc:
+        detail = str(exc).strip()  # the training loop says where it stopped and where the checkpoint is
+        line = "sparselab: " + (detail if detail.startswith("interrupted") else "interrupted")
+        if args is not None and hasattr(args, "resume"):
+            line += "; resume with the same command and --resume"
+        print(line, file=sys.stderr)
+        return 130
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
 if __name__ == "__main__":

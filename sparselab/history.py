@@ -33,6 +33,7 @@ import json
 import math
 import os
 import tempfile
+import zlib
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -194,22 +195,67 @@ class History:
 
     @classmethod
     def load(cls, path: str | Path) -> "History":
-        """Read a History written by :meth:`save`."""
+        """Read a History written by :meth:`save` (gzip-compressed or not, whatever the name says).
+
+        Anything else — another file type, a truncated or damaged file, a row missing a field — raises
+        :class:`~sparselab.errors.CheckpointError` naming the file (and the line).
+        """
         path = Path(path)
         if not path.is_file() or path.stat().st_size == 0:
-            raise CheckpointError(f"history file {path} is missing or empty")
-        opener = gzip.open if path.suffix == ".gz" else open
-        with opener(path, "rt", encoding="utf-8") as f:
-            header = json.loads(f.readline())
-            if header.get("schema") != SCHEMA:
-                raise CheckpointError(f"{path} is not a sparselab History (schema {header.get('schema')!r})")
-            h = cls(header["meta"])
-            for line in f:
-                obj = json.loads(line)
-                table = obj["table"]
-                h._rows[table].append(tuple(obj[c] for c in COLUMNS[table]))
-                if "run" in obj:
-                    if h._run is None:
-                        h._run = {t: [] for t in COLUMNS}
-                    h._run[table].append(obj["run"])
+            what = "is empty" if path.is_file() else ("is a folder" if path.is_dir() else "does not exist")
+            raise CheckpointError(f"history file {path} {what}: expected a History written by sparselab "
+                                  f"(History.save, e.g. history.jsonl.gz)")
+        with open(path, "rb") as f:
+            gzipped = f.read(2) == b"\x1f\x8b"
+        line_no = 0
+        try:
+            with (gzip.open if gzipped else open)(path, "rt", encoding="utf-8") as f:
+                line_no = 1
+                header = _json_line(f.readline(), path, line_no)
+                if not isinstance(header, dict) or header.get("schema") != SCHEMA:
+                    schema = header.get("schema") if isinstance(header, dict) else None
+                    raise CheckpointError(f"{path} is not a sparselab History (schema {schema!r}, expected "
+                                          f"{SCHEMA!r})")
+                meta = header.get("meta", {})
+                if not isinstance(meta, dict):
+                    raise CheckpointError(f"{path} is not a sparselab History: its header's meta is not an object")
+                h = cls(meta)
+                for line_no, line in enumerate(f, start=2):
+                    if not line.strip():
+                        continue
+                    obj = _json_line(line, path, line_no)
+                    table = obj.get("table") if isinstance(obj, dict) else None
+                    if table not in COLUMNS:
+                        raise CheckpointError(f"{path}, line {line_no}: not a History row (its 'table' must be one "
+                                              f"of {tuple(COLUMNS)}, got {table!r})")
+                    missing = [c for c in COLUMNS[table] if c not in obj]
+                    if missing:
+                        raise CheckpointError(f"{path}, line {line_no}: a {table!r} row lacks "
+                                              f"{', '.join(map(repr, missing))} (a row has "
+                                              f"{', '.join(COLUMNS[table])})")
+                    row = tuple(obj[c] for c in COLUMNS[table])
+                    if "run" in obj:
+                        if h._run is None:
+                            if len(h):
+                                raise CheckpointError(f"{path}, line {line_no}: some rows name their run and earlier "
+                                                      f"ones do not")
+                            h._run = {t: [] for t in COLUMNS}
+                        h._run[table].append(obj["run"])
+                    elif h._run is not None:
+                        raise CheckpointError(f"{path}, line {line_no}: this row names no run, earlier ones do")
+                    h._rows[table].append(row)
+        except CheckpointError:
+            raise
+        except (OSError, EOFError, UnicodeDecodeError, zlib.error) as exc:
+            where = f", line {line_no}" if line_no else ""
+            kind = "a truncated or damaged gzip file" if gzipped else "not a text file"
+            raise CheckpointError(f"{path}{where} cannot be read as a sparselab History: {kind} "
+                                  f"({type(exc).__name__}: {exc})") from None
         return h
+
+
+def _json_line(line: str, path: Path, line_no: int) -> Any:
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path}, line {line_no}: not a sparselab History (not JSON: {exc.msg})") from None

@@ -16,11 +16,11 @@ from typing import Sequence
 import numpy as np
 from torch.utils.data import Dataset
 
-from ..errors import DataNotFoundError
+from ..errors import ConfigError, DataNotFoundError, check_ratio
 from ..paths import data_dir, offline
-from .datasets import DataBundle
-from .registry import register
-from .tensors import build_bundle, select_classes, stratified_split
+from .datasets import AUGMENTS, DataBundle
+from .registry import check_limit, register
+from .tensors import build_bundle, select_classes, stratified_limit, stratified_split
 from .transforms import PAPER_SCALE, image_transforms
 
 _LAYOUT = {
@@ -95,9 +95,16 @@ class ArrayImages(Dataset):
 
 
 def _load(name: str, image_size, root, download, limit, classes, val_fraction, augment, seed, pad) -> DataBundle:
+    check_limit(limit)
+    check_ratio("val_fraction", val_fraction)
+    size = image_size or 32
+    allowed = AUGMENTS if size < PAPER_SCALE else ("crop_flip", "randaugment", "none")
+    if augment not in allowed:
+        raise ConfigError(f"augment must be one of {allowed} for {name} at {size} px"
+                          + (" ('crop_flip' and 'randaugment' both mean timm's RandAugment pipeline there)"
+                             if size >= PAPER_SCALE else "") + f", got {augment!r}")
     base = _locate(name, root, download)
     train, test, names = read_cifar(base, name)
-    size = image_size or 32
     if size < PAPER_SCALE:
         return build_bundle(name, train, test, class_names=names, image_size=size, max_value=255.0,
                             classes=classes, limit=limit, val_fraction=val_fraction, augment=augment, seed=seed,
@@ -106,7 +113,7 @@ def _load(name: str, image_size, root, download, limit, classes, val_fraction, a
     te_x, te_y = select_classes(*test, classes)
     tr_idx, va_idx = stratified_split(tr_y, val_fraction, seed)
     if limit is not None:
-        tr_idx = tr_idx[:limit]
+        tr_idx = tr_idx[stratified_limit(tr_y[tr_idx], limit, seed)]
     train_tf, eval_tf = image_transforms(size, augment=augment != "none")
     kept = [names[c] for c in classes] if classes is not None else names
     return DataBundle(

@@ -11,10 +11,11 @@ from typing import Sequence
 
 import numpy as np
 
-from ..errors import DataNotFoundError
+from ..errors import ConfigError, DataNotFoundError, check_ratio
 from ..paths import data_dir, offline
+from .datasets import AUGMENTS
 from .idx import read_idx
-from .registry import register
+from .registry import check_limit, register
 from .tensors import build_bundle
 
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -43,15 +44,36 @@ def _find_files(folder: Path) -> dict[str, Path] | None:
 
 
 def candidate_dirs(root: Path | None = None) -> list[Path]:
-    """Folders searched, in order: ``root`` (if given) or ``data/fashion_mnist`` and torchvision's layout
-    ``data/FashionMNIST/raw``; then the Debian package's folder."""
+    """Folders searched, in order. With an explicit ``root``: ``root`` and torchvision's layout under it
+    (``root/FashionMNIST/raw``), nothing else. Without: ``data/fashion_mnist``, ``data/FashionMNIST/raw``, then
+    the Debian package's folder."""
+    if root is not None:
+        root = Path(root).expanduser()
+        return [root, root / "FashionMNIST" / "raw"]
     base = data_dir()
-    local = [Path(root)] if root is not None else [base / "fashion_mnist", base / "FashionMNIST" / "raw"]
-    return local + [DEBIAN_DIR]
+    return [base / "fashion_mnist", base / "FashionMNIST" / "raw", DEBIAN_DIR]
+
+
+def _download(into: Path) -> tuple[dict[str, Path] | None, str]:
+    """Download through torchvision into ``into``: (the files, "") or (None, why not)."""
+    try:
+        from torchvision.datasets import FashionMNIST
+
+        FashionMNIST(str(into), train=True, download=True)
+        FashionMNIST(str(into), train=False, download=True)
+        files = _find_files(into / "FashionMNIST" / "raw")
+        if files:
+            return files, ""
+        return None, "torchvision reported success but the files are missing"
+    except Exception as exc:  # network errors come in many types
+        return None, f"{type(exc).__name__}: {exc}"
 
 
 def locate(root: str | Path | None = None, download: bool | None = None) -> dict[str, Path]:
-    """Find the IDX files, downloading through torchvision as a last resort; one clear error if all fail."""
+    """Find the IDX files, downloading through torchvision as a last resort; one clear error if all fail.
+
+    An explicit ``root`` is honoured: the files must be there (or be downloaded there); ``data/`` and the Debian
+    package are not consulted."""
     dirs = candidate_dirs(Path(root) if root is not None else None)
     for d in dirs:
         files = _find_files(d)
@@ -59,18 +81,21 @@ def locate(root: str | Path | None = None, download: bool | None = None) -> dict
             return files
     allow = (not offline()) if download is None else download
     reason = "downloads disabled (SPARSELAB_OFFLINE=1 or download=False)"
-    if allow:
-        try:
-            from torchvision.datasets import FashionMNIST
-
-            FashionMNIST(str(data_dir()), train=True, download=True)
-            FashionMNIST(str(data_dir()), train=False, download=True)
-            files = _find_files(data_dir() / "FashionMNIST" / "raw")
+    if root is not None:
+        if allow and not dirs[0].is_file():
+            files, reason = _download(dirs[0])
             if files:
                 return files
-            reason = "torchvision reported success but the files are missing"
-        except Exception as exc:  # network errors come in many types
-            reason = f"{type(exc).__name__}: {exc}"
+        expected = ", ".join(f"{stem}[.gz]" for stem in _FILES.values())
+        raise DataNotFoundError(
+            f"Fashion-MNIST not found under root={str(root)!r}: expected {expected} in {dirs[0]} or {dirs[1]}"
+            f"{'' if dirs[0].is_dir() else ' (that folder does not exist)'}; download: {reason}. Fix: copy the "
+            f"four files there, or leave out root= to use {data_dir() / 'fashion_mnist'} or the Debian package "
+            f"({FIX_COMMAND})")
+    if allow:
+        files, reason = _download(data_dir())
+        if files:
+            return files
     raise DataNotFoundError(
         "Fashion-MNIST not found. Looked in:\n"
         f"  1. {dirs[0]}" + (f" and {dirs[1]}" if len(dirs) > 2 else "") + " (the project's data/ folder)\n"
@@ -92,6 +117,10 @@ def load_fashion_mnist(
     seed: int = 0,
 ):
     """Fashion-MNIST as normalised in-memory tensors (train/val carved from the 60k, test = the 10k)."""
+    check_limit(limit)
+    check_ratio("val_fraction", val_fraction)
+    if augment not in AUGMENTS:
+        raise ConfigError(f"augment must be one of {AUGMENTS}, got {augment!r}")
     files = locate(root, download)
     arrays = {k: read_idx(p) for k, p in files.items()}
     if len(arrays["train_images"]) != len(arrays["train_labels"]):

@@ -20,9 +20,30 @@ from torch.utils.data import Dataset, Subset
 from ..errors import ConfigError, DataNotFoundError, check_ratio
 from ..paths import data_dir, offline
 from .datasets import DataBundle
-from .registry import register
-from .tensors import stratified_split
+from .registry import check_limit, loader_options, register
+from .tensors import stratified_limit, stratified_split
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, image_transforms
+
+#: ``augment`` for photo datasets: the recipe's augmentation (timm's RandAugment pipeline at 128 px and up; a
+#: random crop after padding and a flip below) under either name, or none.
+PHOTO_AUGMENTS = ("randaugment", "crop_flip", "none")
+
+
+def _check_augment(augment: str) -> None:
+    if augment not in PHOTO_AUGMENTS:
+        raise ConfigError(f"augment must be one of {PHOTO_AUGMENTS} for photo datasets ('randaugment' and "
+                          f"'crop_flip' both mean the recipe's augmentation: RandAugment from 128 px, crop and flip "
+                          f"below), got {augment!r}")
+
+
+def _limited(labels: np.ndarray | None, n: int, limit: int | None, seed: int) -> np.ndarray:
+    """Indices of the first ``limit`` items kept in class proportion (all of them without a limit); without
+    labels the first ``limit``."""
+    if limit is None or limit >= n:
+        return np.arange(n)
+    if labels is None:
+        return np.arange(limit)
+    return stratified_limit(np.asarray(labels), limit, seed)
 
 
 class _Transformed(Dataset):
@@ -52,16 +73,20 @@ def _class_folder_tree(path: Path):
 def load_imagefolder(image_size: int | None = None, root: str | Path | None = None, val_fraction: float = 0.1,
                      test_fraction: float = 0.0, limit: int | None = None, augment: str = "randaugment",
                      seed: int = 0, name: str | None = None, pad: int | None = None,
-                     mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD, **_ignored):
+                     mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD):
     """Load an ImageFolder tree with timm's train/eval transforms (224 px by default; below 128 px a random crop
-    after ``pad`` pixels of padding and a flip), normalised by ``mean``/``std``."""
+    after ``pad`` pixels of padding and a flip), normalised by ``mean``/``std``. ``limit`` keeps that many
+    training images, classes in proportion."""
     if root is None:
         raise ConfigError("imagefolder needs root=<path of the tree>")
     root = Path(root).expanduser()
     if not root.is_dir():
-        raise DataNotFoundError(f"ImageFolder root {root} does not exist")
+        raise DataNotFoundError(f"ImageFolder root {root} does not exist" if not root.exists() else
+                                f"ImageFolder root {root} is a file, not a folder")
     check_ratio("val_fraction", val_fraction)
     check_ratio("test_fraction", test_fraction)
+    check_limit(limit)
+    _check_augment(augment)
     size = image_size or 224
     train_tf, eval_tf = image_transforms(size, mean=mean, std=std, augment=augment != "none", pad=pad)
     if (root / "train").is_dir():
@@ -87,7 +112,10 @@ def load_imagefolder(image_size: int | None = None, root: str | Path | None = No
         splits = {k: v for k, v in splits.items() if len(v)}
         classes = base.classes
     if limit is not None:
-        splits["train"] = Subset(splits["train"], list(range(min(limit, len(splits["train"])))))
+        train = splits["train"]
+        labels = np.asarray(train.base.targets)[np.asarray(train.indices, dtype=np.int64)]
+        keep = _limited(labels, len(train), limit, seed)
+        splits["train"] = _Transformed(train.base, np.asarray(train.indices)[keep], train.transform)
     return DataBundle(name or root.name, splits["train"], splits.get("val"), splits.get("test"),
                       num_classes=len(classes), in_chans=3, image_size=size, classes=list(classes))
 
@@ -101,7 +129,9 @@ def _named_tree(name: str, folder: str, hint: str, **defaults):
         return load_imagefolder(image_size=image_size, root=path, name=name, **{**defaults, **options})
 
     loader.__doc__ = f"{name} from an ImageFolder tree under data/{folder}."
-    register(name, f"{name}: ImageFolder tree under data/{folder}")(loader)
+    # it forwards its options to load_imagefolder: the same ones are allowed (the name is its own)
+    register(name, f"{name}: ImageFolder tree under data/{folder}",
+             options=loader_options(load_imagefolder, exclude=("image_size", "name")))(loader)
 
 
 _named_tree("inat19", "inat19", "Arrange the iNaturalist-2019 images as train/<class>/ and val/<class>/.")
@@ -115,9 +145,11 @@ _named_tree("tinyimagenet", "tiny-imagenet-200", "Arrange TinyImageNet as train/
 
 
 def _torchvision_loader(name: str, tv_class: str, splits: dict[str, str | None], num_classes: int):
-    def loader(image_size=None, root=None, download=None, augment="randaugment", limit=None, **_ignored):
+    def loader(image_size=None, root=None, download=None, augment="randaugment", limit=None, seed=0):
         import torchvision.datasets as tvd
 
+        check_limit(limit)
+        _check_augment(augment)
         size = image_size or 224
         base = Path(root) if root is not None else data_dir()
         allow = (not offline()) if download is None else download
@@ -135,11 +167,14 @@ def _torchvision_loader(name: str, tv_class: str, splits: dict[str, str | None],
                 raise DataNotFoundError(f"{name} ({tv_class}) not found under {base}: {why}. Fix: run once with "
                                         f"network access (torchvision downloads it there).") from None
         if limit is not None:
-            out["train"] = Subset(out["train"], list(range(min(limit, len(out["train"])))))
+            train = out["train"]
+            keep = _limited(getattr(train, "_labels", None), len(train), limit, seed)
+            out["train"] = Subset(train, keep.tolist())
         return DataBundle(name, out["train"], out["val"], out["test"], num_classes=num_classes, in_chans=3,
                           image_size=size)
 
-    loader.__doc__ = f"{name} through torchvision.datasets.{tv_class} with timm transforms."
+    loader.__doc__ = (f"{name} through torchvision.datasets.{tv_class} with timm transforms; ``limit`` keeps that many "
+                      f"training images, classes in proportion (``seed`` picks them).")
     register(name, f"{name} (torchvision {tv_class}, 224 px photos, {num_classes} classes)")(loader)
 
 

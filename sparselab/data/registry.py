@@ -8,9 +8,11 @@ Example:
 """
 from __future__ import annotations
 
+import difflib
+import inspect
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from ..errors import ConfigError, unknown_name
 from .datasets import DataBundle
@@ -23,19 +25,52 @@ class DatasetEntry:
     name: str
     loader: Callable[..., DataBundle]
     description: str
+    options: tuple[str, ...] | None = None  # the options the loader takes (None: any)
 
 
 _REGISTRY: dict[str, DatasetEntry] = {}
 
 
-def register(name: str, description: str = "") -> Callable[[Callable[..., DataBundle]], Callable[..., DataBundle]]:
-    """Decorator registering a loader ``fn(**options) -> DataBundle`` under ``name``."""
+def loader_options(fn: Callable[..., Any], exclude: Iterable[str] = ("image_size",)) -> tuple[str, ...] | None:
+    """The keyword options ``fn`` takes (its named parameters less ``exclude``); None when it takes ``**kwargs``."""
+    params = inspect.signature(fn).parameters.values()
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return None
+    return tuple(p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+                 and p.name not in set(exclude))
+
+
+def register(name: str, description: str = "", options: Iterable[str] | None = None,
+             ) -> Callable[[Callable[..., DataBundle]], Callable[..., DataBundle]]:
+    """Decorator registering a loader ``fn(image_size=None, **options) -> DataBundle`` under ``name``.
+
+    :func:`load` refuses options the loader does not take, naming the allowed ones: ``options`` lists them for a
+    loader that forwards ``**kwargs``; otherwise they are read from its signature.
+    """
 
     def deco(fn: Callable[..., DataBundle]) -> Callable[..., DataBundle]:
-        _REGISTRY[name] = DatasetEntry(name, fn, description or (fn.__doc__ or "").strip().splitlines()[0])
+        allowed = tuple(options) if options is not None else loader_options(fn)
+        _REGISTRY[name] = DatasetEntry(name, fn, description or (fn.__doc__ or "").strip().splitlines()[0], allowed)
         return fn
 
     return deco
+
+
+def check_limit(limit: Any) -> None:
+    """``limit`` (a cap on training images) is None or an integer >= 1."""
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ConfigError(f"limit must be a positive integer (a cap on training images) or None, got {limit!r}")
+
+
+def _check_options(dataset: str, allowed: Iterable[str] | None, options: dict[str, Any]) -> None:
+    if allowed is None:
+        return
+    allowed = sorted(allowed)
+    for key in options:
+        if key not in allowed:
+            close = difflib.get_close_matches(key, allowed, n=3, cutoff=0.6)
+            hint = (" Did you mean " + " or ".join(repr(c) for c in close) + "?") if close else ""
+            raise ConfigError(f"unknown option {key!r} for dataset {dataset!r}.{hint} Allowed: {', '.join(allowed)}")
 
 
 def available() -> dict[str, str]:
@@ -54,7 +89,8 @@ def load(name: str, split: str | None = None, image_size: int | None = None, **o
         **options: per-dataset options, e.g. ``root`` (where the files are), ``download`` (allow torchvision
             to download; off when ``SPARSELAB_OFFLINE=1``), ``limit`` (cap on training images, stratified),
             ``classes`` (keep these labels only, renumbered from 0), ``val_fraction`` (in [0, 1)),
-            ``augment`` (``none``, ``flip``, ``crop``, ``crop_flip``).
+            ``augment`` (``none``, ``flip``, ``crop``, ``crop_flip``). An option the dataset's loader does not take
+            raises :class:`~sparselab.errors.ConfigError` naming the allowed ones.
 
     Example:
         >>> import sparselab as sl
@@ -65,10 +101,25 @@ def load(name: str, split: str | None = None, image_size: int | None = None, **o
         raise ConfigError(f"split must be one of {SPLITS} or None, got {split!r}")
     if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 4):
         raise ConfigError(f"image_size must be an integer >= 4, got {image_size!r}")
+    if not isinstance(name, (str, Path)):
+        raise ConfigError(f"a dataset is named by a string (or the path of an ImageFolder tree), got {name!r}")
+    name = str(name)
+    check_limit(options.get("limit"))
     if name not in _REGISTRY:
         if "/" in name or Path(name).expanduser().is_dir():
-            bundle = _REGISTRY["imagefolder"].loader(root=name, image_size=image_size, **options)
-            return bundle if split is None else bundle.split(split)
-        raise unknown_name("dataset", name, _REGISTRY, "Or pass the path of an ImageFolder tree.")
-    bundle = _REGISTRY[name].loader(image_size=image_size, **options)
+            entry = _REGISTRY["imagefolder"]
+            if "root" in options:
+                raise ConfigError(f"the dataset is the path {name!r} already; pass root= with "
+                                  f"sparselab.data.load('imagefolder', root=...) instead")
+            allowed = None if entry.options is None else [o for o in entry.options if o != "root"]
+            _check_options(name, allowed, options)
+            bundle = entry.loader(root=name, image_size=image_size, **options)
+        else:
+            raise unknown_name("dataset", name, _REGISTRY, "Or pass the path of an ImageFolder tree.")
+    else:
+        entry = _REGISTRY[name]
+        _check_options(name, entry.options, options)
+        bundle = entry.loader(image_size=image_size, **options)
+    # what it was loaded with (part of a resumed run's data fingerprint); None means the loader's default
+    bundle.options = {k: v for k, v in options.items() if v is not None}
     return bundle if split is None else bundle.split(split)

@@ -34,11 +34,24 @@ def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np
 
 
 def stratified_limit(labels: np.ndarray, limit: int, seed: int) -> np.ndarray:
-    """Indices of at most ``limit`` items, classes kept in proportion (deterministic for a seed)."""
+    """Indices of exactly ``min(limit, len(labels))`` items, classes kept in proportion (largest remainders; ties
+    go to the larger class, then the lower label), sorted; deterministic for a seed."""
+    labels = np.asarray(labels)
     if limit >= len(labels):
         return np.arange(len(labels))
-    _, keep = stratified_split(labels, limit / len(labels), seed)
-    return keep
+    rng = np.random.default_rng(seed)
+    classes, counts = np.unique(labels, return_counts=True)
+    quota = counts * (limit / len(labels))
+    take = np.floor(quota).astype(int)
+    order = sorted(range(len(classes)), key=lambda i: (-(quota[i] - take[i]), -counts[i], i))
+    for i in order[: limit - int(take.sum())]:
+        take[i] += 1
+    keep = []
+    for c, k in zip(classes, take):
+        idx = np.flatnonzero(labels == c)
+        rng.shuffle(idx)
+        keep.append(idx[:k])
+    return np.sort(np.concatenate(keep))
 
 
 def select_classes(images: np.ndarray, labels: np.ndarray, classes: Sequence[int] | None):

@@ -8,13 +8,15 @@ Example:
 """
 from __future__ import annotations
 
+import difflib
+import inspect
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
 from torch import nn
 
-from ..errors import CheckpointError, ConfigError, unknown_name
+from ..errors import CheckpointError, ConfigError, UnknownNameError
 from . import small_vit
 from .checkpoints import load_into, read_state_dict
 from .cifar import CifarResNet, CifarVGG, LeNet300100, cifar_resnet
@@ -24,9 +26,8 @@ _OWN: dict[str, Callable[..., nn.Module]] = {
     "resnet32": partial(cifar_resnet, 32),
     "resnet56": partial(cifar_resnet, 56),
     "resnet32_wide": partial(cifar_resnet, 32, widths=(32, 64, 128)),
-    "vgg19_bn": lambda num_classes=10, in_chans=3, width=1.0, **_: CifarVGG(num_classes, in_chans, width),
-    "lenet_300_100": lambda num_classes=10, in_chans=1, image_size=28, **_: LeNet300100(num_classes, in_chans,
-                                                                                        image_size),
+    "vgg19_bn": lambda num_classes=10, in_chans=3, width=1.0: CifarVGG(num_classes, in_chans, width),
+    "lenet_300_100": lambda num_classes=10, in_chans=1, image_size=28: LeNet300100(num_classes, in_chans, image_size),
 }
 SOURCE_DATASETS = ("fashion_mnist",)
 
@@ -45,6 +46,69 @@ def _timm_names() -> list[str]:
     import timm
 
     return timm.list_models()
+
+
+def _unknown_model(name: str) -> UnknownNameError:
+    """The unknown-model error with suggestions: the names that start with (or contain) ``name``
+    (``lenet`` -> ``lenet_300_100``), else close spellings; sparselab's own names before timm's."""
+    own = available()
+    everything = own + _timm_names()
+    key = name.lower()
+    close = []
+    if len(key) >= 3:
+        close = ([c for c in own if c.startswith(key)] or [c for c in own if key in c]
+                 or [c for c in everything if c.startswith(key)])
+    if not close:
+        close = difflib.get_close_matches(name, own, n=3, cutoff=0.6)
+        close += difflib.get_close_matches(name, everything, n=3, cutoff=0.6)
+    close = list(dict.fromkeys(close))[:3]
+    hint = (" Did you mean " + " or ".join(repr(c) for c in close) + "?") if close else ""
+    return UnknownNameError(f"unknown model {name!r}.{hint} Available: {', '.join(own)}, or any timm model name "
+                            f"(list them: sparselab models --all)")
+
+
+def check_name(name: str) -> str:
+    """Return ``name`` if it names a model (sparselab's or timm's), else raise :class:`UnknownNameError` with
+    suggestions. Cheap: nothing is built.
+
+    Example:
+        >>> check_name("lenet")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        sparselab.errors.UnknownNameError: unknown model 'lenet'. Did you mean 'lenet_300_100'? Available: ...
+    """
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"a model name must be a non-empty string, got {name!r}")
+    if name in _OWN or name in small_vit.SMALL_VITS:
+        return name
+    import timm
+
+    if timm.is_model(name):
+        return name
+    raise _unknown_model(name)
+
+
+def input_size(name: str) -> int | None:
+    """The image side length a model is built for, where it is fixed by its name (sparselab's small ViTs);
+    None otherwise.
+
+    Example:
+        >>> input_size("vit_micro_patch4_32"), input_size("resnet20")
+        (32, None)
+    """
+    spec = small_vit.SMALL_VITS.get(name)
+    return spec["img_size"] if spec else None
+
+
+def check_input_size(model: nn.Module, name: str, image_size: int) -> None:
+    """Refuse, before training, data whose image size a ViT with a fixed input size cannot take."""
+    embed = getattr(model, "patch_embed", None)
+    size = getattr(embed, "img_size", None)
+    if size is None or getattr(model, "dynamic_img_size", False) or not getattr(embed, "strict_img_size", True):
+        return
+    if tuple(size) != (image_size, image_size):
+        raise ConfigError(f"{name} takes {size[0]}x{size[1]} images, but the data is {image_size} px; load it with "
+                          f"image_size={size[0]} (command line: --image-size {size[0]})")
 
 
 def create(name: str, num_classes: int = 10, in_chans: int | None = None, pretrained: bool | str = False,
@@ -67,9 +131,10 @@ def create(name: str, num_classes: int = 10, in_chans: int | None = None, pretra
         >>> sl.models.create("vit_nano_patch4_28", num_classes=5).head.out_features
         5
     """
+    check_name(name)  # a typo is an unknown model, not a pretrained-weights problem
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise ConfigError(f"num_classes must be a positive integer, got {num_classes!r}")
-    recipe = kwargs.pop("recipe", None)
+    recipe = kwargs.pop("recipe", None)  # used by pretrained=<source dataset> only
     if isinstance(pretrained, str) and pretrained in SOURCE_DATASETS:
         from .pretrained import source_pretrained
 
@@ -86,13 +151,18 @@ def create(name: str, num_classes: int = 10, in_chans: int | None = None, pretra
     if name in _OWN:
         if pretrained is True:
             raise ConfigError(f"{name} has no hub weights; pass a checkpoint path or pretrained=False")
+        allowed = [p.name for p in inspect.signature(_OWN[name]).parameters.values()
+                   if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and p.name != "num_classes"]
+        for key in kwargs:
+            if key not in allowed:
+                close = difflib.get_close_matches(key, allowed, n=1)
+                raise ConfigError(f"unknown option {key!r} for model {name!r}."
+                                  + (f" Did you mean {close[0]!r}?" if close else "")
+                                  + f" Allowed: {', '.join(allowed)}")
         model = _OWN[name](num_classes=num_classes, **kwargs)
     else:
         import timm
 
-        if not timm.is_model(name):
-            raise unknown_name("model", name, available() + _timm_names(), listed=available(),
-                               extra="or any timm model name (list them: sparselab models --all)")
         try:
             model = timm.create_model(name, pretrained=pretrained is True, num_classes=num_classes, **kwargs)
         except (OSError, RuntimeError) as exc:
@@ -120,5 +190,5 @@ def num_classes_of(model: nn.Module) -> int | None:
     return last[-1].out_features if last else None
 
 
-__all__ = ["create", "available", "num_classes_of", "CifarResNet", "CifarVGG", "LeNet300100", "read_state_dict",
-           "load_into"]
+__all__ = ["create", "available", "check_name", "input_size", "check_input_size", "num_classes_of", "CifarResNet",
+           "CifarVGG", "LeNet300100", "read_state_dict", "load_into"]

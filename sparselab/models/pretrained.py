@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,27 +65,54 @@ def source_record(model_name: str, dataset: str = "fashion_mnist", recipe: str =
     return json.loads(path.with_suffix(".json").read_text())
 
 
+def resume_dir(model_name: str, dataset: str = "fashion_mnist", recipe: str = "default") -> Path:
+    """Where an unfinished pretraining keeps its checkpoint (next to the cached weights; removed once they exist)."""
+    path = checkpoint_path(model_name, dataset, recipe)
+    return path.with_name(path.stem + ".checkpoint")
+
+
+def _check_source(model_name: str, dataset: str) -> None:
+    from . import small_vit
+
+    if model_name not in small_vit.SMALL_VITS:
+        from . import check_name
+
+        check_name(model_name)  # a typo gets the unknown-model error with suggestions
+        raise ConfigError(f"source pretraining exists for sparselab's small ViTs ({', '.join(small_vit.SMALL_VITS)}), "
+                          f"not {model_name!r}")
+    from . import SOURCE_DATASETS
+
+    if dataset not in SOURCE_DATASETS:
+        raise unknown_name("source dataset", dataset, SOURCE_DATASETS)
+
+
 def pretrain(model_name: str, dataset: str = "fashion_mnist", recipe: str = "default", force: bool = False,
-             progress: bool = True) -> Path:
+             progress: bool = True, resume: bool = False) -> Path:
     """Train ``model_name`` on the source dataset with ``recipe`` and cache its weights; returns the path.
 
-    Skips training when the cache exists (unless ``force``). Deterministic for a recipe on a given machine.
+    Skips training when the cache exists (unless ``force``). Deterministic for a recipe on a given machine. The
+    source images are resized to the model's input size (Fashion-MNIST's 28 px to 32 px for
+    ``vit_micro_patch4_32``), in one channel. While it trains, a checkpoint is kept in :func:`resume_dir`:
+    Ctrl-C stops at a step boundary, and ``resume=True`` continues from there to the same weights.
     """
     from .. import data as sl_data
     from ..training import fit
-    from . import create
+    from . import create, small_vit
 
+    _check_source(model_name, dataset)
     path = checkpoint_path(model_name, dataset, recipe)
     if path.exists() and not force:
         return path
     rec = RECIPES[recipe]
-    bundle = sl_data.load(dataset, limit=rec.limit, seed=rec.seed)
+    bundle = sl_data.load(dataset, image_size=small_vit.SMALL_VITS[model_name]["img_size"], limit=rec.limit,
+                          seed=rec.seed)
     with torch.random.fork_rng():
         torch.manual_seed(rec.seed)
         model = create(model_name, num_classes=bundle.num_classes, in_chans=bundle.in_chans)
+    ckpt_dir = resume_dir(model_name, dataset, recipe)
     history = fit(model, bundle, epochs=rec.epochs, batch_size=rec.batch_size, lr=rec.lr,
                   weight_decay=rec.weight_decay, warmup_steps=rec.warmup_steps, lr_schedule="cosine",
-                  seed=rec.seed, progress=progress, device="cpu")
+                  seed=rec.seed, progress=progress, device="cpu", checkpoint_dir=ckpt_dir, resume=resume)
     from safetensors.torch import save_file
 
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -92,9 +120,11 @@ def pretrain(model_name: str, dataset: str = "fashion_mnist", recipe: str = "def
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
     tmp.replace(path)
     record = {"model": model_name, "dataset": dataset, "recipe": recipe, **dataclasses.asdict(rec),
+              "image_size": bundle.image_size,
               "test_acc": history.last("acc", split="test"), "val_acc": history.last("acc", split="val"),
               "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
     path.with_suffix(".json").write_text(json.dumps(record, indent=2))
+    shutil.rmtree(ckpt_dir, ignore_errors=True)
     return path
 
 

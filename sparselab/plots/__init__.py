@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import plotly.io as pio
 
-from .art import plot_exchange, plot_gradient_profile
+from .art import plot_art_keep_ratios, plot_exchange, plot_gradient_profile
 from .attribution import plot_attribution_comparison
 from .criteria import plot_block_criteria, plot_block_scores
 from .export import export_figures
@@ -34,4 +34,4 @@ def use_notebook_renderer() -> str:
 
 
 __all__ = ["use_notebook_renderer", "export_figures", "plot_attribution_comparison", "plot_block_benefit", "plot_keep_ratios", "plot_reactivations", "plot_layer_keep_ratios",
-           "plot_weight_patterns", "plot_gradient_profile", "plot_exchange", "plot_block_criteria", "plot_block_scores"]
+           "plot_weight_patterns", "plot_gradient_profile", "plot_exchange", "plot_art_keep_ratios", "plot_block_criteria", "plot_block_scores"]

@@ -137,3 +137,42 @@ def plot_exchange(history: History, runs: Sequence[str] | None = None) -> go.Fig
     fig.update_layout(template=_TEMPLATE, title="Exploration → exploitation of the kept weights during ART")
     return fig
 
+
+
+def plot_art_keep_ratios(history: History, run: str | None = None, log: bool = False) -> go.Figure:
+    """Keep ratio of every prunable layer over ART epochs (the ``keep_ratio`` block metric that ART logs at the
+    end of each ART epoch: the share of the layer's weights in the current top 1−κ), one line per layer in
+    module order.
+
+    Example:
+        >>> h = History(meta={"run": "hs"})
+        >>> for e, (a, b) in enumerate([(0.3, 0.1), (0.2, 0.05)]):
+        ...     h.log_metrics({"art_epoch": e}, step=10 * e, epoch=e)
+        ...     h.log_blocks("keep_ratio", {"fc1.weight": a, "fc2.weight": b}, step=10 * e, epoch=e)
+        >>> fig = plot_art_keep_ratios(h)
+        >>> [t.name for t in fig.data], list(fig.data[0].x)
+        (['fc1.weight', 'fc2.weight'], [0, 1])
+    """
+    tables = select_run(history, run)
+    blocks = tables["blocks"]
+    blocks = blocks[blocks["metric"] == "keep_ratio"]
+    if blocks.empty:
+        raise ConfigError("this History has no per-layer keep ratios (block metric 'keep_ratio'): they are "
+                          "recorded by sparselab.ART")
+    metrics = tables["metrics"]
+    epochs = metrics[metrics["name"] == "art_epoch"].groupby("step")["value"].last()
+    x_of = {int(s): int(v) for s, v in epochs.items()}
+    x_title = "ART epoch" if x_of else "epoch"
+    layers = list(dict.fromkeys(blocks["block"]))  # the order ART logs them in: module order
+    colors = pcolors.sample_colorscale("Viridis", [i / max(len(layers) - 1, 1) for i in range(len(layers))])
+    fig = go.Figure()
+    for layer, color in zip(layers, colors):
+        rows = blocks[blocks["block"] == layer].groupby("step").agg(value=("value", "last"), epoch=("epoch", "last"))
+        x = [x_of.get(int(s), int(e)) if x_of else int(e) for s, e in zip(rows.index, rows["epoch"])]
+        fig.add_trace(go.Scatter(x=x, y=rows["value"].tolist(), mode="lines+markers", name=layer,
+                                 line=dict(color=color),
+                                 hovertemplate=f"{layer}<br>{x_title} %{{x}}<br>keep ratio %{{y:.4f}}<extra></extra>"))
+    fig.update_xaxes(title_text=x_title)
+    fig.update_yaxes(title_text="keep ratio (kept / all weights)", type="log" if log else "linear")
+    fig.update_layout(template=_TEMPLATE, title="Keep ratio per layer over ART epochs")
+    return fig

@@ -120,8 +120,6 @@ class TrainConfig:
             raise unknown_name("amp_dtype", self.amp_dtype, AMP_DTYPES)
         if self.weight_decay_on not in WEIGHT_DECAY_ON:
             raise unknown_name("weight_decay_on", self.weight_decay_on, WEIGHT_DECAY_ON)
-        if not 0 <= self.min_lr < self.lr:
-            raise ConfigError(f"min_lr must lie in [0, lr={self.lr}), got {self.min_lr}")
         if self.eval_split not in ("val", "test"):
             raise ConfigError(f"eval_split must be 'val' or 'test', got {self.eval_split!r}")
         check_finite("lr", self.lr, low=0, low_inclusive=False)
@@ -129,6 +127,8 @@ class TrainConfig:
         check_finite("momentum", self.momentum, low=0, high=1)
         check_finite("lr_gamma", self.lr_gamma, low=0, low_inclusive=False)
         check_finite("min_lr", self.min_lr, low=0)
+        if not self.min_lr < self.lr:
+            raise ConfigError(f"min_lr must lie in [0, lr={self.lr}), got {self.min_lr}")
         if self.grad_clip is not None:
             check_finite("grad_clip", self.grad_clip, low=0, low_inclusive=False)
         if isinstance(self.warmup_steps, bool) or not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
