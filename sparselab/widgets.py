@@ -1,4 +1,4 @@
-"""Interactive explorers for Jupyter: ipywidgets controls driving plotly ``FigureWidget`` figures in the kernel.
+"""Interactive explorers for Jupyter: ipywidgets controls driving plotly figures in the kernel.
 
 * :class:`SparsityExplorer` — prune a trained network (or checkpoints of it) by magnitude at any sparsity and see
   the held-out accuracy, the per-layer keep ratios and where the kept weights sit.
@@ -9,7 +9,10 @@
 
 Every explorer keeps its controls and figures as attributes (``explorer.slider.value = 0.9`` updates everything,
 which is also how the tests drive them), exposes the assembled ``ipywidgets.VBox`` as ``explorer.widget`` and
-recomputes in :meth:`update`. Figures are changed in place with ``fig.batch_update()``.
+recomputes in :meth:`update`. Each figure is a :class:`LiveFigure`: a plotly figure changed in place with
+``fig.batch_update()`` and redrawn into an ``ipywidgets.Output`` as an ordinary figure output. An executed notebook
+therefore stays small (the figure data, with plotly.js at most once from the notebook renderer, instead of a copy of
+plotly.js per ``FigureWidget``) and its figures render without a kernel.
 
 Example:
     >>> import sparselab as sl
@@ -43,7 +46,7 @@ from .structure.compact import compact_stats, compact_vit
 from .structure.unstructured import num_pruned, prunable_weights, sparsity as mask_sparsity
 from .structure.vit import ViTStructure
 
-__all__ = ["SparsityExplorer", "BudgetExplorer", "TraceScrubber"]
+__all__ = ["SparsityExplorer", "BudgetExplorer", "TraceScrubber", "LiveFigure"]
 
 _TEMPLATE = "plotly_white"
 GLOBAL = "global magnitude"
@@ -71,9 +74,66 @@ def _held_out(data: Any, max_eval: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.stack([torch.as_tensor(x) for x, _ in items]).float(), torch.tensor([int(y) for _, y in items])
 
 
-def _bar_figure(title: str, names: list[str], y_title: str, traces: list[str]) -> go.FigureWidget:
-    fig = go.FigureWidget(layout=dict(template=_TEMPLATE, title=title, height=320, barmode="group",
-                                      margin=dict(l=50, r=20, t=50, b=50), yaxis_title=y_title))
+class LiveFigure(go.Figure):
+    """A plotly figure shown in an ``ipywidgets.Output`` (:attr:`widget`) and redrawn there after every
+    ``batch_update()`` block — the behaviour of a ``FigureWidget`` for explorers, stored as plain figure outputs.
+
+    Example:
+        >>> fig = LiveFigure()
+        >>> with fig.batch_update():
+        ...     _ = fig.add_bar(x=["a", "b"], y=[1, 2])
+        >>> list(fig.data[0].y)
+        [1, 2]
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._output = widgets.Output()
+        self._shown = False
+
+    @property
+    def widget(self) -> widgets.Output:
+        """The output area the figure is drawn into (drawn now, and again after every change)."""
+        self._shown = True
+        self.redraw()
+        return self._output
+
+    def batch_update(self):
+        return _RedrawAfter(self, super().batch_update())
+
+    def redraw(self) -> None:
+        """Replace the drawn figure with the current one (only inside an IPython kernel, once shown)."""
+        if not self._shown:
+            return
+        try:
+            from IPython import get_ipython
+            from IPython.display import clear_output, display
+        except ImportError:  # pragma: no cover - IPython comes with ipywidgets
+            return
+        if get_ipython() is None:
+            return
+        with self._output:
+            clear_output(wait=True)
+            display(go.Figure(self))
+
+
+class _RedrawAfter:
+    def __init__(self, fig: LiveFigure, inner):
+        self.fig, self.inner = fig, inner
+
+    def __enter__(self):
+        return self.inner.__enter__()
+
+    def __exit__(self, *exc):
+        result = self.inner.__exit__(*exc)
+        if exc[0] is None:
+            self.fig.redraw()
+        return result
+
+
+def _bar_figure(title: str, names: list[str], y_title: str, traces: list[str]) -> LiveFigure:
+    fig = LiveFigure(layout=dict(template=_TEMPLATE, title=title, height=320, barmode="group",
+                                 margin=dict(l=50, r=20, t=50, b=50), yaxis_title=y_title))
     for name in traces:
         fig.add_bar(x=names, y=[0.0] * len(names), name=name)
     return fig
@@ -161,8 +221,8 @@ class SparsityExplorer:
         self.bars.update_yaxes(range=[0, 1.05])
         self.bars.update_layout(width=560)  # side by side with the heatmap in a notebook cell
         self.bars.data[0].hovertemplate = "%{x}<br>keep ratio %{y:.4f}<br>kept %{customdata}<extra></extra>"
-        self.heatmap = go.FigureWidget(layout=dict(template=_TEMPLATE, height=320, width=460,
-                                                   margin=dict(l=50, r=20, t=50, b=50)))
+        self.heatmap = LiveFigure(layout=dict(template=_TEMPLATE, height=320, width=460,
+                                              margin=dict(l=50, r=20, t=50, b=50)))
         if self._pixel_shape is not None:
             c, h, w = self._pixel_shape
             self.heatmap.add_heatmap(z=np.zeros((h, w)), colorscale="Viridis", zmin=0, zmax=1,
@@ -190,7 +250,7 @@ class SparsityExplorer:
     def widget(self) -> widgets.VBox:
         """Controls, accuracy line and the two figures, ready to display."""
         return widgets.VBox([widgets.HBox([self.method, self.slider]), self.info,
-                             widgets.HBox([self.bars, self.heatmap])])
+                             widgets.HBox([self.bars.widget, self.heatmap.widget])])
 
     def _masks(self, source: str, scope: str, s: float) -> dict[str, torch.Tensor]:
         per_layer, flat = self._mags[source]
@@ -352,7 +412,7 @@ class BudgetExplorer:
     @property
     def widget(self) -> widgets.VBox:
         """Slider, size/latency line and keep-ratio bars, ready to display."""
-        return widgets.VBox([self.slider, self.info, self.bars])
+        return widgets.VBox([self.slider, self.info, self.bars.widget])
 
     def budget(self, prune_ratio: float) -> float:
         """Linear parameters the blocks may keep at ``prune_ratio`` (P3B's budget)."""
@@ -464,7 +524,8 @@ class TraceScrubber:
         """Slider, step line, the two figures and the events table, ready to display."""
         self.benefit.update_layout(width=560)
         self.keep.update_layout(width=560)
-        return widgets.VBox([self.slider, self.info, widgets.HBox([self.benefit, self.keep]), self.table])
+        return widgets.VBox([self.slider, self.info, widgets.HBox([self.benefit.widget, self.keep.widget]),
+                             self.table])
 
     def values(self, metric: str, step: int) -> list[float]:
         """The History's ``metric`` per block (in ``names`` order) at ``step``; NaN where not recorded."""
