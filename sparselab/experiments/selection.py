@@ -1,0 +1,79 @@
+"""Choosing the CPU-scale setting by a rule fixed before any method is compared.
+
+A setting can tell pruning methods apart only if pruning costs something there. The rule, written down before
+P3B is compared with anything:
+
+    a candidate setting qualifies when, over ``seeds`` (at least 5),
+    (1) uniform allocation at the highest prune ratio loses at least ``min_loss`` (3 points) of test accuracy
+        against dense fine-tuning of the same seeds, and
+    (2) dense fine-tuning's seed standard deviation is below ``max_dense_std`` (0.5 points);
+    candidates are measured in a fixed order and the first that qualifies is the setting.
+
+Only dense fine-tuning and the uniform baseline are run, so the rule cannot look at which method wins.
+
+Example:
+    >>> RULE.min_loss, RULE.max_dense_std
+    (0.03, 0.005)
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from ..stats import mean_ci
+from .p3b import P3BPreset, run_p3b
+from .presets import load_data
+
+
+@dataclass(frozen=True)
+class SettingRule:
+    """The thresholds of the selection rule (accuracies as fractions)."""
+
+    min_loss: float = 0.03
+    max_dense_std: float = 0.005
+    min_seeds: int = 5
+
+
+RULE = SettingRule()
+
+
+def measure_candidate(preset: P3BPreset, ratio: float = 0.9, seeds: Sequence[int] = (0, 1, 2, 3, 4),
+                      rule: SettingRule = RULE, progress: bool = True) -> dict:
+    """Dense fine-tuning and uniform allocation at ``ratio`` for every seed of one candidate, and whether the
+    candidate qualifies under ``rule``. Returns the per-run rows and the summary."""
+    data = load_data(preset)
+    rows = []
+    jobs = [(m, s) for s in seeds for m in ("dense", "uniform")]
+    for method, seed in tqdm(jobs, desc=f"candidate {preset.name}", disable=not progress):
+        run = run_p3b(preset, method, ratio, seed, data=data, progress=False, measure_latency=False)
+        rows.append({"candidate": preset.name, "method": method, "prune_ratio": run.prune_ratio, "seed": seed,
+                     "acc": run.result["acc"]})
+    table = pd.DataFrame(rows)
+    dense = table[table.method == "dense"].set_index("seed").acc
+    uniform = table[table.method == "uniform"].set_index("seed").acc
+    loss_mean, loss_low, loss_high, n = mean_ci(dense - uniform)
+    std = float(dense.std(ddof=1)) if len(dense) > 1 else math.nan
+    summary = {"candidate": preset.name, "data": preset.data, "model": preset.model, "ratio": ratio,
+               "seeds": len(seeds), "dense_mean": float(dense.mean()), "dense_std": std,
+               "uniform_mean": float(uniform.mean()), "loss": loss_mean, "loss_low": loss_low,
+               "loss_high": loss_high,
+               "qualifies": bool(len(seeds) >= rule.min_seeds and loss_mean >= rule.min_loss
+                                 and std < rule.max_dense_std)}
+    return {"runs": table, "summary": summary}
+
+
+def select_setting(candidates: Sequence[P3BPreset], ratio: float = 0.9, seeds: Sequence[int] = (0, 1, 2, 3, 4),
+                   rule: SettingRule = RULE, progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Measure candidates in order until one qualifies; returns (summary per measured candidate, all runs)."""
+    summaries, runs = [], []
+    for preset in candidates:
+        result = measure_candidate(preset, ratio, seeds, rule, progress)
+        summaries.append(result["summary"])
+        runs.append(result["runs"])
+        if result["summary"]["qualifies"]:
+            break
+    return pd.DataFrame(summaries), pd.concat(runs, ignore_index=True)

@@ -1,0 +1,37 @@
+"""The setting-selection rule: decided by dense fine-tuning and the uniform baseline alone, first candidate that
+qualifies wins."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from sparselab.experiments import selection
+from sparselab.experiments.p3b import p3b_preset
+
+
+def _scripted(accs):
+    def fake_run(preset, method, ratio, seed, **_):
+        return SimpleNamespace(prune_ratio=0.0 if method == "dense" else ratio,
+                               result={"acc": accs[preset.name][method][seed]})
+    return fake_run
+
+
+def test_the_first_qualifying_candidate_is_chosen_and_only_dense_and_uniform_run(monkeypatch):
+    easy = p3b_preset("tiny").replace(name="easy")
+    hard = p3b_preset("tiny").replace(name="hard")
+    noisy = p3b_preset("tiny").replace(name="noisy")
+    accs = {
+        "easy": {"dense": [0.96, 0.961, 0.962, 0.96, 0.961], "uniform": [0.95, 0.951, 0.95, 0.952, 0.95]},
+        "hard": {"dense": [0.90, 0.901, 0.902, 0.90, 0.899], "uniform": [0.85, 0.86, 0.84, 0.85, 0.86]},
+        "noisy": {"dense": [0.90, 0.95, 0.85, 0.92, 0.88], "uniform": [0.5] * 5},
+    }
+    monkeypatch.setattr(selection, "run_p3b", _scripted(accs))
+    monkeypatch.setattr(selection, "load_data", lambda preset: None)
+    summary, runs = selection.select_setting([easy, noisy, hard, easy], progress=False)
+    assert summary.candidate.tolist() == ["easy", "noisy", "hard"]  # stops at the first that qualifies
+    assert summary.qualifies.tolist() == [False, False, True]
+    assert set(runs.method) == {"dense", "uniform"}
+    assert summary.loss.iloc[2] == pytest.approx(0.0484)
+    one = selection.measure_candidate(hard, seeds=(0, 1, 2), progress=False)["summary"]
+    assert not one["qualifies"]  # fewer seeds than the rule asks for
