@@ -35,3 +35,13 @@ def test_the_first_qualifying_candidate_is_chosen_and_only_dense_and_uniform_run
     assert summary.loss.iloc[2] == pytest.approx(0.0484)
     one = selection.measure_candidate(hard, seeds=(0, 1, 2), progress=False)["summary"]
     assert not one["qualifies"]  # fewer seeds than the rule asks for
+
+
+def test_the_committed_candidates_follow_the_rule():
+    table = selection.committed_selection()
+    assert len(table) >= 1
+    for _, row in table.iterrows():
+        expected = (row.seeds >= selection.RULE.min_seeds and row.loss >= row.min_loss
+                    and row.dense_std < row.max_dense_std)
+        assert bool(row.qualifies) == bool(expected)
+        assert row.loss_low <= row.loss <= row.loss_high

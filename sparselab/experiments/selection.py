@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
 import pandas as pd
@@ -64,6 +65,16 @@ def measure_candidate(preset: P3BPreset, ratio: float = 0.9, seeds: Sequence[int
                "qualifies": bool(len(seeds) >= rule.min_seeds and loss_mean >= rule.min_loss
                                  and std < rule.max_dense_std)}
     return {"runs": table, "summary": summary}
+
+
+RESULTS = Path(__file__).resolve().parents[2] / "docs" / "results"
+
+
+def committed_selection() -> pd.DataFrame:
+    """The candidates measured so far (``scripts/select_setting.py`` writes ``docs/results/setting_selection.csv``),
+    with the rule's thresholds; empty when none has been measured."""
+    path = RESULTS / "setting_selection.csv"
+    return pd.read_csv(path) if path.exists() else pd.DataFrame()
 
 
 def select_setting(candidates: Sequence[P3BPreset], ratio: float = 0.9, seeds: Sequence[int] = (0, 1, 2, 3, 4),
