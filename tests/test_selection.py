@@ -45,3 +45,14 @@ def test_the_committed_candidates_follow_the_rule():
                     and row.dense_std < row.max_dense_std)
         assert bool(row.qualifies) == bool(expected)
         assert row.loss_low <= row.loss <= row.loss_high
+
+
+def test_the_class_split_candidate_separates_source_and_target_classes():
+    from sparselab.models.pretrained import RECIPES, SourceRecipe
+
+    assert RECIPES["split04"].classes == (0, 1, 2, 3, 4)
+    assert SourceRecipe().key() == RECIPES["default"].key()  # recipes without a split keep their cache key
+    assert SourceRecipe(classes=(0, 1)).key() != SourceRecipe().key()
+    preset = p3b_preset("cpu-split")
+    target = set(preset.data_options["classes"])
+    assert target.isdisjoint(RECIPES[preset.recipe].classes) and preset.data == "fashion_mnist"

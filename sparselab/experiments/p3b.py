@@ -128,6 +128,11 @@ PRESETS: dict[str, P3BPreset] = {
         finetune_epochs=2, finetune=dict(lr=2e-4, batch_size=64, lr_schedule="cosine"), seeds=(0, 1),
     ),
 }
+# a class-split transfer with a larger test set (5 000 images): the source model saw Fashion-MNIST classes 0-4, the
+# target is classes 5-9 (2 500 training images); a candidate of the setting-selection rule
+PRESETS["cpu-split"] = PRESETS["cpu"].replace(
+    name="cpu-split", recipe="split04", data="fashion_mnist",
+    data_options={"classes": [5, 6, 7, 8, 9], "limit": 2500, "augment": "flip"})
 for _model, _tag in (("deit_small_patch16_224", "s"), ("deit_tiny_patch16_224", "t")):
     for _data in ("cifar100", "ifood", "inat19"):
         PRESETS[f"paper-deit-{_tag}-{_data}"] = _paper(f"paper-deit-{_tag}-{_data}", _model, _data)
