@@ -133,6 +133,8 @@ PRESETS: dict[str, P3BPreset] = {
 PRESETS["cpu-split"] = PRESETS["cpu"].replace(
     name="cpu-split", recipe="split04", data="fashion_mnist",
     data_options={"classes": [5, 6, 7, 8, 9], "limit": 2500, "augment": "flip"})
+PRESETS["cpu-split-1k"] = PRESETS["cpu-split"].replace(  # the next candidate: less target data to recover with
+    name="cpu-split-1k", data_options={"classes": [5, 6, 7, 8, 9], "limit": 1000, "augment": "flip"})
 for _model, _tag in (("deit_small_patch16_224", "s"), ("deit_tiny_patch16_224", "t")):
     for _data in ("cifar100", "ifood", "inat19"):
         PRESETS[f"paper-deit-{_tag}-{_data}"] = _paper(f"paper-deit-{_tag}-{_data}", _model, _data)
