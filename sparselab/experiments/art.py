@@ -37,7 +37,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .. import models
-from ..errors import ConfigError, check_finite, check_ratio, unknown_name
+from ..errors import ConfigError, check_finite, check_positive_int, check_ratio, unknown_name
 from ..history import History
 from ..pruners import ART, FixedMask, GradualMagnitude
 from ..structure.unstructured import apply_masks, magnitude_masks, prunable_weights, sparsity
@@ -73,11 +73,9 @@ class ARTPreset:
     seeds: tuple[int, ...] = (0,)
 
     def __post_init__(self) -> None:
-        for name, low in (("warmup_epochs", 0), ("max_art_epochs", 1), ("gmp_epochs", 1), ("finetune_epochs", 1)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                why = " (ART's result is the fine-tuned sparse model)" if name == "finetune_epochs" else ""
-                raise ConfigError(f"{name} must be an integer >= {low}{why}, got {value!r}")
+        check_positive_int("warmup_epochs", self.warmup_epochs, allow_zero=True)
+        for name in ("max_art_epochs", "gmp_epochs", "finetune_epochs"):  # ART's result is the fine-tuned model
+            check_positive_int(name, getattr(self, name))
         check_finite("lam_init", self.lam_init, low=0, low_inclusive=False)
         check_finite("eta", self.eta, low=1)
         for s in self.sparsities:

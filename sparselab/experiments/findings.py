@@ -44,9 +44,8 @@ def p3b_findings(table: pd.DataFrame, runs: Sequence = (), probes: Sequence[str]
             pair = pd.concat([p3b, pruned[pruned.method == other]])
             diffs = paired_differences(pair, other, methods=["p3b"])
             for _, r in diffs.iterrows():
-                expect = "positive"
                 lines.append(finding(f"P3B − {P3B_NAMES.get(other, other)} at {r.prune_ratio * 100:g} %", r["diff"],
-                                     r["low"], r["high"], int(r["n"]), expect))
+                                     r["low"], r["high"], int(r["n"])))
         dense = table[table.method == "dense"].set_index("seed").acc
         for ratio, group in p3b.groupby("prune_ratio"):
             mine = group.set_index("seed").acc

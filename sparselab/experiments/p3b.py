@@ -31,7 +31,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .. import models
-from ..errors import ConfigError, check_ratio, unknown_name
+from ..errors import ConfigError, check_positive_int, check_ratio, unknown_name
 from ..history import History
 from ..latency import latency_ms
 from ..probes import FAST_PROBES
@@ -77,10 +77,7 @@ class P3BPreset:
     seeds: tuple[int, ...] = (0, 1, 2)
 
     def __post_init__(self) -> None:
-        if isinstance(self.finetune_epochs, bool) or not isinstance(self.finetune_epochs, int) \
-                or self.finetune_epochs < 0:
-            raise ConfigError(f"finetune_epochs must be an integer >= 0 (0: no compact fine-tuning), got "
-                              f"{self.finetune_epochs!r}")
+        check_positive_int("finetune_epochs", self.finetune_epochs, allow_zero=True)  # 0: no compact fine-tuning
         for m in self.methods:
             if m not in METHODS:
                 raise unknown_name("method", m, METHODS)

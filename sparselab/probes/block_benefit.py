@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, check_finite
 from ..structure.taps import ResidualTaps
 from ..structure.vit import ViTStructure
 from ..training import distributed as dist_utils
@@ -86,10 +86,9 @@ class BlockBenefit(WindowedRecorder):
             raise ConfigError(f"probe_every must be an integer >= 1 (1 = every step), got {probe_every!r}")
         if not 0 < probe_fraction <= 1:
             raise ConfigError(f"probe_fraction must lie in (0, 1] (1 = the whole batch), got {probe_fraction!r}")
-        if lr is not None and not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
-            raise ConfigError(f"the probes' lr must be a finite number > 0 (or None: the model's), got {lr!r}")
-        if not (isinstance(weight_decay, (int, float)) and math.isfinite(weight_decay) and weight_decay >= 0):
-            raise ConfigError(f"the probes' weight_decay must be a finite number >= 0, got {weight_decay!r}")
+        if lr is not None:  # None: the model's learning rate
+            check_finite("the probes' lr", lr, low=0, low_inclusive=False)
+        check_finite("the probes' weight_decay", weight_decay, low=0)
         self.probe_every, self.probe_fraction = probe_every, float(probe_fraction)
         self.lr, self.weight_decay = lr, float(weight_decay)
         self.structure = structure or ViTStructure(model)

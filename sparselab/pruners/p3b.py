@@ -30,7 +30,7 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
-from ..errors import ConfigError, check_finite, check_ratio, unknown_name
+from ..errors import ConfigError, check_finite, check_positive_int, check_ratio, unknown_name
 from ..probes.block_benefit import BlockBenefit, all_reduce_mean_grads
 from ..structure.gates import Gates
 from ..structure.vit import BlockInfo, ViTStructure
@@ -112,17 +112,11 @@ class P3B(Pruner):
         self.blocks_only = blocks_only
         if allocation == "fixed" and not all(math.isfinite(float(k)) for k in keep_ratios):
             raise ConfigError(f"keep_ratios must be finite numbers >= 0, got {list(keep_ratios)!r}")
-        for name, value in (("benefit_scale", benefit_scale), ("momentum", momentum),
-                            ("class_weight", class_weight)):
-            check_finite(name, value)
-        if not benefit_scale > 0:
-            raise ConfigError(f"benefit_scale must be > 0, got {benefit_scale}")
+        check_finite("benefit_scale", benefit_scale, low=0, low_inclusive=False)  # momentum, class_weight: above
         for gate, factor in self.gate_factors.items():
             check_finite(f"gate_factors[{gate!r}]", factor, low=0, low_inclusive=False)
-        if freeze_allocation_after is not None and (isinstance(freeze_allocation_after, bool) or not isinstance(
-                freeze_allocation_after, int) or freeze_allocation_after < 1):
-            raise ConfigError(f"freeze_allocation_after must be None or an integer >= 1 (updates), got "
-                              f"{freeze_allocation_after!r}")
+        if freeze_allocation_after is not None:
+            check_positive_int("freeze_allocation_after", freeze_allocation_after)
         self.reactivation, self.freeze_allocation_after = bool(reactivation), freeze_allocation_after
         self._config = {
             "prune_ratio": self.prune_ratio, "schedule": dataclasses.asdict(self.schedule), "allocation": allocation,

@@ -92,16 +92,16 @@ def local_chunk(batch: torch.Tensor, rank: int, world_size: int) -> slice:
     return slice(start, stop)
 
 
-def train_batches(dataset: Dataset, batches: list[torch.Tensor], start: int, generator: torch.Generator, rank: int,
+def train_batches(dataset: Dataset, batches: list[torch.Tensor], generator: torch.Generator, rank: int,
                   world_size: int, num_workers: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Yield this process's part of global batches ``batches[start:]``."""
+    """Yield this process's part of each global batch in ``batches``."""
     if isinstance(dataset, TensorImages):
-        for idx in batches[start:]:
+        for idx in batches:
             x, y = dataset.get_batch(idx, generator, train=True)
             part = local_chunk(idx, rank, world_size)
             yield x[part], y[part]
         return
-    local = [idx[local_chunk(idx, rank, world_size)].tolist() for idx in batches[start:]]
+    local = [idx[local_chunk(idx, rank, world_size)].tolist() for idx in batches]
     yield from DataLoader(dataset, batch_sampler=local, num_workers=num_workers)
 
 

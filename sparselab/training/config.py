@@ -11,7 +11,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import ConfigError, check_finite, check_ratio, unknown_name
+from ..errors import ConfigError, check_finite, check_positive_int, check_ratio, unknown_name
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
 LR_SCHEDULES = ("constant", "cosine", "step")
@@ -131,8 +131,7 @@ class TrainConfig:
             raise ConfigError(f"min_lr must lie in [0, lr={self.lr}), got {self.min_lr}")
         if self.grad_clip is not None:
             check_finite("grad_clip", self.grad_clip, low=0, low_inclusive=False)
-        if isinstance(self.warmup_steps, bool) or not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
-            raise ConfigError(f"warmup_steps must be an integer >= 0, got {self.warmup_steps!r}")
+        check_positive_int("warmup_steps", self.warmup_steps, allow_zero=True)
         if self.nonfinite not in NONFINITE:
             raise unknown_name("nonfinite (what a NaN/inf loss does)", self.nonfinite, NONFINITE)
         check_ratio("label_smoothing", self.label_smoothing)

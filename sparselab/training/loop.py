@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from ..data.datasets import DataBundle
 from ..errors import CheckpointError, ConfigError, DivergedError
 from ..history import History
-from ..models import num_classes_of
+from ..models import LeNet300100, num_classes_of
 from . import distributed as dist_utils
 from .batches import epoch_groups, eval_batches, to_model_input, train_batches
 from .checkpoint import FORMAT, atomic_save, load_checkpoint, remove_orphans
@@ -147,9 +147,8 @@ def _check_compatible(model: nn.Module, data: DataBundle) -> None:
             raise ConfigError(f"the model takes {expected[0]}x{expected[1]} images but {data.name!r} is loaded at "
                               f"{size}x{size}; load it with image_size={expected[0]} (or create the model for "
                               f"{size}-px images)")
-    flat = getattr(model, "fc1", None)
-    if type(model).__name__ == "LeNet300100" and flat.in_features != data.in_chans * size * size:
-        raise ConfigError(f"the model takes flattened {flat.in_features}-value images but {data.name!r} gives "
+    if isinstance(model, LeNet300100) and model.fc1.in_features != data.in_chans * size * size:
+        raise ConfigError(f"the model takes flattened {model.fc1.in_features}-value images but {data.name!r} gives "
                           f"{data.in_chans}x{size}x{size} = {data.in_chans * size * size}; create it with "
                           f"image_size={size}")
 
@@ -348,7 +347,7 @@ def fit(model: nn.Module, data: DataBundle, epochs: int | None = None, pruner: P
                 groups = plan(epoch)[:steps_per_epoch]
                 micro = [b for group in groups[loop["batch"]:] for b in group]
                 sizes = [[len(b) for b in group] for group in groups[loop["batch"]:]]
-                stream = train_batches(train_ds, micro, 0, data_gen, rank, world, cfg.num_workers)
+                stream = train_batches(train_ds, micro, data_gen, rank, world, cfg.num_workers)
                 for group_sizes in sizes:
                     _train_step(net, [next(stream) for _ in group_sizes], group_sizes, state, plugins, cfg, device,
                                 amp, scaler, optimizer, scheduler, loop, mixup)
@@ -437,21 +436,23 @@ def _train_step(net, batches, sizes: list[int], state: TrainState, plugins, cfg:
     else:
         optimizer.step()
         state.step_skipped = False
-    scheduler.step()
-    state.step += 1
-    for p in plugins:
-        p.after_step(state)
+    _count_step(state, plugins, scheduler)
 
 
 def _skip_step(state: TrainState, plugins, optimizer, scheduler, loop) -> None:
     """Drop an optimizer step whose loss was not finite: no update; schedules and hooks still count the step."""
     optimizer.zero_grad(set_to_none=True)
     state.grad_scale, state.step_skipped = 1.0, True  # hooks drop what they hold outside the optimizer
+    loop["skipped"] = loop.get("skipped", 0) + 1
+    state.history.log_metric("skipped_steps", float(loop["skipped"]), step=state.step + 1, epoch=state.epoch,
+                             split="train")
+    _count_step(state, plugins, scheduler)
+
+
+def _count_step(state: TrainState, plugins, scheduler) -> None:
+    """Advance the schedules and the step count, then call the plug-ins' ``after_step``."""
     scheduler.step()
     state.step += 1
-    loop["skipped"] = loop.get("skipped", 0) + 1
-    state.history.log_metric("skipped_steps", float(loop["skipped"]), step=state.step, epoch=state.epoch,
-                             split="train")
     for p in plugins:
         p.after_step(state)
 
