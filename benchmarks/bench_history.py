@@ -3,7 +3,7 @@
 Times every call into the recording code during real runs (nested calls counted once) and divides by the wall
 time of the whole fit:
 
-- P3B (the ``cpu`` preset model on digits, 3 updates per epoch and, as a stress case, 20): the per-update record
+- P3B (the ``cpu-digits`` preset model on digits, 3 updates per epoch and, as a stress case, 20): the per-update record
   (benefits, scores, keep ratios, kept parameters, one event per flipped gate element), the probes' window
   bookkeeping and every History append, plus the training loop's loss logging;
 - ART (LeNet-300-100 on 20k Fashion-MNIST images: a worst case, its epochs take a fraction of a second while the
@@ -72,7 +72,7 @@ def recording_timer(targets):
 
 
 def p3b_case(updates_per_epoch: int, epochs: int, steps: int | None):
-    preset = p3b_preset("cpu")
+    preset = p3b_preset("cpu-digits")
     data = load_data(preset)
     torch.manual_seed(0)
     model = source_model(preset, data)

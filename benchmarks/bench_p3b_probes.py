@@ -2,13 +2,13 @@
 
 Two passes over the same estimators:
 
-- step cost: P3B with each estimator prunes the ``cpu`` preset's model (Fashion-MNIST ViT on digits, 50 %) over a
+- step cost: P3B with each estimator prunes the ``cpu-digits`` preset's model (Fashion-MNIST ViT on digits, 50 %) over a
   shortened schedule (warm-up, sparsify and finalize phases all present); after every P3B step a plain fine-tuning
   step of a second copy of the model runs on the same batch. The ratio is the summed wall time of the P3B steps
   (data, forward, backward, probes, gates, optimizer, mask updates; epoch-end evaluations excluded) over that of
   the plain steps. Interleaving step by step keeps the neighbours' load on this shared machine out of the ratio;
   ``dense`` (no pruner) is the control and should read 1.0;
-- agreement: the full ``cpu`` preset run with every estimator and each seed; Spearman correlation with the reference
+- agreement: the full ``cpu-digits`` preset run with every estimator and each seed; Spearman correlation with the reference
   run of the same seed of the final per-block keep ratios and of the benefit ranking (block importance averaged over
   all updates), averaged over seeds; the compact model's test accuracy after its fine-tune, mean over seeds, and its
   difference to the reference's against the reference's seed spread.
@@ -129,7 +129,7 @@ def main():
     parser.add_argument("--cost-only", action="store_true", help="only the step-cost pass (prints, writes nothing)")
     args = parser.parse_args()
     torch.set_num_threads(2)
-    preset = p3b_preset("cpu")
+    preset = p3b_preset("cpu-digits")
     if args.quick:
         preset = preset.replace(schedule=sl.P3BSchedule(warmup=1, sparsify=2, finalize=3, updates_per_epoch=3),
                                 fit={**preset.fit, "max_steps_per_epoch": 12}, finetune_epochs=1, seeds=(0,))

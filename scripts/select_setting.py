@@ -22,7 +22,7 @@ OUT = Path(__file__).resolve().parents[1] / "docs" / "results"
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--candidates", nargs="+", default=["cpu"], help="P3B presets, in the order to try")
+    parser.add_argument("--candidates", nargs="+", default=["cpu-digits"], help="P3B presets, in the order to try")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     parser.add_argument("--ratio", type=float, default=0.9)
     parser.add_argument("--append", action="store_true", help="keep the committed candidates and add these")

@@ -322,8 +322,9 @@ def _cmd_p3b(args) -> int:
 def _cmd_art(args) -> int:
     from .experiments import art as art_exp
 
-    if args.method not in art_exp.ART_METHODS:
-        raise unknown_name("method", args.method, art_exp.ART_METHODS)
+    known = (*art_exp.ART_METHODS, *art_exp.ART_ABLATIONS)
+    if args.method not in known:
+        raise unknown_name("method", args.method, known)
     _check_model_name(args.model)
     changes: dict = {}
     for key in ("model", "data", "image_size", "warmup_epochs", "max_art_epochs", "finetune_epochs", "lam_init",

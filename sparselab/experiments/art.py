@@ -46,6 +46,9 @@ from ..training import OptimizerHandoff, evaluate, fit
 from .presets import load_data, named_preset, require_test_split
 
 ART_METHODS = ("hypersparse", "l1", "l2", "gmp", "oneshot", "layerwise")
+#: Ablations of HyperSparse's schedule λ_e = λ_init · η^e: λ growing twice as fast (η²: twice the growth per epoch
+#: on a log scale) and half as fast (√η). Accepted wherever a method name is; not in the paper presets.
+ART_ABLATIONS = {"hypersparse_fast": 2.0, "hypersparse_slow": 0.5}
 
 
 @dataclass(frozen=True)
@@ -136,6 +139,11 @@ for _m, _tag in (("resnet32_wide", "resnet32"), ("vgg19_bn", "vgg19")):
         ART_PRESETS[f"paper-{_tag}-{_d}"] = _paper(f"paper-{_tag}-{_d}", _m, _d)
 
 
+# the statistics of the CPU comparison: 5 seeds, the λ-schedule ablations beside the six methods (minutes)
+ART_PRESETS["cpu-full"] = ART_PRESETS["cpu"].replace(name="cpu-full", seeds=(0, 1, 2, 3, 4),
+                                                    methods=(*ART_METHODS, *ART_ABLATIONS))
+
+
 def art_preset(name: str = "cpu", **changes: Any) -> ARTPreset:
     """A named preset (``tiny``, ``cpu``, ``cpu-cnn``, ``paper-resnet32-cifar10``, ...), optionally changed."""
     return named_preset("ART preset", ART_PRESETS, name, **changes)
@@ -195,8 +203,8 @@ def run_art(preset: ARTPreset, method: str = "hypersparse", sparsity_: float = 0
     ``warm``: a :func:`warm_start` (its optimizer continues, as in the reference) or a bare model (a fresh
     optimizer); None runs the warm-up first. ``checkpoint_dir``: each phase (``warmup/``, ``sparsify/``,
     ``finetune/``) checkpoints there every epoch, and ``resume=True`` continues an interrupted run exactly."""
-    if method not in ART_METHODS:
-        raise unknown_name("method", method, ART_METHODS)
+    if method not in ART_METHODS and method not in ART_ABLATIONS:
+        raise unknown_name("method", method, (*ART_METHODS, *ART_ABLATIONS))
     check_ratio("sparsity", sparsity_)
     data = data if data is not None else load_data(preset)
     require_test_split(data)
@@ -209,8 +217,10 @@ def run_art(preset: ARTPreset, method: str = "hypersparse", sparsity_: float = 0
     history = History(meta={"run": name, "method": method, "sparsity": sparsity_, "seed": seed,
                             "preset": preset.name})
     result: dict[str, float] = {}
-    if method in ("hypersparse", "l1", "l2"):
-        art = ART(model, sparsity_, regularizer=method, lam_init=preset.lam_init, eta=preset.eta, warmup_epochs=0,
+    if method in ("hypersparse", "l1", "l2", *ART_ABLATIONS):
+        eta = preset.eta ** ART_ABLATIONS.get(method, 1.0)
+        art = ART(model, sparsity_, regularizer=method.split("_")[0], lam_init=preset.lam_init, eta=eta,
+                  warmup_epochs=0,
                   max_art_epochs=preset.max_art_epochs, train_eval_limit=preset.train_eval_limit,
                   candidate_rule=preset.candidate_rule)
         with warnings.catch_warnings():
@@ -243,31 +253,60 @@ def run_art(preset: ARTPreset, method: str = "hypersparse", sparsity_: float = 0
 
 
 def compare(preset: ARTPreset, methods: Sequence[str] | None = None, sparsities: Sequence[float] | None = None,
-            seeds: Sequence[int] | None = None, progress: bool = True) -> tuple[pd.DataFrame, list[ARTRun]]:
-    """Every method × sparsity × seed from one dense warm-up per seed; one table row per run, plus the runs."""
+            seeds: Sequence[int] | None = None, progress: bool = True, record: str | Path | None = None
+            ) -> tuple[pd.DataFrame, list[ARTRun]]:
+    """Every method × sparsity × seed from one dense warm-up per seed; one table row per run, plus the runs.
+
+    ``record``: a CSV file each finished run's row is written to at once (atomically, as in
+    :func:`sparselab.experiments.p3b.compare`); recorded runs of this preset are not run again, and a seed whose
+    runs are all recorded needs no warm-up.
+
+    Example:
+        >>> table, runs = compare(art_preset("tiny"), methods=["hypersparse", "gmp"])  # doctest: +SKIP
+    """
+    from .p3b import _read_record, _write_record
+
     methods = list(methods or preset.methods)
     for m in methods:
-        if m not in ART_METHODS:
-            raise unknown_name("method", m, ART_METHODS)
+        if m not in ART_METHODS and m not in ART_ABLATIONS:
+            raise unknown_name("method", m, (*ART_METHODS, *ART_ABLATIONS))
     sparsities = list(sparsities or preset.sparsities)
     seeds = list(seeds or preset.seeds)
-    data = load_data(preset)
+    recorded = (_read_record(record, preset.name, setting="sparsity") if record is not None else pd.DataFrame())
+    done = {(row.method, float(row.sparsity), int(row.seed)): row._asdict() for row in recorded.itertuples()}
+    wanted = {seed: [("dense", 0.0)] + [(m, s) for s in sparsities for m in methods] for seed in seeds}
+    data = None
     runs: list[ARTRun] = []
     rows = []
-    bar = tqdm(total=len(seeds) * (1 + len(methods) * len(sparsities)), desc=f"ART {preset.name}",
-               disable=not progress)
-    for seed in seeds:
+    bar = tqdm(total=sum(map(len, wanted.values())), desc=f"ART {preset.name}", disable=not progress)
+
+    def keep(row: dict) -> None:
+        rows.append(row)
+        if record is not None:
+            nonlocal recorded
+            recorded = pd.concat([recorded, pd.DataFrame([{"preset": preset.name, **row}])], ignore_index=True)
+            _write_record(record, recorded)
+
+    for seed, jobs in wanted.items():
+        if all((m, float(s), seed) in done for m, s in jobs):
+            rows += [{k: v for k, v in done[(m, float(s), seed)].items() if k not in ("Index", "preset")}
+                     for m, s in jobs]
+            bar.update(len(jobs))
+            continue
+        data = data if data is not None else load_data(preset)
         warm = warm_start(preset, seed, data, progress=False)
-        dense_acc = warm.history.last("acc", "test")
-        rows.append({"method": "dense", "sparsity": 0.0, "seed": seed, "acc": dense_acc, "acc_best": dense_acc,
-                     "acc_pruned": dense_acc, "nonzero_sparsity": 0.0})
-        bar.update(1)
-        for s in sparsities:
-            for m in methods:
+        for m, s in jobs:
+            if (m, float(s), seed) in done:
+                rows.append({k: v for k, v in done[(m, float(s), seed)].items() if k not in ("Index", "preset")})
+            elif m == "dense":
+                acc = warm.history.last("acc", "test")
+                keep({"method": "dense", "sparsity": 0.0, "seed": seed, "acc": acc, "acc_best": acc,
+                      "acc_pruned": acc, "nonzero_sparsity": 0.0})
+            else:
                 run = run_art(preset, m, s, seed, data=data, warm=warm, progress=False)
                 runs.append(run)
-                rows.append({"method": m, "sparsity": s, "seed": seed, **run.result})
-                bar.update(1)
+                keep({"method": m, "sparsity": s, "seed": seed, **run.result})
+            bar.update(1)
     bar.close()
     return pd.DataFrame(rows), runs
 

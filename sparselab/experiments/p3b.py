@@ -3,9 +3,13 @@
 Scales (``p3b_preset(name)``):
 
 - ``tiny`` — CI: ``vit_nano_patch4_28`` (quick Fashion-MNIST pretraining), 320 digits, 3 epochs; seconds per run.
-- ``cpu`` — default for the notebook: ``vit_mini_patch7_28`` pretrained on Fashion-MNIST, fine-tuned and pruned on
-  scikit-learn digits (a real domain shift: clothes → handwritten digits) for 8 epochs, then the compact model
-  fine-tuned 2 more; minutes on 2 cores.
+- ``cpu`` — default for the notebook, the setting the selection rule chose (``sparselab.experiments.selection``):
+  ``vit_mini_patch7_28`` pretrained on Fashion-MNIST classes 0-4 (``split04`` recipe), fine-tuned and pruned on
+  1 000 images of classes 5-9 for 8 epochs, then the compact model fine-tuned 2 more; 90 % pruned, 3 seeds;
+  minutes on 2 cores. ``cpu-full``: the same setting at 50 / 75 / 90 % with 5 seeds and the ablations (about an
+  hour); ``cpu-split-1k`` is the candidate under its selection name.
+- ``cpu-digits`` — the same model pretrained on all of Fashion-MNIST, fine-tuned on scikit-learn digits (a larger
+  domain gap: clothes → handwritten digits); ``cpu-split`` — the class split with 2 500 target images.
 - ``paper-deit-{s,t}-{cifar100,ifood,inat19}`` — the reference recipe (METHODS.md §1.6a) for GPUs:
   ImageNet-pretrained DeiT from timm's hub at 224 px, effective batch 512 (256 x 2 accumulation steps), AdamW lr
   5e-4, weight decay 0.05, constant lr, repeated augmentation x3, RandAugment, random erasing 0.25 (pixel), mixup
@@ -23,6 +27,7 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Sequence
 
 import pandas as pd
@@ -118,8 +123,8 @@ PRESETS: dict[str, P3BPreset] = {
         fit=dict(lr=1e-3, batch_size=64, weight_decay=0.05, max_steps_per_epoch=4), patch_probe="conv2",
         finetune_epochs=1, finetune=dict(lr=5e-4, batch_size=64, max_steps_per_epoch=4), seeds=(0,),
     ),
-    "cpu": P3BPreset(
-        name="cpu", model="vit_mini_patch7_28", pretrained="fashion_mnist", recipe="default", data="digits",
+    "cpu-digits": P3BPreset(
+        name="cpu-digits", model="vit_mini_patch7_28", pretrained="fashion_mnist", recipe="default", data="digits",
         image_size=28, schedule=P3BSchedule(warmup=2, sparsify=5, finalize=8, updates_per_epoch=3),
         fit=dict(lr=5e-4, batch_size=64, weight_decay=0.05), patch_probe="conv2",
         finetune_epochs=2, finetune=dict(lr=2e-4, batch_size=64, lr_schedule="cosine"), seeds=(0, 1),
@@ -127,11 +132,18 @@ PRESETS: dict[str, P3BPreset] = {
 }
 # a class-split transfer with a larger test set (5 000 images): the source model saw Fashion-MNIST classes 0-4, the
 # target is classes 5-9 (2 500 training images); a candidate of the setting-selection rule
-PRESETS["cpu-split"] = PRESETS["cpu"].replace(
+PRESETS["cpu-split"] = PRESETS["cpu-digits"].replace(
     name="cpu-split", recipe="split04", data="fashion_mnist",
     data_options={"classes": [5, 6, 7, 8, 9], "limit": 2500, "augment": "flip"})
 PRESETS["cpu-split-1k"] = PRESETS["cpu-split"].replace(  # the next candidate: less target data to recover with
     name="cpu-split-1k", data_options={"classes": [5, 6, 7, 8, 9], "limit": 1000, "augment": "flip"})
+# cpu-split-1k is the first candidate that qualifies under the selection rule (docs/results/setting_selection.csv),
+# so it is the CPU setting: `cpu` shows a subset in minutes, `cpu-full` runs the statistics (about an hour)
+PRESETS["cpu"] = PRESETS["cpu-split-1k"].replace(name="cpu", prune_ratios=(0.9,), seeds=(0, 1, 2))
+PRESETS["cpu-full"] = PRESETS["cpu-split-1k"].replace(
+    name="cpu-full", prune_ratios=(0.5, 0.75, 0.9), seeds=(0, 1, 2, 3, 4),
+    methods=("p3b", "uniform", "global_taylor", "l1", "fixed", "p3b_no_reactivation", "p3b_frozen_benefit",
+             "p3b_fast_probes"))
 for _model, _tag in (("deit_small_patch16_224", "s"), ("deit_tiny_patch16_224", "t")):
     for _data in ("cifar100", "ifood", "inat19"):
         PRESETS[f"paper-deit-{_tag}-{_data}"] = _paper(f"paper-deit-{_tag}-{_data}", _model, _data)
@@ -249,11 +261,49 @@ def _measure(model: nn.Module, data, batch: int, with_latency: bool) -> dict[str
     return out
 
 
+def run_row(run: P3BRun, preset: str | None = None) -> dict[str, Any]:
+    """One results-table row for a run: its numbers and, for runs with a block-benefit History, what the findings
+    need without the History — reactivations (0 → 1 events), the late-convergence ρ of each probe
+    (:func:`sparselab.probes.late_convergence`) and the final applied keep ratio of every block (JSON)."""
+    import json
+    import math
+
+    from ..probes.convergence import late_convergence
+
+    row: dict[str, Any] = {"method": run.method, "prune_ratio": run.prune_ratio, "seed": run.seed, **run.result}
+    if preset is not None:
+        row = {"preset": preset, **row}
+    if run.pruner is None:
+        return row
+    h = run.history
+    events = h.events
+    row["reactivations"] = int(((events.old == 0) & (events.new == 1)).sum())
+    metrics = set(h.blocks.metric)
+    for variant in ("cls", "patch"):
+        if f"benefit_{variant}" in metrics:
+            rho = late_convergence(h, f"benefit_{variant}")["rho"]
+            row[f"late_rho_{variant}"] = rho if math.isfinite(rho) else math.nan
+    applied = h.blocks[h.blocks.metric == "keep_applied"]
+    last = applied[applied.step == applied.step.max()]
+    row["keep_ratios"] = json.dumps({b: round(float(v), 6) for b, v in zip(last.block, last.value)})
+    return row
+
+
 def compare(preset: P3BPreset, methods: Sequence[str] | None = None, prune_ratios: Sequence[float] | None = None,
             seeds: Sequence[int] | None = None, progress: bool = True, include_dense: bool = True,
-            ) -> tuple[pd.DataFrame, list[P3BRun]]:
-    """Run every method × prune ratio × seed (plus dense fine-tuning per seed); returns one row per run and the
-    runs themselves. Latency is left to :func:`latency_table`, which times compact and dense models back to back."""
+            record: str | Path | None = None) -> tuple[pd.DataFrame, list[P3BRun]]:
+    """Run every method × prune ratio × seed (plus dense fine-tuning per seed); returns one row per run
+    (:func:`run_row`) and the runs themselves. Latency is left to :func:`latency_table`, which times compact and
+    dense models back to back.
+
+    ``record``: a CSV file that each finished run's row is written to at once (atomically). Runs already recorded
+    there for this preset are not run again, so an interrupted comparison continues where it stopped; the table
+    then holds the recorded rows too, while ``runs`` holds only the runs of this call. A file recorded for another
+    preset is refused.
+
+    Example:
+        >>> table, runs = compare(p3b_preset("tiny"), methods=["uniform"], record="runs/tiny.csv")  # doctest: +SKIP
+    """
     methods = list(methods or preset.methods)
     ratios = list(prune_ratios or preset.prune_ratios)
     seeds = list(seeds or preset.seeds)
@@ -262,13 +312,53 @@ def compare(preset: P3BPreset, methods: Sequence[str] | None = None, prune_ratio
             raise unknown_name("method", m, METHODS)
     jobs = [("dense", 0.0, s) for s in seeds] if include_dense else []
     jobs += [(m, r, s) for r in ratios for m in methods for s in seeds]
-    data = load_data(preset)
+    recorded = _read_record(record, preset.name) if record is not None else pd.DataFrame()
+    done = {(row.method, float(row.prune_ratio), int(row.seed)) for row in recorded.itertuples()}
+    todo = [j for j in jobs if (j[0], float(j[1]), j[2]) not in done]
+    data = load_data(preset) if todo else None
     runs: list[P3BRun] = []
-    for method, ratio, seed in tqdm(jobs, desc=f"P3B {preset.name}", disable=not progress):
-        runs.append(run_p3b(preset, method, ratio, seed, data=data, progress=False, measure_latency=False))
-    table = pd.DataFrame([{"method": r.method, "prune_ratio": r.prune_ratio, "seed": r.seed, **r.result}
-                          for r in runs])
-    return table, runs
+    rows = [row for row in recorded.to_dict("records")
+            if (row["method"], float(row["prune_ratio"]), int(row["seed"])) in {(m, float(r), s) for m, r, s in jobs}]
+    for method, ratio, seed in tqdm(todo, desc=f"P3B {preset.name}", disable=not progress):
+        run = run_p3b(preset, method, ratio, seed, data=data, progress=False, measure_latency=False)
+        runs.append(run)
+        rows.append(run_row(run, preset.name if record is not None else None))
+        if record is not None:
+            _write_record(record, pd.concat([recorded, pd.DataFrame(rows[-1:])], ignore_index=True))
+            recorded = _read_record(record, preset.name)
+    order = {j: i for i, j in enumerate((m, float(r), s) for m, r, s in jobs)}
+    rows.sort(key=lambda row: order[(row["method"], float(row["prune_ratio"]), int(row["seed"]))])
+    return pd.DataFrame(rows), runs
+
+
+def _read_record(path: str | Path, preset: str, setting: str = "prune_ratio") -> pd.DataFrame:
+    path = Path(path)
+    if not path.exists():
+        return pd.DataFrame()
+    table = pd.read_csv(path)
+    missing = {"preset", "method", setting, "seed", "acc"} - set(table.columns)
+    if missing:
+        raise ConfigError(f"{path} is not a comparison record (no column {', '.join(sorted(missing))})")
+    others = sorted(set(table.preset) - {preset})
+    if others:
+        raise ConfigError(f"{path} records the preset {', '.join(others)}, not {preset!r}: give another file")
+    return table
+
+
+def _write_record(path: str | Path, table: pd.DataFrame) -> None:
+    import os
+    import tempfile
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        table.to_csv(tmp, index=False)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def summarize(table: pd.DataFrame) -> pd.DataFrame:

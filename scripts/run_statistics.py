@@ -1,0 +1,42 @@
+"""Run the `cpu-full` statistics of both papers and record every run under docs/results/:
+
+- ``p3b_cpu-full.csv``: P3B, its ablations and the structured baselines at 50 / 75 / 90 % plus dense fine-tuning,
+  5 seeds each, on the setting the selection rule chose (about an hour on 2 quiet cores);
+- ``art_cpu-full.csv``: HyperSparse, its λ-schedule ablations, L1, L2, GMP, one-shot and layer-wise at
+  90 / 98 / 99.5 %, 5 seeds each (minutes).
+
+Each finished run is written at once, so an interrupted run continues where it stopped when started again.
+
+Usage: .venv/bin/python scripts/run_statistics.py [--only p3b|art] [--p3b-preset cpu-full] [--art-preset cpu-full]
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from sparselab.experiments import art, p3b
+
+OUT = Path(__file__).resolve().parents[1] / "docs" / "results"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", choices=["p3b", "art"], default=None)
+    parser.add_argument("--p3b-preset", default="cpu-full")
+    parser.add_argument("--art-preset", default="cpu-full")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    if args.only in (None, "art"):
+        preset = art.art_preset(args.art_preset)
+        table, _ = art.compare(preset, record=OUT / f"art_{preset.name}.csv")
+        print(art.summarize(table).to_string())
+    if args.only in (None, "p3b"):
+        preset = p3b.p3b_preset(args.p3b_preset)
+        table, _ = p3b.compare(preset, record=OUT / f"p3b_{preset.name}.csv")
+        print(p3b.summarize(table).to_string())
+
+
+if __name__ == "__main__":
+    main()
