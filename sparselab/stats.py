@@ -83,6 +83,25 @@ def paired_differences(table: pd.DataFrame, baseline: str, value: str = "acc", s
     return pd.DataFrame(rows)
 
 
+def paired_against_all(table: pd.DataFrame, method: str, setting: str = "prune_ratio", value: str = "acc",
+                       skip: Sequence[str] = ("dense",)) -> pd.DataFrame:
+    """:func:`paired_differences` of ``method`` against every other method of ``table`` (except ``skip``), one
+    frame; empty when ``method`` or every other method is missing.
+
+    Example:
+        >>> t = pd.DataFrame({"method": ["a", "a", "b", "b"], "prune_ratio": 0.5, "seed": [0, 1, 0, 1],
+        ...                   "acc": [0.9, 0.8, 0.85, 0.8]})
+        >>> round(float(paired_against_all(t, "a")["diff"].iloc[0]), 3)
+        0.025
+    """
+    if table.empty or method not in set(table.method):
+        return pd.DataFrame()
+    others = [m for m in dict.fromkeys(table.method) if m != method and m not in skip]
+    frames = [paired_differences(table[table.method.isin([method, b])], b, value=value, setting=setting,
+                                 methods=[method]) for b in others]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
 def verdict(low: float, high: float, expect: str = "positive") -> str:
     """``supports`` when the whole interval lies on the expected side of 0, ``contradicts`` when it lies on the
     other side, else ``inconclusive`` (also without an interval: NaN bounds from a single seed)."""
@@ -98,11 +117,24 @@ def verdict(low: float, high: float, expect: str = "positive") -> str:
     return "inconclusive"
 
 
-def finding(label: str, diff: float, low: float, high: float, n: int, expect: str = "positive",
+def direction(low: float, high: float) -> str:
+    """For a difference without a claim: ``higher`` / ``lower`` when the whole interval lies above / below 0,
+    else ``no clear difference`` (also without an interval)."""
+    if math.isfinite(low) and math.isfinite(high) and low > 0:
+        return "higher"
+    if math.isfinite(low) and math.isfinite(high) and high < 0:
+        return "lower"
+    return "no clear difference"
+
+
+def finding(label: str, diff: float, low: float, high: float, n: int, expect: str | None = "positive",
             scale: float = 100.0, unit: str = "points") -> str:
-    """One line: ``"P3B − uniform at 90 %: +1.8 points, 95 % CI [+0.9, +2.7], 5 seeds — supports"``."""
+    """One line: ``"P3B − uniform at 90 %: +1.8 points, 95 % CI [+0.9, +2.7], 5 seeds — supports"``.
+
+    ``expect=None``: a difference without a claim, ending in :func:`direction` instead of a verdict."""
+    word = direction(low, high) if expect is None else verdict(low, high, expect)
     return (f"{label}: {diff * scale:+.2f} {unit}, {CONFIDENCE:.0%} CI [{low * scale:+.2f}, {high * scale:+.2f}], "
-            f"{n} seed{'s' if n != 1 else ''} — {verdict(low, high, expect)}")
+            f"{n} seed{'s' if n != 1 else ''} — {word}")
 
 
 def findings_from(diffs: pd.DataFrame, setting: str = "prune_ratio", method: str = "method",

@@ -34,6 +34,9 @@ def p3b_findings(table: pd.DataFrame, runs: Sequence = (), probes: Sequence[str]
     - deep blocks converge late: the rank correlation of each block's half-benefit moment with depth, per P3B run
       (:func:`sparselab.probes.late_convergence`), is positive;
     - P3B reactivates pruned elements (0 → 1 events per run).
+
+    The last two come from ``runs`` (their Histories) or, without runs, from the ``late_rho_*`` and
+    ``reactivations`` columns that a recorded :func:`~sparselab.experiments.p3b.compare` table carries.
     """
     lines: list[str] = []
     pruned = table[table.method != "dense"]
@@ -54,23 +57,40 @@ def p3b_findings(table: pd.DataFrame, runs: Sequence = (), probes: Sequence[str]
             lines.append(finding(f"P3B at {ratio * 100:g} % − dense fine-tuning (the paper: about 0, at most a small "
                                  f"loss)", mean, low, high, n, "positive"))
     p3b_runs = [r for r in runs if getattr(r, "method", None) == "p3b"]
-    if p3b_runs:
-        from ..probes.convergence import late_convergence
+    p3b_rows = table[table.method == "p3b"]
+    for variant in probes:
+        column = f"late_rho_{variant}"
+        if p3b_runs:
+            from ..probes.convergence import late_convergence
 
-        for variant in probes:
-            rhos = []
-            for r in p3b_runs:
-                if f"benefit_{variant}" in set(r.history.blocks.metric):
-                    rhos.append(late_convergence(r.history, f"benefit_{variant}")["rho"])
-            if rhos:
-                mean, low, high, n = mean_ci(rhos)
-                lines.append(f"deep blocks converge late ({variant} probe): Spearman ρ of half-benefit moment vs "
-                             f"depth {mean:+.2f}, 95 % CI [{low:+.2f}, {high:+.2f}], {n} runs — "
-                             f"{verdict(low, high)}")
+            rhos = [late_convergence(r.history, f"benefit_{variant}")["rho"] for r in p3b_runs
+                    if f"benefit_{variant}" in set(r.history.blocks.metric)]
+        else:  # a recorded table: compare() wrote each run's ρ
+            rhos = list(p3b_rows[column].dropna()) if column in p3b_rows else []
+        if rhos:
+            mean, low, high, n = mean_ci(rhos)
+            lines.append(f"deep blocks converge late ({variant} probe): Spearman ρ of half-benefit moment vs "
+                         f"depth {mean:+.2f}, 95 % CI [{low:+.2f}, {high:+.2f}], {n} runs — "
+                         f"{verdict(low, high)}")
+    if p3b_runs:
         counts = [int(((r.history.events.old == 0) & (r.history.events.new == 1)).sum()) for r in p3b_runs]
+    else:
+        counts = list(p3b_rows.reactivations.dropna()) if "reactivations" in p3b_rows else []
+    if counts:
         mean, low, high, n = mean_ci(counts)
         lines.append(f"P3B reactivates pruned elements: {mean:.1f} reactivations per run, 95 % CI [{low:.1f}, "
                      f"{high:.1f}], {n} runs — {verdict(low, high)}")
+    return lines
+
+
+def late_convergence_findings(rho: pd.DataFrame, label: str = "") -> list[str]:
+    """One line per probe of a :func:`~sparselab.experiments.p3b.late_convergence_by_seed` table: the mean ρ with
+    its 95 % interval over seeds and the verdict on "deep blocks converge late" (ρ > 0)."""
+    lines = []
+    for probe in rho.columns:
+        mean, low, high, n = mean_ci(rho[probe].dropna())
+        lines.append(f"deep blocks converge late{f' ({label})' if label else ''}, {probe} probe: Spearman ρ "
+                     f"{mean:+.2f}, 95 % CI [{low:+.2f}, {high:+.2f}], {n} seeds — {verdict(low, high)}")
     return lines
 
 

@@ -196,6 +196,30 @@ def benefit_trace(preset: P3BPreset, seed: int = 0, data=None, progress: bool = 
     return history
 
 
+def late_convergence_by_seed(preset: P3BPreset, seeds: Sequence[int], data=None,
+                             traces: dict[int, History] | None = None, calibration_steps: int = 60,
+                             progress: bool = True) -> pd.DataFrame:
+    """Spearman ρ of half-benefit moment vs depth (:func:`sparselab.probes.late_convergence`) per seed (rows)
+    and probe (columns ``cls``, ``patch``), from a :func:`benefit_trace` per seed; ``traces`` supplies Histories
+    already recorded (seed → History) so that they are not run again.
+
+    Example:
+        >>> late_convergence_by_seed(p3b_preset("tiny"), [0, 1])  # doctest: +SKIP
+    """
+    from ..probes.convergence import late_convergence
+
+    traces = dict(traces or {})
+    todo = [s for s in seeds if s not in traces]
+    data = data if data is not None or not todo else load_data(preset)
+    for seed in tqdm(todo, desc=f"benefit traces {preset.name}", disable=not progress):
+        traces[seed] = benefit_trace(preset, seed, data, calibration_steps=calibration_steps)
+    variants = ["cls"] + (["patch"] if preset.patch_probe else [])
+    table = pd.DataFrame({v: {s: late_convergence(traces[s], f"benefit_{v}")["rho"] for s in seeds}
+                          for v in variants})
+    table.index.name = "seed"
+    return table
+
+
 def fixed_profile(model: nn.Module) -> list[float]:
     """The hand-set keep-ratio profile of the ``fixed`` baseline: attention blocks 1.0, MLP blocks 0.5."""
     return [1.0, 0.5] * len(model.blocks)
@@ -203,17 +227,21 @@ def fixed_profile(model: nn.Module) -> list[float]:
 
 def run_p3b(preset: P3BPreset, method: str = "p3b", prune_ratio: float = 0.5, seed: int = 0, data=None,
             progress: bool = True, checkpoint_dir: str | None = None, resume: bool = False,
-            latency_batch: int = 1, measure_latency: bool = True, callbacks: Sequence[Any] = ()) -> P3BRun:
+            latency_batch: int = 1, measure_latency: bool = True, callbacks: Sequence[Any] = (),
+            pruner_options: dict[str, Any] | None = None) -> P3BRun:
     """Fine-tune the preset's source model on its target data while pruning with ``method``, compact it,
     fine-tune the compact model ``preset.finetune_epochs`` more, and measure it.
 
     ``method="dense"`` fine-tunes without pruning for the same number of epochs (the reference). ``callbacks``
-    join the pruning fit (e.g. a step timer).
+    join the pruning fit (e.g. a step timer). ``pruner_options`` change the method's :class:`P3B` arguments (e.g.
+    ``keep_ratios`` of another run for ``method="fixed"``, ``criterion="l1"``).
     """
     if method not in METHODS:
         raise unknown_name("method", method, METHODS)
     if method != "dense":
         check_ratio("prune_ratio", prune_ratio)
+    elif pruner_options:
+        raise ConfigError("pruner_options need a pruning method, not dense fine-tuning")
     data = data if data is not None else load_data(preset)
     require_test_split(data)
     torch.manual_seed(seed)
@@ -226,6 +254,7 @@ def run_p3b(preset: P3BPreset, method: str = "p3b", prune_ratio: float = 0.5, se
         options = dict(METHODS[method])
         if method == "fixed":
             options["keep_ratios"] = fixed_profile(model)
+        options.update(pruner_options or {})
         benefit = options.get("allocation") == "benefit"
         pruner = P3B(model, prune_ratio, schedule=preset.schedule, num_classes=data.num_classes,
                      patch_probe=preset.patch_probe if benefit else None,

@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Sequence
 
 import pandas as pd
 from tqdm.auto import tqdm
 
 from ..stats import mean_ci
+from .committed import committed_results
 from .p3b import P3BPreset, run_p3b
 from .presets import load_data
 
@@ -67,14 +67,33 @@ def measure_candidate(preset: P3BPreset, ratio: float = 0.9, seeds: Sequence[int
     return {"runs": table, "summary": summary}
 
 
-RESULTS = Path(__file__).resolve().parents[2] / "docs" / "results"
 
 
 def committed_selection() -> pd.DataFrame:
     """The candidates measured so far (``scripts/select_setting.py`` writes ``docs/results/setting_selection.csv``),
     with the rule's thresholds; empty when none has been measured."""
-    path = RESULTS / "setting_selection.csv"
-    return pd.read_csv(path) if path.exists() else pd.DataFrame()
+    return committed_results("setting_selection")
+
+
+def chosen_setting(selection: pd.DataFrame | None = None) -> str | None:
+    """The first candidate of the committed selection (or of ``selection``) that qualifies; None if none does.
+
+    Example:
+        >>> chosen_setting(pd.DataFrame({"candidate": ["a", "b"], "qualifies": [False, True]}))
+        'b'
+    """
+    selection = committed_selection() if selection is None else selection
+    if selection.empty:
+        return None
+    hits = selection[selection.qualifies.astype(bool)]
+    return str(hits.candidate.iloc[0]) if len(hits) else None
+
+
+def same_setting(preset: P3BPreset, candidate: P3BPreset) -> bool:
+    """Whether ``preset`` runs ``candidate``'s setting: the same source model, target data, schedule and training,
+    whatever its name, prune ratios, seeds and methods."""
+    ignore = {"name", "prune_ratios", "seeds", "methods"}
+    return all(getattr(preset, f) == getattr(candidate, f) for f in preset.__dataclass_fields__ if f not in ignore)
 
 
 def select_setting(candidates: Sequence[P3BPreset], ratio: float = 0.9, seeds: Sequence[int] = (0, 1, 2, 3, 4),

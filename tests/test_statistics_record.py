@@ -1,0 +1,180 @@
+"""The statistics machinery: recorded comparisons that continue where they stopped, the rows the findings read,
+the ART schedule ablations, the setting the `cpu` scales run, and the diagnosis of a trailing P3B."""
+from __future__ import annotations
+
+import json
+import math
+
+import pandas as pd
+import pytest
+
+from sparselab.errors import ConfigError
+from sparselab.experiments import art, diagnosis, findings, p3b, selection
+from sparselab.experiments.p3b import p3b_preset
+from sparselab.stats import direction, finding, paired_against_all
+
+
+def tiny(**changes):
+    """The tiny preset from a randomly initialised model (no source pretraining in tests)."""
+    return p3b_preset("tiny", pretrained=False, recipe=None, **changes)
+
+
+@pytest.fixture(scope="module")
+def tiny_record(tmp_path_factory):
+    path = tmp_path_factory.mktemp("rec") / "p3b.csv"
+    preset = tiny(seeds=(0, 1))
+    table, runs = p3b.compare(preset, methods=["p3b", "uniform"], prune_ratios=[0.5], record=path, progress=False)
+    return preset, path, table, runs
+
+
+def test_a_recorded_comparison_writes_every_run_and_runs_nothing_twice(tiny_record, monkeypatch):
+    preset, path, table, runs = tiny_record
+    on_disk = pd.read_csv(path)
+    assert len(on_disk) == len(table) == len(runs) == 6  # dense, p3b, uniform × 2 seeds
+    assert set(on_disk.preset) == {"tiny"}
+    assert list(table.method) == ["dense", "dense", "p3b", "p3b", "uniform", "uniform"]  # the job order
+
+    def must_not_run(*_, **__):
+        raise AssertionError("a recorded run ran again")
+
+    monkeypatch.setattr(p3b, "run_p3b", must_not_run)
+    again, new_runs = p3b.compare(preset, methods=["p3b", "uniform"], prune_ratios=[0.5], record=path,
+                                  progress=False)
+    assert new_runs == []
+    pd.testing.assert_frame_equal(again.drop(columns="preset").reset_index(drop=True),
+                                  table.drop(columns="preset").reset_index(drop=True), check_dtype=False)
+    with pytest.raises(ConfigError, match="records the preset tiny, not 'other'"):
+        p3b.compare(preset.replace(name="other"), record=path, progress=False)
+
+
+def test_an_interrupted_recorded_comparison_keeps_the_finished_runs(tmp_path, monkeypatch):
+    preset = tiny(seeds=(0,))
+    real = p3b.run_p3b
+    calls = []
+
+    def crash_on_second(*args, **kwargs):
+        calls.append(args[1])
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(p3b, "run_p3b", crash_on_second)
+    path = tmp_path / "rec.csv"
+    with pytest.raises(KeyboardInterrupt):
+        p3b.compare(preset, methods=["uniform"], prune_ratios=[0.5], record=path, progress=False)
+    assert pd.read_csv(path).method.tolist() == ["dense"]
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    monkeypatch.setattr(p3b, "run_p3b", real)
+    table, runs = p3b.compare(preset, methods=["uniform"], prune_ratios=[0.5], record=path, progress=False)
+    assert [r.method for r in runs] == ["uniform"] and table.method.tolist() == ["dense", "uniform"]
+
+
+def test_rows_carry_what_the_findings_need_and_the_findings_read_them(tiny_record):
+    _, _, table, runs = tiny_record
+    for run, (_, row) in zip(runs, table.iterrows()):
+        if run.pruner is None:
+            assert math.isnan(row.get("reactivations", math.nan))
+            continue
+        events = run.history.events
+        assert row.reactivations == int(((events.old == 0) & (events.new == 1)).sum())
+        keep = json.loads(row.keep_ratios)
+        assert list(keep) == [b.name for b in run.pruner.structure.blocks]
+        assert all(0 <= v <= 1 for v in keep.values())
+    from_table = findings.p3b_findings(table)
+    from_runs = findings.p3b_findings(table, runs)
+    assert [line for line in from_table if "reactivates" in line] == \
+        [line for line in from_runs if "reactivates" in line]
+    assert any("P3B − uniform at 50 %" in line for line in from_table)
+
+
+def test_p3b_final_keep_ratios_applied_statically_reproduce_its_allocation(tiny_record):
+    preset, _, table, runs = tiny_record
+    keep = diagnosis._final_keep(table, "p3b", 0.5, 0)
+    run = p3b.run_p3b(preset, "fixed", 0.5, 0, progress=False, measure_latency=False,
+                      pruner_options={"keep_ratios": keep})
+    got = json.loads(p3b.run_row(run)["keep_ratios"])
+    assert list(got.values()) == pytest.approx(keep, abs=0.02)  # the same split, up to whole elements
+    assert run.result["achieved_ratio"] == pytest.approx(0.5, abs=0.01)
+    with pytest.raises(ConfigError, match="need a pruning method"):
+        p3b.run_p3b(preset, "dense", 0.0, 0, pruner_options={"keep_ratios": keep})
+
+
+def test_diagnosis_variants_and_findings():
+    preset = p3b_preset("tiny")
+    keep = json.dumps({"blocks.0.attn": 1.0, "blocks.0.mlp": 0.5})
+    rows = [{"method": m, "prune_ratio": 0.9, "seed": s, "acc": a + 0.01 * s, "keep_ratios": keep}
+            for m, a in (("p3b", 0.80), ("global_taylor", 0.83)) for s in range(5)]
+    table = pd.DataFrame(rows)
+    spec = diagnosis.variants(preset, table, "global_taylor", 0.9, 0)
+    assert set(spec) == {"p3b_allocation_static", "global_taylor_allocation_static", "p3b_long_windows",
+                         "p3b_2x_schedule", "global_taylor_2x_schedule"}
+    method, options, longer = spec["p3b_2x_schedule"]
+    assert method == "p3b" and longer.schedule.finalize == 2 * preset.schedule.finalize
+    assert spec["p3b_long_windows"][2].schedule.updates_per_epoch == 1
+    assert spec["global_taylor_allocation_static"][1]["keep_ratios"] == [1.0, 0.5]
+    assert "p3b_l1_selection" in diagnosis.variants(preset, table.replace("global_taylor", "l1"), "l1", 0.9, 0)
+    with pytest.raises(ConfigError, match="no keep ratios for uniform"):
+        diagnosis.variants(preset, table, "uniform", 0.9, 0)
+    diag = pd.DataFrame([{"method": "global_taylor_allocation_static", "prune_ratio": 0.9, "seed": s,
+                          "acc": 0.83 + 0.01 * s + 0.001 * (s % 2), "baseline": "global_taylor"}
+                         for s in range(5)])
+    lines = diagnosis.diagnosis_findings(table, diag)
+    assert lines[0].startswith("P3B − global_taylor at 90 %: -3.00 points") and lines[0].endswith("contradicts")
+    assert lines[1].startswith("global_taylor_allocation_static − p3b") and lines[1].endswith("higher")
+    assert lines[2].startswith("global_taylor_allocation_static − global_taylor")
+    assert lines[2].endswith("no clear difference")
+    assert diagnosis.diagnosis_findings(table, pd.DataFrame()) == []
+
+
+def test_art_schedule_ablations_change_only_eta(monkeypatch):
+    seen = {}
+    real = art.ART
+
+    def spy(model, sparsity, **kwargs):
+        seen[kwargs["regularizer"]] = seen.get(kwargs["regularizer"], []) + [kwargs["eta"]]
+        return real(model, sparsity, **kwargs)
+
+    monkeypatch.setattr(art, "ART", spy)
+    preset = art.art_preset("tiny", max_art_epochs=1, finetune_epochs=1)
+    data = art.load_data(preset)
+    warm = art.warm_start(preset, 0, data, progress=False)
+    for method in ("hypersparse", "hypersparse_fast", "hypersparse_slow"):
+        art.run_art(preset, method, 0.9, 0, data=data, warm=warm, progress=False)
+    assert seen["hypersparse"] == pytest.approx([preset.eta, preset.eta ** 2, preset.eta ** 0.5])
+    assert art.art_preset("cpu-full").methods[-2:] == ("hypersparse_fast", "hypersparse_slow")
+    assert "hypersparse_fast" not in art.art_preset("paper-resnet32-cifar10").methods
+
+
+def test_a_recorded_art_comparison_needs_no_warm_up_for_a_finished_seed(tmp_path, monkeypatch):
+    preset = art.art_preset("tiny", methods=("oneshot",), sparsities=(0.9,), seeds=(0,))
+    path = tmp_path / "art.csv"
+    table, runs = art.compare(preset, record=path, progress=False)
+    assert pd.read_csv(path).method.tolist() == ["dense", "oneshot"] and len(runs) == 1
+    monkeypatch.setattr(art, "warm_start", lambda *a, **k: (_ for _ in ()).throw(AssertionError("warm-up ran")))
+    again, new = art.compare(preset, record=path, progress=False)
+    assert new == [] and again.acc.tolist() == pytest.approx(table.acc.tolist())
+
+
+def test_the_cpu_scales_run_the_setting_the_rule_chose():
+    chosen = selection.chosen_setting()
+    assert chosen is not None
+    for name in ("cpu", "cpu-full"):
+        assert selection.same_setting(p3b_preset(name), p3b_preset(chosen)), name
+    assert not selection.same_setting(p3b_preset("cpu-digits"), p3b_preset(chosen))
+    assert 0.9 in p3b_preset("cpu").prune_ratios and len(p3b_preset("cpu-full").seeds) >= 5
+    assert set(p3b.METHODS) - {"dense"} <= set(p3b_preset("cpu-full").methods)
+
+
+def test_differences_without_a_claim_and_against_every_method():
+    assert direction(0.1, 0.2) == "higher" and direction(-0.2, -0.1) == "lower"
+    assert direction(-0.1, 0.1) == direction(math.nan, math.nan) == "no clear difference"
+    assert finding("a − b", 0.01, 0.005, 0.02, 5, expect=None).endswith("higher")
+    t = pd.DataFrame({"method": ["a"] * 3 + ["b"] * 3 + ["dense"] * 3, "prune_ratio": 0.5, "seed": [0, 1, 2] * 3,
+                      "acc": [0.9, 0.8, 0.7, 0.85, 0.78, 0.69, 0.95, 0.95, 0.95]})
+    d = paired_against_all(t, "a")
+    assert d.baseline.tolist() == ["b"] and float(d["diff"].iloc[0]) == pytest.approx((0.05 + 0.02 + 0.01) / 3)
+    assert paired_against_all(t, "missing").empty
+    rho = pd.DataFrame({"cls": [0.5, 0.6, 0.7], "patch": [-0.1, 0.1, math.nan]})
+    lines = findings.late_convergence_findings(rho, "x")
+    assert lines[0].startswith("deep blocks converge late (x), cls probe: Spearman ρ +0.60")
+    assert lines[0].endswith("supports") and "2 seeds" in lines[1]
