@@ -22,6 +22,11 @@ from pathlib import Path
 
 from .errors import CheckpointError, ConfigError, SparselabError, unknown_name
 
+# the method names for --help without importing torch; a test keeps them equal to the experiments' lists
+METHOD_NAMES = ("p3b", "p3b_no_reactivation", "p3b_frozen_benefit", "p3b_fast_probes", "uniform", "global_taylor",
+                "l1", "fixed", "dense")
+ART_METHOD_NAMES = ("hypersparse", "l1", "l2", "gmp", "oneshot", "layerwise", "hypersparse_fast", "hypersparse_slow")
+
 #: What marks a folder as holding a run (``--out`` refuses it without ``--resume`` or ``--overwrite``).
 RUN_MARKERS = ("result.json", "summary.json", "history.jsonl.gz", "checkpoint")
 #: What the run commands write into ``--out`` (``--overwrite`` deletes these, and nothing else).
@@ -502,9 +507,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(fn=_cmd_train)
 
     pb = add("p3b", help="prune a ViT with P3B (or a baseline) during transfer; torchrun-launchable")
-    pb.add_argument("--preset", default="cpu", help="tiny, cpu, paper-deit-{s,t}-{cifar100,ifood,inat19}[-ft50] "
+    pb.add_argument("--preset", default="cpu", help="tiny, cpu, cpu-full, cpu-digits, cpu-split, "
+                                                    "paper-deit-{s,t}-{cifar100,ifood,inat19}[-ft50] "
                                                     "(sparselab presets list)")
-    pb.add_argument("--method", default="p3b", help="p3b, uniform, global_taylor, l1, fixed, dense")
+    pb.add_argument("--method", default="p3b", help=", ".join(METHOD_NAMES))
     pb.add_argument("--prune-ratio", type=RATIO, default=0.5, help="share of the parameters to remove, in [0, 1)")
     pb.add_argument("--seed", type=NON_NEGATIVE, default=0, help="random seed")
     pb.add_argument("--model", default=None, help="a ViT name (default: the preset's)")
@@ -541,9 +547,10 @@ def build_parser() -> argparse.ArgumentParser:
     pb.set_defaults(fn=_cmd_p3b)
 
     ar = add("art", help="sparsify with ART (HyperSparse/L1/L2) or a magnitude baseline, then fine-tune")
-    ar.add_argument("--preset", default="cpu", help="tiny, cpu, cpu-cnn, paper-{resnet32,vgg19}-{cifar10,cifar100,"
-                                                    "tinyimagenet} (sparselab presets list)")
-    ar.add_argument("--method", default="hypersparse", help="hypersparse, l1, l2, gmp, oneshot, layerwise")
+    ar.add_argument("--preset", default="cpu", help="tiny, cpu, cpu-full, cpu-cnn, cpu-vit, "
+                                                    "paper-{resnet32,vgg19}-{cifar10,cifar100,tinyimagenet} "
+                                                    "(sparselab presets list)")
+    ar.add_argument("--method", default="hypersparse", help=", ".join(ART_METHOD_NAMES))
     ar.add_argument("--sparsity", type=RATIO, default=0.98, help="in [0, 1); 0.9, 0.98, 0.995, 0.998 in the paper")
     ar.add_argument("--seed", type=NON_NEGATIVE, default=0, help="random seed")
     ar.add_argument("--model", default=None, help="a model name (default: the preset's)")

@@ -178,3 +178,12 @@ def test_differences_without_a_claim_and_against_every_method():
     lines = findings.late_convergence_findings(rho, "x")
     assert lines[0].startswith("deep blocks converge late (x), cls probe: Spearman ρ +0.60")
     assert lines[0].endswith("supports") and "2 seeds" in lines[1]
+
+
+def test_the_cli_lists_every_method():
+    from sparselab import cli
+
+    assert cli.METHOD_NAMES == tuple(p3b.METHODS)
+    assert cli.ART_METHOD_NAMES == (*art.ART_METHODS, *art.ART_ABLATIONS)
+    helptext = cli.build_parser()._subparsers._group_actions[0].choices["art"].format_help()
+    assert "hypersparse_slow" in helptext and "cpu-full" in helptext

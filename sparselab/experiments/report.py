@@ -1,0 +1,139 @@
+"""The README's results section, written from the committed result files in ``docs/results/`` (nothing typed by
+hand: ``scripts/results_report.py`` rewrites the section and its PNG figures, a test checks the README matches).
+
+Example:
+    >>> text = results_markdown()
+    >>> text.startswith("## Results on this machine")
+    True
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+
+from ..stats import mean_ci, paired_against_all
+from .committed import RESULTS, committed_results
+from .diagnosis import diagnosis_findings
+from .findings import art_findings, p3b_findings
+
+START, END = "<!-- results:start -->", "<!-- results:end -->"
+FIGURES = "docs/results/figures"
+
+
+def _cell(values: pd.Series) -> str:
+    mean, low, high, n = mean_ci(values * 100)
+    if n < 2:
+        return f"{mean:.1f} (1 seed)"
+    return f"{mean:.1f} ± {(high - low) / 2:.1f}"
+
+
+def _matrix(table: pd.DataFrame, setting: str, names: dict[str, str] | None = None) -> str:
+    settings = sorted(s for s in table[setting].unique() if s > 0)
+    header = "| method | " + " | ".join(f"{s * 100:g} %" for s in settings) + " |"
+    lines = [header, "|---|" + "---|" * len(settings)]
+    for method in dict.fromkeys(table.method):
+        at = table[table.method == method]
+        if method == "dense":
+            cells = [_cell(at.acc)] * len(settings)
+        else:
+            cells = [_cell(at[at[setting] == s].acc) if (at[setting] == s).any() else "—" for s in settings]
+        lines.append(f"| {(names or {}).get(method, method)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _seeds(table: pd.DataFrame) -> str:
+    counts = table.groupby(["method"]).seed.nunique()
+    return f"{counts.min()}" if counts.min() == counts.max() else f"{counts.min()}–{counts.max()}"
+
+
+def _selection(selection: pd.DataFrame) -> str:
+    lines = ["| candidate | target | dense (%) ± std | uniform at 90 % (%) | loss (points) [95 % CI] | qualifies |",
+             "|---|---|---|---|---|---|"]
+    for _, r in selection.iterrows():
+        lines.append(f"| `{r.candidate}` | {r.data} | {r.dense_mean * 100:.2f} ± {r.dense_std * 100:.2f} | "
+                     f"{r.uniform_mean * 100:.2f} | {r.loss * 100:.1f} [{r.loss_low * 100:.1f}, "
+                     f"{r.loss_high * 100:.1f}] | {'**yes**' if r.qualifies else 'no'} |")
+    return "\n".join(lines)
+
+
+def _bullets(lines: list[str]) -> str:
+    return "\n".join(f"- {line}" for line in lines)
+
+
+def results_markdown(results: Callable[[str], pd.DataFrame] = committed_results,
+                     figures: str = FIGURES) -> str:
+    """The section, from ``results(name)`` tables (default: the committed files)."""
+    from .findings import P3B_NAMES
+
+    parts = ["## Results on this machine (2 CPU cores)", "",
+             "Written by `python scripts/results_report.py` from the result files committed in `docs/results/` "
+             "(`scripts/select_setting.py` and `scripts/run_statistics.py` produce them); a test checks that this "
+             "section is exactly what the script writes. Accuracies are test accuracy in %, mean ± half-width of "
+             "the 95 % Student-t interval over seeds; differences are paired by seed.", ""]
+    selection = results("setting_selection")
+    if len(selection):
+        parts += ["**The CPU setting**, chosen by a rule fixed before any method comparison "
+                  "(`sparselab.experiments.selection`): over ≥ 5 seeds, uniform allocation at 90 % must lose ≥ 3 "
+                  "points against dense fine-tuning while dense fine-tuning's seed std stays below 0.5 points; "
+                  "the first candidate that qualifies is the setting of the `cpu` and `cpu-full` scales.", "",
+                  _selection(selection), ""]
+    p3b = results("p3b_cpu-full")
+    if len(p3b):
+        parts += [f"**P3B against the structured baselines** (`cpu-full`: `vit_mini_patch7_28` pretrained on "
+                  f"Fashion-MNIST classes 0-4, pruned while fine-tuned on 1 000 images of classes 5-9, compact "
+                  f"model fine-tuned 2 more epochs; {_seeds(p3b)} seeds; `docs/results/p3b_cpu-full.csv`):", "",
+                  _matrix(p3b, "prune_ratio", P3B_NAMES), "",
+                  f"![P3B accuracy against prune ratio]({figures}/p3b_accuracy.png)", "",
+                  f"![P3B minus each other method, paired by seed]({figures}/p3b_paired.png)", "",
+                  "Findings (`sparselab.experiments.findings.p3b_findings`):", "", _bullets(p3b_findings(p3b)), ""]
+        diag = results("p3b_cpu-full_diagnosis")
+        if len(diag):
+            parts += ["Diagnosis (`sparselab.experiments.diagnosis`; `docs/results/p3b_cpu-full_diagnosis.csv`):",
+                      "", _bullets(diagnosis_findings(p3b, diag)), ""]
+    art = results("art_cpu-full")
+    if len(art):
+        parts += [f"**ART / HyperSparse against the other methods** (`cpu-full`: LeNet-300-100, 20 000 "
+                  f"Fashion-MNIST training images; {_seeds(art)} seeds; `hypersparse_fast` / `_slow`: λ growing "
+                  f"with η² / √η per epoch; `docs/results/art_cpu-full.csv`):", "",
+                  _matrix(art, "sparsity"), "",
+                  f"![ART accuracy against sparsity]({figures}/art_accuracy.png)", "",
+                  f"![HyperSparse minus each other method, paired by seed]({figures}/art_paired.png)", "",
+                  "Findings (`sparselab.experiments.findings.art_findings`; for the two schedule ablations "
+                  "*supports* means the paper's schedule keeps more accuracy):", "", _bullets(art_findings(art)), ""]
+    return "\n".join(parts).rstrip() + "\n"
+
+
+def result_figures(results: Callable[[str], pd.DataFrame] = committed_results) -> dict:
+    """The section's figures by file stem (``p3b_accuracy``, ``p3b_paired``, ``art_accuracy``, ``art_paired``)."""
+    from ..plots.stats import plot_accuracy_ci, plot_paired_differences
+
+    out = {}
+    for kind, setting, method in (("p3b", "prune_ratio", "p3b"), ("art", "sparsity", "hypersparse")):
+        table = results(f"{kind}_cpu-full")
+        if table.empty:
+            continue
+        out[f"{kind}_accuracy"] = plot_accuracy_ci(table, setting=setting)
+        diffs = paired_against_all(table, method, setting=setting)
+        if len(diffs):
+            out[f"{kind}_paired"] = plot_paired_differences(diffs, setting=setting)
+    return out
+
+
+def replace_section(readme: str, section: str) -> str:
+    """``readme`` with the text between the results markers replaced by ``section``."""
+    if START not in readme or END not in readme:
+        raise ValueError(f"the README has no {START} … {END} markers")
+    head, rest = readme.split(START, 1)
+    _, tail = rest.split(END, 1)
+    return f"{head}{START}\n{section}{END}{tail}"
+
+
+def write_report(readme: Path, figures_dir: Path | None = RESULTS / "figures") -> None:
+    """Rewrite the README's results section and (unless ``figures_dir`` is None) its PNG figures."""
+    from ..plots import export_figures
+
+    readme.write_text(replace_section(readme.read_text(), results_markdown()))
+    if figures_dir is not None:
+        export_figures(result_figures(), figures_dir, formats=("png",))
