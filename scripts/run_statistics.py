@@ -6,8 +6,11 @@
   90 / 98 / 99.5 %, 5 seeds each (minutes).
 
 Each finished run is written at once, so an interrupted run continues where it stopped when started again.
+``--diagnose N`` then runs the diagnosis (sparselab.experiments.diagnosis) for the N pairs (baseline, ratio) where
+P3B trails most, into ``p3b_cpu-full_diagnosis.csv`` (about 15 minutes per pair).
 
-Usage: .venv/bin/python scripts/run_statistics.py [--only p3b|art] [--p3b-preset cpu-full] [--art-preset cpu-full]
+Usage: .venv/bin/python scripts/run_statistics.py [--only p3b|art|diagnosis] [--diagnose N]
+       [--p3b-preset cpu-full] [--art-preset cpu-full]
 """
 from __future__ import annotations
 
@@ -16,14 +19,15 @@ from pathlib import Path
 
 import torch
 
-from sparselab.experiments import art, p3b
+from sparselab.experiments import art, diagnosis, p3b
 
 OUT = Path(__file__).resolve().parents[1] / "docs" / "results"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", choices=["p3b", "art"], default=None)
+    parser.add_argument("--only", choices=["p3b", "art", "diagnosis"], default=None)
+    parser.add_argument("--diagnose", type=int, default=1, help="how many trailing pairs to diagnose")
     parser.add_argument("--p3b-preset", default="cpu-full")
     parser.add_argument("--art-preset", default="cpu-full")
     args = parser.parse_args()
@@ -36,6 +40,15 @@ def main() -> None:
         preset = p3b.p3b_preset(args.p3b_preset)
         table, _ = p3b.compare(preset, record=OUT / f"p3b_{preset.name}.csv")
         print(p3b.summarize(table).to_string())
+    if args.only in (None, "diagnosis") and args.diagnose > 0:
+        preset = p3b.p3b_preset(args.p3b_preset)
+        table, _ = p3b.compare(preset, record=OUT / f"p3b_{preset.name}.csv")
+        pairs = diagnosis.trailing(table).head(args.diagnose)
+        print(f"P3B trails in {len(pairs)} of the pairs to diagnose:\n{pairs.to_string()}")
+        for _, pair in pairs.iterrows():
+            diag = diagnosis.diagnose(preset, table, pair.baseline, pair.prune_ratio,
+                                      record=OUT / f"p3b_{preset.name}_diagnosis.csv")
+            print("\n".join(diagnosis.diagnosis_findings(table, diag, pair.baseline, pair.prune_ratio)))
 
 
 if __name__ == "__main__":

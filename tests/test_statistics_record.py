@@ -187,3 +187,37 @@ def test_the_cli_lists_every_method():
     assert cli.ART_METHOD_NAMES == (*art.ART_METHODS, *art.ART_ABLATIONS)
     helptext = cli.build_parser()._subparsers._group_actions[0].choices["art"].format_help()
     assert "hypersparse_slow" in helptext and "cpu-full" in helptext
+
+
+def test_diagnosis_conclusions_follow_the_pairs():
+    def rows(spec, **extra):
+        return pd.DataFrame([{"method": m, "prune_ratio": 0.9, "seed": s, "acc": a + 0.01 * s + 0.001 * (s % 3),
+                              **extra} for m, a in spec for s in range(5)])
+
+    table = rows((("p3b", 0.80), ("global_taylor", 0.83)))
+    allocation = rows((("global_taylor_allocation_static", 0.83), ("p3b_allocation_static", 0.80),
+                       ("p3b_long_windows", 0.82), ("p3b_2x_schedule", 0.80), ("global_taylor_2x_schedule", 0.84)),
+                      baseline="global_taylor")
+    lines = diagnosis.diagnosis_conclusions(table, allocation)
+    assert lines[0].endswith("P3B trails the baseline.")
+    assert "the allocation explains the gap" in lines[1]
+    assert "the final allocation decides" in lines[2]
+    assert "noise costs accuracy" in lines[3]
+    assert "P3B still trails with twice the schedule" in lines[4]
+    selection_matters = rows((("global_taylor_allocation_static", 0.80),), baseline="global_taylor")
+    assert "does not explain the gap" in diagnosis.diagnosis_conclusions(table, selection_matters)[1]
+    no_gap = rows((("p3b", 0.83), ("global_taylor", 0.83)))
+    assert "does not trail" in diagnosis.diagnosis_conclusions(no_gap, selection_matters)[0]
+
+
+def test_a_diagnosis_table_with_two_pairs_reports_each_with_its_own_rows():
+    table = pd.DataFrame([{"method": m, "prune_ratio": 0.9, "seed": s, "acc": a + 0.01 * s}
+                          for m, a in (("p3b", 0.80), ("l1", 0.82), ("fixed", 0.85)) for s in range(3)])
+    diag = pd.DataFrame([{"method": m, "prune_ratio": 0.9, "seed": s, "acc": a + 0.01 * s, "baseline": b}
+                         for m, a, b in (("l1_allocation_static", 0.81, "l1"), ("p3b_long_windows", 0.8, "l1"),
+                                         ("fixed_allocation_static", 0.86, "fixed")) for s in range(3)])
+    assert diagnosis.diagnosed_pairs(diag) == [("l1", 0.9), ("fixed", 0.9)]
+    lines = diagnosis.diagnosis_findings(table, diag)
+    assert sum(line.startswith("P3B − ") for line in lines) == 2
+    assert sum(line.startswith("p3b_long_windows − p3b") for line in lines) == 2  # shared by both pairs
+    assert not any(line.startswith("fixed_allocation_static − l1") for line in lines)

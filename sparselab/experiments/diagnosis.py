@@ -46,6 +46,17 @@ def _final_keep(table: pd.DataFrame, method: str, ratio: float, seed: int) -> li
     return list(json.loads(rows.keep_ratios.iloc[0]).values())
 
 
+def trailing(table: pd.DataFrame) -> pd.DataFrame:
+    """The (baseline, prune ratio) pairs where P3B trails: the whole 95 % interval of P3B − baseline (paired by
+    seed) below 0, largest gap first. Columns as :func:`sparselab.stats.paired_differences`."""
+    from ..stats import paired_against_all
+
+    diffs = paired_against_all(table, "p3b")
+    if diffs.empty:
+        return diffs
+    return diffs[diffs.high < 0].sort_values("diff").reset_index(drop=True)
+
+
 def variants(preset: P3BPreset, table: pd.DataFrame, baseline: str, ratio: float, seed: int
              ) -> dict[str, tuple[str, dict[str, Any], P3BPreset]]:
     """The diagnostic runs for one seed: name → (method, P3B options, preset)."""
@@ -107,10 +118,10 @@ def diagnosis_findings(table: pd.DataFrame, diag: pd.DataFrame, baseline: str | 
     was run for (its ``baseline`` and ``prune_ratio`` columns); an empty ``diag`` gives no lines."""
     if diag.empty:
         return []
-    if baseline is None:
-        baseline = str(diag.baseline.iloc[0])
-    if ratio is None:
-        ratio = float(diag.prune_ratio.iloc[0])
+    if baseline is None or ratio is None:
+        return [line for b, r in diagnosed_pairs(diag, baseline, ratio)
+                for line in diagnosis_findings(table, diag, b, r)]
+    diag = _pair_rows(diag, baseline, ratio)
     at = lambda t: t[t.prune_ratio.round(6) == round(ratio, 6)]  # noqa: E731
     base = at(table)
     ref = {m: base[base.method == m].set_index("seed").acc for m in ("p3b", baseline)}
@@ -125,6 +136,91 @@ def diagnosis_findings(table: pd.DataFrame, diag: pd.DataFrame, baseline: str | 
     return lines
 
 
+def diagnosed_pairs(diag: pd.DataFrame, baseline: str | None = None, ratio: float | None = None
+                    ) -> list[tuple[str, float]]:
+    """The (baseline, prune ratio) pairs a diagnosis table holds, in the order they were run (optionally only
+    those with ``baseline`` / ``ratio``)."""
+    pairs = dict.fromkeys(zip(diag.baseline.astype(str), diag.prune_ratio.astype(float)))
+    return [(b, r) for b, r in pairs if (baseline is None or b == baseline)
+            and (ratio is None or round(r, 6) == round(ratio, 6))]
+
+
+def _pair_rows(diag: pd.DataFrame, baseline: str, ratio: float) -> pd.DataFrame:
+    """The variants of one pair: P3B's own (shared by every baseline at that ratio) and the baseline's."""
+    at = diag[diag.prune_ratio.round(6) == round(ratio, 6)]
+    mine = at.method.str.startswith("p3b_") & ~at.method.str.startswith(("p3b_no_", "p3b_frozen_", "p3b_fast_")) \
+        | at.method.str.startswith(f"{baseline}_")
+    return at[mine].drop_duplicates(subset=["method", "seed"])
+
+
 def _paired(a: pd.Series, b: pd.Series) -> tuple[float, float, float, int]:
     common = a.index.intersection(b.index)
     return mean_ci(a.loc[common] - b.loc[common])
+
+
+def diagnosis_conclusions(table: pd.DataFrame, diag: pd.DataFrame, baseline: str | None = None,
+                          ratio: float | None = None) -> list[str]:
+    """What the diagnostic pairs imply, by rules fixed here (each pair's :func:`~sparselab.stats.direction`):
+
+    - the gap itself: whether P3B trails the baseline at all (the whole interval below 0);
+    - allocation or selection: the baseline's final keep ratios with P3B's selection against the baseline and
+      against P3B;
+    - the path: P3B's final keep ratios from the start against P3B;
+    - the benefit estimate's noise: longer windows against P3B;
+    - the schedule: P3B − baseline again when every phase is twice as long.
+    """
+    from ..stats import direction
+
+    if diag.empty:
+        return []
+    if baseline is None or ratio is None:
+        return [line for b, r in diagnosed_pairs(diag, baseline, ratio)
+                for line in diagnosis_conclusions(table, diag, b, r)]
+    diag = _pair_rows(diag, baseline, ratio)
+    at = lambda t, m: t[(t.method == m) & (t.prune_ratio.round(6) == round(ratio, 6))].set_index("seed").acc  # noqa: E731
+
+    def pair(a: pd.Series, b: pd.Series) -> tuple[str, str]:
+        mean, low, high, n = _paired(a, b)
+        return direction(low, high), f"{mean * 100:+.2f} points [{low * 100:+.2f}, {high * 100:+.2f}], {n} seeds"
+
+    p3b, base = at(table, "p3b"), at(table, baseline)
+    where = f"at {ratio * 100:g} %"
+    gap, gap_text = pair(p3b, base)
+    lines = [f"P3B − {baseline} {where}: {gap_text}: " +
+             ("P3B trails the baseline." if gap == "lower" else "P3B does not trail the baseline beyond the seed "
+                                                                "noise; the variants below describe, not explain.")]
+    static = at(diag, f"{baseline}_allocation_static")
+    if len(static):
+        vs_base, t1 = pair(static, base)
+        vs_p3b, t2 = pair(static, p3b)
+        if vs_base == "no clear difference" and vs_p3b == "higher":
+            verdict = "the allocation explains the gap: the baseline's keep ratios keep its advantage with P3B's selection"
+        elif vs_p3b == "no clear difference" or vs_base == "lower":
+            verdict = ("the allocation alone does not explain the gap: with P3B's selection the baseline's keep "
+                       "ratios lose (part of) their advantage, so how elements are chosen matters too")
+        else:
+            verdict = "mixed: the baseline's keep ratios with P3B's selection differ from both"
+        lines.append(f"allocation or selection: {baseline}'s final keep ratios with P3B's selection − {baseline} "
+                     f"{t1}; − P3B {t2}: {verdict}.")
+    static = at(diag, "p3b_allocation_static")
+    if len(static):
+        d, text = pair(static, p3b)
+        meaning = {"higher": "the path costs: P3B's own final allocation is better applied from the start",
+                   "lower": "the path helps: re-allocating during training beats the final allocation applied early",
+                   "no clear difference": "the path does not matter here: the final allocation decides"}[d]
+        lines.append(f"the path: P3B's final keep ratios from the first update − P3B {text}: {meaning}.")
+    longer = at(diag, "p3b_long_windows")
+    if len(longer):
+        d, text = pair(longer, p3b)
+        meaning = {"higher": "the benefit estimate's noise costs accuracy",
+                   "lower": "more frequent re-allocation helps more than a steadier estimate",
+                   "no clear difference": "no evidence that the benefit estimate's noise explains the gap"}[d]
+        lines.append(f"benefit noise: one update per epoch (3x longer windows) − P3B {text}: {meaning}.")
+    p2, b2 = at(diag, "p3b_2x_schedule"), at(diag, f"{baseline}_2x_schedule")
+    if len(p2) and len(b2):
+        d, text = pair(p2, b2)
+        meaning = {"lower": "P3B still trails with twice the schedule",
+                   "higher": "with twice the schedule P3B is ahead: the schedule length explains the gap",
+                   "no clear difference": "with twice the schedule the gap is within the seed noise"}[d]
+        lines.append(f"schedule length: P3B − {baseline}, both with every phase twice as long, {text}: {meaning}.")
+    return lines

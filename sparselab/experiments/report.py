@@ -15,7 +15,7 @@ import pandas as pd
 
 from ..stats import mean_ci, paired_against_all
 from .committed import RESULTS, committed_results
-from .diagnosis import diagnosis_findings
+from .diagnosis import diagnosis_conclusions, diagnosis_findings
 from .findings import art_findings, p3b_findings
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
@@ -91,7 +91,8 @@ def results_markdown(results: Callable[[str], pd.DataFrame] = committed_results,
         diag = results("p3b_cpu-full_diagnosis")
         if len(diag):
             parts += ["Diagnosis (`sparselab.experiments.diagnosis`; `docs/results/p3b_cpu-full_diagnosis.csv`):",
-                      "", _bullets(diagnosis_findings(p3b, diag)), ""]
+                      "", _bullets(diagnosis_findings(p3b, diag)), "", "What the pairs imply (rules fixed in "
+                      "`diagnosis_conclusions`):", "", _bullets(diagnosis_conclusions(p3b, diag)), ""]
     art = results("art_cpu-full")
     if len(art):
         parts += [f"**ART / HyperSparse against the other methods** (`cpu-full`: LeNet-300-100, 20 000 "
