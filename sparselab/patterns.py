@@ -412,3 +412,32 @@ def vit_pattern_summary(model: nn.Module, masks: Masks | None = None, sparsity: 
     return {"attn_kept": attn_k / attn_n, "mlp_kept": mlp_k / mlp_n, "depth_rho": rho, "per_block": per_block,
             "head_spread": sum(spreads) / len(spreads), "dead_neurons": dead / neurons,
             "unread_channels": float((reads == 0).double().mean()), "channel_gini": gini}
+
+
+def exchange_numbers(history) -> dict[str, float]:
+    """From an ART History: the share of the kept set that was new after the first and after the last ART epoch
+    (exploration → exploitation) and the number of ART epochs.
+
+    Example:
+        >>> sorted(exchange_numbers(art_history))  # doctest: +SKIP
+        ['ART epochs', 'entered after first ART epoch', 'entered after last ART epoch']
+    """
+    m = history.metrics.query("split == 'train'").pivot_table(index="step", columns="name", values="value")
+    m = m.dropna(subset=["kept_entered"]) if "kept_entered" in m else m.iloc[0:0]
+    epochs = history.metrics.query("name == 'art_epoch'").value
+    return {"entered after first ART epoch": float(m.kept_entered.iloc[0]) if len(m) else math.nan,
+            "entered after last ART epoch": float(m.kept_entered.iloc[-1]) if len(m) else math.nan,
+            "ART epochs": float(epochs.max() + 1) if len(epochs) else math.nan}
+
+
+def kernel_depth_summary(positions: pd.DataFrame) -> dict[str, float]:
+    """From :func:`kernel_positions`: the Spearman ρ of the mean kept fraction against conv depth, and the largest
+    and mean spread (max − min) of the kept fraction between the nine kernel positions within a layer."""
+    from scipy.stats import spearmanr
+
+    per_layer = positions.groupby("layer", sort=False).kept_fraction.mean()
+    spread = positions.groupby("layer", sort=False).kept_fraction.agg(lambda v: v.max() - v.min())
+    rho = (float(spearmanr(range(len(per_layer)), per_layer.to_numpy()).statistic)
+           if len(per_layer) >= 3 and per_layer.nunique() > 1 else math.nan)
+    return {"depth_rho": rho, "layers": float(len(per_layer)), "max_spread": float(spread.max()),
+            "mean_spread": float(spread.mean())}

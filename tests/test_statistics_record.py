@@ -221,3 +221,20 @@ def test_a_diagnosis_table_with_two_pairs_reports_each_with_its_own_rows():
     assert sum(line.startswith("P3B − ") for line in lines) == 2
     assert sum(line.startswith("p3b_long_windows − p3b") for line in lines) == 2  # shared by both pairs
     assert not any(line.startswith("fixed_allocation_static − l1") for line in lines)
+
+
+def test_pattern_findings_describe_the_numbers():
+    import sparselab as sl
+    from sparselab.patterns import kernel_depth_summary, kernel_positions, vit_pattern_summary
+
+    model = sl.models.create("vgg19_bn", num_classes=10, in_chans=1, width=0.125)
+    summary = kernel_depth_summary(kernel_positions(model, sparsity=0.9))
+    assert summary["layers"] == 16 and 0 <= summary["mean_spread"] <= summary["max_spread"] <= 1
+    vit = pd.DataFrame([vit_pattern_summary(sl.models.create("vit_nano_patch4_28"), sparsity=0.9)])
+    vit = vit.drop(columns="per_block").assign(method="gmp", sparsity=0.9).set_index(["method", "sparsity"])
+    exchange = {"hypersparse": {"entered after first ART epoch": 0.3, "entered after last ART epoch": 0.01,
+                                "ART epochs": 7.0}}
+    lines = findings.pattern_findings(exchange, summary, vit)
+    assert lines[0] == ("hypersparse: 30.0% of the kept set new after the first ART epoch, 1.0% after the last "
+                        "(7 epochs) — settles (less exchange at the end); one run")
+    assert lines[1].startswith("CNN: kept fraction vs conv depth") and lines[2].startswith("ViT, gmp at 90%")

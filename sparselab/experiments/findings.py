@@ -14,7 +14,7 @@ Example:
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import pandas as pd
 
@@ -107,4 +107,33 @@ def art_findings(table: pd.DataFrame, method: str = "hypersparse") -> list[str]:
         for _, r in paired_differences(pair, other, setting="sparsity", methods=[method]).iterrows():
             lines.append(finding(f"{method} − {other} at {r.sparsity * 100:g} %", r["diff"], r["low"], r["high"],
                                  int(r["n"])))
+    return lines
+
+
+def pattern_findings(exchange: Mapping[str, Mapping[str, float]] | None = None,
+                     kernels: Mapping[str, float] | None = None, vit: pd.DataFrame | None = None) -> list[str]:
+    """The weight-pattern numbers of notebook 04 as lines, one run each (descriptions, not comparisons):
+
+    - ``exchange``: method → :func:`sparselab.patterns.exchange_numbers` — the paper's exploration → exploitation
+      claim for HyperSparse expects much exchange after the first ART epoch and little after the last;
+    - ``kernels``: :func:`sparselab.patterns.kernel_depth_summary` of the CNN;
+    - ``vit``: rows (method, sparsity) of :func:`sparselab.patterns.vit_pattern_summary` values.
+    """
+    lines = []
+    for method, n in (exchange or {}).items():
+        first, last = n["entered after first ART epoch"], n["entered after last ART epoch"]
+        settles = "settles (less exchange at the end)" if last < first else "does not settle"
+        lines.append(f"{method}: {first:.1%} of the kept set new after the first ART epoch, {last:.1%} after the "
+                     f"last ({n['ART epochs']:.0f} epochs) — {settles}; one run")
+    if kernels:
+        lines.append(f"CNN: kept fraction vs conv depth Spearman ρ {kernels['depth_rho']:+.2f} over "
+                     f"{kernels['layers']:.0f} layers; largest spread between kernel positions within a layer "
+                     f"{kernels['max_spread']:.3f} (mean {kernels['mean_spread']:.3f})")
+    if vit is not None:
+        for (method, sparsity), row in vit.iterrows():
+            side = "attention" if row.attn_kept > row.mlp_kept else "MLP"
+            lines.append(f"ViT, {method} at {sparsity:.0%}: attention keeps {row.attn_kept:.1%}, MLP "
+                         f"{row.mlp_kept:.1%} of its weights ({side} more); kept fraction vs depth ρ "
+                         f"{row.depth_rho:+.2f}; {row.dead_neurons:.1%} of MLP neurons dead; "
+                         f"{row.unread_channels:.1%} of residual channels unread")
     return lines
