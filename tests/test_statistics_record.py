@@ -238,3 +238,8 @@ def test_pattern_findings_describe_the_numbers():
     assert lines[0] == ("hypersparse: 30.0% of the kept set new after the first ART epoch, 1.0% after the last "
                         "(7 epochs) — settles (less exchange at the end); one run")
     assert lines[1].startswith("CNN: kept fraction vs conv depth") and lines[2].startswith("ViT, gmp at 90%")
+
+
+def test_findings_of_a_missing_committed_file_are_empty():
+    assert findings.p3b_findings(pd.DataFrame()) == [] and findings.art_findings(pd.DataFrame()) == []
+    assert paired_against_all(pd.DataFrame(), "p3b").empty

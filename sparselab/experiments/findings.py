@@ -39,6 +39,8 @@ def p3b_findings(table: pd.DataFrame, runs: Sequence = (), probes: Sequence[str]
     ``reactivations`` columns that a recorded :func:`~sparselab.experiments.p3b.compare` table carries.
     """
     lines: list[str] = []
+    if table.empty:
+        return lines
     pruned = table[table.method != "dense"]
     methods = list(dict.fromkeys(pruned.method))
     if "p3b" in methods:
@@ -98,6 +100,8 @@ def art_findings(table: pd.DataFrame, method: str = "hypersparse") -> list[str]:
     """Claims of the HyperSparse paper against a :func:`sparselab.experiments.art.compare` result: ``method``
     keeps more accuracy than each other method at each sparsity (paired by seed: every method of a seed starts
     from the same warm-up)."""
+    if table.empty:
+        return []
     pruned = table[table.method != "dense"]
     if method not in set(pruned.method):
         return []
