@@ -31,14 +31,13 @@ from __future__ import annotations
 import gzip
 import json
 import math
-import os
-import tempfile
 import zlib
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import pandas as pd
 
+from .atomic import atomic_write
 from .errors import CheckpointError, ConfigError
 
 SCHEMA = "sparselab.history/1"
@@ -172,12 +171,9 @@ class History:
 
     def save(self, path: str | Path) -> Path:
         """Write JSON Lines (gzip when the name ends in ``.gz``) atomically; returns the path."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        os.close(fd)
-        opener = gzip.open if path.suffix == ".gz" else open
-        try:
+        opener = gzip.open if Path(path).suffix == ".gz" else open
+
+        def write(tmp: str) -> None:
             with opener(tmp, "wt", encoding="utf-8") as f:
                 f.write(json.dumps({"schema": SCHEMA, "meta": self.meta}) + "\n")
                 for table, cols in COLUMNS.items():
@@ -187,10 +183,8 @@ class History:
                         if runs is not None:
                             obj["run"] = runs[i]
                         f.write(json.dumps(obj) + "\n")
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+
+        path = atomic_write(path, write)
         return path
 
     @classmethod

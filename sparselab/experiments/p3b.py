@@ -375,19 +375,9 @@ def _read_record(path: str | Path, preset: str, setting: str = "prune_ratio") ->
 
 
 def _write_record(path: str | Path, table: pd.DataFrame) -> None:
-    import os
-    import tempfile
+    from ..atomic import atomic_write
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        table.to_csv(tmp, index=False)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write(path, lambda tmp: table.to_csv(tmp, index=False))
 
 
 def summarize(table: pd.DataFrame) -> pd.DataFrame:

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..atomic import atomic_write
 from ..errors import CheckpointError, ConfigError, unknown_name
 from ..paths import data_dir
 
@@ -122,15 +123,13 @@ def pretrain(model_name: str, dataset: str = "fashion_mnist", recipe: str = "def
                   seed=rec.seed, progress=progress, device="cpu", checkpoint_dir=ckpt_dir, resume=resume)
     from safetensors.torch import save_file
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
-    tmp.replace(path)
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    atomic_write(path, lambda tmp: save_file(state, tmp))
     record = {"model": model_name, "dataset": dataset, "recipe": recipe, **dataclasses.asdict(rec),
               "image_size": bundle.image_size,
               "test_acc": history.last("acc", split="test"), "val_acc": history.last("acc", split="val"),
               "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
-    path.with_suffix(".json").write_text(json.dumps(record, indent=2))
+    atomic_write(path.with_suffix(".json"), lambda tmp: Path(tmp).write_text(json.dumps(record, indent=2)))
     shutil.rmtree(ckpt_dir, ignore_errors=True)
     return path
 

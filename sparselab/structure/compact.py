@@ -51,6 +51,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..atomic import atomic_write
 from ..errors import CheckpointError, ConfigError
 from ..models.checkpoints import state_dict_mismatch
 from .vit import GATES, Masks, ViTStructure
@@ -781,17 +782,6 @@ def _state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
 
 
-def _write_atomic(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def save_compact(model: nn.Module, spec: Mapping[str, Any], directory: str | os.PathLike) -> Path:
     """Write a compact model to ``directory`` as ``spec.json`` (from :func:`compact_spec`) and
     ``model.safetensors`` (its state dict); each file is written to a temporary file and then renamed.
@@ -820,13 +810,13 @@ def save_compact(model: nn.Module, spec: Mapping[str, Any], directory: str | os.
         raise ConfigError(f"the model does not match the compact spec: {problem}")
     folder = Path(directory)
     folder.mkdir(parents=True, exist_ok=True)
-    _write_atomic(folder / WEIGHTS_FILE, lambda tmp: save_file(state, tmp, metadata={"format": SPEC_FORMAT}))
+    atomic_write(folder / WEIGHTS_FILE, lambda tmp: save_file(state, tmp, metadata={"format": SPEC_FORMAT}))
 
     def write_json(tmp: str) -> None:
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(text + "\n")
 
-    _write_atomic(folder / SPEC_FILE, write_json)
+    atomic_write(folder / SPEC_FILE, write_json)
     return folder
 
 

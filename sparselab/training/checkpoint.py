@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ..atomic import atomic_write, orphans
 from ..errors import CheckpointError
 
 FORMAT = "sparselab.checkpoint/1"
@@ -30,22 +29,16 @@ MAGIC = b"sparselab-checkpoint sha256 "
 
 def atomic_save(obj: Any, path: str | Path) -> None:
     """``torch.save`` that never leaves a half-written file at ``path``, with a checksum of its contents."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     payload = buffer.getvalue()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
             f.write(MAGIC + hashlib.sha256(payload).hexdigest().encode() + b"\n")
             f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+
+    atomic_write(path, write, fsync=True)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -73,10 +66,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
 def remove_orphans(path: str | Path) -> list[Path]:
     """Delete temporary files that a killed :func:`atomic_save` of ``path`` left behind; returns them."""
-    path = Path(path)
-    if not path.parent.is_dir():
-        return []
-    orphans = sorted(path.parent.glob(f".{path.name}.*.tmp"))
-    for p in orphans:
+    found = orphans(path)
+    for p in found:
         p.unlink(missing_ok=True)
-    return orphans
+    return found

@@ -1,0 +1,46 @@
+"""One way to write a file so that a crash never leaves it half-written: write a temporary file beside it, then
+rename it over the target. Checkpoints, compact models, Histories, source-model records and result records all
+use it, so an interrupted run finds either the old file or the new one.
+
+Temporary files are named ``.{name}.*.tmp`` next to the target; :func:`orphans` finds those a killed process
+left behind.
+
+Example:
+    >>> import tempfile, pathlib
+    >>> target = pathlib.Path(tempfile.mkdtemp()) / "table.csv"
+    >>> _ = atomic_write(target, lambda tmp: pathlib.Path(tmp).write_text("a,b\\n1,2\\n"))
+    >>> target.read_text().splitlines()[1]
+    '1,2'
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[str], object], fsync: bool = False) -> Path:
+    """Call ``write(tmp)`` with the name of a fresh temporary file beside ``path``, then rename it to ``path``
+    (creating the folder). ``fsync=True`` flushes the file to disk before the rename (checkpoints). The temporary
+    file is removed if ``write`` raises. Returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        if fsync:
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def orphans(path: str | os.PathLike) -> list[Path]:
+    """Temporary files of :func:`atomic_write` for ``path`` that a killed process left behind."""
+    path = Path(path)
+    return sorted(path.parent.glob(f".{path.name}.*.tmp")) if path.parent.is_dir() else []
