@@ -8,10 +8,10 @@ Two passes over the same estimators:
   (data, forward, backward, probes, gates, optimizer, mask updates; epoch-end evaluations excluded) over that of
   the plain steps. Interleaving step by step keeps the neighbours' load on this shared machine out of the ratio;
   ``dense`` (no pruner) is the control and should read 1.0;
-- agreement: the full ``cpu-digits`` preset run with every estimator and each seed; Spearman correlation with the reference
-  run of the same seed of the final per-block keep ratios and of the benefit ranking (block importance averaged over
-  all updates), averaged over seeds; the compact model's test accuracy after its fine-tune, mean over seeds, and its
-  difference to the reference's against the reference's seed spread.
+- agreement: the full ``cpu-digits`` preset run with every estimator and each seed; Spearman correlation with the
+  reference run of the same seed of the final per-block keep ratios and of the benefit ranking (block importance
+  averaged over all updates), averaged over seeds; the compact model's test accuracy after its fine-tune, mean over
+  seeds, and its difference to the reference's against the reference's seed spread.
 
 ``uniform`` (the same gates and Taylor selection, no probes) separates the cost of the probes from that of the
 masking machinery.

@@ -174,8 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     if not torch.cuda.is_available():
         print("gpu_smoke: skipped: no CUDA device here (nothing written)")
         return 0
-    from sparselab.experiments.recipes import find_preset, paper_presets
     from sparselab.experiments.p3b import P3BPreset
+    from sparselab.experiments.recipes import find_preset, paper_presets
 
     names = paper_presets() if args.all else (args.presets or DEFAULT)
     for name in names:

@@ -43,7 +43,8 @@ from .patterns import _image_layer, input_pixel_map, kernel_positions, layer_kee
 from .plots.p3b import block_label, block_order, select_run
 from .pruners.allocation import water_fill
 from .structure.compact import compact_stats, compact_vit
-from .structure.unstructured import num_pruned, prunable_weights, sparsity as mask_sparsity
+from .structure.unstructured import num_pruned, prunable_weights
+from .structure.unstructured import sparsity as mask_sparsity
 from .structure.vit import ViTStructure
 
 __all__ = ["SparsityExplorer", "BudgetExplorer", "TraceScrubber", "LiveFigure"]

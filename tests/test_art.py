@@ -26,7 +26,8 @@ def sort_based_hypersparse_grad(weights, rate):
 
 def tiny_net(seed=0, dtype=torch.float32):
     torch.manual_seed(seed)
-    return nn.Sequential(nn.Conv2d(2, 4, 3), nn.Flatten(), nn.Linear(4 * 4 * 4, 6), nn.ReLU(), nn.Linear(6, 3)).to(dtype)
+    return nn.Sequential(nn.Conv2d(2, 4, 3), nn.Flatten(), nn.Linear(4 * 4 * 4, 6), nn.ReLU(),
+                         nn.Linear(6, 3)).to(dtype)
 
 
 @pytest.mark.parametrize("rate", [0.5, 0.9, 0.99])

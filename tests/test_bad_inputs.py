@@ -21,13 +21,12 @@ from typing import Any, Callable
 
 import pytest
 import torch
+from conftest import write_fashion_mnist, write_image_folder
 
 import sparselab as sl
 from sparselab.cli import main
 from sparselab.errors import CheckpointError, ConfigError, DataNotFoundError, UnknownNameError
 from sparselab.history import History
-
-from conftest import write_fashion_mnist, write_image_folder
 
 
 @dataclass

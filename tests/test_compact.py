@@ -6,7 +6,8 @@ import json
 import pytest
 import timm
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from timm.models.deit import VisionTransformerDistilled
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
@@ -14,8 +15,16 @@ from torch import nn
 import sparselab  # noqa: F401  (registers the small ViTs with timm)
 from sparselab.errors import CheckpointError, ConfigError
 from sparselab.structure import GATES, Gates, ViTStructure
-from sparselab.structure.compact import (ConstantBranch, ZeroPaddedLayerNorm, compact_spec, compact_stats,
-                                         compact_vit, load_compact, pad_masks, save_compact)
+from sparselab.structure.compact import (
+    ConstantBranch,
+    ZeroPaddedLayerNorm,
+    compact_spec,
+    compact_stats,
+    compact_vit,
+    load_compact,
+    pad_masks,
+    save_compact,
+)
 
 PREFIX = {
     "cls": dict(),

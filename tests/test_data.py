@@ -5,6 +5,7 @@ import hashlib
 import numpy as np
 import pytest
 import torch
+from conftest import write_cifar, write_fashion_mnist, write_image_folder
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -12,8 +13,6 @@ import sparselab as sl
 from sparselab.data import TensorImages, fashion_mnist
 from sparselab.data.idx import read_idx, write_idx
 from sparselab.errors import ConfigError, DataNotFoundError, UnknownNameError
-
-from conftest import write_cifar, write_fashion_mnist, write_image_folder
 
 
 @pytest.mark.parametrize("suffix", ["", ".gz"])

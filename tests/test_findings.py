@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import pandas as pd
-import pytest
 
 from sparselab.experiments.findings import art_findings, p3b_findings
 from sparselab.history import History
@@ -31,7 +30,8 @@ def test_p3b_findings_pair_by_seed_and_measure_late_convergence():
     assert lines[0].startswith("P3B − uniform at 90 %: +3.")
     assert lines[0].endswith("3 seeds — supports")
     assert lines[1].startswith("P3B at 90 % − dense fine-tuning") and "contradicts" in lines[1]
-    assert lines[2].startswith("deep blocks converge late (cls probe): Spearman ρ of half-benefit moment vs depth +1.00")
+    assert lines[2].startswith("deep blocks converge late (cls probe): Spearman ρ of half-benefit moment vs depth "
+                               "+1.00")
     assert lines[3].startswith("P3B reactivates pruned elements: 4.0 reactivations per run") and "supports" in lines[3]
 
 

@@ -11,8 +11,14 @@ import sparselab as sl
 from sparselab.errors import ConfigError, UnknownNameError
 from sparselab.pruners.allocation import benefit_scores, ramp_keep, soft_clip, water_fill
 from sparselab.pruners.p3b import implied_prune_ratio
-from sparselab.pruners.selection import (GATE_FACTORS, block_order, find_threshold, masks_for_threshold,
-                                         rank_normalise, soft_masks)
+from sparselab.pruners.selection import (
+    GATE_FACTORS,
+    block_order,
+    find_threshold,
+    masks_for_threshold,
+    rank_normalise,
+    soft_masks,
+)
 from sparselab.structure import GATES, ViTStructure
 from sparselab.training.pruner import TrainState
 

@@ -16,8 +16,16 @@ from torch import nn
 
 import sparselab as sl
 from sparselab.errors import ConfigError
-from sparselab.patterns import (dead_units, infer_image_shape, input_pixel_map, kept_masks, kernel_positions,
-                                layer_keep_ratios, vit_blocks, vit_magnitude_maps)
+from sparselab.patterns import (
+    dead_units,
+    infer_image_shape,
+    input_pixel_map,
+    kept_masks,
+    kernel_positions,
+    layer_keep_ratios,
+    vit_blocks,
+    vit_magnitude_maps,
+)
 from sparselab.plots import plot_layer_keep_ratios, plot_weight_patterns
 from sparselab.structure.unstructured import apply_masks, magnitude_masks, num_pruned, prunable_weights
 

@@ -56,7 +56,8 @@ def test_dry_run_prints_the_recipe_in_optimizer_steps_and_trains_nothing(capsys,
     out_dir = tmp_path / "run"
     assert cli.main(["p3b", "--preset", "tiny", "--dry-run", "--out", str(out_dir)]) == 0
     text = capsys.readouterr().out
-    assert "optimizer steps per epoch         4" in text and "finalize at                       epoch 3 = step 12" in text
+    assert "optimizer steps per epoch         4" in text
+    assert "finalize at                       epoch 3 = step 12" in text
     assert not out_dir.exists()
     # a paper preset whose data is not on this machine still prints its recipe
     assert cli.main(["art", "--preset", "paper-resnet32-cifar100", "--dry-run", "--out", str(out_dir)]) == 0

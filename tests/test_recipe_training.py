@@ -273,7 +273,7 @@ def test_finalisation_merges_the_last_two_benefit_windows(digits28):
     _, sums, counts, prev_sums, prev_counts = calls[-1]
     assert counts[0] > 0 and prev_counts[0] > 0
     merged = (sums[0] + prev_sums[0]) / (counts[0] + prev_counts[0])
-    last_step = h.blocks.step.max()
+    last_step = h.blocks.step.max()  # noqa: F841 (read by the query below)
     logged = h.blocks.query("metric == 'benefit_cls' and step == @last_step").value.to_numpy()
     torch.testing.assert_close(torch.tensor(logged, dtype=torch.float64), merged)
 

@@ -41,8 +41,8 @@ from ..errors import ConfigError, check_finite, check_positive_int, check_ratio,
 from ..history import History
 from ..pruners import ART, FixedMask, GradualMagnitude
 from ..structure.unstructured import apply_masks, magnitude_masks, prunable_weights, sparsity
-from ..training.config import checked_replace
 from ..training import OptimizerHandoff, evaluate, fit
+from ..training.config import checked_replace
 from .presets import load_data, named_preset, require_test_split
 
 ART_METHODS = ("hypersparse", "l1", "l2", "gmp", "oneshot", "layerwise")
@@ -93,7 +93,8 @@ def _paper(name: str, model: str, data: str) -> ARTPreset:
                amp=False, num_workers=4)
     tiny_imagenet = data == "tinyimagenet"
     return ARTPreset(name=name, model=model, data=data, image_size=64 if tiny_imagenet else 32,
-                     data_options={"pad": 4, "augment": "crop_flip", **({} if tiny_imagenet else {"val_fraction": 0.0})},
+                     data_options={"pad": 4, "augment": "crop_flip",
+                                   **({} if tiny_imagenet else {"val_fraction": 0.0})},
                      fit=sgd, warmup_epochs=60, lam_init=5e-6, eta=1.05, max_art_epochs=300, gmp_epochs=60,
                      candidate_rule="reference", finetune_epochs=160,
                      finetune={**sgd, "lr_schedule": "step", "lr_milestones": (80, 120)},

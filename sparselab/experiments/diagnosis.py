@@ -194,7 +194,8 @@ def diagnosis_conclusions(table: pd.DataFrame, diag: pd.DataFrame, baseline: str
         vs_base, t1 = pair(static, base)
         vs_p3b, t2 = pair(static, p3b)
         if vs_base == "no clear difference" and vs_p3b == "higher":
-            verdict = "the allocation explains the gap: the baseline's keep ratios keep its advantage with P3B's selection"
+            verdict = ("the allocation explains the gap: the baseline's keep ratios keep its advantage with P3B's "
+                       "selection")
         elif vs_p3b == "no clear difference" or vs_base == "lower":
             verdict = ("the allocation alone does not explain the gap: with P3B's selection the baseline's keep "
                        "ratios lose (part of) their advantage, so how elements are chosen matters too")

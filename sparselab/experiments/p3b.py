@@ -41,8 +41,8 @@ from ..history import History
 from ..latency import latency_ms
 from ..probes import FAST_PROBES
 from ..pruners import P3B, P3BSchedule
-from ..training.config import checked_replace
 from ..training import fit
+from ..training.config import checked_replace
 from .presets import load_data, named_preset, require_test_split
 
 METHODS: dict[str, dict[str, Any]] = {
@@ -74,7 +74,7 @@ class P3BPreset:
     schedule: P3BSchedule = P3BSchedule()
     fit: dict = field(default_factory=dict)
     patch_probe: str | None = "conv2"
-    probe_options: dict = field(default_factory=dict)  # P3B's probe arguments for the p3b method (probe_every, probe_lr, ...)
+    probe_options: dict = field(default_factory=dict)  # P3B's probe arguments for p3b (probe_every, probe_lr, ...)
     finetune_epochs: int = 0
     finetune: dict = field(default_factory=dict)
     methods: tuple[str, ...] = ("p3b", "uniform", "global_taylor", "l1", "fixed")

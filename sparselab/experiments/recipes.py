@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass, fields
-from typing import Any, Callable
+from typing import Any
 
 from ..data.transforms import RANDAUGMENT, RANDOM_ERASING
 from ..errors import unknown_name

@@ -22,6 +22,7 @@ from .p3b import plot_block_benefit, plot_keep_ratios, plot_reactivations
 from .patterns import plot_layer_keep_ratios, plot_weight_patterns
 from .stats import plot_accuracy_ci, plot_paired_differences
 
+
 def use_notebook_renderer() -> str:
     """Show figures in JupyterLab *and* keep them in exported HTML: plotly's mimetype renderer plus the
     ``notebook`` renderer, which embeds plotly.js once so the HTML works offline. Inside a kernel plotly.js is
@@ -42,5 +43,7 @@ def use_notebook_renderer() -> str:
     return pio.renderers.default
 
 
-__all__ = ["use_notebook_renderer", "plot_accuracy_ci", "plot_paired_differences", "export_figures", "plot_attribution_comparison", "plot_block_benefit", "plot_keep_ratios", "plot_reactivations", "plot_layer_keep_ratios",
-           "plot_weight_patterns", "plot_gradient_profile", "plot_exchange", "plot_art_keep_ratios", "plot_block_criteria", "plot_block_scores"]
+__all__ = ["use_notebook_renderer", "plot_accuracy_ci", "plot_paired_differences", "export_figures",
+           "plot_attribution_comparison", "plot_block_benefit", "plot_keep_ratios", "plot_reactivations",
+           "plot_layer_keep_ratios", "plot_weight_patterns", "plot_gradient_profile", "plot_exchange",
+           "plot_art_keep_ratios", "plot_block_criteria", "plot_block_scores"]

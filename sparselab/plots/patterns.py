@@ -23,8 +23,15 @@ from plotly.subplots import make_subplots
 from torch import nn
 
 from ..errors import ConfigError
-from ..patterns import (_image_layer, dead_units, input_pixel_map, kernel_positions, layer_keep_ratios,
-                        vit_blocks, vit_magnitude_maps)
+from ..patterns import (
+    _image_layer,
+    dead_units,
+    input_pixel_map,
+    kernel_positions,
+    layer_keep_ratios,
+    vit_blocks,
+    vit_magnitude_maps,
+)
 
 __all__ = ["plot_layer_keep_ratios", "plot_weight_patterns"]
 

@@ -15,7 +15,7 @@ Example:
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -23,6 +23,9 @@ from torch import nn
 from ..structure.vit import ViTStructure
 from ..training.pruner import TrainState
 from .window import WindowedRecorder
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 CRITERIA = ("crit_abs_w", "crit_abs_grad", "crit_taylor")
 
@@ -86,7 +89,7 @@ class BlockCriteria(WindowedRecorder):
         self.grad_sums, self.taylor_sums, self.count = state["grad"].clone(), state["taylor"].clone(), state["count"]
 
 
-def agreement(history, reference: str = "benefit_cls", metrics=CRITERIA) -> "pd.DataFrame":
+def agreement(history, reference: str = "benefit_cls", metrics=CRITERIA) -> pd.DataFrame:
     """Spearman rank correlation across blocks between each criterion and ``reference`` (ΔΨ), at every moment both
     were recorded: 1 means the criterion ranks the blocks as the block benefit does.
 

@@ -43,7 +43,6 @@ import functools
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -862,5 +861,5 @@ def load_compact(directory: str | os.PathLike, device: torch.device | str = "cpu
     return model.to(device).eval()
 
 
-__all__ = ["compact_vit", "compact_spec", "pad_masks", "compact_stats", "save_compact", "load_compact", "SelectChannels",
-           "ScatterChannels", "ZeroPaddedLayerNorm", "ConstantBranch"]
+__all__ = ["compact_vit", "compact_spec", "pad_masks", "compact_stats", "save_compact", "load_compact",
+           "SelectChannels", "ScatterChannels", "ZeroPaddedLayerNorm", "ConstantBranch"]

@@ -392,7 +392,8 @@ def task_loss(logits: torch.Tensor, targets: torch.Tensor, label_smoothing: floa
     Example:
         >>> import torch
         >>> logits = torch.zeros(2, 4)
-        >>> round(task_loss(logits, torch.tensor([0, 1])).item(), 4), round(task_loss(logits, torch.full((2, 4), .25)).item(), 4)
+        >>> hard, soft = task_loss(logits, torch.tensor([0, 1])), task_loss(logits, torch.full((2, 4), .25))
+        >>> round(hard.item(), 4), round(soft.item(), 4)
         (1.3863, 1.3863)
     """
     if logits.dtype in (torch.float16, torch.bfloat16):  # autocast outputs; float64 stays float64
