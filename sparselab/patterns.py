@@ -194,7 +194,7 @@ def dead_units(model: nn.Module, masks: Masks | None = None, sparsity: float | N
                                        "dead_input_fraction"])
 
 
-def _image_layer(model: nn.Module, features: int | None) -> tuple[str, nn.Linear] | None:
+def image_layer(model: nn.Module, features: int | None) -> tuple[str, nn.Linear] | None:
     """The first Linear layer, with no Conv2d before it, that reads ``features`` inputs (any count when None)."""
     for name, module in _modules_by_weight(model).items():
         if isinstance(module, nn.Conv2d):
@@ -213,7 +213,7 @@ def infer_image_shape(model: nn.Module) -> tuple[int, int, int]:
         >>> infer_image_shape(sl.models.create("lenet_300_100", num_classes=10))
         (1, 28, 28)
     """
-    found = _image_layer(model, None)
+    found = image_layer(model, None)
     if found is None:
         raise ConfigError(f"{type(model).__name__} does not start with a Linear layer that reads a flattened "
                           f"image (its first Conv2d/Linear layer is a convolution)")
@@ -253,7 +253,7 @@ def input_pixel_map(model: nn.Module, masks: Masks | None = None, sparsity: floa
         raise ConfigError(f"image_shape must be (C, H, W), got {image_shape!r}") from None
     if min(c, h, w) < 1:
         raise ConfigError(f"image_shape must hold positive sizes, got {image_shape!r}")
-    found = _image_layer(model, c * h * w)
+    found = image_layer(model, c * h * w)
     if found is None:
         linear = [f"{n} ({m.in_features} inputs)" for n, m in _modules_by_weight(model).items()
                   if isinstance(m, nn.Linear)]

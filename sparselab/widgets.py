@@ -39,8 +39,9 @@ from torch import nn
 from .errors import ConfigError
 from .history import History
 from .latency import latency_ms
-from .patterns import _image_layer, input_pixel_map, kernel_positions, layer_keep_ratios
-from .plots.p3b import block_label, block_order, select_run
+from .patterns import image_layer, input_pixel_map, kernel_positions, layer_keep_ratios
+from .plots.p3b import block_label, select_run, sort_block_names
+from .plots.style import TEMPLATE
 from .pruners.allocation import water_fill
 from .structure.compact import compact_stats, compact_vit
 from .structure.unstructured import num_pruned, prunable_weights
@@ -49,7 +50,6 @@ from .structure.vit import ViTStructure
 
 __all__ = ["SparsityExplorer", "BudgetExplorer", "TraceScrubber", "LiveFigure"]
 
-_TEMPLATE = "plotly_white"
 GLOBAL = "global magnitude"
 LAYER = "layer-wise magnitude"
 
@@ -133,7 +133,7 @@ class _RedrawAfter:
 
 
 def _bar_figure(title: str, names: list[str], y_title: str, traces: list[str]) -> LiveFigure:
-    fig = LiveFigure(layout=dict(template=_TEMPLATE, title=title, height=320, barmode="group",
+    fig = LiveFigure(layout=dict(template=TEMPLATE, title=title, height=320, barmode="group",
                                  margin=dict(l=50, r=20, t=50, b=50), yaxis_title=y_title))
     for name in traces:
         fig.add_bar(x=names, y=[0.0] * len(names), name=name)
@@ -203,9 +203,9 @@ class SparsityExplorer:
         if image_shape is None and hasattr(data, "in_chans") and hasattr(data, "image_size"):
             image_shape = (int(data.in_chans), int(data.image_size), int(data.image_size))
         if image_shape is not None:
-            if _image_layer(self._work, int(np.prod(image_shape))) is not None:
+            if image_layer(self._work, int(np.prod(image_shape))) is not None:
                 self._pixel_shape = tuple(int(v) for v in image_shape)
-        elif _image_layer(self._work, None) is not None:
+        elif image_layer(self._work, None) is not None:
             from .patterns import infer_image_shape
             try:
                 self._pixel_shape = infer_image_shape(self._work)
@@ -222,7 +222,7 @@ class SparsityExplorer:
         self.bars.update_yaxes(range=[0, 1.05])
         self.bars.update_layout(width=560)  # side by side with the heatmap in a notebook cell
         self.bars.data[0].hovertemplate = "%{x}<br>keep ratio %{y:.4f}<br>kept %{customdata}<extra></extra>"
-        self.heatmap = LiveFigure(layout=dict(template=_TEMPLATE, height=320, width=460,
+        self.heatmap = LiveFigure(layout=dict(template=TEMPLATE, height=320, width=460,
                                               margin=dict(l=50, r=20, t=50, b=50)))
         if self._pixel_shape is not None:
             c, h, w = self._pixel_shape
@@ -363,7 +363,7 @@ class BudgetExplorer:
         self.structure = s = ViTStructure(model)
         self._model = model
         names = [b.name for b in s.blocks]
-        logged = block_order(blocks[blocks.metric == "keep_goal"].block)
+        logged = sort_block_names(blocks[blocks.metric == "keep_goal"].block)
         if sorted(logged) != sorted(names):
             raise ConfigError(f"the History's blocks ({', '.join(logged)}) are not the model's blocks "
                               f"({', '.join(names)}); pass the model the run pruned")
@@ -504,7 +504,7 @@ class TraceScrubber:
         self._blocks = blocks[blocks.metric.isin(["keep_applied", "keep_goal", "benefit_cls", "benefit_patch"])]
         self._events = select_run(history, run)["events"]
         self.steps: list[int] = sorted(int(v) for v in blocks[blocks.metric == "keep_applied"].step.unique())
-        self.names = block_order(blocks[blocks.metric == "keep_applied"].block)
+        self.names = sort_block_names(blocks[blocks.metric == "keep_applied"].block)
         labels = [block_label(n) for n in self.names]
         diffs = [b - a for a, b in zip(self.steps, self.steps[1:])]
         stride = math.gcd(*diffs) if diffs else 1
@@ -549,7 +549,7 @@ class TraceScrubber:
                              pruned=int(((g.old == 1) & (g.new == 0)).sum())))
         table = pd.DataFrame(rows, columns=["block", "gate", "reactivated", "pruned"])
         if len(table):
-            order = {n: i for i, n in enumerate(block_order(table.block))}
+            order = {n: i for i, n in enumerate(sort_block_names(table.block))}
             table = table.sort_values(["block", "gate"], key=lambda col: col.map(order) if col.name == "block"
                                       else col).reset_index(drop=True)
         self.events_table = table

@@ -13,9 +13,9 @@ from sparselab.pruners.allocation import benefit_scores, ramp_keep, soft_clip, w
 from sparselab.pruners.p3b import implied_prune_ratio
 from sparselab.pruners.selection import (
     GATE_FACTORS,
-    block_order,
     find_threshold,
     masks_for_threshold,
+    order_block_elements,
     rank_normalise,
     soft_masks,
 )
@@ -85,7 +85,7 @@ def test_rank_normalisation_and_gate_factors_order_a_block():
     assert rank_normalise(torch.tensor([5.0, 1.0, 3.0, 2.0])).tolist() == [1.0, 0.25, 0.75, 0.5]
     scores = {"mlp_in": torch.tensor([0.0, 1.0]), "mlp_hid": torch.tensor([9.0, 5.0, 7.0, 8.0]),
               "mlp_out": torch.tensor([1.0, 2.0])}
-    gates, order = block_order(scores, GATE_FACTORS)
+    gates, order = order_block_elements(scores, GATE_FACTORS)
     # q: mlp_in [0.5, 1.0]; mlp_hid 0.75*[1, .25, .5, .75]; mlp_out 1.5*[0.5, 1.0]
     q = {("mlp_in", 0): 0.5, ("mlp_in", 1): 1.0, ("mlp_hid", 0): 0.75, ("mlp_hid", 1): 0.1875,
          ("mlp_hid", 2): 0.375, ("mlp_hid", 3): 0.5625, ("mlp_out", 0): 0.75, ("mlp_out", 1): 1.5}
@@ -103,7 +103,7 @@ def test_threshold_search_equals_brute_force(raw, keep):
     sizes = {"mlp_in": 6, "mlp_hid": 8, "mlp_out": 6}
     t_scores = torch.tensor(raw)
     scores = {"mlp_in": t_scores[:6], "mlp_hid": t_scores[6:14], "mlp_out": t_scores[14:]}
-    gates, order = block_order(scores, GATE_FACTORS)
+    gates, order = order_block_elements(scores, GATE_FACTORS)
     dense = _mlp_kept(sizes)
     target = keep * dense
 
@@ -118,7 +118,7 @@ def test_threshold_search_equals_brute_force(raw, keep):
 
 def test_soft_masks_put_the_threshold_at_one_half():
     sizes = {"a": 10, "b": 10}
-    gates, order = block_order({"a": torch.arange(10.0), "b": torch.arange(10.0) + 0.5}, {})
+    gates, order = order_block_elements({"a": torch.arange(10.0), "b": torch.arange(10.0) + 0.5}, {})
     values = soft_masks(gates, sizes, order, t=6, tau=0.1)
     flat = torch.cat([values["a"], values["b"]])
     sorted_vals = flat[torch.tensor([g * 10 + e for g, e in order.tolist()])]

@@ -12,7 +12,7 @@ import pytest
 from sparselab.errors import ConfigError
 from sparselab.history import History
 from sparselab.plots import plot_block_benefit, plot_keep_ratios, plot_reactivations
-from sparselab.plots.p3b import block_label, block_order, select_run
+from sparselab.plots.p3b import block_label, select_run, sort_block_names
 
 DEPTH = 4
 STEPS = [100, 200, 300, 400, 500, 600]
@@ -98,7 +98,7 @@ def subplot_of(trace) -> tuple[str, str]:
 def test_block_order_is_numeric_and_interleaved():
     names = ["blocks.10.mlp", "blocks.9.attn", "blocks.10.attn", "blocks.2.mlp", "head", "blocks.2.attn",
              "blocks.9.mlp", "blocks.2.attn"]
-    assert block_order(names) == ["blocks.2.attn", "blocks.2.mlp", "blocks.9.attn", "blocks.9.mlp",
+    assert sort_block_names(names) == ["blocks.2.attn", "blocks.2.mlp", "blocks.9.attn", "blocks.9.mlp",
                                   "blocks.10.attn", "blocks.10.mlp", "head"]
     assert block_label("blocks.10.mlp") == "mlp 10"
 

@@ -8,7 +8,7 @@ import sparselab as sl
 from sparselab.errors import ConfigError
 from sparselab.history import History
 from sparselab.patterns import layer_keep_ratios
-from sparselab.plots.p3b import block_order
+from sparselab.plots.p3b import sort_block_names
 from sparselab.structure.compact import compact_stats
 from sparselab.widgets import BudgetExplorer, SparsityExplorer, TraceScrubber
 
@@ -148,7 +148,7 @@ def test_trace_scrubber_shows_each_update(p3b_run):
     scrubber = TraceScrubber(h)
     assert scrubber.steps == steps
     assert (scrubber.slider.min, scrubber.slider.max) == (steps[0], steps[-1])
-    names = block_order(b.block)
+    names = sort_block_names(b.block)
     for step in steps:
         scrubber.slider.value = step
         assert scrubber.step == step

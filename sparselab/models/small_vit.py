@@ -18,8 +18,7 @@ Example:
 """
 from __future__ import annotations
 
-from timm.models import register_model
-from timm.models._registry import generate_default_cfgs
+from timm.models import generate_default_cfgs, register_model
 from timm.models.vision_transformer import VisionTransformer, _create_vision_transformer
 
 

@@ -18,8 +18,7 @@ from plotly.subplots import make_subplots
 from ..errors import ConfigError
 from ..history import History
 from .p3b import select_run
-
-_TEMPLATE = "plotly_white"
+from .style import TEMPLATE
 
 
 def _run_meta(history: History, run: str | None) -> dict:
@@ -79,7 +78,7 @@ def plot_gradient_profile(history: History, run: str | None = None, epochs: Sequ
     fig.update_yaxes(type="log", row=2, col=1, title_text="|∂L/∂w|")
     fig.update_xaxes(title_text="relative index in sorted |w|", row=2, col=1)
     reg = unique[0].get("regularizer", "")
-    fig.update_layout(template=_TEMPLATE, title=f"Gradient profile of the {reg} regularizer over ART epochs",
+    fig.update_layout(template=TEMPLATE, title=f"Gradient profile of the {reg} regularizer over ART epochs",
                       height=600)
     return fig
 
@@ -134,7 +133,7 @@ def plot_exchange(history: History, runs: Sequence[str] | None = None) -> go.Fig
     fig.update_xaxes(title_text="ART epoch")
     fig.update_yaxes(title_text="fraction of the kept set", row=1, col=1)
     fig.update_yaxes(title_text="overlap", range=[0, 1.02], row=1, col=2)
-    fig.update_layout(template=_TEMPLATE, title="Exploration → exploitation of the kept weights during ART")
+    fig.update_layout(template=TEMPLATE, title="Exploration → exploitation of the kept weights during ART")
     return fig
 
 
@@ -174,5 +173,5 @@ def plot_art_keep_ratios(history: History, run: str | None = None, log: bool = F
                                  hovertemplate=f"{layer}<br>{x_title} %{{x}}<br>keep ratio %{{y:.4f}}<extra></extra>"))
     fig.update_xaxes(title_text=x_title)
     fig.update_yaxes(title_text="keep ratio (kept / all weights)", type="log" if log else "linear")
-    fig.update_layout(template=_TEMPLATE, title="Keep ratio per layer over ART epochs")
+    fig.update_layout(template=TEMPLATE, title="Keep ratio per layer over ART epochs")
     return fig

@@ -18,7 +18,7 @@ from plotly.subplots import make_subplots
 
 from ..errors import ConfigError
 from ..history import History
-from .p3b import block_label, block_order, select_run
+from .p3b import block_label, select_run, sort_block_names
 
 TITLES = {"benefit_cls": "ΔΨ class-token probe", "benefit_patch": "ΔΨ patch probe", "crit_abs_w": "mean |w|",
           "crit_abs_grad": "mean |∂L/∂w|", "crit_taylor": "mean (w·∂L/∂w)²"}
@@ -38,7 +38,7 @@ def plot_block_criteria(history: History, metrics: Sequence[str] = DEFAULT, run:
                         subplot_titles=[TITLES.get(m, m) for m in metrics], horizontal_spacing=0.03)
     for i, metric in enumerate(metrics, start=1):
         table = blocks[blocks.metric == metric].pivot_table(index="block", columns="step", values="value")
-        table = table.reindex(block_order(table.index))
+        table = table.reindex(sort_block_names(table.index))
         if normalize:
             table = table / table.abs().max(axis=0).replace(0, 1)
         fig.add_trace(go.Heatmap(z=table.to_numpy(), x=[str(c) for c in table.columns],
@@ -66,7 +66,7 @@ def plot_block_scores(scores: Mapping[str, Mapping[str, float]], normalize: bool
         raise ConfigError("no scores to plot")
     fig = go.Figure()
     for name, per_block in scores.items():
-        names = block_order(per_block)
+        names = sort_block_names(per_block)
         values = [per_block[b] for b in names]
         top = max((abs(v) for v in values), default=1.0) or 1.0
         fig.add_bar(x=[block_label(b) for b in names], y=[v / top if normalize else v for v in values], name=name)

@@ -9,7 +9,7 @@ Block labels use the module index of the block name: ``blocks.3.attn`` is shown 
 the x axis of the profile and bar plots counts from 1 (``blocks.0.*`` is depth 1).
 
 Example:
-    >>> block_order(["blocks.10.mlp", "blocks.9.attn", "blocks.0.mlp", "blocks.0.attn"])
+    >>> sort_block_names(["blocks.10.mlp", "blocks.9.attn", "blocks.0.mlp", "blocks.0.attn"])
     ['blocks.0.attn', 'blocks.0.mlp', 'blocks.9.attn', 'blocks.10.mlp']
 """
 from __future__ import annotations
@@ -26,8 +26,9 @@ from plotly.subplots import make_subplots
 
 from ..errors import ConfigError
 from ..history import History
+from .style import TEMPLATE
 
-__all__ = ["plot_block_benefit", "plot_keep_ratios", "plot_reactivations", "block_order", "block_label",
+__all__ = ["plot_block_benefit", "plot_keep_ratios", "plot_reactivations", "sort_block_names", "block_label",
            "select_run"]
 
 _BLOCK_RE = re.compile(r"^blocks\.(\d+)\.(attn|mlp)$")
@@ -37,7 +38,6 @@ _VARIANT_TITLE = {"cls": "class-token probe", "patch": "patch probe"}
 _METRIC_TITLE = {"benefit": "Block benefit ΔΨ", "score": "Block score"}
 _METRIC_SYMBOL = {"benefit": "ΔΨ", "score": "score"}
 _KEEP_TITLE = {"keep_applied": "keep ratio κ̃", "keep_goal": "goal keep ratio κ"}
-_TEMPLATE = "plotly_white"
 _DIVERGING = "RdBu"
 _SEQUENTIAL = "Viridis"
 _NEEDS_BENEFIT = ("It needs the History of a P3B pruning run or of fine-tuning with BlockBenefit probes, which "
@@ -55,12 +55,12 @@ def _natural_key(name: str) -> tuple:
     return tuple(int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name))
 
 
-def block_order(names: Iterable[str]) -> list[str]:
+def sort_block_names(names: Iterable[str]) -> list[str]:
     """Unique block names in depth order: layer number compared numerically, ``attn`` before ``mlp`` of the same
     layer; names that are not ``blocks.{layer}.{attn|mlp}`` follow in natural order.
 
     Example:
-        >>> block_order(["blocks.1.mlp", "head", "blocks.1.attn", "blocks.0.mlp"])
+        >>> sort_block_names(["blocks.1.mlp", "head", "blocks.1.attn", "blocks.0.mlp"])
         ['blocks.0.mlp', 'blocks.1.attn', 'blocks.1.mlp', 'head']
     """
     def key(name: str) -> tuple:
@@ -139,7 +139,7 @@ def _pivot(blocks: pd.DataFrame, metric: str) -> pd.DataFrame:
     """Values of ``metric`` as a blocks × steps frame (depth-ordered rows, ascending steps; last value wins)."""
     df = blocks[blocks["metric"] == metric]
     wide = df.pivot_table(index="block", columns="step", values="value", aggfunc="last")
-    return wide.reindex(index=block_order(wide.index), columns=sorted(wide.columns))
+    return wide.reindex(index=sort_block_names(wide.index), columns=sorted(wide.columns))
 
 
 def _epochs(blocks: pd.DataFrame, metrics: Sequence[str]) -> dict[int, int]:
@@ -226,7 +226,7 @@ def plot_block_benefit(history: History, view: Literal["heatmap", "profile"] = "
 def _benefit_heatmap(blocks: pd.DataFrame, variants: list[str], names: list[str], normalize: bool, title: str,
                      symbol: str) -> go.Figure:
     wides = [_pivot(blocks, n) for n in names]
-    order = block_order(b for w in wides for b in w.index)
+    order = sort_block_names(b for w in wides for b in w.index)
     steps = sorted({int(s) for w in wides for s in w.columns})
     labels = [block_label(b) for b in order]
     fig = make_subplots(rows=1, cols=len(variants), shared_yaxes=True, horizontal_spacing=0.12,
@@ -251,7 +251,7 @@ def _benefit_heatmap(blocks: pd.DataFrame, variants: list[str], names: list[str]
     fig.update_yaxes(autorange="reversed")
     probes = " and ".join(_VARIANT_TITLE[v] for v in variants)
     norm = ", each step normalised by its max |value|" if normalize else ""
-    fig.update_layout(template=_TEMPLATE, title=f"{title} per block over training ({probes}{norm})",
+    fig.update_layout(template=TEMPLATE, title=f"{title} per block over training ({probes}{norm})",
                       height=max(350, 18 * len(order) + 150))
     return fig
 
@@ -262,7 +262,7 @@ def _benefit_profile(blocks: pd.DataFrame, variants: list[str], names: list[str]
     steps = sorted({int(s) for w in wides for s in w.columns})
     if not any(_parse(b) for w in wides for b in w.index):
         raise ConfigError(f"the profile view needs blocks named 'blocks.{{layer}}.attn' / 'blocks.{{layer}}.mlp'; "
-                          f"found {block_order(b for w in wides for b in w.index)}")
+                          f"found {sort_block_names(b for w in wides for b in w.index)}")
     if moments is None:
         chosen = _default_moments(steps)
     else:
@@ -306,7 +306,7 @@ def _benefit_profile(blocks: pd.DataFrame, variants: list[str], names: list[str]
     fig.update_xaxes(title_text="layer depth (1..L)", row=len(variants))
     fig.update_xaxes(tickmode="linear", tick0=1, dtick=1 if depth <= 16 else 2, range=[0.5, depth + 0.5])
     norm = " (each curve normalised by its max |value|)" if normalize else ""
-    fig.update_layout(template=_TEMPLATE, title=f"{title} per layer at selected steps{norm}",
+    fig.update_layout(template=TEMPLATE, title=f"{title} per layer at selected steps{norm}",
                       legend_title_text="moment", height=320 * len(variants) + 120)
     return fig
 
@@ -395,7 +395,7 @@ def plot_keep_ratios(history: History, metric: str = "keep_applied", run: str | 
                      dtick=1 if depth <= 16 else 2, range=[0.4, depth + 0.6], row=1, col=2)
     fig.update_yaxes(title_text=label, range=[0, 1.05], row=1, col=1)
     fig.update_yaxes(title_text=f"final {label}", range=[0, 1.05], row=1, col=2)
-    fig.update_layout(template=_TEMPLATE, barmode="overlay",
+    fig.update_layout(template=TEMPLATE, barmode="overlay",
                       title=f"Keep ratio {symbol} of each block (colour: depth; attn solid, mlp dashed)")
     return fig
 
@@ -426,10 +426,10 @@ def plot_reactivations(history: History, run: str | None = None) -> go.Figure:
                            font=dict(size=14))
         fig.update_xaxes(visible=False)
         fig.update_yaxes(visible=False)
-        fig.update_layout(template=_TEMPLATE, title=title)
+        fig.update_layout(template=TEMPLATE, title=title)
         return fig
     known = blocks.loc[blocks["metric"] == "keep_applied", "block"].tolist()
-    order = block_order(list(events["block"]) + [b for b in known if _parse(b)])
+    order = sort_block_names(list(events["block"]) + [b for b in known if _parse(b)])
     steps = sorted(set(events["step"].astype(int)) | set(blocks.loc[blocks["metric"] == "keep_applied", "step"]
                                                          .astype(int)))
     labels = [block_label(b) for b in order]
@@ -464,5 +464,5 @@ def plot_reactivations(history: History, run: str | None = None) -> go.Figure:
     fig.update_yaxes(title_text="block (depth order)", autorange="reversed", row=1, col=1)
     fig.update_xaxes(title_text="block (depth order)", categoryorder="array", categoryarray=labels, row=1, col=2)
     fig.update_yaxes(title_text="gate elements flipped", row=1, col=2)
-    fig.update_layout(template=_TEMPLATE, barmode="group", title=title, height=max(380, 18 * len(order) + 150))
+    fig.update_layout(template=TEMPLATE, barmode="group", title=title, height=max(380, 18 * len(order) + 150))
     return fig

@@ -24,18 +24,18 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..patterns import (
-    _image_layer,
     dead_units,
+    image_layer,
     input_pixel_map,
     kernel_positions,
     layer_keep_ratios,
     vit_blocks,
     vit_magnitude_maps,
 )
+from .style import TEMPLATE
 
 __all__ = ["plot_layer_keep_ratios", "plot_weight_patterns"]
 
-_TEMPLATE = "plotly_white"
 _SEQUENTIAL = "Viridis"
 _PARTS = ("q", "k", "v", "proj")
 _DEAD_COLORS = ("#e45756", "#4c78a8")
@@ -137,7 +137,7 @@ def plot_layer_keep_ratios(model_or_table: nn.Module | pd.DataFrame | None = Non
     else:
         fig.update_yaxes(title_text="keep ratio (kept / all weights)", range=[0, 1.05])
     title = "Keep ratio of each prunable layer"
-    fig.update_layout(template=_TEMPLATE, barmode="group", showlegend=True, legend_title_text="method",
+    fig.update_layout(template=TEMPLATE, barmode="group", showlegend=True, legend_title_text="method",
                       title=title + (f": {what}" if len(series) > 1 else ""))
     return fig
 
@@ -184,7 +184,7 @@ def plot_weight_patterns(model: nn.Module, masks: Mapping | None = None, sparsit
             raise ConfigError("image_shape applies to a fully connected network reading the flattened image, not "
                               "to a CNN")
         return _cnn_patterns(model, positions, dead_units(model, masks, sparsity))
-    if _image_layer(model, None) is not None:
+    if image_layer(model, None) is not None:
         return _mlp_patterns(model, masks, sparsity, image_shape)
     raise ConfigError(f"plot_weight_patterns supports timm ViTs, CNNs with 3×3 convolutions and fully connected "
                       f"networks reading the flattened image; {type(model).__name__} is none of these (use "
@@ -225,7 +225,7 @@ def _cnn_patterns(model: nn.Module, positions: pd.DataFrame, dead: pd.DataFrame)
     fig.update_xaxes(title_text="kernel position (row, col); (1,1) = centre", row=1, col=1)
     fig.update_yaxes(title_text="3×3 conv layer (module order)", autorange="reversed", row=1, col=1)
     _dead_bars(fig, dead, 1, 2, "filters/neurons")
-    fig.update_layout(template=_TEMPLATE, barmode="group", height=max(420, 18 * n + 180),
+    fig.update_layout(template=TEMPLATE, barmode="group", height=max(420, 18 * n + 180),
                       legend=dict(orientation="h", y=-0.12 if n < 20 else -0.05),
                       title=f"Where the kept weights of {type(model).__name__} sit: 3×3 kernel positions and dead "
                             f"filters")
@@ -238,7 +238,7 @@ def _mlp_patterns(model: nn.Module, masks: Mapping | None, sparsity: float | Non
     counts = input_pixel_map(model, masks, sparsity, image_shape=image_shape).numpy()
     dead = dead_units(model, masks, sparsity)
     dead = dead[dead["kind"] == "linear"].reset_index(drop=True)
-    first = _label(_image_layer(model, None)[0])
+    first = _label(image_layer(model, None)[0])
     h, w = frac.shape
     fig = make_subplots(rows=1, cols=2, column_widths=[0.5, 0.5], horizontal_spacing=0.2,
                         subplot_titles=[f"fraction of {first} weights kept per input pixel",
@@ -253,7 +253,7 @@ def _mlp_patterns(model: nn.Module, masks: Mapping | None, sparsity: float | Non
     fig.update_yaxes(title_text="pixel row", autorange="reversed", scaleanchor="x", constrain="domain", row=1,
                      col=1)
     _dead_bars(fig, dead, 1, 2, "neurons")
-    fig.update_layout(template=_TEMPLATE, barmode="group", height=460, legend=dict(orientation="h", y=-0.15),
+    fig.update_layout(template=TEMPLATE, barmode="group", height=460, legend=dict(orientation="h", y=-0.15),
                       title=f"Where the kept weights of {type(model).__name__} sit: input pixels of {first} and "
                             f"dead neurons")
     return fig
@@ -296,7 +296,7 @@ def _vit_patterns(model: nn.Module, masks: Mapping | None, sparsity: float | Non
     fig.update_yaxes(title_text="block", autorange="reversed", dtick=1, row=2, col=1)
     top, bottom = fig.layout.yaxis.domain, fig.layout.yaxis5.domain
     fig.update_layout(
-        template=_TEMPLATE, height=max(640, 60 * len(layers) + 420),
+        template=TEMPLATE, height=max(640, 60 * len(layers) + 420),
         coloraxis=dict(colorscale=_SEQUENTIAL, cmin=0, cmax=vmax,
                        colorbar=dict(title=attn_what, y=(top[0] + top[1]) / 2, len=top[1] - top[0],
                                      thickness=12)),

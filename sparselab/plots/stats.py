@@ -14,8 +14,7 @@ from typing import Sequence
 import plotly.graph_objects as go
 
 from ..stats import CONFIDENCE, summarize_ci, verdict
-
-_TEMPLATE = "plotly_white"
+from .style import TEMPLATE
 
 
 def plot_accuracy_ci(table, setting: str = "prune_ratio", value: str = "acc", method: str = "method",
@@ -42,7 +41,7 @@ def plot_accuracy_ci(table, setting: str = "prune_ratio", value: str = "acc", me
             customdata=rows[["n"]].to_numpy(),
             hovertemplate=f"{m}<br>{setting} %{{x:g}} %<br>{value} %{{y:.2f}} %<br>seeds %{{customdata[0]}}"
                           "<extra></extra>"))
-    fig.update_layout(template=_TEMPLATE, title=title or f"{value} against {setting} (mean, {CONFIDENCE:.0%} "
+    fig.update_layout(template=TEMPLATE, title=title or f"{value} against {setting} (mean, {CONFIDENCE:.0%} "
                                                           f"interval over seeds)",
                       xaxis_title=f"{setting} (%)", yaxis_title=f"{value} (%)", legend_title=method)
     return fig
@@ -63,7 +62,7 @@ def plot_paired_differences(diffs, setting: str = "prune_ratio", method: str = "
                                            arrayminus=[(r["diff"] - r["low"]) * 100]),
             hovertemplate=f"{label}<br>%{{x:+.2f}} points<br>{int(r['n'])} seeds — {v}<extra></extra>"))
     fig.add_vline(x=0, line_color="black", line_width=1)
-    fig.update_layout(template=_TEMPLATE, title=title or f"Paired differences over seeds ({CONFIDENCE:.0%} "
+    fig.update_layout(template=TEMPLATE, title=title or f"Paired differences over seeds ({CONFIDENCE:.0%} "
                                                           f"intervals)",
                       xaxis_title="difference (accuracy points)", height=max(300, 40 * len(labels) + 120))
     return fig

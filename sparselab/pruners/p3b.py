@@ -37,7 +37,7 @@ from ..structure.vit import BlockInfo, ViTStructure
 from ..training.pruner import Pruner, TrainState
 from .allocation import benefit_scores, ramp_keep, water_fill
 from .schedules import P3BSchedule, P3BSteps
-from .selection import GATE_FACTORS, block_order, find_threshold, soft_masks
+from .selection import GATE_FACTORS, find_threshold, order_block_elements, soft_masks
 
 ALLOCATIONS = ("benefit", "uniform", "global", "fixed")
 CRITERIA = ("taylor", "l1")
@@ -339,7 +339,7 @@ class P3B(Pruner):
                 sizes = {g: s.gate_sizes(b.layer)[g] for g in b.gates}
                 block_scores = {g: scores[Gates.key(b.layer, g)] for g in b.gates}
                 dead = {g: self._dead[Gates.key(b.layer, g)] for g in b.gates if Gates.key(b.layer, g) in self._dead}
-                gates, order = block_order(block_scores, self.gate_factors, dead or None)
+                gates, order = order_block_elements(block_scores, self.gate_factors, dead or None)
                 target = float(applied[b.index] * self.dense_linear[b.index])
                 t = find_threshold(gates, sizes, order, lambda kept, b=b: self._linear_kept(b, kept), target)
                 t = max(t, sum(int(d.sum()) for d in dead.values()))  # dead elements sort first and stay below t

@@ -30,7 +30,7 @@ def rank_normalise(scores: torch.Tensor) -> torch.Tensor:
     return ranks / n
 
 
-def block_order(scores: Mapping[str, torch.Tensor], factors: Mapping[str, float],
+def order_block_elements(scores: Mapping[str, torch.Tensor], factors: Mapping[str, float],
                 forced_off: Mapping[str, torch.Tensor] | None = None) -> tuple[list[str], torch.Tensor]:
     """Sort every element of a block ascending by factor·rank-normalised score.
 

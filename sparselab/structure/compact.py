@@ -53,7 +53,7 @@ from torch.nn import functional as F
 from ..atomic import atomic_write
 from ..errors import CheckpointError, ConfigError
 from ..models.checkpoints import state_dict_mismatch
-from .vit import GATES, Masks, ViTStructure
+from .vit import GATES, Masks, ViTStructure, is_identity
 
 SPEC_FORMAT = "sparselab-compact-vit"
 SPEC_VERSION = 1
@@ -235,10 +235,6 @@ def _copy_except(module: nn.Module, skip: list[nn.Module]) -> nn.Module:
     return _clear_hooks(copy.deepcopy(module, memo))
 
 
-def _is_identity(m: nn.Module | None) -> bool:
-    return m is None or isinstance(m, nn.Identity)
-
-
 def _rows(w: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return w.detach().index_select(0, idx.to(w.device))
 
@@ -285,7 +281,7 @@ def _compact_attn(blk: nn.Module, m: dict[str, torch.Tensor], heads: int, head_d
     ref = attn.qkv.weight
     i_in, i_hd, i_out = _kept(m["attn_in"]), _kept(m["attn_qkv"]), _kept(m["attn_out"])
     n_in, n_hd, n_out = i_in.numel(), i_hd.numel(), i_out.numel()
-    qk_norm = not _is_identity(attn.q_norm)
+    qk_norm = not is_identity(attn.q_norm)
     if min(n_in, n_hd, n_out) == 0:  # the branch output no longer depends on its input
         with torch.no_grad():
             v = torch.zeros(heads * head_dim, dtype=ref.dtype, device=ref.device)
@@ -633,7 +629,7 @@ def _base_kwargs(model: nn.Module) -> tuple[str, dict[str, Any], dict[str, Any]]
     for i, blk in enumerate(structure.layers):
         _check_block(i, blk)
     pe = model.patch_embed
-    if type(pe) is not PatchEmbed or not _is_identity(getattr(pe, "norm", None)):
+    if type(pe) is not PatchEmbed or not is_identity(getattr(pe, "norm", None)):
         raise ConfigError("compact specs support timm's PatchEmbed without a norm layer only")
     b0 = structure.layers[0]
     dim = structure.embed_dim
@@ -658,7 +654,7 @@ def _base_kwargs(model: nn.Module) -> tuple[str, dict[str, Any], dict[str, Any]]
     if any((b.mlp.fc1.bias is not None) != proj_bias or (b.mlp.fc2.bias is not None) != proj_bias
            for b in structure.layers):
         raise ConfigError("compact specs need MLP biases that match the attention projection bias")
-    qk_norm = flag(lambda b: not _is_identity(b.attn.q_norm))
+    qk_norm = flag(lambda b: not is_identity(b.attn.q_norm))
     layer_scale = flag(lambda b: isinstance(b.ls1, LayerScale))
     for b in structure.layers:
         for ls in (b.ls1, b.ls2):
@@ -666,7 +662,7 @@ def _base_kwargs(model: nn.Module) -> tuple[str, dict[str, Any], dict[str, Any]]
                 raise ConfigError("compact specs need LayerScale on every branch or on none")
     norm_kind, norm_eps = _norm_kind(model)
     last = structure.layers[-1]
-    fc_norm = not _is_identity(model.fc_norm)
+    fc_norm = not is_identity(model.fc_norm)
     kwargs: dict[str, Any] = dict(
         img_size=list(pe.img_size), patch_size=list(pe.patch_size), in_chans=int(pe.proj.in_channels),
         num_classes=int(model.num_classes), global_pool=str(model.global_pool), embed_dim=dim,
@@ -674,7 +670,7 @@ def _base_kwargs(model: nn.Module) -> tuple[str, dict[str, Any], dict[str, Any]]
         proj_bias=proj_bias, init_values=float(getattr(b0.ls1, "init_values", 1.0)) if layer_scale else None,
         class_token=bool(model.has_class_token), pos_embed="learn" if model.pos_embed is not None else "none",
         no_embed_class=bool(model.no_embed_class), reg_tokens=int(model.num_reg_tokens),
-        pre_norm=not _is_identity(model.norm_pre), final_norm=fc_norm or not _is_identity(model.norm),
+        pre_norm=not is_identity(model.norm_pre), final_norm=fc_norm or not is_identity(model.norm),
         fc_norm=fc_norm, pool_include_prefix=bool(getattr(model, "pool_include_prefix", False)),
         dynamic_img_size=bool(model.dynamic_img_size), dynamic_img_pad=bool(getattr(pe, "dynamic_img_pad", False)),
         drop_rate=float(model.head_drop.p), pos_drop_rate=float(model.pos_drop.p),

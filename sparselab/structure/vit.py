@@ -24,7 +24,7 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Mapping
+from typing import Mapping
 
 import torch
 from torch import nn
@@ -50,7 +50,7 @@ class BlockInfo:
         return BLOCK_GATES[self.kind]
 
 
-def _is_identity(m: nn.Module | None) -> bool:
+def is_identity(m: nn.Module | None) -> bool:
     return m is None or isinstance(m, nn.Identity)
 
 
@@ -81,7 +81,7 @@ class ViTStructure:
             BlockInfo(2 * i + j, i, kind, f"blocks.{i}.{kind}")
             for i in range(len(self.layers)) for j, kind in enumerate(("attn", "mlp"))
         ]
-        self.qk_norm = not _is_identity(first.q_norm)
+        self.qk_norm = not is_identity(first.q_norm)
         # the architecture is fixed for the structure's lifetime: per-block constants and W_0 are counted once
         self._fixed = [self._fixed_counts(b) for b in self.blocks]
         self._outside = sum(p.numel() for p in model.parameters()) - sum(self.block_params(b) for b in self.blocks)
@@ -111,9 +111,9 @@ class ViTStructure:
             raise ConfigError(f"{where}: qkv and fc1 must be nn.Linear")
         if getattr(attn, "gate", None) is not None:
             raise ConfigError(f"{where}.attn uses gated attention, which block pruning does not support")
-        if not _is_identity(getattr(attn, "norm", None)):
+        if not is_identity(getattr(attn, "norm", None)):
             raise ConfigError(f"{where}.attn.norm (scale_norm) is not supported")
-        if not _is_identity(getattr(mlp, "norm", None)):
+        if not is_identity(getattr(mlp, "norm", None)):
             raise ConfigError(f"{where}.mlp.norm is not supported")
         if not isinstance(blk.norm1, nn.LayerNorm) or not isinstance(blk.norm2, nn.LayerNorm):
             raise ConfigError(f"{where}: norm1/norm2 must be LayerNorm")
@@ -217,7 +217,3 @@ class ViTStructure:
 
 def _n(module: nn.Module | None) -> int:
     return 0 if module is None else sum(p.numel() for p in module.parameters())
-
-
-def iter_blocks(structure: ViTStructure, kinds: Iterable[str] = ("attn", "mlp")) -> list[BlockInfo]:
-    return [b for b in structure.blocks if b.kind in kinds]

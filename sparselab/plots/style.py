@@ -1,0 +1,2 @@
+"""The look every sparselab figure shares (plots and widgets alike)."""
+TEMPLATE = "plotly_white"
