@@ -243,3 +243,11 @@ def test_pattern_findings_describe_the_numbers():
 def test_findings_of_a_missing_committed_file_are_empty():
     assert findings.p3b_findings(pd.DataFrame()) == [] and findings.art_findings(pd.DataFrame()) == []
     assert paired_against_all(pd.DataFrame(), "p3b").empty
+
+
+def test_art_findings_say_where_art_did_not_reach_its_stop_criterion():
+    t = pd.DataFrame({"method": ["hypersparse"] * 3 + ["l1"] * 3, "sparsity": 0.995, "seed": [0, 1, 2] * 2,
+                      "acc": [0.84, 0.85, 0.83, 0.82, 0.83, 0.82], "art_converged": [1.0, 0.0, 0.0, 1.0, 1.0, 1.0]})
+    lines = findings.art_findings(t)
+    assert lines[-1].startswith("hypersparse at 99.5 %: ART's stop criterion reached in 1 of 3 runs")
+    assert not any(line.startswith("l1 at 99.5 %: ART's") for line in lines)

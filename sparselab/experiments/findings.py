@@ -99,7 +99,9 @@ def late_convergence_findings(rho: pd.DataFrame, label: str = "") -> list[str]:
 def art_findings(table: pd.DataFrame, method: str = "hypersparse") -> list[str]:
     """Claims of the HyperSparse paper against a :func:`sparselab.experiments.art.compare` result: ``method``
     keeps more accuracy than each other method at each sparsity (paired by seed: every method of a seed starts
-    from the same warm-up)."""
+    from the same warm-up). Where an ART method did not always reach its stop criterion (the pruned copy as good
+    as the dense model) within ``max_art_epochs``, a last line per case says in how many runs it did: the others
+    were fine-tuned from the candidate the preset's candidate rule held when ART stopped."""
     if table.empty:
         return []
     pruned = table[table.method != "dense"]
@@ -111,6 +113,12 @@ def art_findings(table: pd.DataFrame, method: str = "hypersparse") -> list[str]:
         for _, r in paired_differences(pair, other, setting="sparsity", methods=[method]).iterrows():
             lines.append(finding(f"{method} − {other} at {r.sparsity * 100:g} %", r["diff"], r["low"], r["high"],
                                  int(r["n"])))
+    if "art_converged" in pruned:
+        for (sparsity, name), runs in pruned.dropna(subset=["art_converged"]).groupby(["sparsity", "method"]):
+            reached = int(runs.art_converged.sum())
+            if reached < len(runs):
+                lines.append(f"{name} at {sparsity * 100:g} %: ART's stop criterion reached in {reached} of "
+                             f"{len(runs)} runs (the others stopped at max_art_epochs with the rule's candidate)")
     return lines
 
 
