@@ -31,8 +31,8 @@ import torch
 from scipy.stats import spearmanr
 
 import sparselab as sl
+from sparselab.callbacks import Pruner
 from sparselab.experiments.p3b import load_data, p3b_preset, run_p3b, source_model
-from sparselab.training.pruner import Pruner
 
 ESTIMATORS: dict[str, dict] = {  # name: patch probe and BlockBenefit options (class-token probes always run)
     "reference (conv2, every step, whole batch)": dict(patch_probe="conv2"),

@@ -22,7 +22,8 @@ from .errors import CheckpointError, ConfigError, DataNotFoundError, SparselabEr
 __version__ = "0.1.0"
 
 _SUBMODULES = ("data", "models", "patterns", "plots", "probes", "structure", "training", "pruners", "experiments",
-               "history", "attribution", "widgets", "latency", "paths", "cli", "errors")
+               "history", "attribution", "widgets", "latency", "cost", "paths", "cli", "errors", "stats", "callbacks",
+               "runtime", "evaluation", "atomic")
 _ATTRIBUTES = {
     "History": "history",
     "plot_block_benefit": "plots", "plot_exchange": "plots", "plot_gradient_profile": "plots",

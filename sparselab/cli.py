@@ -303,7 +303,7 @@ def _cmd_p3b(args) -> int:
 
     import torch
 
-    from .training import distributed as dist_utils
+    from . import runtime as dist_utils
 
     run = run_p3b(preset, args.method, args.prune_ratio, args.seed, checkpoint_dir=str(out / "checkpoint"),
                   resume=args.resume, measure_latency=not args.no_latency)
@@ -348,7 +348,7 @@ def _cmd_art(args) -> int:
     out = Path(args.out)
     _prepare_out(out, args)
 
-    from .training import distributed as dist_utils
+    from . import runtime as dist_utils
 
     run = art_exp.run_art(preset, args.method, args.sparsity, args.seed, checkpoint_dir=str(out / "checkpoint"),
                           resume=args.resume)

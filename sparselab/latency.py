@@ -1,5 +1,8 @@
 """CPU/GPU inference latency of a model, measured the same way everywhere.
 
+The implementation lives in :mod:`sparselab.cost`, next to parameter and multiply-accumulate counting
+(:func:`~sparselab.cost.compact_stats`); this module re-exports :func:`latency_ms`.
+
 Example:
     >>> import torch
     >>> ms = latency_ms(torch.nn.Linear(8, 8), (8,), batch_size=4, repeats=5)
@@ -8,31 +11,6 @@ Example:
 """
 from __future__ import annotations
 
-import statistics
-import time
-from typing import Sequence
+from .cost import latency_ms
 
-import torch
-from torch import nn
-
-
-@torch.inference_mode()
-def latency_ms(model: nn.Module, input_shape: Sequence[int], batch_size: int = 1, repeats: int = 20,
-               warmup: int = 3, device: str | torch.device | None = None) -> float:
-    """Median wall time in milliseconds of one forward pass on a random batch (model in eval mode)."""
-    device = torch.device(device) if device is not None else next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    x = torch.randn(batch_size, *input_shape, device=device)
-    times = []
-    for i in range(warmup + repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        t0 = time.perf_counter()
-        model(x)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        if i >= warmup:
-            times.append((time.perf_counter() - t0) * 1000)
-    model.train(was_training)
-    return statistics.median(times)
+__all__ = ["latency_ms"]

@@ -11,12 +11,12 @@ from torch import nn
 from torch.utils.data import Dataset
 
 import sparselab as sl
+from sparselab.callbacks import TrainState
 from sparselab.data.datasets import DataBundle, TensorImages
 from sparselab.errors import CheckpointError, UnknownNameError
+from sparselab.evaluation import evaluate
 from sparselab.history import History
 from sparselab.structure import magnitude_masks
-from sparselab.training.loop import evaluate
-from sparselab.training.pruner import TrainState
 
 
 def small_net(seed=0):

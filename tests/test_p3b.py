@@ -8,6 +8,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import sparselab as sl
+from sparselab.callbacks import TrainState
 from sparselab.errors import ConfigError, UnknownNameError
 from sparselab.pruners.allocation import benefit_scores, ramp_keep, soft_clip, water_fill
 from sparselab.pruners.p3b import implied_prune_ratio
@@ -20,7 +21,6 @@ from sparselab.pruners.selection import (
     soft_masks,
 )
 from sparselab.structure import GATES, ViTStructure
-from sparselab.training.pruner import TrainState
 
 
 # ---------------------------------------------------------------- allocation (§1.4)

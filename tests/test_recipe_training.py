@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 
 import sparselab as sl
+from sparselab.data.batches import epoch_groups, local_chunk
 from sparselab.errors import ConfigError
-from sparselab.training.batches import epoch_groups, local_chunk
 
 # several runs stop before the schedule finalizes on purpose (scores and optimizer groups are read mid-run)
 pytestmark = pytest.mark.filterwarnings("ignore:training for .* ends before P3B finalizes")

@@ -275,7 +275,7 @@ def paper_presets() -> list[str]:
 # ------------------------------------------------------------------------------------------------ dry run
 def steps_per_epoch(train_images: int, options: dict) -> int:
     """Optimizer steps per epoch that :func:`sparselab.fit` will take with these training options (one process)."""
-    from ..training.batches import epoch_groups
+    from ..data.batches import epoch_groups
 
     cfg = _train(options)
     n = len(epoch_groups(train_images, cfg.batch_size, cfg.accumulate_steps, cfg.drop_last, cfg.seed, 0,

@@ -94,6 +94,31 @@ def _check_source(model_name: str, dataset: str) -> None:
         raise unknown_name("source dataset", dataset, SOURCE_DATASETS)
 
 
+#: source dataset → the trainer that pretrains a small ViT on it, as ``"module:function"`` (imported on first use,
+#: so that ``models`` never imports the training loop) or a callable; :func:`register_source_trainer` adds more.
+#: A trainer takes ``(model_name, dataset, recipe: SourceRecipe, checkpoint_dir, progress, resume)`` and returns
+#: ``(model, history, image_size)``.
+SOURCE_TRAINERS: dict[str, Any] = {"fashion_mnist": "sparselab.experiments.source:train_source_model"}
+
+
+def register_source_trainer(dataset: str, trainer: Any) -> None:
+    """Let ``pretrained=dataset`` (and :func:`pretrain`) train source models with ``trainer``."""
+    SOURCE_TRAINERS[dataset] = trainer
+
+
+def source_trainer(dataset: str):
+    """The trainer registered for ``dataset`` (see :data:`SOURCE_TRAINERS`)."""
+    import importlib
+
+    if dataset not in SOURCE_TRAINERS:
+        raise unknown_name("source dataset", dataset, SOURCE_TRAINERS)
+    trainer = SOURCE_TRAINERS[dataset]
+    if isinstance(trainer, str):
+        module, _, name = trainer.partition(":")
+        trainer = getattr(importlib.import_module(module), name)
+    return trainer
+
+
 def pretrain(model_name: str, dataset: str = "fashion_mnist", recipe: str = "default", force: bool = False,
              progress: bool = True, resume: bool = False) -> Path:
     """Train ``model_name`` on the source dataset with ``recipe`` and cache its weights; returns the path.
@@ -103,30 +128,20 @@ def pretrain(model_name: str, dataset: str = "fashion_mnist", recipe: str = "def
     ``vit_micro_patch4_32``), in one channel. While it trains, a checkpoint is kept in :func:`resume_dir`:
     Ctrl-C stops at a step boundary, and ``resume=True`` continues from there to the same weights.
     """
-    from .. import data as sl_data
-    from ..training import fit
-    from . import create, small_vit
-
     _check_source(model_name, dataset)
     path = checkpoint_path(model_name, dataset, recipe)
     if path.exists() and not force:
         return path
     rec = RECIPES[recipe]
-    bundle = sl_data.load(dataset, image_size=small_vit.SMALL_VITS[model_name]["img_size"], limit=rec.limit,
-                          seed=rec.seed, **({"classes": list(rec.classes)} if rec.classes is not None else {}))
-    with torch.random.fork_rng():
-        torch.manual_seed(rec.seed)
-        model = create(model_name, num_classes=bundle.num_classes, in_chans=bundle.in_chans)
     ckpt_dir = resume_dir(model_name, dataset, recipe)
-    history = fit(model, bundle, epochs=rec.epochs, batch_size=rec.batch_size, lr=rec.lr,
-                  weight_decay=rec.weight_decay, warmup_steps=rec.warmup_steps, lr_schedule="cosine",
-                  seed=rec.seed, progress=progress, device="cpu", checkpoint_dir=ckpt_dir, resume=resume)
+    model, history, image_size = source_trainer(dataset)(model_name, dataset, rec, ckpt_dir, progress=progress,
+                                                         resume=resume)
     from safetensors.torch import save_file
 
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
     atomic_write(path, lambda tmp: save_file(state, tmp))
     record = {"model": model_name, "dataset": dataset, "recipe": recipe, **dataclasses.asdict(rec),
-              "image_size": bundle.image_size,
+              "image_size": image_size,
               "test_acc": history.last("acc", split="test"), "val_acc": history.last("acc", split="val"),
               "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
     atomic_write(path.with_suffix(".json"), lambda tmp: Path(tmp).write_text(json.dumps(record, indent=2)))

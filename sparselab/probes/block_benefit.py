@@ -38,12 +38,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from .. import runtime as dist_utils
+from ..callbacks import TrainState
+from ..data.batches import to_model_input
 from ..errors import ConfigError, check_finite
 from ..structure.taps import ResidualTaps
 from ..structure.vit import ViTStructure
-from ..training import distributed as dist_utils
-from ..training.batches import to_model_input
-from ..training.pruner import TrainState
 from .heads import ProbePair
 from .window import WindowedRecorder
 
@@ -206,7 +206,7 @@ class BlockBenefit(WindowedRecorder):
     @torch.no_grad()
     def calibrate(self, data, steps: int = 50, batch_size: int = 64, lr: float = 1e-3, seed: int = 0) -> None:
         """Fit the probes alone on the frozen model (e.g. to measure benefit *before* fine-tuning)."""
-        from ..training.batches import epoch_order
+        from ..data.batches import epoch_order
 
         model = self.structure.model
         ref = next(model.parameters())
@@ -283,7 +283,7 @@ def twice(targets: torch.Tensor) -> torch.Tensor:
 
 
 def _loss(logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float) -> torch.Tensor:
-    from ..training.loop import task_loss
+    from ..runtime import task_loss
 
     return task_loss(logits, targets, label_smoothing, reduction="none")
 

@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from ..callbacks import TrainState
 from ..structure.vit import ViTStructure
-from ..training.pruner import TrainState
 from .window import WindowedRecorder
 
 if TYPE_CHECKING:

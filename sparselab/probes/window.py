@@ -13,10 +13,10 @@ Example:
 """
 from __future__ import annotations
 
-from ..training.pruner import Pruner, TrainState
+from ..callbacks import Callback, TrainState
 
 
-class WindowedRecorder(Pruner):
+class WindowedRecorder(Callback):
     """Writes its window every ``log_every`` optimizer steps (when given) and at every epoch end."""
 
     count: int = 0

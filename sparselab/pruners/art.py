@@ -42,9 +42,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..callbacks import Pruner, TrainState
 from ..errors import CheckpointError, ConfigError, DivergedError, check_finite, check_ratio, unknown_name
 from ..structure.unstructured import apply_masks, magnitude_masks, prunable_weights, sparsity
-from ..training.pruner import Pruner, TrainState
 from .masking import FixedMask
 from .regularizers import Regularizer, make_regularizer
 
@@ -268,8 +268,8 @@ class ART(Pruner):
     def _train_accuracy(self, model: nn.Module, state: TrainState) -> float:
         """The pruned copy's training accuracy (eval mode) at ART epoch ``state.epoch - warmup_epochs``, summed
         over processes under torchrun."""
-        from ..training import distributed as dist_utils
-        from ..training.loop import evaluate
+        from .. import runtime as dist_utils
+        from ..evaluation import evaluate
 
         ds = state.data.train
         if not self.train_eval_augment:
@@ -291,8 +291,8 @@ class ART(Pruner):
         their training transforms, under RNGs seeded from the ART epoch and restored afterwards (there the drawn
         augmentations depend on the number of processes).
         """
+        from ..data.batches import to_model_input
         from ..data.datasets import TensorImages
-        from ..training.batches import to_model_input
 
         ds = state.data.train
         n = len(ds) if self.train_eval_limit is None else min(len(ds), self.train_eval_limit)

@@ -20,9 +20,9 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+from ..callbacks import Pruner, TrainState
 from ..errors import ConfigError, check_ratio
 from ..structure.unstructured import apply_masks, magnitude_masks, sparsity
-from ..training.pruner import Pruner, TrainState
 
 
 class FixedMask(Pruner):

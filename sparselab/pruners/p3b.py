@@ -30,11 +30,11 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
+from ..callbacks import Pruner, TrainState
 from ..errors import ConfigError, check_finite, check_positive_int, check_ratio, unknown_name
 from ..probes.block_benefit import BlockBenefit, all_reduce_mean_grads
 from ..structure.gates import Gates
 from ..structure.vit import BlockInfo, ViTStructure
-from ..training.pruner import Pruner, TrainState
 from .allocation import benefit_scores, ramp_keep, water_fill
 from .schedules import P3BSchedule, P3BSteps
 from .selection import GATE_FACTORS, find_threshold, order_block_elements, soft_masks

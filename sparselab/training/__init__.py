@@ -1,7 +1,7 @@
 """Training: :func:`fit`, its configuration, and the hook interface pruners implement."""
+from ..callbacks import Callback, Pruner, TrainState
 from .config import TrainConfig
 from .handoff import OptimizerHandoff
 from .loop import evaluate, fit, task_loss
-from .pruner import Pruner, TrainState
 
-__all__ = ["fit", "evaluate", "task_loss", "TrainConfig", "Pruner", "TrainState", "OptimizerHandoff"]
+__all__ = ["fit", "evaluate", "task_loss", "TrainConfig", "Callback", "Pruner", "TrainState", "OptimizerHandoff"]

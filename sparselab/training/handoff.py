@@ -17,11 +17,11 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from ..callbacks import Callback, TrainState
 from ..errors import ConfigError
-from .pruner import Pruner, TrainState
 
 
-class OptimizerHandoff(Pruner):
+class OptimizerHandoff(Callback):
     """Captures the optimizer's state at the end of a fit; :meth:`resume` gives a callback that loads it into the
     next fit's optimizer before its first step (a resumed run keeps its checkpointed optimizer instead)."""
 

@@ -21,71 +21,24 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
+from .. import runtime as dist_utils
+from ..callbacks import Callback, Pruner, TrainState
+from ..data.batches import epoch_groups, to_model_input, train_batches
 from ..data.datasets import DataBundle
 from ..errors import CheckpointError, ConfigError, DivergedError
+from ..evaluation import evaluate
 from ..history import History
 from ..models import LeNet300100, num_classes_of
-from . import distributed as dist_utils
-from .batches import epoch_groups, eval_batches, to_model_input, train_batches
+from ..runtime import amp_dtype, autocast, task_loss
 from .checkpoint import FORMAT, atomic_save, load_checkpoint, remove_orphans
 from .config import TrainConfig
 from .optim import build_optimizer, build_scheduler, param_groups
-from .pruner import Pruner, TrainState
 
 CHECKPOINT_NAME = "last.pt"
-
-
-def amp_dtype(name: str | None) -> torch.dtype:
-    """The autocast dtype for ``TrainConfig.amp_dtype`` (None: bfloat16 where the GPU supports it)."""
-    if name is None:
-        return torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16 if name in ("bfloat16", "bf16") else torch.float16
-
-
-def _autocast(device: torch.device, enabled: bool, dtype: torch.dtype | None = None):
-    if not enabled:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype or amp_dtype(None))
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, dataset, batch_size: int = 512, device: str | torch.device | None = None,
-             amp: bool | None = None, num_workers: int = 0) -> dict[str, float]:
-    """Mean cross-entropy ``loss`` and accuracy ``acc`` of ``model`` on a dataset (or a bundle's test split).
-
-    Under torchrun every process evaluates a share and the results are summed across processes.
-
-    Example:
-        >>> import sparselab as sl
-        >>> data = sl.data.load("digits", image_size=8)
-        >>> m = sl.models.create("lenet_300_100", image_size=8)
-        >>> sorted(sl.evaluate(m, data.test))
-        ['acc', 'loss']
-    """
-    if isinstance(dataset, DataBundle):
-        dataset = dataset.split("test")
-    device = torch.device(device) if device is not None else next(model.parameters()).device
-    amp = device.type == "cuda" if amp is None else amp
-    rank, world = dist_utils.world()
-    was_training = model.training
-    model.eval()
-    totals = torch.zeros(3, dtype=torch.float64)
-    for x, y in eval_batches(dataset, batch_size, rank, world, num_workers):
-        x, y = to_model_input(x, model, device), y.to(device, non_blocking=True)
-        with _autocast(device, amp):
-            out = model(x)
-        totals[0] += F.cross_entropy(out.float(), y, reduction="sum").item()
-        totals[1] += (out.argmax(1) == y).sum().item()
-        totals[2] += len(y)
-    model.train(was_training)
-    dist_utils.all_reduce_sum(totals)
-    n = max(totals[2].item(), 1.0)
-    return {"loss": totals[0].item() / n, "acc": totals[1].item() / n}
 
 
 class _DeferredInterrupt:
@@ -185,7 +138,7 @@ def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
 
 
 def fit(model: nn.Module, data: DataBundle, epochs: int | None = None, pruner: Pruner | None = None, *,
-        config: TrainConfig | None = None, callbacks: Sequence[Pruner] = (), history: History | None = None,
+        config: TrainConfig | None = None, callbacks: Sequence[Callback] = (), history: History | None = None,
         checkpoint_dir: str | Path | None = None, resume: bool = False, progress: bool = True,
         grad_scaler: torch.amp.GradScaler | None = None, **options: Any) -> History:
     """Train ``model`` on ``data`` and return the run's :class:`History`.
@@ -196,7 +149,7 @@ def fit(model: nn.Module, data: DataBundle, epochs: int | None = None, pruner: P
         epochs: shorthand for ``options["epochs"]``.
         pruner: a :class:`Pruner` whose hooks are called during training (None: plain training).
         config: a :class:`TrainConfig`; keyword ``options`` override its fields (e.g. ``lr=5e-4``).
-        callbacks: more objects with the :class:`Pruner` hooks, called after ``pruner``.
+        callbacks: :class:`~sparselab.callbacks.Callback` objects (probes, timers, ...), called after ``pruner``.
         history: a History to append to (default: a new one).
         checkpoint_dir: where ``last.pt`` is written (atomically) after every epoch and every
             ``checkpoint_every`` steps; Ctrl-C then stops after the current step and checkpoints first.
@@ -221,7 +174,7 @@ def fit(model: nn.Module, data: DataBundle, epochs: int | None = None, pruner: P
     rank, world = dist_utils.world()
     amp = (device.type == "cuda") if cfg.amp is None else (cfg.amp and device.type == "cuda")
     model.to(device)
-    plugins: list[Pruner] = [p for p in (pruner, *callbacks) if p is not None]
+    plugins: list[Callback] = [p for p in (pruner, *callbacks) if p is not None]
 
     train_ds = data.train
     eval_name = "val" if (cfg.eval_split == "val" and data.val is not None) else "test"
@@ -384,26 +337,6 @@ def _mixup(cfg: TrainConfig, num_classes: int):
                  num_classes=num_classes)
 
 
-def task_loss(logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float = 0.0,
-              reduction: str = "mean") -> torch.Tensor:
-    """The training loss: soft-target cross-entropy for (mixed, smoothed) target distributions ``(B, C)``,
-    cross-entropy with ``label_smoothing`` for class indices ``(B,)``.
-
-    Example:
-        >>> import torch
-        >>> logits = torch.zeros(2, 4)
-        >>> hard, soft = task_loss(logits, torch.tensor([0, 1])), task_loss(logits, torch.full((2, 4), .25))
-        >>> round(hard.item(), 4), round(soft.item(), 4)
-        (1.3863, 1.3863)
-    """
-    if logits.dtype in (torch.float16, torch.bfloat16):  # autocast outputs; float64 stays float64
-        logits = logits.float()
-    if targets.ndim == 2:
-        loss = torch.sum(-targets * F.log_softmax(logits, dim=-1), dim=-1)
-        return loss.mean() if reduction == "mean" else loss
-    return F.cross_entropy(logits, targets, label_smoothing=label_smoothing, reduction=reduction)
-
-
 def _train_step(net, batches, sizes: list[int], state: TrainState, plugins, cfg: TrainConfig, device, amp, scaler,
                 optimizer, scheduler, loop, mixup=None) -> None:
     """One optimizer step over ``len(batches)`` accumulated micro-batches (each weighted by its share of images)."""
@@ -465,7 +398,7 @@ def _micro_step(net, x, y, weight: float, state: TrainState, plugins, cfg: Train
     soft = None
     if mixup is not None:
         x, soft = mixup(x, y)
-    with _autocast(device, amp, amp_dtype(cfg.amp_dtype)):
+    with autocast(device, amp, amp_dtype(cfg.amp_dtype)):
         out = net(x)
     loss = task_loss(out, soft if soft is not None else y, cfg.label_smoothing)
     state.inputs, state.targets, state.soft_targets, state.outputs, state.loss = x, y, soft, out, loss

@@ -26,7 +26,7 @@ from typing import Iterator
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ..data.datasets import TensorImages
+from .datasets import TensorImages
 from ..errors import ConfigError
 
 

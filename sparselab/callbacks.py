@@ -1,4 +1,7 @@
-"""The hook interface a pruner (or any training plug-in) implements; every hook is optional.
+"""The hook protocol of :func:`sparselab.fit`, at the bottom of the package: :class:`Callback` (every hook
+optional), :class:`TrainState` (what a hook sees), and :class:`Pruner`, the callbacks that prune. Probes, timers and
+optimizer hand-offs are plain callbacks; everything above (probes, pruners, the loop) imports this, nothing here
+imports them.
 
 Order of calls inside :func:`sparselab.fit`::
 
@@ -9,7 +12,7 @@ Order of calls inside :func:`sparselab.fit`::
     on_fit_end
 
 Example:
-    >>> class CountSteps(Pruner):
+    >>> class CountSteps(Callback):
     ...     def __init__(self):
     ...         self.steps = 0
     ...     def after_step(self, state):
@@ -80,8 +83,9 @@ class TrainState:
         return self.soft_targets if self.soft_targets is not None else self.targets
 
 
-class Pruner:
-    """Base class: no-op hooks and an empty state. Subclasses override what they need."""
+class Callback:
+    """Base class of every training plug-in: no-op hooks and an empty state. Subclasses override what they
+    need."""
 
     def on_fit_start(self, state: TrainState) -> None:
         """Called once after the model is on its device and the optimizer exists."""
@@ -119,3 +123,8 @@ class Pruner:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         pass
+
+
+class Pruner(Callback):
+    """A callback that prunes (P3B, ART, GMP, fixed masks): the same hooks; ``fit(model, data, pruner=...)`` takes
+    one, ``callbacks=[...]`` any number of other callbacks."""

@@ -1,0 +1,49 @@
+"""Evaluation of a model on a dataset: mean loss and accuracy, shared by the training loop and by pruners that
+measure a model while training runs (ART's pruned copy). Under torchrun every process evaluates a share and the
+results are summed across processes.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import runtime as dist_utils
+from .data.batches import eval_batches, to_model_input
+from .data.datasets import DataBundle
+from .runtime import autocast
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, dataset, batch_size: int = 512, device: str | torch.device | None = None,
+             amp: bool | None = None, num_workers: int = 0) -> dict[str, float]:
+    """Mean cross-entropy ``loss`` and accuracy ``acc`` of ``model`` on a dataset (or a bundle's test split).
+
+    Under torchrun every process evaluates a share and the results are summed across processes.
+
+    Example:
+        >>> import sparselab as sl
+        >>> data = sl.data.load("digits", image_size=8)
+        >>> m = sl.models.create("lenet_300_100", image_size=8)
+        >>> sorted(sl.evaluate(m, data.test))
+        ['acc', 'loss']
+    """
+    if isinstance(dataset, DataBundle):
+        dataset = dataset.split("test")
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    amp = device.type == "cuda" if amp is None else amp
+    rank, world = dist_utils.world()
+    was_training = model.training
+    model.eval()
+    totals = torch.zeros(3, dtype=torch.float64)
+    for x, y in eval_batches(dataset, batch_size, rank, world, num_workers):
+        x, y = to_model_input(x, model, device), y.to(device, non_blocking=True)
+        with autocast(device, amp):
+            out = model(x)
+        totals[0] += F.cross_entropy(out.float(), y, reduction="sum").item()
+        totals[1] += (out.argmax(1) == y).sum().item()
+        totals[2] += len(y)
+    model.train(was_training)
+    dist_utils.all_reduce_sum(totals)
+    n = max(totals[2].item(), 1.0)
+    return {"loss": totals[0].item() / n, "acc": totals[1].item() / n}

@@ -1,0 +1,125 @@
+"""The small modules a compact ViT is built from: :class:`SelectChannels` and :class:`ScatterChannels` (keep a
+subset of the channels / put it back among zeros), :class:`ZeroPaddedLayerNorm` (a LayerNorm over channels of which
+only some are present, for qk-norm on sliced heads) and :class:`ConstantBranch` (a residual branch that no longer
+depends on its input).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from ...errors import ConfigError
+
+
+# ====================================================================== small modules
+class SelectChannels(nn.Module):
+    """Keep the channels ``index`` of the last dimension.
+
+    Example:
+        >>> SelectChannels(torch.tensor([0, 2]))(torch.tensor([[1., 2., 3.]])).tolist()
+        [[1.0, 3.0]]
+    """
+
+    def __init__(self, index: torch.Tensor):
+        super().__init__()
+        self.register_buffer("index", torch.as_tensor(index, dtype=torch.long).clone(), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.index_select(-1, self.index)
+
+    def extra_repr(self) -> str:
+        return f"{self.index.numel()} channels"
+
+
+class ScatterChannels(nn.Module):
+    """Place the last dimension of the input at channels ``index`` of a zero tensor with ``dim`` channels.
+
+    Example:
+        >>> ScatterChannels(torch.tensor([0, 2]), 3)(torch.tensor([[1., 2.]])).tolist()
+        [[1.0, 0.0, 2.0]]
+    """
+
+    def __init__(self, index: torch.Tensor, dim: int):
+        super().__init__()
+        self.dim = int(dim)
+        self.register_buffer("index", torch.as_tensor(index, dtype=torch.long).clone(), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = x.new_zeros(*x.shape[:-1], self.dim)
+        return out.index_copy_(out.dim() - 1, self.index, x)
+
+    def extra_repr(self) -> str:
+        return f"{self.index.numel()} -> {self.dim} channels"
+
+
+class ZeroPaddedLayerNorm(nn.Module):
+    """LayerNorm over ``full`` channels of which only ``kept`` are present; the missing ones count as zeros.
+
+    Computes the statistics of the zero-padded vector (``mean = sum / full``, ``var = (sum((x - mean)^2) +
+    (full - kept) * mean^2) / full``), normalises the kept channels and applies the (already sliced) affine
+    ``weight``/``bias`` and then ``output_scale``. This equals a LayerNorm over the padded vector followed by
+    dropping the padded channels.
+
+    Example:
+        >>> x = torch.tensor([[1., 2.]])
+        >>> ln = nn.LayerNorm(3, elementwise_affine=False)
+        >>> padded = ln(torch.tensor([[1., 2., 0.]]))[:, :2]
+        >>> torch.allclose(ZeroPaddedLayerNorm(2, 3, eps=ln.eps)(x), padded)
+        True
+    """
+
+    def __init__(self, kept: int, full: int, weight: torch.Tensor | None = None, bias: torch.Tensor | None = None,
+                 eps: float = 1e-5, output_scale: float = 1.0):
+        super().__init__()
+        if not 0 < kept <= full:
+            raise ConfigError(f"ZeroPaddedLayerNorm needs 0 < kept <= full, got kept={kept}, full={full}")
+        self.kept, self.full, self.eps, self.output_scale = int(kept), int(full), float(eps), float(output_scale)
+        for name, t in (("weight", weight), ("bias", bias)):
+            if t is not None:
+                if t.shape != (kept,):
+                    raise ConfigError(f"ZeroPaddedLayerNorm {name} must have shape ({kept},), got {tuple(t.shape)}")
+                t = nn.Parameter(t.detach().clone())
+            setattr(self, name, t)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean = x.sum(-1, keepdim=True) / self.full
+        d = x - mean
+        var = ((d * d).sum(-1, keepdim=True) + (self.full - self.kept) * mean * mean) / self.full
+        y = d * torch.rsqrt(var + self.eps)
+        if self.weight is not None:
+            y = y * self.weight
+        if self.bias is not None:
+            y = y + self.bias
+        if self.output_scale != 1.0:
+            y = y * self.output_scale
+        return y
+
+    def extra_repr(self) -> str:
+        return f"{self.kept} of {self.full}, eps={self.eps}" + (
+            f", output_scale={self.output_scale:.6g}" if self.output_scale != 1.0 else "")
+
+
+class ConstantBranch(nn.Module):
+    """A residual branch whose output does not depend on its input: ``value`` at channels ``index`` of ``dim``
+    channels (zeros elsewhere), broadcast over all leading dimensions of the input.
+
+    Example:
+        >>> branch = ConstantBranch(torch.tensor([1]), torch.tensor([5.]), 3)
+        >>> branch(torch.randn(2, 4, 3)).shape, branch(torch.randn(1, 1, 3))[0, 0].tolist()
+        (torch.Size([2, 4, 3]), [0.0, 5.0, 0.0])
+    """
+
+    def __init__(self, index: torch.Tensor, value: torch.Tensor, dim: int):
+        super().__init__()
+        self.dim = int(dim)
+        self.register_buffer("index", torch.as_tensor(index, dtype=torch.long).clone(), persistent=False)
+        self.value = nn.Parameter(value.detach().clone().reshape(-1))
+
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        full = self.value.new_zeros(self.dim).index_copy(0, self.index, self.value)
+        return full.to(x.dtype).expand(*x.shape[:-1], self.dim)
+
+    def extra_repr(self) -> str:
+        return f"{self.index.numel()} of {self.dim} channels"

@@ -1,0 +1,105 @@
+"""Saving and loading compact ViTs: :func:`save_compact` writes ``spec.json`` (from
+:func:`~sparselab.structure.compact.compact_spec`) and ``model.safetensors`` to a directory, each atomically, and
+:func:`load_compact` rebuilds the described model and loads its weights, with clear errors for missing, malformed
+or mismatched files.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from ...atomic import atomic_write
+from ...errors import CheckpointError, ConfigError
+from ...models.checkpoints import state_dict_mismatch
+from .spec import SPEC_FILE, SPEC_FORMAT, WEIGHTS_FILE, _build
+
+
+def _state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+
+
+def save_compact(model: nn.Module, spec: Mapping[str, Any], directory: str | os.PathLike) -> Path:
+    """Write a compact model to ``directory`` as ``spec.json`` (from :func:`compact_spec`) and
+    ``model.safetensors`` (its state dict); each file is written to a temporary file and then renamed.
+
+    The spec is checked against the model first (the model it describes must have the same state-dict keys and
+    shapes); a mismatch raises :class:`~sparselab.errors.ConfigError`. Returns the directory.
+
+    Example:
+        >>> import tempfile, timm, torch
+        >>> from sparselab.structure.compact import compact_spec, compact_vit
+        >>> base = timm.create_model("vit_nano_patch4_28", num_classes=10)
+        >>> masks = {0: {"mlp_hid": torch.arange(256) < 64}}
+        >>> folder = save_compact(compact_vit(base, masks), compact_spec(base, masks), tempfile.mkdtemp())
+        >>> sorted(p.name for p in folder.iterdir())
+        ['model.safetensors', 'spec.json']
+    """
+    from safetensors.torch import save_file
+
+    try:
+        text = json.dumps(spec, indent=1, sort_keys=True)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"compact spec is not JSON-serialisable ({exc})") from None
+    expected = _build(json.loads(text), ConfigError, device="meta").state_dict()
+    state = _state(model)
+    problem = state_dict_mismatch(expected, state)
+    if problem:
+        raise ConfigError(f"the model does not match the compact spec: {problem}")
+    folder = Path(directory)
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write(folder / WEIGHTS_FILE, lambda tmp: save_file(state, tmp, metadata={"format": SPEC_FORMAT}))
+
+    def write_json(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text + "\n")
+
+    atomic_write(folder / SPEC_FILE, write_json)
+    return folder
+
+
+def load_compact(directory: str | os.PathLike, device: torch.device | str = "cpu") -> nn.Module:
+    """Rebuild a compact model written by :func:`save_compact` and load its weights; returned in eval mode.
+
+    Raises:
+        CheckpointError: the directory is missing or empty, a file is missing, unreadable or malformed, or the
+            weights do not fit the described model.
+
+    Example:
+        >>> import tempfile, timm, torch
+        >>> from sparselab.structure.compact import compact_spec, compact_vit
+        >>> base = timm.create_model("vit_nano_patch4_28", num_classes=10).eval()
+        >>> small = compact_vit(base, {2: {"attn_out": torch.arange(64) < 32}})
+        >>> folder = save_compact(small, compact_spec(base, {2: {"attn_out": torch.arange(64) < 32}}),
+        ...                       tempfile.mkdtemp())
+        >>> x = torch.randn(1, 1, 28, 28)
+        >>> torch.equal(load_compact(folder)(x), small(x))
+        True
+    """
+    from ...models.checkpoints import read_state_dict
+
+    folder = Path(directory)
+    if not folder.is_dir():
+        raise CheckpointError(f"compact model directory {folder} does not exist")
+    spec_path, weights_path = folder / SPEC_FILE, folder / WEIGHTS_FILE
+    if not spec_path.is_file():
+        what = "is empty" if not any(folder.iterdir()) else f"has no {SPEC_FILE}"
+        raise CheckpointError(f"compact model directory {folder} {what}; save_compact writes {SPEC_FILE} and "
+                              f"{WEIGHTS_FILE}")
+    try:
+        spec = json.loads(spec_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{spec_path} could not be read ({type(exc).__name__}: {exc})") from None
+    if not weights_path.is_file():
+        raise CheckpointError(f"compact model directory {folder} has {SPEC_FILE} but no {WEIGHTS_FILE}")
+    model = _build(spec, CheckpointError)
+    state = read_state_dict(weights_path)
+    problem = state_dict_mismatch(model.state_dict(), state)
+    if problem:
+        raise CheckpointError(f"{weights_path} does not match {spec_path}: {problem}")
+    model.load_state_dict(state, strict=True)
+    return model.to(device).eval()
