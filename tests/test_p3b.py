@@ -205,9 +205,9 @@ def test_taylor_scores_are_the_window_mean_of_squared_gate_gradients(digits):
     # window: steps 5..8 (update at step 8 would be the next epoch's first: interval 4, start 4 -> update at 8)
     assert pruner.updates == 1
     expected = {k: sum(g[k] for g in rec.grads[4:8]) / 4 for k in rec.grads[0]}
-    window = pruner._taylor_prev
+    window = pruner.criterion.sums_prev
     for k in expected:
-        torch.testing.assert_close(window[k] / pruner._count_prev, expected[k])
+        torch.testing.assert_close(window[k] / pruner.criterion.count_prev, expected[k])
 
 
 def _state(model, pruner, step, history):
@@ -226,14 +226,14 @@ def test_a_block_whose_benefit_rises_after_pruning_gets_its_elements_back():
     late = 7  # blocks.3.mlp: a deep block
     k = len(pruner.structure.blocks)
     fixed_scores = {key: torch.rand(v.numel(), generator=torch.Generator().manual_seed(3), dtype=torch.float64)
-                    for key, v in pruner._taylor.items()}  # the same ranking at every update
+                    for key, v in pruner.criterion.sums.items()}  # the same ranking at every update
     for step, late_benefit in ((5, 0.01), (10, 0.02), (15, 5.0), (20, 5.0)):
         pruner.probes.sums = torch.zeros(2, k, dtype=torch.float64)
         pruner.probes.sums[0] = 1.0
         pruner.probes.sums[0, late] = late_benefit
         pruner.probes.counts = torch.ones(2, dtype=torch.float64)
-        pruner._taylor = {key: v.clone() for key, v in fixed_scores.items()}
-        pruner._count = 1
+        pruner.criterion.sums = {key: v.clone() for key, v in fixed_scores.items()}
+        pruner.criterion.count = 1
         st.step = step
         pruner.update(st)
     b = history.blocks

@@ -195,7 +195,7 @@ def _p3b_run(data, scaler=None, callbacks=(), counts=None):  # 2 of the schedule
         original = pruner.update
 
         def update(state, final=False):
-            counts.append(pruner._count)
+            counts.append(pruner.criterion.count)
             return original(state, final)
 
         pruner.update = update
@@ -208,10 +208,11 @@ def test_gate_scores_under_loss_scaling_equal_the_unscaled_run(digits28):
     _, plain = _p3b_run(digits28)
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 14, growth_interval=10_000)
     _, scaled = _p3b_run(digits28, scaler)
-    assert plain._count_prev > 0 or plain._count > 0
-    for key in plain._taylor:
-        torch.testing.assert_close(scaled._taylor[key], plain._taylor[key], rtol=1e-5, atol=1e-12)
-        torch.testing.assert_close(scaled._taylor_prev[key], plain._taylor_prev[key], rtol=1e-5, atol=1e-12)
+    assert plain.criterion.count_prev > 0 or plain.criterion.count > 0
+    for key in plain.criterion.sums:
+        torch.testing.assert_close(scaled.criterion.sums[key], plain.criterion.sums[key], rtol=1e-5, atol=1e-12)
+        torch.testing.assert_close(scaled.criterion.sums_prev[key], plain.criterion.sums_prev[key], rtol=1e-5,
+                                   atol=1e-12)
     assert scaled.skipped_steps == 0
 
 
@@ -246,8 +247,8 @@ def test_a_step_the_scaler_skips_adds_nothing_to_the_scores(digits28):
         model, pruner = _p3b_run(digits28, scaler, [overflow], counts)
     assert overflow.skipped == [s == 6 for s in range(1, 9)]
     assert pruner.skipped_steps == 1
-    assert all(torch.isfinite(v).all() for v in pruner._taylor.values())
-    assert all(torch.isfinite(v).all() for v in pruner._taylor_prev.values())
+    assert all(torch.isfinite(v).all() for v in pruner.criterion.sums.values())
+    assert all(torch.isfinite(v).all() for v in pruner.criterion.sums_prev.values())
     assert all(torch.isfinite(p).all() for p in model.parameters())
     # the window opens after step 4 (one warm-up epoch of 4 steps), updates come every 2 steps: the update after
     # step 6 has counted step 5 only (step 6 was skipped), the one after step 8 steps 7 and 8

@@ -35,13 +35,18 @@ from ..errors import ConfigError, check_finite, check_positive_int, check_ratio,
 from ..probes.block_benefit import BlockBenefit, all_reduce_mean_grads
 from ..structure.gates import Gates
 from ..structure.vit import BlockInfo, ViTStructure
-from .allocation import benefit_scores, ramp_keep, water_fill
+from .allocation import ramp_keep, water_fill
+from .allocators import (
+    ALLOCATIONS,
+    Allocation,
+    AllocationContext,
+    BenefitAllocation,
+    FixedAllocation,
+    create_allocation,
+)
+from .criteria import CRITERIA, GateCriterion, create_criterion
 from .schedules import P3BSchedule, P3BSteps
 from .selection import GATE_FACTORS, find_threshold, order_block_elements, soft_masks
-
-ALLOCATIONS = ("benefit", "uniform", "global", "fixed")
-CRITERIA = ("taylor", "l1")
-PER_PARAMETER = ("remaining", "dense")
 
 
 class P3B(Pruner):
@@ -53,15 +58,22 @@ class P3B(Pruner):
             blocks only with ``blocks_only=True``.
         schedule: a :class:`P3BSchedule` (epochs of warm-up / sparsify / finalize, updates per epoch, τ).
         num_classes: classes of the task (default: the model's).
-        allocation: ``benefit`` (P3B), ``uniform``, ``global`` or ``fixed`` (see the module docstring).
-        criterion: ``taylor`` (Σ(m·∂L/∂m)² over the window) or ``l1`` (structured weight magnitude).
+        allocation: ``benefit`` (P3B), ``uniform``, ``global``, ``fixed`` or any name registered with
+            :func:`~sparselab.pruners.allocators.register_allocation` — or an
+            :class:`~sparselab.pruners.allocators.Allocation` instance (see the module docstring).
+        criterion: ``taylor`` (Σ(m·∂L/∂m)² over the window), ``l1`` (structured weight magnitude), any name
+            registered with :func:`~sparselab.pruners.criteria.register_criterion`, or a
+            :class:`~sparselab.pruners.criteria.GateCriterion` instance.
         keep_ratios: per-block keep-ratio profile for ``allocation="fixed"`` (length 2·depth).
         patch_probe: ``conv2`` (reference), ``conv1``, ``linear`` or None (class-token probe only).
         probe_every, probe_fraction: run the patch probes on every k-th step only / on a share of each batch
             (cheaper benefit estimates; see :class:`sparselab.probes.BlockBenefit`). Default: the reference;
             ``**sl.probes.FAST_PROBES`` (every 8th step, a quarter of the batch) cut a P3B step from 3.6x to 1.3x
             plain fine-tuning with the same allocation (keep ratios ρ = 0.96) in the project's benchmark.
-        benefit_scale: T in z = T·ΔΨ/max ΔΨ and in the soft clip (default 10).
+        benefit_scale: T in z = T·ΔΨ/max ΔΨ and in the soft clip (default 10). This and the other probe and
+            benefit options (``patch_probe``, ``probe_every``, ``probe_fraction``, ``probe_lr``,
+            ``probe_weight_decay``, ``per_parameter``, ``momentum``, ``class_weight``) configure the ``benefit``
+            allocation (:class:`~sparselab.pruners.allocators.BenefitAllocation`).
         per_parameter: divide the benefit by the ``remaining`` (reference) or ``dense`` parameter count.
         momentum: γ of the importance momentum across updates (0.2).
         class_weight: α, the class-token share of the class/patch mix (0.5).
@@ -82,7 +94,8 @@ class P3B(Pruner):
     """
 
     def __init__(self, model: nn.Module, prune_ratio: float, schedule: P3BSchedule | None = None, *,
-                 num_classes: int | None = None, allocation: str = "benefit", criterion: str = "taylor",
+                 num_classes: int | None = None, allocation: str | Allocation = "benefit",
+                 criterion: str | GateCriterion = "taylor",
                  keep_ratios: Sequence[float] | None = None, patch_probe: str | None = "conv2",
                  benefit_scale: float = 10.0, per_parameter: str = "remaining", momentum: float = 0.2,
                  class_weight: float = 0.5, gate_factors: Mapping[str, float] | None = None,
@@ -90,42 +103,43 @@ class P3B(Pruner):
                  probe_lr: float | None = None, probe_weight_decay: float = 0.0, reactivation: bool = True,
                  freeze_allocation_after: int | None = None):
         self.prune_ratio = check_ratio("prune_ratio", prune_ratio)
-        for name, value, allowed in (("allocation", allocation, ALLOCATIONS), ("criterion", criterion, CRITERIA),
-                                     ("per_parameter", per_parameter, PER_PARAMETER)):
-            if value not in allowed:
-                raise unknown_name(name, value, allowed)
-        if not 0 < momentum <= 1:
-            raise ConfigError(f"momentum must lie in (0, 1], got {momentum}")
-        if not 0 <= class_weight <= 1:
-            raise ConfigError(f"class_weight must lie in [0, 1], got {class_weight}")
+        if isinstance(allocation, str) and allocation not in ALLOCATIONS:
+            raise unknown_name("allocation", allocation, ALLOCATIONS)
+        if isinstance(criterion, str) and criterion not in CRITERIA:
+            raise unknown_name("criterion", criterion, CRITERIA)
+        benefit_options = dict(patch_probe=patch_probe, benefit_scale=benefit_scale, per_parameter=per_parameter,
+                               momentum=momentum, class_weight=class_weight, probe_every=probe_every,
+                               probe_fraction=probe_fraction, probe_lr=probe_lr,
+                               probe_weight_decay=probe_weight_decay)
+        benefit = BenefitAllocation(**benefit_options)  # checks the options whichever allocation runs
         self.schedule = schedule or P3BSchedule()
         self.structure = ViTStructure(model)
         s = self.structure
-        if allocation == "fixed":
-            if keep_ratios is None or len(keep_ratios) != len(s.blocks) or min(keep_ratios) < 0:
-                raise ConfigError(f"allocation='fixed' needs keep_ratios: {len(s.blocks)} non-negative numbers "
-                                  f"(one per block), got {keep_ratios!r}")
-        self.allocation, self.criterion, self.per_parameter = allocation, criterion, per_parameter
-        self.keep_ratios = torch.tensor(list(keep_ratios), dtype=torch.float64) if keep_ratios is not None else None
-        self.benefit_scale, self.momentum, self.class_weight = benefit_scale, momentum, class_weight
+        if allocation == "benefit":
+            self.allocation: Allocation = benefit
+        elif allocation == "fixed":
+            self.allocation = FixedAllocation(keep_ratios)
+        else:
+            self.allocation = create_allocation(allocation)
+        self.criterion: GateCriterion = create_criterion(criterion)
         self.gate_factors = dict(GATE_FACTORS if gate_factors is None else gate_factors)
         self.blocks_only = blocks_only
-        if allocation == "fixed" and not all(math.isfinite(float(k)) for k in keep_ratios):
-            raise ConfigError(f"keep_ratios must be finite numbers >= 0, got {list(keep_ratios)!r}")
-        check_finite("benefit_scale", benefit_scale, low=0, low_inclusive=False)  # momentum, class_weight: above
         for gate, factor in self.gate_factors.items():
             check_finite(f"gate_factors[{gate!r}]", factor, low=0, low_inclusive=False)
         if freeze_allocation_after is not None:
             check_positive_int("freeze_allocation_after", freeze_allocation_after)
         self.reactivation, self.freeze_allocation_after = bool(reactivation), freeze_allocation_after
+        allocation_name = allocation if isinstance(allocation, str) else self.allocation.name
         self._config = {
-            "prune_ratio": self.prune_ratio, "schedule": dataclasses.asdict(self.schedule), "allocation": allocation,
-            "criterion": criterion, "keep_ratios": list(map(float, keep_ratios)) if keep_ratios is not None else None,
-            "patch_probe": patch_probe if allocation == "benefit" else None, "benefit_scale": benefit_scale,
-            "per_parameter": per_parameter, "momentum": momentum, "class_weight": class_weight,
-            "gate_factors": dict(self.gate_factors), "blocks_only": blocks_only, "probe_every": probe_every,
-            "probe_fraction": probe_fraction, "probe_lr": probe_lr, "probe_weight_decay": probe_weight_decay,
+            "prune_ratio": self.prune_ratio, "schedule": dataclasses.asdict(self.schedule),
+            "allocation": allocation_name, "criterion": criterion if isinstance(criterion, str) else criterion.name,
+            "keep_ratios": list(map(float, keep_ratios)) if keep_ratios is not None else None,
+            **{k: v for k, v in benefit_options.items()},
+            "patch_probe": patch_probe if allocation_name == "benefit" else None,
+            "gate_factors": dict(self.gate_factors), "blocks_only": blocks_only,
             "reactivation": self.reactivation, "freeze_allocation_after": freeze_allocation_after}
+        if not isinstance(allocation, str):
+            self._config.update(self.allocation.config())
 
         self.dense_linear = torch.tensor([s.linear_params(b) for b in s.blocks], dtype=torch.float64)
         self.dense_block = torch.tensor([s.block_params(b) for b in s.blocks], dtype=torch.float64)
@@ -138,37 +152,32 @@ class P3B(Pruner):
                               f"at most {most:.3f} of {'the blocks' if blocks_only else 'the model'} is prunable")
 
         self.gates = Gates(s)
-        if criterion != "taylor":  # only the Taylor criterion reads the gates' gradients
+        if not self.criterion.needs_gate_grads:  # only gradient-based criteria read the gates' gradients
             self.gates.requires_grad_(False)
+        self.criterion.attach(s, self.gates)
         n_cls = num_classes if num_classes is not None else getattr(model, "num_classes", None)
-        self.probes: BlockBenefit | None = None
-        if allocation == "benefit":
-            if not isinstance(n_cls, int) or n_cls < 2:
-                raise ConfigError("P3B needs num_classes (the model has no num_classes attribute)")
-            self.probes = BlockBenefit(model, n_cls, patch_probe=patch_probe, structure=s, probe_every=probe_every,
-                                       probe_fraction=probe_fraction, lr=probe_lr, weight_decay=probe_weight_decay)
-            self.probes.accumulate = False
+        self.allocation.attach(model, s, n_cls)
         self.steps: P3BSteps | None = None
         self.finalized = False
         self.updates = 0
-        self._importance: dict[str, torch.Tensor] = {}
-        self._taylor = self._zero_scores()
-        self._taylor_prev = self._zero_scores()
-        self._count = 0
-        self._count_prev = 0
-        self.skipped_steps = 0
         self._dead: dict[str, torch.Tensor] = {}  # without reactivation: elements pruned at an earlier update
         self._frozen_kappa: torch.Tensor | None = None
+
+    @property
+    def probes(self) -> BlockBenefit | None:
+        """The block-benefit probes of the ``benefit`` allocation (None for the others)."""
+        return getattr(self.allocation, "probes", None)
+
+    @property
+    def skipped_steps(self) -> int:
+        """Optimizer steps the criterion left out of its windows (overflowed fp16 steps)."""
+        return self.criterion.skipped_steps
 
     def config(self) -> dict[str, Any]:
         """Everything this pruner was built with (recorded in checkpoints; a resume with other settings fails)."""
         return dict(self._config)
 
     # ------------------------------------------------------------------ helpers
-    def _zero_scores(self) -> dict[str, torch.Tensor]:
-        return {Gates.key(i, g): torch.zeros(n, dtype=torch.float64)
-                for i in range(self.structure.depth) for g, n in self.structure.gate_sizes(i).items()}
-
     def _linear_kept(self, block: BlockInfo, kept: Mapping[str, int]) -> int:
         return self.structure.kept_counts_params(block, kept)[0]
 
@@ -183,8 +192,7 @@ class P3B(Pruner):
     # ------------------------------------------------------------------ hooks
     def on_fit_start(self, state: TrainState) -> None:
         self.gates.to(state.device)
-        if self.probes is not None:
-            self.probes.on_fit_start(state)
+        self.allocation.on_fit_start(state)
         self.steps = self.schedule.steps(state.steps_per_epoch)
         if state.epochs < self.schedule.finalize and not self.finalized:
             warnings.warn(f"training for {state.epochs} epochs ends before P3B finalizes (epoch "
@@ -192,13 +200,12 @@ class P3B(Pruner):
 
     def param_groups(self, groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
         # the gates stay out of the optimizer (they are set, never stepped); their gradients are cleared in after_step
-        return self.probes.param_groups(groups) if self.probes is not None else groups
+        return self.allocation.param_groups(groups)
 
     def extra_loss(self, state: TrainState) -> torch.Tensor | None:
-        if self.probes is None or self.finalized:
+        if self.finalized:
             return None
-        self.probes.accumulate = state.step >= self.steps.start
-        return self.probes.extra_loss(state)
+        return self.allocation.extra_loss(state, active=state.step >= self.steps.start)
 
     def after_backward(self, state: TrainState) -> None:
         if state.grad_scale != 1.0:  # the gates are outside the optimizer: the scaler did not unscale them
@@ -208,27 +215,19 @@ class P3B(Pruner):
                     p.grad.mul_(inv)
         if state.world_size > 1:
             params = [p for p in self.gates.parameters() if p.requires_grad]
-            if self.probes is not None and not self.finalized:
-                params += list(self.probes.probes.parameters())
+            if not self.finalized:
+                params += self.allocation.grad_params()
             all_reduce_mean_grads(params, state.world_size)
 
     @torch.no_grad()
     def after_step(self, state: TrainState) -> None:
         collect = not self.finalized and self.steps.in_window(state.step)
-        if collect and self.criterion == "taylor":
-            terms = {key: (p.detach() * p.grad).double().pow(2).cpu()
-                     for key, p in self.gates.values.items() if p.grad is not None}
-            # a step the grad scaler skipped (or any overflow) adds nothing, not even to the count
-            if state.step_skipped or not all(bool(torch.isfinite(t).all()) for t in terms.values()):
-                collect = False
-                self.skipped_steps += 1
-            else:
-                for key, t in terms.items():
-                    self._taylor[key] += t
+        if collect:  # a step the grad scaler skipped (or any overflow) adds nothing, not even to the count
+            collect = self.criterion.collect(state)
         for p in self.gates.parameters():
             p.grad = None
         if collect:
-            self._count += 1
+            self.criterion.count += 1
         if not self.finalized and self.steps.is_update(state.step):
             self.update(state)
 
@@ -236,65 +235,13 @@ class P3B(Pruner):
         if not self.finalized and state.epoch + 1 >= self.schedule.finalize:
             self.update(state, final=True)
             self.finalized = True
-            if self.probes is not None:
-                self.probes.remove()
+            self.allocation.remove()
 
-    # ------------------------------------------------------------------ scores
-    def _window_scores(self, final: bool) -> dict[str, torch.Tensor]:
-        if self.criterion == "l1":
-            return self._l1_scores()
-        if final:
-            n = max(self._count + self._count_prev, 1)
-            return {k: (self._taylor[k] + self._taylor_prev[k]) / n for k in self._taylor}
-        n = max(self._count, 1)
-        return {k: v / n for k, v in self._taylor.items()}
-
-    @torch.no_grad()
-    def _l1_scores(self) -> dict[str, torch.Tensor]:
-        """Structured L1 magnitude: the summed |w| of the weights each gate element switches off."""
-        s = self.structure
-        out = {}
-        for i, blk in enumerate(s.layers):
-            h, hd = s.num_heads[i], s.head_dim[i]
-            qkv, proj = blk.attn.qkv.weight.abs().double().cpu(), blk.attn.proj.weight.abs().double().cpu()
-            fc1, fc2 = blk.mlp.fc1.weight.abs().double().cpu(), blk.mlp.fc2.weight.abs().double().cpu()
-            out[Gates.key(i, "attn_in")] = qkv.sum(0)
-            out[Gates.key(i, "attn_qkv")] = (qkv.view(3, h, hd, -1).sum(dim=(0, 1, 3))
-                                              + proj.view(-1, h, hd).sum(dim=(0, 1)))
-            out[Gates.key(i, "attn_out")] = proj.sum(1)
-            out[Gates.key(i, "mlp_in")] = fc1.sum(0)
-            out[Gates.key(i, "mlp_hid")] = fc1.sum(1) + fc2.sum(0)
-            out[Gates.key(i, "mlp_out")] = fc2.sum(1)
-        return out
-
+    # ------------------------------------------------------------------ allocation
     def _allocate(self, state: TrainState, final: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Goal keep ratios κ_k of the blocks' Linear parameters, and the logged intermediate values."""
-        s = self.structure
-        logged: dict[str, torch.Tensor] = {}
-        if self.allocation == "uniform":
-            importance = torch.ones(len(s.blocks), dtype=torch.float64)
-        elif self.allocation == "fixed":
-            importance = self.keep_ratios.clone()
-        else:  # benefit
-            masks = self.hard_masks()
-            params = (torch.tensor([s.block_params(b, masks) for b in s.blocks], dtype=torch.float64)
-                      if self.per_parameter == "remaining" else self.dense_block)
-            means = self.probes.window_mean(merge_previous=final)
-            self.probes.reset()
-            mixed = torch.zeros(len(s.blocks), dtype=torch.float64)
-            weights = {"cls": self.class_weight, "patch": 1 - self.class_weight}
-            if "patch" not in means:
-                weights = {"cls": 1.0}
-            for variant, benefit in means.items():
-                logged[f"benefit_{variant}"] = benefit
-                u = benefit_scores(benefit, params, self.benefit_scale)
-                prev = self._importance.get(variant)
-                score = u if prev is None else self.momentum * u + (1 - self.momentum) * prev
-                self._importance[variant] = score
-                logged[f"score_{variant}"] = score
-                mixed += weights[variant] * score
-            importance = mixed
-            logged["importance"] = importance
+        ctx = AllocationContext(self.structure, self.hard_masks, self.dense_linear, self.dense_block, final, state)
+        importance, logged = self.allocation.importance(ctx)
         kappa = water_fill(importance, self.dense_linear, self.linear_budget, upper=self._alive_caps())
         return kappa, logged
 
@@ -319,9 +266,9 @@ class P3B(Pruner):
         ramp = 1.0 if final else self.steps.ramp(step)
         tau = 0.0 if final else self.steps.tau(step)
         old = self.hard_masks()
-        scores = self._window_scores(final)
+        scores = self.criterion.scores(final)
         values: dict[int, dict[str, torch.Tensor]] = {i: {} for i in range(s.depth)}
-        if self.allocation == "global":
+        if self.allocation.selection == "global":
             kappa = torch.full((len(s.blocks),), self.linear_budget / float(self.dense_linear.sum()),
                                dtype=torch.float64)
             applied = ramp_keep(kappa, ramp)
@@ -352,8 +299,7 @@ class P3B(Pruner):
                     key = Gates.key(layer, g)
                     self._dead[key] = self._dead.get(key, torch.zeros_like(keep.cpu())) | ~keep.cpu()
         self._record(state, old, new, kappa, applied, logged, ramp, tau)
-        self._taylor_prev, self._count_prev = self._taylor, self._count
-        self._taylor, self._count = self._zero_scores(), 0
+        self.criterion.next_window()
         self.updates += 1
 
     def _select_global(self, scores: Mapping[str, torch.Tensor], target: float, tau: float,
@@ -421,16 +367,13 @@ class P3B(Pruner):
     def remove(self) -> None:
         """Detach gates and probes from the model (it computes densely again)."""
         self.gates.remove()
-        if self.probes is not None:
-            self.probes.remove()
+        self.allocation.remove()
 
     def state_dict(self) -> dict[str, Any]:
         return {
             "gates": {k: v.detach().cpu().clone() for k, v in self.gates.values.items()},
-            "probes": self.probes.state_dict() if self.probes is not None else None,
-            "taylor": self._taylor, "taylor_prev": self._taylor_prev, "count": self._count,
-            "count_prev": self._count_prev, "importance": self._importance, "finalized": self.finalized,
-            "updates": self.updates, "skipped_steps": self.skipped_steps, "dead": dict(self._dead),
+            "probes": None, "importance": {}, **self.allocation.state_dict(), **self.criterion.state_dict(),
+            "finalized": self.finalized, "updates": self.updates, "dead": dict(self._dead),
             "frozen_kappa": self._frozen_kappa,
         }
 
@@ -438,18 +381,13 @@ class P3B(Pruner):
         with torch.no_grad():
             for k, v in state["gates"].items():
                 self.gates.values[k].copy_(v)
-        if self.probes is not None and state["probes"] is not None:
-            self.probes.load_state_dict(state["probes"])
-        self._taylor = {k: v.clone() for k, v in state["taylor"].items()}
-        self._taylor_prev = {k: v.clone() for k, v in state["taylor_prev"].items()}
-        self._count, self._count_prev = state["count"], state["count_prev"]
-        self._importance = {k: v.clone() for k, v in state["importance"].items()}
+        self.allocation.load_state_dict(state)
+        self.criterion.load_state_dict(state)
         self.finalized, self.updates = state["finalized"], state["updates"]
-        self.skipped_steps = state.get("skipped_steps", 0)
         self._dead = {k: v.clone() for k, v in state.get("dead", {}).items()}
         self._frozen_kappa = state.get("frozen_kappa")
-        if self.finalized and self.probes is not None:
-            self.probes.remove()
+        if self.finalized:
+            self.allocation.remove()
 
 
 def implied_prune_ratio(structure: ViTStructure, keep_ratios: Sequence[float], blocks_only: bool = False) -> float:

@@ -24,7 +24,7 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Callable, Mapping
 
 import torch
 from torch import nn
@@ -198,6 +198,38 @@ class ViTStructure:
         return 1.0 - kept / dense
 
     # ------------------------------------------------------------------ tokens
+    def gate_reduce(self, layer: int, values: Callable[[str, torch.Tensor], torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Per gate of block ``layer``: for each gate element, the sum of ``values(name, weight)`` over the weights
+        that element switches off — the one place that knows which rows and columns a gate element removes.
+
+        ``name`` is ``qkv``, ``proj``, ``fc1`` or ``fc2``; ``values`` returns a tensor shaped like the Linear
+        weight (e.g. ``|w|`` for structured L1, ``|w|·‖x‖`` for an activation-weighted criterion):
+
+        - ``attn_in`` / ``mlp_in``: an input channel of the residual stream → a column of ``qkv`` / ``fc1``;
+        - ``attn_qkv``: one dimension of the per-head q, k and v → its three rows of ``qkv`` (in every head) and
+          its column of ``proj``; ``attn_out`` / ``mlp_out``: an output channel → a row of ``proj`` / ``fc2``;
+        - ``mlp_hid``: a hidden unit → its row of ``fc1`` and its column of ``fc2``.
+
+        Example:
+            >>> import sparselab as sl
+            >>> s = ViTStructure(sl.models.create("vit_nano_patch4_28"))
+            >>> l1 = s.gate_reduce(0, lambda name, w: w.abs())
+            >>> {g: tuple(v.shape) for g, v in l1.items()} == {g: (n,) for g, n in s.gate_sizes(0).items()}
+            True
+        """
+        blk = self.layers[layer]
+        h, hd = self.num_heads[layer], self.head_dim[layer]
+        qkv, proj = values("qkv", blk.attn.qkv.weight), values("proj", blk.attn.proj.weight)
+        fc1, fc2 = values("fc1", blk.mlp.fc1.weight), values("fc2", blk.mlp.fc2.weight)
+        return {
+            "attn_in": qkv.sum(0),
+            "attn_qkv": qkv.view(3, h, hd, -1).sum(dim=(0, 1, 3)) + proj.view(-1, h, hd).sum(dim=(0, 1)),
+            "attn_out": proj.sum(1),
+            "mlp_in": fc1.sum(0),
+            "mlp_hid": fc1.sum(1) + fc2.sum(0),
+            "mlp_out": fc2.sum(1),
+        }
+
     def patch_tokens(self, x: torch.Tensor) -> torch.Tensor:
         """Residual-stream tokens ``(B, N, D)`` to a patch grid ``(B, D, h, w)``, skipping all prefix tokens."""
         h, w = self.grid_size

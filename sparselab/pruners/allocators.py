@@ -1,0 +1,229 @@
+"""Between-block allocations of P3B: how the global parameter budget is split into per-block keep ratios at each
+mask update. Each is an :class:`Allocation` registered by name (``sl.P3B(model, 0.5, allocation="uniform")``);
+:func:`register_allocation` adds new ones. The pure mathematics (soft clip, benefit scores, water-filling) lives
+in :mod:`sparselab.pruners.allocation`.
+
+- ``benefit`` (P3B): the measured block benefit of class-token and patch probes, soft-clipped per parameter, with
+  momentum across updates, water-filled to the budget; owns the probes and their options;
+- ``uniform``: the same keep ratio for every block;
+- ``fixed``: a given keep-ratio profile, rescaled to the budget;
+- ``global``: no per-block budget — one ranking across all blocks (``selection = "global"``).
+
+Example:
+    >>> sorted(ALLOCATIONS)
+    ['benefit', 'fixed', 'global', 'uniform']
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+
+from ..callbacks import TrainState
+from ..errors import ConfigError, check_finite, unknown_name
+from ..probes.block_benefit import BlockBenefit
+from ..structure.vit import ViTStructure
+from .allocation import benefit_scores
+
+PER_PARAMETER = ("remaining", "dense")
+
+#: name → allocation class; filled by :func:`register_allocation`.
+ALLOCATIONS: dict[str, type["Allocation"]] = {}
+
+
+def register_allocation(name: str) -> Callable[[type["Allocation"]], type["Allocation"]]:
+    """Class decorator: make an :class:`Allocation` available to P3B under ``name``."""
+    def add(cls: type[Allocation]) -> type[Allocation]:
+        cls.name = name
+        ALLOCATIONS[name] = cls
+        return cls
+    return add
+
+
+class AllocationContext:
+    """What an allocation sees at an update: the structure, the current hard masks (lazily), the blocks' dense
+    Linear and block parameter counts, and whether this is the final update."""
+
+    def __init__(self, structure: ViTStructure, masks: Callable[[], Any], dense_linear: torch.Tensor,
+                 dense_block: torch.Tensor, final: bool, state: TrainState | None = None):
+        self.structure, self._masks, self.final, self.state = structure, masks, final, state
+        self.dense_linear, self.dense_block = dense_linear, dense_block
+
+    def masks(self):
+        return self._masks()
+
+
+class Allocation:
+    """Turns an update's context into per-block importances (water-filled to the budget by P3B) and the values
+    to log per block. ``selection`` is ``per_block`` (P3B selects inside each block to its keep ratio) or
+    ``global`` (one ranking across blocks; :meth:`importance` is not called)."""
+
+    name = ""
+    selection = "per_block"
+
+    def attach(self, model, structure: ViTStructure, num_classes: int | None) -> None:
+        self.structure = structure
+
+    def importance(self, ctx: AllocationContext) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        raise NotImplementedError
+
+    def config(self) -> dict[str, Any]:
+        return {}
+
+    # hooks P3B forwards (only the benefit allocation trains anything)
+    def on_fit_start(self, state: TrainState) -> None: ...
+    def param_groups(self, groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return groups
+    def extra_loss(self, state: TrainState, active: bool) -> torch.Tensor | None:
+        return None
+    def grad_params(self) -> list[torch.nn.Parameter]:
+        return []
+    def remove(self) -> None: ...
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+def create_allocation(allocation: "str | Allocation", **options: Any) -> "Allocation":
+    """An allocation from its registered name and options (an instance is passed through unchanged)."""
+    if isinstance(allocation, Allocation):
+        return allocation
+    if allocation not in ALLOCATIONS:
+        raise unknown_name("allocation", allocation, ALLOCATIONS)
+    return ALLOCATIONS[allocation](**options)
+
+
+@register_allocation("benefit")
+class BenefitAllocation(Allocation):
+    """P3B's allocation (METHODS §1.3–1.4): class-token and patch probes measure each block's benefit ΔΨ over the
+    window; the benefit is scaled by ``benefit_scale`` (T), soft-clipped, divided by the ``remaining`` (or
+    ``dense``) parameters, smoothed by ``momentum`` across updates and mixed with ``class_weight`` for the class
+    probe. The probe options (``patch_probe``, ``probe_every``, ``probe_fraction``, ``probe_lr``,
+    ``probe_weight_decay``) go to :class:`~sparselab.probes.BlockBenefit`."""
+
+    def __init__(self, patch_probe: str | None = "conv2", benefit_scale: float = 10.0,
+                 per_parameter: str = "remaining", momentum: float = 0.2, class_weight: float = 0.5,
+                 probe_every: int = 1, probe_fraction: float = 1.0, probe_lr: float | None = None,
+                 probe_weight_decay: float = 0.0):
+        if per_parameter not in PER_PARAMETER:
+            raise unknown_name("per_parameter", per_parameter, PER_PARAMETER)
+        if not 0 < momentum <= 1:
+            raise ConfigError(f"momentum must lie in (0, 1], got {momentum}")
+        if not 0 <= class_weight <= 1:
+            raise ConfigError(f"class_weight must lie in [0, 1], got {class_weight}")
+        check_finite("benefit_scale", benefit_scale, low=0, low_inclusive=False)
+        self.patch_probe, self.benefit_scale, self.per_parameter = patch_probe, benefit_scale, per_parameter
+        self.momentum, self.class_weight = momentum, class_weight
+        self.probe_options = {"probe_every": probe_every, "probe_fraction": probe_fraction, "lr": probe_lr,
+                              "weight_decay": probe_weight_decay}
+        self._importance: dict[str, torch.Tensor] = {}
+        self.probes: BlockBenefit | None = None
+
+    def attach(self, model, structure: ViTStructure, num_classes: int | None) -> None:
+        super().attach(model, structure, num_classes)
+        if not isinstance(num_classes, int) or num_classes < 2:
+            raise ConfigError("P3B needs num_classes (the model has no num_classes attribute)")
+        self.probes = BlockBenefit(model, num_classes, patch_probe=self.patch_probe, structure=structure,
+                                   **self.probe_options)
+        self.probes.accumulate = False
+
+    def importance(self, ctx: AllocationContext) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        s = ctx.structure
+        logged: dict[str, torch.Tensor] = {}
+        if self.per_parameter == "remaining":
+            masks = ctx.masks()
+            params = torch.tensor([s.block_params(b, masks) for b in s.blocks], dtype=torch.float64)
+        else:
+            params = ctx.dense_block
+        means = self.probes.window_mean(merge_previous=ctx.final)
+        self.probes.reset()
+        mixed = torch.zeros(len(s.blocks), dtype=torch.float64)
+        weights = {"cls": self.class_weight, "patch": 1 - self.class_weight}
+        if "patch" not in means:
+            weights = {"cls": 1.0}
+        for variant, benefit in means.items():
+            logged[f"benefit_{variant}"] = benefit
+            u = benefit_scores(benefit, params, self.benefit_scale)
+            prev = self._importance.get(variant)
+            score = u if prev is None else self.momentum * u + (1 - self.momentum) * prev
+            self._importance[variant] = score
+            logged[f"score_{variant}"] = score
+            mixed += weights[variant] * score
+        logged["importance"] = mixed
+        return mixed, logged
+
+    def config(self) -> dict[str, Any]:
+        o = self.probe_options
+        return {"patch_probe": self.patch_probe, "benefit_scale": self.benefit_scale,
+                "per_parameter": self.per_parameter, "momentum": self.momentum, "class_weight": self.class_weight,
+                "probe_every": o["probe_every"], "probe_fraction": o["probe_fraction"], "probe_lr": o["lr"],
+                "probe_weight_decay": o["weight_decay"]}
+
+    def on_fit_start(self, state: TrainState) -> None:
+        self.probes.on_fit_start(state)
+
+    def param_groups(self, groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return self.probes.param_groups(groups)
+
+    def extra_loss(self, state: TrainState, active: bool) -> torch.Tensor | None:
+        self.probes.accumulate = active
+        return self.probes.extra_loss(state)
+
+    def grad_params(self) -> list[torch.nn.Parameter]:
+        return list(self.probes.probes.parameters())
+
+    def remove(self) -> None:
+        self.probes.remove()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"probes": self.probes.state_dict(), "importance": self._importance}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if state.get("probes") is not None:
+            self.probes.load_state_dict(state["probes"])
+        self._importance = {k: v.clone() for k, v in state.get("importance", {}).items()}
+
+
+@register_allocation("uniform")
+class UniformAllocation(Allocation):
+    """The same keep ratio for every block."""
+
+    def importance(self, ctx: AllocationContext) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return torch.ones(len(ctx.structure.blocks), dtype=torch.float64), {}
+
+
+@register_allocation("global")
+class GlobalAllocation(Allocation):
+    """No per-block budget: one ranking of every gate element across all blocks."""
+
+    selection = "global"
+
+
+@register_allocation("fixed")
+class FixedAllocation(Allocation):
+    """A given keep-ratio profile (one non-negative number per block, attention and MLP interleaved), rescaled to
+    the budget by the water-filling."""
+
+    def __init__(self, keep_ratios: Sequence[float] | None = None):
+        self.keep_ratios = keep_ratios
+
+    def attach(self, model, structure: ViTStructure, num_classes: int | None) -> None:
+        super().attach(model, structure, num_classes)
+        keep = self.keep_ratios
+        if keep is None or len(keep) != len(structure.blocks) or min(keep) < 0:
+            raise ConfigError(f"allocation='fixed' needs keep_ratios: {len(structure.blocks)} non-negative numbers "
+                              f"(one per block), got {keep!r}")
+        if not all(math.isfinite(float(k)) for k in keep):
+            raise ConfigError(f"keep_ratios must be finite numbers >= 0, got {list(keep)!r}")
+        self.profile = torch.tensor(list(keep), dtype=torch.float64)
+
+    def importance(self, ctx: AllocationContext) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return self.profile.clone(), {}
+
+    def config(self) -> dict[str, Any]:
+        return {"keep_ratios": list(map(float, self.keep_ratios))}
+
+
+__all__ = ["ALLOCATIONS", "Allocation", "AllocationContext", "BenefitAllocation", "FixedAllocation",
+           "GlobalAllocation", "UniformAllocation", "create_allocation", "register_allocation"]
