@@ -44,7 +44,7 @@ from .plots.p3b import block_label, select_run, sort_block_names
 from .plots.style import TEMPLATE
 from .pruners.allocation import water_fill
 from .structure.compact import compact_stats, compact_vit
-from .structure.unstructured import num_pruned, prunable_weights
+from .structure.unstructured import masks_from_scores, prunable_weights
 from .structure.unstructured import sparsity as mask_sparsity
 from .structure.vit import ViTStructure
 
@@ -193,10 +193,9 @@ class SparsityExplorer:
                 raise ConfigError(f"checkpoint {name!r} does not fit the model: missing {', '.join(missing[:5])}")
             self._sources[name] = {k: torch.as_tensor(state[k]).detach().to(own[k].device, own[k].dtype).clone()
                                    for k in own}
-        self._mags: dict[str, tuple[list[torch.Tensor], torch.Tensor]] = {}
-        for src, state in self._sources.items():
-            per_layer = [state[n].abs().flatten().float().cpu() for n in self._names]
-            self._mags[src] = (per_layer, torch.cat(per_layer))
+        # magnitudes per source, computed once: each slider move only ranks them (masks_from_scores)
+        self._mags: dict[str, dict[str, torch.Tensor]] = {
+            src: {n: state[n].abs().float().cpu() for n in self._names} for src, state in self._sources.items()}
         self._checkpoints = list(checkpoints)
 
         self._pixel_shape: tuple[int, int, int] | None = None
@@ -254,19 +253,7 @@ class SparsityExplorer:
                              widgets.HBox([self.bars.widget, self.heatmap.widget])])
 
     def _masks(self, source: str, scope: str, s: float) -> dict[str, torch.Tensor]:
-        per_layer, flat = self._mags[source]
-        state = self._sources[source]
-        out: dict[str, torch.Tensor] = {}
-        if scope == "layer":
-            for name, mag in zip(self._names, per_layer):
-                out[name] = _top(mag, mag.numel() - num_pruned(mag.numel(), s)).view(state[name].shape)
-            return out
-        keep = _top(flat, flat.numel() - num_pruned(flat.numel(), s))
-        offset = 0
-        for name, mag in zip(self._names, per_layer):
-            out[name] = keep[offset:offset + mag.numel()].view(state[name].shape)
-            offset += mag.numel()
-        return out
+        return masks_from_scores(self._mags[source], s, scope)
 
     @torch.no_grad()
     def update(self) -> None:
@@ -313,13 +300,6 @@ class SparsityExplorer:
             hm.z = z.tolist()
             if x_labels is not None:
                 hm.x, hm.y = x_labels, y_labels
-
-
-def _top(values: torch.Tensor, k: int) -> torch.Tensor:
-    mask = torch.zeros(values.numel(), dtype=torch.bool)
-    if k > 0:
-        mask[torch.topk(values, k, sorted=False).indices] = True
-    return mask
 
 
 # ------------------------------------------------------------------------------------------ P3B histories

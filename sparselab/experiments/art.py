@@ -4,6 +4,7 @@ Every method starts from the same dense warm-up (per seed) and ends with the sam
 
 - ``hypersparse``, ``l1``, ``l2``: ART with that regularizer until the pruned copy matches the dense model;
 - ``gmp``: gradual magnitude pruning (Zhu & Gupta's cubic schedule) over ``gmp_epochs``;
+- ``movement``: movement pruning (score −Σ w·∂L/∂w) on the same cubic schedule and epochs as ``gmp``;
 - ``oneshot``: global magnitude pruning of the warm model at once;
 - ``layerwise``: every layer pruned to the same sparsity by magnitude.
 
@@ -29,7 +30,7 @@ import copy
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import pandas as pd
 import torch
@@ -40,15 +41,93 @@ from .. import models
 from ..errors import ConfigError, check_finite, check_positive_int, check_ratio, unknown_name
 from ..history import History
 from ..pruners import ART, FixedMask, GradualMagnitude
+from ..pruners.masking import MovementPruning
 from ..structure.unstructured import apply_masks, magnitude_masks, prunable_weights, sparsity
 from ..training import OptimizerHandoff, evaluate, fit
 from ..training.config import checked_replace
 from .presets import load_data, named_preset, require_test_split
 
-ART_METHODS = ("hypersparse", "l1", "l2", "gmp", "oneshot", "layerwise")
+ART_METHODS = ("hypersparse", "l1", "l2", "gmp", "movement", "oneshot", "layerwise")
 #: Ablations of HyperSparse's schedule λ_e = λ_init · η^e: λ growing twice as fast (η²: twice the growth per epoch
 #: on a log scale) and half as fast (√η). Accepted wherever a method name is; not in the paper presets.
 ART_ABLATIONS = {"hypersparse_fast": 2.0, "hypersparse_slow": 0.5}
+
+
+@dataclass
+class Sparsify:
+    """What a sparsification method gets: the preset, the model to sparsify (a copy of the warm model), the target
+    sparsity, the data, the seed, its History, whether to show progress, the callbacks carried from the warm-up
+    (its optimizer), and the checkpoint folder and resume flag of its phase."""
+
+    preset: "ARTPreset"
+    model: nn.Module
+    sparsity: float
+    data: Any
+    seed: int
+    history: History
+    progress: bool
+    carried: list
+    checkpoint_dir: str | None
+    resume: bool
+
+    def fit(self, pruner, epochs: int) -> None:
+        fit(self.model, self.data, epochs=epochs, pruner=pruner, seed=self.seed, history=self.history,
+            progress=self.progress, callbacks=self.carried, checkpoint_dir=self.checkpoint_dir, resume=self.resume,
+            **self.preset.fit)
+
+
+#: method name → function(Sparsify) → (masks, extra result values): how each method reaches its mask. A new
+#: method is one function and one :func:`register_method` line.
+METHOD_REGISTRY: dict[str, Callable[[Sparsify], tuple[dict[str, torch.Tensor], dict[str, float]]]] = {}
+
+
+def register_method(name: str):
+    """Decorator: register a sparsification method for :func:`run_art` and :func:`compare` under ``name``."""
+    def add(fn):
+        METHOD_REGISTRY[name] = fn
+        return fn
+    return add
+
+
+def _regularized(regularizer: str, eta_power: float = 1.0):
+    def sparsify(job: Sparsify) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+        p = job.preset
+        art = ART(job.model, job.sparsity, regularizer=regularizer, lam_init=p.lam_init, eta=p.eta ** eta_power,
+                  warmup_epochs=0, max_art_epochs=p.max_art_epochs, train_eval_limit=p.train_eval_limit,
+                  candidate_rule=p.candidate_rule)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # reaching max_art_epochs is recorded in the History
+            job.fit(art, art.max_epochs)
+        return art.masks(), {
+            "art_epochs": float(job.history.metrics.query("name == 'art_epoch'").value.max() + 1),
+            "art_converged": float("exceeds the dense" in art.stop_reason)}
+    return sparsify
+
+
+def _scheduled(cls):
+    def sparsify(job: Sparsify) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+        p = job.preset
+        pruner = cls(job.model, job.sparsity, start_epoch=0, end_epoch=p.gmp_epochs,
+                     every=max(1, len(job.data.train) // p.fit.get("batch_size", 128) // 4))
+        job.fit(pruner, p.gmp_epochs)
+        return pruner.masks, {}
+    return sparsify
+
+
+def _one_shot(scope: str):
+    def sparsify(job: Sparsify) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+        return magnitude_masks(job.model, job.sparsity, scope=scope), {}
+    return sparsify
+
+
+for _name in ("hypersparse", "l1", "l2"):
+    register_method(_name)(_regularized(_name))
+for _name, _power in ART_ABLATIONS.items():
+    register_method(_name)(_regularized("hypersparse", _power))
+register_method("gmp")(_scheduled(GradualMagnitude))
+register_method("movement")(_scheduled(MovementPruning))  # same cubic schedule and epochs as gmp
+register_method("oneshot")(_one_shot("global"))
+register_method("layerwise")(_one_shot("layer"))
 
 
 @dataclass(frozen=True)
@@ -204,8 +283,8 @@ def run_art(preset: ARTPreset, method: str = "hypersparse", sparsity_: float = 0
     ``warm``: a :func:`warm_start` (its optimizer continues, as in the reference) or a bare model (a fresh
     optimizer); None runs the warm-up first. ``checkpoint_dir``: each phase (``warmup/``, ``sparsify/``,
     ``finetune/``) checkpoints there every epoch, and ``resume=True`` continues an interrupted run exactly."""
-    if method not in ART_METHODS and method not in ART_ABLATIONS:
-        raise unknown_name("method", method, (*ART_METHODS, *ART_ABLATIONS))
+    if method not in METHOD_REGISTRY:
+        raise unknown_name("method", method, METHOD_REGISTRY)
     check_ratio("sparsity", sparsity_)
     data = data if data is not None else load_data(preset)
     require_test_split(data)
@@ -217,28 +296,8 @@ def run_art(preset: ARTPreset, method: str = "hypersparse", sparsity_: float = 0
     name = f"{method}-{sparsity_:g}-s{seed}"
     history = History(meta={"run": name, "method": method, "sparsity": sparsity_, "seed": seed,
                             "preset": preset.name})
-    result: dict[str, float] = {}
-    if method in ("hypersparse", "l1", "l2", *ART_ABLATIONS):
-        eta = preset.eta ** ART_ABLATIONS.get(method, 1.0)
-        art = ART(model, sparsity_, regularizer=method.split("_")[0], lam_init=preset.lam_init, eta=eta,
-                  warmup_epochs=0,
-                  max_art_epochs=preset.max_art_epochs, train_eval_limit=preset.train_eval_limit,
-                  candidate_rule=preset.candidate_rule)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # reaching max_art_epochs is recorded in the History
-            fit(model, data, epochs=art.max_epochs, pruner=art, seed=seed, history=history, progress=progress,
-                callbacks=carried, checkpoint_dir=phase("sparsify"), resume=resume, **preset.fit)
-        masks = art.masks()
-        result["art_epochs"] = float(history.metrics.query("name == 'art_epoch'").value.max() + 1)
-        result["art_converged"] = float("exceeds the dense" in art.stop_reason)
-    elif method == "gmp":
-        gmp = GradualMagnitude(model, sparsity_, start_epoch=0, end_epoch=preset.gmp_epochs,
-                               every=max(1, len(data.train) // preset.fit.get("batch_size", 128) // 4))
-        fit(model, data, epochs=preset.gmp_epochs, pruner=gmp, seed=seed, history=history, progress=progress,
-            callbacks=carried, checkpoint_dir=phase("sparsify"), resume=resume, **preset.fit)
-        masks = gmp.masks
-    else:
-        masks = magnitude_masks(model, sparsity_, scope="layer" if method == "layerwise" else "global")
+    job = Sparsify(preset, model, sparsity_, data, seed, history, progress, carried, phase("sparsify"), resume)
+    masks, result = METHOD_REGISTRY[method](job)
     masks = {k: v.cpu() for k, v in masks.items()}
     pruned = copy.deepcopy(model)
     apply_masks(pruned, masks)
@@ -269,8 +328,8 @@ def compare(preset: ARTPreset, methods: Sequence[str] | None = None, sparsities:
 
     methods = list(methods or preset.methods)
     for m in methods:
-        if m not in ART_METHODS and m not in ART_ABLATIONS:
-            raise unknown_name("method", m, (*ART_METHODS, *ART_ABLATIONS))
+        if m not in METHOD_REGISTRY:
+            raise unknown_name("method", m, METHOD_REGISTRY)
     sparsities = list(sparsities or preset.sparsities)
     seeds = list(seeds or preset.seeds)
     recorded = (_read_record(record, preset.name, setting="sparsity") if record is not None else pd.DataFrame())

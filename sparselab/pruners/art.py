@@ -47,6 +47,7 @@ from ..errors import CheckpointError, ConfigError, DivergedError, check_finite, 
 from ..structure.unstructured import apply_masks, magnitude_masks, prunable_weights, sparsity
 from .masking import FixedMask
 from .regularizers import Regularizer, make_regularizer
+from .schedules import ExponentialLambda
 
 PROFILE_POINTS = 256
 CANDIDATE_RULES = ("reference", "best_mean")
@@ -113,6 +114,7 @@ class ART(Pruner):
                               f"{max_art_epochs}")
         self.regularizer = make_regularizer(regularizer, sparsity, threshold_every=threshold_every)
         self.lam_init, self.eta = lam_init, eta
+        self.lambda_schedule = ExponentialLambda(lam_init, eta)
         self.warmup_epochs, self.window, self.max_art_epochs = warmup_epochs, window, max_art_epochs
         self.train_eval_limit, self.profile_every = train_eval_limit, profile_every
         self.candidate_rule, self.train_eval_augment = candidate_rule, bool(train_eval_augment)
@@ -143,7 +145,7 @@ class ART(Pruner):
 
     def lam(self, art_epoch: int) -> float:
         """λ_e = λ_init·η^e."""
-        return self.lam_init * self.eta ** art_epoch
+        return self.lambda_schedule.value(art_epoch)
 
     # ------------------------------------------------------------------ hooks
     def on_fit_start(self, state: TrainState) -> None:

@@ -1,9 +1,12 @@
-"""Fixed and gradually growing unstructured masks as training plug-ins.
+"""Fixed and gradually growing unstructured masks as training plug-ins, in one vocabulary: a score per weight, a
+sparsity schedule, and :func:`~sparselab.structure.unstructured.masks_from_scores`.
 
 :class:`FixedMask` keeps a mask fixed while training continues (fine-tuning after pruning): gradients and weights
 are multiplied by the mask around every optimizer step, so masked weights stay exactly zero.
-:class:`GradualMagnitude` is Zhu & Gupta's gradual magnitude pruning with the cubic schedule
-s_t = s_f + (s_i − s_f)(1 − (t − t_0)/(t_1 − t_0))³.
+:class:`ScheduledMasks` re-computes the mask from its :meth:`~ScheduledMasks.scores` on a
+:class:`~sparselab.pruners.schedules.CubicSparsity` schedule (Zhu & Gupta's s_t = s_f + (s_i − s_f)(1 − (t −
+t_0)/(t_1 − t_0))³): :class:`GradualMagnitude` scores |w|, :class:`MovementPruning` scores −Σ_t w·∂L/∂w (Sanh et al.,
+2020: weights moving away from zero are kept).
 
 Example:
     >>> import torch
@@ -22,7 +25,8 @@ from torch import nn
 
 from ..callbacks import Pruner, TrainState
 from ..errors import ConfigError, check_ratio
-from ..structure.unstructured import apply_masks, magnitude_masks, sparsity
+from ..structure.unstructured import apply_masks, magnitude_masks, masks_from_scores, prunable_weights, sparsity
+from .schedules import CubicSparsity
 
 
 class FixedMask(Pruner):
@@ -72,39 +76,86 @@ class FixedMask(Pruner):
         self.masks = {k: v.bool() for k, v in state["masks"].items()}
 
 
-class GradualMagnitude(FixedMask):
-    """Global magnitude pruning on Zhu & Gupta's cubic schedule from ``start_epoch`` to ``end_epoch``, a mask
-    update every ``every`` steps; the masked weights stay zero in between and after."""
+class ScheduledMasks(FixedMask):
+    """A mask re-computed from :meth:`scores` (highest kept, ranked across all layers) on a
+    :class:`~sparselab.pruners.schedules.CubicSparsity` schedule from ``start_epoch`` to ``end_epoch``, an update every
+    ``every`` steps; the masked weights stay zero in between and after. Subclasses define :meth:`scores`."""
 
     def __init__(self, model: nn.Module, sparsity: float, start_epoch: int = 0, end_epoch: int = 10,
                  every: int = 100, initial_sparsity: float = 0.0):
         self.target = check_ratio("sparsity", sparsity)
         self.initial = check_ratio("initial_sparsity", initial_sparsity)
-        if not 0 <= start_epoch < end_epoch:
-            raise ConfigError(f"need 0 <= start_epoch < end_epoch, got {start_epoch}, {end_epoch}")
-        self.start_epoch, self.end_epoch, self.every = start_epoch, end_epoch, max(1, int(every))
+        self.schedule = CubicSparsity(final=self.target, start=start_epoch, end=end_epoch, every=max(1, int(every)),
+                                      initial=self.initial)
+        self.start_epoch, self.end_epoch, self.every = start_epoch, end_epoch, self.schedule.every
         super().__init__(magnitude_masks(model, 0.0))
+
+    def scores(self, state: TrainState) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
 
     def config(self) -> dict[str, Any]:  # the masks change as it prunes: the schedule defines the run
         return {"sparsity": self.target, "initial_sparsity": self.initial, "start_epoch": self.start_epoch,
                 "end_epoch": self.end_epoch, "every": self.every}
 
     def target_at(self, step: int, steps_per_epoch: int) -> float:
-        t0, t1 = self.start_epoch * steps_per_epoch, self.end_epoch * steps_per_epoch
-        if step < t0:
-            return 0.0
-        frac = min(1.0, (step - t0) / max(t1 - t0, 1))
-        return self.target + (self.initial - self.target) * (1 - frac) ** 3
+        return self.schedule.value(step, steps_per_epoch)
 
     def on_fit_start(self, state: TrainState) -> None:
         self._check(state.model)
         self.masks = {k: v.to(state.device) for k, v in self.masks.items()}
 
     def after_step(self, state: TrainState) -> None:
-        t1 = self.end_epoch * state.steps_per_epoch
-        due = state.step % self.every == 0 or state.step == t1
-        if due and state.step >= self.start_epoch * state.steps_per_epoch and state.step <= t1:
+        if self.schedule.is_update(state.step, state.steps_per_epoch):
             s = self.target_at(state.step, state.steps_per_epoch)
-            self.masks = magnitude_masks(state.model, s)
+            self.masks = masks_from_scores(self.scores(state), s, "global")
             state.history.log_metric("sparsity", self.sparsity(), step=state.step, epoch=state.epoch)
         apply_masks(state.model, self.masks)
+
+
+class GradualMagnitude(ScheduledMasks):
+    """Global magnitude pruning on Zhu & Gupta's cubic schedule (score |w|)."""
+
+    def scores(self, state: TrainState) -> dict[str, torch.Tensor]:
+        return {n: w.detach().abs() for n, w in prunable_weights(state.model).items()}
+
+
+class MovementPruning(ScheduledMasks):
+    """Movement pruning (Sanh, Wolf & Rush, 2020) with hard masks: the score of a weight is −Σ_t w·∂L/∂w over
+    every optimizer step so far (positive when the weight moves away from zero), ranked across all layers on the
+    cubic schedule. A step with non-finite gradients adds nothing.
+
+    Example:
+        >>> import torch, sparselab as sl
+        >>> data = sl.data.load("digits", image_size=8, limit=256)
+        >>> model = sl.models.create("lenet_300_100", image_size=8)
+        >>> pruner = MovementPruning(model, 0.9, start_epoch=0, end_epoch=2, every=2)
+        >>> _ = sl.fit(model, data, epochs=3, batch_size=64, pruner=pruner, progress=False)
+        >>> round(pruner.sparsity(), 3)
+        0.9
+    """
+
+    def __init__(self, model: nn.Module, sparsity: float, start_epoch: int = 0, end_epoch: int = 10,
+                 every: int = 100, initial_sparsity: float = 0.0):
+        super().__init__(model, sparsity, start_epoch, end_epoch, every, initial_sparsity)
+        self.movement = {n: torch.zeros_like(w, dtype=torch.float32, device="cpu")
+                         for n, w in prunable_weights(model).items()}
+
+    @torch.no_grad()
+    def after_backward(self, state: TrainState) -> None:
+        params = dict(state.model.named_parameters())
+        terms = {n: -(params[n].detach() * params[n].grad).float().cpu()
+                 for n in self.movement if params[n].grad is not None}
+        if all(bool(torch.isfinite(t).all()) for t in terms.values()):
+            for n, t in terms.items():
+                self.movement[n] += t
+        super().after_backward(state)
+
+    def scores(self, state: TrainState) -> dict[str, torch.Tensor]:
+        return dict(self.movement)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "movement": {k: v.clone() for k, v in self.movement.items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.movement = {k: v.clone() for k, v in state["movement"].items()}

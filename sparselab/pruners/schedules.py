@@ -79,3 +79,53 @@ class P3BSteps:
             return self.tau_min
         frac = (step - self.sparse) / max(self.final - self.sparse, 1)
         return self.tau_min + (self.tau0 - self.tau_min) * (1 - frac)
+
+
+@dataclass(frozen=True)
+class CubicSparsity:
+    """Zhu & Gupta's cubic sparsity ramp s_t = s_f + (s_i − s_f)(1 − (t − t_0)/(t_1 − t_0))³ from epoch ``start``
+    to epoch ``end`` (0 before ``start``), with a mask update every ``every`` steps and at the end.
+
+    Example:
+        >>> s = CubicSparsity(final=0.9, start=0, end=10, every=5)
+        >>> s.value(0, 10), round(s.value(50, 10), 4), s.value(100, 10), s.is_update(50, 10), s.is_update(51, 10)
+        (0.0, 0.7875, 0.9, True, False)
+    """
+
+    final: float
+    start: int = 0
+    end: int = 10
+    every: int = 100
+    initial: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.start < self.end:
+            raise ConfigError(f"need 0 <= start_epoch < end_epoch, got {self.start}, {self.end}")
+
+    def value(self, step: int, steps_per_epoch: int) -> float:
+        t0, t1 = self.start * steps_per_epoch, self.end * steps_per_epoch
+        if step < t0:
+            return 0.0
+        frac = min(1.0, (step - t0) / max(t1 - t0, 1))
+        return self.final + (self.initial - self.final) * (1 - frac) ** 3
+
+    def is_update(self, step: int, steps_per_epoch: int) -> bool:
+        t1 = self.end * steps_per_epoch
+        due = step % self.every == 0 or step == t1
+        return due and self.start * steps_per_epoch <= step <= t1
+
+
+@dataclass(frozen=True)
+class ExponentialLambda:
+    """ART's regularization strength λ_e = λ_init · η^e for ART epoch e (METHODS §2.2).
+
+    Example:
+        >>> ExponentialLambda(1e-3, 2.0).value(3)
+        0.008
+    """
+
+    lam_init: float
+    eta: float
+
+    def value(self, art_epoch: int) -> float:
+        return self.lam_init * self.eta ** art_epoch

@@ -40,24 +40,50 @@ def num_pruned(n: int, sparsity: float) -> int:
 
 
 @torch.no_grad()
-def magnitude_masks(model: nn.Module, sparsity: float, scope: str = "global") -> dict[str, torch.Tensor]:
-    """Keep the largest-magnitude weights: ``global`` ranks all prunable weights together, ``layer`` prunes every
-    layer to the same sparsity. Exactly ⌊sparsity·n⌋ weights are removed (per layer for ``layer``); ties are broken
-    by position, so the count is exact."""
+def masks_from_scores(scores: Masks, sparsity: float, scope: str = "global") -> dict[str, torch.Tensor]:
+    """Keep the highest-scoring weights (True = kept): ``global`` ranks every score together, ``layer`` removes the
+    same share of each tensor, ``row`` the same share of each output row (dimension 0; Wanda's comparison group).
+    Exactly ⌊sparsity·n⌋ entries are removed per group; ties are broken by position, so the count is exact.
+
+    Example:
+        >>> m = masks_from_scores({"a": torch.tensor([[3., 1.], [2., 4.]])}, 0.5, scope="row")
+        >>> m["a"].tolist()
+        [[True, False], [False, True]]
+    """
     check_ratio("sparsity", sparsity)
-    weights = prunable_weights(model)
     if scope == "layer":
-        return {name: _top_mask(w.detach().abs().flatten(), w.numel() - num_pruned(w.numel(), sparsity)).view_as(w)
-                for name, w in weights.items()}
+        return {name: _top_mask(v.flatten(), v.numel() - num_pruned(v.numel(), sparsity)).view_as(v)
+                for name, v in scores.items()}
+    if scope == "row":
+        out = {}
+        for name, v in scores.items():
+            rows = v.reshape(v.shape[0], -1)
+            k = rows.shape[1] - num_pruned(rows.shape[1], sparsity)
+            keep = torch.zeros_like(rows, dtype=torch.bool)
+            if k > 0:
+                keep.scatter_(1, torch.topk(rows, k, dim=1, sorted=False).indices, True)
+            out[name] = keep.view_as(v)
+        return out
     if scope != "global":
-        raise ConfigError(f"scope must be 'global' or 'layer', got {scope!r}")
-    flat = torch.cat([w.detach().abs().flatten().float().cpu() for w in weights.values()])
+        raise ConfigError(f"scope must be 'global', 'layer' or 'row', got {scope!r}")
+    flat = torch.cat([v.flatten().float().cpu() for v in scores.values()])
     keep = _top_mask(flat, flat.numel() - num_pruned(flat.numel(), sparsity))
     masks, offset = {}, 0
-    for name, w in weights.items():
-        masks[name] = keep[offset:offset + w.numel()].view(w.shape).to(w.device)
-        offset += w.numel()
+    for name, v in scores.items():
+        masks[name] = keep[offset:offset + v.numel()].view(v.shape).to(v.device)
+        offset += v.numel()
     return masks
+
+
+@torch.no_grad()
+def magnitude_masks(model: nn.Module, sparsity: float, scope: str = "global") -> dict[str, torch.Tensor]:
+    """Keep the largest-magnitude weights (:func:`masks_from_scores` of |w|): ``global`` ranks all prunable weights
+    together, ``layer`` prunes every layer to the same sparsity. Exactly ⌊sparsity·n⌋ weights are removed (per
+    layer for ``layer``); ties are broken by position, so the count is exact."""
+    check_ratio("sparsity", sparsity)
+    if scope not in ("global", "layer"):
+        raise ConfigError(f"scope must be 'global' or 'layer', got {scope!r}")
+    return masks_from_scores({n: w.detach().abs() for n, w in prunable_weights(model).items()}, sparsity, scope)
 
 
 def _top_mask(values: torch.Tensor, k: int) -> torch.Tensor:
