@@ -23,8 +23,8 @@ from pathlib import Path
 from .errors import CheckpointError, ConfigError, SparselabError, unknown_name
 
 # the method names for --help without importing torch; a test keeps them equal to the experiments' lists
-METHOD_NAMES = ("p3b", "p3b_no_reactivation", "p3b_frozen_benefit", "p3b_fast_probes", "uniform", "global_taylor",
-                "l1", "fixed", "dense")
+METHOD_NAMES = ("p3b", "p3b_no_reactivation", "p3b_frozen_benefit", "p3b_fast_probes", "p3b_wanda", "uniform",
+                "global_taylor", "l1", "fixed", "dense")
 ART_METHOD_NAMES = ("hypersparse", "l1", "l2", "gmp", "movement", "oneshot", "layerwise", "hypersparse_fast",
                     "hypersparse_slow")
 

@@ -22,7 +22,7 @@ from ..stats import finding, mean_ci, paired_differences, verdict
 
 P3B_NAMES = {"p3b": "P3B", "uniform": "uniform", "global_taylor": "global Taylor", "l1": "L1", "fixed": "fixed",
              "p3b_no_reactivation": "P3B without reactivation", "p3b_frozen_benefit": "P3B with a frozen allocation",
-             "p3b_fast_probes": "P3B with FAST_PROBES", "dense": "dense"}
+             "p3b_fast_probes": "P3B with FAST_PROBES", "p3b_wanda": "P3B with Wanda selection", "dense": "dense"}
 
 
 def p3b_findings(table: pd.DataFrame, runs: Sequence = (), probes: Sequence[str] = ("cls", "patch")) -> list[str]:

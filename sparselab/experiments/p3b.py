@@ -51,6 +51,8 @@ METHODS: dict[str, dict[str, Any]] = {
     "p3b_no_reactivation": dict(allocation="benefit", reactivation=False),
     "p3b_frozen_benefit": dict(allocation="benefit", freeze_allocation_after=1),
     "p3b_fast_probes": dict(allocation="benefit", **FAST_PROBES),
+    # P3B's allocation with a Wanda-style selection inside blocks (|W|·‖X‖ instead of Taylor)
+    "p3b_wanda": dict(allocation="benefit", criterion="wanda"),
     "uniform": dict(allocation="uniform"),
     "global_taylor": dict(allocation="global"),
     "l1": dict(allocation="uniform", criterion="l1"),
@@ -77,7 +79,7 @@ class P3BPreset:
     probe_options: dict = field(default_factory=dict)  # P3B's probe arguments for p3b (probe_every, probe_lr, ...)
     finetune_epochs: int = 0
     finetune: dict = field(default_factory=dict)
-    methods: tuple[str, ...] = ("p3b", "uniform", "global_taylor", "l1", "fixed")
+    methods: tuple[str, ...] = ("p3b", "uniform", "global_taylor", "l1", "fixed", "p3b_wanda")
     prune_ratios: tuple[float, ...] = (0.5, 0.75)
     seeds: tuple[int, ...] = (0, 1, 2)
 
@@ -143,7 +145,7 @@ PRESETS["cpu"] = PRESETS["cpu-split-1k"].replace(name="cpu", prune_ratios=(0.9,)
 PRESETS["cpu-full"] = PRESETS["cpu-split-1k"].replace(
     name="cpu-full", prune_ratios=(0.5, 0.75, 0.9), seeds=(0, 1, 2, 3, 4),
     methods=("p3b", "uniform", "global_taylor", "l1", "fixed", "p3b_no_reactivation", "p3b_frozen_benefit",
-             "p3b_fast_probes"))
+             "p3b_fast_probes", "p3b_wanda"))
 for _model, _tag in (("deit_small_patch16_224", "s"), ("deit_tiny_patch16_224", "t")):
     for _data in ("cifar100", "ifood", "inat19"):
         PRESETS[f"paper-deit-{_tag}-{_data}"] = _paper(f"paper-deit-{_tag}-{_data}", _model, _data)

@@ -1,4 +1,5 @@
 """Pruners: P3B and its structured baselines (ViTs); ART with HyperSparse/L1/L2 and the unstructured baselines."""
+from . import wanda  # noqa: F401  (registers the "wanda" criterion)
 from .art import ART
 from .masking import FixedMask, GradualMagnitude
 from .p3b import P3B, implied_prune_ratio

@@ -11,7 +11,7 @@ the command line find it; :func:`register_criterion` adds new ones::
 
 Example:
     >>> sorted(CRITERIA)
-    ['l1', 'taylor']
+    ['l1', 'taylor', 'wanda']
     >>> create_criterion("taylor").needs_gate_grads
     True
 """
@@ -92,8 +92,14 @@ class GateCriterion:
     def scores(self, final: bool) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
+    def end_step(self) -> None:
+        """Called after every optimizer step, in a window or not (after :meth:`collect` when in one)."""
+
     def next_window(self) -> None:
         self.count_prev, self.count = self.count, 0
+
+    def remove(self) -> None:
+        """Detach whatever the criterion attached to the model (P3B calls it when it finalizes or is removed)."""
 
     def state_dict(self) -> dict[str, Any]:
         return {"count": self.count, "count_prev": self.count_prev, "skipped_steps": self.skipped_steps}

@@ -228,6 +228,7 @@ class P3B(Pruner):
             p.grad = None
         if collect:
             self.criterion.count += 1
+        self.criterion.end_step()
         if not self.finalized and self.steps.is_update(state.step):
             self.update(state)
 
@@ -236,6 +237,7 @@ class P3B(Pruner):
             self.update(state, final=True)
             self.finalized = True
             self.allocation.remove()
+            self.criterion.remove()
 
     # ------------------------------------------------------------------ allocation
     def _allocate(self, state: TrainState, final: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -368,6 +370,7 @@ class P3B(Pruner):
         """Detach gates and probes from the model (it computes densely again)."""
         self.gates.remove()
         self.allocation.remove()
+        self.criterion.remove()
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -388,6 +391,7 @@ class P3B(Pruner):
         self._frozen_kappa = state.get("frozen_kappa")
         if self.finalized:
             self.allocation.remove()
+            self.criterion.remove()
 
 
 def implied_prune_ratio(structure: ViTStructure, keep_ratios: Sequence[float], blocks_only: bool = False) -> float:
