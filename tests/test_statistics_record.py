@@ -251,3 +251,17 @@ def test_art_findings_say_where_art_did_not_reach_its_stop_criterion():
     lines = findings.art_findings(t)
     assert lines[-1].startswith("hypersparse at 99.5 %: ART's stop criterion reached in 1 of 3 runs")
     assert not any(line.startswith("l1 at 99.5 %: ART's") for line in lines)
+
+
+def test_the_diagnosis_summary_names_where_p3b_trails_and_what_was_diagnosed():
+    table = pd.DataFrame([{"method": m, "prune_ratio": r, "seed": s, "acc": a + 0.01 * s + 0.001 * (s % 2)}
+                          for m, r, a in (("p3b", 0.9, 0.80), ("l1", 0.9, 0.83), ("fixed", 0.9, 0.85),
+                                          ("p3b", 0.5, 0.90), ("l1", 0.5, 0.90)) for s in range(4)])
+    diag = pd.DataFrame([{"method": "fixed_allocation_static", "prune_ratio": 0.9, "seed": s, "acc": 0.85 + 0.01 * s,
+                          "baseline": "fixed"} for s in range(4)])
+    lines = diagnosis.diagnosis_summary(table, diag)
+    assert lines[0].startswith("P3B trails: fixed at 90 %") and "l1 at 90 %" in lines[0] and "50 %" not in lines[0]
+    assert any(line.startswith("fixed_allocation_static − p3b") for line in lines)
+    assert lines[-1].endswith("l1 at 90 %")
+    even = table.assign(acc=0.8 + 0.01 * table.seed + 0.001 * (table.seed % 2))
+    assert "nothing to diagnose" in diagnosis.diagnosis_summary(even, pd.DataFrame())[0]

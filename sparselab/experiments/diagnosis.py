@@ -225,3 +225,25 @@ def diagnosis_conclusions(table: pd.DataFrame, diag: pd.DataFrame, baseline: str
                    "no clear difference": "with twice the schedule the gap is within the seed noise"}[d]
         lines.append(f"schedule length: P3B − {baseline}, both with every phase twice as long, {text}: {meaning}.")
     return lines
+
+
+def diagnosis_summary(table: pd.DataFrame, diag: pd.DataFrame) -> list[str]:
+    """Everything the diagnosis says, computed: where P3B trails (:func:`trailing`; or that it trails nowhere),
+    then for each diagnosed pair its paired lines and what they imply, and the trailing pairs left undiagnosed."""
+    if table.empty or "p3b" not in set(table.method):
+        return []
+    pairs = trailing(table)
+    if pairs.empty:
+        return ["P3B trails no other method at any prune ratio (no 95 % interval of P3B − method lies below 0): "
+                "there is nothing to diagnose."]
+    lines = ["P3B trails: " + "; ".join(f"{r.baseline} at {r.prune_ratio * 100:g} % ({r['diff'] * 100:+.2f} points "
+                                         f"[{r.low * 100:+.2f}, {r.high * 100:+.2f}])" for _, r in pairs.iterrows())]
+    done = set(diagnosed_pairs(diag)) if not diag.empty else set()
+    for b, r in diagnosed_pairs(diag) if not diag.empty else []:
+        lines += [""] + diagnosis_findings(table, diag, b, r) + diagnosis_conclusions(table, diag, b, r)
+    left = [f"{r.baseline} at {r.prune_ratio * 100:g} %" for _, r in pairs.iterrows()
+            if (r.baseline, float(r.prune_ratio)) not in {(b, round(x, 6)) for b, x in done}]
+    if left:
+        lines += ["", "not diagnosed (each pair costs about 15 minutes; scripts/run_statistics.py --diagnose N): "
+                  + ", ".join(left)]
+    return lines

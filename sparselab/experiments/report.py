@@ -15,7 +15,7 @@ import pandas as pd
 
 from ..stats import mean_ci, paired_against_all
 from .committed import RESULTS, committed_results
-from .diagnosis import diagnosis_conclusions, diagnosis_findings
+from .diagnosis import diagnosis_summary
 from .findings import art_findings, p3b_findings
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
@@ -88,11 +88,11 @@ def results_markdown(results: Callable[[str], pd.DataFrame] = committed_results,
                   f"![P3B accuracy against prune ratio]({figures}/p3b_accuracy.png)", "",
                   f"![P3B minus each other method, paired by seed]({figures}/p3b_paired.png)", "",
                   "Findings (`sparselab.experiments.findings.p3b_findings`):", "", _bullets(p3b_findings(p3b)), ""]
-        diag = results("p3b_cpu-full_diagnosis")
-        if len(diag):
-            parts += ["Diagnosis (`sparselab.experiments.diagnosis`; `docs/results/p3b_cpu-full_diagnosis.csv`):",
-                      "", _bullets(diagnosis_findings(p3b, diag)), "", "What the pairs imply (rules fixed in "
-                      "`diagnosis_conclusions`):", "", _bullets(diagnosis_conclusions(p3b, diag)), ""]
+        summary = [line for line in diagnosis_summary(p3b, results("p3b_cpu-full_diagnosis")) if line]
+        if summary:
+            parts += ["Diagnosis of where P3B trails (`sparselab.experiments.diagnosis`, rules fixed in "
+                      "`diagnosis_conclusions`; `docs/results/p3b_cpu-full_diagnosis.csv`):", "", _bullets(summary),
+                      ""]
     art = results("art_cpu-full")
     if len(art):
         parts += [f"**ART / HyperSparse against the other methods** (`cpu-full`: LeNet-300-100, 20 000 "
