@@ -265,3 +265,14 @@ def test_the_diagnosis_summary_names_where_p3b_trails_and_what_was_diagnosed():
     assert lines[-1].endswith("l1 at 90 %")
     even = table.assign(acc=0.8 + 0.01 * table.seed + 0.001 * (table.seed % 2))
     assert "nothing to diagnose" in diagnosis.diagnosis_summary(even, pd.DataFrame())[0]
+
+
+def test_a_preset_with_a_misspelt_training_option_fails_where_it_is_made():
+    from sparselab.errors import UnknownNameError
+
+    with pytest.raises(UnknownNameError, match="batchsize.*Did you mean 'batch_size'"):
+        p3b_preset("tiny").replace(fit={"lr": 1e-3, "batchsize": 64})
+    with pytest.raises(ConfigError, match="lr must be > 0"):
+        art.art_preset("tiny").replace(finetune={"lr": -1.0})
+    for name in p3b.PRESETS:
+        assert p3b.p3b_preset(name).name == name  # every committed preset passes the check

@@ -44,7 +44,7 @@ from ..pruners import ART, FixedMask, GradualMagnitude
 from ..pruners.masking import MovementPruning
 from ..structure.unstructured import apply_masks, magnitude_masks, prunable_weights, sparsity
 from ..training import OptimizerHandoff, evaluate, fit
-from ..training.config import checked_replace
+from ..training.config import TrainConfig, checked_replace
 from .presets import load_data, named_preset, require_test_split
 
 ART_METHODS = ("hypersparse", "l1", "l2", "gmp", "movement", "oneshot", "layerwise")
@@ -156,6 +156,8 @@ class ARTPreset:
 
     def __post_init__(self) -> None:
         check_positive_int("warmup_epochs", self.warmup_epochs, allow_zero=True)
+        for part in ("fit", "finetune"):  # a misspelt or out-of-range training option fails where the preset is made
+            checked_replace(TrainConfig(), f"{part} option of preset {self.name!r}", **getattr(self, part))
         for name in ("max_art_epochs", "gmp_epochs", "finetune_epochs"):  # ART's result is the fine-tuned model
             check_positive_int(name, getattr(self, name))
         check_finite("lam_init", self.lam_init, low=0, low_inclusive=False)

@@ -42,7 +42,7 @@ from ..latency import latency_ms
 from ..probes import FAST_PROBES
 from ..pruners import P3B, P3BSchedule
 from ..training import fit
-from ..training.config import checked_replace
+from ..training.config import TrainConfig, checked_replace
 from .presets import load_data, named_preset, require_test_split
 
 METHODS: dict[str, dict[str, Any]] = {
@@ -85,6 +85,8 @@ class P3BPreset:
 
     def __post_init__(self) -> None:
         check_positive_int("finetune_epochs", self.finetune_epochs, allow_zero=True)  # 0: no compact fine-tuning
+        for part in ("fit", "finetune"):  # a misspelt or out-of-range training option fails where the preset is made
+            checked_replace(TrainConfig(), f"{part} option of preset {self.name!r}", **getattr(self, part))
         for m in self.methods:
             if m not in METHODS:
                 raise unknown_name("method", m, METHODS)
