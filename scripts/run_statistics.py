@@ -2,14 +2,17 @@
 
 - ``p3b_cpu-full.csv``: P3B, its ablations and the structured baselines at 50 / 75 / 90 % plus dense fine-tuning,
   5 seeds each, on the setting the selection rule chose (about an hour on 2 quiet cores);
-- ``art_cpu-full.csv``: HyperSparse, its λ-schedule ablations, L1, L2, GMP, one-shot and layer-wise at
-  90 / 98 / 99.5 %, 5 seeds each (minutes).
+- ``art_cpu-full.csv``: HyperSparse, its λ-schedule ablations, L1, L2, GMP, movement, one-shot and layer-wise at
+  90 / 98 / 99.5 %, 5 seeds each (minutes);
+- ``late_convergence.csv``: the late-convergence measure of dense fine-tuning with probes (Spearman ρ of each
+  block's half-benefit moment with depth, class and patch probe) for the class split and Fashion-MNIST → digits,
+  5 seeds (minutes).
 
 Each finished run is written at once, so an interrupted run continues where it stopped when started again.
-``--diagnose N`` then runs the diagnosis (sparselab.experiments.diagnosis) for the N pairs (baseline, ratio) where
-P3B trails most, into ``p3b_cpu-full_diagnosis.csv`` (about 15 minutes per pair).
+``--diagnose N`` then runs the diagnosis (sparselab.experiments.diagnosis) for the N pairs (baseline,
+ratio) where P3B trails most, into ``p3b_cpu-full_diagnosis.csv`` (about 15 minutes per pair).
 
-Usage: .venv/bin/python scripts/run_statistics.py [--only p3b|art|diagnosis] [--diagnose N]
+Usage: .venv/bin/python scripts/run_statistics.py [--only p3b|art|late|diagnosis] [--diagnose N]
        [--p3b-preset cpu-full] [--art-preset cpu-full]
 """
 from __future__ import annotations
@@ -24,9 +27,24 @@ from sparselab.experiments import art, diagnosis, p3b
 OUT = Path(__file__).resolve().parents[1] / "docs" / "results"
 
 
+def late_convergence(path: Path, presets=("cpu", "cpu-digits"), seeds=(0, 1, 2, 3, 4)) -> None:
+    """ρ per preset and seed, appended preset by preset (a preset already in the file is not run again)."""
+    import pandas as pd
+
+    done = pd.read_csv(path) if path.exists() else pd.DataFrame(columns=["preset", "seed"])
+    for name in presets:
+        if name in set(done.preset):
+            continue
+        rho = p3b.late_convergence_by_seed(p3b.p3b_preset(name), list(seeds)).reset_index().assign(preset=name)
+        done = pd.concat([done, rho[["preset", "seed", *[c for c in rho.columns if c not in ("preset", "seed")]]]],
+                         ignore_index=True)
+        p3b._write_record(path, done)
+        print(rho.to_string())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", choices=["p3b", "art", "diagnosis"], default=None)
+    parser.add_argument("--only", choices=["p3b", "art", "late", "diagnosis"], default=None)
     parser.add_argument("--diagnose", type=int, default=1, help="how many trailing pairs to diagnose")
     parser.add_argument("--p3b-preset", default="cpu-full")
     parser.add_argument("--art-preset", default="cpu-full")
@@ -40,6 +58,8 @@ def main() -> None:
         preset = p3b.p3b_preset(args.p3b_preset)
         table, _ = p3b.compare(preset, record=OUT / f"p3b_{preset.name}.csv")
         print(p3b.summarize(table).to_string())
+    if args.only in (None, "late"):
+        late_convergence(OUT / "late_convergence.csv")
     if args.only in (None, "diagnosis") and args.diagnose > 0:
         preset = p3b.p3b_preset(args.p3b_preset)
         table, _ = p3b.compare(preset, record=OUT / f"p3b_{preset.name}.csv")

@@ -16,7 +16,7 @@ import pandas as pd
 from ..stats import mean_ci, paired_against_all
 from .committed import RESULTS, committed_results
 from .diagnosis import diagnosis_summary
-from .findings import art_findings, p3b_findings
+from .findings import art_findings, late_convergence_findings, p3b_findings
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 FIGURES = "docs/results/figures"
@@ -93,6 +93,14 @@ def results_markdown(results: Callable[[str], pd.DataFrame] = committed_results,
             parts += ["Diagnosis of where P3B trails (`sparselab.experiments.diagnosis`, rules fixed in "
                       "`diagnosis_conclusions`; `docs/results/p3b_cpu-full_diagnosis.csv`):", "", _bullets(summary),
                       ""]
+    late = results("late_convergence")
+    if len(late):
+        lines = [line for name, rows in late.groupby("preset", sort=False)
+                 for line in late_convergence_findings(rows.set_index("seed")[["cls", "patch"]], str(name))]
+        parts += ["**Late convergence, measured** (dense fine-tuning with the probes attached; for each block the "
+                  "moment its normalised ΔΨ first reaches half of its final value, and the Spearman ρ of that moment "
+                  "with depth — positive when deep blocks arrive later; `cpu` is the class split, `cpu-digits` "
+                  "Fashion-MNIST → digits; `docs/results/late_convergence.csv`):", "", _bullets(lines), ""]
     art = results("art_cpu-full")
     if len(art):
         parts += [f"**ART / HyperSparse against the other methods** (`cpu-full`: LeNet-300-100, 20 000 "
