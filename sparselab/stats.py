@@ -133,8 +133,8 @@ def finding(label: str, diff: float, low: float, high: float, n: int, expect: st
 
     ``expect=None``: a difference without a claim, ending in :func:`direction` instead of a verdict."""
     word = direction(low, high) if expect is None else verdict(low, high, expect)
-    return (f"{label}: {diff * scale:+.2f} {unit}, {CONFIDENCE:.0%} CI [{low * scale:+.2f}, {high * scale:+.2f}], "
-            f"{n} seed{'s' if n != 1 else ''} — {word}")
+    return (f"{label}: {diff * scale:+.2f} {unit}, {CONFIDENCE * 100:.0f} % CI [{low * scale:+.2f}, "
+            f"{high * scale:+.2f}], {n} seed{'s' if n != 1 else ''} — {word}")
 
 
 def findings_from(diffs: pd.DataFrame, setting: str = "prune_ratio", method: str = "method",
