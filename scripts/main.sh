@@ -9,8 +9,8 @@ bash scripts/setup_env.sh
 export SPARSELAB_OFFLINE="${SPARSELAB_OFFLINE:-1}"
 SCALE="${SCALE:-cpu}"
 mkdir -p runs
-# the source model the chosen scale needs, trained once on Fashion-MNIST and cached under data/: `cpu` about
-# minutes on 2 cores (vit_mini_patch7_28 on Fashion-MNIST classes 0-4), `tiny` seconds (vit_nano_patch4_28, quick recipe), paper presets none
+# the source model the chosen scale needs, trained once on Fashion-MNIST and cached under data/: `cpu` minutes on
+# 2 cores (vit_mini_patch7_28 on classes 0-4), `tiny` seconds (vit_nano_patch4_28, quick recipe), paper presets none
 .venv/bin/sparselab pretrain --preset "$SCALE"
 .venv/bin/papermill notebooks/01_p3b_transfer.ipynb runs/01_p3b_transfer.ipynb \
   -p scale "$SCALE" -p out_dir runs/01_p3b_transfer --cwd "$(pwd)" --execution-timeout 3600 --log-output
