@@ -203,27 +203,27 @@ def diagnosis_conclusions(table: pd.DataFrame, diag: pd.DataFrame, baseline: str
             verdict = "mixed: the baseline's keep ratios with P3B's selection differ from both"
         lines.append(f"allocation or selection: {baseline}'s final keep ratios with P3B's selection − {baseline} "
                      f"{t1}; − P3B {t2}: {verdict}.")
-    static = at(diag, "p3b_allocation_static")
-    if len(static):
-        d, text = pair(static, p3b)
-        meaning = {"higher": "the path costs: P3B's own final allocation is better applied from the start",
-                   "lower": "the path helps: re-allocating during training beats the final allocation applied early",
-                   "no clear difference": "the path does not matter here: the final allocation decides"}[d]
-        lines.append(f"the path: P3B's final keep ratios from the first update − P3B {text}: {meaning}.")
-    longer = at(diag, "p3b_long_windows")
-    if len(longer):
-        d, text = pair(longer, p3b)
-        meaning = {"higher": "the benefit estimate's noise costs accuracy",
-                   "lower": "more frequent re-allocation helps more than a steadier estimate",
-                   "no clear difference": "no evidence that the benefit estimate's noise explains the gap"}[d]
-        lines.append(f"benefit noise: one update per epoch (3x longer windows) − P3B {text}: {meaning}.")
-    p2, b2 = at(diag, "p3b_2x_schedule"), at(diag, f"{baseline}_2x_schedule")
-    if len(p2) and len(b2):
-        d, text = pair(p2, b2)
-        meaning = {"lower": "P3B still trails with twice the schedule",
-                   "higher": "with twice the schedule P3B is ahead: the schedule length explains the gap",
-                   "no clear difference": "with twice the schedule the gap is within the seed noise"}[d]
-        lines.append(f"schedule length: P3B − {baseline}, both with every phase twice as long, {text}: {meaning}.")
+    # one variant paired with one reference: (variant, reference, what the pair is, meaning per direction)
+    rules = [
+        ("p3b_allocation_static", p3b, "the path: P3B's final keep ratios from the first update − P3B",
+         {"higher": "the path costs: P3B's own final allocation is better applied from the start",
+          "lower": "the path helps: re-allocating during training beats the final allocation applied early",
+          "no clear difference": "the path does not matter here: the final allocation decides"}),
+        ("p3b_long_windows", p3b, "benefit noise: one update per epoch (3x longer windows) − P3B",
+         {"higher": "the benefit estimate's noise costs accuracy",
+          "lower": "more frequent re-allocation helps more than a steadier estimate",
+          "no clear difference": "no evidence that the benefit estimate's noise explains the gap"}),
+        ("p3b_2x_schedule", at(diag, f"{baseline}_2x_schedule"),
+         f"schedule length: P3B − {baseline}, both with every phase twice as long,",
+         {"lower": "P3B still trails with twice the schedule",
+          "higher": "with twice the schedule P3B is ahead: the schedule length explains the gap",
+          "no clear difference": "with twice the schedule the gap is within the seed noise"}),
+    ]
+    for variant, reference, what, meanings in rules:
+        mine = at(diag, variant)
+        if len(mine) and len(reference):
+            d, text = pair(mine, reference)
+            lines.append(f"{what} {text}: {meanings[d]}.")
     return lines
 
 

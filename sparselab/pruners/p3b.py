@@ -134,7 +134,7 @@ class P3B(Pruner):
             "prune_ratio": self.prune_ratio, "schedule": dataclasses.asdict(self.schedule),
             "allocation": allocation_name, "criterion": criterion if isinstance(criterion, str) else criterion.name,
             "keep_ratios": list(map(float, keep_ratios)) if keep_ratios is not None else None,
-            **{k: v for k, v in benefit_options.items()},
+            **benefit_options,
             "patch_probe": patch_probe if allocation_name == "benefit" else None,
             "gate_factors": dict(self.gate_factors), "blocks_only": blocks_only,
             "reactivation": self.reactivation, "freeze_allocation_after": freeze_allocation_after}
