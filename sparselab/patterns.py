@@ -28,6 +28,7 @@ from torch import nn
 
 from .errors import ConfigError
 from .structure.unstructured import magnitude_masks, prunable_weights
+from .structure.vit import reduce_gates
 
 __all__ = ["kept_masks", "layer_keep_ratios", "kernel_positions", "dead_units", "input_pixel_map",
            "infer_image_shape", "vit_magnitude_maps", "vit_blocks", "vit_pattern_summary"]
@@ -345,10 +346,9 @@ def vit_magnitude_maps(model: nn.Module, masks: Masks | None = None,
                 attn_rows.append((layer, h, part, float(parts[p, h].mean())))
             attn_rows.append((layer, h, "proj", float(proj_heads[:, h].mean())))
         fc1, fc2 = values(mlp.fc1), values(mlp.fc2)
+        per_neuron = reduce_gates({"qkv": qkv, "proj": proj, "fc1": fc1, "fc2": fc2}, d)["mlp_hid"]
         if kept is not None:
-            per_neuron = (fc1.sum(dim=1) + fc2.sum(dim=0)) / (fc1.shape[1] + fc2.shape[0])
-        else:
-            per_neuron = fc1.sum(dim=1) + fc2.sum(dim=0)
+            per_neuron = per_neuron / (fc1.shape[1] + fc2.shape[0])
         mlp_rows.extend((layer, i, float(v)) for i, v in enumerate(per_neuron.tolist()))
     return {"attn": pd.DataFrame(attn_rows, columns=["layer", "head", "part", "value"]),
             "mlp": pd.DataFrame(mlp_rows, columns=["layer", "neuron", "value"])}
@@ -397,9 +397,10 @@ def vit_pattern_summary(model: nn.Module, masks: Masks | None = None, sparsity: 
         per_head = (qkv.reshape(3, heads, d, -1).float().mean(dim=(0, 2, 3))
                     + proj.reshape(proj.shape[0], heads, -1).float().mean(dim=(0, 2))) / 2
         spreads.append(float(per_head.max() - per_head.min()))
-        alive = fc1.any(dim=1) | fc2.any(dim=0)
+        per_gate = reduce_gates({"qkv": qkv.long(), "proj": proj.long(), "fc1": fc1.long(), "fc2": fc2.long()}, d)
+        alive = per_gate["mlp_hid"] > 0
         dead, neurons = dead + int((~alive).sum()), neurons + alive.numel()
-        col = qkv.sum(dim=0) + fc1.sum(dim=0)
+        col = per_gate["attn_in"] + per_gate["mlp_in"]
         reads = col if reads is None else reads + col
     per_block = pd.DataFrame(rows)
     rho = float(spearmanr(per_block.block, per_block["all"]).statistic) if len(per_block) > 2 else math.nan

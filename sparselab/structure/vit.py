@@ -34,6 +34,62 @@ from ..errors import ConfigError
 GATES = ("attn_in", "attn_qkv", "attn_out", "mlp_in", "mlp_hid", "mlp_out")
 BLOCK_GATES = {"attn": GATES[:3], "mlp": GATES[3:]}
 Masks = Mapping[int, Mapping[str, torch.Tensor]]  # layer -> gate -> mask vector
+LINEARS = ("qkv", "proj", "fc1", "fc2")
+
+#: gate → the weights one of its elements spans, as (Linear, axis): axis 0 is a row (an output), axis 1 a column
+#: (an input). The one statement of which weights a gate element switches off; :func:`weight_index` turns element
+#: indices into weight indices, :func:`reduce_gates` sums per element, and criteria, compaction and weight maps
+#: use those two.
+GATE_WEIGHTS: dict[str, tuple[tuple[str, int], ...]] = {
+    "attn_in": (("qkv", 1),),                   # a residual channel read by q, k and v
+    "attn_qkv": (("qkv", 0), ("proj", 1)),      # dimension j of every head in q, k and v, and where proj reads it
+    "attn_out": (("proj", 0),),                 # a residual channel written by the attention
+    "mlp_in": (("fc1", 1),),
+    "mlp_hid": (("fc1", 0), ("fc2", 1)),        # a hidden unit: its fc1 row and fc2 column
+    "mlp_out": (("fc2", 0),),
+}
+
+
+def weight_index(gate: str, linear: str, elements: torch.Tensor, heads: int, head_dim: int) -> torch.Tensor:
+    """Indices, along the axis :data:`GATE_WEIGHTS` names, of ``linear``'s weights that the gate elements
+    ``elements`` (an index vector) span. For ``attn_qkv`` an element is one head dimension, repeated in every
+    head (and in q, k and v of the fused ``qkv``); for every other gate element index = weight index.
+
+    Example:
+        >>> weight_index("attn_qkv", "proj", torch.tensor([1]), heads=2, head_dim=4).tolist()
+        [1, 5]
+        >>> weight_index("attn_qkv", "qkv", torch.tensor([1]), heads=2, head_dim=4).tolist()
+        [1, 5, 9, 13, 17, 21]
+    """
+    if gate != "attn_qkv":
+        return elements
+    copies = 3 * heads if linear == "qkv" else heads
+    return (torch.arange(copies, device=elements.device).unsqueeze(1) * head_dim + elements.unsqueeze(0)).reshape(-1)
+
+
+def reduce_gates(weights: Mapping[str, torch.Tensor], head_dim: int) -> dict[str, torch.Tensor]:
+    """Per gate: for each element, the sum of ``weights[linear]`` (tensors shaped like the four Linear weights of
+    one layer, keyed by :data:`LINEARS`) over the weights that element spans (:data:`GATE_WEIGHTS`).
+
+    Example:
+        >>> w = {"qkv": torch.ones(24, 8), "proj": torch.ones(8, 8), "fc1": torch.ones(16, 8), "fc2": torch.ones(8, 16)}
+        >>> {g: v[0].item() for g, v in reduce_gates(w, head_dim=4).items()}
+        {'attn_in': 24.0, 'attn_qkv': 64.0, 'attn_out': 8.0, 'mlp_in': 16.0, 'mlp_hid': 16.0, 'mlp_out': 16.0}
+    """
+    out = {}
+    for gate, spans in GATE_WEIGHTS.items():
+        total = None
+        for linear, axis in spans:
+            w = weights[linear]
+            if gate != "attn_qkv":
+                per = w.sum(1 - axis)
+            elif axis == 0:  # weight index = copy · head_dim + element, for the rows of qkv ...
+                per = w.reshape(-1, head_dim, w.shape[1]).sum(dim=(0, 2))
+            else:  # ... and the columns of proj
+                per = w.reshape(w.shape[0], -1, head_dim).sum(dim=(0, 1))
+            total = per if total is None else total + per
+        out[gate] = total
+    return out
 
 
 @dataclass(frozen=True)
@@ -200,7 +256,7 @@ class ViTStructure:
     # ------------------------------------------------------------------ tokens
     def gate_reduce(self, layer: int, values: Callable[[str, torch.Tensor], torch.Tensor]) -> dict[str, torch.Tensor]:
         """Per gate of block ``layer``: for each gate element, the sum of ``values(name, weight)`` over the weights
-        that element switches off — the one place that knows which rows and columns a gate element removes.
+        that element switches off (:data:`GATE_WEIGHTS`, through :func:`reduce_gates`).
 
         ``name`` is ``qkv``, ``proj``, ``fc1`` or ``fc2``; ``values`` returns a tensor shaped like the Linear
         weight (e.g. ``|w|`` for structured L1, ``|w|·‖x‖`` for an activation-weighted criterion):
@@ -218,17 +274,8 @@ class ViTStructure:
             True
         """
         blk = self.layers[layer]
-        h, hd = self.num_heads[layer], self.head_dim[layer]
-        qkv, proj = values("qkv", blk.attn.qkv.weight), values("proj", blk.attn.proj.weight)
-        fc1, fc2 = values("fc1", blk.mlp.fc1.weight), values("fc2", blk.mlp.fc2.weight)
-        return {
-            "attn_in": qkv.sum(0),
-            "attn_qkv": qkv.view(3, h, hd, -1).sum(dim=(0, 1, 3)) + proj.view(-1, h, hd).sum(dim=(0, 1)),
-            "attn_out": proj.sum(1),
-            "mlp_in": fc1.sum(0),
-            "mlp_hid": fc1.sum(1) + fc2.sum(0),
-            "mlp_out": fc2.sum(1),
-        }
+        linear = {"qkv": blk.attn.qkv, "proj": blk.attn.proj, "fc1": blk.mlp.fc1, "fc2": blk.mlp.fc2}
+        return reduce_gates({name: values(name, m.weight) for name, m in linear.items()}, self.head_dim[layer])
 
     def patch_tokens(self, x: torch.Tensor) -> torch.Tensor:
         """Residual-stream tokens ``(B, N, D)`` to a patch grid ``(B, D, h, w)``, skipping all prefix tokens."""

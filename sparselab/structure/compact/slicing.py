@@ -14,7 +14,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ...errors import ConfigError
-from ..vit import GATES, Masks, ViTStructure, is_identity
+from ..vit import GATE_WEIGHTS, GATES, Masks, ViTStructure, is_identity, weight_index
 from .modules import ConstantBranch, ScatterChannels, SelectChannels, ZeroPaddedLayerNorm
 
 _HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",
@@ -97,16 +97,6 @@ def _copy_param(dst: torch.Tensor | None, src: torch.Tensor | None, original: to
     dst.requires_grad_(bool(original.requires_grad))
 
 
-def _qkv_rows(heads: int, head_dim: int, kept: torch.Tensor) -> torch.Tensor:
-    """Rows of the fused qkv weight for head dims ``kept`` of every head in q, k and v (q first)."""
-    base = torch.arange(3 * heads).unsqueeze(1) * head_dim
-    return (base + kept.unsqueeze(0)).reshape(-1)
-
-
-def _head_cols(heads: int, head_dim: int, kept: torch.Tensor) -> torch.Tensor:
-    return (torch.arange(heads).unsqueeze(1) * head_dim + kept.unsqueeze(0)).reshape(-1)
-
-
 def _constant(index: torch.Tensor, out_full: torch.Tensor, ls: nn.Module, dim: int, like: torch.Tensor) -> nn.Module:
     """ConstantBranch for a branch whose pre-LayerScale output is ``out_full`` (D channels, gated by ``index``)."""
     with torch.no_grad():
@@ -143,7 +133,7 @@ def _compact_attn(blk: nn.Module, m: dict[str, torch.Tensor], heads: int, head_d
         proj_drop=attn.proj_drop.p, norm_layer=nn.LayerNorm if qk_norm else None,
     ).to(device=ref.device, dtype=ref.dtype)
     new.fused_attn = attn.fused_attn
-    rows = _qkv_rows(heads, head_dim, i_hd)
+    rows = weight_index("attn_qkv", "qkv", i_hd, heads, head_dim)
     # timm scales q.k by head_dim**-0.5; the masked model uses the full head_dim, the compact one the kept one
     q_scale = math.sqrt(n_hd / head_dim)
     with torch.no_grad():
@@ -156,7 +146,8 @@ def _compact_attn(blk: nn.Module, m: dict[str, torch.Tensor], heads: int, head_d
                 b[:nq] *= q_scale
         _copy_param(new.qkv.weight, w, attn.qkv.weight)
         _copy_param(new.qkv.bias, b, attn.qkv.bias)
-        _copy_param(new.proj.weight, _cols(_rows(attn.proj.weight, i_out), _head_cols(heads, head_dim, i_hd)),
+        _copy_param(new.proj.weight, _cols(_rows(attn.proj.weight, i_out),
+                                                     weight_index("attn_qkv", "proj", i_hd, heads, head_dim)),
                     attn.proj.weight)
         _copy_param(new.proj.bias, None if attn.proj.bias is None else _rows(attn.proj.bias, i_out), attn.proj.bias)
     if qk_norm:
@@ -294,35 +285,24 @@ def pad_masks(structure: ViTStructure, masks: Masks, multiple: int = 8
 @torch.no_grad()
 def _zero_padding(attn: nn.Module, mlp: nn.Module, kept: Mapping[str, torch.Tensor],
                   added: Mapping[str, torch.Tensor], heads: int) -> None:
-    """Zero the compact weights that belong to padding elements, so they contribute nothing."""
-    def positions(g: str) -> torch.Tensor:  # where the added elements sit among the kept ones
-        return torch.nonzero(added[g][_kept(kept[g])]).flatten()
-
-    if hasattr(attn, "qkv"):
-        qkv, proj, hd = attn.qkv, attn.proj, attn.head_dim
-        qkv.weight[:, positions("attn_in")] = 0
-        for p in positions("attn_qkv").tolist():
-            rows = [c * heads * hd + h * hd + p for c in range(3) for h in range(heads)]
-            qkv.weight[rows] = 0
-            if qkv.bias is not None:
-                qkv.bias[rows] = 0
-            proj.weight[:, [h * hd + p for h in range(heads)]] = 0
-        out = positions("attn_out")
-        proj.weight[out] = 0
-        if proj.bias is not None:
-            proj.bias[out] = 0
-    if hasattr(mlp, "fc1"):
-        fc1, fc2 = mlp.fc1, mlp.fc2
-        fc1.weight[:, positions("mlp_in")] = 0
-        hid = positions("mlp_hid")
-        fc1.weight[hid] = 0
-        fc2.weight[:, hid] = 0
-        if fc1.bias is not None:
-            fc1.bias[hid] = 0
-        out = positions("mlp_out")
-        fc2.weight[out] = 0
-        if fc2.bias is not None:
-            fc2.bias[out] = 0
+    """Zero the compact weights that belong to padding elements (every weight :data:`GATE_WEIGHTS` says they
+    span, and the bias of a row), so they contribute nothing."""
+    linear = {name: getattr(branch, name) for branch, names in ((attn, ("qkv", "proj")), (mlp, ("fc1", "fc2")))
+              for name in names if hasattr(branch, name)}  # a constant branch has none
+    head_dim = getattr(attn, "head_dim", 0)
+    for gate, spans in GATE_WEIGHTS.items():
+        positions = torch.nonzero(added[gate][_kept(kept[gate])]).flatten()  # where padding sits among the kept
+        for name, axis in spans:
+            if name not in linear or positions.numel() == 0:
+                continue
+            index = weight_index(gate, name, positions, heads, head_dim)
+            layer = linear[name]
+            if axis == 0:
+                layer.weight[index] = 0
+                if layer.bias is not None:
+                    layer.bias[index] = 0
+            else:
+                layer.weight[:, index] = 0
 
 
 def compact_vit(model: nn.Module, masks: Masks | None = None, pad_to: int = 1) -> nn.Module:
