@@ -20,20 +20,14 @@ import sys
 import threading
 from pathlib import Path
 
+from .configs import ARTConfig, BenefitConfig, flag_fields
 from .errors import CheckpointError, ConfigError, SparselabError, unknown_name
-
-# the method names for --help without importing torch; a test keeps them equal to the experiments' lists
-METHOD_NAMES = ("p3b", "p3b_no_reactivation", "p3b_frozen_benefit", "p3b_fast_probes", "p3b_wanda", "uniform",
-                "global_taylor", "l1", "fixed", "dense")
-ART_METHOD_NAMES = ("hypersparse", "l1", "l2", "gmp", "movement", "oneshot", "layerwise", "hypersparse_fast",
-                    "hypersparse_slow")
 
 #: What marks a folder as holding a run (``--out`` refuses it without ``--resume`` or ``--overwrite``).
 RUN_MARKERS = ("result.json", "summary.json", "history.jsonl.gz", "checkpoint")
 #: What the run commands write into ``--out`` (``--overwrite`` deletes these, and nothing else).
 RUN_OUTPUTS = RUN_MARKERS + ("finetune_history.jsonl.gz", "compact", "model.safetensors")
 SOURCE_DATASETS = ("fashion_mnist",)  # sparselab.models.SOURCE_DATASETS, without importing torch
-PATCH_PROBES = ("conv2", "conv1", "linear", "none")
 FIGURE_FORMATS = ("png", "svg", "pdf")
 
 
@@ -88,6 +82,62 @@ NON_NEGATIVE = _int_at_least(0)
 RATIO = _number_in(0.0, 1.0, high_open=True)  # [0, 1): prune ratios, sparsities
 LR = _number_in(0.0, low_open=True)
 IMAGE_SIZE = _int_at_least(4)  # as sparselab.data.load checks
+
+
+def _field_type(f):
+    """The argparse type of a config field's flag, from the field's own rule (:mod:`sparselab.configs`)."""
+    m = f.metadata
+    if m["integer"]:
+        return _int_at_least(int(m["low"]) + (1 if m["low_open"] else 0)) if m["low"] is not None else int
+    if m["low"] is not None:
+        return _number_in(m["low"], m["high"], low_open=m["low_open"], high_open=m["high_open"])
+    return _finite_float
+
+
+def _add_config_flags(parser: argparse.ArgumentParser, config: type, what: str) -> None:
+    """One ``--name`` flag per field of ``config`` that the command line offers, typed, checked and documented by
+    the field itself; unset (None) means the preset's value. A field that may be None takes ``none``."""
+    for f in flag_fields(config):
+        m = f.metadata
+        extra = {"choices": (*m["choices"], *(("none",) if m["optional"] else ()))} if m["choices"] else {
+            "type": _field_type(f)}
+        parser.add_argument("--" + f.name.replace("_", "-"), default=None, dest=f.name,
+                            help=f"{what}: {m['help']} (default: the preset's)", **extra)
+
+
+def _config_flags(args, config: type) -> dict:
+    """The config fields set on the command line (``none`` → None)."""
+    values = {f.name: getattr(args, f.name) for f in flag_fields(config) if getattr(args, f.name) is not None}
+    return {k: None if v == "none" else v for k, v in values.items()}
+
+
+class _Registered:
+    """The names of a registry, read only when argparse checks a value or prints help (the registries live in
+    modules that import torch, and ``--help`` of the other commands must not)."""
+
+    def __init__(self, module: str, names, kind: str):
+        self.module, self.names, self.kind = module, names, kind
+
+    def _load(self) -> tuple[str, ...]:
+        import importlib
+
+        return tuple(self.names(importlib.import_module(self.module)))
+
+    def __iter__(self):
+        return iter(self._load())
+
+    def __contains__(self, name) -> bool:
+        return name in self._load()
+
+    def parse(self, text: str) -> str:
+        if text not in self:
+            raise argparse.ArgumentTypeError(str(unknown_name(self.kind, text, self._load())))
+        return text
+
+
+#: what ``--method`` accepts: every name in the experiments' method tables, read from them
+P3B_METHODS = _Registered("sparselab.experiments.p3b", lambda m: m.METHODS, "method")
+ART_METHODS = _Registered("sparselab.experiments.art", lambda m: m.METHOD_REGISTRY, "method")
 
 
 def _schedule(text: str) -> tuple[int, int, int]:
@@ -241,11 +291,9 @@ def _cmd_p3b(args) -> int:
     from .probes import FAST_PROBES
     from .pruners import P3BSchedule
 
-    if args.method not in METHODS:
-        raise unknown_name("method", args.method, METHODS)
-    probe_flags = [flag for flag, value in (("--patch-probe", args.patch_probe), ("--probe-every", args.probe_every),
-                                            ("--probe-fraction", args.probe_fraction),
-                                            ("--fast-probes", args.fast_probes or None)) if value is not None]
+    benefit_flags = _config_flags(args, BenefitConfig)
+    probe_flags = ["--" + name.replace("_", "-") for name in benefit_flags]
+    probe_flags += ["--fast-probes"] if args.fast_probes else []
     with_probes = [m for m, options in METHODS.items() if options.get("allocation") == "benefit"]
     if probe_flags and args.method not in with_probes:
         raise ConfigError(f"{', '.join(probe_flags)} set the block-benefit probes, which --method {args.method} does "
@@ -280,13 +328,8 @@ def _cmd_p3b(args) -> int:
     if args.schedule is not None:
         w, s_, f = _schedule(args.schedule)
         schedule = P3BSchedule(warmup=w, sparsify=s_, finalize=f, updates_per_epoch=schedule.updates_per_epoch)
-    probe_options = {**preset.probe_options, **(FAST_PROBES if args.fast_probes else {})}
-    if args.probe_every is not None:
-        probe_options["probe_every"] = args.probe_every
-    if args.probe_fraction is not None:
-        probe_options["probe_fraction"] = args.probe_fraction
-    patch_probe = preset.patch_probe if args.patch_probe is None else (
-        None if args.patch_probe == "none" else args.patch_probe)
+    patch_probe = benefit_flags.pop("patch_probe", preset.patch_probe)
+    probe_options = {**preset.probe_options, **(FAST_PROBES if args.fast_probes else {}), **benefit_flags}
     preset = preset.replace(data_options=data_options, fit=fit_options, finetune=finetune, schedule=schedule,
                             finetune_epochs=args.finetune_epochs if args.finetune_epochs is not None
                             else preset.finetune_epochs,
@@ -328,16 +371,10 @@ def _cmd_p3b(args) -> int:
 def _cmd_art(args) -> int:
     from .experiments import art as art_exp
 
-    known = (*art_exp.ART_METHODS, *art_exp.ART_ABLATIONS)
-    if args.method not in known:
-        raise unknown_name("method", args.method, known)
     _check_model_name(args.model)
-    changes: dict = {}
-    for key in ("model", "data", "image_size", "warmup_epochs", "max_art_epochs", "finetune_epochs", "lam_init",
-                "eta"):
-        value = getattr(args, key)
-        if value is not None:
-            changes[key] = value
+    changes: dict = {key: getattr(args, key) for key in ("model", "data", "image_size", "finetune_epochs")
+                     if getattr(args, key) is not None}
+    changes.update(_config_flags(args, ARTConfig))  # the ART options the preset holds under the same names
     preset = art_exp.art_preset(args.preset, **changes)
     if args.data_root is not None:
         preset = preset.replace(data_options={**preset.data_options, "root": args.data_root})
@@ -511,7 +548,8 @@ def build_parser() -> argparse.ArgumentParser:
     pb.add_argument("--preset", default="cpu", help="tiny, cpu, cpu-full, cpu-digits, cpu-split, "
                                                     "paper-deit-{s,t}-{cifar100,ifood,inat19}[-ft50] "
                                                     "(sparselab presets list)")
-    pb.add_argument("--method", default="p3b", help=", ".join(METHOD_NAMES))
+    pb.add_argument("--method", default="p3b", type=P3B_METHODS.parse, choices=P3B_METHODS, metavar="METHOD",
+                    help="one of %(choices)s")
     pb.add_argument("--prune-ratio", type=RATIO, default=0.5, help="share of the parameters to remove, in [0, 1)")
     pb.add_argument("--seed", type=NON_NEGATIVE, default=0, help="random seed")
     pb.add_argument("--model", default=None, help="a ViT name (default: the preset's)")
@@ -530,12 +568,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="warmup,sparsify,finalize epochs, e.g. 10,25,50 (default: the preset's)")
     pb.add_argument("--finetune-epochs", type=NON_NEGATIVE, default=None,
                     help="epochs of compact fine-tuning; 0: none (default: the preset's)")
-    pb.add_argument("--patch-probe", default=None, choices=PATCH_PROBES,
-                    help="the patch probes' head (default: the preset's)")
-    pb.add_argument("--probe-every", type=POSITIVE, default=None,
-                    help="run the patch probes on every k-th step only (default: the preset's, 1 = every step)")
-    pb.add_argument("--probe-fraction", type=_number_in(0.0, 1.0, low_open=True), default=None,
-                    help="share of each batch the patch probes see, in (0, 1] (default: the preset's, 1)")
+    _add_config_flags(pb, BenefitConfig, "block benefit")
     pb.add_argument("--fast-probes", action="store_true",
                     help="sparselab.probes.FAST_PROBES: patch probes on every 8th step and a quarter of the batch")
     pb.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
@@ -551,23 +584,17 @@ def build_parser() -> argparse.ArgumentParser:
     ar.add_argument("--preset", default="cpu", help="tiny, cpu, cpu-full, cpu-cnn, cpu-vit, "
                                                     "paper-{resnet32,vgg19}-{cifar10,cifar100,tinyimagenet} "
                                                     "(sparselab presets list)")
-    ar.add_argument("--method", default="hypersparse", help=", ".join(ART_METHOD_NAMES))
+    ar.add_argument("--method", default="hypersparse", type=ART_METHODS.parse, choices=ART_METHODS,
+                    metavar="METHOD", help="one of %(choices)s")
     ar.add_argument("--sparsity", type=RATIO, default=0.98, help="in [0, 1); 0.9, 0.98, 0.995, 0.998 in the paper")
     ar.add_argument("--seed", type=NON_NEGATIVE, default=0, help="random seed")
     ar.add_argument("--model", default=None, help="a model name (default: the preset's)")
     ar.add_argument("--data", default=None, help="a dataset name (default: the preset's)")
     ar.add_argument("--data-root", default=None, help="where the dataset lives")
     ar.add_argument("--image-size", type=IMAGE_SIZE, default=None, help="image side length (default: the preset's)")
-    ar.add_argument("--warmup-epochs", type=NON_NEGATIVE, default=None,
-                    help="dense warm-up epochs; 0: none (default: the preset's)")
-    ar.add_argument("--max-art-epochs", type=POSITIVE, default=None,
-                    help="cap on ART epochs (default: the preset's)")
     ar.add_argument("--finetune-epochs", type=_int_at_least(1, "ART's result is the fine-tuned sparse model"),
                     default=None, help="fine-tuning epochs with the mask fixed (default: the preset's)")
-    ar.add_argument("--lam-init", type=LR, default=None,
-                    help="initial regularization weight λ (default: the preset's)")
-    ar.add_argument("--eta", type=_number_in(1.0), default=None,
-                    help="λ's growth factor per ART epoch, >= 1 (default: the preset's)")
+    _add_config_flags(ar, ARTConfig, "ART")
     ar.add_argument("--batch-size", type=POSITIVE, default=None, help="images per step (default: the preset's)")
     ar.add_argument("--max-steps-per-epoch", type=POSITIVE, default=None,
                     help="cap on optimizer steps per epoch (default: the preset's)")

@@ -9,7 +9,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "sparselab"
 
 LAYERS: list[set[str]] = [
     {"errors", "paths", "atomic", "stats"},             # no sparselab imports but these
-    {"runtime", "callbacks", "history"},                # the hook protocol and run-time helpers
+    {"runtime", "callbacks", "history", "configs"},     # the hook protocol, run-time helpers, typed options
     {"data"},
     {"models"},
     {"structure", "cost", "latency", "evaluation"},

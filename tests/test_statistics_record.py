@@ -2,6 +2,7 @@
 the ART schedule ablations, the setting the `cpu` scales run, and the diagnosis of a trailing P3B."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -180,13 +181,41 @@ def test_differences_without_a_claim_and_against_every_method():
     assert lines[0].endswith("supports") and "2 seeds" in lines[1]
 
 
-def test_the_cli_lists_every_method():
+def test_the_cli_method_choices_are_the_registries(monkeypatch):
     from sparselab import cli
 
-    assert cli.METHOD_NAMES == tuple(p3b.METHODS)
-    assert cli.ART_METHOD_NAMES == (*art.ART_METHODS, *art.ART_ABLATIONS)
-    helptext = cli.build_parser()._subparsers._group_actions[0].choices["art"].format_help()
-    assert "hypersparse_slow" in helptext and "cpu-full" in helptext
+    parser = cli.build_parser()
+    sub = parser._subparsers._group_actions[0].choices
+    assert tuple(cli.P3B_METHODS) == tuple(p3b.METHODS)
+    assert tuple(cli.ART_METHODS) == tuple(art.METHOD_REGISTRY)
+    helptext = sub["art"].format_help()
+    assert "hypersparse_slow" in helptext and "movement" in helptext and "cpu-full" in helptext
+    assert "p3b_wanda" in sub["p3b"].format_help()
+    # a method registered after the parser was built is accepted and listed without touching the command line
+    monkeypatch.setitem(art.METHOD_REGISTRY, "my_method", art.METHOD_REGISTRY["gmp"])
+    assert parser.parse_args(["art", "--method", "my_method"]).method == "my_method"
+    assert "my_method" in sub["art"].format_help()
+    with pytest.raises(ConfigError, match="unknown method 'my_metod'. Did you mean 'my_method'"):
+        parser.parse_args(["art", "--method", "my_metod"])
+
+
+def test_the_cli_flags_are_the_config_fields():
+    from sparselab import cli
+    from sparselab.configs import ARTConfig, BenefitConfig, flag_fields
+
+    sub = cli.build_parser()._subparsers._group_actions[0].choices
+    for command, config in (("p3b", BenefitConfig), ("art", ARTConfig)):
+        options = {o for a in sub[command]._actions for o in a.option_strings}
+        for f in flag_fields(config):
+            assert "--" + f.name.replace("_", "-") in options
+    args = sub["p3b"].parse_args(["--momentum", "0.5", "--patch-probe", "none"])
+    assert cli._config_flags(args, BenefitConfig) == {"momentum": 0.5, "patch_probe": None}
+    with pytest.raises(ConfigError, match="--momentum: must be a finite number in \\(0, 1\\], got '0'"):
+        sub["p3b"].parse_args(["--momentum", "0"])
+    with pytest.raises(ConfigError, match="--class-weight"):
+        sub["p3b"].parse_args(["--class-weight", "1.5"])
+    # every ART flag names a field of the ART presets, where the command puts it
+    assert {f.name for f in flag_fields(ARTConfig)} <= {f.name for f in dataclasses.fields(art.ARTPreset)}
 
 
 def test_diagnosis_conclusions_follow_the_pairs():

@@ -26,6 +26,7 @@ Example:
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -36,6 +37,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .. import models
+from ..configs import BenefitConfig, from_options
 from ..errors import ConfigError, check_positive_int, check_ratio, unknown_name
 from ..history import History
 from ..latency import latency_ms
@@ -59,6 +61,10 @@ METHODS: dict[str, dict[str, Any]] = {
     "fixed": dict(allocation="fixed"),  # keep_ratios: attention blocks 1.0, MLP blocks 0.5, rescaled to the budget
     "dense": {},
 }
+for _name, _options in METHODS.items():  # a misspelt P3B argument fails here, not when the method first runs
+    for _key in _options:
+        if _key not in inspect.signature(P3B).parameters:
+            raise unknown_name(f"P3B argument of method {_name!r}", _key, inspect.signature(P3B).parameters)
 
 
 @dataclass(frozen=True)
@@ -87,6 +93,9 @@ class P3BPreset:
         check_positive_int("finetune_epochs", self.finetune_epochs, allow_zero=True)  # 0: no compact fine-tuning
         for part in ("fit", "finetune"):  # a misspelt or out-of-range training option fails where the preset is made
             checked_replace(TrainConfig(), f"{part} option of preset {self.name!r}", **getattr(self, part))
+        # a misspelt or out-of-range probe option, too
+        from_options(BenefitConfig, {**self.probe_options, "patch_probe": self.patch_probe},
+                     f"probe option of preset {self.name!r}")
         for m in self.methods:
             if m not in METHODS:
                 raise unknown_name("method", m, METHODS)

@@ -12,9 +12,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ..configs import PATCH_PROBES  # noqa: F401  (re-exported)
 from ..errors import unknown_name
-
-PATCH_PROBES = ("conv2", "conv1", "linear")
 
 
 class GlobalBatchNorm2d(nn.BatchNorm2d):

@@ -21,12 +21,11 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 
 from ..callbacks import TrainState
-from ..errors import ConfigError, check_finite, unknown_name
+from ..configs import BenefitConfig, from_options
+from ..errors import ConfigError, unknown_name
 from ..probes.block_benefit import BlockBenefit
 from ..structure.vit import ViTStructure
 from .allocation import benefit_scores
-
-PER_PARAMETER = ("remaining", "dense")
 
 #: name → allocation class; filled by :func:`register_allocation`.
 ALLOCATIONS: dict[str, type["Allocation"]] = {}
@@ -100,23 +99,21 @@ class BenefitAllocation(Allocation):
     window; the benefit is scaled by ``benefit_scale`` (T), soft-clipped, divided by the ``remaining`` (or
     ``dense``) parameters, smoothed by ``momentum`` across updates and mixed with ``class_weight`` for the class
     probe. The probe options (``patch_probe``, ``probe_every``, ``probe_fraction``, ``probe_lr``,
-    ``probe_weight_decay``) go to :class:`~sparselab.probes.BlockBenefit`."""
+    ``probe_weight_decay``) go to :class:`~sparselab.probes.BlockBenefit`. All of them are a
+    :class:`~sparselab.configs.BenefitConfig` (``config``), changed by keyword ``options``.
 
-    def __init__(self, patch_probe: str | None = "conv2", benefit_scale: float = 10.0,
-                 per_parameter: str = "remaining", momentum: float = 0.2, class_weight: float = 0.5,
-                 probe_every: int = 1, probe_fraction: float = 1.0, probe_lr: float | None = None,
-                 probe_weight_decay: float = 0.0):
-        if per_parameter not in PER_PARAMETER:
-            raise unknown_name("per_parameter", per_parameter, PER_PARAMETER)
-        if not 0 < momentum <= 1:
-            raise ConfigError(f"momentum must lie in (0, 1], got {momentum}")
-        if not 0 <= class_weight <= 1:
-            raise ConfigError(f"class_weight must lie in [0, 1], got {class_weight}")
-        check_finite("benefit_scale", benefit_scale, low=0, low_inclusive=False)
-        self.patch_probe, self.benefit_scale, self.per_parameter = patch_probe, benefit_scale, per_parameter
-        self.momentum, self.class_weight = momentum, class_weight
-        self.probe_options = {"probe_every": probe_every, "probe_fraction": probe_fraction, "lr": probe_lr,
-                              "weight_decay": probe_weight_decay}
+    Example:
+        >>> BenefitAllocation(momentum=0.5).config()["momentum"]
+        0.5
+    """
+
+    def __init__(self, config: BenefitConfig | None = None, **options: Any):
+        self.options = from_options(BenefitConfig, options, "benefit option", base=config or BenefitConfig())
+        o = self.options
+        self.patch_probe, self.benefit_scale, self.per_parameter = o.patch_probe, o.benefit_scale, o.per_parameter
+        self.momentum, self.class_weight = o.momentum, o.class_weight
+        self.probe_options = {"probe_every": o.probe_every, "probe_fraction": o.probe_fraction, "lr": o.probe_lr,
+                              "weight_decay": o.probe_weight_decay}
         self._importance: dict[str, torch.Tensor] = {}
         self.probes: BlockBenefit | None = None
 
@@ -154,11 +151,7 @@ class BenefitAllocation(Allocation):
         return mixed, logged
 
     def config(self) -> dict[str, Any]:
-        o = self.probe_options
-        return {"patch_probe": self.patch_probe, "benefit_scale": self.benefit_scale,
-                "per_parameter": self.per_parameter, "momentum": self.momentum, "class_weight": self.class_weight,
-                "probe_every": o["probe_every"], "probe_fraction": o["probe_fraction"], "probe_lr": o["lr"],
-                "probe_weight_decay": o["weight_decay"]}
+        return self.options.record()
 
     def on_fit_start(self, state: TrainState) -> None:
         self.probes.on_fit_start(state)

@@ -43,14 +43,14 @@ import torch
 from torch import nn
 
 from ..callbacks import Pruner, TrainState
-from ..errors import CheckpointError, ConfigError, DivergedError, check_finite, check_ratio, unknown_name
+from ..configs import CANDIDATE_RULES, ARTConfig  # noqa: F401  (CANDIDATE_RULES: re-exported)
+from ..errors import CheckpointError, ConfigError, DivergedError, check_ratio
 from ..structure.unstructured import apply_masks, magnitude_masks, prunable_weights, sparsity
 from .masking import FixedMask
 from .regularizers import Regularizer, make_regularizer
 from .schedules import ExponentialLambda
 
 PROFILE_POINTS = 256
-CANDIDATE_RULES = ("reference", "best_mean")
 TRAIN_EVAL_BATCH = 512
 _TRAIN_EVAL_SEED = 0x5EED_A27  # the pruned copy's augmentation stream at ART epoch e is seeded with this + e
 
@@ -101,17 +101,10 @@ class ART(Pruner):
                  max_art_epochs: int = 200, train_eval_limit: int | None = None, profile_every: int = 5,
                  threshold_every: int = 1, candidate_rule: str = "reference", train_eval_augment: bool = True):
         self.sparsity = check_ratio("sparsity", sparsity)
-        if candidate_rule not in CANDIDATE_RULES:
-            raise unknown_name("ART candidate_rule", candidate_rule, CANDIDATE_RULES)
-        if train_eval_limit is not None and train_eval_limit < 1:
-            raise ConfigError(f"train_eval_limit must be None or an integer >= 1, got {train_eval_limit!r}")
-        check_finite("lam_init", lam_init, low=0, low_inclusive=False)
-        check_finite("eta", eta, low=1)
-        if window < 1 or window % 2 == 0:
-            raise ConfigError(f"window must be an odd integer >= 1 (its middle model is the candidate), got {window}")
-        if warmup_epochs < 0 or max_art_epochs < 1:
-            raise ConfigError(f"need warmup_epochs >= 0 and max_art_epochs >= 1, got {warmup_epochs}, "
-                              f"{max_art_epochs}")
+        self.options = ARTConfig(lam_init=lam_init, eta=eta, warmup_epochs=warmup_epochs, window=window,
+                                 max_art_epochs=max_art_epochs, train_eval_limit=train_eval_limit,
+                                 candidate_rule=candidate_rule, train_eval_augment=bool(train_eval_augment),
+                                 threshold_every=threshold_every)
         self.regularizer = make_regularizer(regularizer, sparsity, threshold_every=threshold_every)
         self.lam_init, self.eta = lam_init, eta
         self.lambda_schedule = ExponentialLambda(lam_init, eta)
@@ -132,11 +125,7 @@ class ART(Pruner):
         self._kept_history: list[tuple[int, int, np.ndarray]] = []  # (step, art epoch, packed kept bits)
 
     def config(self) -> dict[str, Any]:
-        return {"sparsity": self.sparsity, "regularizer": self.regularizer.name, "lam_init": self.lam_init,
-                "eta": self.eta, "warmup_epochs": self.warmup_epochs, "window": self.window,
-                "max_art_epochs": self.max_art_epochs, "train_eval_limit": self.train_eval_limit,
-                "candidate_rule": self.candidate_rule, "train_eval_augment": self.train_eval_augment,
-                "threshold_every": self.regularizer.threshold_every}
+        return {"sparsity": self.sparsity, "regularizer": self.regularizer.name, **self.options.record()}
 
     @property
     def max_epochs(self) -> int:

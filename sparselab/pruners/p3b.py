@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from ..callbacks import Pruner, TrainState
+from ..configs import BenefitConfig
 from ..errors import ConfigError, check_finite, check_positive_int, check_ratio, unknown_name
 from ..probes.block_benefit import BlockBenefit, all_reduce_mean_grads
 from ..structure.gates import Gates
@@ -107,11 +108,11 @@ class P3B(Pruner):
             raise unknown_name("allocation", allocation, ALLOCATIONS)
         if isinstance(criterion, str) and criterion not in CRITERIA:
             raise unknown_name("criterion", criterion, CRITERIA)
-        benefit_options = dict(patch_probe=patch_probe, benefit_scale=benefit_scale, per_parameter=per_parameter,
-                               momentum=momentum, class_weight=class_weight, probe_every=probe_every,
-                               probe_fraction=probe_fraction, probe_lr=probe_lr,
-                               probe_weight_decay=probe_weight_decay)
-        benefit = BenefitAllocation(**benefit_options)  # checks the options whichever allocation runs
+        # a BenefitConfig checks the options whichever allocation runs
+        benefit = BenefitAllocation(BenefitConfig(
+            patch_probe=patch_probe, benefit_scale=benefit_scale, per_parameter=per_parameter, momentum=momentum,
+            class_weight=class_weight, probe_every=probe_every, probe_fraction=probe_fraction, probe_lr=probe_lr,
+            probe_weight_decay=probe_weight_decay))
         self.schedule = schedule or P3BSchedule()
         self.structure = ViTStructure(model)
         s = self.structure
@@ -134,7 +135,7 @@ class P3B(Pruner):
             "prune_ratio": self.prune_ratio, "schedule": dataclasses.asdict(self.schedule),
             "allocation": allocation_name, "criterion": criterion if isinstance(criterion, str) else criterion.name,
             "keep_ratios": list(map(float, keep_ratios)) if keep_ratios is not None else None,
-            **benefit_options,
+            **benefit.config(),
             "patch_probe": patch_probe if allocation_name == "benefit" else None,
             "gate_factors": dict(self.gate_factors), "blocks_only": blocks_only,
             "reactivation": self.reactivation, "freeze_allocation_after": freeze_allocation_after}
