@@ -5,6 +5,7 @@ A result table has one row per run (``method``, a setting column such as ``prune
 
 - :func:`mean_ci`: mean and Student-t confidence interval of a sample.
 - :func:`summarize_ci`: that per method and setting.
+- :func:`paired_mean_ci`: that of a − b over the seeds both ran;
 - :func:`paired_differences`: method − baseline per seed (same seed = same warm start and data order), mean and
   interval of the differences.
 - :func:`verdict` / :func:`finding`: whether an interval supports, contradicts or cannot decide a claim, and
@@ -59,6 +60,17 @@ def summarize_ci(table: pd.DataFrame, value: str = "acc", setting: str = "prune_
     return pd.DataFrame(rows)
 
 
+def paired_mean_ci(a: pd.Series, b: pd.Series, confidence: float = CONFIDENCE) -> tuple[float, float, float, int]:
+    """:func:`mean_ci` of ``a − b`` over the index (seeds) both hold.
+
+    Example:
+        >>> paired_mean_ci(pd.Series([0.9, 0.8, 0.7], index=[0, 1, 2]), pd.Series([0.5, 0.6], index=[1, 2]))[0]
+        0.2
+    """
+    common = a.index.intersection(b.index)
+    return mean_ci((a.loc[common] - b.loc[common]).to_numpy(dtype=float), confidence)
+
+
 def paired_differences(table: pd.DataFrame, baseline: str, value: str = "acc", setting: str = "prune_ratio",
                        method: str = "method", seed: str = "seed", methods: Sequence[str] | None = None,
                        confidence: float = CONFIDENCE) -> pd.DataFrame:
@@ -74,10 +86,7 @@ def paired_differences(table: pd.DataFrame, baseline: str, value: str = "acc", s
         base = at[at[method] == baseline].set_index(seed)[value]
         others = methods if methods is not None else [m for m in at[method].unique() if m != baseline]
         for m in others:
-            mine = at[at[method] == m].set_index(seed)[value]
-            common = mine.index.intersection(base.index)
-            diff = (mine.loc[common] - base.loc[common]).to_numpy(dtype=float)
-            mean, low, high, n = mean_ci(diff, confidence)
+            mean, low, high, n = paired_mean_ci(at[at[method] == m].set_index(seed)[value], base, confidence)
             rows.append({setting: s, method: m, "baseline": baseline, "diff": mean, "low": low, "high": high,
                          "n": n})
     return pd.DataFrame(rows)

@@ -335,3 +335,14 @@ def test_unsupported_models_are_rejected():
     compact_vit(model)  # compaction itself copies any activation
     with pytest.raises(ConfigError, match="activation"):
         compact_spec(model)
+
+
+@pytest.mark.parametrize("act", ["silu", "hard_mish", "relu"])
+def test_a_compact_spec_names_the_activation_timm_builds(act):
+    from timm.layers import get_act_layer
+
+    from sparselab.structure.compact.spec import _act_name
+
+    layer = get_act_layer(act)
+    name = _act_name(layer())
+    assert name is not None and get_act_layer(name) is layer

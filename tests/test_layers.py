@@ -8,7 +8,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "sparselab"
 
 LAYERS: list[set[str]] = [
-    {"errors", "paths", "atomic", "stats"},             # no sparselab imports but these
+    {"errors", "paths", "atomic", "stats", "registry"}, # no sparselab imports but these
     {"runtime", "callbacks", "history", "configs"},     # the hook protocol, run-time helpers, typed options
     {"data"},
     {"models"},

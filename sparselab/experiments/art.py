@@ -30,7 +30,7 @@ import copy
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import pandas as pd
 import torch
@@ -38,10 +38,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .. import models
-from ..errors import ConfigError, check_finite, check_positive_int, check_ratio, unknown_name
+from ..errors import ConfigError, check_finite, check_positive_int, check_ratio
 from ..history import History
 from ..pruners import ART, FixedMask, GradualMagnitude
 from ..pruners.masking import MovementPruning
+from ..registry import Registry
 from ..structure.unstructured import apply_masks, magnitude_masks, prunable_weights, sparsity
 from ..training import OptimizerHandoff, evaluate, fit
 from ..training.config import TrainConfig, checked_replace
@@ -78,15 +79,9 @@ class Sparsify:
 
 #: method name → function(Sparsify) → (masks, extra result values): how each method reaches its mask. A new
 #: method is one function and one :func:`register_method` line.
-METHOD_REGISTRY: dict[str, Callable[[Sparsify], tuple[dict[str, torch.Tensor], dict[str, float]]]] = {}
-
-
-def register_method(name: str):
-    """Decorator: register a sparsification method for :func:`run_art` and :func:`compare` under ``name``."""
-    def add(fn):
-        METHOD_REGISTRY[name] = fn
-        return fn
-    return add
+METHOD_REGISTRY: Registry = Registry("method")
+#: Decorator: register a sparsification method for :func:`run_art` and :func:`compare` under a name.
+register_method = METHOD_REGISTRY.register
 
 
 def _regularized(regularizer: str, eta_power: float = 1.0):
@@ -285,8 +280,7 @@ def run_art(preset: ARTPreset, method: str = "hypersparse", sparsity_: float = 0
     ``warm``: a :func:`warm_start` (its optimizer continues, as in the reference) or a bare model (a fresh
     optimizer); None runs the warm-up first. ``checkpoint_dir``: each phase (``warmup/``, ``sparsify/``,
     ``finetune/``) checkpoints there every epoch, and ``resume=True`` continues an interrupted run exactly."""
-    if method not in METHOD_REGISTRY:
-        raise unknown_name("method", method, METHOD_REGISTRY)
+    METHOD_REGISTRY.lookup(method)
     check_ratio("sparsity", sparsity_)
     data = data if data is not None else load_data(preset)
     require_test_split(data)
@@ -330,8 +324,7 @@ def compare(preset: ARTPreset, methods: Sequence[str] | None = None, sparsities:
 
     methods = list(methods or preset.methods)
     for m in methods:
-        if m not in METHOD_REGISTRY:
-            raise unknown_name("method", m, METHOD_REGISTRY)
+        METHOD_REGISTRY.lookup(m)
     sparsities = list(sparsities or preset.sparsities)
     seeds = list(seeds or preset.seeds)
     recorded = (_read_record(record, preset.name, setting="sparsity") if record is not None else pd.DataFrame())

@@ -33,7 +33,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from ..errors import ConfigError, unknown_name
-from ..stats import finding, mean_ci
+from ..stats import finding, paired_mean_ci
 from .p3b import METHODS, P3BPreset, _read_record, _write_record, run_p3b, run_row
 from .presets import load_data
 
@@ -126,12 +126,12 @@ def diagnosis_findings(table: pd.DataFrame, diag: pd.DataFrame, baseline: str | 
     base = at(table)
     ref = {m: base[base.method == m].set_index("seed").acc for m in ("p3b", baseline)}
     lines = []
-    mean, low, high, n = _paired(ref["p3b"], ref[baseline])
+    mean, low, high, n = paired_mean_ci(ref["p3b"], ref[baseline])
     lines.append(finding(f"P3B − {baseline} at {ratio * 100:g} %", mean, low, high, n))
     for name, group in at(diag).groupby("method", sort=False):
         acc = group.set_index("seed").acc
         for other in ("p3b", baseline):
-            mean, low, high, n = _paired(acc, ref[other])
+            mean, low, high, n = paired_mean_ci(acc, ref[other])
             lines.append(finding(f"{name} − {other} at {ratio * 100:g} %", mean, low, high, n, expect=None))
     return lines
 
@@ -151,11 +151,6 @@ def _pair_rows(diag: pd.DataFrame, baseline: str, ratio: float) -> pd.DataFrame:
     mine = at.method.str.startswith("p3b_") & ~at.method.str.startswith(("p3b_no_", "p3b_frozen_", "p3b_fast_")) \
         | at.method.str.startswith(f"{baseline}_")
     return at[mine].drop_duplicates(subset=["method", "seed"])
-
-
-def _paired(a: pd.Series, b: pd.Series) -> tuple[float, float, float, int]:
-    common = a.index.intersection(b.index)
-    return mean_ci(a.loc[common] - b.loc[common])
 
 
 def diagnosis_conclusions(table: pd.DataFrame, diag: pd.DataFrame, baseline: str | None = None,
@@ -180,7 +175,7 @@ def diagnosis_conclusions(table: pd.DataFrame, diag: pd.DataFrame, baseline: str
     at = lambda t, m: t[(t.method == m) & (t.prune_ratio.round(6) == round(ratio, 6))].set_index("seed").acc  # noqa: E731
 
     def pair(a: pd.Series, b: pd.Series) -> tuple[str, str]:
-        mean, low, high, n = _paired(a, b)
+        mean, low, high, n = paired_mean_ci(a, b)
         return direction(low, high), f"{mean * 100:+.2f} points [{low * 100:+.2f}, {high * 100:+.2f}], {n} seeds"
 
     p3b, base = at(table, "p3b"), at(table, baseline)

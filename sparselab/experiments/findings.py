@@ -70,10 +70,8 @@ def p3b_findings(table: pd.DataFrame, runs: Sequence = (), probes: Sequence[str]
         else:  # a recorded table: compare() wrote each run's ρ
             rhos = list(p3b_rows[column].dropna()) if column in p3b_rows else []
         if rhos:
-            mean, low, high, n = mean_ci(rhos)
-            lines.append(f"deep blocks converge late ({variant} probe): Spearman ρ of half-benefit moment vs "
-                         f"depth {mean:+.2f}, 95 % CI [{low:+.2f}, {high:+.2f}], {n} runs — "
-                         f"{verdict(low, high)}")
+            lines.append(_rho_line(f"deep blocks converge late ({variant} probe): Spearman ρ of half-benefit "
+                                   f"moment vs depth", rhos, "runs"))
     if p3b_runs:
         counts = [int(((r.history.events.old == 0) & (r.history.events.new == 1)).sum()) for r in p3b_runs]
     else:
@@ -88,12 +86,14 @@ def p3b_findings(table: pd.DataFrame, runs: Sequence = (), probes: Sequence[str]
 def late_convergence_findings(rho: pd.DataFrame, label: str = "") -> list[str]:
     """One line per probe of a :func:`~sparselab.experiments.p3b.late_convergence_by_seed` table: the mean ρ with
     its 95 % interval over seeds and the verdict on "deep blocks converge late" (ρ > 0)."""
-    lines = []
-    for probe in rho.columns:
-        mean, low, high, n = mean_ci(rho[probe].dropna())
-        lines.append(f"deep blocks converge late{f' ({label})' if label else ''}, {probe} probe: Spearman ρ "
-                     f"{mean:+.2f}, 95 % CI [{low:+.2f}, {high:+.2f}], {n} seeds — {verdict(low, high)}")
-    return lines
+    return [_rho_line(f"deep blocks converge late{f' ({label})' if label else ''}, {probe} probe: Spearman ρ",
+                      rho[probe].dropna(), "seeds") for probe in rho.columns]
+
+
+def _rho_line(head: str, rhos, unit: str) -> str:
+    """``head`` followed by the mean ρ, its 95 % interval, the count and the verdict on ρ > 0."""
+    mean, low, high, n = mean_ci(rhos)
+    return f"{head} {mean:+.2f}, 95 % CI [{low:+.2f}, {high:+.2f}], {n} {unit} — {verdict(low, high)}"
 
 
 def art_findings(table: pd.DataFrame, method: str = "hypersparse") -> list[str]:

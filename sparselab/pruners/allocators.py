@@ -22,22 +22,16 @@ import torch
 
 from ..callbacks import TrainState
 from ..configs import BenefitConfig, from_options
-from ..errors import ConfigError, unknown_name
+from ..errors import ConfigError
 from ..probes.block_benefit import BlockBenefit
+from ..registry import Registry
 from ..structure.vit import ViTStructure
 from .allocation import benefit_scores
 
 #: name → allocation class; filled by :func:`register_allocation`.
-ALLOCATIONS: dict[str, type["Allocation"]] = {}
-
-
-def register_allocation(name: str) -> Callable[[type["Allocation"]], type["Allocation"]]:
-    """Class decorator: make an :class:`Allocation` available to P3B under ``name``."""
-    def add(cls: type[Allocation]) -> type[Allocation]:
-        cls.name = name
-        ALLOCATIONS[name] = cls
-        return cls
-    return add
+ALLOCATIONS: Registry = Registry("allocation")
+#: Class decorator: make an :class:`Allocation` available to P3B under a name.
+register_allocation = ALLOCATIONS.register
 
 
 class AllocationContext:
@@ -88,9 +82,7 @@ def create_allocation(allocation: "str | Allocation", **options: Any) -> "Alloca
     """An allocation from its registered name and options (an instance is passed through unchanged)."""
     if isinstance(allocation, Allocation):
         return allocation
-    if allocation not in ALLOCATIONS:
-        raise unknown_name("allocation", allocation, ALLOCATIONS)
-    return ALLOCATIONS[allocation](**options)
+    return ALLOCATIONS.lookup(allocation)(**options)
 
 
 @register_allocation("benefit")

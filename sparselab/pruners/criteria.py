@@ -22,30 +22,21 @@ from typing import Any, Callable
 import torch
 
 from ..callbacks import TrainState
-from ..errors import unknown_name
+from ..registry import Registry
 from ..structure.gates import Gates
 from ..structure.vit import ViTStructure
 
 #: name → criterion class; filled by :func:`register_criterion`.
-CRITERIA: dict[str, type["GateCriterion"]] = {}
-
-
-def register_criterion(name: str) -> Callable[[type["GateCriterion"]], type["GateCriterion"]]:
-    """Class decorator: make a :class:`GateCriterion` available to P3B under ``name``."""
-    def add(cls: type[GateCriterion]) -> type[GateCriterion]:
-        cls.name = name
-        CRITERIA[name] = cls
-        return cls
-    return add
+CRITERIA: Registry = Registry("criterion")
+#: Class decorator: make a :class:`GateCriterion` available to P3B under a name.
+register_criterion = CRITERIA.register
 
 
 def create_criterion(criterion: "str | GateCriterion") -> "GateCriterion":
     """A fresh criterion from its registered name (an instance is passed through)."""
     if isinstance(criterion, GateCriterion):
         return criterion
-    if criterion not in CRITERIA:
-        raise unknown_name("criterion", criterion, CRITERIA)
-    return CRITERIA[criterion]()
+    return CRITERIA.lookup(criterion)()
 
 
 def zero_scores(structure: ViTStructure) -> dict[str, torch.Tensor]:

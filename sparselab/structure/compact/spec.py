@@ -39,9 +39,15 @@ def _norm_kind(model: nn.Module) -> tuple[str, float]:
     return (kinds.pop() if kinds else "timm"), (eps.pop() if eps else 1e-6)
 
 
+#: timm's activation names (``get_act_layer``); a compact spec stores the name whose class the model uses
+ACT_NAMES = ("gelu", "gelu_tanh", "quick_gelu", "silu", "swish", "mish", "relu", "relu6", "leaky_relu", "elu",
+             "prelu", "celu", "selu", "sigmoid", "tanh", "hard_sigmoid", "hard_swish", "hard_mish", "identity")
+
+
 def _act_name(act: nn.Module) -> str | None:
-    """The ``act_layer`` argument that makes VisionTransformer build an activation computing like ``act``."""
-    from timm.layers.create_act import _ACT_LAYER_DEFAULT
+    """The ``act_layer`` argument that makes VisionTransformer build an activation computing like ``act``: a name
+    that timm's ``get_act_layer`` (which VisionTransformer calls) resolves to ``act``'s class."""
+    from timm.layers import get_act_layer
 
     if type(act) is nn.GELU:
         if act.approximate == "none":
@@ -49,7 +55,11 @@ def _act_name(act: nn.Module) -> str | None:
         if act.approximate == "tanh":
             return "gelu_tanh"
     else:
-        for name, layer in _ACT_LAYER_DEFAULT.items():
+        for name in ACT_NAMES:
+            try:
+                layer = get_act_layer(name)
+            except (KeyError, ValueError, TypeError):  # a name this timm version lacks
+                continue
             if layer is type(act):
                 return name
     raise ConfigError(f"MLP activation {act!r} has no timm name; compact specs cannot rebuild it")

@@ -1,0 +1,47 @@
+"""A name → object table with a decorator to add to it and a lookup whose error names the close matches: the
+shape of every registry in sparselab (P3B's criteria and allocations, ART's methods).
+
+Example:
+    >>> SHAPES = Registry("shape")
+    >>> @SHAPES.register("square")
+    ... class Square:
+    ...     pass
+    >>> SHAPES.lookup("square").name, sorted(SHAPES)
+    ('square', ['square'])
+    >>> SHAPES.lookup("sqare")
+    Traceback (most recent call last):
+    ...
+    sparselab.errors.UnknownNameError: unknown shape 'sqare'. Did you mean 'square'? Available: square
+"""
+from __future__ import annotations
+
+from typing import Callable, TypeVar
+
+from .errors import unknown_name
+
+T = TypeVar("T")
+
+
+class Registry(dict):
+    """A dict of registered names (``kind`` names them in errors). :meth:`register` is a decorator; a registered
+    class gets its name as the ``name`` attribute."""
+
+    def __init__(self, kind: str):
+        super().__init__()
+        self.kind = kind
+
+    def register(self, name: str) -> Callable[[T], T]:
+        """Decorator: add the class or function under ``name`` (a later registration replaces an earlier one)."""
+        def add(obj: T) -> T:
+            if isinstance(obj, type):
+                obj.name = name
+            self[name] = obj
+            return obj
+        return add
+
+    def lookup(self, name: str):
+        """The object registered under ``name``, or an :class:`~sparselab.errors.UnknownNameError` that lists the
+        registered names and the close matches."""
+        if name not in self:
+            raise unknown_name(self.kind, name, self)
+        return self[name]
