@@ -107,3 +107,20 @@ def write_image_folder(root: Path, classes=("cat", "dog", "owl"), per_class: int
 def fmnist_files(isolated_data_dir) -> Path:
     """Generated Fashion-MNIST files in ``data/fashion_mnist``."""
     return write_fashion_mnist(isolated_data_dir / "fashion_mnist")
+
+
+def nano_vit(seed: int = 0, **options):
+    """The small ViT most tests prune (``vit_nano_patch4_28``, 10 classes, 28-px single-channel images), with its
+    weights drawn from ``seed``; ``options`` go to ``sl.models.create``."""
+    import torch
+
+    import sparselab as sl
+
+    torch.manual_seed(seed)
+    return sl.models.create("vit_nano_patch4_28", num_classes=10, **options)
+
+
+@pytest.fixture
+def tiny_vit():
+    """:func:`nano_vit` as a fixture: ``model = tiny_vit(seed=1)``."""
+    return nano_vit

@@ -43,8 +43,8 @@ def test_the_defaults_and_the_edges_pass():
     assert ARTConfig(eta=1.0, warmup_epochs=0, window=1, train_eval_limit=None).window == 1
 
 
-def test_the_records_are_the_format_saved_runs_hold():
-    model = sl.models.create("vit_nano_patch4_28", num_classes=10)
+def test_the_records_are_the_format_saved_runs_hold(tiny_vit):
+    model = tiny_vit()
     config = sl.P3B(model, 0.5, momentum=0.4, probe_every=4).config()
     benefit = {f.name for f in dataclasses.fields(BenefitConfig)}
     assert benefit <= set(config) and config["momentum"] == 0.4 and config["probe_every"] == 4

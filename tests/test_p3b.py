@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from conftest import nano_vit as nano
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
@@ -136,11 +137,6 @@ def test_soft_masks_put_the_threshold_at_one_half():
 @pytest.fixture(scope="module")
 def digits():
     return sl.data.load("digits", image_size=28, limit=320)
-
-
-def nano(seed=0, **kw):
-    torch.manual_seed(seed)
-    return sl.models.create("vit_nano_patch4_28", num_classes=10, **kw)
 
 
 SCHED = sl.P3BSchedule(warmup=1, sparsify=2, finalize=3, updates_per_epoch=2)

@@ -5,17 +5,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import nano_vit as nano
 
 import sparselab as sl
 from sparselab.errors import ConfigError, UnknownNameError
 from sparselab.pruners.allocators import ALLOCATIONS, Allocation, BenefitAllocation, register_allocation
 from sparselab.pruners.criteria import CRITERIA, GateCriterion, register_criterion, weight_scores
 from sparselab.structure.gates import Gates
-
-
-def nano():
-    torch.manual_seed(0)
-    return sl.models.create("vit_nano_patch4_28", num_classes=10)
 
 
 def test_gate_reduce_matches_an_independent_restatement_of_what_each_gate_removes():

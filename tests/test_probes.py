@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import nano_vit as nano
 from timm.models.vision_transformer import VisionTransformer
 
 import sparselab as sl
@@ -12,11 +13,6 @@ from sparselab.structure import ResidualTaps, ViTStructure
 @pytest.fixture(scope="module")
 def digits():
     return sl.data.load("digits", image_size=28, limit=256)
-
-
-def nano(seed=0):
-    torch.manual_seed(seed)
-    return sl.models.create("vit_nano_patch4_28", num_classes=10)
 
 
 def test_taps_record_the_residual_stream():

@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import nano_vit
 
 import sparselab as sl
 from sparselab.data.batches import epoch_groups, local_chunk
@@ -33,8 +34,7 @@ def lenet(seed=0):
 
 
 def nano(seed=0):
-    torch.manual_seed(seed)
-    return sl.models.create("vit_nano_patch4_28", num_classes=10, drop_path_rate=0.0)
+    return nano_vit(seed, drop_path_rate=0.0)
 
 
 SCHED = sl.P3BSchedule(warmup=1, sparsify=2, finalize=3, updates_per_epoch=2)

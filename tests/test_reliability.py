@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from conftest import nano_vit as nano
 
 import sparselab as sl
 from sparselab.errors import CheckpointError, ConfigError, DivergedError
@@ -24,11 +25,6 @@ def digits28():
 @pytest.fixture(scope="module")
 def digits8():
     return sl.data.load("digits", image_size=8)
-
-
-def nano(seed=0):
-    torch.manual_seed(seed)
-    return sl.models.create("vit_nano_patch4_28", num_classes=10)
 
 
 def lenet(seed=0):

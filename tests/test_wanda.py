@@ -4,16 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import nano_vit as nano
 
 import sparselab as sl
 from sparselab import runtime
 from sparselab.probes.activations import ActivationNorms
 from sparselab.structure.gates import Gates
-
-
-def nano():
-    torch.manual_seed(0)
-    return sl.models.create("vit_nano_patch4_28", num_classes=10)
 
 
 def test_the_collector_counts_committed_training_passes_only():

@@ -12,6 +12,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import random
 import signal
@@ -137,6 +138,22 @@ def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
 
+@dataclasses.dataclass
+class LoopProgress:
+    """Where :func:`fit` stands, saved in every checkpoint (as a dict) so that a resumed run continues at the same
+    batch: the ``epoch`` and ``batch`` within it, whether training ``finished`` or was ``stopped`` by a callback,
+    the running sums of the logging ``window`` (loss sum, images) and of the epoch's ``train`` metrics (loss sum,
+    correct, images), and the count of ``skipped`` (non-finite) steps."""
+
+    epoch: int = 0
+    batch: int = 0
+    finished: bool = False
+    stopped: bool = False
+    window: list = dataclasses.field(default_factory=lambda: [0.0, 0.0])
+    train: list = dataclasses.field(default_factory=lambda: [0.0, 0.0, 0.0])
+    skipped: int = 0
+
+
 def fit(model: nn.Module, data: DataBundle, epochs: int | None = None, pruner: Pruner | None = None, *,
         config: TrainConfig | None = None, callbacks: Sequence[Callback] = (), history: History | None = None,
         checkpoint_dir: str | Path | None = None, resume: bool = False, progress: bool = True,
@@ -210,8 +227,7 @@ def fit(model: nn.Module, data: DataBundle, epochs: int | None = None, pruner: P
     state = TrainState(model=model, optimizer=optimizer, history=history, device=device, epochs=cfg.epochs,
                        steps_per_epoch=steps_per_epoch, rank=rank, world_size=world, data=data,
                        label_smoothing=cfg.label_smoothing, accumulate_steps=cfg.accumulate_steps)
-    loop = {"epoch": 0, "batch": 0, "finished": False, "stopped": False,
-            "window": [0.0, 0.0], "train": [0.0, 0.0, 0.0]}  # window: loss sum, n; train: loss sum, correct, n
+    loop = LoopProgress()
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)  # timm's Mixup draws from numpy and random
     random.seed(cfg.seed)
@@ -229,7 +245,7 @@ def fit(model: nn.Module, data: DataBundle, epochs: int | None = None, pruner: P
                                 f"overwritten. Lower the learning rate (or other step sizes) and start again")
         if rank == 0:
             atomic_save({
-                "format": FORMAT, "config": cfg.fingerprint(), "loop": loop, "step": state.step,
+                "format": FORMAT, "config": cfg.fingerprint(), "loop": dataclasses.asdict(loop), "step": state.step,
                 "data": data.fingerprint(), "plugin_configs": [p.config() for p in plugins],
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else None,
@@ -272,14 +288,14 @@ def fit(model: nn.Module, data: DataBundle, epochs: int | None = None, pruner: P
         random.setstate(ck["rng"]["python"])
         if ck["rng"]["cuda"] is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(ck["rng"]["cuda"])
-        loop.update(ck["loop"])
+        loop.__dict__.update(dataclasses.asdict(LoopProgress(**ck["loop"])))  # a checkpoint without "skipped" too
         state.step = ck["step"]
 
     if ckpt_path is not None and rank == 0:
         remove_orphans(ckpt_path)  # a write killed half-way leaves its temporary file behind
     for p in plugins:
         p.on_fit_start(state)
-    if loop["finished"]:
+    if loop.finished:
         for p in plugins:
             p.on_fit_end(state)
         return history
@@ -289,22 +305,22 @@ def fit(model: nn.Module, data: DataBundle, epochs: int | None = None, pruner: P
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
     total = cfg.epochs * steps_per_epoch
-    bar = tqdm(total=total, initial=loop["epoch"] * steps_per_epoch + loop["batch"], disable=not progress or rank,
+    bar = tqdm(total=total, initial=loop.epoch * steps_per_epoch + loop.batch, disable=not progress or rank,
                desc="train", unit="step", dynamic_ncols=True)
     interrupt = _DeferredInterrupt(enabled=ckpt_path is not None)
     try:
         with interrupt:
-            while loop["epoch"] < cfg.epochs and not loop["stopped"]:
-                epoch = state.epoch = loop["epoch"]
+            while loop.epoch < cfg.epochs and not loop.stopped:
+                epoch = state.epoch = loop.epoch
                 model.train()
                 groups = plan(epoch)[:steps_per_epoch]
-                micro = [b for group in groups[loop["batch"]:] for b in group]
-                sizes = [[len(b) for b in group] for group in groups[loop["batch"]:]]
+                micro = [b for group in groups[loop.batch:] for b in group]
+                sizes = [[len(b) for b in group] for group in groups[loop.batch:]]
                 stream = train_batches(train_ds, micro, data_gen, rank, world, cfg.num_workers)
                 for group_sizes in sizes:
                     _train_step(net, [next(stream) for _ in group_sizes], group_sizes, state, plugins, cfg, device,
                                 amp, scaler, optimizer, scheduler, loop, mixup)
-                    loop["batch"] += 1
+                    loop.batch += 1
                     bar.update(1)
                     if state.step % cfg.log_every == 0:
                         _log_window(loop, state, optimizer, bar)
@@ -318,8 +334,8 @@ def fit(model: nn.Module, data: DataBundle, epochs: int | None = None, pruner: P
                 save_checkpoint()
             if cfg.final_test and data.test is not None:
                 test = evaluate(model, data.test, cfg.eval_batch_size, device, amp, cfg.num_workers)
-                history.log_metrics(test, step=state.step, epoch=max(loop["epoch"] - 1, 0), split="test")
-            loop["finished"] = True
+                history.log_metrics(test, step=state.step, epoch=max(loop.epoch - 1, 0), split="test")
+            loop.finished = True
             save_checkpoint()
     finally:
         bar.close()
@@ -377,8 +393,8 @@ def _skip_step(state: TrainState, plugins, optimizer, scheduler, loop) -> None:
     """Drop an optimizer step whose loss was not finite: no update; schedules and hooks still count the step."""
     optimizer.zero_grad(set_to_none=True)
     state.grad_scale, state.step_skipped = 1.0, True  # hooks drop what they hold outside the optimizer
-    loop["skipped"] = loop.get("skipped", 0) + 1
-    state.history.log_metric("skipped_steps", float(loop["skipped"]), step=state.step + 1, epoch=state.epoch,
+    loop.skipped += 1
+    state.history.log_metric("skipped_steps", float(loop.skipped), step=state.step + 1, epoch=state.epoch,
                              split="train")
     _count_step(state, plugins, scheduler)
 
@@ -419,26 +435,26 @@ def _micro_step(net, x, y, weight: float, state: TrainState, plugins, cfg: Train
     (scaler.scale(total) if scaler is not None else total).backward()
     n = len(y)
     lsum = loss.item() * n
-    loop["window"][0] += lsum
-    loop["window"][1] += n
-    loop["train"][0] += lsum
-    loop["train"][1] += (out.detach().argmax(1) == y).sum().item()
-    loop["train"][2] += n
+    loop.window[0] += lsum
+    loop.window[1] += n
+    loop.train[0] += lsum
+    loop.train[1] += (out.detach().argmax(1) == y).sum().item()
+    loop.train[2] += n
     return True
 
 
 def _log_window(loop, state: TrainState, optimizer, bar) -> None:
-    t = dist_utils.all_reduce_sum(torch.tensor(loop["window"], dtype=torch.float64))
+    t = dist_utils.all_reduce_sum(torch.tensor(loop.window, dtype=torch.float64))
     loss = t[0].item() / max(t[1].item(), 1.0)
     state.history.log_metrics({"loss": loss, "lr": optimizer.param_groups[0]["lr"]}, step=state.step,
                               epoch=state.epoch, split="train")
-    loop["window"] = [0.0, 0.0]
+    loop.window = [0.0, 0.0]
     bar.set_postfix(epoch=state.epoch + 1, loss=f"{loss:.3f}", refresh=False)
 
 
 def _end_epoch(state: TrainState, plugins, loop, eval_ds, split: str, cfg: TrainConfig, device, amp,
                bar) -> None:
-    t = dist_utils.all_reduce_sum(torch.tensor(loop["train"], dtype=torch.float64))
+    t = dist_utils.all_reduce_sum(torch.tensor(loop.train, dtype=torch.float64))
     n = max(t[2].item(), 1.0)
     metrics = {"train_loss": t[0].item() / n, "train_acc": t[1].item() / n}
     state.history.log_metrics({"epoch_loss": metrics["train_loss"], "acc": metrics["train_acc"]},
@@ -451,7 +467,7 @@ def _end_epoch(state: TrainState, plugins, loop, eval_ds, split: str, cfg: Train
     for p in plugins:
         p.on_epoch_end(state)
     bar.set_postfix(epoch=state.epoch + 1, **{k: f"{v:.3f}" for k, v in metrics.items()})
-    loop["train"] = [0.0, 0.0, 0.0]
-    loop["batch"] = 0
-    loop["epoch"] += 1
-    loop["stopped"] = bool(state.should_stop)
+    loop.train = [0.0, 0.0, 0.0]
+    loop.batch = 0
+    loop.epoch += 1
+    loop.stopped = bool(state.should_stop)
