@@ -91,3 +91,27 @@ def test_wanda_is_a_method_of_the_comparison():
     assert p3b.METHODS["p3b_wanda"] == {"allocation": "benefit", "criterion": "wanda"}
     for scale in ("tiny", "cpu", "cpu-full"):
         assert "p3b_wanda" in p3b.p3b_preset(scale).methods
+
+
+def test_the_norms_are_those_of_the_gated_inputs_wherever_the_gates_act():
+    from sparselab.pruners.wanda import WandaCriterion
+    from sparselab.structure import ViTStructure
+
+    x = torch.randn(6, 1, 28, 28, generator=torch.Generator().manual_seed(3))
+    scores = {}
+    for on in ("activations", "weights"):
+        model = nano().train()
+        s = ViTStructure(model)
+        gates = Gates(s, on=on)
+        gen = torch.Generator().manual_seed(5)
+        gates.set_values({i: {g: torch.rand(n, generator=gen) for g, n in s.gate_sizes(i).items()}
+                          for i in range(s.depth)})
+        crit = WandaCriterion()
+        crit.attach(s, gates)
+        model(x).sum().backward()
+        crit.norms.commit()
+        scores[on] = crit.scores(final=False)
+        crit.remove()
+        gates.remove()
+    for key, ref in scores["activations"].items():
+        torch.testing.assert_close(scores["weights"][key], ref, rtol=1e-5, atol=1e-9)

@@ -31,8 +31,11 @@ from .. import runtime
 class ActivationNorms:
     """Per-input-channel activation norms of ``modules`` (name → Linear) over a window of committed steps."""
 
-    def __init__(self, modules: Mapping[str, nn.Linear]):
+    def __init__(self, modules: Mapping[str, nn.Linear], input_gates: Mapping[str, torch.Tensor] | None = None):
         self.modules = dict(modules)
+        # a gate that scales a module's weight columns (gates on the weights): the input the gated network
+        # effectively reads is x·gate, so that is what is measured
+        self.input_gates = dict(input_gates or {})
         self.sums = self._zeros()
         self.sums_prev = self._zeros()
         self.pending = self._zeros()
@@ -46,6 +49,8 @@ class ActivationNorms:
         def fn(module: nn.Module, args) -> None:
             if module.training and torch.is_grad_enabled():
                 x = args[0].detach()
+                if name in self.input_gates:
+                    x = x * self.input_gates[name].detach().to(x.dtype)
                 self.pending[name] += x.reshape(-1, x.shape[-1]).double().pow(2).sum(0).cpu()
         return fn
 

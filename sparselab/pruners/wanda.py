@@ -37,7 +37,9 @@ class WandaCriterion(GateCriterion):
         for i, blk in enumerate(structure.layers):
             modules.update({f"{i}.qkv": blk.attn.qkv, f"{i}.proj": blk.attn.proj, f"{i}.fc1": blk.mlp.fc1,
                             f"{i}.fc2": blk.mlp.fc2})
-        self.norms = ActivationNorms(modules)
+        # gates that scale a Linear's columns instead of its input: the norm is that of the gated input all the same
+        inputs = {f"{i}.{name}": gate for (i, name), gate in gates.column_gates.items()}
+        self.norms = ActivationNorms(modules, input_gates=inputs)
 
     def collect(self, state: TrainState) -> bool:
         if state.step_skipped:

@@ -1,8 +1,15 @@
-"""Gate vectors attached to a ViT with forward hooks (no replaced forward methods).
+"""Gate vectors attached to a ViT.
 
 Each gate is an ``nn.Parameter`` that multiplies an activation (see :mod:`sparselab.structure.vit`). Gates
 receive gradients (the Taylor criterion reads ``m * dL/dm``) but are never moved by an optimizer: keep them out of
 it and clear their ``.grad`` after reading it. "Kept" means value >= 0.5.
+
+Where they act (``on``): ``"weights"`` (the default) scales the rows and columns of the four Linear layers of each
+block — ``qkv`` by ``attn_qkv`` (rows, in q, k and v of every head) and ``attn_in`` (columns), ``proj`` by
+``attn_out`` (rows), ``fc1`` by ``mlp_in`` (columns), ``fc2`` by ``mlp_out`` (rows) and ``mlp_hid`` (columns) —
+which computes the same outputs and the same gate gradients as ``"activations"`` (forward hooks that multiply the
+activations, the reference) at the cost of a few weight-sized products per step instead of activation-sized ones.
+The Linear layers then run a gated ``forward`` set on the instance; :meth:`Gates.remove` restores them.
 
 Example:
     >>> import timm, torch
@@ -21,19 +28,28 @@ Example:
 """
 from __future__ import annotations
 
+import types
 from typing import Mapping
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
-from .vit import GATES, Masks, ViTStructure
+from ..errors import ConfigError
+from .vit import GATES, Masks, ViTStructure, is_identity
+
+#: where gates can act: on the Linear weights (default) or on the activations (forward hooks, the reference)
+GATE_SITES = ("weights", "activations")
 
 
 class Gates(nn.Module):
     """One gate vector per (layer, gate), registered as hooks on the structure's model."""
 
-    def __init__(self, structure: ViTStructure):
+    def __init__(self, structure: ViTStructure, on: str = "weights"):
         super().__init__()
+        if on not in GATE_SITES:
+            raise ConfigError(f"gates act on one of {', '.join(GATE_SITES)}, got on={on!r}")
+        self.on = on
         self.structure = [structure]  # a list, so the model is not registered as a submodule
         ref = next(structure.model.parameters())
         self.values = nn.ParameterDict({
@@ -41,6 +57,10 @@ class Gates(nn.Module):
             for i in range(structure.depth) for g, n in structure.gate_sizes(i).items()
         })
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._gated: list[nn.Linear] = []
+        #: (layer, Linear name) → the gate that scales that Linear's columns, i.e. what its input is effectively
+        #: multiplied by (gates on the weights only; on the activations the input itself is gated)
+        self.column_gates: dict[tuple[int, str], nn.Parameter] = {}
         self._attach()
 
     @staticmethod
@@ -53,31 +73,54 @@ class Gates(nn.Module):
     # ------------------------------------------------------------------ hooks
     def _attach(self) -> None:
         s = self.structure[0]
+        if self.on == "weights" and any("forward" in vars(m) for blk in s.layers for m in blk.modules()):
+            raise ConfigError("the model's Linear layers already run a gated forward (gates attached twice?); "
+                              "remove() the other Gates first")
         for i, blk in enumerate(s.layers):
             heads, hd = s.num_heads[i], s.head_dim[i]
             g = {name: self.gate(i, name) for name in GATES}
-            self._hook(blk.norm1, _scale_last(g["attn_in"]))
-            self._hook(blk.attn.qkv, _scale_qkv(g["attn_qkv"], heads, hd))
             if s.qk_norm:  # zero the pruned head dims again after the norm, so q.k ignores them exactly
                 self._hook(blk.attn.q_norm, _scale_last(g["attn_qkv"]))
                 self._hook(blk.attn.k_norm, _scale_last(g["attn_qkv"]))
-            self._hook(blk.attn.proj, _scale_last(g["attn_out"]))
-            self._hook(blk.norm2, _scale_last(g["mlp_in"]))
-            self._hook(blk.mlp.act, _scale_last(g["mlp_hid"]))
-            self._hook(blk.mlp.fc2, _scale_last(g["mlp_out"]))
+            if self.on == "activations":
+                self._hook(blk.norm1, _scale_last(g["attn_in"]))
+                self._hook(blk.attn.qkv, _scale_qkv(g["attn_qkv"], heads, hd))
+                self._hook(blk.attn.proj, _scale_last(g["attn_out"]))
+                self._hook(blk.norm2, _scale_last(g["mlp_in"]))
+                self._hook(blk.mlp.act, _scale_last(g["mlp_hid"]))
+                self._hook(blk.mlp.fc2, _scale_last(g["mlp_out"]))
+                continue
+            # a norm between the activation and fc2 would not commute with scaling fc2's columns
+            hid_on_fc2 = is_identity(getattr(blk.mlp, "norm", None))
+            if not hid_on_fc2:
+                self._hook(blk.mlp.act, _scale_last(g["mlp_hid"]))
+            self._gate_linear(i, "qkv", blk.attn.qkv, _RepeatedGate(g["attn_qkv"], 3 * heads), g["attn_in"])
+            self._gate_linear(i, "proj", blk.attn.proj, g["attn_out"], None)
+            self._gate_linear(i, "fc1", blk.mlp.fc1, None, g["mlp_in"])
+            self._gate_linear(i, "fc2", blk.mlp.fc2, g["mlp_out"], g["mlp_hid"] if hid_on_fc2 else None)
+
+    def _gate_linear(self, layer: int, name: str, linear: nn.Linear, rows, cols) -> None:
+        linear.forward = types.MethodType(_gated_forward(rows, cols), linear)
+        self._gated.append(linear)
+        if cols is not None:
+            self.column_gates[(layer, name)] = cols
 
     def _hook(self, module: nn.Module, fn) -> None:
         self._handles.append(module.register_forward_hook(lambda mod, args, out: fn(out)))
 
     def remove(self) -> None:
-        """Detach all hooks (the model then computes as if every gate were 1)."""
+        """Detach all hooks and gated forwards (the model then computes as if every gate were 1)."""
         for h in self._handles:
             h.remove()
         self._handles.clear()
+        for linear in self._gated:
+            vars(linear).pop("forward", None)
+        self._gated.clear()
+        self.column_gates.clear()
 
     @property
     def attached(self) -> bool:
-        return bool(self._handles)
+        return bool(self._handles or self._gated)
 
     # ------------------------------------------------------------------ values
     @torch.no_grad()
@@ -112,3 +155,30 @@ def _scale_qkv(gate: torch.Tensor, heads: int, head_dim: int):
         return (out.view(*shape[:-1], 3, heads, head_dim) * gate.to(out.dtype)).view(shape)
 
     return fn
+
+
+class _RepeatedGate:
+    """A gate vector repeated ``copies`` times (a head-dimension gate over q, k and v of every head: weight index
+    = copy · head_dim + element, as :func:`~sparselab.structure.vit.weight_index` states)."""
+
+    def __init__(self, gate: torch.Tensor, copies: int):
+        self.gate, self.copies = gate, copies
+
+    def to(self, dtype: torch.dtype) -> torch.Tensor:
+        return self.gate.to(dtype).repeat(self.copies)
+
+
+def _gated_forward(rows, cols):
+    """``forward`` of a Linear whose weight rows (outputs, and the bias) are scaled by ``rows`` and columns
+    (inputs) by ``cols`` (either may be None)."""
+    def forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+        w, b = self.weight, self.bias
+        if rows is not None:
+            r = rows.to(w.dtype)
+            w = w * r.unsqueeze(1)
+            b = None if b is None else b * r
+        if cols is not None:
+            w = w * cols.to(w.dtype)
+        return F.linear(x, w, b)
+
+    return forward

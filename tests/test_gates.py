@@ -1,0 +1,77 @@
+"""Gates on the Linear weights compute what gates on the activations (the reference hooks) compute: the same
+outputs and the same gate gradients, for any soft gate values, with and without qk-norm."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import timm
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sparselab.errors import ConfigError
+from sparselab.structure import ViTStructure
+from sparselab.structure.gates import GATE_SITES, Gates
+
+
+def _model(qk_norm: bool, seed: int = 0):
+    torch.manual_seed(seed)
+    return timm.create_model("vit_nano_patch4_28", num_classes=10, qk_norm=qk_norm)
+
+
+def _run(model, on: str, values, x, y):
+    gates = Gates(ViTStructure(model), on=on)
+    gates.set_values(values)
+    out = model(x)
+    torch.nn.functional.cross_entropy(out, y).backward()
+    grads = {k: p.grad.clone() for k, p in gates.values.items()}
+    model.zero_grad()
+    gates.remove()
+    return out.detach(), grads
+
+
+@settings(max_examples=6, deadline=None)
+@given(seed=st.integers(0, 2**16), qk_norm=st.booleans(), hard=st.booleans())
+def test_weight_gates_equal_activation_gates(seed, qk_norm, hard):
+    model = _model(qk_norm)
+    s = ViTStructure(model)
+    gen = torch.Generator().manual_seed(seed)
+    values = {i: {g: torch.rand(n, generator=gen) for g, n in s.gate_sizes(i).items()} for i in range(s.depth)}
+    if hard:
+        values = {i: {g: (v > 0.5).float() for g, v in per.items()} for i, per in values.items()}
+    x, y = torch.randn(3, 1, 28, 28, generator=gen), torch.randint(0, 10, (3,), generator=gen)
+    ref_out, ref_grads = _run(model, "activations", values, x, y)
+    out, grads = _run(model, "weights", values, x, y)
+    torch.testing.assert_close(out, ref_out, rtol=1e-5, atol=1e-5)
+    for key, g in ref_grads.items():
+        torch.testing.assert_close(grads[key], g, rtol=1e-4, atol=1e-6 * float(g.abs().max()) + 1e-9)
+
+
+def test_remove_restores_the_model_and_a_copy_keeps_its_own_weights():
+    model = _model(False).eval()
+    x = torch.randn(2, 1, 28, 28)
+    dense = model(x)
+    gates = Gates(ViTStructure(model))
+    gates.set_hard({0: {"mlp_hid": torch.arange(256) < 100}, 1: {"attn_qkv": torch.arange(16) < 4}})
+    gated = model(x)
+    assert not torch.allclose(gated, dense)
+    twin = copy.deepcopy(model)  # computes gated, with the copy's weights
+    with torch.no_grad():
+        twin.head.weight.mul_(2.0)
+    assert torch.allclose(twin(x), model(x)) is False
+    with torch.no_grad():
+        twin.head.weight.div_(2.0)
+    torch.testing.assert_close(twin(x), gated)
+    with pytest.raises(ConfigError, match="attached twice"):
+        Gates(ViTStructure(model))
+    gates.remove()
+    assert not gates.attached
+    torch.testing.assert_close(model(x), dense)
+    assert not any("forward" in vars(m) for m in model.modules())
+
+
+def test_an_unknown_site_is_refused():
+    with pytest.raises(ConfigError, match="weights, activations"):
+        Gates(ViTStructure(_model(False)), on="inputs")
+    assert GATE_SITES == ("weights", "activations")
