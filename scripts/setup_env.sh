@@ -51,7 +51,7 @@ echo "[setup] installing ${TORCH[*]} (large; a few minutes on first run)"
 "$VENV/bin/python" -c "import torch, torchvision" || { echo "[setup] torch failed to install"; exit 1; }
 echo "[setup] installing sparselab[dev]"
 "${PIP[@]}" -e ".[dev]" 2>&1 | grep -v "is ignored: it is neither" || true
-"$VENV/bin/python" -c "import sparselab, timm, captum, plotly, ipywidgets, pytest, hypothesis" \
+"$VENV/bin/python" -c "import sparselab, timm, captum, plotly, ipywidgets, pytest, hypothesis, onnxruntime" \
   || { echo "[setup] sparselab failed to install"; exit 1; }
 echo "$WANT" > "$STAMP"
 echo "[setup] done ($VENV)"

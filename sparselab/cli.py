@@ -1,4 +1,4 @@
-"""Command line: ``sparselab pretrain | train | p3b | art | presets | figures | datasets | models``.
+"""Command line: ``sparselab pretrain | train | p3b | art | presets | figures | export | datasets | models``.
 
 Example:
     $ sparselab train --model vit_mini_patch7_28 --pretrained fashion_mnist --data digits --epochs 10 --out runs/demo
@@ -491,6 +491,20 @@ def _cmd_figures(args) -> int:
     return 0
 
 
+def _cmd_export(args) -> int:
+    source = Path(args.source)
+    folder = next((f for f in (source / "compact", source) if (f / "spec.json").is_file()), None)
+    if folder is None:
+        raise ConfigError(f"no compact model in {source}: give the folder with spec.json and model.safetensors "
+                          f"(a run's compact/) or the run folder that holds it")
+    out = Path(args.out) if args.out is not None else folder / "model.onnx"
+    from .structure.compact import export_onnx, load_compact
+
+    report = export_onnx(load_compact(folder), out)
+    print(json.dumps(report, indent=2))
+    return 0
+
+
 def _cmd_list(args) -> int:
     if args.command == "datasets":
         from .data import available
@@ -618,6 +632,12 @@ def build_parser() -> argparse.ArgumentParser:
     fg.add_argument("--out", default="runs/figures", help="output folder")
     fg.add_argument("--format", nargs="+", default=["png"], choices=FIGURE_FORMATS, help="file formats")
     fg.set_defaults(fn=_cmd_figures)
+
+    ex = add("export", help="export a compact model to ONNX, checked against PyTorch with ONNX Runtime")
+    ex.add_argument("format", choices=("onnx",), help="the format")
+    ex.add_argument("source", help="a compact-model folder (spec.json, model.safetensors) or a run with compact/")
+    ex.add_argument("--out", default=None, help="the .onnx file (default: model.onnx beside spec.json)")
+    ex.set_defaults(fn=_cmd_export)
 
     for name in ("datasets", "models"):
         lp = add(name, help=f"list available {name}")

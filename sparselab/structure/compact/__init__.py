@@ -31,7 +31,8 @@ the kept indices); :func:`save_compact` / :func:`load_compact` write and read ``
 The package is split by concern: :mod:`~sparselab.structure.compact.modules` (the small modules),
 :mod:`~sparselab.structure.compact.slicing` (:func:`compact_vit`, :func:`pad_masks`),
 :mod:`~sparselab.structure.compact.spec` (:func:`compact_spec`) and :mod:`~sparselab.structure.compact.saving`
-(:func:`save_compact`, :func:`load_compact`); :func:`compact_stats` lives in :mod:`sparselab.cost`, next to
+(:func:`save_compact`, :func:`load_compact`), :mod:`~sparselab.structure.compact.onnx` (:func:`export_onnx`,
+checked with ONNX Runtime); :func:`compact_stats` lives in :mod:`sparselab.cost`, next to
 :func:`~sparselab.cost.latency_ms`. Every name is importable from here as before.
 
 Example:
@@ -46,10 +47,11 @@ from __future__ import annotations
 
 from ...cost import compact_stats
 from .modules import ConstantBranch, ScatterChannels, SelectChannels, ZeroPaddedLayerNorm
+from .onnx import export_onnx
 from .saving import load_compact, save_compact
 from .slicing import compact_vit, pad_masks
 from .spec import SPEC_FILE, SPEC_FORMAT, SPEC_VERSION, WEIGHTS_FILE, compact_spec
 
-__all__ = ["compact_vit", "compact_spec", "pad_masks", "compact_stats", "save_compact", "load_compact",
+__all__ = ["compact_vit", "export_onnx", "compact_spec", "pad_masks", "compact_stats", "save_compact", "load_compact",
            "SelectChannels", "ScatterChannels", "ZeroPaddedLayerNorm", "ConstantBranch",
            "SPEC_FORMAT", "SPEC_VERSION", "SPEC_FILE", "WEIGHTS_FILE"]
