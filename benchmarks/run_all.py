@@ -1,7 +1,7 @@
 """Run every benchmark (each in its own process) and write benchmarks/RESULTS.md from their JSON results.
 
 Usage:
-    python benchmarks/run_all.py            # the full measurements (about 25 minutes on 2 cores) -> RESULTS.md
+    python benchmarks/run_all.py            # the full measurements (about 30 minutes on 2 cores) -> RESULTS.md
     python benchmarks/run_all.py --quick    # a few minutes: shorter runs, fewer repeats, one seed
                                             #   -> benchmarks/results/quick/RESULTS.md (the full results stay)
     python benchmarks/run_all.py --render   # only rewrite RESULTS.md from benchmarks/results/*.json
@@ -24,6 +24,8 @@ BENCHMARKS = {  # name: script
     "p3b_probes": "bench_p3b_probes.py",
     "compact_latency": "bench_compact_latency.py",
     "history": "bench_history.py",
+    "memory": "bench_memory.py",
+    "explorers": "bench_explorers.py",
 }
 
 
@@ -121,6 +123,28 @@ def render(folder: Path = RESULTS) -> str:
         rows = [[r["case"], f"{r['recording_s'] * 1000:.0f} ms", f"{r['fit_s']:.1f} s", f"{r['share']:.2%}",
                  str(r["rows"]["events"]), str(r["rows"]["blocks"]), _met(r["share"] <= 0.02)] for r in hi["rows"]]
         parts += [_table(["run", "recording", "fit", "share", "events", "block rows", "≤ 2 %"], rows), ""]
+    me = _load(folder, "memory")
+    if me:
+        parts += [f"## Peak memory of a training step{' (quick)' if me.get('quick') else ''}", "",
+                  "Peak resident memory while training (`VmHWM` after resetting it) minus the resident memory before "
+                  f"the fit, {me['steps']} steps, each case in its own process; the ratio is against plain training "
+                  "of the same model. ViT: DeiT-Tiny, 224 px, batch 32, P3B at 50 %; CNN: VGG-19-BN, 32 px, batch "
+                  "64, ART with HyperSparse at 98 %. Goal: P3B ≤ 1.3x plain fine-tuning.", ""]
+        gpu = any("cuda_peak_mb" in r for r in me["rows"])
+        rows = [[r["case"], f"{r['peak_delta_mb']:.0f} MB", f"{r['ratio']:.2f}x",
+                 *([f"{r['cuda_peak_mb']:.0f} MB ({r['cuda_ratio']:.2f}x)"] if gpu else []),
+                 _met(r["ratio"] <= 1.3) if r["case"].startswith("P3B") else "–"] for r in me["rows"]]
+        parts += [_table(["case", "peak over baseline", "vs plain", *(["CUDA peak"] if gpu else []), "≤ 1.3x"],
+                         rows), ""]
+    ex = _load(folder, "explorers")
+    if ex:
+        parts += [f"## Explorer response time{' (quick)' if ex.get('quick') else ''}", "",
+                  f"Notebook 05's explorers on the `{ex['scale']}` models: seconds from setting a control's value in "
+                  "the kernel to the explorer's figures and tables holding the new result (the browser's drawing "
+                  "excluded), median and slowest over several values. Goal: ≤ 1 s.", ""]
+        rows = [[r["explorer"], r["control"], str(r["n"]), f"{r['median_s'] * 1000:.0f} ms",
+                 f"{r['max_s'] * 1000:.0f} ms", _met(r["max_s"] <= 1.0)] for r in ex["rows"]]
+        parts += [_table(["explorer", "control", "moves", "median", "slowest", "≤ 1 s"], rows), ""]
     return "\n".join(parts)
 
 
