@@ -1,12 +1,20 @@
 """CPU latency of P3B-compacted DeiT models against the dense model and against the ideal speed-up from FLOPs.
 
-For ``deit_tiny_patch16_224`` and ``deit_small_patch16_224`` (random weights, 224 px, 10 classes) P3B prunes 50 %
-and 75 % of the parameters during a few training steps on random images (class-token probes, so the allocation is
-P3B's own), the model is compacted (:meth:`sparselab.P3B.compact`) as is (``pad_to=1``) and with its kept widths
-rounded up to multiples of 8 by zero weights (``pad_to=8``), and the forward pass is timed at batch 1 and 32,
+For ``deit_tiny_patch16_224`` and ``deit_small_patch16_224`` (random weights, 224 px, 10 classes) P3B prunes 50 %,
+75 % and 90 % of the parameters during a few training steps on random images (class-token probes, so the allocation is
+P3B's own), the model is compacted (:meth:`sparselab.P3B.compact`) as is (``pad_to=1``), with its kept widths
+rounded up to multiples of 8 by zero weights (``pad_to=8``) and, on top of that, with every residual channel kept as
+zero weights (``layout="speed"``), and the forward pass is timed at batch 1 and 32,
 interleaved with the dense model so that all see the same machine load. The ideal speed-up is the dense model's
 multiply-accumulates over those of the unpadded compact model; ``speed-up / ideal`` near 1 means the removed
 multiply-accumulates turn into time.
+
+The fairer anchor is what a uniform structured pruner gives at the same cost: a timm ViT with the same residual
+width and depth whose attention and MLP are uniformly narrower, with the multiply-accumulates of the unpadded P3B
+compact model — ``narrower heads`` (every head keeps the same share of its dimensions, the MLP hidden layer the
+same share of its units) and ``fewer heads`` (whole heads of the full head dimension, the MLP hidden width making
+up the rest). Both are timed in the same interleaved rounds; ``vs uniform`` is the compact model's time over the
+faster of the two.
 
 Usage: python benchmarks/bench_compact_latency.py [--quick] [--out benchmarks/results/compact_latency.json]
 """
@@ -26,6 +34,10 @@ from sparselab.data.datasets import DataBundle, TensorImages
 from sparselab.structure.compact import compact_stats
 
 MODELS = ("deit_tiny_patch16_224", "deit_small_patch16_224")
+RATIOS = (0.5, 0.75, 0.9)
+#: how each P3B compact model is built: pruner.compact(**options)
+VARIANTS = {"exact": dict(pad_to=1), "exact, pad 8": dict(pad_to=8), "speed, pad 8": dict(pad_to=8, layout="speed")}
+ANCHORS = ("narrower heads", "fewer heads")
 
 
 def random_images(n: int = 16, classes: int = 10, seed: int = 0) -> DataBundle:
@@ -36,16 +48,58 @@ def random_images(n: int = 16, classes: int = 10, seed: int = 0) -> DataBundle:
     return DataBundle("random", split, None, TensorImages(images[:8], labels[:8]), classes, 3, 224)
 
 
-def p3b_compact(name: str, prune_ratio: float, data: DataBundle) -> dict[int, torch.nn.Module]:
-    """The P3B-compacted model without and with padding to multiples of 8, keyed by ``pad_to``."""
+def p3b_compact(name: str, prune_ratio: float, data: DataBundle) -> dict[str, torch.nn.Module]:
+    """The P3B-compacted model in each of the :data:`VARIANTS`."""
     torch.manual_seed(0)
     model = timm.create_model(name, pretrained=False, num_classes=data.num_classes)
     pruner = sl.P3B(model, prune_ratio, schedule=sl.P3BSchedule(warmup=0, sparsify=1, finalize=2, updates_per_epoch=2),
                     patch_probe=None)
     sl.fit(model, data, epochs=2, pruner=pruner, batch_size=8, progress=False, eval_batch_size=8)
-    compact = {pad: pruner.compact(pad_to=pad).eval() for pad in (1, 8)}
+    compact = {variant: pruner.compact(**options).eval() for variant, options in VARIANTS.items()}
     pruner.remove()
     return compact
+
+
+def uniform_anchors(dense: torch.nn.Module, target: int) -> dict[str, torch.nn.Module]:
+    """Uniformly narrower copies of ``dense`` with about ``target`` MACs (random weights: only shapes matter for
+    time): ``narrower heads`` (a share k of every head's dimensions and of the MLP units) and ``fewer heads``
+    (round(k·heads) whole heads, the MLP width making up the rest of the MACs)."""
+    from timm.layers import Attention, Mlp
+
+    first = dense.blocks[0]
+    d, heads, hd = dense.embed_dim, first.attn.num_heads, first.attn.head_dim
+    hidden0, depth, tokens = first.mlp.fc1.out_features, len(dense.blocks), compact_stats(dense)["tokens"]
+
+    def attn(h: int, dim: int) -> int:  # qkv and proj per token, and the two attention matmuls
+        return 4 * d * h * dim * tokens + 2 * tokens * tokens * h * dim
+
+    def mlp(hidden: int) -> int:
+        return 2 * d * hidden * tokens
+
+    outside = compact_stats(dense)["flops"] - depth * (attn(heads, hd) + mlp(hidden0))
+
+    def macs(h: int, dim: int, hidden: int) -> int:
+        return outside + depth * (attn(h, dim) + mlp(hidden))
+
+    def build(h: int, dim: int, hidden: int) -> torch.nn.Module:
+        torch.manual_seed(0)
+        model = timm.create_model(dense.default_cfg["architecture"], pretrained=False,
+                                  num_classes=dense.num_classes).eval()
+        for blk in model.blocks:
+            blk.attn = Attention(d, num_heads=h, attn_head_dim=dim, dim_out=d, qkv_bias=True).eval()
+            blk.mlp = Mlp(d, hidden, d).eval()
+        return model
+
+    lo, hi = 0.0, 1.0
+    for _ in range(40):  # the share k with macs(k) = target
+        k = (lo + hi) / 2
+        lo, hi = (k, hi) if macs(heads, max(1, round(k * hd)), max(1, round(k * hidden0))) < target else (lo, k)
+    fewer = max(1, round(lo * heads))
+    rest = max(1, round((target - outside - depth * attn(fewer, hd)) / (depth * mlp(1))))
+    anchors = {"narrower heads": build(heads, max(1, round(lo * hd)), max(1, round(lo * hidden0))),
+               "fewer heads": build(fewer, hd, rest)}
+    # one whole head can cost more than the target allows (DeiT-Tiny at 90 %): no such anchor then
+    return {k: m for k, m in anchors.items() if abs(compact_stats(m)["flops"] / target - 1) <= 0.05}
 
 
 @torch.inference_mode()
@@ -76,23 +130,30 @@ def main():
         torch.manual_seed(0)
         dense = timm.create_model(name, pretrained=False, num_classes=data.num_classes).eval()
         models = {"dense": dense}
-        for r in (0.5, 0.75):
-            for pad, m in p3b_compact(name, r, data).items():
-                models[r, pad] = m
+        for r in RATIOS:
+            for variant, m in p3b_compact(name, r, data).items():
+                models[r, variant] = m
+            for kind, m in uniform_anchors(dense, compact_stats(models[r, "exact"])["flops"]).items():
+                models[r, kind] = m
         flops = {k: compact_stats(m)["flops"] for k, m in models.items()}
         params = {k: compact_stats(m)["params"] for k, m in models.items()}
         for batch, reps in repeats.items():
             ms = interleaved_ms(models, batch, reps)
-            for (ratio, pad) in [k for k in models if k != "dense"]:
-                key = (ratio, pad)
-                speedup, ideal = ms["dense"] / ms[key], flops["dense"] / flops[ratio, 1]
-                rows.append({"model": name, "prune_ratio": ratio, "pad_to": pad, "batch": batch,
+            for (ratio, variant) in [k for k in models if k != "dense" and k[1] in VARIANTS]:
+                key = (ratio, variant)
+                speedup, ideal = ms["dense"] / ms[key], flops["dense"] / flops[ratio, "exact"]
+                uniform = {kind: ms[ratio, kind] for kind in ANCHORS if (ratio, kind) in ms}
+                rows.append({"model": name, "prune_ratio": ratio, "variant": variant, "batch": batch,
                              "dense_ms": ms["dense"], "compact_ms": ms[key],
                              "params_ratio": params[key] / params["dense"], "speedup": speedup,
-                             "ideal_speedup": ideal, "speedup_over_ideal": speedup / ideal})
-                print(f"{name:24s} {ratio:.2f} pad {pad} batch {batch:2d}: dense {ms['dense']:8.1f} ms, compact "
+                             "ideal_speedup": ideal, "speedup_over_ideal": speedup / ideal,
+                             "uniform_ms": uniform, "uniform_macs_ratio": {
+                                 kind: flops[ratio, kind] / flops[ratio, "exact"] for kind in uniform},
+                             "vs_uniform": ms[key] / min(uniform.values())})
+                print(f"{name:24s} {ratio:.2f} {variant:12s} batch {batch:2d}: dense {ms['dense']:8.1f} ms, compact "
                       f"{ms[key]:8.1f} ms, speed-up {speedup:.2f}x of ideal {ideal:.2f}x "
-                      f"({speedup / ideal:.0%})", flush=True)
+                      f"({speedup / ideal:.0%}); uniform {min(uniform.values()):8.1f} ms "
+                      f"({rows[-1]['vs_uniform']:.2f}x)", flush=True)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"quick": args.quick, "threads": 2, "repeats": repeats, "rows": rows}, indent=2))
