@@ -21,10 +21,12 @@ Usage: python benchmarks/bench_p3b_probes.py [--quick] [--out benchmarks/results
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import time
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import torch
@@ -33,6 +35,8 @@ from scipy.stats import spearmanr
 import sparselab as sl
 from sparselab.callbacks import Pruner
 from sparselab.experiments.p3b import load_data, p3b_preset, run_p3b, source_model
+from sparselab.pruners import p3b as p3b_module
+from sparselab.structure.gates import Gates
 
 ESTIMATORS: dict[str, dict] = {  # name: patch probe and BlockBenefit options (class-token probes always run)
     "reference (conv2, every step, whole batch)": dict(patch_probe="conv2"),
@@ -47,6 +51,7 @@ ESTIMATORS: dict[str, dict] = {  # name: patch probe and BlockBenefit options (c
                                                                 probe_fraction=0.25),
 }
 REFERENCE = next(iter(ESTIMATORS))
+FAST = "conv2 patch probe, every 8th step, 1/4 of the batch"  # sl.probes.FAST_PROBES
 
 
 class LockstepClock(Pruner):
@@ -105,8 +110,10 @@ def step_cost(preset, data, method: str, options: dict, max_steps: int | None) -
     if method != "dense":
         probe = dict(options)
         patch = probe.pop("patch_probe", None)
-        pruner = sl.P3B(model, 0.5, schedule=schedule, allocation=method, num_classes=data.num_classes,
-                        patch_probe=patch, **probe)
+        site = probe.pop("gates_on", "weights")
+        with mock.patch.object(p3b_module, "Gates", functools.partial(Gates, on=site)):
+            pruner = sl.P3B(model, 0.5, schedule=schedule, allocation=method, num_classes=data.num_classes,
+                            patch_probe=patch, **probe)
     clock = LockstepClock(plain, lr=preset.fit["lr"], weight_decay=preset.fit["weight_decay"])
     fit_options = {**preset.fit, "max_steps_per_epoch": max_steps}
     sl.fit(model, data, epochs=schedule.finalize, pruner=pruner, callbacks=[clock], progress=False, seed=0,
@@ -139,8 +146,11 @@ def main():
     seeds = list(preset.seeds)
     jobs = [("dense (control)", "dense", {}), ("uniform (no probes)", "uniform", {})] + \
         [(name, "benefit", opts) for name, opts in ESTIMATORS.items()]
+    # the same machinery with the gates multiplying the activations (forward hooks), the former implementation
+    on_activations = [(f"{FAST} (gates on activations)", "benefit", {**ESTIMATORS[FAST], "gates_on": "activations"}),
+                      ("uniform (no probes, gates on activations)", "uniform", {"gates_on": "activations"})]
     costs = {}
-    for name, method, opts in jobs:
+    for name, method, opts in jobs + on_activations:
         costs[name] = step_cost(preset, data, method, opts, 12 if args.quick else None)
         print(f"{name:44s} step {costs[name]['step_ratio']:.2f}x plain ({costs[name]['steps']} steps)", flush=True)
     if args.cost_only:
@@ -155,7 +165,7 @@ def main():
             print(f"{name:44s} seed {seed}: acc {run.result['acc']:.4f}", flush=True)
     table = []
     ref_acc = [r["acc"] for r in rows[REFERENCE]]
-    for name, method, _ in jobs:
+    for name, method, _ in jobs + on_activations:
         entry = {"estimator": name, **costs[name]}
         if name in rows:
             entry["acc"] = statistics.fmean(r["acc"] for r in rows[name])

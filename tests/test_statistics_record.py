@@ -237,6 +237,13 @@ def test_diagnosis_conclusions_follow_the_pairs():
     assert "does not explain the gap" in diagnosis.diagnosis_conclusions(table, selection_matters)[1]
     no_gap = rows((("p3b", 0.83), ("global_taylor", 0.83)))
     assert "does not trail" in diagnosis.diagnosis_conclusions(no_gap, selection_matters)[0]
+    # a variant as noisy as the gap is small tells neither way: no verdict is drawn from it
+    noise = [0.03, -0.04, 0.035, -0.03, 0.005]
+    noisy = pd.DataFrame([{"method": "global_taylor_allocation_static", "prune_ratio": 0.9, "seed": s,
+                           "acc": 0.815 + 0.01 * s + 0.001 * (s % 3) + noise[s], "baseline": "global_taylor"}
+                          for s in range(5)])
+    line = diagnosis.diagnosis_conclusions(table, noisy)[1]
+    assert "inconclusive" in line and "explain" not in line
 
 
 def test_a_diagnosis_table_with_two_pairs_reports_each_with_its_own_rows():
@@ -305,3 +312,16 @@ def test_a_preset_with_a_misspelt_training_option_fails_where_it_is_made():
         art.art_preset("tiny").replace(finetune={"lr": -1.0})
     for name in p3b.PRESETS:
         assert p3b.p3b_preset(name).name == name  # every committed preset passes the check
+
+
+def test_a_pair_shows_only_its_own_and_p3bs_variants():
+    rows = [{"method": m, "prune_ratio": 0.75, "seed": s, "acc": 0.8, "baseline": b}
+            for m, b in (("p3b_2x_schedule", "p3b_wanda"), ("p3b_wanda_2x_schedule", "p3b_wanda"),
+                         ("p3b_wanda_allocation_static", "p3b_wanda"), ("p3b_no_reactivation_2x_schedule",
+                                                                          "p3b_no_reactivation"))
+            for s in range(3)]
+    diag = pd.DataFrame(rows)
+    assert set(diagnosis._pair_rows(diag, "p3b_no_reactivation", 0.75).method) == {
+        "p3b_2x_schedule", "p3b_no_reactivation_2x_schedule"}
+    assert set(diagnosis._pair_rows(diag, "p3b_wanda", 0.75).method) == {
+        "p3b_2x_schedule", "p3b_wanda_2x_schedule", "p3b_wanda_allocation_static"}

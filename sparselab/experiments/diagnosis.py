@@ -145,11 +145,14 @@ def diagnosed_pairs(diag: pd.DataFrame, baseline: str | None = None, ratio: floa
             and (ratio is None or round(r, 6) == round(ratio, 6))]
 
 
+#: P3B's own diagnostic variants (shared by every baseline at a ratio); a baseline's are ``{baseline}_...``
+P3B_VARIANTS = ("p3b_allocation_static", "p3b_long_windows", "p3b_2x_schedule", "p3b_l1_selection")
+
+
 def _pair_rows(diag: pd.DataFrame, baseline: str, ratio: float) -> pd.DataFrame:
     """The variants of one pair: P3B's own (shared by every baseline at that ratio) and the baseline's."""
     at = diag[diag.prune_ratio.round(6) == round(ratio, 6)]
-    mine = at.method.str.startswith("p3b_") & ~at.method.str.startswith(("p3b_no_", "p3b_frozen_", "p3b_fast_")) \
-        | at.method.str.startswith(f"{baseline}_")
+    mine = at.method.isin(P3B_VARIANTS) | at.method.isin([f"{baseline}_allocation_static", f"{baseline}_2x_schedule"])
     return at[mine].drop_duplicates(subset=["method", "seed"])
 
 
@@ -191,7 +194,10 @@ def diagnosis_conclusions(table: pd.DataFrame, diag: pd.DataFrame, baseline: str
         if vs_base == "no clear difference" and vs_p3b == "higher":
             verdict = ("the allocation explains the gap: the baseline's keep ratios keep its advantage with P3B's "
                        "selection")
-        elif vs_p3b == "no clear difference" or vs_base == "lower":
+        elif vs_base == "no clear difference" and vs_p3b == "no clear difference":
+            verdict = ("inconclusive: the baseline's keep ratios with P3B's selection cannot be told apart from "
+                       "either method (the gap is within this variant's seed noise)")
+        elif vs_base == "lower":
             verdict = ("the allocation alone does not explain the gap: with P3B's selection the baseline's keep "
                        "ratios lose (part of) their advantage, so how elements are chosen matters too")
         else:
