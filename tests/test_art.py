@@ -310,3 +310,12 @@ def test_bad_input():
     with pytest.raises(ConfigError, match="does not fit"):
         sl.fit(lenet(), sl.data.load("digits", image_size=8), epochs=1, progress=False,
                pruner=sl.FixedMask({"fc1.weight": torch.ones(3, 3, dtype=torch.bool)}))
+
+
+def test_profile_positions_stay_inside_models_beyond_float32_precision():
+    from sparselab.pruners.art import profile_indices
+
+    for n in (10, 1000, 2**24 + 3, 20_024_000):
+        idx = profile_indices(n)
+        assert int(idx.max()) == n - 1 and int(idx.min()) >= int(0.65 * n) - 1
+        assert bool((idx[1:] >= idx[:-1]).all())

@@ -51,6 +51,19 @@ from .regularizers import Regularizer, make_regularizer
 from .schedules import ExponentialLambda
 
 PROFILE_POINTS = 256
+
+
+def profile_indices(n: int, points: int = PROFILE_POINTS, start: float = 0.65) -> torch.Tensor:
+    """Evenly spaced order-statistic positions from the ``start`` quantile to the largest of ``n`` values (float64:
+    float32 cannot hold every position beyond 2^24 weights, e.g. VGG-19's 20 M).
+
+    Example:
+        >>> int(profile_indices(20_024_000)[-1])
+        20023999
+    """
+    first = int(start * n)
+    idx = torch.linspace(first, n - 1, min(points, n - first), dtype=torch.float64).round().long()
+    return idx.clamp_(0, n - 1)
 TRAIN_EVAL_BATCH = 512
 _TRAIN_EVAL_SEED = 0x5EED_A27  # the pruned copy's augmentation stream at ART epoch e is seeded with this + e
 
@@ -322,8 +335,7 @@ class ART(Pruner):
         a = torch.cat([w.detach().abs().flatten().float().cpu() for w in weights])
         g = torch.cat([x.abs().flatten().float().cpu() for x in grads])
         n = a.numel()
-        start = int(0.65 * n)
-        idx = torch.linspace(start, n - 1, min(PROFILE_POINTS, n - start)).round().long()
+        idx = profile_indices(n)
         # only the sampled order statistics are needed: a multi-pivot partial sort, not a full argsort
         order = torch.from_numpy(np.argpartition(a.numpy(), idx.unique().numpy()))
         profiles = state.history.meta.setdefault("profiles", [])
