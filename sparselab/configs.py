@@ -7,6 +7,7 @@ is written once. The module does not import torch, so ``sparselab --help`` stays
 
 - :class:`BenefitConfig`: P3B's block-benefit allocation (probes, scale, per-parameter normalisation, momentum,
   class weight);
+- :class:`P3BConfig`: P3B's allocation, criterion and ablations, with its :class:`BenefitConfig`;
 - :class:`ARTConfig`: ART's λ schedule, warm-up, stop criterion and candidate rule.
 
 Example:
@@ -34,12 +35,13 @@ CANDIDATE_RULES = ("reference", "best_mean")
 
 def option(default: Any, help: str, *, low: float | None = None, low_open: bool = False, high: float | None = None,
            high_open: bool = False, choices: tuple | None = None, integer: bool = False, optional: bool = False,
-           odd: bool = False, flag: bool = False, label: str | None = None) -> Any:
+           odd: bool = False, flag: bool = False, label: str | None = None, check: bool = True) -> Any:
     """A dataclass field with its documentation and allowed values: ``low``/``high`` bounds (``*_open``: the bound
     itself is excluded), ``choices``, ``integer``, ``optional`` (None allowed), ``odd``; ``flag``: the command
-    line offers it; ``label``: how error messages name it (default: the field's name)."""
+    line offers it; ``label``: how error messages name it (default: the field's name); ``check=False``: the
+    value is checked where it is used (a registered name, a profile whose length depends on the model)."""
     rule = dict(help=help, low=low, low_open=low_open, high=high, high_open=high_open, choices=choices,
-                integer=integer, optional=optional, odd=odd, flag=flag, label=label)
+                integer=integer, optional=optional, odd=odd, flag=flag, label=label, check=check)
     return field(default=default, metadata=rule)
 
 
@@ -67,7 +69,7 @@ def check_field(f: dataclasses.Field, value: Any) -> Any:
     allowed."""
     m = f.metadata
     name = m["label"] or f.name
-    if value is None and m["optional"]:
+    if (value is None and m["optional"]) or not m["check"]:
         return value
     if m["choices"] is not None:
         names = [c for c in m["choices"] if isinstance(c, str)]
@@ -124,6 +126,45 @@ class BenefitConfig(_Checked):
     probe_lr: float | None = option(None, "the probes' learning rate (None: the model's)", low=0, low_open=True,
                                     optional=True, flag=True)
     probe_weight_decay: float = option(0.0, "the probes' weight decay on conv/linear weights", low=0, flag=True)
+
+
+@dataclass(frozen=True)
+class P3BConfig(_Checked):
+    """Options of P3B besides its prune ratio and schedule (``sl.P3B(model, ratio, schedule, **options)`` or
+    :meth:`sparselab.P3B.from_config`). :meth:`record` is the flat JSON-able dict that P3B's History and
+    checkpoint hold (with the prune ratio and schedule).
+
+    Example:
+        >>> P3BConfig(allocation="uniform", reactivation=False).record()["reactivation"]
+        False
+    """
+
+    allocation: str = option("benefit", "between-block allocation: a name registered with register_allocation",
+                             check=False)
+    criterion: str = option("taylor", "within-block criterion: a name registered with register_criterion",
+                            check=False)
+    keep_ratios: tuple[float, ...] | None = option(None, "keep-ratio profile of allocation='fixed' (2·depth)",
+                                                   check=False)
+    gate_factors: Mapping[str, float] | None = option(None, "per-gate multipliers of the rank-normalised scores "
+                                                      "(None: the method's)", check=False)
+    blocks_only: bool = option(False, "let the prune ratio refer to the blocks' parameters only",
+                               choices=(True, False))
+    reactivation: bool = option(True, "False: an element once pruned stays pruned (an ablation)",
+                                choices=(True, False))
+    freeze_allocation_after: int | None = option(None, "keep the allocation of this many first updates (an "
+                                                 "ablation; None: re-allocate at every update)", low=1,
+                                                 integer=True, optional=True)
+    benefit: BenefitConfig = field(default_factory=BenefitConfig)
+
+    def record(self) -> dict[str, Any]:
+        benefit = self.benefit.record()
+        if self.allocation != "benefit":
+            benefit["patch_probe"] = None  # no probes run
+        return {"allocation": self.allocation, "criterion": self.criterion,
+                "keep_ratios": list(map(float, self.keep_ratios)) if self.keep_ratios is not None else None,
+                **benefit, "gate_factors": dict(self.gate_factors) if self.gate_factors is not None else None,
+                "blocks_only": self.blocks_only, "reactivation": self.reactivation,
+                "freeze_allocation_after": self.freeze_allocation_after}
 
 
 @dataclass(frozen=True)

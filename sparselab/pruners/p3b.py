@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from ..callbacks import Pruner, TrainState
-from ..configs import BenefitConfig
+from ..configs import BenefitConfig, P3BConfig
 from ..errors import ConfigError, check_finite, check_positive_int, check_ratio, unknown_name
 from ..probes.block_benefit import BlockBenefit, all_reduce_mean_grads
 from ..structure.gates import Gates
@@ -89,6 +89,10 @@ class P3B(Pruner):
             the rest of the run (``1``: the benefit read at the first update decides; an ablation of late
             re-allocation). None: re-allocate at every update (the method).
 
+    ``pruner.options`` holds these options (all but ``prune_ratio`` and ``schedule``) as a typed
+    :class:`~sparselab.configs.P3BConfig`; :meth:`from_config` builds a pruner from one, and :meth:`config` is the
+    flat record its History and checkpoint keep.
+
     Under fp16 loss scaling the gate gradients (the gates are outside the optimizer) are unscaled like every other
     gradient, and a step the scaler skips adds nothing to the Taylor scores. At finalisation the Taylor scores and
     the block benefit are both taken over the last two windows merged.
@@ -130,15 +134,15 @@ class P3B(Pruner):
         if freeze_allocation_after is not None:
             check_positive_int("freeze_allocation_after", freeze_allocation_after)
         self.reactivation, self.freeze_allocation_after = bool(reactivation), freeze_allocation_after
-        allocation_name = allocation if isinstance(allocation, str) else self.allocation.name
-        self._config = {
-            "prune_ratio": self.prune_ratio, "schedule": dataclasses.asdict(self.schedule),
-            "allocation": allocation_name, "criterion": criterion if isinstance(criterion, str) else criterion.name,
-            "keep_ratios": list(map(float, keep_ratios)) if keep_ratios is not None else None,
-            **benefit.config(),
-            "patch_probe": patch_probe if allocation_name == "benefit" else None,
-            "gate_factors": dict(self.gate_factors), "blocks_only": blocks_only,
-            "reactivation": self.reactivation, "freeze_allocation_after": freeze_allocation_after}
+        #: everything but the prune ratio and schedule, typed (what :meth:`from_config` takes back)
+        self.options = P3BConfig(
+            allocation=allocation if isinstance(allocation, str) else self.allocation.name,
+            criterion=criterion if isinstance(criterion, str) else criterion.name,
+            keep_ratios=tuple(map(float, keep_ratios)) if keep_ratios is not None else None,
+            gate_factors=dict(self.gate_factors), blocks_only=bool(blocks_only), reactivation=self.reactivation,
+            freeze_allocation_after=freeze_allocation_after, benefit=benefit.options)
+        self._config = {"prune_ratio": self.prune_ratio, "schedule": dataclasses.asdict(self.schedule),
+                        **self.options.record()}
         if not isinstance(allocation, str):
             self._config.update(self.allocation.config())
 
@@ -163,6 +167,22 @@ class P3B(Pruner):
         self.updates = 0
         self._dead: dict[str, torch.Tensor] = {}  # without reactivation: elements pruned at an earlier update
         self._frozen_kappa: torch.Tensor | None = None
+
+    @classmethod
+    def from_config(cls, model: nn.Module, prune_ratio: float, config: P3BConfig,
+                    schedule: P3BSchedule | None = None, num_classes: int | None = None) -> "P3B":
+        """P3B configured by a :class:`~sparselab.configs.P3BConfig` (e.g. another run's ``pruner.options``).
+
+        Example:
+            >>> import sparselab as sl
+            >>> from sparselab.configs import P3BConfig
+            >>> model = sl.models.create("vit_nano_patch4_28", num_classes=10)
+            >>> P3B.from_config(model, 0.5, P3BConfig(allocation="uniform")).options.allocation
+            'uniform'
+        """
+        options = dataclasses.asdict(config)
+        benefit = options.pop("benefit")
+        return cls(model, prune_ratio, schedule, num_classes=num_classes, **options, **benefit)
 
     @property
     def probes(self) -> BlockBenefit | None:
