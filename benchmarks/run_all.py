@@ -26,6 +26,7 @@ BENCHMARKS = {  # name: script
     "history": "bench_history.py",
     "memory": "bench_memory.py",
     "explorers": "bench_explorers.py",
+    "onnx_latency": "bench_onnx_latency.py",
 }
 
 
@@ -126,6 +127,17 @@ def render(folder: Path = RESULTS) -> str:
                          f"{r['vs_uniform']:.2f}x" if has else "–", _met(r["vs_uniform"] <= 1.10) if has else "–"])
         parts += [_table(["model", "pruned", "layout", "batch", "dense ms", "compact ms", "uniform ms", "params kept",
                           "speed-up", "ideal", "of ideal", "vs uniform", "≤ 1.10x"], rows), ""]
+    ox = _load(folder, "onnx_latency")
+    if ox:
+        parts += [f"## Compact models in ONNX Runtime{' (quick)' if ox.get('quick') else ''}", "",
+                  "The deployment path: dense and P3B-compacted DeiT models (random weights, 224 px, `pad_to=8`) "
+                  "exported with `sl.structure.export_onnx` (outputs checked against PyTorch) and timed in ONNX "
+                  "Runtime on the CPU with 2 threads, beside the same models in PyTorch (interleaved medians).", ""]
+        rows = [[r["model"], f"{r['prune_ratio']:.0%}", r["variant"], str(r["batch"]), f"{r['ort_dense_ms']:.1f}",
+                 f"{r['ort_compact_ms']:.1f}", f"{r['ort_speedup']:.2f}x", f"{r['torch_speedup']:.2f}x",
+                 f"{r['ideal_speedup']:.2f}x"] for r in ox["rows"]]
+        parts += [_table(["model", "pruned", "layout", "batch", "ORT dense ms", "ORT compact ms", "ORT speed-up",
+                          "PyTorch speed-up", "ideal"], rows), ""]
     hi = _load(folder, "history")
     if hi:
         parts += [f"## History recording overhead{' (quick)' if hi.get('quick') else ''}", "",

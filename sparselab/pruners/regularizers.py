@@ -66,12 +66,22 @@ def banded_threshold(magnitudes: list[torch.Tensor], sparsity: float, guess: flo
         below, band = 0, []
         for a, (is_below, in_band) in zip(magnitudes, scratch):
             below += int(torch.count_nonzero(torch.lt(a, lo, out=is_below)))
-            band.append(a[torch.le(a, hi, out=in_band).logical_xor_(is_below)])  # lo <= a <= hi
+            torch.le(a, hi, out=in_band).logical_xor_(is_below)  # lo <= a <= hi
+            band.append(_gather(a, in_band))
         j = k - below
-        band = torch.cat(band)
-        if 0 <= j < band.numel():
-            return float(np.partition(band.float().cpu().numpy(), j)[j])
+        band = np.concatenate(band)
+        if 0 <= j < band.size:
+            return float(np.partition(band, j)[j])
     return magnitude_threshold(magnitudes, sparsity)
+
+
+def _gather(values: torch.Tensor, mask: torch.Tensor) -> np.ndarray:
+    """``values[mask]`` as a float32 numpy array. On the CPU through numpy, whose index scan over a sparse boolean
+    mask is several times faster than torch's boolean indexing (the band holds well under 1 % of the weights)."""
+    if values.device.type != "cpu" or values.dtype not in (torch.float32, torch.float64):
+        return values[mask].float().cpu().numpy()
+    flat = values.detach().reshape(-1).numpy()
+    return flat[np.flatnonzero(mask.reshape(-1).numpy())].astype(np.float32, copy=False)
 
 
 class Regularizer:
