@@ -2,9 +2,8 @@
 
 For ``deit_tiny_patch16_224`` and ``deit_small_patch16_224`` (random weights, 224 px, 10 classes) P3B prunes 50 %,
 75 % and 90 % of the parameters during a few training steps on random images (class-token probes, so the allocation is
-P3B's own), the model is compacted (:meth:`sparselab.P3B.compact`) as is (``pad_to=1``), with its kept widths
-rounded up to multiples of 8 by zero weights (``pad_to=8``) and, on top of that, with every residual channel kept as
-zero weights (``layout="speed"``), and the forward pass is timed at batch 1 and 32,
+P3B's own), the model is compacted (:meth:`sparselab.P3B.compact`) as is (``pad_to=1``) and with its kept widths
+rounded up to multiples of 8 by zero weights (``pad_to=8``), and the forward pass is timed at batch 1 and 32,
 interleaved with the dense model so that all see the same machine load. The ideal speed-up is the dense model's
 multiply-accumulates over those of the unpadded compact model; ``speed-up / ideal`` near 1 means the removed
 multiply-accumulates turn into time.
@@ -36,7 +35,7 @@ from sparselab.structure.compact import compact_stats
 MODELS = ("deit_tiny_patch16_224", "deit_small_patch16_224")
 RATIOS = (0.5, 0.75, 0.9)
 #: how each P3B compact model is built: pruner.compact(**options)
-VARIANTS = {"exact": dict(pad_to=1), "exact, pad 8": dict(pad_to=8), "speed, pad 8": dict(pad_to=8, layout="speed")}
+VARIANTS = {"exact": dict(pad_to=1), "exact, pad 8": dict(pad_to=8)}
 ANCHORS = ("narrower heads", "fewer heads")
 
 

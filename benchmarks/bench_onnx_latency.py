@@ -2,7 +2,7 @@
 
 For ``deit_tiny_patch16_224`` and ``deit_small_patch16_224`` (random weights, 224 px) P3B prunes 50 % and 75 %
 during a few steps on random images, exactly as in ``bench_compact_latency.py``; the dense model and the compact
-models (``pad_to=8``, exact and speed layouts) are exported with :func:`sparselab.structure.export_onnx` (which
+models (``pad_to=8``) are exported with :func:`sparselab.structure.export_onnx` (which
 checks ONNX Runtime's outputs against PyTorch's) and timed in ONNX Runtime with 2 threads at batch 1 and 32, in turn
 on every repeat, beside the same models in PyTorch.
 
@@ -25,7 +25,7 @@ from sparselab.structure.compact import compact_stats
 from sparselab.structure.compact.onnx import export_onnx, onnx_session
 
 RATIOS = (0.5, 0.75)
-VARIANTS = ("exact, pad 8", "speed, pad 8")
+VARIANTS = ("exact, pad 8",)
 
 
 def onnx_ms(paths: dict, batch: int, repeats: int) -> dict:

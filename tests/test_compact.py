@@ -17,8 +17,6 @@ from sparselab.errors import CheckpointError, ConfigError
 from sparselab.structure import GATES, Gates, ViTStructure
 from sparselab.structure.compact import (
     ConstantBranch,
-    ScatterChannels,
-    SelectChannels,
     ZeroPaddedLayerNorm,
     compact_spec,
     compact_stats,
@@ -100,11 +98,10 @@ def has_hooks(model: nn.Module) -> bool:
     biases=st.sampled_from([(True, True), (True, True), (False, True), (False, False)]),
     seed=st.integers(0, 2**16),
     pad_to=st.sampled_from([1, 1, 4, 8]),
-    layout=st.sampled_from(["exact", "exact", "speed"]),
     data=st.data(),
 )
 def test_compact_equals_hard_masked_model(depth, heads, head_dim, mlp_ratio, prefix, init_values, qk_norm, biases,
-                                          seed, pad_to, layout, data):
+                                          seed, pad_to, data):
     head_dim = max(head_dim, -(-8 // heads))  # embed dim 8..48
     model = tiny_vit(depth, heads, head_dim, mlp_ratio, prefix, init_values, qk_norm, seed,
                      qkv_bias=biases[0], proj_bias=biases[1])
@@ -119,7 +116,7 @@ def test_compact_equals_hard_masked_model(depth, heads, head_dim, mlp_ratio, pre
     gates.set_hard(masks)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     masked = model(x)
-    small = compact_vit(model, masks, pad_to=pad_to, layout=layout)
+    small = compact_vit(model, masks, pad_to=pad_to)
 
     close(small(x), masked)
     set_fused(small, False)  # the explicit softmax(q k^T * scale) path
@@ -128,15 +125,7 @@ def test_compact_equals_hard_masked_model(depth, heads, head_dim, mlp_ratio, pre
     close(model(x), masked)
     set_fused(model, True)
 
-    if layout == "speed":  # live branches read and write every residual channel: no select/scatter copies
-        padded, _ = pad_masks(structure, masks, pad_to, layout)
-        assert n_params(small) == structure.total_params(padded) >= structure.total_params(masks)
-        for blk in small.blocks:
-            for norm, ls, branch in ((blk.norm1, blk.ls1, blk.attn), (blk.norm2, blk.ls2, blk.mlp)):
-                if not isinstance(branch, ConstantBranch):
-                    assert not any(isinstance(m, (SelectChannels, ScatterChannels))
-                                   for part in (norm, ls) for m in part.modules())
-    elif pad_to == 1:
+    if pad_to == 1:
         assert n_params(small) == structure.total_params(masks)  # empty gates included: constant branches
     else:  # padded widths: multiples of pad_to (or the full width) wherever the branch is live
         padded, _ = pad_masks(structure, masks, pad_to)
@@ -257,20 +246,6 @@ def test_distilled_model_prefix_tokens():
     close(small(x), model(x))
     assert n_params(small) == s.total_params(masks)
     assert compact_spec(model, masks)["architecture"] == "VisionTransformerDistilled"
-
-
-def test_the_speed_layout_round_trips_and_refuses_unknown_layouts(tmp_path):
-    model = tiny_vit(depth=2, heads=2, head_dim=8)
-    s = ViTStructure(model)
-    masks = random_masks(s, 3, {})
-    small = compact_vit(model, masks, pad_to=4, layout="speed")
-    spec = compact_spec(model, masks, pad_to=4, layout="speed")
-    assert all(spec["layers"][i]["kept"][g] == s.gate_sizes(i)[g]
-               for i in range(2) for g in ("attn_in", "attn_out", "mlp_in", "mlp_out"))
-    x = torch.randn(2, 3, 16, 16)
-    assert torch.equal(load_compact(save_compact(small, spec, tmp_path / "c"))(x), small(x))
-    with pytest.raises(ConfigError, match="layout must be one of exact, speed"):
-        compact_vit(model, masks, layout="fast")
 
 
 # ====================================================================== save / load

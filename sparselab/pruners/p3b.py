@@ -370,23 +370,22 @@ class P3B(Pruner):
                                      old=o, new=n)
 
     # ------------------------------------------------------------------ results
-    def compact(self, pad_to: int = 1, layout: str = "exact") -> nn.Module:
+    def compact(self, pad_to: int = 1) -> nn.Module:
         """A physically smaller copy of the model under the current hard masks (outputs equal the hard-masked
-        model's); the pruner's model is left untouched. ``pad_to=8`` rounds kept widths up with zero weights and
-        ``layout="speed"`` keeps the residual channels as zero weights, both for faster CPU inference (see
-        :func:`sparselab.structure.compact_vit`)."""
+        model's); the pruner's model is left untouched. ``pad_to=8`` rounds kept widths up with zero weights for
+        faster CPU inference (see :func:`sparselab.structure.compact_vit`)."""
         from ..structure.compact import compact_vit
 
-        return compact_vit(self.structure.model, self.hard_masks(), pad_to=pad_to, layout=layout)
+        return compact_vit(self.structure.model, self.hard_masks(), pad_to=pad_to)
 
-    def save_compact(self, directory, model: nn.Module | None = None, pad_to: int = 1, layout: str = "exact"):
+    def save_compact(self, directory, model: nn.Module | None = None, pad_to: int = 1):
         """Save the compact model (``model``, e.g. after fine-tuning, or a fresh :meth:`compact`; built with the
-        same ``pad_to`` and ``layout``) as ``spec.json`` + ``model.safetensors`` in ``directory``;
+        same ``pad_to``) as ``spec.json`` + ``model.safetensors`` in ``directory``;
         :func:`sparselab.structure.load_compact` reads it back."""
         from ..structure.compact import compact_spec, save_compact
 
-        spec = compact_spec(self.structure.model, self.hard_masks(), pad_to=pad_to, layout=layout)
-        return save_compact(model if model is not None else self.compact(pad_to, layout), spec, directory)
+        spec = compact_spec(self.structure.model, self.hard_masks(), pad_to=pad_to)
+        return save_compact(model if model is not None else self.compact(pad_to), spec, directory)
 
     def remove(self) -> None:
         """Detach gates and probes from the model (it computes densely again)."""

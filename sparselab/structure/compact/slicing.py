@@ -244,17 +244,10 @@ def _require_timm_attention_widths() -> None:
                           f"{timm.__version__} lacks; upgrade timm (pip install -U timm)")
 
 
-#: the gates on the residual stream's side of a branch (its inputs and outputs)
-RESIDUAL_GATES = ("attn_in", "attn_out", "mlp_in", "mlp_out")
-#: how :func:`compact_vit` lays out a compact block (see there)
-LAYOUTS = ("exact", "speed")
-
-
-def pad_masks(structure: ViTStructure, masks: Masks, multiple: int = 8, layout: str = "exact"
+def pad_masks(structure: ViTStructure, masks: Masks, multiple: int = 8
               ) -> tuple[dict[int, dict[str, torch.Tensor]], dict[int, dict[str, torch.Tensor]]]:
     """Masks whose kept counts are rounded up to a multiple of ``multiple`` (capped at the gate size) by adding
-    the lowest-index pruned elements, and for each layer and gate the elements so added. With ``layout="speed"``
-    the residual-side gates (:data:`RESIDUAL_GATES`) of a live branch are filled up completely instead.
+    the lowest-index pruned elements, and for each layer and gate the elements so added.
 
     Only live branches are padded (a branch with an empty gate stays a constant), and not ``attn_qkv`` under
     qk-norm (a normalised zero is not zero). :func:`compact_vit` zeroes the weights of the added elements, which
@@ -269,12 +262,10 @@ def pad_masks(structure: ViTStructure, masks: Masks, multiple: int = 8, layout: 
     """
     if isinstance(multiple, bool) or not isinstance(multiple, int) or multiple < 1:
         raise ConfigError(f"pad_to must be a positive integer (1: no padding), got {multiple!r}")
-    if layout not in LAYOUTS:
-        raise ConfigError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
     full = {i: {g: masks[i][g].clone() if i in masks and g in masks[i] else torch.ones(n, dtype=torch.bool)
                 for g, n in structure.gate_sizes(i).items()} for i in range(structure.depth)}
     added = {i: {g: torch.zeros_like(m) for g, m in per.items()} for i, per in full.items()}
-    if multiple == 1 and layout == "exact":
+    if multiple == 1:
         return full, added
     for i, per in full.items():
         for block in structure.blocks[2 * i:2 * i + 2]:
@@ -285,8 +276,6 @@ def pad_masks(structure: ViTStructure, masks: Masks, multiple: int = 8, layout: 
                     continue
                 m = per[g]
                 want = min(-(-int(m.sum()) // multiple) * multiple, m.numel())
-                if layout == "speed" and g in RESIDUAL_GATES:
-                    want = m.numel()
                 extra = torch.nonzero(~m).flatten()[:want - int(m.sum())]
                 m[extra] = True
                 added[i][g][extra] = True
@@ -316,19 +305,13 @@ def _zero_padding(attn: nn.Module, mlp: nn.Module, kept: Mapping[str, torch.Tens
                 layer.weight[:, index] = 0
 
 
-def compact_vit(model: nn.Module, masks: Masks | None = None, pad_to: int = 1, layout: str = "exact") -> nn.Module:
+def compact_vit(model: nn.Module, masks: Masks | None = None, pad_to: int = 1) -> nn.Module:
     """A new, physically smaller copy of a timm Vision Transformer that computes what the hard-masked model does.
 
     ``pad_to=8`` (or 16) rounds every kept width of a live branch up to a multiple by taking in pruned elements
     whose weights are set to zero (see :func:`pad_masks`): the outputs stay those of the hard-masked model while the
     matrix multiplications get the shapes CPU kernels run fastest (``benchmarks/bench_compact_latency.py``), at the
     price of a few zero parameters (so the parameter count exceeds ``structure.total_params(masks)``).
-
-    ``layout="speed"`` keeps every residual-stream channel of a live branch (``attn_in``, ``attn_out``,
-    ``mlp_in``, ``mlp_out``; the pruned ones as zero weights) and slices only the inner widths (head dimensions,
-    MLP hidden units): the blocks then hold no channel select/scatter copies and are shaped like a uniformly
-    narrower timm ViT, at the price of the multiply-accumulates and parameters of the zero weights. The outputs
-    are the same.
 
     ``masks`` maps layer -> gate -> boolean vector (see :mod:`sparselab.structure.vit`); layers or gates left out
     are kept whole. ``model`` is not changed and may have :class:`~sparselab.structure.gates.Gates` attached
@@ -363,7 +346,7 @@ def compact_vit(model: nn.Module, masks: Masks | None = None, pad_to: int = 1, l
     for i, blk in enumerate(structure.layers):
         _check_block(i, blk)
     dim = structure.embed_dim
-    full, padding = pad_masks(structure, full, pad_to, layout)
+    full, padding = pad_masks(structure, full, pad_to)
 
     new_blocks = []
     for i, blk in enumerate(structure.layers):

@@ -133,10 +133,8 @@ def _base_kwargs(model: nn.Module) -> tuple[str, dict[str, Any], dict[str, Any]]
     return type(model).__name__, kwargs, {"type": norm_kind, "eps": norm_eps}
 
 
-def compact_spec(model: nn.Module, masks: Masks | None = None, pad_to: int = 1, layout: str = "exact"
-                 ) -> dict[str, Any]:
-    """A JSON-able description of ``compact_vit(model, masks, pad_to, layout)``: the base model's constructor
-    arguments,
+def compact_spec(model: nn.Module, masks: Masks | None = None, pad_to: int = 1) -> dict[str, Any]:
+    """A JSON-able description of ``compact_vit(model, masks, pad_to)``: the base model's constructor arguments,
     the kept widths and the kept indices of every layer and gate (what :func:`load_compact` needs to rebuild it;
     with padding, the padded ones: the zeroed weights travel in the weights file).
 
@@ -151,7 +149,7 @@ def compact_spec(model: nn.Module, masks: Masks | None = None, pad_to: int = 1, 
     """
     arch, kwargs, norm = _base_kwargs(model)
     structure = ViTStructure(model)
-    full, _ = pad_masks(structure, _check_masks(structure, masks), pad_to, layout)
+    full, _ = pad_masks(structure, _check_masks(structure, masks), pad_to)
     dtype = next(model.parameters()).dtype
     layers = []
     for i in range(structure.depth):
