@@ -319,3 +319,36 @@ def test_profile_positions_stay_inside_models_beyond_float32_precision():
         idx = profile_indices(n)
         assert int(idx.max()) == n - 1 and int(idx.min()) >= int(0.65 * n) - 1
         assert bool((idx[1:] >= idx[:-1]).all())
+
+
+def test_fused_hypersparse_gradient_equals_the_eager_passes(monkeypatch):
+    from sparselab.pruners import regularizers
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(2048, 2048), torch.nn.Linear(2048, 16))  # above FUSE_MIN_WEIGHTS
+    assert sum(w.numel() for w in prunable_weights(net).values()) >= regularizers.FUSE_MIN_WEIGHTS
+    fused, eager = HyperSparse(0.98), HyperSparse(0.98)
+    eager.fuse = False
+    results = []
+    for reg in (fused, eager):
+        net.zero_grad(set_to_none=True)
+        l1 = reg.add_gradient(net, scale=1e-3)
+        results.append((l1, [w.grad.clone() for w in prunable_weights(net).values()], reg.threshold))
+    (l1_f, g_f, tau_f), (l1_e, g_e, tau_e) = results
+    assert tau_f == tau_e and l1_f == pytest.approx(l1_e, rel=1e-6)
+    for a, b in zip(g_f, g_e):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6 * float(b.abs().max()))
+    assert fused.fuse  # the fused kernels ran
+
+    # without a compiler the eager passes take over, with one warning
+    def broken(name):
+        raise RuntimeError("no compiler")
+
+    monkeypatch.setattr(regularizers, "_compiled", broken)
+    fallback = HyperSparse(0.98)
+    net.zero_grad(set_to_none=True)
+    with pytest.warns(RuntimeWarning, match="fused kernels unavailable"):
+        fallback.add_gradient(net, scale=1e-3)
+    assert not fallback.fuse
+    for a, b in zip([w.grad for w in prunable_weights(net).values()], g_e):
+        torch.testing.assert_close(a, b)

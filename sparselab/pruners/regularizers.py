@@ -14,7 +14,9 @@ Training uses :meth:`Regularizer.add_gradient` instead of the loss: it adds λ·
 few in-place passes over reused buffers (for HyperSparse sech²(x) = 4σ(2x)(1−σ(2x)) and tanh(x) = 2σ(2x)−1, as the
 sigmoid kernel is several times faster than tanh on CPU), and finds each new threshold exactly by selecting only
 among the magnitudes in a narrow band around the previous one (:func:`banded_threshold`). Both give the same numbers
-as the loss path (tests), at a fraction of its cost (``benchmarks/bench_hypersparse.py``).
+as the loss path (tests), at a fraction of its cost (``benchmarks/bench_hypersparse.py``). From
+:data:`FUSE_MIN_WEIGHTS` weights on, the sums and the gradient are two fused kernels (``torch.compile``, compiled
+once per model; eager passes if compilation is not available).
 
 Example:
     >>> import torch
@@ -30,6 +32,7 @@ Example:
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import torch
@@ -39,6 +42,32 @@ from ..errors import check_ratio, unknown_name
 from ..structure.unstructured import num_pruned, prunable_weights
 
 INFLECTION = math.atanh(1 / math.sqrt(3))  # 0.6585...: sech² has its inflection at s·τ = this
+#: from this many weights on, HyperSparse's elementwise passes run as fused kernels (below it compiling them costs
+#: more than it saves)
+FUSE_MIN_WEIGHTS = 1 << 22
+
+
+def _fused_sums(weights: list[torch.Tensor], two_s: torch.Tensor) -> list[torch.Tensor]:
+    """Per tensor: (Σ|w|, Σσ(2s|w|)) in one pass."""
+    return [torch.stack([w.abs().sum(), torch.sigmoid(two_s * w.abs()).sum()]) for w in weights]
+
+
+def _fused_gradient(weights: list[torch.Tensor], grads: list[torch.Tensor], two_s: torch.Tensor,
+                    coef: torch.Tensor) -> None:
+    """grad += coef·sign(w)·u(1−u), u = σ(2s|w|), in one pass per tensor."""
+    for w, g in zip(weights, grads):
+        u = torch.sigmoid(two_s * w.abs())
+        g.add_(coef * torch.sign(w) * u * (1 - u))
+
+
+_COMPILED: dict[str, object] = {}
+
+
+def _compiled(name: str):
+    if name not in _COMPILED:
+        fn = {"sums": _fused_sums, "gradient": _fused_gradient}[name]
+        _COMPILED[name] = torch.compile(fn, dynamic=False)
+    return _COMPILED[name]
 
 
 def magnitude_threshold(weights: list[torch.Tensor], sparsity: float) -> float:
@@ -155,9 +184,11 @@ class Regularizer:
 
 
 class HyperSparse(Regularizer):
-    """The HyperSparse regularizer (see the module docstring)."""
+    """The HyperSparse regularizer (see the module docstring). ``fuse=False`` keeps :meth:`add_gradient` on eager
+    passes for any model size."""
 
     name = "hypersparse"
+    fuse = True
 
     def penalty(self, weights: list[torch.Tensor]) -> torch.Tensor:
         tau = max(self.threshold, 1e-12)
@@ -175,12 +206,31 @@ class HyperSparse(Regularizer):
             torch.abs(w, out=b)
         if self._threshold_due():
             self.threshold = banded_threshold(buffers, self.sparsity, self.threshold, scratch=self._masks)
+        if self.fuse and sum(w.numel() for w in weights) >= FUSE_MIN_WEIGHTS and weights[0].device.type == "cpu":
+            try:
+                return self._fused_gradient(weights, scale)
+            except Exception as exc:  # no compiler here: the eager passes below give the same numbers
+                warnings.warn(f"HyperSparse: fused kernels unavailable ({type(exc).__name__}: {exc}); using eager "
+                              f"passes", RuntimeWarning, stacklevel=2)
+                self.fuse = False
         l1, coef = self._gradient_from_magnitudes(weights, buffers, self._signs)
         for w, b, sign in zip(weights, buffers, self._signs):
             if w.grad is None:
                 w.grad = b.mul(sign).mul_(scale * coef)
             else:
                 w.grad.addcmul_(b, sign, value=scale * coef)
+        return l1
+
+    def _fused_gradient(self, weights: list[torch.Tensor], scale: float) -> float:
+        s = INFLECTION / max(self.threshold, 1e-12)
+        two_s = torch.tensor(2 * s, dtype=weights[0].dtype)
+        sums = torch.stack(_compiled("sums")(weights, two_s)).double().sum(0)
+        l1, tanh_sum = float(sums[0]), 2 * float(sums[1]) - sum(w.numel() for w in weights)
+        coef = (l1 / max(tanh_sum, 1e-30)) * s * 4 * scale
+        for w in weights:
+            if w.grad is None:
+                w.grad = torch.zeros_like(w)
+        _compiled("gradient")(weights, [w.grad for w in weights], two_s, torch.tensor(coef, dtype=weights[0].dtype))
         return l1
 
     @torch.no_grad()
