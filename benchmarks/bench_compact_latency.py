@@ -20,10 +20,12 @@ Usage: python benchmarks/bench_compact_latency.py [--quick] [--out benchmarks/re
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import time
 from pathlib import Path
+from typing import Any, Callable
 
 import timm
 import torch
@@ -101,18 +103,23 @@ def uniform_anchors(dense: torch.nn.Module, target: int) -> dict[str, torch.nn.M
     return {k: m for k, m in anchors.items() if abs(compact_stats(m)["flops"] / target - 1) <= 0.05}
 
 
-@torch.inference_mode()
-def interleaved_ms(models: dict[str, torch.nn.Module], batch: int, repeats: int) -> dict[str, float]:
-    """Median forward time per model, timing the models in turn on every repeat."""
-    x = torch.randn(batch, 3, 224, 224)
-    times: dict[str, list[float]] = {k: [] for k in models}
+def interleaved_median_ms(calls: dict[Any, Callable[[], object]], repeats: int) -> dict[Any, float]:
+    """Median time in ms of each call, calling them in turn on every repeat (the first round warms up)."""
+    times: dict[Any, list[float]] = {k: [] for k in calls}
     for i in range(repeats + 1):
-        for key, model in models.items():
+        for key, call in calls.items():
             t0 = time.perf_counter()
-            model(x)
-            if i:  # the first round warms up
+            call()
+            if i:
                 times[key].append((time.perf_counter() - t0) * 1000)
     return {k: statistics.median(v) for k, v in times.items()}
+
+
+@torch.inference_mode()
+def interleaved_ms(models: dict[str, torch.nn.Module], batch: int, repeats: int) -> dict[str, float]:
+    """Median forward time per model on a random batch, timing the models in turn on every repeat."""
+    x = torch.randn(batch, 3, 224, 224)
+    return interleaved_median_ms({k: functools.partial(m, x) for k, m in models.items()}, repeats)
 
 
 def main():

@@ -11,15 +11,15 @@ Usage: python benchmarks/bench_onnx_latency.py [--quick] [--out benchmarks/resul
 from __future__ import annotations
 
 import argparse
+import functools
 import json
-import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import timm
 import torch
-from bench_compact_latency import MODELS, interleaved_ms, p3b_compact, random_images
+from bench_compact_latency import MODELS, interleaved_median_ms, interleaved_ms, p3b_compact, random_images
 
 from sparselab.structure.compact import compact_stats
 from sparselab.structure.compact.onnx import export_onnx, onnx_session
@@ -31,15 +31,8 @@ VARIANTS = ("exact, pad 8",)
 def onnx_ms(paths: dict, batch: int, repeats: int) -> dict:
     """Median ONNX Runtime time per exported model, timed in turn on every repeat (the first round warms up)."""
     sessions = {k: onnx_session(p, threads=2) for k, p in paths.items()}
-    x = torch.randn(batch, 3, 224, 224).numpy()
-    times: dict = {k: [] for k in sessions}
-    for i in range(repeats + 1):
-        for key, session in sessions.items():
-            t0 = time.perf_counter()
-            session.run(None, {"images": x})
-            if i:
-                times[key].append((time.perf_counter() - t0) * 1000)
-    return {k: statistics.median(v) for k, v in times.items()}
+    feed = {"images": torch.randn(batch, 3, 224, 224).numpy()}
+    return interleaved_median_ms({k: functools.partial(s.run, None, feed) for k, s in sessions.items()}, repeats)
 
 
 def main() -> None:

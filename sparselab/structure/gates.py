@@ -43,7 +43,7 @@ GATE_SITES = ("weights", "activations")
 
 
 class Gates(nn.Module):
-    """One gate vector per (layer, gate), registered as hooks on the structure's model."""
+    """One gate vector per (layer, gate), attached to the structure's model where ``on`` says (module docstring)."""
 
     def __init__(self, structure: ViTStructure, on: str = "weights"):
         super().__init__()
