@@ -11,6 +11,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..configs import from_options
 from ..errors import ConfigError, check_finite, check_positive_int, check_ratio, unknown_name
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
@@ -22,11 +23,7 @@ NONFINITE = ("raise", "skip")
 
 def checked_replace(obj: Any, kind: str, **changes: Any) -> Any:
     """``dataclasses.replace`` that names an unknown field (with close matches) instead of a TypeError."""
-    names = {f.name for f in dataclasses.fields(obj)}
-    for key in changes:
-        if key not in names:
-            raise unknown_name(kind, key, names)
-    return dataclasses.replace(obj, **changes)
+    return from_options(type(obj), changes, kind, base=obj)
 
 
 @dataclass(frozen=True)
