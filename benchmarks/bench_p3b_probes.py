@@ -49,6 +49,10 @@ ESTIMATORS: dict[str, dict] = {  # name: patch probe and BlockBenefit options (c
                                                                 probe_fraction=0.25),
     "conv2 patch probe, every 8th step, 1/4 of the batch": dict(patch_probe="conv2", probe_every=8,
                                                                 probe_fraction=0.25),
+    "conv2 patch probe, every 8th step, 1/8 of the batch": dict(patch_probe="conv2", probe_every=8,
+                                                                probe_fraction=0.125),
+    "conv2 patch probe, every 16th step, 1/4 of the batch": dict(patch_probe="conv2", probe_every=16,
+                                                                 probe_fraction=0.25),
 }
 REFERENCE = next(iter(ESTIMATORS))
 FAST = "conv2 patch probe, every 8th step, 1/4 of the batch"  # sl.probes.FAST_PROBES

@@ -25,7 +25,7 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 from torch import nn
@@ -48,6 +48,12 @@ class TrainState:
     :func:`sparselab.training.task_loss`, so it sees the model's own targets. Per optimizer step:
     ``grad_scale`` (the loss scale of the gradients in ``.grad`` of parameters *outside* the optimizer; 1.0
     without a grad scaler) and ``step_skipped`` (the scaler skipped this step after an overflow).
+
+    ``backward(term)`` back-propagates a loss term of the current micro-batch right away, weighted and scaled
+    exactly as fit weights and scales the micro-batch's total loss: a plug-in whose term depends only on its own
+    parameters (probe heads on detached features) can free that graph before the model's backward instead of
+    keeping it alive until then. It does not check finiteness: return the term's value (detached) from
+    ``extra_loss`` as well, so that a non-finite term still drops the step.
     """
 
     model: nn.Module
@@ -72,6 +78,7 @@ class TrainState:
     step_skipped: bool = False
     metrics: dict[str, float] = field(default_factory=dict)
     should_stop: bool = False
+    backward: Callable[[torch.Tensor], None] | None = None
 
     @property
     def is_main(self) -> bool:

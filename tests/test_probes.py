@@ -71,6 +71,58 @@ def test_benefit_is_the_loss_decrease_across_a_block(digits):
     assert probes.count == 0 and probes.sums.abs().sum() == 0
 
 
+@pytest.mark.parametrize("soft", [False, True])
+def test_batched_class_probes_equal_one_linear_per_block(digits, soft):
+    """All class-token probes run as one batched product; losses and gradients equal those of each block's own
+    Linear on its own input and output (hard and soft targets, label smoothing)."""
+    model = nano()
+    probes = sl.probes.BlockBenefit(model, num_classes=10, patch_probe=None)
+    x, y = digits.train.get_batch(torch.arange(24))
+    targets = torch.softmax(torch.randn(24, 10), dim=1) if soft else y
+    with torch.no_grad():
+        model(x)
+    total = probes.probe_loss(targets, label_smoothing=0.1)
+    total.backward()
+    batched = [pair.cls.weight.grad.clone() for pair in probes.probes]
+    probes.probes.zero_grad(set_to_none=True)
+    s = probes.structure
+    manual = sum(sl.training.task_loss(pair.cls(s.pooled(t)), targets, 0.1)
+                 for k, pair in enumerate(probes.probes) for t in probes.taps.stream[k:k + 2])
+    manual.backward()
+    torch.testing.assert_close(total, manual, rtol=1e-5, atol=1e-6)
+    for pair, grad in zip(probes.probes, batched):
+        torch.testing.assert_close(grad, pair.cls.weight.grad, rtol=1e-5, atol=1e-7)
+
+
+def test_patch_probes_back_propagate_one_at_a_time_when_given_fit_s_backward(digits):
+    """With ``backward`` each patch probe's loss is back-propagated at once (its graph freed before the next
+    probe runs): the same gradients as one joint backward, the same returned value, and no patch graph left."""
+    model = nano()
+    joint = sl.probes.BlockBenefit(model, num_classes=10, patch_probe="conv1")
+    early = sl.probes.BlockBenefit(model, num_classes=10, patch_probe="conv1")
+    early.probes.load_state_dict(joint.probes.state_dict())
+    x, y = digits.train.get_batch(torch.arange(16))
+    with torch.no_grad():
+        model(x)
+    share = 0.5  # a micro-batch's weight under gradient accumulation
+    expected = joint.probe_loss(y)
+    (expected * share).backward()
+    calls = []
+
+    def backward(term):
+        calls.append(term.requires_grad)
+        (term * share).backward()
+
+    got = early.probe_loss(y, backward=backward)
+    assert calls == [True] * len(early.probes)
+    assert all(p.patch.body[0].weight.grad is not None for p in early.probes)  # before the joint backward
+    (got * share).backward()
+    torch.testing.assert_close(got, expected)
+    for a, b in zip(joint.probes.parameters(), early.probes.parameters()):
+        torch.testing.assert_close(b.grad, a.grad, rtol=1e-6, atol=1e-8)
+    torch.testing.assert_close(early.window_mean()["patch"], joint.window_mean()["patch"])
+
+
 def test_patch_samples_give_the_patch_probes_the_first_part_of_the_batch(digits):
     model = nano()
     x, y = digits.train.get_batch(torch.arange(40))
@@ -106,9 +158,9 @@ def test_probe_every_and_fraction_subsample_only_the_patch_probes(digits):
 
     original = probes.probe_loss
 
-    def spy(targets, patch=True, patch_samples=None, label_smoothing=0.0):
+    def spy(targets, patch=True, patch_samples=None, label_smoothing=0.0, backward=None):
         batch.append(patch_samples)
-        return original(targets, patch, patch_samples, label_smoothing)
+        return original(targets, patch, patch_samples, label_smoothing, backward)
 
     probes.probe_loss = spy
     sl.fit(model, digits, epochs=1, batch_size=32, callbacks=[Watch(), probes], progress=False,

@@ -33,7 +33,7 @@ Example:
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -133,12 +133,18 @@ class BlockBenefit(WindowedRecorder):
 
     # ------------------------------------------------------------------ probe losses
     def probe_loss(self, targets: torch.Tensor, patch: bool = True, patch_samples: int | None = None,
-                   label_smoothing: float = 0.0) -> torch.Tensor:
+                   label_smoothing: float = 0.0, backward: Callable[[torch.Tensor], None] | None = None
+                   ) -> torch.Tensor:
         """Sum of all probe losses on the last forward pass's taps; accumulates ΔΨ when ``accumulate``.
 
         ``targets`` are class indices ``(B,)`` (cross-entropy with ``label_smoothing``) or target distributions
         ``(B, C)`` (soft-target cross-entropy, as under mixup/cutmix); see :func:`sparselab.training.task_loss`.
         ``patch=False`` skips the patch probes; ``patch_samples`` gives them only the first samples of the batch.
+        ``backward`` (fit's :attr:`~sparselab.callbacks.TrainState.backward`): back-propagate each patch probe's
+        loss as soon as it is computed, so that only one probe's graph is alive at a time; their share of the
+        result is then a detached value (it still tells whether the losses are finite).
+
+        The class-token probes of all blocks run as one batched matrix product over the stacked probe weights.
         """
         stream = self.taps.stream
         s = self.structure
@@ -146,23 +152,41 @@ class BlockBenefit(WindowedRecorder):
             raise RuntimeError("BlockBenefit saw no complete forward pass; is the model the one it was built on?")
         patch = patch and self.probes[0].patch is not None
         n = len(targets) if patch_samples is None else max(1, min(patch_samples, len(targets)))
-        total = stream[0].new_zeros(())
+        cls_losses = self._class_losses(stream, targets, label_smoothing)  # (2, K): block input, block output
+        total = cls_losses.sum()
         deltas = torch.zeros(len(VARIANTS), len(s.blocks), dtype=torch.float64)
-        for k, pair in enumerate(self.probes):
-            x_in, x_out = stream[k], stream[k + 1]
-            feats = torch.cat([s.pooled(x_in), s.pooled(x_out)])
-            losses = _loss(pair.cls(feats), twice(targets), label_smoothing).view(2, -1).mean(1)
-            total = total + losses.sum()
-            deltas[0, k] = (losses[0] - losses[1]).item()
-            if patch:
-                grids = torch.cat([s.patch_tokens(x_in[:n]), s.patch_tokens(x_out[:n])])
-                pl = _loss(pair.patch(grids), twice(targets[:n]), label_smoothing).view(2, -1).mean(1)
-                total = total + pl.sum()
-                deltas[1, k] = (pl[0] - pl[1]).item()
+        deltas[0] = (cls_losses[0] - cls_losses[1]).detach().double().cpu()
+        if patch:
+            patch_losses = []
+            pair_targets = twice(targets[:n])
+            for k, pair in enumerate(self.probes):
+                grids = torch.cat([s.patch_tokens(stream[k][:n]), s.patch_tokens(stream[k + 1][:n])])
+                pl = _loss(pair.patch(grids), pair_targets, label_smoothing).view(2, -1).mean(1)
+                if backward is not None:
+                    backward(pl.sum())
+                    pl = pl.detach()
+                patch_losses.append(pl)
+            pls = torch.stack(patch_losses, dim=1)  # (2, K)
+            deltas[1] = (pls[0] - pls[1]).detach().double().cpu()
+            total = total + pls.sum()
         if self.accumulate:
             self.sums += deltas
             self.counts += torch.tensor([1.0, float(patch)], dtype=torch.float64)
         return total
+
+    def _class_losses(self, stream: list[torch.Tensor], targets: torch.Tensor, label_smoothing: float
+                      ) -> torch.Tensor:
+        """Mean loss of every block's class-token probe on the block's input (row 0) and output (row 1)."""
+        k = len(self.probes)
+        pooled = torch.stack([self.structure.pooled(x) for x in stream])  # (K + 1, B, D)
+        weight = torch.stack([pair.cls.weight for pair in self.probes])  # (K, C, D)
+        bias = torch.stack([pair.cls.bias for pair in self.probes])  # (K, C)
+        feats = torch.stack([pooled[:-1], pooled[1:]])  # (2, K, B, D)
+        logits = torch.matmul(feats, weight.transpose(1, 2)) + bias[:, None]  # (2, K, B, C)
+        batch = len(targets)
+        repeated = targets.repeat(2 * k, *([1] * (targets.dim() - 1)))
+        losses = _loss(logits.reshape(2 * k * batch, -1), repeated, label_smoothing)
+        return losses.view(2, k, batch).mean(-1)
 
     # ------------------------------------------------------------------ hooks
     def on_fit_start(self, state: TrainState) -> None:
@@ -180,10 +204,11 @@ class BlockBenefit(WindowedRecorder):
         return state.step % self.probe_every == 0
 
     def extra_loss(self, state: TrainState) -> torch.Tensor:
-        self.probes.train()
+        if not self.probes.training:
+            self.probes.train()
         n = math.ceil(self.probe_fraction * len(state.targets)) if self.probe_fraction < 1 else None
         return self.probe_loss(state.loss_targets, patch=self.patch_probes_this_step(state), patch_samples=n,
-                               label_smoothing=state.label_smoothing)
+                               label_smoothing=state.label_smoothing, backward=state.backward)
 
     def after_backward(self, state: TrainState) -> None:
         if state.world_size > 1:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import math
 import random
 import signal
@@ -418,6 +419,7 @@ def _micro_step(net, x, y, weight: float, state: TrainState, plugins, cfg: Train
         out = net(x)
     loss = task_loss(out, soft if soft is not None else y, cfg.label_smoothing)
     state.inputs, state.targets, state.soft_targets, state.outputs, state.loss = x, y, soft, out, loss
+    state.backward = functools.partial(_backward, weight=weight, scaler=scaler)
     total = loss
     for p in plugins:
         extra = p.extra_loss(state)
@@ -432,7 +434,7 @@ def _micro_step(net, x, y, weight: float, state: TrainState, plugins, cfg: Train
         finite = flag.item() == 0
     if not finite:
         return False
-    (scaler.scale(total) if scaler is not None else total).backward()
+    _backward(total, 1.0, scaler)
     n = len(y)
     lsum = loss.item() * n
     loop.window[0] += lsum
@@ -441,6 +443,13 @@ def _micro_step(net, x, y, weight: float, state: TrainState, plugins, cfg: Train
     loop.train[1] += (out.detach().argmax(1) == y).sum().item()
     loop.train[2] += n
     return True
+
+
+def _backward(term: torch.Tensor, weight: float, scaler) -> None:
+    """Back-propagate a loss term as the micro-batch's total: times its share ``weight``, then the AMP scale."""
+    if weight != 1.0:
+        term = term * weight
+    (scaler.scale(term) if scaler is not None else term).backward()
 
 
 def _log_window(loop, state: TrainState, optimizer, bar) -> None:
