@@ -4,7 +4,8 @@ For ``deit_tiny_patch16_224`` and ``deit_small_patch16_224`` (random weights, 22
 during a few steps on random images, exactly as in ``bench_compact_latency.py``; the dense model and the compact
 models (``pad_to=8``) are exported with :func:`sparselab.structure.export_onnx` (which
 checks ONNX Runtime's outputs against PyTorch's) and timed in ONNX Runtime with 2 threads at batch 1 and 32, in turn
-on every repeat, beside the same models in PyTorch.
+on every repeat, beside the same models in PyTorch, eager and compiled with ``torch.compile`` (inductor, static
+shapes; compiled once per batch size before timing; a model that fails to compile is reported as such).
 
 Usage: python benchmarks/bench_onnx_latency.py [--quick] [--out benchmarks/results/onnx_latency.json]
 """
@@ -33,6 +34,24 @@ def onnx_ms(paths: dict, batch: int, repeats: int) -> dict:
     sessions = {k: onnx_session(p, threads=2) for k, p in paths.items()}
     feed = {"images": torch.randn(batch, 3, 224, 224).numpy()}
     return interleaved_median_ms({k: functools.partial(s.run, None, feed) for k, s in sessions.items()}, repeats)
+
+
+def compiled_ms(models: dict, batch: int, repeats: int) -> tuple[dict, dict]:
+    """Median forward time per model compiled with ``torch.compile`` (after one compiling call per model), timed in
+    turn on every repeat; and the seconds each compile took (or the error, for a model that did not compile)."""
+    x = torch.randn(batch, 3, 224, 224)
+    calls, compile_s = {}, {}
+    with torch.no_grad():
+        for key, model in models.items():
+            try:
+                fn = torch.compile(model, dynamic=False)
+                t0 = time.perf_counter()
+                fn(x)
+                compile_s[key] = time.perf_counter() - t0
+                calls[key] = functools.partial(fn, x)
+            except Exception as exc:  # reported, not fatal: the other columns stand on their own
+                compile_s[key] = f"{type(exc).__name__}: {exc}"[:200]
+        return interleaved_median_ms(calls, repeats), compile_s
 
 
 def main() -> None:
@@ -64,16 +83,24 @@ def main() -> None:
             for batch, reps in repeats.items():
                 ort = onnx_ms(paths, batch, reps)
                 pt = interleaved_ms(timed, batch, reps)
+                co, compile_s = compiled_ms(timed, batch, reps)
+                torch._dynamo.reset()  # free the compiled graphs before the next batch size
                 for key in [k for k in timed if k != "dense"]:
                     ratio, variant = key
+                    compiled = key in co and "dense" in co
                     rows.append({"model": name, "prune_ratio": ratio, "variant": variant, "batch": batch,
                                  "ort_dense_ms": ort["dense"], "ort_compact_ms": ort[key],
                                  "ort_speedup": ort["dense"] / ort[key], "torch_dense_ms": pt["dense"],
                                  "torch_compact_ms": pt[key], "torch_speedup": pt["dense"] / pt[key],
+                                 "compiled_dense_ms": co.get("dense"), "compiled_compact_ms": co.get(key),
+                                 "compiled_speedup": co["dense"] / co[key] if compiled else None,
+                                 "compile_s": {"dense": compile_s["dense"], "compact": compile_s[key]},
                                  "ideal_speedup": flops["dense"] / flops[ratio, "exact"]})
                     print(f"{name:24s} {ratio:.2f} {variant:12s} batch {batch:2d}: ONNX Runtime {ort['dense']:7.1f} → "
                           f"{ort[key]:7.1f} ms ({rows[-1]['ort_speedup']:.2f}x), PyTorch {pt['dense']:7.1f} → "
-                          f"{pt[key]:7.1f} ms ({rows[-1]['torch_speedup']:.2f}x)", flush=True)
+                          f"{pt[key]:7.1f} ms ({rows[-1]['torch_speedup']:.2f}x), compiled "
+                          + (f"{co['dense']:7.1f} → {co[key]:7.1f} ms ({rows[-1]['compiled_speedup']:.2f}x)"
+                             if compiled else f"failed ({compile_s[key]})"), flush=True)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"quick": args.quick, "threads": 2, "repeats": repeats, "rows": rows}, indent=2))

@@ -352,3 +352,35 @@ def test_fused_hypersparse_gradient_equals_the_eager_passes(monkeypatch):
     assert not fallback.fuse
     for a, b in zip([w.grad for w in prunable_weights(net).values()], g_e):
         torch.testing.assert_close(a, b)
+
+
+def test_fused_hypersparse_keeps_the_exact_threshold_on_every_step(monkeypatch):
+    """After the first step the fused path finds the threshold from its one-pass band count: it must still be the
+    exact order statistic, and the gradient that of the eager passes, as the weights move (and when they jump out
+    of the band, where it falls back to the full selection)."""
+    from sparselab.pruners import regularizers
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(2048, 2048), torch.nn.Linear(2048, 16))
+    fused, eager = HyperSparse(0.98), HyperSparse(0.98)
+    eager.fuse = False
+    full_selections = []
+    full = regularizers.magnitude_threshold
+    monkeypatch.setattr(regularizers, "magnitude_threshold", lambda *a: full_selections.append(1) or full(*a))
+    gen = torch.Generator().manual_seed(1)
+    for step, jitter in enumerate((0.0, 0.003, 0.003, 0.2)):  # the last one leaves the 2 % band
+        with torch.no_grad():
+            for w in prunable_weights(net).values():
+                w.mul_(1 + jitter * torch.randn(w.shape, generator=gen))
+        grads = []
+        for reg in (fused, eager):
+            net.zero_grad(set_to_none=True)
+            reg.add_gradient(net, scale=1e-3)
+            grads.append([w.grad.clone() for w in prunable_weights(net).values()])
+        exact = magnitude_threshold(list(prunable_weights(net).values()), 0.98)
+        assert fused.threshold == eager.threshold == exact, step
+        for a, b in zip(*grads):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6 * float(b.abs().max()))
+    assert len(full_selections) == 2 * 2  # each path: the first step and the jump; the band served the others
+    assert fused.fuse and hasattr(fused, "_band") and not hasattr(fused, "_scratch")  # no eager buffers
+    assert regularizers.FUSE_MIN_WEIGHTS <= sum(w.numel() for w in prunable_weights(net).values())

@@ -113,13 +113,17 @@ class TaylorCriterion(GateCriterion):
         self.sums_prev = zero_scores(structure)
 
     def collect(self, state: TrainState) -> bool:
-        terms = {key: (p.detach() * p.grad).double().pow(2).cpu()
-                 for key, p in self.gates.values.items() if p.grad is not None}
-        if state.step_skipped or not all(bool(torch.isfinite(t).all()) for t in terms.values()):
+        present = [(key, p) for key, p in self.gates.values.items() if p.grad is not None]
+        if present:  # one pass over all gates at once (per-gate ops would cost more than the arithmetic)
+            values = torch.cat([p.detach().reshape(-1) for _, p in present])
+            grads = torch.cat([p.grad.reshape(-1) for _, p in present])
+            flat = (values * grads).double().pow(2).cpu()
+        if state.step_skipped or (present and not bool(torch.isfinite(flat).all())):
             self.skipped_steps += 1
             return False
-        for key, t in terms.items():
-            self.sums[key] += t
+        if present:
+            for (key, _), t in zip(present, flat.split([p.numel() for _, p in present])):
+                self.sums[key] += t.view_as(self.sums[key])
         return True
 
     def scores(self, final: bool) -> dict[str, torch.Tensor]:
