@@ -5,7 +5,8 @@ during a few steps on random images, exactly as in ``bench_compact_latency.py``;
 models (``pad_to=8``) are exported with :func:`sparselab.structure.export_onnx` (which
 checks ONNX Runtime's outputs against PyTorch's) and timed in ONNX Runtime with 2 threads at batch 1 and 32, in turn
 on every repeat, beside the same models in PyTorch, eager and compiled with ``torch.compile`` (inductor, static
-shapes; compiled once per batch size before timing; a model that fails to compile is reported as such).
+shapes; compiled once per batch size before timing; a model that fails to compile is reported as such; skipped
+with ``--quick``).
 
 Usage: python benchmarks/bench_onnx_latency.py [--quick] [--out benchmarks/results/onnx_latency.json]
 """
@@ -83,8 +84,11 @@ def main() -> None:
             for batch, reps in repeats.items():
                 ort = onnx_ms(paths, batch, reps)
                 pt = interleaved_ms(timed, batch, reps)
-                co, compile_s = compiled_ms(timed, batch, reps)
-                torch._dynamo.reset()  # free the compiled graphs before the next batch size
+                if args.quick:  # compiling every model would take most of the quick budget
+                    co, compile_s = {}, {k: "skipped with --quick" for k in timed}
+                else:
+                    co, compile_s = compiled_ms(timed, batch, reps)
+                    torch._dynamo.reset()  # free the compiled graphs before the next batch size
                 for key in [k for k in timed if k != "dense"]:
                     ratio, variant = key
                     compiled = key in co and "dense" in co

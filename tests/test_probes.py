@@ -123,6 +123,27 @@ def test_patch_probes_back_propagate_one_at_a_time_when_given_fit_s_backward(dig
     torch.testing.assert_close(early.window_mean()["patch"], joint.window_mean()["patch"])
 
 
+def test_fit_back_propagates_patch_probes_early_with_the_micro_batch_weight(digits):
+    """Under gradient accumulation fit's ``state.backward`` weights each patch probe's early backward like the
+    micro-batch's loss: the probes train exactly as with one joint backward."""
+    trained = []
+    for early in (True, False):
+        torch.manual_seed(0)
+        model = nano()
+        probes = sl.probes.BlockBenefit(model, num_classes=10, patch_probe="conv1")
+
+        class Joint(sl.Pruner):  # runs before the probes: withholds fit's early backward
+            def extra_loss(self, state):
+                if not early:
+                    state.backward = None
+
+        sl.fit(model, digits, epochs=1, batch_size=24, accumulate_steps=3, max_steps_per_epoch=3, progress=False,
+               callbacks=[Joint(), probes], seed=0)
+        trained.append(probes.probes.state_dict())
+    for key, value in trained[0].items():
+        torch.testing.assert_close(value, trained[1][key], rtol=1e-4, atol=1e-6, msg=key)
+
+
 def test_patch_samples_give_the_patch_probes_the_first_part_of_the_batch(digits):
     model = nano()
     x, y = digits.train.get_batch(torch.arange(40))
