@@ -145,8 +145,9 @@ def test_under_mixup_the_probes_train_on_the_mixed_smoothed_targets(digits28):
         torch.testing.assert_close(value, expected, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(soft.sum(1), torch.ones(len(soft)))
         assert soft.max() < 1.0  # mixed and smoothed, never a one-hot label
-    # the class-probe ΔΨ summed over the window is the sum of the soft-target deltas
-    torch.testing.assert_close(probes.prev_sums[0], sum(d for *_, d in seen), rtol=1e-5, atol=1e-7)
+    # the class-probe ΔΨ summed over the window is the sum of the soft-target deltas (to float32 rounding of
+    # losses near 2.3, one ulp = 2.4e-7: the probes run as one batched product, the check one Linear per block)
+    torch.testing.assert_close(probes.prev_sums[0], sum(d for *_, d in seen), rtol=1e-5, atol=1e-6)
 
 
 def test_probe_benefit_uses_label_smoothing_without_mixup(digits28):
@@ -155,9 +156,9 @@ def test_probe_benefit_uses_label_smoothing_without_mixup(digits28):
     got = []
     original = probes.probe_loss
 
-    def spy(targets, patch=True, patch_samples=None, label_smoothing=0.0):
+    def spy(targets, patch=True, patch_samples=None, label_smoothing=0.0, backward=None):
         got.append((targets.ndim, label_smoothing))
-        return original(targets, patch, patch_samples, label_smoothing)
+        return original(targets, patch, patch_samples, label_smoothing, backward)
 
     probes.probe_loss = spy
     sl.fit(model, digits28, epochs=1, batch_size=32, max_steps_per_epoch=2, label_smoothing=0.1,
