@@ -56,6 +56,7 @@ ESTIMATORS: dict[str, dict] = {  # name: patch probe and BlockBenefit options (c
 }
 REFERENCE = next(iter(ESTIMATORS))
 FAST = "conv2 patch probe, every 8th step, 1/4 of the batch"  # sl.probes.FAST_PROBES
+QUICK = (REFERENCE, "class-token probe only", FAST)  # the estimators --quick runs
 
 
 class LockstepClock(Pruner):
@@ -135,7 +136,8 @@ def agreement_run(preset, method, seed, data, options):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="one seed and a shortened schedule")
+    parser.add_argument("--quick", action="store_true",
+                        help="one seed, a shortened schedule, and only the reference, class-token and fast estimators")
     parser.add_argument("--out", default="benchmarks/results/p3b_probes.json")
     parser.add_argument("--cost-only", action="store_true", help="only the step-cost pass (prints, writes nothing)")
     args = parser.parse_args()
@@ -148,11 +150,13 @@ def main():
         preset = preset.replace(seeds=(0, 1, 2))
     data = load_data(preset)
     seeds = list(preset.seeds)
+    estimators = {k: v for k, v in ESTIMATORS.items() if not args.quick or k in QUICK}
     jobs = [("dense (control)", "dense", {}), ("uniform (no probes)", "uniform", {})] + \
-        [(name, "benefit", opts) for name, opts in ESTIMATORS.items()]
+        [(name, "benefit", opts) for name, opts in estimators.items()]
     # the same machinery with the gates multiplying the activations (forward hooks), the former implementation
-    on_activations = [(f"{FAST} (gates on activations)", "benefit", {**ESTIMATORS[FAST], "gates_on": "activations"}),
-                      ("uniform (no probes, gates on activations)", "uniform", {"gates_on": "activations"})]
+    on_activations = [] if args.quick else [
+        (f"{FAST} (gates on activations)", "benefit", {**ESTIMATORS[FAST], "gates_on": "activations"}),
+        ("uniform (no probes, gates on activations)", "uniform", {"gates_on": "activations"})]
     costs = {}
     for name, method, opts in jobs + on_activations:
         costs[name] = step_cost(preset, data, method, opts, 12 if args.quick else None)
