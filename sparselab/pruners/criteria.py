@@ -114,16 +114,15 @@ class TaylorCriterion(GateCriterion):
 
     def collect(self, state: TrainState) -> bool:
         present = [(key, p) for key, p in self.gates.values.items() if p.grad is not None]
+        flat = torch.zeros(0, dtype=torch.float64)
         if present:  # one pass over all gates at once (per-gate ops would cost more than the arithmetic)
             values = torch.cat([p.detach().reshape(-1) for _, p in present])
-            grads = torch.cat([p.grad.reshape(-1) for _, p in present])
-            flat = (values * grads).double().pow(2).cpu()
-        if state.step_skipped or (present and not bool(torch.isfinite(flat).all())):
+            flat = (values * torch.cat([p.grad.reshape(-1) for _, p in present])).double().pow(2).cpu()
+        if state.step_skipped or not bool(torch.isfinite(flat).all()):
             self.skipped_steps += 1
             return False
-        if present:
-            for (key, _), t in zip(present, flat.split([p.numel() for _, p in present])):
-                self.sums[key] += t.view_as(self.sums[key])
+        for (key, _), t in zip(present, flat.split([p.numel() for _, p in present])):
+            self.sums[key] += t.view_as(self.sums[key])
         return True
 
     def scores(self, final: bool) -> dict[str, torch.Tensor]:

@@ -147,9 +147,9 @@ def fused_banded_threshold(weights: list[torch.Tensor], sparsity: float, guess: 
         with torch.no_grad():
             counts = _compiled("band")([w.detach() for w in weights], band, lo, hi)
         j = k - int(sum(int(c) for c in counts))
-        band = np.concatenate([_nonzero_values(b.detach().reshape(-1).numpy()) for b in band])
-        if 0 <= j < band.size:
-            return float(np.partition(band, j)[j])
+        values = np.concatenate([_nonzero_values(b.detach().reshape(-1).numpy()) for b in band])
+        if 0 <= j < values.size:
+            return float(np.partition(values, j)[j])
     return magnitude_threshold(weights, sparsity)
 
 
@@ -266,10 +266,7 @@ class HyperSparse(Regularizer):
         """:meth:`add_gradient` as three fused passes over the weights (threshold band, sums, gradient); no
         magnitude or sign buffers."""
         if threshold_due:
-            band = getattr(self, "_band", None)
-            if band is None or len(band) != len(weights) or any(
-                    b.shape != w.shape or b.dtype != w.dtype for b, w in zip(band, weights)):
-                band = self._band = [torch.empty_like(w, memory_format=torch.contiguous_format) for w in weights]
+            band, _ = self._reused("_band", weights)
             self.threshold = fused_banded_threshold(weights, self.sparsity, self.threshold, band)
         s = INFLECTION / max(self.threshold, 1e-12)
         two_s = torch.tensor(2 * s, dtype=weights[0].dtype)
@@ -306,16 +303,24 @@ class HyperSparse(Regularizer):
         return l1, (l1 / max(tanh_sum, 1e-30)) * s * 4
 
     def _buffers(self, weights: list[torch.Tensor]) -> list[torch.Tensor]:
-        """One scratch tensor per weight, kept between steps (fresh allocations cost more than the arithmetic)."""
-        cached = getattr(self, "_scratch", None)
-        if cached is None or len(cached) != len(weights) or any(
-                b.shape != w.shape or b.dtype != w.dtype or b.device != w.device for b, w in zip(cached, weights)):
-            cached = [torch.empty_like(w, memory_format=torch.contiguous_format) for w in weights]
-            self._scratch = cached
+        """The eager passes' magnitude buffers (with their ``_masks`` and ``_signs``), one per weight."""
+        scratch, fresh = self._reused("_scratch", weights)
+        if fresh:
             self._masks = [(torch.empty_like(b, dtype=torch.bool), torch.empty_like(b, dtype=torch.bool))
-                           for b in cached]
-            self._signs = [torch.empty_like(b) for b in cached]
-        return cached
+                           for b in scratch]
+            self._signs = [torch.empty_like(b) for b in scratch]
+        return scratch
+
+    def _reused(self, name: str, weights: list[torch.Tensor]) -> tuple[list[torch.Tensor], bool]:
+        """One scratch tensor like each weight, kept as attribute ``name`` between steps (fresh allocations cost
+        more than the arithmetic), and whether it was (re)made now."""
+        cached = getattr(self, name, None)
+        if cached is not None and len(cached) == len(weights) and all(
+                b.shape == w.shape and b.dtype == w.dtype and b.device == w.device for b, w in zip(cached, weights)):
+            return cached, False
+        cached = [torch.empty_like(w, memory_format=torch.contiguous_format) for w in weights]
+        setattr(self, name, cached)
+        return cached, True
 
 
 def _accumulate(weight: torch.Tensor, grad: torch.Tensor, scale: float) -> None:
