@@ -154,6 +154,8 @@ class P3BConfig(_Checked):
     freeze_allocation_after: int | None = option(None, "keep the allocation of this many first updates (an "
                                                  "ablation; None: re-allocate at every update)", low=1,
                                                  integer=True, optional=True)
+    qkv_unit: str = option("dim", "what one attn_qkv gate element removes: one dimension of every head (the "
+                           "reference) or one whole head (head pruning, an extension)", choices=("dim", "head"))
     benefit: BenefitConfig = field(default_factory=BenefitConfig)
 
     def record(self) -> dict[str, Any]:
@@ -164,7 +166,9 @@ class P3BConfig(_Checked):
                 "keep_ratios": list(map(float, self.keep_ratios)) if self.keep_ratios is not None else None,
                 **benefit, "gate_factors": dict(self.gate_factors) if self.gate_factors is not None else None,
                 "blocks_only": self.blocks_only, "reactivation": self.reactivation,
-                "freeze_allocation_after": self.freeze_allocation_after}
+                "freeze_allocation_after": self.freeze_allocation_after,
+                # the reference unit is left out, so that records and checkpoints of earlier runs still match
+                **({"qkv_unit": self.qkv_unit} if self.qkv_unit != "dim" else {})}
 
 
 @dataclass(frozen=True)

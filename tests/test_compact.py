@@ -98,14 +98,15 @@ def has_hooks(model: nn.Module) -> bool:
     biases=st.sampled_from([(True, True), (True, True), (False, True), (False, False)]),
     seed=st.integers(0, 2**16),
     pad_to=st.sampled_from([1, 1, 4, 8]),
+    qkv_unit=st.sampled_from(["dim", "head"]),
     data=st.data(),
 )
 def test_compact_equals_hard_masked_model(depth, heads, head_dim, mlp_ratio, prefix, init_values, qk_norm, biases,
-                                          seed, pad_to, data):
+                                          seed, pad_to, qkv_unit, data):
     head_dim = max(head_dim, -(-8 // heads))  # embed dim 8..48
     model = tiny_vit(depth, heads, head_dim, mlp_ratio, prefix, init_values, qk_norm, seed,
                      qkv_bias=biases[0], proj_bias=biases[1])
-    structure = ViTStructure(model)
+    structure = ViTStructure(model, qkv_unit)
     modes = {(i, g): data.draw(st.sampled_from(["rand", "rand", "rand", "rand", "all", "none"]), label=f"{i}.{g}")
              for i in range(depth) for g in GATES}
     masks = random_masks(structure, seed, modes)
@@ -116,7 +117,7 @@ def test_compact_equals_hard_masked_model(depth, heads, head_dim, mlp_ratio, pre
     gates.set_hard(masks)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     masked = model(x)
-    small = compact_vit(model, masks, pad_to=pad_to)
+    small = compact_vit(model, masks, pad_to=pad_to, qkv_unit=qkv_unit)
 
     close(small(x), masked)
     set_fused(small, False)  # the explicit softmax(q k^T * scale) path
@@ -137,6 +138,9 @@ def test_compact_equals_hard_masked_model(depth, heads, head_dim, mlp_ratio, pre
                     assert lin.out_features % pad_to == 0 or lin.out_features == full_out
                     if full_in is not None:
                         assert lin.in_features % pad_to == 0 or lin.in_features == full_in
+    for i, blk in enumerate(small.blocks):  # whole heads go: the compact attention has fewer, full-width heads
+        if qkv_unit == "head" and hasattr(blk.attn, "num_heads"):
+            assert blk.attn.num_heads == int(masks[i]["attn_qkv"].sum()) and blk.attn.head_dim == head_dim
     assert not has_hooks(small)
     own = {p.data_ptr() for p in model.parameters()}
     assert not own & {p.data_ptr() for p in small.parameters()}
@@ -249,18 +253,18 @@ def test_distilled_model_prefix_tokens():
 
 
 # ====================================================================== save / load
-@pytest.mark.parametrize("kind", ["plain", "distilled"])
-def test_save_load_round_trip(tmp_path, kind):
+@pytest.mark.parametrize("kind, qkv_unit", [("plain", "dim"), ("distilled", "dim"), ("plain", "head")])
+def test_save_load_round_trip(tmp_path, kind, qkv_unit):
     if kind == "plain":
-        model = tiny_vit(depth=3, heads=2, head_dim=6, prefix="reg_avg", init_values=0.1, qk_norm=True,
+        model = tiny_vit(depth=3, heads=3, head_dim=6, prefix="reg_avg", init_values=0.1, qk_norm=True,
                          act_layer="gelu_tanh")
     else:
         model = tiny_vit(depth=2, cls=VisionTransformerDistilled)
-    s = ViTStructure(model)
-    masks = random_masks(s, 5, {(1, "mlp_hid"): "none", (0, "attn_in"): "none"})
-    small = compact_vit(model, masks, pad_to=4)
-    spec = compact_spec(model, masks, pad_to=4)
-    assert json.loads(json.dumps(spec)) == spec
+    s = ViTStructure(model, qkv_unit)
+    masks = random_masks(s, 5, {(1, "mlp_hid"): "none", (0, "attn_in"): "none", (2, "attn_qkv"): "rand"})
+    small = compact_vit(model, masks, pad_to=4, qkv_unit=qkv_unit)
+    spec = compact_spec(model, masks, pad_to=4, qkv_unit=qkv_unit)
+    assert json.loads(json.dumps(spec)) == spec and spec["qkv_unit"] == qkv_unit
     assert spec["layers"][1]["kept"]["mlp_hid"] == 0
     padded, _ = pad_masks(s, masks, 4)
     assert spec["layers"][0]["indices"]["attn_qkv"] == torch.nonzero(padded[0]["attn_qkv"]).flatten().tolist()

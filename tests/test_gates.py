@@ -20,8 +20,8 @@ def _model(qk_norm: bool, seed: int = 0):
     return timm.create_model("vit_nano_patch4_28", num_classes=10, qk_norm=qk_norm)
 
 
-def _run(model, on: str, values, x, y):
-    gates = Gates(ViTStructure(model), on=on)
+def _run(model, on: str, values, x, y, qkv_unit="dim"):
+    gates = Gates(ViTStructure(model, qkv_unit), on=on)
     gates.set_values(values)
     out = model(x)
     torch.nn.functional.cross_entropy(out, y).backward()
@@ -32,17 +32,18 @@ def _run(model, on: str, values, x, y):
 
 
 @settings(max_examples=6, deadline=None)
-@given(seed=st.integers(0, 2**16), qk_norm=st.booleans(), hard=st.booleans())
-def test_weight_gates_equal_activation_gates(seed, qk_norm, hard):
+@given(seed=st.integers(0, 2**16), qk_norm=st.booleans(), hard=st.booleans(),
+       qkv_unit=st.sampled_from(["dim", "head"]))
+def test_weight_gates_equal_activation_gates(seed, qk_norm, hard, qkv_unit):
     model = _model(qk_norm)
-    s = ViTStructure(model)
+    s = ViTStructure(model, qkv_unit)
     gen = torch.Generator().manual_seed(seed)
     values = {i: {g: torch.rand(n, generator=gen) for g, n in s.gate_sizes(i).items()} for i in range(s.depth)}
     if hard:
         values = {i: {g: (v > 0.5).float() for g, v in per.items()} for i, per in values.items()}
     x, y = torch.randn(3, 1, 28, 28, generator=gen), torch.randint(0, 10, (3,), generator=gen)
-    ref_out, ref_grads = _run(model, "activations", values, x, y)
-    out, grads = _run(model, "weights", values, x, y)
+    ref_out, ref_grads = _run(model, "activations", values, x, y, qkv_unit)
+    out, grads = _run(model, "weights", values, x, y, qkv_unit)
     torch.testing.assert_close(out, ref_out, rtol=1e-5, atol=1e-5)
     for key, g in ref_grads.items():
         torch.testing.assert_close(grads[key], g, rtol=1e-4, atol=1e-6 * float(g.abs().max()) + 1e-9)
@@ -75,3 +76,23 @@ def test_an_unknown_site_is_refused():
     with pytest.raises(ConfigError, match="weights, activations"):
         Gates(ViTStructure(_model(False)), on="inputs")
     assert GATE_SITES == ("weights", "activations")
+
+
+@settings(max_examples=20, deadline=None)
+@given(heads=st.integers(1, 4), head_dim=st.integers(1, 5), qkv_unit=st.sampled_from(["dim", "head"]),
+       seed=st.integers(0, 2**16))
+def test_reduce_gates_sums_what_weight_index_names(heads, head_dim, qkv_unit, seed):
+    from sparselab.structure.vit import reduce_gates, weight_index
+
+    gen = torch.Generator().manual_seed(seed)
+    d, width = 5, heads * head_dim
+    w = {"qkv": torch.randn(3 * width, d, generator=gen), "proj": torch.randn(d, width, generator=gen),
+         "fc1": torch.randn(7, d, generator=gen), "fc2": torch.randn(d, 7, generator=gen)}
+    per = reduce_gates(w, head_dim, heads, qkv_unit)["attn_qkv"]
+    assert per.numel() == (head_dim if qkv_unit == "dim" else heads)
+    for e in range(per.numel()):
+        el = torch.tensor([e])
+        rows = weight_index("attn_qkv", "qkv", el, heads, head_dim, qkv_unit)
+        cols = weight_index("attn_qkv", "proj", el, heads, head_dim, qkv_unit)
+        assert rows.numel() == 3 * (heads if qkv_unit == "dim" else head_dim)
+        torch.testing.assert_close(per[e], w["qkv"][rows].sum() + w["proj"][:, cols].sum())

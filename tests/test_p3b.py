@@ -277,6 +277,8 @@ def test_p3b_resumes_exactly(digits, tmp_path):
 
 def test_bad_input_is_a_clear_error():
     model = nano()
+    with pytest.raises(ConfigError, match="qkv_unit must be one of dim, head"):
+        sl.P3B(model, 0.5, qkv_unit="heads")
     with pytest.raises(ConfigError, match=r"\[0, 1\)"):
         sl.P3B(model, 1.0)
     with pytest.raises(UnknownNameError, match="allocation"):
@@ -333,6 +335,40 @@ def test_compact_model_of_a_pruned_run_equals_the_hard_masked_model(digits, tmp_
     loaded = sl.structure.load_compact(tmp_path / "c")
     with torch.no_grad():
         assert torch.equal(loaded(x), compact(x))
+
+
+def test_head_pruning_removes_whole_heads_and_compacts_to_fewer_heads(digits, tmp_path):
+    model = nano()
+    pruner = sl.P3B(model, 0.75, schedule=SCHED, patch_probe="linear", qkv_unit="head")
+    sl.fit(model, digits, pruner=pruner, **FIT)
+    assert abs(pruner.achieved_prune_ratio() - 0.75) < 0.01  # whole heads are coarse: a looser budget fit
+    masks = pruner.hard_masks()
+    heads = model.blocks[0].attn.num_heads
+    assert all(masks[i]["attn_qkv"].numel() == heads for i in masks)
+    assert pruner.config()["qkv_unit"] == "head" and "qkv_unit" not in sl.P3B(nano(), 0.5).config()
+    model.eval()
+    x = digits.test.images[:16]
+    with torch.no_grad():
+        masked = model(x)
+        compact = pruner.compact().eval()
+        torch.testing.assert_close(compact(x), masked, rtol=1e-5, atol=1e-5)
+    kept_heads = [int(masks[i]["attn_qkv"].sum()) for i in range(len(masks))]
+    assert [getattr(b.attn, "num_heads", 0) for b in compact.blocks] == kept_heads
+    assert min(kept_heads) < heads  # some head went
+    assert sl.structure.compact_stats(compact)["params"] == pruner.structure.total_params(masks)
+    pruner.save_compact(tmp_path / "c", model=compact)
+    with torch.no_grad():
+        assert torch.equal(sl.structure.load_compact(tmp_path / "c")(x), compact(x))
+
+
+def test_a_resume_with_another_qkv_unit_is_refused(digits, tmp_path):
+    model = nano()
+    sl.fit(model, digits, pruner=sl.P3B(model, 0.5, schedule=SCHED, patch_probe=None), checkpoint_dir=tmp_path,
+           checkpoint_every=3, **FIT)
+    model = nano()
+    with pytest.raises(sl.errors.CheckpointError, match="qkv_unit"):
+        sl.fit(model, digits, pruner=sl.P3B(model, 0.5, schedule=SCHED, patch_probe=None, qkv_unit="head"),
+               checkpoint_dir=tmp_path, resume=True, **FIT)
 
 
 def test_experiment_summary_and_saved_results(tmp_path):

@@ -88,6 +88,9 @@ class P3B(Pruner):
         freeze_allocation_after: keep the per-block goal keep ratios of this many first updates' last one for
             the rest of the run (``1``: the benefit read at the first update decides; an ablation of late
             re-allocation). None: re-allocate at every update (the method).
+        qkv_unit: what one ``attn_qkv`` element removes: ``"dim"``, one dimension of every head (the reference,
+            which keeps every head), or ``"head"``, one whole head (head pruning, an extension: the compact model
+            then has fewer heads of the full width, which runs faster than as many narrower ones).
 
     ``pruner.options`` holds these options (all but ``prune_ratio`` and ``schedule``) as a typed
     :class:`~sparselab.configs.P3BConfig`; :meth:`from_config` builds a pruner from one, and :meth:`config` is the
@@ -106,7 +109,7 @@ class P3B(Pruner):
                  class_weight: float = 0.5, gate_factors: Mapping[str, float] | None = None,
                  blocks_only: bool = False, probe_every: int = 1, probe_fraction: float = 1.0,
                  probe_lr: float | None = None, probe_weight_decay: float = 0.0, reactivation: bool = True,
-                 freeze_allocation_after: int | None = None):
+                 freeze_allocation_after: int | None = None, qkv_unit: str = "dim"):
         self.prune_ratio = check_ratio("prune_ratio", prune_ratio)
         if isinstance(allocation, str) and allocation not in ALLOCATIONS:
             raise unknown_name("allocation", allocation, ALLOCATIONS)
@@ -118,7 +121,7 @@ class P3B(Pruner):
             class_weight=class_weight, probe_every=probe_every, probe_fraction=probe_fraction, probe_lr=probe_lr,
             probe_weight_decay=probe_weight_decay))
         self.schedule = schedule or P3BSchedule()
-        self.structure = ViTStructure(model)
+        self.structure = ViTStructure(model, qkv_unit)
         s = self.structure
         if allocation == "benefit":
             self.allocation: Allocation = benefit
@@ -140,7 +143,7 @@ class P3B(Pruner):
             criterion=criterion if isinstance(criterion, str) else criterion.name,
             keep_ratios=tuple(map(float, keep_ratios)) if keep_ratios is not None else None,
             gate_factors=dict(self.gate_factors), blocks_only=bool(blocks_only), reactivation=self.reactivation,
-            freeze_allocation_after=freeze_allocation_after, benefit=benefit.options)
+            freeze_allocation_after=freeze_allocation_after, qkv_unit=qkv_unit, benefit=benefit.options)
         self._config = {"prune_ratio": self.prune_ratio, "schedule": dataclasses.asdict(self.schedule),
                         **self.options.record()}
         if not isinstance(allocation, str):
@@ -376,7 +379,7 @@ class P3B(Pruner):
         faster CPU inference (see :func:`sparselab.structure.compact_vit`)."""
         from ..structure.compact import compact_vit
 
-        return compact_vit(self.structure.model, self.hard_masks(), pad_to=pad_to)
+        return compact_vit(self.structure.model, self.hard_masks(), pad_to=pad_to, qkv_unit=self.structure.qkv_unit)
 
     def save_compact(self, directory, model: nn.Module | None = None, pad_to: int = 1):
         """Save the compact model (``model``, e.g. after fine-tuning, or a fresh :meth:`compact`; built with the
@@ -384,7 +387,7 @@ class P3B(Pruner):
         :func:`sparselab.structure.load_compact` reads it back."""
         from ..structure.compact import compact_spec, save_compact
 
-        spec = compact_spec(self.structure.model, self.hard_masks(), pad_to=pad_to)
+        spec = compact_spec(self.structure.model, self.hard_masks(), pad_to=pad_to, qkv_unit=self.structure.qkv_unit)
         return save_compact(model if model is not None else self.compact(pad_to), spec, directory)
 
     def remove(self) -> None:

@@ -79,12 +79,13 @@ class Gates(nn.Module):
         for i, blk in enumerate(s.layers):
             heads, hd = s.num_heads[i], s.head_dim[i]
             g = {name: self.gate(i, name) for name in GATES}
-            if s.qk_norm:  # zero the pruned head dims again after the norm, so q.k ignores them exactly
-                self._hook(blk.attn.q_norm, _scale_last(g["attn_qkv"]))
-                self._hook(blk.attn.k_norm, _scale_last(g["attn_qkv"]))
+            qkv = _QKVGate(g["attn_qkv"], s.qkv_unit, heads, hd)
+            if s.qk_norm:  # zero the pruned head dims (or heads) again after the norm, so q.k ignores them exactly
+                self._hook(blk.attn.q_norm, qkv.scale_heads)
+                self._hook(blk.attn.k_norm, qkv.scale_heads)
             if self.on == "activations":
                 self._hook(blk.norm1, _scale_last(g["attn_in"]))
-                self._hook(blk.attn.qkv, _scale_qkv(g["attn_qkv"], heads, hd))
+                self._hook(blk.attn.qkv, qkv.scale_qkv)
                 self._hook(blk.attn.proj, _scale_last(g["attn_out"]))
                 self._hook(blk.norm2, _scale_last(g["mlp_in"]))
                 self._hook(blk.mlp.act, _scale_last(g["mlp_hid"]))
@@ -94,7 +95,7 @@ class Gates(nn.Module):
             hid_on_fc2 = is_identity(getattr(blk.mlp, "norm", None))
             if not hid_on_fc2:
                 self._hook(blk.mlp.act, _scale_last(g["mlp_hid"]))
-            self._gate_linear(i, "qkv", blk.attn.qkv, _RepeatedGate(g["attn_qkv"], 3 * heads), g["attn_in"])
+            self._gate_linear(i, "qkv", blk.attn.qkv, qkv.rows(3), g["attn_in"])
             self._gate_linear(i, "proj", blk.attn.proj, g["attn_out"], None)
             self._gate_linear(i, "fc1", blk.mlp.fc1, None, g["mlp_in"])
             self._gate_linear(i, "fc2", blk.mlp.fc2, g["mlp_out"], g["mlp_hid"] if hid_on_fc2 else None)
@@ -149,23 +150,46 @@ def _scale_last(gate: torch.Tensor):
     return fn
 
 
-def _scale_qkv(gate: torch.Tensor, heads: int, head_dim: int):
-    def fn(out: torch.Tensor) -> torch.Tensor:
-        shape = out.shape
-        return (out.view(*shape[:-1], 3, heads, head_dim) * gate.to(out.dtype)).view(shape)
+class _QKVGate:
+    """The ``attn_qkv`` gate of one layer, spread over timm's ``(q/k/v, head, dimension)`` layout: one element per
+    head dimension (``unit="dim"``, repeated in every head) or per head (``unit="head"``, repeated over the head's
+    dimensions)."""
 
-    return fn
+    def __init__(self, gate: torch.Tensor, unit: str, heads: int, head_dim: int):
+        self.gate, self.per_dim, self.heads, self.head_dim = gate, unit == "dim", heads, head_dim
+
+    def _grid(self, dtype: torch.dtype) -> torch.Tensor:
+        """The gate as a ``(heads, head_dim)`` broadcastable tensor."""
+        g = self.gate.to(dtype)
+        return g.view(1, self.head_dim) if self.per_dim else g.view(self.heads, 1)
+
+    def scale_qkv(self, out: torch.Tensor) -> torch.Tensor:
+        """The ``qkv`` output ``(..., 3·heads·head_dim)`` times the gate."""
+        shape = out.shape
+        return (out.view(*shape[:-1], 3, self.heads, self.head_dim) * self._grid(out.dtype)).view(shape)
+
+    def scale_heads(self, out: torch.Tensor) -> torch.Tensor:
+        """A ``(B, heads, N, head_dim)`` q or k (after qk-norm) times the gate."""
+        g = self._grid(out.dtype)
+        return out * g.unsqueeze(1)  # (heads, 1, head_dim) or (heads, 1, 1)
+
+    def rows(self, copies: int) -> "_RepeatedGate":
+        """The gate per row of ``qkv`` (``copies=3``: q, k and v)."""
+        return _RepeatedGate(self, copies)
 
 
 class _RepeatedGate:
-    """A gate vector repeated ``copies`` times (a head-dimension gate over q, k and v of every head: weight index
-    = copy · head_dim + element, as :func:`~sparselab.structure.vit.weight_index` states)."""
+    """A :class:`_QKVGate` as one value per weight index (``copy · heads · head_dim + head · head_dim +
+    dimension``, as :func:`~sparselab.structure.vit.weight_index` states), in ``copies`` copies (q, k and v)."""
 
-    def __init__(self, gate: torch.Tensor, copies: int):
-        self.gate, self.copies = gate, copies
+    def __init__(self, qkv: _QKVGate, copies: int):
+        self.qkv, self.copies = qkv, copies
 
     def to(self, dtype: torch.dtype) -> torch.Tensor:
-        return self.gate.to(dtype).repeat(self.copies)
+        q = self.qkv
+        if q.per_dim:
+            return q.gate.to(dtype).repeat(self.copies * q.heads)
+        return q.gate.to(dtype).repeat_interleave(q.head_dim).repeat(self.copies)
 
 
 def _gated_forward(rows, cols):

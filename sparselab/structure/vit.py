@@ -8,7 +8,8 @@ gate          size           where it multiplies
 ============  =============  =====================================================================
 attn_in       D              the ``norm1`` output feeding ``qkv``
 attn_qkv      head_dim       index j of the head dimension in every head, in q, k and v together
-                             (on the ``qkv`` output; with qk-norm also after ``q_norm``/``k_norm``)
+                             (on the ``qkv`` output; with qk-norm also after ``q_norm``/``k_norm``);
+              (or heads)     with ``qkv_unit="head"`` one element is a whole head instead
 attn_out      D              the ``proj`` output added back to the stream
 mlp_in        D              the ``norm2`` output feeding ``fc1``
 mlp_hid       hidden         the hidden neurons after the activation
@@ -35,6 +36,9 @@ GATES = ("attn_in", "attn_qkv", "attn_out", "mlp_in", "mlp_hid", "mlp_out")
 BLOCK_GATES = {"attn": GATES[:3], "mlp": GATES[3:]}
 Masks = Mapping[int, Mapping[str, torch.Tensor]]  # layer -> gate -> mask vector
 LINEARS = ("qkv", "proj", "fc1", "fc2")
+#: what one ``attn_qkv`` element is: one dimension of every head (``dim``, the reference) or one whole head
+#: (``head``, head pruning: an extension the compact model turns into fewer heads)
+QKV_UNITS = ("dim", "head")
 
 #: gate → the weights one of its elements spans, as (Linear, axis): axis 0 is a row (an output), axis 1 a column
 #: (an input). The one statement of which weights a gate element switches off; :func:`weight_index` turns element
@@ -50,32 +54,43 @@ GATE_WEIGHTS: dict[str, tuple[tuple[str, int], ...]] = {
 }
 
 
-def weight_index(gate: str, linear: str, elements: torch.Tensor, heads: int, head_dim: int) -> torch.Tensor:
+def weight_index(gate: str, linear: str, elements: torch.Tensor, heads: int, head_dim: int,
+                 qkv_unit: str = "dim") -> torch.Tensor:
     """Indices, along the axis :data:`GATE_WEIGHTS` names, of ``linear``'s weights that the gate elements
     ``elements`` (an index vector) span. For ``attn_qkv`` an element is one head dimension, repeated in every
-    head (and in q, k and v of the fused ``qkv``); for every other gate element index = weight index.
+    head (and in q, k and v of the fused ``qkv``), or with ``qkv_unit="head"`` one whole head; the indices come in
+    timm's (q/k/v, head, dimension) order. For every other gate element index = weight index.
 
     Example:
         >>> weight_index("attn_qkv", "proj", torch.tensor([1]), heads=2, head_dim=4).tolist()
         [1, 5]
         >>> weight_index("attn_qkv", "qkv", torch.tensor([1]), heads=2, head_dim=4).tolist()
         [1, 5, 9, 13, 17, 21]
+        >>> weight_index("attn_qkv", "proj", torch.tensor([1]), heads=2, head_dim=4, qkv_unit="head").tolist()
+        [4, 5, 6, 7]
     """
     if gate != "attn_qkv":
         return elements
-    copies = 3 * heads if linear == "qkv" else heads
-    return (torch.arange(copies, device=elements.device).unsqueeze(1) * head_dim + elements.unsqueeze(0)).reshape(-1)
+    grid = torch.arange((3 if linear == "qkv" else 1) * heads * head_dim, device=elements.device)
+    grid = grid.view(-1, heads, head_dim)
+    picked = grid[:, :, elements] if qkv_unit == "dim" else grid[:, elements, :]
+    return picked.reshape(-1)
 
 
-def reduce_gates(weights: Mapping[str, torch.Tensor], head_dim: int) -> dict[str, torch.Tensor]:
+def reduce_gates(weights: Mapping[str, torch.Tensor], head_dim: int, heads: int | None = None,
+                 qkv_unit: str = "dim") -> dict[str, torch.Tensor]:
     """Per gate: for each element, the sum of ``weights[linear]`` (tensors shaped like the four Linear weights of
     one layer, keyed by :data:`LINEARS`) over the weights that element spans (:data:`GATE_WEIGHTS`).
+    ``qkv_unit="head"`` (``attn_qkv`` elements are whole heads) needs ``heads``.
 
     Example:
         >>> w = {"qkv": torch.ones(24, 8), "proj": torch.ones(8, 8), "fc1": torch.ones(16, 8), "fc2": torch.ones(8, 16)}
         >>> {g: v[0].item() for g, v in reduce_gates(w, head_dim=4).items()}
         {'attn_in': 24.0, 'attn_qkv': 64.0, 'attn_out': 8.0, 'mlp_in': 16.0, 'mlp_hid': 16.0, 'mlp_out': 16.0}
+        >>> reduce_gates(w, head_dim=4, heads=2, qkv_unit="head")["attn_qkv"].tolist()
+        [128.0, 128.0]
     """
+    per_head = qkv_unit == "head"
     out = {}
     for gate, spans in GATE_WEIGHTS.items():
         total = None
@@ -83,10 +98,12 @@ def reduce_gates(weights: Mapping[str, torch.Tensor], head_dim: int) -> dict[str
             w = weights[linear]
             if gate != "attn_qkv":
                 per = w.sum(1 - axis)
-            elif axis == 0:  # weight index = copy · head_dim + element, for the rows of qkv ...
-                per = w.reshape(-1, head_dim, w.shape[1]).sum(dim=(0, 2))
-            else:  # ... and the columns of proj
-                per = w.reshape(w.shape[0], -1, head_dim).sum(dim=(0, 1))
+            elif axis == 0:  # weight index = (q/k/v · heads + head) · head_dim + dimension, for the rows of qkv ...
+                w = w.reshape(3, -1, head_dim, w.shape[1])
+                per = w.sum(dim=(0, 2, 3)) if per_head else w.sum(dim=(0, 1, 3))
+            else:  # ... and head · head_dim + dimension for the columns of proj
+                w = w.reshape(w.shape[0], -1, head_dim)
+                per = w.sum(dim=(0, 2)) if per_head else w.sum(dim=(0, 1))
             total = per if total is None else total + per
         out[gate] = total
     return out
@@ -116,9 +133,16 @@ class ViTStructure:
     Supports class token or none, extra prefix tokens (distillation, registers), LayerScale, qk-norm, any depth
     and width. Models whose blocks are not timm ``Block``-shaped (fused qkv Linear, ``Mlp`` with fc1/act/fc2)
     are rejected with an error that names the offending module.
+
+    ``qkv_unit`` (:data:`QKV_UNITS`): what one ``attn_qkv`` element is — one dimension of every head (``"dim"``,
+    the reference) or one whole head (``"head"``, head pruning).
     """
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, qkv_unit: str = "dim"):
+        if qkv_unit not in QKV_UNITS:
+            raise ConfigError(f"qkv_unit must be one of {', '.join(QKV_UNITS)} (an attn_qkv element is one "
+                              f"dimension of every head, or one whole head), got {qkv_unit!r}")
+        self.qkv_unit = qkv_unit
         blocks = getattr(model, "blocks", None)
         if blocks is None or not hasattr(model, "patch_embed"):
             raise ConfigError(f"{type(model).__name__} is not a timm VisionTransformer (no .blocks/.patch_embed)")
@@ -181,7 +205,8 @@ class ViTStructure:
 
     def gate_sizes(self, layer: int) -> dict[str, int]:
         d = self.embed_dim
-        return {"attn_in": d, "attn_qkv": self.head_dim[layer], "attn_out": d, "mlp_in": d,
+        qkv = self.head_dim[layer] if self.qkv_unit == "dim" else self.num_heads[layer]
+        return {"attn_in": d, "attn_qkv": qkv, "attn_out": d, "mlp_in": d,
                 "mlp_hid": self.hidden[layer], "mlp_out": d}
 
     def full_masks(self) -> dict[int, dict[str, torch.Tensor]]:
@@ -206,11 +231,13 @@ class ViTStructure:
             return 0, n[block.gates[-1]]
         first_bias, second_bias, other, qk_norm = self._fixed[block.index]
         if block.kind == "attn":
-            heads = self.num_heads[i]
             a, h, o = n["attn_in"], n["attn_qkv"], n["attn_out"]
-            qkv = 3 * heads * h * a + (3 * heads * h if first_bias else 0)
-            proj = o * heads * h + (o if second_bias else 0)
-            return qkv + proj, other + qk_norm * h // max(self.head_dim[i], 1)
+            width = self.num_heads[i] * h if self.qkv_unit == "dim" else h * self.head_dim[i]  # of q, k and v
+            qkv = 3 * width * a + (3 * width if first_bias else 0)
+            proj = o * width + (o if second_bias else 0)
+            # qk-norm normalises one head dimension: its parameters shrink with kept dimensions, not heads
+            norm = qk_norm * h // max(self.head_dim[i], 1) if self.qkv_unit == "dim" else qk_norm
+            return qkv + proj, other + norm
         a, hid, o = n["mlp_in"], n["mlp_hid"], n["mlp_out"]
         fc1 = hid * a + (hid if first_bias else 0)
         fc2 = o * hid + (o if second_bias else 0)
@@ -275,7 +302,15 @@ class ViTStructure:
         """
         blk = self.layers[layer]
         linear = {"qkv": blk.attn.qkv, "proj": blk.attn.proj, "fc1": blk.mlp.fc1, "fc2": blk.mlp.fc2}
-        return reduce_gates({name: values(name, m.weight) for name, m in linear.items()}, self.head_dim[layer])
+        return reduce_gates({name: values(name, m.weight) for name, m in linear.items()}, self.head_dim[layer],
+                            self.num_heads[layer], self.qkv_unit)
+
+    def qkv_mask(self, layer: int, mask: torch.Tensor) -> torch.Tensor:
+        """An ``attn_qkv`` gate vector (mask or values) of ``layer`` spread over ``(heads, head_dim)``."""
+        heads, head_dim = self.num_heads[layer], self.head_dim[layer]
+        if self.qkv_unit == "dim":
+            return mask.view(1, head_dim).expand(heads, head_dim)
+        return mask.view(heads, 1).expand(heads, head_dim)
 
     def patch_tokens(self, x: torch.Tensor) -> torch.Tensor:
         """Residual-stream tokens ``(B, N, D)`` to a patch grid ``(B, D, h, w)``, skipping all prefix tokens."""

@@ -11,7 +11,8 @@ part       in the compact block
 ``norm1``  ``Sequential(LayerNorm over all D channels, SelectChannels(kept attn_in))``
 ``attn``   a timm ``Attention`` with ``kept attn_in`` inputs, the same number of heads, ``kept attn_qkv``
            dims per head and ``kept attn_out`` outputs (q rows rescaled so the attention scale is unchanged;
-           with qk-norm, q_norm/k_norm become :class:`ZeroPaddedLayerNorm`)
+           with qk-norm, q_norm/k_norm become :class:`ZeroPaddedLayerNorm`); with ``qkv_unit="head"``
+           ``kept attn_qkv`` heads of the full head dimension
 ``ls1``    ``Sequential(ScatterChannels(kept attn_out, D), LayerScale or Identity)``
 ``norm2``  ``Sequential(LayerNorm over all D channels, SelectChannels(kept mlp_in))``
 ``mlp``    a timm ``Mlp`` with ``kept mlp_in`` inputs, ``kept mlp_hid`` hidden and ``kept mlp_out`` outputs

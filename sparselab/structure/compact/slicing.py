@@ -108,51 +108,56 @@ def _constant(index: torch.Tensor, out_full: torch.Tensor, ls: nn.Module, dim: i
     return ConstantBranch(idx, value, dim)
 
 
-def _compact_attn(blk: nn.Module, m: dict[str, torch.Tensor], heads: int, head_dim: int, dim: int):
+def _compact_attn(blk: nn.Module, m: dict[str, torch.Tensor], heads: int, head_dim: int, dim: int,
+                  qkv_unit: str = "dim"):
     """(norm1, attn, ls1) for the compact block."""
     from timm.layers import Attention
 
     attn = blk.attn
     ref = attn.qkv.weight
-    i_in, i_hd, i_out = _kept(m["attn_in"]), _kept(m["attn_qkv"]), _kept(m["attn_out"])
-    n_in, n_hd, n_out = i_in.numel(), i_hd.numel(), i_out.numel()
+    i_in, i_qkv, i_out = _kept(m["attn_in"]), _kept(m["attn_qkv"]), _kept(m["attn_out"])
+    n_in, n_qkv, n_out = i_in.numel(), i_qkv.numel(), i_out.numel()
+    per_dim = qkv_unit == "dim"
+    new_heads, new_head_dim = (heads, n_qkv) if per_dim else (n_qkv, head_dim)
     qk_norm = not is_identity(attn.q_norm)
-    if min(n_in, n_hd, n_out) == 0:  # the branch output no longer depends on its input
+    if min(n_in, n_qkv, n_out) == 0:  # the branch output no longer depends on its input
         with torch.no_grad():
             v = torch.zeros(heads * head_dim, dtype=ref.dtype, device=ref.device)
             if n_in == 0 and attn.qkv.bias is not None:  # uniform attention over identical tokens returns v
                 bv = attn.qkv.bias.detach()[2 * heads * head_dim:].view(heads, head_dim)
-                v = (bv * m["attn_qkv"].to(bv.device, bv.dtype)).reshape(-1)
+                grid = (m["attn_qkv"].view(1, head_dim) if per_dim else m["attn_qkv"].view(heads, 1))
+                v = (bv * grid.to(bv.device, bv.dtype)).reshape(-1)
             out = F.linear(v, attn.proj.weight.detach(),
                            None if attn.proj.bias is None else attn.proj.bias.detach())
         return nn.Identity(), _constant(i_out, out, blk.ls1, dim, ref), nn.Identity()
 
     new = Attention(
-        dim=n_in, num_heads=heads, attn_head_dim=n_hd, dim_out=n_out, qkv_bias=attn.qkv.bias is not None,
+        dim=n_in, num_heads=new_heads, attn_head_dim=new_head_dim, dim_out=n_out, qkv_bias=attn.qkv.bias is not None,
         qk_norm=qk_norm, proj_bias=attn.proj.bias is not None, attn_drop=attn.attn_drop.p,
         proj_drop=attn.proj_drop.p, norm_layer=nn.LayerNorm if qk_norm else None,
     ).to(device=ref.device, dtype=ref.dtype)
     new.fused_attn = attn.fused_attn
-    rows = weight_index("attn_qkv", "qkv", i_hd, heads, head_dim)
+    rows = weight_index("attn_qkv", "qkv", i_qkv, heads, head_dim, qkv_unit)
     # timm scales q.k by head_dim**-0.5; the masked model uses the full head_dim, the compact one the kept one
-    q_scale = math.sqrt(n_hd / head_dim)
+    q_scale = math.sqrt(new_head_dim / head_dim)
     with torch.no_grad():
         w = _cols(_rows(attn.qkv.weight, rows), i_in).clone()
         b = None if attn.qkv.bias is None else _rows(attn.qkv.bias, rows).clone()
-        if not qk_norm:
-            nq = heads * n_hd
+        if not qk_norm and q_scale != 1.0:
+            nq = new_heads * new_head_dim
             w[:nq] *= q_scale
             if b is not None:
                 b[:nq] *= q_scale
         _copy_param(new.qkv.weight, w, attn.qkv.weight)
         _copy_param(new.qkv.bias, b, attn.qkv.bias)
         _copy_param(new.proj.weight, _cols(_rows(attn.proj.weight, i_out),
-                                                     weight_index("attn_qkv", "proj", i_hd, heads, head_dim)),
+                                           weight_index("attn_qkv", "proj", i_qkv, heads, head_dim, qkv_unit)),
                     attn.proj.weight)
         _copy_param(new.proj.bias, None if attn.proj.bias is None else _rows(attn.proj.bias, i_out), attn.proj.bias)
     if qk_norm:
+        kept_dims = i_qkv if per_dim else torch.arange(head_dim)
         for name, scale in (("q_norm", q_scale), ("k_norm", 1.0)):
-            new.add_module(name, _padded_norm(getattr(attn, name), i_hd, head_dim, scale, name))
+            new.add_module(name, _padded_norm(getattr(attn, name), kept_dims, head_dim, scale, name))
     norm1 = nn.Sequential(_fresh(blk.norm1), _select(i_in.to(ref.device), dim))
     ls1 = nn.Sequential(_scatter(i_out.to(ref.device), dim), _fresh(blk.ls1))
     return norm1, new, ls1
@@ -250,7 +255,8 @@ def pad_masks(structure: ViTStructure, masks: Masks, multiple: int = 8
     the lowest-index pruned elements, and for each layer and gate the elements so added.
 
     Only live branches are padded (a branch with an empty gate stays a constant), and not ``attn_qkv`` under
-    qk-norm (a normalised zero is not zero). :func:`compact_vit` zeroes the weights of the added elements, which
+    qk-norm (a normalised zero is not zero) or when its elements are whole heads (``structure.qkv_unit="head"``:
+    the head count is no matrix width). :func:`compact_vit` zeroes the weights of the added elements, which
     keeps the outputs those of the unpadded masks.
 
     Example:
@@ -272,7 +278,7 @@ def pad_masks(structure: ViTStructure, masks: Masks, multiple: int = 8
             if min(int(per[g].sum()) for g in block.gates) == 0:
                 continue
             for g in block.gates:
-                if g == "attn_qkv" and structure.qk_norm:
+                if g == "attn_qkv" and (structure.qk_norm or structure.qkv_unit == "head"):
                     continue
                 m = per[g]
                 want = min(-(-int(m.sum()) // multiple) * multiple, m.numel())
@@ -284,7 +290,7 @@ def pad_masks(structure: ViTStructure, masks: Masks, multiple: int = 8
 
 @torch.no_grad()
 def _zero_padding(attn: nn.Module, mlp: nn.Module, kept: Mapping[str, torch.Tensor],
-                  added: Mapping[str, torch.Tensor], heads: int) -> None:
+                  added: Mapping[str, torch.Tensor], heads: int, qkv_unit: str = "dim") -> None:
     """Zero the compact weights that belong to padding elements (every weight :data:`GATE_WEIGHTS` says they
     span, and the bias of a row), so they contribute nothing."""
     linear = {name: getattr(branch, name) for branch, names in ((attn, ("qkv", "proj")), (mlp, ("fc1", "fc2")))
@@ -295,7 +301,7 @@ def _zero_padding(attn: nn.Module, mlp: nn.Module, kept: Mapping[str, torch.Tens
         for name, axis in spans:
             if name not in linear or positions.numel() == 0:
                 continue
-            index = weight_index(gate, name, positions, heads, head_dim)
+            index = weight_index(gate, name, positions, heads, head_dim, qkv_unit)
             layer = linear[name]
             if axis == 0:
                 layer.weight[index] = 0
@@ -305,7 +311,7 @@ def _zero_padding(attn: nn.Module, mlp: nn.Module, kept: Mapping[str, torch.Tens
                 layer.weight[:, index] = 0
 
 
-def compact_vit(model: nn.Module, masks: Masks | None = None, pad_to: int = 1) -> nn.Module:
+def compact_vit(model: nn.Module, masks: Masks | None = None, pad_to: int = 1, qkv_unit: str = "dim") -> nn.Module:
     """A new, physically smaller copy of a timm Vision Transformer that computes what the hard-masked model does.
 
     ``pad_to=8`` (or 16) rounds every kept width of a live branch up to a multiple by taking in pruned elements
@@ -314,7 +320,8 @@ def compact_vit(model: nn.Module, masks: Masks | None = None, pad_to: int = 1) -
     price of a few zero parameters (so the parameter count exceeds ``structure.total_params(masks)``).
 
     ``masks`` maps layer -> gate -> boolean vector (see :mod:`sparselab.structure.vit`); layers or gates left out
-    are kept whole. ``model`` is not changed and may have :class:`~sparselab.structure.gates.Gates` attached
+    are kept whole. With ``qkv_unit="head"`` an ``attn_qkv`` mask has one entry per head, and the compact
+    attention has the kept heads at the full head dimension (fewer heads instead of narrower ones). ``model`` is not changed and may have :class:`~sparselab.structure.gates.Gates` attached
     (their current values are ignored: only ``masks`` count). The result shares no tensors and no hooks with
     ``model``; everything outside the blocks (patch embedding, prefix tokens, position embedding, final norms,
     heads) is copied unchanged. Parameter ``requires_grad`` flags, dropout rates and the train/eval mode are
@@ -341,7 +348,7 @@ def compact_vit(model: nn.Module, masks: Masks | None = None, pad_to: int = 1) -
         True
     """
     _require_timm_attention_widths()
-    structure = ViTStructure(model)
+    structure = ViTStructure(model, qkv_unit)
     full = _check_masks(structure, masks)
     for i, blk in enumerate(structure.layers):
         _check_block(i, blk)
@@ -351,9 +358,9 @@ def compact_vit(model: nn.Module, masks: Masks | None = None, pad_to: int = 1) -
     new_blocks = []
     for i, blk in enumerate(structure.layers):
         heads, head_dim = structure.num_heads[i], structure.head_dim[i]
-        norm1, attn, ls1 = _compact_attn(blk, full[i], heads, head_dim, dim)
+        norm1, attn, ls1 = _compact_attn(blk, full[i], heads, head_dim, dim, qkv_unit)
         norm2, mlp, ls2 = _compact_mlp(blk, full[i], dim)
-        _zero_padding(attn, mlp, full[i], padding[i], heads)
+        _zero_padding(attn, mlp, full[i], padding[i], heads, qkv_unit)
         nb = _copy_except(blk, [blk.norm1, blk.attn, blk.ls1, blk.norm2, blk.mlp, blk.ls2])
         for name, mod in (("norm1", norm1), ("attn", attn), ("ls1", ls1), ("norm2", norm2), ("mlp", mlp),
                           ("ls2", ls2)):

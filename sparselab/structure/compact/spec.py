@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ...errors import CheckpointError, ConfigError
-from ..vit import GATES, Masks, ViTStructure, is_identity
+from ..vit import GATES, QKV_UNITS, Masks, ViTStructure, is_identity
 from .slicing import _check_block, _check_masks, _kept, compact_vit, pad_masks
 
 SPEC_FORMAT = "sparselab-compact-vit"
@@ -133,8 +133,9 @@ def _base_kwargs(model: nn.Module) -> tuple[str, dict[str, Any], dict[str, Any]]
     return type(model).__name__, kwargs, {"type": norm_kind, "eps": norm_eps}
 
 
-def compact_spec(model: nn.Module, masks: Masks | None = None, pad_to: int = 1) -> dict[str, Any]:
-    """A JSON-able description of ``compact_vit(model, masks, pad_to)``: the base model's constructor arguments,
+def compact_spec(model: nn.Module, masks: Masks | None = None, pad_to: int = 1, qkv_unit: str = "dim"
+                 ) -> dict[str, Any]:
+    """A JSON-able description of ``compact_vit(model, masks, pad_to, qkv_unit)``: the base model's constructor arguments,
     the kept widths and the kept indices of every layer and gate (what :func:`load_compact` needs to rebuild it;
     with padding, the padded ones: the zeroed weights travel in the weights file).
 
@@ -148,7 +149,7 @@ def compact_spec(model: nn.Module, masks: Masks | None = None, pad_to: int = 1) 
         ('VisionTransformer', 64, 64)
     """
     arch, kwargs, norm = _base_kwargs(model)
-    structure = ViTStructure(model)
+    structure = ViTStructure(model, qkv_unit)
     full, _ = pad_masks(structure, _check_masks(structure, masks), pad_to)
     dtype = next(model.parameters()).dtype
     layers = []
@@ -159,7 +160,7 @@ def compact_spec(model: nn.Module, masks: Masks | None = None, pad_to: int = 1) 
             "indices": {g: _kept(full[i][g]).tolist() for g in GATES},
         })
     return {"format": SPEC_FORMAT, "version": SPEC_VERSION, "architecture": arch, "kwargs": kwargs, "norm": norm,
-            "dtype": str(dtype).replace("torch.", ""), "layers": layers}
+            "dtype": str(dtype).replace("torch.", ""), "qkv_unit": qkv_unit, "layers": layers}
 
 
 def _spec_error(kind: type[Exception], msg: str) -> Exception:
@@ -206,6 +207,9 @@ def _build(spec: Mapping[str, Any], error: type[Exception] = CheckpointError,
         for key in ("img_size", "patch_size"):
             kwargs[key] = tuple(kwargs[key])
         dtype = getattr(torch, spec["dtype"])
+        qkv_unit = spec.get("qkv_unit", "dim")  # specs written before head pruning existed prune head dimensions
+        if qkv_unit not in QKV_UNITS:
+            raise _spec_error(error, f"qkv_unit {qkv_unit!r} is not one of {', '.join(QKV_UNITS)}")
         masks = _masks_from_spec(spec, error)
         if len(masks) != int(kwargs["depth"]):
             raise _spec_error(error, f"{len(masks)} layer masks for depth {kwargs['depth']}")
@@ -215,7 +219,7 @@ def _build(spec: Mapping[str, Any], error: type[Exception] = CheckpointError,
         raise _spec_error(error, f"malformed ({type(exc).__name__}: {exc})") from None
     try:
         base = cls(**kwargs, weight_init="skip", device=device, dtype=dtype)
-        return compact_vit(base, masks)
+        return compact_vit(base, masks, qkv_unit=qkv_unit)
     except ConfigError as exc:
         raise _spec_error(error, str(exc)) from None
     except (TypeError, ValueError, AssertionError) as exc:
