@@ -42,6 +42,9 @@ def run(names: list[str], quick: bool, folder: Path) -> None:
         print(f"== {name}: {time.perf_counter() - t0:.0f} s", flush=True)
 
 
+FAST_ROW = "conv2 patch probe, every 8th step, 1/4 of the batch"  # sl.probes.FAST_PROBES in bench_p3b_probes
+
+
 def _load(folder: Path, name: str) -> dict | None:
     path = folder / f"{name}.json"
     return json.loads(path.read_text()) if path.exists() else None
@@ -105,16 +108,28 @@ def render(folder: Path = RESULTS) -> str:
                          _met(ok) if has else "–"])
         parts += [_table(["estimator", "step / plain", "keep ρ", "benefit ρ", "acc %", "Δacc (points)",
                           "goal"], rows), ""]
+        if pb.get("deit_rows"):
+            parts += ["The same step ratio on the model family the paper prunes: DeiT-Tiny at 224 px (random "
+                      "weights and images, batch 32, P3B at 50 %; warm-up, sparsify and finalize phases, 7 steps "
+                      "each, so that every-8th-step patch probes fall on timed steps). The `cpu-digits` ViT above "
+                      "has 17 tokens of width 128, where per-operation overheads outweigh the arithmetic; "
+                      "allocation quality is only measured there. Goal: ≤ 1.10x plain for `FAST_PROBES`.", ""]
+            rows = [[r["estimator"], f"{r['step_ratio']:.2f}x", str(r["steps"]), f"{r['plain_step_ms']:.0f}",
+                     _met(r["step_ratio"] <= 1.10) if r["estimator"] == FAST_ROW else "–"] for r in pb["deit_rows"]]
+            parts += [_table(["estimator (DeiT-Tiny, 224 px)", "step / plain", "timed steps", "plain step ms",
+                              "≤ 1.10x"], rows), ""]
     cl = _load(folder, "compact_latency")
     if cl:
         parts += [f"## Compact-model CPU latency (P3B-compacted DeiT, random weights, 224 px)"
                   f"{' (quick)' if cl.get('quick') else ''}", "",
                   "Forward time of the compact model against the dense one (interleaved, median), and the ideal "
-                  "speed-up from the multiply-accumulate count of the unpadded compact model. `pad 8`: "
-                  "`pruner.compact(pad_to=8)`, kept widths rounded up to multiples of 8 with zero weights (same "
-                  "outputs). *uniform*: the faster of two "
-                  "uniformly narrower timm ViTs with the compact model's "
-                  "multiply-accumulates and the same residual width (narrower heads; fewer whole heads), timed in the "
+                  "speed-up from the multiply-accumulate count of the unpadded compact model. *exact*: P3B as the "
+                  "reference prunes attention, by head dimension (every head stays, narrower); *heads*: P3B with "
+                  "`qkv_unit=\"head\"`, pruning whole heads (the compact attention has fewer heads of the full "
+                  "width; a separate run with its own allocation). `pad 8`: `pruner.compact(pad_to=8)`, kept widths "
+                  "rounded up to multiples of 8 with zero weights (same outputs). *uniform*: the faster of two "
+                  "uniformly narrower timm ViTs with the multiply-accumulates of the unpadded compact model of the "
+                  "same run and the same residual width (narrower heads; fewer whole heads), timed in the "
                   "same rounds; *vs uniform* is the compact model's time over it. Goals: within 10 % of the uniform "
                   "model, and ≥ 85 % of the ideal for DeiT-S at 50 %, batch 32.", ""]
         rows = []
@@ -135,11 +150,15 @@ def render(folder: Path = RESULTS) -> str:
                       "1536-unit MLP activations at batch 32 (38.7 MB, in the dense model and in P3B's full-width "
                       "blocks, not in the uniform anchors) stop page-faulting on every forward pass. *vs narrower / "
                       "fewer heads*: the compact model's time over each anchor's.", ""]
+            def over(r: dict, anchor: str) -> str:
+                ms = r.get("uniform_ms", {}).get(anchor)
+                return "–" if ms is None else f"{r['compact_ms'] / ms:.2f}x"
+
             rows = [[r["model"], f"{r['prune_ratio']:.0%}", r["variant"], str(r["batch"]), f"{r['dense_ms']:.1f}",
-                     f"{r['compact_ms']:.1f}", f"{min(r['uniform_ms'].values()):.1f}", f"{r['speedup']:.2f}x",
-                     f"{r['speedup_over_ideal']:.0%}",
-                     " / ".join(f"{r['compact_ms'] / ms:.2f}x" for ms in r["uniform_ms"].values()),
-                     _met(r["vs_uniform"] <= 1.10)] for r in tuned]
+                     f"{r['compact_ms']:.1f}", f"{min(r['uniform_ms'].values()):.1f}" if "vs_uniform" in r else "–",
+                     f"{r['speedup']:.2f}x", f"{r['speedup_over_ideal']:.0%}",
+                     f"{over(r, 'narrower heads')} / {over(r, 'fewer heads')}",
+                     _met(r["vs_uniform"] <= 1.10) if "vs_uniform" in r else "–"] for r in tuned]
             parts += [_table(["model", "pruned", "layout", "batch", "dense ms", "compact ms", "uniform ms",
                               "speed-up", "of ideal", "vs narrower / fewer heads", "≤ 1.10x"], rows), ""]
     ox = _load(folder, "onnx_latency")

@@ -321,8 +321,9 @@ def compact_vit(model: nn.Module, masks: Masks | None = None, pad_to: int = 1, q
 
     ``masks`` maps layer -> gate -> boolean vector (see :mod:`sparselab.structure.vit`); layers or gates left out
     are kept whole. With ``qkv_unit="head"`` an ``attn_qkv`` mask has one entry per head, and the compact
-    attention has the kept heads at the full head dimension (fewer heads instead of narrower ones). ``model`` is not changed and may have :class:`~sparselab.structure.gates.Gates` attached
-    (their current values are ignored: only ``masks`` count). The result shares no tensors and no hooks with
+    attention has the kept heads at the full head dimension (fewer heads instead of narrower ones). ``model`` is
+    not changed and may have :class:`~sparselab.structure.gates.Gates` attached (their current values are
+    ignored: only ``masks`` count). The result shares no tensors and no hooks with
     ``model``; everything outside the blocks (patch embedding, prefix tokens, position embedding, final norms,
     heads) is copied unchanged. Parameter ``requires_grad`` flags, dropout rates and the train/eval mode are
     carried over.

@@ -135,9 +135,10 @@ def _base_kwargs(model: nn.Module) -> tuple[str, dict[str, Any], dict[str, Any]]
 
 def compact_spec(model: nn.Module, masks: Masks | None = None, pad_to: int = 1, qkv_unit: str = "dim"
                  ) -> dict[str, Any]:
-    """A JSON-able description of ``compact_vit(model, masks, pad_to, qkv_unit)``: the base model's constructor arguments,
-    the kept widths and the kept indices of every layer and gate (what :func:`load_compact` needs to rebuild it;
-    with padding, the padded ones: the zeroed weights travel in the weights file).
+    """A JSON-able description of ``compact_vit(model, masks, pad_to, qkv_unit)``: the base model's constructor
+    arguments, what one ``attn_qkv`` element is, the kept widths and the kept indices of every layer and gate (what
+    :func:`load_compact` needs to rebuild it; with padding, the padded ones: the zeroed weights travel in the
+    weights file).
 
     ``model`` is the dense (base) model the masks refer to; ``None`` masks mean all kept.
 
