@@ -70,7 +70,7 @@ def main() -> None:
             torch.manual_seed(0)
             models = {"dense": timm.create_model(name, pretrained=False, num_classes=data.num_classes).eval()}
             for r in RATIOS:
-                for variant, m in p3b_compact(name, r, data).items():
+                for variant, m in p3b_compact(name, r, data, "dim").items():
                     if variant in VARIANTS or variant == "exact":
                         models[r, variant] = m
             flops = {k: compact_stats(m)["flops"] for k, m in models.items()}
