@@ -17,6 +17,8 @@ from sparselab.errors import CheckpointError, ConfigError
 from sparselab.structure import GATES, Gates, ViTStructure
 from sparselab.structure.compact import (
     ConstantBranch,
+    ScatterChannels,
+    SelectChannels,
     ZeroPaddedLayerNorm,
     compact_spec,
     compact_stats,
@@ -350,3 +352,15 @@ def test_a_compact_spec_names_the_activation_timm_builds(act):
     layer = get_act_layer(act)
     name = _act_name(layer())
     assert name is not None and get_act_layer(name) is layer
+
+
+@settings(max_examples=30, deadline=None)
+@given(shape=st.lists(st.integers(1, 5), min_size=0, max_size=3), dim=st.integers(1, 40), seed=st.integers(0, 2**16))
+def test_channel_select_and_scatter_equal_index_select_and_index_copy(shape, dim, seed):
+    gen = torch.Generator().manual_seed(seed)
+    index = torch.nonzero(torch.rand(dim, generator=gen) < 0.5).flatten()
+    x = torch.randn(*shape, dim, generator=gen)
+    assert torch.equal(SelectChannels(index)(x), x.index_select(-1, index))
+    y = torch.randn(*shape, index.numel(), generator=gen)
+    expected = torch.zeros(*shape, dim).index_copy_(len(shape), index, y)
+    assert torch.equal(ScatterChannels(index, dim)(y), expected)
