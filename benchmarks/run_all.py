@@ -1,8 +1,8 @@
 """Run every benchmark (each in its own process) and write benchmarks/RESULTS.md from their JSON results.
 
 Usage:
-    python benchmarks/run_all.py            # the full measurements (about 30 minutes on 2 cores) -> RESULTS.md
-    python benchmarks/run_all.py --quick    # a few minutes: shorter runs, fewer repeats, one seed
+    python benchmarks/run_all.py            # the full measurements (about an hour on 2 cores) -> RESULTS.md
+    python benchmarks/run_all.py --quick    # a few minutes: shorter runs, fewer repeats, one seed (no head pruning)
                                             #   -> benchmarks/results/quick/RESULTS.md (the full results stay)
     python benchmarks/run_all.py --render   # only rewrite RESULTS.md from benchmarks/results/*.json
     python benchmarks/run_all.py --only hypersparse history
@@ -27,7 +27,11 @@ BENCHMARKS = {  # name: script
     "memory": "bench_memory.py",
     "explorers": "bench_explorers.py",
     "onnx_latency": "bench_onnx_latency.py",
+    "head_pruning": "bench_head_pruning.py",
 }
+#: left out of --quick (which stays under 5 minutes): accuracy over seeds has no meaningful short form;
+#: ``--quick --only head_pruning`` still runs its one-seed smoke version
+NOT_QUICK = ("head_pruning",)
 
 
 def run(names: list[str], quick: bool, folder: Path) -> None:
@@ -161,6 +165,19 @@ def render(folder: Path = RESULTS) -> str:
                      _met(r["vs_uniform"] <= 1.10) if "vs_uniform" in r else "–"] for r in tuned]
             parts += [_table(["model", "pruned", "layout", "batch", "dense ms", "compact ms", "uniform ms",
                               "speed-up", "of ideal", "vs narrower / fewer heads", "≤ 1.10x"], rows), ""]
+    hp = _load(folder, "head_pruning")
+    if hp:
+        parts += [f"## Head pruning: accuracy{' (quick)' if hp.get('quick') else ''}", "",
+                  f"P3B pruning whole heads (`qkv_unit=\"head\"`, an extension) against P3B pruning head "
+                  f"dimensions (the reference) on the `{hp['preset']}` preset, seeds {hp['seeds']}: the compact "
+                  "model's test accuracy after its fine-tune, and the paired difference heads − dimensions with "
+                  "its 95 % interval. The speed side is in the compact-latency table (*heads* rows).", ""]
+        rows = [[f"{r['prune_ratio']:.0%}", f"{r['acc_dim'] * 100:.2f}", f"{r['acc_head'] * 100:.2f}",
+                 f"{r['diff'] * 100:+.2f}",
+                 f"[{r['low'] * 100:+.2f}, {r['high'] * 100:+.2f}]" if r["n"] > 1 else "–", str(r["n"])]
+                for r in hp["summary"]]
+        parts += [_table(["pruned", "head dimensions acc %", "whole heads acc %", "heads − dimensions (points)",
+                          "95 % interval", "seeds"], rows), ""]
     ox = _load(folder, "onnx_latency")
     if ox:
         parts += [f"## Compact models in ONNX Runtime{' (quick)' if ox.get('quick') else ''}", "",
@@ -217,7 +234,8 @@ def main() -> None:
     folder = RESULTS / "quick" if args.quick else RESULTS
     if not args.render:
         folder.mkdir(parents=True, exist_ok=True)
-        run(args.only or list(BENCHMARKS), args.quick, folder)
+        names = args.only or [n for n in BENCHMARKS if not (args.quick and n in NOT_QUICK)]
+        run(names, args.quick, folder)
     target = folder / "RESULTS.md" if args.quick else HERE / "RESULTS.md"
     target.write_text(render(folder) + "\n")
     print(f"wrote {target}")
