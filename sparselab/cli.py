@@ -298,6 +298,8 @@ def _cmd_p3b(args) -> int:
     if probe_flags and args.method not in with_probes:
         raise ConfigError(f"{', '.join(probe_flags)} set the block-benefit probes, which --method {args.method} does "
                           f"not use (only {', '.join(with_probes)} do)")
+    if args.qkv_unit != "dim" and args.method == "dense":
+        raise ConfigError("--qkv-unit sets what P3B prunes in attention; --method dense prunes nothing")
     fixed = [flag for flag in probe_flags if flag != "--patch-probe" and set(METHODS[args.method]) & set(FAST_PROBES)]
     if fixed:
         raise ConfigError(f"--method {args.method} fixes the probe cadence itself; leave out {', '.join(fixed)}")
@@ -349,8 +351,9 @@ def _cmd_p3b(args) -> int:
 
     from . import runtime as dist_utils
 
+    pruner_options = {"qkv_unit": args.qkv_unit} if args.qkv_unit != "dim" else None
     run = run_p3b(preset, args.method, args.prune_ratio, args.seed, checkpoint_dir=str(out / "checkpoint"),
-                  resume=args.resume, measure_latency=not args.no_latency)
+                  resume=args.resume, measure_latency=not args.no_latency, pruner_options=pruner_options)
     rank, _ = dist_utils.world()
     if rank == 0:
         run.history.save(out / "history.jsonl.gz")
@@ -360,6 +363,7 @@ def _cmd_p3b(args) -> int:
             run.pruner.save_compact(out / "compact", model=run.model)
         (out / "result.json").write_text(json.dumps({"preset": preset.name, "method": args.method,
                                                      "prune_ratio": args.prune_ratio, "seed": args.seed,
+                                                     "qkv_unit": args.qkv_unit,
                                                      "patch_probe": preset.patch_probe,
                                                      "probe_options": preset.probe_options, **run.result}, indent=2))
         print(json.dumps(run.result, indent=2))
@@ -585,6 +589,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_flags(pb, BenefitConfig, "block benefit")
     pb.add_argument("--fast-probes", action="store_true",
                     help="sparselab.probes.FAST_PROBES: patch probes on every 8th step and a quarter of the batch")
+    pb.add_argument("--qkv-unit", choices=("dim", "head"), default="dim",
+                    help="what P3B prunes in attention: one dimension of every head (dim, the reference) or whole "
+                         "heads (head, an extension: the compact model has fewer heads)")
     pb.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
     pb.add_argument("--out", default="runs/p3b", help="output folder")
     pb.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")

@@ -62,6 +62,23 @@ def test_p3b_paper_preset_smoke_on_random_deit_tiny(tmp_path):
     assert compact.patch_embed.img_size == (224, 224)
 
 
+def test_p3b_command_prunes_whole_heads_with_qkv_unit_head(tmp_path, capsys):
+    out = tmp_path / "run"
+    rc = main(["p3b", "--preset", "tiny", "--pretrained", "none", "--patch-probe", "none", "--no-latency",
+               "--prune-ratio", "0.75", "--qkv-unit", "head", "--out", str(out)])
+    assert rc == 0
+    result = json.loads((out / "result.json").read_text())
+    assert result["qkv_unit"] == "head" and abs(result["achieved_ratio"] - 0.75) < 0.02
+    spec = json.loads((out / "compact" / "spec.json").read_text())
+    assert spec["qkv_unit"] == "head"
+    compact = sl.structure.load_compact(out / "compact")
+    kept = [layer["kept"]["attn_qkv"] for layer in spec["layers"]]
+    assert [getattr(b.attn, "num_heads", 0) for b in compact.blocks] == kept
+    assert rc == 0 and main(["p3b", "--preset", "tiny", "--method", "dense", "--qkv-unit", "head",
+                             "--out", str(tmp_path / "dense")]) == 2
+    assert "--qkv-unit" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_p3b_command_under_torchrun(tmp_path):
     import os
