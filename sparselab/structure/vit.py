@@ -305,13 +305,6 @@ class ViTStructure:
         return reduce_gates({name: values(name, m.weight) for name, m in linear.items()}, self.head_dim[layer],
                             self.num_heads[layer], self.qkv_unit)
 
-    def qkv_mask(self, layer: int, mask: torch.Tensor) -> torch.Tensor:
-        """An ``attn_qkv`` gate vector (mask or values) of ``layer`` spread over ``(heads, head_dim)``."""
-        heads, head_dim = self.num_heads[layer], self.head_dim[layer]
-        if self.qkv_unit == "dim":
-            return mask.view(1, head_dim).expand(heads, head_dim)
-        return mask.view(heads, 1).expand(heads, head_dim)
-
     def patch_tokens(self, x: torch.Tensor) -> torch.Tensor:
         """Residual-stream tokens ``(B, N, D)`` to a patch grid ``(B, D, h, w)``, skipping all prefix tokens."""
         h, w = self.grid_size
