@@ -33,6 +33,7 @@ import ipywidgets as widgets
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
+import plotly.io as pio
 import torch
 from torch import nn
 
@@ -108,14 +109,30 @@ class LiveFigure(go.Figure):
             return
         try:
             from IPython import get_ipython
-            from IPython.display import clear_output, display
         except ImportError:  # pragma: no cover - IPython comes with ipywidgets
             return
         if get_ipython() is None:
             return
-        with self._output:
-            clear_output(wait=True)
-            display(go.Figure(self))
+        # The figure becomes the output area's state; it is not captured with ``with output: display(...)``.
+        # Capturing makes a headless client (nbclient, papermill) echo every captured output back to the kernel
+        # as a comm message on the shell channel in the middle of the cell, and such runs stalled waiting for
+        # the cell's reply.
+        self._output.outputs = ({"output_type": "display_data", "data": _mime_bundle(self), "metadata": {}},)
+
+
+def _mime_bundle(fig: go.Figure) -> dict[str, Any]:
+    """The bundle that displaying ``fig`` publishes under plotly's default renderers. Unlike
+    ``fig._repr_mimebundle_()`` it does not activate the renderers again: the ``notebook`` renderer would embed
+    plotly.js (4.8 MB) once more on every call."""
+    from plotly.io.base_renderers import MimetypeRenderer
+
+    fig_dict = fig.to_dict()
+    bundle: dict[str, Any] = {}
+    for name in pio.renderers.default.split("+"):
+        renderer = pio.renderers[name]
+        if isinstance(renderer, MimetypeRenderer):
+            bundle.update(renderer.to_mimebundle(fig_dict))
+    return bundle
 
 
 class _RedrawAfter:

@@ -177,3 +177,35 @@ def test_trace_scrubber_needs_p3b_metrics():
     h.log_metrics({"loss": 1.0}, step=1, epoch=0)
     with pytest.raises(ConfigError, match="keep_applied"):
         TraceScrubber(h)
+
+
+def test_live_figure_draws_by_setting_its_output_state_never_by_capturing(monkeypatch, capsys):
+    """A redraw replaces the Output's ``outputs`` (one state message from the kernel). It must not capture
+    ``display()`` into the area (``msg_id`` set): headless clients such as nbclient answer a capture by echoing
+    every output back to the kernel on the shell channel mid-cell, and papermill runs stalled on that. A redraw
+    also publishes nothing itself: re-activating plotly's ``notebook`` renderer would embed plotly.js again."""
+    import IPython
+    import plotly.io as pio
+
+    from sparselab.widgets import LiveFigure
+
+    monkeypatch.setattr(IPython, "get_ipython", lambda: object())  # as inside a kernel
+    monkeypatch.setattr(pio.renderers, "default", "plotly_mimetype+notebook")
+    fig = LiveFigure()
+    fig.add_bar(x=["a", "b"], y=[1, 2])
+    captures = []
+    fig._output.observe(lambda change: captures.append(change.new), names="msg_id")
+
+    def drawn_y():
+        (output,) = fig._output.outputs
+        assert output["output_type"] == "display_data" and "text/html" in output["data"]
+        return output["data"]["application/vnd.plotly.v1+json"]["data"][0]["y"]
+
+    assert fig._output.outputs == ()  # nothing is drawn before the widget is asked for
+    area = fig.widget
+    assert area is fig._output and drawn_y() == [1, 2]
+    with fig.batch_update():
+        fig.data[0].y = [3, 4]
+    assert drawn_y() == [3, 4]  # replaced, not appended
+    assert captures == []
+    assert "plotly.js" not in capsys.readouterr().out  # outside a kernel, a display() would print here
