@@ -20,7 +20,7 @@ import sys
 import threading
 from pathlib import Path
 
-from .configs import ARTConfig, BenefitConfig, flag_fields
+from .configs import QKV_UNITS, ARTConfig, BenefitConfig, flag_fields
 from .errors import CheckpointError, ConfigError, SparselabError, unknown_name
 
 #: What marks a folder as holding a run (``--out`` refuses it without ``--resume`` or ``--overwrite``).
@@ -589,7 +589,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_flags(pb, BenefitConfig, "block benefit")
     pb.add_argument("--fast-probes", action="store_true",
                     help="sparselab.probes.FAST_PROBES: patch probes on every 8th step and a quarter of the batch")
-    pb.add_argument("--qkv-unit", choices=("dim", "head"), default="dim",
+    pb.add_argument("--qkv-unit", choices=QKV_UNITS, default="dim",
                     help="what P3B prunes in attention: one dimension of every head (dim, the reference) or whole "
                          "heads (head, an extension: the compact model has fewer heads)")
     pb.add_argument("--no-latency", action="store_true", help="skip the latency measurement")

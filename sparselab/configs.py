@@ -30,6 +30,9 @@ T = TypeVar("T")
 
 PATCH_PROBES = ("conv2", "conv1", "linear")
 PER_PARAMETER = ("remaining", "dense")
+#: what one ``attn_qkv`` gate element is: one dimension of every head (``dim``, the reference) or one whole head
+#: (``head``, head pruning: an extension the compact model turns into fewer heads)
+QKV_UNITS = ("dim", "head")
 CANDIDATE_RULES = ("reference", "best_mean")
 
 
@@ -155,7 +158,7 @@ class P3BConfig(_Checked):
                                                  "ablation; None: re-allocate at every update)", low=1,
                                                  integer=True, optional=True)
     qkv_unit: str = option("dim", "what one attn_qkv gate element removes: one dimension of every head (the "
-                           "reference) or one whole head (head pruning, an extension)", choices=("dim", "head"))
+                           "reference) or one whole head (head pruning, an extension)", choices=QKV_UNITS)
     benefit: BenefitConfig = field(default_factory=BenefitConfig)
 
     def record(self) -> dict[str, Any]:

@@ -88,7 +88,7 @@ def test_reduce_gates_sums_what_weight_index_names(heads, head_dim, qkv_unit, se
     d, width = 5, heads * head_dim
     w = {"qkv": torch.randn(3 * width, d, generator=gen), "proj": torch.randn(d, width, generator=gen),
          "fc1": torch.randn(7, d, generator=gen), "fc2": torch.randn(d, 7, generator=gen)}
-    per = reduce_gates(w, head_dim, heads, qkv_unit)["attn_qkv"]
+    per = reduce_gates(w, head_dim, qkv_unit)["attn_qkv"]
     assert per.numel() == (head_dim if qkv_unit == "dim" else heads)
     for e in range(per.numel()):
         el = torch.tensor([e])

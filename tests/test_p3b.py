@@ -321,20 +321,26 @@ def test_compact_model_of_a_pruned_run_equals_the_hard_masked_model(digits, tmp_
     model = nano()
     pruner = sl.P3B(model, 0.75, schedule=SCHED, patch_probe=None, allocation="uniform")
     sl.fit(model, digits, pruner=pruner, **FIT)
+    compact = _compact_equals_masked_and_round_trips(model, pruner, digits, tmp_path)
+    stats = sl.structure.compact_stats(compact)
+    dense_stats = sl.structure.compact_stats(nano())
+    assert stats["params"] == pruner.structure.total_params(pruner.hard_masks()) < 0.3 * dense_stats["params"]
+    assert stats["flops"] < 0.4 * dense_stats["flops"]
+
+
+def _compact_equals_masked_and_round_trips(model, pruner, digits, tmp_path):
+    """``pruner.compact()`` after a finished run: its outputs equal the hard-masked model's, and it comes back
+    unchanged from ``save_compact``/``load_compact``. Returns it."""
     model.eval()
     x = digits.test.images[:16]
     with torch.no_grad():
         masked = model(x)
         compact = pruner.compact().eval()
         torch.testing.assert_close(compact(x), masked, rtol=1e-5, atol=1e-5)
-    stats = sl.structure.compact_stats(compact)
-    dense_stats = sl.structure.compact_stats(nano())
-    assert stats["params"] == pruner.structure.total_params(pruner.hard_masks()) < 0.3 * dense_stats["params"]
-    assert stats["flops"] < 0.4 * dense_stats["flops"]
     pruner.save_compact(tmp_path / "c", model=compact)
-    loaded = sl.structure.load_compact(tmp_path / "c")
     with torch.no_grad():
-        assert torch.equal(loaded(x), compact(x))
+        assert torch.equal(sl.structure.load_compact(tmp_path / "c")(x), compact(x))
+    return compact
 
 
 def test_head_pruning_removes_whole_heads_and_compacts_to_fewer_heads(digits, tmp_path):
@@ -346,19 +352,11 @@ def test_head_pruning_removes_whole_heads_and_compacts_to_fewer_heads(digits, tm
     heads = model.blocks[0].attn.num_heads
     assert all(masks[i]["attn_qkv"].numel() == heads for i in masks)
     assert pruner.config()["qkv_unit"] == "head" and "qkv_unit" not in sl.P3B(nano(), 0.5).config()
-    model.eval()
-    x = digits.test.images[:16]
-    with torch.no_grad():
-        masked = model(x)
-        compact = pruner.compact().eval()
-        torch.testing.assert_close(compact(x), masked, rtol=1e-5, atol=1e-5)
+    compact = _compact_equals_masked_and_round_trips(model, pruner, digits, tmp_path)
     kept_heads = [int(masks[i]["attn_qkv"].sum()) for i in range(len(masks))]
     assert [getattr(b.attn, "num_heads", 0) for b in compact.blocks] == kept_heads
     assert min(kept_heads) < heads  # some head went
     assert sl.structure.compact_stats(compact)["params"] == pruner.structure.total_params(masks)
-    pruner.save_compact(tmp_path / "c", model=compact)
-    with torch.no_grad():
-        assert torch.equal(sl.structure.load_compact(tmp_path / "c")(x), compact(x))
 
 
 def test_a_resume_with_another_qkv_unit_is_refused(digits, tmp_path):

@@ -36,7 +36,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..errors import ConfigError
-from .vit import GATES, Masks, ViTStructure, is_identity
+from .vit import GATES, Masks, ViTStructure, is_identity, qkv_grid
 
 #: where gates can act: on the Linear weights (default) or on the activations (forward hooks, the reference)
 GATE_SITES = ("weights", "activations")
@@ -156,12 +156,11 @@ class _QKVGate:
     dimensions)."""
 
     def __init__(self, gate: torch.Tensor, unit: str, heads: int, head_dim: int):
-        self.gate, self.per_dim, self.heads, self.head_dim = gate, unit == "dim", heads, head_dim
+        self.gate, self.unit, self.heads, self.head_dim = gate, unit, heads, head_dim
 
     def _grid(self, dtype: torch.dtype) -> torch.Tensor:
         """The gate as a ``(heads, head_dim)`` broadcastable tensor."""
-        g = self.gate.to(dtype)
-        return g.view(1, self.head_dim) if self.per_dim else g.view(self.heads, 1)
+        return qkv_grid(self.gate.to(dtype), self.unit, self.heads, self.head_dim)
 
     def scale_qkv(self, out: torch.Tensor) -> torch.Tensor:
         """The ``qkv`` output ``(..., 3·heads·head_dim)`` times the gate."""
@@ -187,9 +186,7 @@ class _RepeatedGate:
 
     def to(self, dtype: torch.dtype) -> torch.Tensor:
         q = self.qkv
-        if q.per_dim:
-            return q.gate.to(dtype).repeat(self.copies * q.heads)
-        return q.gate.to(dtype).repeat_interleave(q.head_dim).repeat(self.copies)
+        return q._grid(dtype).expand(self.copies, q.heads, q.head_dim).reshape(-1)
 
 
 def _gated_forward(rows, cols):

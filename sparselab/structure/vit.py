@@ -30,15 +30,13 @@ from typing import Callable, Mapping
 import torch
 from torch import nn
 
+from ..configs import QKV_UNITS
 from ..errors import ConfigError
 
 GATES = ("attn_in", "attn_qkv", "attn_out", "mlp_in", "mlp_hid", "mlp_out")
 BLOCK_GATES = {"attn": GATES[:3], "mlp": GATES[3:]}
 Masks = Mapping[int, Mapping[str, torch.Tensor]]  # layer -> gate -> mask vector
 LINEARS = ("qkv", "proj", "fc1", "fc2")
-#: what one ``attn_qkv`` element is: one dimension of every head (``dim``, the reference) or one whole head
-#: (``head``, head pruning: an extension the compact model turns into fewer heads)
-QKV_UNITS = ("dim", "head")
 
 #: gate → the weights one of its elements spans, as (Linear, axis): axis 0 is a row (an output), axis 1 a column
 #: (an input). The one statement of which weights a gate element switches off; :func:`weight_index` turns element
@@ -77,17 +75,27 @@ def weight_index(gate: str, linear: str, elements: torch.Tensor, heads: int, hea
     return picked.reshape(-1)
 
 
-def reduce_gates(weights: Mapping[str, torch.Tensor], head_dim: int, heads: int | None = None,
-                 qkv_unit: str = "dim") -> dict[str, torch.Tensor]:
+def qkv_grid(vector: torch.Tensor, qkv_unit: str, heads: int, head_dim: int) -> torch.Tensor:
+    """An ``attn_qkv`` gate vector (values or a mask) as a view that broadcasts over one layer's
+    ``(heads, head_dim)``: ``(1, head_dim)`` for ``qkv_unit="dim"``, ``(heads, 1)`` for ``"head"``.
+
+    Example:
+        >>> qkv_grid(torch.tensor([1., 0.]), "head", heads=2, head_dim=3).expand(2, 3).tolist()
+        [[1.0, 1.0, 1.0], [0.0, 0.0, 0.0]]
+    """
+    return vector.view(1, head_dim) if qkv_unit == "dim" else vector.view(heads, 1)
+
+
+def reduce_gates(weights: Mapping[str, torch.Tensor], head_dim: int, qkv_unit: str = "dim"
+                 ) -> dict[str, torch.Tensor]:
     """Per gate: for each element, the sum of ``weights[linear]`` (tensors shaped like the four Linear weights of
     one layer, keyed by :data:`LINEARS`) over the weights that element spans (:data:`GATE_WEIGHTS`).
-    ``qkv_unit="head"`` (``attn_qkv`` elements are whole heads) needs ``heads``.
 
     Example:
         >>> w = {"qkv": torch.ones(24, 8), "proj": torch.ones(8, 8), "fc1": torch.ones(16, 8), "fc2": torch.ones(8, 16)}
         >>> {g: v[0].item() for g, v in reduce_gates(w, head_dim=4).items()}
         {'attn_in': 24.0, 'attn_qkv': 64.0, 'attn_out': 8.0, 'mlp_in': 16.0, 'mlp_hid': 16.0, 'mlp_out': 16.0}
-        >>> reduce_gates(w, head_dim=4, heads=2, qkv_unit="head")["attn_qkv"].tolist()
+        >>> reduce_gates(w, head_dim=4, qkv_unit="head")["attn_qkv"].tolist()
         [128.0, 128.0]
     """
     per_head = qkv_unit == "head"
@@ -303,7 +311,7 @@ class ViTStructure:
         blk = self.layers[layer]
         linear = {"qkv": blk.attn.qkv, "proj": blk.attn.proj, "fc1": blk.mlp.fc1, "fc2": blk.mlp.fc2}
         return reduce_gates({name: values(name, m.weight) for name, m in linear.items()}, self.head_dim[layer],
-                            self.num_heads[layer], self.qkv_unit)
+                            self.qkv_unit)
 
     def patch_tokens(self, x: torch.Tensor) -> torch.Tensor:
         """Residual-stream tokens ``(B, N, D)`` to a patch grid ``(B, D, h, w)``, skipping all prefix tokens."""

@@ -14,7 +14,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ...errors import ConfigError
-from ..vit import GATE_WEIGHTS, GATES, Masks, ViTStructure, is_identity, weight_index
+from ..vit import GATE_WEIGHTS, GATES, Masks, ViTStructure, is_identity, qkv_grid, weight_index
 from .modules import ConstantBranch, ScatterChannels, SelectChannels, ZeroPaddedLayerNorm
 
 _HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",
@@ -125,7 +125,7 @@ def _compact_attn(blk: nn.Module, m: dict[str, torch.Tensor], heads: int, head_d
             v = torch.zeros(heads * head_dim, dtype=ref.dtype, device=ref.device)
             if n_in == 0 and attn.qkv.bias is not None:  # uniform attention over identical tokens returns v
                 bv = attn.qkv.bias.detach()[2 * heads * head_dim:].view(heads, head_dim)
-                grid = (m["attn_qkv"].view(1, head_dim) if per_dim else m["attn_qkv"].view(heads, 1))
+                grid = qkv_grid(m["attn_qkv"], qkv_unit, heads, head_dim)
                 v = (bv * grid.to(bv.device, bv.dtype)).reshape(-1)
             out = F.linear(v, attn.proj.weight.detach(),
                            None if attn.proj.bias is None else attn.proj.bias.detach())
