@@ -28,7 +28,7 @@ def test_notebook_runs_at_tiny_scale(path, tmp_path):
     out_dir = tmp_path / "out"
     executed = tmp_path / path.name
     papermill.execute_notebook(str(path), str(executed), parameters={"scale": "tiny", "out_dir": str(out_dir)},
-                               kernel_name="python3", execution_timeout=600, progress_bar=False, cwd=str(ROOT))
+                               kernel_name="python3", execution_timeout=300, progress_bar=False, cwd=str(ROOT))
     nb = json.loads(executed.read_text())
     errors = [o for c in nb["cells"] if c["cell_type"] == "code" for o in c.get("outputs", [])
               if o.get("output_type") == "error"]
