@@ -97,6 +97,8 @@ EXECUTE = """async (code) => { const k = window.jupyterapp.shell.currentWidget.s
   future.onIOPub = (msg) => { if (msg.header.msg_type === 'stream') out += msg.content.text; };
   await future.done; return out; }"""
 
+STATE = "import json; print(json.dumps([sparsity_explorer.slider.value, sparsity_explorer.accuracy]))"
+
 BARS = """() => { const plots = [...document.querySelectorAll('.js-plotly-plot')];
   return plots.length ? JSON.stringify(plots[0].data.map(t => Array.from(t.y || []))) : null; }"""
 
@@ -120,17 +122,22 @@ def test_sparsity_slider_drives_the_figure_and_the_kernel(jupyterlab, tmp_path):
             page.wait_for_function(KERNEL_IDLE, timeout=240_000)
             page.wait_for_function(f"() => ({BARS})() !== null", timeout=60_000)
             before_bars = page.evaluate(BARS)
-            before = json.loads(page.evaluate(EXECUTE, "import json; print(json.dumps([sparsity_explorer.slider.value,"
-                                                       " sparsity_explorer.accuracy]))"))
+            before = json.loads(page.evaluate(EXECUTE, STATE))
             handle.scroll_into_view_if_needed()
             handle.focus()
             for _ in range(40):  # 40 steps of 0.005: +0.2 sparsity
                 page.keyboard.press("ArrowRight")
+            # ipywidgets sends one change at a time and holds back the newest value until the kernel reports idle,
+            # so an idle kernel does not mean it has seen the last key press: ask it until it has.
+            deadline = time.time() + 120
+            while True:
+                after = json.loads(page.evaluate(EXECUTE, STATE))
+                if abs(after[0] - (before[0] + 0.2)) < 1e-6 or time.time() > deadline:
+                    break
+                page.wait_for_timeout(500)
             page.wait_for_function(f"(old) => ({BARS})() !== old", arg=before_bars, timeout=30_000)
             page.wait_for_function(KERNEL_IDLE, timeout=60_000)
             after_bars = page.evaluate(BARS)
-            after = json.loads(page.evaluate(EXECUTE, "import json; print(json.dumps([sparsity_explorer.slider.value,"
-                                                      " sparsity_explorer.accuracy]))"))
             page.screenshot(path=str(shot / "05_sparsity_explorer.png"), full_page=True)
         finally:
             browser.close()
