@@ -16,6 +16,7 @@ import sparselab  # noqa: F401  (registers the small ViTs with timm)
 from sparselab.errors import CheckpointError, ConfigError
 from sparselab.structure import GATES, Gates, ViTStructure
 from sparselab.structure.compact import (
+    CompactBlock,
     ConstantBranch,
     ScatterChannels,
     SelectChannels,
@@ -239,6 +240,30 @@ def test_vit_nano_with_random_masks():
     Gates(s).set_hard(masks)
     close(small(x), model(x))
     assert n_params(small) == s.total_params(masks) < n_params(model)
+
+
+@pytest.mark.parametrize("init_values", [None, 0.1])
+def test_partial_branch_outputs_are_added_to_their_channels_without_a_scatter(init_values, monkeypatch):
+    model = tiny_vit(depth=2, init_values=init_values, drop_path_rate=0.0)
+    s = ViTStructure(model)
+    masks = s.full_masks()
+    for i in range(2):
+        masks[i]["attn_out"] = torch.arange(16) % 3 != 0
+        masks[i]["mlp_out"] = torch.arange(16) < 11
+    small = compact_vit(model, masks)
+    assert all(type(b) is CompactBlock for b in small.blocks)
+    scatters = []
+    monkeypatch.setattr(ScatterChannels, "forward", lambda self, x: scatters.append(1) or x.new_zeros(
+        *x.shape[:-1], self.dim).scatter_(-1, self.index.expand(*x.shape[:-1], -1), x))
+    x = torch.randn(3, 3, 16, 16, requires_grad=True)
+    out = small(x)
+    Gates(s).set_hard(masks)
+    close(out, model(x))
+    # no LayerScale: each partial branch output goes into the residual stream by one index_add, no scatter;
+    # a LayerScale acts on all channels after the scatter, so that path stays
+    assert len(scatters) == (0 if init_values is None else 4)
+    out.sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
 
 
 def test_distilled_model_prefix_tokens():

@@ -3,7 +3,9 @@
 :func:`compact_vit` turns a timm ``VisionTransformer`` plus boolean gate masks (see
 :mod:`sparselab.structure.vit`) into a new model whose Linear layers only hold the kept rows and columns and whose
 outputs equal those of the hard-masked model (the model with :class:`~sparselab.structure.gates.Gates` attached
-and ``gates.set_hard(masks)``). Each block stays a timm ``Block``; its parts become:
+and ``gates.set_hard(masks)``). Each block becomes a :class:`CompactBlock` (a timm ``Block`` that adds a branch
+writing only some residual channels with one ``index_add`` instead of scattering it into zeros; a subclass of
+``Block`` keeps its own class); its parts become:
 
 =========  ===========================================================================================
 part       in the compact block
@@ -47,12 +49,12 @@ Example:
 from __future__ import annotations
 
 from ...cost import compact_stats
-from .modules import ConstantBranch, ScatterChannels, SelectChannels, ZeroPaddedLayerNorm
+from .modules import CompactBlock, ConstantBranch, ScatterChannels, SelectChannels, ZeroPaddedLayerNorm
 from .onnx import export_onnx
 from .saving import load_compact, save_compact
 from .slicing import compact_vit, pad_masks
 from .spec import SPEC_FILE, SPEC_FORMAT, SPEC_VERSION, WEIGHTS_FILE, compact_spec
 
 __all__ = ["compact_vit", "export_onnx", "compact_spec", "pad_masks", "compact_stats", "save_compact", "load_compact",
-           "SelectChannels", "ScatterChannels", "ZeroPaddedLayerNorm", "ConstantBranch",
+           "CompactBlock", "SelectChannels", "ScatterChannels", "ZeroPaddedLayerNorm", "ConstantBranch",
            "SPEC_FORMAT", "SPEC_VERSION", "SPEC_FILE", "WEIGHTS_FILE"]

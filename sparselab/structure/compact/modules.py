@@ -1,13 +1,15 @@
 """The small modules a compact ViT is built from: :class:`SelectChannels` and :class:`ScatterChannels` (keep a
 subset of the channels / put it back among zeros), :class:`ZeroPaddedLayerNorm` (a LayerNorm over channels of which
-only some are present, for qk-norm on sliced heads) and :class:`ConstantBranch` (a residual branch that no longer
-depends on its input).
+only some are present, for qk-norm on sliced heads), :class:`ConstantBranch` (a residual branch that no longer
+depends on its input) and :class:`CompactBlock` (timm's Block adding a branch that writes only some residual channels
+to just those channels).
 """
 from __future__ import annotations
 
 from typing import Any
 
 import torch
+from timm.models.vision_transformer import Block
 from torch import nn
 
 from ...errors import ConfigError
@@ -125,3 +127,38 @@ class ConstantBranch(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.index.numel()} of {self.dim} channels"
+
+
+def add_branch(x: torch.Tensor, out: torch.Tensor, ls: nn.Module, drop_path: nn.Module) -> torch.Tensor:
+    """``x + drop_path(ls(out))``; when ``ls`` only scatters ``out`` into zeros (a ``ScatterChannels`` followed by
+    no LayerScale) and there is no drop path, ``out`` is added to its channels of ``x`` directly — one
+    ``index_add`` instead of a zero fill, a scatter and a full-width add, the same values.
+
+    Example:
+        >>> ls = nn.Sequential(ScatterChannels(torch.tensor([0, 2]), 3), nn.Identity())
+        >>> add_branch(torch.ones(1, 3), torch.tensor([[1., 2.]]), ls, nn.Identity()).tolist()
+        [[2.0, 1.0, 3.0]]
+    """
+    if (isinstance(ls, nn.Sequential) and len(ls) == 2 and isinstance(ls[0], ScatterChannels)
+            and isinstance(ls[1], nn.Identity) and isinstance(drop_path, nn.Identity)):
+        return x.index_add(-1, ls[0].index, out)
+    return x + drop_path(ls(out))
+
+
+class CompactBlock(Block):
+    """timm's pre-norm ``Block`` of a compact ViT: the same modules and the same outputs, with each branch's output
+    added through :func:`add_branch`, so a branch that writes only some residual channels costs no full-width copy.
+    Extra arguments (timm's ``attn_mask``, ``is_causal``) go to the attention as in ``Block``.
+
+    Example:
+        >>> import timm
+        >>> from sparselab.structure.compact import compact_vit
+        >>> model = timm.create_model("vit_nano_patch4_28", num_classes=10)
+        >>> small = compact_vit(model, {0: {"mlp_out": torch.arange(64) < 40}})
+        >>> type(small.blocks[0]).__name__
+        'CompactBlock'
+    """
+
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        x = add_branch(x, self.attn(self.norm1(x), *args, **kwargs), self.ls1, self.drop_path1)
+        return add_branch(x, self.mlp(self.norm2(x)), self.ls2, self.drop_path2)

@@ -15,7 +15,7 @@ from torch.nn import functional as F
 
 from ...errors import ConfigError
 from ..vit import GATE_WEIGHTS, GATES, Masks, ViTStructure, is_identity, qkv_grid, weight_index
-from .modules import ConstantBranch, ScatterChannels, SelectChannels, ZeroPaddedLayerNorm
+from .modules import CompactBlock, ConstantBranch, ScatterChannels, SelectChannels, ZeroPaddedLayerNorm
 
 _HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",
                "_forward_hooks_with_kwargs", "_forward_hooks_always_called", "_forward_pre_hooks_with_kwargs")
@@ -348,6 +348,8 @@ def compact_vit(model: nn.Module, masks: Masks | None = None, pad_to: int = 1, q
         >>> sum(p.numel() for p in small.parameters()) == structure.total_params(masks)
         True
     """
+    from timm.models.vision_transformer import Block
+
     _require_timm_attention_widths()
     structure = ViTStructure(model, qkv_unit)
     full = _check_masks(structure, masks)
@@ -366,6 +368,8 @@ def compact_vit(model: nn.Module, masks: Masks | None = None, pad_to: int = 1, q
         for name, mod in (("norm1", norm1), ("attn", attn), ("ls1", ls1), ("norm2", norm2), ("mlp", mlp),
                           ("ls2", ls2)):
             setattr(nb, name, mod)
+        if type(nb) is Block:  # a subclass keeps its own forward
+            nb.__class__ = CompactBlock
         new_blocks.append(nb)
 
     blocks = model.blocks
