@@ -23,6 +23,7 @@ BENCHMARKS = {  # name: script
     "hypersparse": "bench_hypersparse.py",
     "p3b_probes": "bench_p3b_probes.py",
     "compact_latency": "bench_compact_latency.py",
+    "compact_layouts": "bench_compact_layouts.py",
     "history": "bench_history.py",
     "memory": "bench_memory.py",
     "explorers": "bench_explorers.py",
@@ -134,8 +135,16 @@ def render(folder: Path = RESULTS) -> str:
                   "rounded up to multiples of 8 with zero weights (same outputs). *uniform*: the faster of two "
                   "uniformly narrower timm ViTs with the multiply-accumulates of the unpadded compact model of the "
                   "same run and the same residual width (narrower heads; fewer whole heads), timed in the "
-                  "same rounds; *vs uniform* is the compact model's time over it. Goals: within 10 % of the uniform "
-                  "model, and ≥ 85 % of the ideal for DeiT-S at 50 %, batch 32.", ""]
+                  "same rounds; *vs uniform* is the compact model's time over it, *vs narrower / fewer heads* its "
+                  "time over each anchor's. Goals: within 10 % of the uniform model, and ≥ 85 % of the ideal for "
+                  "DeiT-S at 50 %, batch 32. The *exact* layout keeps every head, so its attention computes "
+                  "a softmax over as many token-by-token score maps as the dense model, where the *fewer heads* "
+                  "anchor computes one per kept head; the *narrower heads* anchor has the same head count as "
+                  "*exact*, the *fewer heads* anchor the same kind of heads as *heads*.", ""]
+        def over(r: dict, anchor: str) -> str:
+            ms = r.get("uniform_ms", {}).get(anchor)
+            return "–" if ms is None else f"{r['compact_ms'] / ms:.2f}x"
+
         rows = []
         for r in [r for r in cl["rows"] if "allocator" not in r]:
             has = "vs_uniform" in r
@@ -144,9 +153,11 @@ def render(folder: Path = RESULTS) -> str:
                          f"{r['dense_ms']:.1f}", f"{r['compact_ms']:.1f}",
                          f"{min(r['uniform_ms'].values()):.1f}" if has else "–", f"{r['params_ratio']:.2f}",
                          f"{r['speedup']:.2f}x", f"{r['ideal_speedup']:.2f}x", f"{r['speedup_over_ideal']:.0%}",
+                         f"{over(r, 'narrower heads')} / {over(r, 'fewer heads')}",
                          f"{r['vs_uniform']:.2f}x" if has else "–", _met(r["vs_uniform"] <= 1.10) if has else "–"])
         parts += [_table(["model", "pruned", "layout", "batch", "dense ms", "compact ms", "uniform ms", "params kept",
-                          "speed-up", "ideal", "of ideal", "vs uniform", "≤ 1.10x"], rows), ""]
+                          "speed-up", "ideal", "of ideal", "vs narrower / fewer heads", "vs uniform", "≤ 1.10x"],
+                         rows), ""]
         tuned = [r for r in cl["rows"] if "allocator" in r]
         if tuned:
             parts += [f"The same models timed again in a process started with `{tuned[0]['allocator']}`: glibc then "
@@ -154,10 +165,6 @@ def render(folder: Path = RESULTS) -> str:
                       "1536-unit MLP activations at batch 32 (38.7 MB, in the dense model and in P3B's full-width "
                       "blocks, not in the uniform anchors) stop page-faulting on every forward pass. *vs narrower / "
                       "fewer heads*: the compact model's time over each anchor's.", ""]
-            def over(r: dict, anchor: str) -> str:
-                ms = r.get("uniform_ms", {}).get(anchor)
-                return "–" if ms is None else f"{r['compact_ms'] / ms:.2f}x"
-
             rows = [[r["model"], f"{r['prune_ratio']:.0%}", r["variant"], str(r["batch"]), f"{r['dense_ms']:.1f}",
                      f"{r['compact_ms']:.1f}", f"{min(r['uniform_ms'].values()):.1f}" if "vs_uniform" in r else "–",
                      f"{r['speedup']:.2f}x", f"{r['speedup_over_ideal']:.0%}",
@@ -165,6 +172,31 @@ def render(folder: Path = RESULTS) -> str:
                      _met(r["vs_uniform"] <= 1.10) if "vs_uniform" in r else "–"] for r in tuned]
             parts += [_table(["model", "pruned", "layout", "batch", "dense ms", "compact ms", "uniform ms",
                               "speed-up", "of ideal", "vs narrower / fewer heads", "≤ 1.10x"], rows), ""]
+    lay = _load(folder, "compact_layouts")
+    if lay:
+        parts += [f"## Compact-model layouts (P3B-compacted DeiT-S, random weights, 224 px)"
+                  f"{' (quick)' if lay.get('quick') else ''}", "",
+                  "Ways to lay out the same compact model for speed, each timed interleaved with the layout "
+                  "`compact(pad_to=8)` builds (*time / pad 8* below 1: the layout pays). *scatter into zeros*: "
+                  "timm's `Block.forward`, which adds a branch writing only some residual channels by scattering it "
+                  "into a zero tensor of the full width (the layout before `CompactBlock`'s single `index_add`); "
+                  "*pad 16 / 32*: kept widths rounded up to larger multiples with zero weights; *unsliced inputs*: "
+                  "the first Linear of each branch reads the full residual width (zero columns) instead of a "
+                  "gathered subset, *and outputs*: also writes the full width (zero rows) instead of adding into a "
+                  "subset (shapes only). *MACs / pad 8*: multiply-accumulates over those of the reference.", ""]
+        order = {name: i for i, name in enumerate(["pad 8", "scatter into zeros", "pad 16", "pad 32",
+                                                   "unsliced inputs", "unsliced inputs and outputs"])}
+        cells: dict = {}
+        for r in lay["rows"]:
+            cells.setdefault((r["prune_ratio"], r["qkv_unit"], r["layout"]), {})[r["batch"]] = r
+        rows = [[f"{ratio:.0%}", {"dim": "head dimensions", "head": "whole heads"}[unit], name,
+                 f"{next(iter(by.values()))['macs_vs_reference']:.2f}",
+                 *(f"{by[b]['vs_reference']:.2f}x" if b in by else "–" for b in (1, 32))]
+                for (ratio, unit, name), by in sorted(cells.items(), key=lambda kv: (kv[0][0], kv[0][1],
+                                                                                      order.get(kv[0][2], 99)))
+                if name != "pad 8"]
+        parts += [_table(["pruned", "P3B prunes", "layout", "MACs / pad 8", "time / pad 8, batch 1",
+                          "time / pad 8, batch 32"], rows), ""]
     hp = _load(folder, "head_pruning")
     if hp:
         parts += [f"## Head pruning: accuracy{' (quick)' if hp.get('quick') else ''}", "",

@@ -1,0 +1,108 @@
+"""Ways to lay out a P3B compact DeiT-S for speed, each timed against the layout ``compact(pad_to=8)`` builds.
+
+P3B prunes DeiT-S (random weights, 224 px) at 50 %, 75 % and 90 % by head dimension (``dim``) and by whole heads
+(``head``), as in ``bench_compact_latency.py``, and the compact model is built in several layouts that all compute
+the same function (or, where marked, the same shapes):
+
+- ``pad 8`` — the reference here: ``pruner.compact(pad_to=8)``; each compact block (:class:`CompactBlock`) adds a
+  branch that writes only some residual channels with one ``index_add``;
+- ``scatter into zeros`` — the same model with timm's own ``Block.forward``: the branch output is scattered into a
+  zero tensor of the full width, which is then added (the layout before :class:`CompactBlock`);
+- ``pad 16`` / ``pad 32`` — kept widths rounded up to larger multiples (more zero weights, friendlier shapes);
+- ``unsliced inputs`` — ``attn_in`` and ``mlp_in`` kept whole: the first Linear of each branch reads the full
+  residual width (zero columns for the pruned channels) instead of a gathered subset; ``unsliced inputs and
+  outputs`` also writes the full width (zero rows) instead of adding into a subset. Shapes only: the zero columns
+  and rows are not written, so these two time the layout, not a model with the same outputs.
+
+Each is timed interleaved with the reference at batch 1 and 32; ``time / pad 8`` below 1 means the layout pays.
+
+Usage: python benchmarks/bench_compact_layouts.py [--quick] [--out benchmarks/results/compact_layouts.json]
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+from pathlib import Path
+
+import timm
+import torch
+from timm.models.vision_transformer import Block
+
+import sparselab as sl
+from sparselab.structure.compact import compact_stats, compact_vit
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_compact_latency import interleaved_ms, random_images  # noqa: E402
+
+MODEL = "deit_small_patch16_224"
+RATIOS = (0.5, 0.75, 0.9)
+UNITS = ("dim", "head")
+REFERENCE = "pad 8"
+LAYOUTS = (REFERENCE, "scatter into zeros", "pad 16", "pad 32", "unsliced inputs", "unsliced inputs and outputs")
+
+
+def p3b_masks(prune_ratio: float, qkv_unit: str) -> tuple[torch.nn.Module, dict]:
+    """The model P3B pruned (gates removed) and its hard masks."""
+    data = random_images()
+    torch.manual_seed(0)
+    model = timm.create_model(MODEL, pretrained=False, num_classes=data.num_classes)
+    pruner = sl.P3B(model, prune_ratio, schedule=sl.P3BSchedule(warmup=0, sparsify=1, finalize=2, updates_per_epoch=2),
+                    patch_probe=None, qkv_unit=qkv_unit)
+    sl.fit(model, data, epochs=2, pruner=pruner, batch_size=8, progress=False, eval_batch_size=8)
+    masks = pruner.hard_masks()
+    pruner.remove()
+    return model, masks
+
+
+def layouts(model: torch.nn.Module, masks: dict, qkv_unit: str) -> dict[str, torch.nn.Module]:
+    """The compact model in every layout of :data:`LAYOUTS`."""
+    def widened(gates: tuple[str, ...]) -> dict:  # live gates in ``gates`` kept whole (shapes only)
+        return {i: {g: torch.ones_like(m) if g in gates and bool(m.any()) else m for g, m in per.items()}
+                for i, per in masks.items()}
+
+    reference = compact_vit(model, masks, pad_to=8, qkv_unit=qkv_unit).eval()
+    scatter = copy.deepcopy(reference)
+    for blk in scatter.blocks:
+        blk.__class__ = Block
+    return {REFERENCE: reference, "scatter into zeros": scatter,
+            "pad 16": compact_vit(model, masks, pad_to=16, qkv_unit=qkv_unit).eval(),
+            "pad 32": compact_vit(model, masks, pad_to=32, qkv_unit=qkv_unit).eval(),
+            "unsliced inputs": compact_vit(model, widened(("attn_in", "mlp_in")), pad_to=8, qkv_unit=qkv_unit).eval(),
+            "unsliced inputs and outputs": compact_vit(
+                model, widened(("attn_in", "mlp_in", "attn_out", "mlp_out")), pad_to=8, qkv_unit=qkv_unit).eval()}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="75 % only, fewer repeats")
+    parser.add_argument("--out", default="benchmarks/results/compact_layouts.json")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    ratios = (0.75,) if args.quick else RATIOS
+    repeats = {1: 10 if args.quick else 40, 32: 2 if args.quick else 8}
+    models, macs = {}, {}
+    for ratio in ratios:
+        for unit in UNITS:
+            model, masks = p3b_masks(ratio, unit)
+            for name, m in layouts(model, masks, unit).items():
+                models[ratio, unit, name] = m
+                macs[ratio, unit, name] = compact_stats(m)["flops"]
+    rows = []
+    for batch, reps in repeats.items():
+        ms = interleaved_ms(models, batch, reps)
+        for (ratio, unit, name), t in ms.items():
+            ref = ms[ratio, unit, REFERENCE]
+            rows.append({"prune_ratio": ratio, "qkv_unit": unit, "layout": name, "batch": batch, "ms": t,
+                         "vs_reference": t / ref, "macs_vs_reference": macs[ratio, unit, name] /
+                         macs[ratio, unit, REFERENCE]})
+            print(f"{ratio:.2f} {unit:4s} {name:28s} batch {batch:2d}: {t:8.1f} ms, {t / ref:.3f}x pad 8", flush=True)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"quick": args.quick, "threads": 2, "model": MODEL, "repeats": repeats, "rows": rows},
+                              indent=2))
+
+
+if __name__ == "__main__":
+    main()
