@@ -35,6 +35,9 @@ MODELS = {  # name: (factory, input shape, batch)
     "vgg19_bn (20 M)": (lambda: sl.models.create("vgg19_bn", in_chans=3), (3, 32, 32), 64),
 }
 
+#: the models the ≤ 5 % goal is stated for (``--quick`` measures only these, to stay within its time budget)
+WITH_GOAL = ("resnet32 (0.47 M)", "vgg19_bn (20 M)")
+
 
 def reference_penalty(weights, rate):
     """The reference formulation: full sort for the threshold, one concatenated copy for the loss."""
@@ -93,12 +96,14 @@ def bench(name, factory, shape, batch, repeats, rate=0.98):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="3 repeats instead of 10")
+    parser.add_argument("--quick", action="store_true",
+                        help="3 repeats instead of 10, only the models with a goal (ResNet-32, VGG-19)")
     parser.add_argument("--out", default="benchmarks/results/hypersparse.json")
     args = parser.parse_args()
     torch.set_num_threads(2)
     repeats = 3 if args.quick else 10
-    rows = [bench(name, *spec, repeats=repeats) for name, spec in MODELS.items()]
+    names = [n for n in MODELS if not args.quick or n in WITH_GOAL]
+    rows = [bench(name, *MODELS[name], repeats=repeats) for name in names]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"quick": args.quick, "repeats": repeats, "threads": 2, "rows": rows}, indent=2))

@@ -97,7 +97,7 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/results/memory.json")
     parser.add_argument("--case", default=None, help=argparse.SUPPRESS)  # a child process: run one case
     args = parser.parse_args()
-    steps = 6 if args.quick else 12
+    steps = 4 if args.quick else 12
     if args.case is not None:
         family, kind = CASES[args.case]
         print(json.dumps(measure(family, kind, steps)))

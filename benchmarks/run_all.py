@@ -30,9 +30,10 @@ BENCHMARKS = {  # name: script
     "onnx_latency": "bench_onnx_latency.py",
     "head_pruning": "bench_head_pruning.py",
 }
-#: left out of --quick (which stays under 5 minutes): accuracy over seeds has no meaningful short form;
-#: ``--quick --only head_pruning`` still runs its one-seed smoke version
-NOT_QUICK = ("head_pruning",)
+#: left out of --quick (which stays under 5 minutes): accuracy over seeds has no meaningful short form, and the
+#: layout comparison adds nothing a quick check needs; ``--quick --only head_pruning compact_layouts`` still runs
+#: their smoke versions
+NOT_QUICK = ("head_pruning", "compact_layouts")
 
 
 def run(names: list[str], quick: bool, folder: Path) -> None:
