@@ -65,13 +65,20 @@ def random_images(n: int = 16, classes: int = 10, seed: int = 0) -> DataBundle:
     return DataBundle("random", split, None, TensorImages(images[:8], labels[:8]), classes, 3, 224)
 
 
-def p3b_compact(name: str, prune_ratio: float, data: DataBundle, qkv_unit: str) -> dict[str, torch.nn.Module]:
-    """The P3B-compacted model (pruning head dimensions or whole heads) in each of its :data:`VARIANTS`."""
+def p3b_pruner(name: str, prune_ratio: float, data: DataBundle, qkv_unit: str) -> sl.P3B:
+    """P3B (class-token probes, pruning head dimensions or whole heads) after a few training steps of ``name`` on
+    ``data``; the caller removes it."""
     torch.manual_seed(0)
     model = timm.create_model(name, pretrained=False, num_classes=data.num_classes)
     pruner = sl.P3B(model, prune_ratio, schedule=sl.P3BSchedule(warmup=0, sparsify=1, finalize=2, updates_per_epoch=2),
                     patch_probe=None, qkv_unit=qkv_unit)
     sl.fit(model, data, epochs=2, pruner=pruner, batch_size=8, progress=False, eval_batch_size=8)
+    return pruner
+
+
+def p3b_compact(name: str, prune_ratio: float, data: DataBundle, qkv_unit: str) -> dict[str, torch.nn.Module]:
+    """The P3B-compacted model (pruning head dimensions or whole heads) in each of its :data:`VARIANTS`."""
+    pruner = p3b_pruner(name, prune_ratio, data, qkv_unit)
     compact = {variant: pruner.compact(pad_to=pad).eval() for variant, (unit, pad) in VARIANTS.items()
                if unit == qkv_unit}
     pruner.remove()

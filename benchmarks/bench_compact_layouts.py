@@ -26,15 +26,13 @@ import json
 import sys
 from pathlib import Path
 
-import timm
 import torch
 from timm.models.vision_transformer import Block
 
-import sparselab as sl
 from sparselab.structure.compact import compact_stats, compact_vit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_compact_latency import interleaved_ms, random_images  # noqa: E402
+from bench_compact_latency import interleaved_ms, p3b_pruner, random_images  # noqa: E402
 
 MODEL = "deit_small_patch16_224"
 RATIOS = (0.5, 0.75, 0.9)
@@ -44,16 +42,11 @@ LAYOUTS = (REFERENCE, "scatter into zeros", "pad 16", "pad 32", "unsliced inputs
 
 
 def p3b_masks(prune_ratio: float, qkv_unit: str) -> tuple[torch.nn.Module, dict]:
-    """The model P3B pruned (gates removed) and its hard masks."""
-    data = random_images()
-    torch.manual_seed(0)
-    model = timm.create_model(MODEL, pretrained=False, num_classes=data.num_classes)
-    pruner = sl.P3B(model, prune_ratio, schedule=sl.P3BSchedule(warmup=0, sparsify=1, finalize=2, updates_per_epoch=2),
-                    patch_probe=None, qkv_unit=qkv_unit)
-    sl.fit(model, data, epochs=2, pruner=pruner, batch_size=8, progress=False, eval_batch_size=8)
+    """The model P3B pruned (gates removed) and its hard masks, from the same run as ``bench_compact_latency.py``."""
+    pruner = p3b_pruner(MODEL, prune_ratio, random_images(), qkv_unit)
     masks = pruner.hard_masks()
     pruner.remove()
-    return model, masks
+    return pruner.structure.model, masks
 
 
 def layouts(model: torch.nn.Module, masks: dict, qkv_unit: str) -> dict[str, torch.nn.Module]:

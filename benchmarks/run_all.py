@@ -185,17 +185,13 @@ def render(folder: Path = RESULTS) -> str:
                   "the first Linear of each branch reads the full residual width (zero columns) instead of a "
                   "gathered subset, *and outputs*: also writes the full width (zero rows) instead of adding into a "
                   "subset (shapes only). *MACs / pad 8*: multiply-accumulates over those of the reference.", ""]
-        order = {name: i for i, name in enumerate(["pad 8", "scatter into zeros", "pad 16", "pad 32",
-                                                   "unsliced inputs", "unsliced inputs and outputs"])}
-        cells: dict = {}
+        cells: dict = {}  # (ratio, unit, layout) -> batch -> row, in the benchmark's own order
         for r in lay["rows"]:
             cells.setdefault((r["prune_ratio"], r["qkv_unit"], r["layout"]), {})[r["batch"]] = r
         rows = [[f"{ratio:.0%}", {"dim": "head dimensions", "head": "whole heads"}[unit], name,
                  f"{next(iter(by.values()))['macs_vs_reference']:.2f}",
                  *(f"{by[b]['vs_reference']:.2f}x" if b in by else "–" for b in (1, 32))]
-                for (ratio, unit, name), by in sorted(cells.items(), key=lambda kv: (kv[0][0], kv[0][1],
-                                                                                      order.get(kv[0][2], 99)))
-                if name != "pad 8"]
+                for (ratio, unit, name), by in cells.items() if name != "pad 8"]
         parts += [_table(["pruned", "P3B prunes", "layout", "MACs / pad 8", "time / pad 8, batch 1",
                           "time / pad 8, batch 32"], rows), ""]
     hp = _load(folder, "head_pruning")

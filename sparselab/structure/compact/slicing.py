@@ -10,6 +10,7 @@ import math
 from typing import Mapping
 
 import torch
+from timm.models.vision_transformer import Block
 from torch import nn
 from torch.nn import functional as F
 
@@ -221,7 +222,6 @@ def _compact_mlp(blk: nn.Module, m: dict[str, torch.Tensor], dim: int):
 
 def _check_block(i: int, blk: nn.Module) -> None:
     from timm.layers import Attention, Mlp
-    from timm.models.vision_transformer import Block
 
     where = f"blocks.{i}"
     if not isinstance(blk, Block):
@@ -348,8 +348,6 @@ def compact_vit(model: nn.Module, masks: Masks | None = None, pad_to: int = 1, q
         >>> sum(p.numel() for p in small.parameters()) == structure.total_params(masks)
         True
     """
-    from timm.models.vision_transformer import Block
-
     _require_timm_attention_widths()
     structure = ViTStructure(model, qkv_unit)
     full = _check_masks(structure, masks)
