@@ -1,6 +1,7 @@
 """Compact ViTs: equal to the hard-masked model, parameter counts, statistics, save/load and errors."""
 from __future__ import annotations
 
+import functools
 import json
 
 import pytest
@@ -17,6 +18,7 @@ from sparselab.errors import CheckpointError, ConfigError
 from sparselab.structure import GATES, Gates, ViTStructure
 from sparselab.structure.compact import (
     CompactBlock,
+    CompactMlp,
     ConstantBranch,
     ScatterChannels,
     SelectChannels,
@@ -263,6 +265,51 @@ def test_partial_branch_outputs_are_added_to_their_channels_without_a_scatter(in
     assert len(scatters) == (0 if init_values is None else 4)
     out.sum().backward()
     assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+def test_mlp_gelu_runs_in_place_only_where_nothing_else_sees_the_pre_activation(approximate, monkeypatch):
+    model = tiny_vit(depth=2, act_layer=functools.partial(nn.GELU, approximate=approximate)).eval()
+    s = ViTStructure(model)
+    masks = s.full_masks()
+    masks[0]["mlp_hid"] = torch.arange(32) % 3 != 1
+    masks[1]["mlp_in"] = torch.arange(16) < 12
+    small = compact_vit(model, masks)
+    assert all(type(b.mlp) is CompactMlp for b in small.blocks)
+    gelu_calls, gelu = [], nn.GELU.forward
+    monkeypatch.setattr(nn.GELU, "forward", lambda self, x: gelu_calls.append(1) or gelu(self, x))
+    x = torch.randn(3, 3, 16, 16)
+    Gates(s).set_hard(masks)
+    with torch.no_grad():
+        reference = model(x)
+    gelu_calls.clear()
+
+    with torch.no_grad():  # nothing records or sees fc1's output: the activation overwrites it
+        close(small(x), reference)
+    with torch.inference_mode():
+        close(small(x), reference)
+    assert gelu_calls == []
+
+    out = small(x)  # the parameters need gradients: GELU must keep its input for the backward pass
+    assert len(gelu_calls) == 2
+    close(out, reference)
+    out.sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in small.blocks[0].mlp.parameters())
+
+    seen = []  # a hook holding fc1's output must find it unchanged after the forward pass
+    handle = small.blocks[0].mlp.fc1.register_forward_hook(lambda m, args, o: seen.append((m, args[0], o)))
+    with torch.no_grad():
+        close(small(x), reference)
+    handle.remove()
+    fc1, fc1_in, fc1_out = seen[0]
+    with torch.no_grad():
+        torch.testing.assert_close(fc1_out, fc1(fc1_in), rtol=0, atol=0)
+    gelu_calls.clear()
+    handle = torch.nn.modules.module.register_module_forward_hook(lambda m, args, o: None)
+    with torch.no_grad():
+        close(small(x), reference)
+    handle.remove()
+    assert len(gelu_calls) == 2  # a global hook may hold any module's output: no overwriting
 
 
 def test_distilled_model_prefix_tokens():

@@ -17,7 +17,8 @@ part       in the compact block
            ``kept attn_qkv`` heads of the full head dimension
 ``ls1``    ``Sequential(ScatterChannels(kept attn_out, D), LayerScale or Identity)``
 ``norm2``  ``Sequential(LayerNorm over all D channels, SelectChannels(kept mlp_in))``
-``mlp``    a timm ``Mlp`` with ``kept mlp_in`` inputs, ``kept mlp_hid`` hidden and ``kept mlp_out`` outputs
+``mlp``    a :class:`CompactMlp` (timm's ``Mlp``, its GELU in place in inference) with ``kept mlp_in``
+           inputs, ``kept mlp_hid`` hidden and ``kept mlp_out`` outputs
 ``ls2``    ``Sequential(ScatterChannels(kept mlp_out, D), LayerScale or Identity)``
 =========  ===========================================================================================
 
@@ -49,12 +50,12 @@ Example:
 from __future__ import annotations
 
 from ...cost import compact_stats
-from .modules import CompactBlock, ConstantBranch, ScatterChannels, SelectChannels, ZeroPaddedLayerNorm
+from .modules import CompactBlock, CompactMlp, ConstantBranch, ScatterChannels, SelectChannels, ZeroPaddedLayerNorm
 from .onnx import export_onnx
 from .saving import load_compact, save_compact
 from .slicing import compact_vit, pad_masks
 from .spec import SPEC_FILE, SPEC_FORMAT, SPEC_VERSION, WEIGHTS_FILE, compact_spec
 
 __all__ = ["compact_vit", "export_onnx", "compact_spec", "pad_masks", "compact_stats", "save_compact", "load_compact",
-           "CompactBlock", "SelectChannels", "ScatterChannels", "ZeroPaddedLayerNorm", "ConstantBranch",
+           "CompactBlock", "CompactMlp", "SelectChannels", "ScatterChannels", "ZeroPaddedLayerNorm", "ConstantBranch",
            "SPEC_FORMAT", "SPEC_VERSION", "SPEC_FILE", "WEIGHTS_FILE"]

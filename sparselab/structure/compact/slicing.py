@@ -16,7 +16,7 @@ from torch.nn import functional as F
 
 from ...errors import ConfigError
 from ..vit import GATE_WEIGHTS, GATES, Masks, ViTStructure, is_identity, qkv_grid, weight_index
-from .modules import CompactBlock, ConstantBranch, ScatterChannels, SelectChannels, ZeroPaddedLayerNorm
+from .modules import CompactBlock, CompactMlp, ConstantBranch, ScatterChannels, SelectChannels, ZeroPaddedLayerNorm
 
 _HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",
                "_forward_hooks_with_kwargs", "_forward_hooks_always_called", "_forward_pre_hooks_with_kwargs")
@@ -210,6 +210,7 @@ def _compact_mlp(blk: nn.Module, m: dict[str, torch.Tensor], dim: int):
     new = Mlp(n_in, n_hid, n_out, bias=(mlp.fc1.bias is not None, mlp.fc2.bias is not None),
               drop=(mlp.drop1.p, mlp.drop2.p)).to(device=ref.device, dtype=ref.dtype)
     new.act = _fresh(mlp.act)
+    new.__class__ = CompactMlp
     with torch.no_grad():
         _copy_param(new.fc1.weight, _cols(_rows(mlp.fc1.weight, i_hid), i_in), mlp.fc1.weight)
         _copy_param(new.fc1.bias, None if mlp.fc1.bias is None else _rows(mlp.fc1.bias, i_hid), mlp.fc1.bias)
