@@ -208,7 +208,7 @@ def main():
     args = parser.parse_args()
     torch.set_num_threads(2)
     names = args.models or (MODELS[:1] if args.quick else MODELS)
-    repeats = {1: 5 if args.quick else 20, 32: 2 if args.quick else 5}
+    repeats = {1: 5 if args.quick else 20, 32: 2 if args.quick else 9}
     rows = measure(names, repeats)
     if not (args.quick or args.no_allocator_pass):
         rows += allocator_pass(MODELS[-1])

@@ -30,6 +30,7 @@ from sparselab.structure.compact import (
     pad_masks,
     save_compact,
 )
+from sparselab.structure.compact import modules as compact_modules
 
 PREFIX = {
     "cls": dict(),
@@ -282,7 +283,11 @@ def test_mlp_gelu_runs_in_place_only_where_nothing_else_sees_the_pre_activation(
     Gates(s).set_hard(masks)
     with torch.no_grad():
         reference = model(x)
+        gelu_calls.clear()
+        close(small(x), reference)
+    assert len(gelu_calls) == 2  # small hidden activations (here 17 tokens) keep the out-of-place GELU
     gelu_calls.clear()
+    monkeypatch.setattr(compact_modules, "INPLACE_MIN_BYTES", 0)
 
     with torch.no_grad():  # nothing records or sees fc1's output: the activation overwrites it
         close(small(x), reference)

@@ -182,19 +182,25 @@ def may_overwrite(t: torch.Tensor, *producers: nn.Module) -> bool:
     return not any(m._forward_hooks or m._forward_pre_hooks for m in producers)
 
 
+#: hidden activations from this size on are activated in place by :class:`CompactMlp`; below it (batch 1) the
+#: fresh buffer comes from memory the allocator keeps, and the in-place form measured no faster
+INPLACE_MIN_BYTES = 4 << 20
+
+
 class CompactMlp(Mlp):
     """timm's ``Mlp`` of a compact ViT: the same modules and outputs; when the hidden activations need no gradient
-    (inference) and no hook can see them, an ``nn.GELU`` runs in place on ``fc1``'s output.
+    (inference), no hook can see them and they hold at least :data:`INPLACE_MIN_BYTES`, an ``nn.GELU`` runs in
+    place on ``fc1``'s output.
 
     Why: at batch 32 a wide hidden layer is tens of MB, and a fresh buffer of that size is page-faulted anew on
     every forward pass (glibc returns it to the kernel), which made the GELU of wide compact blocks take several
     times as long per element as that of narrow ones (``benchmarks/bench_compact_latency.py``).
 
     Example:
-        >>> mlp = Mlp(8, 32, 8)
-        >>> fast = CompactMlp(8, 32, 8); fast.load_state_dict(mlp.state_dict())
+        >>> mlp = Mlp(8, 4096, 8)
+        >>> fast = CompactMlp(8, 4096, 8); fast.load_state_dict(mlp.state_dict())
         <All keys matched successfully>
-        >>> x = torch.randn(2, 8)
+        >>> x = torch.randn(512, 8)  # 8 MiB of hidden activations
         >>> with torch.no_grad():
         ...     torch.equal(fast(x), mlp(x))
         True
@@ -203,7 +209,8 @@ class CompactMlp(Mlp):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.fc1(x)
         act = self.act
-        if type(act) is nn.GELU and may_overwrite(h, act, self.fc1):
+        large = h.numel() * h.element_size() >= INPLACE_MIN_BYTES
+        if type(act) is nn.GELU and large and may_overwrite(h, act, self.fc1):
             h = torch.ops.aten.gelu_(h, approximate=act.approximate)
         else:
             h = act(h)
