@@ -209,8 +209,9 @@ class CompactMlp(Mlp):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.fc1(x)
         act = self.act
-        large = h.numel() * h.element_size() >= INPLACE_MIN_BYTES
-        if type(act) is nn.GELU and large and may_overwrite(h, act, self.fc1):
+        # the size last: under an exporter with a dynamic batch it would add a guard on the batch dimension
+        if (type(act) is nn.GELU and may_overwrite(h, act, self.fc1)
+                and h.numel() * h.element_size() >= INPLACE_MIN_BYTES):
             h = torch.ops.aten.gelu_(h, approximate=act.approximate)
         else:
             h = act(h)
