@@ -23,7 +23,9 @@ pass page-faults fresh memory for such tensors — at batch 32 the MLP hidden ac
 not: a GELU over them takes about 7x longer per element than over a 19 MB tensor. A second pass therefore times
 DeiT-S again in a child process started with ``MALLOC_MMAP_THRESHOLD_`` and ``MALLOC_TRIM_THRESHOLD_`` raised to
 4 GiB (rows tagged ``allocator``; both are needed: the heap would otherwise be trimmed back to the kernel), the
-setting a CPU deployment on glibc would use.
+setting a CPU deployment on glibc would use. The compact models' MLPs (``CompactMlp``) apply their GELU in place on
+hidden activations of 4 MiB or more, which spares them one such buffer per block; the dense model and the uniform
+anchors are plain timm modules.
 
 Usage: python benchmarks/bench_compact_latency.py [--quick] [--out benchmarks/results/compact_latency.json]
 """
