@@ -62,6 +62,11 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def _heading(title: str, result: dict) -> str:
+    """A section heading, tagged ``(quick)`` for results of a ``--quick`` run."""
+    return f"## {title}{' (quick)' if result.get('quick') else ''}"
+
+
 def _met(ok: bool) -> str:
     return "**yes**" if ok else "no"
 
@@ -74,7 +79,7 @@ def render(folder: Path = RESULTS) -> str:
              "`--quick`, which shortens runs and repeats.", ""]
     hs = _load(folder, "hypersparse")
     if hs:
-        parts += [f"## HyperSparse overhead per training step{' (quick)' if hs.get('quick') else ''}", "",
+        parts += [_heading("HyperSparse overhead per training step", hs), "",
                   "Share of one plain training step (forward, backward, SGD step). *in place*: "
                   "`HyperSparse.add_gradient` (what ART trains with: banded exact threshold on every step, "
                   "sigmoid-based gradient into `.grad`, fused kernels from 4 M weights on); *loss path*: the same "
@@ -92,7 +97,7 @@ def render(folder: Path = RESULTS) -> str:
                           "in place vs loss path", "in place vs reference", "≤ 5 %"], rows), ""]
     pb = _load(folder, "p3b_probes")
     if pb:
-        parts += [f"## P3B step cost and cheaper block-benefit estimators{' (quick)' if pb.get('quick') else ''}",
+        parts += [_heading("P3B step cost and cheaper block-benefit estimators", pb),
                   "",
                   f"P3B at 50 % on the `{pb['preset']}` preset. Step cost: wall time of the P3B steps over that of "
                   "plain fine-tuning steps interleaved with them on the same batches (`dense` is the control). "
@@ -126,8 +131,7 @@ def render(folder: Path = RESULTS) -> str:
                               "≤ 1.10x"], rows), ""]
     cl = _load(folder, "compact_latency")
     if cl:
-        parts += [f"## Compact-model CPU latency (P3B-compacted DeiT, random weights, 224 px)"
-                  f"{' (quick)' if cl.get('quick') else ''}", "",
+        parts += [_heading("Compact-model CPU latency (P3B-compacted DeiT, random weights, 224 px)", cl), "",
                   "Forward time of the compact model against the dense one (interleaved, median), and the ideal "
                   "speed-up from the multiply-accumulate count of the unpadded compact model. *exact*: P3B as the "
                   "reference prunes attention, by head dimension (every head stays, narrower); *heads*: P3B with "
@@ -178,8 +182,7 @@ def render(folder: Path = RESULTS) -> str:
                               "speed-up", "of ideal", "vs narrower / fewer heads", "≤ 1.10x"], rows), ""]
     lay = _load(folder, "compact_layouts")
     if lay:
-        parts += [f"## Compact-model layouts (P3B-compacted DeiT-S, random weights, 224 px)"
-                  f"{' (quick)' if lay.get('quick') else ''}", "",
+        parts += [_heading("Compact-model layouts (P3B-compacted DeiT-S, random weights, 224 px)", lay), "",
                   "Ways to lay out the same compact model for speed, each timed interleaved with the layout "
                   "`compact(pad_to=8)` builds (*time / pad 8* below 1: the layout pays). *scatter into zeros*: "
                   "timm's `Block.forward`, which adds a branch writing only some residual channels by scattering it "
@@ -199,7 +202,7 @@ def render(folder: Path = RESULTS) -> str:
                           "time / pad 8, batch 32"], rows), ""]
     hp = _load(folder, "head_pruning")
     if hp:
-        parts += [f"## Head pruning: accuracy{' (quick)' if hp.get('quick') else ''}", "",
+        parts += [_heading("Head pruning: accuracy", hp), "",
                   f"P3B pruning whole heads (`qkv_unit=\"head\"`, an extension) against P3B pruning head "
                   f"dimensions (the reference) on the `{hp['preset']}` preset, seeds {hp['seeds']}: the compact "
                   "model's test accuracy after its fine-tune, and the paired difference heads − dimensions with "
@@ -212,7 +215,7 @@ def render(folder: Path = RESULTS) -> str:
                           "95 % interval", "seeds"], rows), ""]
     ox = _load(folder, "onnx_latency")
     if ox:
-        parts += [f"## Compact models in ONNX Runtime{' (quick)' if ox.get('quick') else ''}", "",
+        parts += [_heading("Compact models in ONNX Runtime", ox), "",
                   "The deployment path: dense and P3B-compacted DeiT models (random weights, 224 px, `pad_to=8`) "
                   "exported with `sl.structure.export_onnx` (outputs checked against PyTorch) and timed in ONNX "
                   "Runtime on the CPU with 2 threads, beside the same models in PyTorch, eager and compiled with "
@@ -227,14 +230,14 @@ def render(folder: Path = RESULTS) -> str:
                           "PyTorch speed-up", "compiled speed-up", "compiled vs eager", "ideal"], rows), ""]
     hi = _load(folder, "history")
     if hi:
-        parts += [f"## History recording overhead{' (quick)' if hi.get('quick') else ''}", "",
+        parts += [_heading("History recording overhead", hi), "",
                   "Time inside the recording code (outermost calls) as a share of the whole fit. Goal: ≤ 2 %.", ""]
         rows = [[r["case"], f"{r['recording_s'] * 1000:.0f} ms", f"{r['fit_s']:.1f} s", f"{r['share']:.2%}",
                  str(r["rows"]["events"]), str(r["rows"]["blocks"]), _met(r["share"] <= 0.02)] for r in hi["rows"]]
         parts += [_table(["run", "recording", "fit", "share", "events", "block rows", "≤ 2 %"], rows), ""]
     me = _load(folder, "memory")
     if me:
-        parts += [f"## Peak memory of a training step{' (quick)' if me.get('quick') else ''}", "",
+        parts += [_heading("Peak memory of a training step", me), "",
                   "Peak resident memory while training (`VmHWM` after resetting it) minus the resident memory before "
                   f"the fit, {me['steps']} steps, each case in its own process; the ratio is against plain training "
                   "of the same model. ViT: DeiT-Tiny, 224 px, batch 32, P3B at 50 %; CNN: VGG-19-BN, 32 px, batch "
@@ -247,7 +250,7 @@ def render(folder: Path = RESULTS) -> str:
                          rows), ""]
     ex = _load(folder, "explorers")
     if ex:
-        parts += [f"## Explorer response time{' (quick)' if ex.get('quick') else ''}", "",
+        parts += [_heading("Explorer response time", ex), "",
                   f"Notebook 05's explorers on the `{ex['scale']}` models: seconds from setting a control's value in "
                   "the kernel to the explorer's figures and tables holding the new result (the browser's drawing "
                   "excluded), median and slowest over several values. Goal: ≤ 1 s.", ""]

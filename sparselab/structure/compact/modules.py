@@ -167,11 +167,10 @@ class CompactBlock(Block):
         return add_branch(x, self.mlp(self.norm2(x)), self.ls2, self.drop_path2)
 
 
-def may_overwrite(t: torch.Tensor, *producers: nn.Module) -> bool:
-    """Whether ``t``, just returned by the last of ``producers`` and about to be consumed by the first, may be
-    overwritten in place: autograd records nothing for it, no forward hook (of these modules or a global one)
-    may hold a reference to it, and no tracer, exporter or compiler is watching (they record in-place ops as
-    such)."""
+def may_overwrite(t: torch.Tensor, *modules: nn.Module) -> bool:
+    """Whether ``t`` may be overwritten in place: autograd records nothing for it, no forward hook of ``modules``
+    (those that produce or consume it) nor a global one may hold a reference to it, and no tracer, exporter or
+    compiler is watching (they record in-place ops as such)."""
     if torch.is_grad_enabled() and t.requires_grad:
         return False
     if (torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling()
@@ -179,7 +178,7 @@ def may_overwrite(t: torch.Tensor, *producers: nn.Module) -> bool:
         return False
     if module_hooks._global_forward_hooks or module_hooks._global_forward_pre_hooks:
         return False
-    return not any(m._forward_hooks or m._forward_pre_hooks for m in producers)
+    return not any(m._forward_hooks or m._forward_pre_hooks for m in modules)
 
 
 #: hidden activations from this size on are activated in place by :class:`CompactMlp`; below it (batch 1) the

@@ -192,8 +192,6 @@ def _padded_norm(norm: nn.Module, kept: torch.Tensor, full: int, scale: float, n
 
 def _compact_mlp(blk: nn.Module, m: dict[str, torch.Tensor], dim: int):
     """(norm2, mlp, ls2) for the compact block."""
-    from timm.layers import Mlp
-
     mlp = blk.mlp
     ref = mlp.fc1.weight
     i_in, i_hid, i_out = _kept(m["mlp_in"]), _kept(m["mlp_hid"]), _kept(m["mlp_out"])
@@ -207,10 +205,9 @@ def _compact_mlp(blk: nn.Module, m: dict[str, torch.Tensor], dim: int):
             out = F.linear(h, mlp.fc2.weight.detach(), None if mlp.fc2.bias is None else mlp.fc2.bias.detach())
         return nn.Identity(), _constant(i_out, out, blk.ls2, dim, ref), nn.Identity()
 
-    new = Mlp(n_in, n_hid, n_out, bias=(mlp.fc1.bias is not None, mlp.fc2.bias is not None),
-              drop=(mlp.drop1.p, mlp.drop2.p)).to(device=ref.device, dtype=ref.dtype)
+    new = CompactMlp(n_in, n_hid, n_out, bias=(mlp.fc1.bias is not None, mlp.fc2.bias is not None),
+                     drop=(mlp.drop1.p, mlp.drop2.p)).to(device=ref.device, dtype=ref.dtype)
     new.act = _fresh(mlp.act)
-    new.__class__ = CompactMlp
     with torch.no_grad():
         _copy_param(new.fc1.weight, _cols(_rows(mlp.fc1.weight, i_hid), i_in), mlp.fc1.weight)
         _copy_param(new.fc1.bias, None if mlp.fc1.bias is None else _rows(mlp.fc1.bias, i_hid), mlp.fc1.bias)
