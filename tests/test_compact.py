@@ -318,7 +318,7 @@ def test_mlp_gelu_runs_in_place_only_where_nothing_else_sees_the_pre_activation(
 
 
 @pytest.mark.parametrize("mlp_out_kept", [12, 16])  # a branch writing some channels (index_add), or all of them
-def test_block_adds_its_mlp_branch_in_place_only_where_nothing_else_sees_the_stream(mlp_out_kept):
+def test_block_adds_its_mlp_branch_in_place_only_where_nothing_else_sees_the_stream(mlp_out_kept, monkeypatch):
     from torch.utils._python_dispatch import TorchDispatchMode
 
     class Ops(TorchDispatchMode):  # records the ATen ops a forward pass runs
@@ -341,12 +341,13 @@ def test_block_adds_its_mlp_branch_in_place_only_where_nothing_else_sees_the_str
     small = compact_vit(model, masks)
     Gates(s).set_hard(masks)
     x = torch.randn(3, 3, 16, 16)
+    inplace_add = "index_add_.default" if mlp_out_kept < 16 else "add_.Tensor"
     with torch.no_grad():
         reference = model(x)
+        assert inplace_add not in ops(lambda: small.blocks[0](small.patch_embed(x)))  # a small stream: out of place
+        monkeypatch.setattr(compact_modules, "INPLACE_MIN_BYTES", 0)
         close(small(x), reference)
-        in_place = ops(lambda: small.blocks[0](small.patch_embed(x)))
-    inplace_add = "index_add_.default" if mlp_out_kept < 16 else "add_.Tensor"
-    assert inplace_add in in_place
+        assert inplace_add in ops(lambda: small.blocks[0](small.patch_embed(x)))
 
     out = small(x)  # training needs the stream for the backward pass of norm2: no overwriting
     close(out, reference)
