@@ -6,6 +6,8 @@ the same function (or, where marked, the same shapes):
 
 - ``pad 8`` — the reference here: ``pruner.compact(pad_to=8)``; each compact block (:class:`CompactBlock`) adds a
   branch that writes only some residual channels with one ``index_add``;
+- ``MLP added in place`` — the same model adding its MLP branch in place into the block's own stream after
+  attention (an intermediate no one else holds under inference), which spares one full-width copy per block;
 - ``scatter into zeros`` — the same model with timm's own ``Block.forward``: the branch output is scattered into a
   zero tensor of the full width, which is then added (the layout before :class:`CompactBlock`);
 - ``pad 16`` / ``pad 32`` — kept widths rounded up to larger multiples (more zero weights, friendlier shapes);
@@ -29,7 +31,8 @@ from pathlib import Path
 import torch
 from timm.models.vision_transformer import Block
 
-from sparselab.structure.compact import compact_stats, compact_vit
+from sparselab.structure.compact import CompactBlock, ScatterChannels, compact_stats, compact_vit
+from sparselab.structure.compact.modules import add_branch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_compact_latency import interleaved_ms, p3b_pruner, random_images  # noqa: E402
@@ -38,7 +41,20 @@ MODEL = "deit_small_patch16_224"
 RATIOS = (0.5, 0.75, 0.9)
 UNITS = ("dim", "head")
 REFERENCE = "pad 8"
-LAYOUTS = (REFERENCE, "scatter into zeros", "pad 16", "pad 32", "unsliced inputs", "unsliced inputs and outputs")
+LAYOUTS = (REFERENCE, "MLP added in place", "scatter into zeros", "pad 16", "pad 32", "unsliced inputs",
+           "unsliced inputs and outputs")
+
+
+class InPlaceMlpBlock(CompactBlock):
+    """:class:`CompactBlock` adding its MLP branch in place into the stream after attention (inference only: the
+    stream is this block's own intermediate, and nothing here hooks it)."""
+
+    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        x = add_branch(x, self.attn(self.norm1(x), *args, **kwargs), self.ls1, self.drop_path1)
+        out, ls = self.mlp(self.norm2(x)), self.ls2
+        if isinstance(ls, torch.nn.Sequential) and isinstance(ls[0], ScatterChannels):
+            return x.index_add_(-1, ls[0].index, out)
+        return x.add_(self.drop_path2(ls(out)))
 
 
 def p3b_masks(prune_ratio: float, qkv_unit: str) -> tuple[torch.nn.Module, dict]:
@@ -56,10 +72,13 @@ def layouts(model: torch.nn.Module, masks: dict, qkv_unit: str) -> dict[str, tor
                 for i, per in masks.items()}
 
     reference = compact_vit(model, masks, pad_to=8, qkv_unit=qkv_unit).eval()
-    scatter = copy.deepcopy(reference)
+    scatter, in_place = copy.deepcopy(reference), copy.deepcopy(reference)
     for blk in scatter.blocks:
         blk.__class__ = Block
-    return {REFERENCE: reference, "scatter into zeros": scatter,
+    for blk in in_place.blocks:
+        if isinstance(blk, CompactBlock):
+            blk.__class__ = InPlaceMlpBlock
+    return {REFERENCE: reference, "MLP added in place": in_place, "scatter into zeros": scatter,
             "pad 16": compact_vit(model, masks, pad_to=16, qkv_unit=qkv_unit).eval(),
             "pad 32": compact_vit(model, masks, pad_to=32, qkv_unit=qkv_unit).eval(),
             "unsliced inputs": compact_vit(model, widened(("attn_in", "mlp_in")), pad_to=8, qkv_unit=qkv_unit).eval(),

@@ -184,7 +184,9 @@ def render(folder: Path = RESULTS) -> str:
     if lay:
         parts += [_heading("Compact-model layouts (P3B-compacted DeiT-S, random weights, 224 px)", lay), "",
                   "Ways to lay out the same compact model for speed, each timed interleaved with the layout "
-                  "`compact(pad_to=8)` builds (*time / pad 8* below 1: the layout pays). *scatter into zeros*: "
+                  "`compact(pad_to=8)` builds (*time / pad 8* below 1: the layout pays). *MLP added in place*: "
+                  "`CompactBlock` adding its MLP branch in place into the block's own stream after attention "
+                  "instead of out of place (one full-width copy less per block). *scatter into zeros*: "
                   "timm's `Block.forward`, which adds a branch writing only some residual channels by scattering it "
                   "into a zero tensor of the full width (the layout before `CompactBlock`'s single `index_add`); "
                   "*pad 16 / 32*: kept widths rounded up to larger multiples with zero weights; *unsliced inputs*: "
