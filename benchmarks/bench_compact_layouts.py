@@ -31,8 +31,8 @@ from pathlib import Path
 import torch
 from timm.models.vision_transformer import Block
 
-from sparselab.structure.compact import CompactBlock, ScatterChannels, compact_stats, compact_vit
-from sparselab.structure.compact.modules import add_branch
+from sparselab.structure.compact import CompactBlock, compact_stats, compact_vit
+from sparselab.structure.compact.modules import add_branch, scattered_channels
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_compact_latency import interleaved_ms, p3b_pruner, random_images  # noqa: E402
@@ -51,10 +51,11 @@ class InPlaceMlpBlock(CompactBlock):
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         x = add_branch(x, self.attn(self.norm1(x), *args, **kwargs), self.ls1, self.drop_path1)
-        out, ls = self.mlp(self.norm2(x)), self.ls2
-        if isinstance(ls, torch.nn.Sequential) and isinstance(ls[0], ScatterChannels):
-            return x.index_add_(-1, ls[0].index, out)
-        return x.add_(self.drop_path2(ls(out)))
+        out = self.mlp(self.norm2(x))
+        index = scattered_channels(self.ls2, self.drop_path2)
+        if index is not None:
+            return x.index_add_(-1, index, out)
+        return x.add_(self.drop_path2(self.ls2(out)))
 
 
 def p3b_masks(prune_ratio: float, qkv_unit: str) -> tuple[torch.nn.Module, dict]:
@@ -76,8 +77,7 @@ def layouts(model: torch.nn.Module, masks: dict, qkv_unit: str) -> dict[str, tor
     for blk in scatter.blocks:
         blk.__class__ = Block
     for blk in in_place.blocks:
-        if isinstance(blk, CompactBlock):
-            blk.__class__ = InPlaceMlpBlock
+        blk.__class__ = InPlaceMlpBlock
     return {REFERENCE: reference, "MLP added in place": in_place, "scatter into zeros": scatter,
             "pad 16": compact_vit(model, masks, pad_to=16, qkv_unit=qkv_unit).eval(),
             "pad 32": compact_vit(model, masks, pad_to=32, qkv_unit=qkv_unit).eval(),

@@ -142,10 +142,25 @@ def add_branch(x: torch.Tensor, out: torch.Tensor, ls: nn.Module, drop_path: nn.
         >>> add_branch(torch.ones(1, 3), torch.tensor([[1., 2.]]), ls, nn.Identity()).tolist()
         [[2.0, 1.0, 3.0]]
     """
+    index = scattered_channels(ls, drop_path)
+    if index is not None:
+        return x.index_add(-1, index, out)
+    return x + drop_path(ls(out))
+
+
+def scattered_channels(ls: nn.Module, drop_path: nn.Module) -> torch.Tensor | None:
+    """The residual channels a branch writes when ``drop_path(ls(out))`` only scatters ``out`` into zeros (a
+    ``ScatterChannels`` followed by no LayerScale, and no drop path); None when it does more.
+
+    Example:
+        >>> ls = nn.Sequential(ScatterChannels(torch.tensor([0, 2]), 3), nn.Identity())
+        >>> scattered_channels(ls, nn.Identity()).tolist(), scattered_channels(nn.Identity(), nn.Identity())
+        ([0, 2], None)
+    """
     if (isinstance(ls, nn.Sequential) and len(ls) == 2 and isinstance(ls[0], ScatterChannels)
             and isinstance(ls[1], nn.Identity) and isinstance(drop_path, nn.Identity)):
-        return x.index_add(-1, ls[0].index, out)
-    return x + drop_path(ls(out))
+        return ls[0].index
+    return None
 
 
 class CompactBlock(Block):
