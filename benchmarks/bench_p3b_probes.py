@@ -44,6 +44,8 @@ from sparselab.callbacks import Pruner
 from sparselab.experiments.p3b import load_data, p3b_preset, run_p3b, source_model
 from sparselab.pruners import p3b as p3b_module
 from sparselab.structure.gates import Gates
+from sparselab.training.config import TrainConfig
+from sparselab.training.optim import build_optimizer, param_groups
 
 ESTIMATORS: dict[str, dict] = {  # name: patch probe and BlockBenefit options (class-token probes always run)
     "reference (conv2, every step, whole batch)": dict(patch_probe="conv2"),
@@ -67,12 +69,14 @@ QUICK = (REFERENCE, "class-token probe only", FAST)  # the estimators --quick ru
 
 
 class LockstepClock(Pruner):
-    """After every step of the run it joins, times one plain fine-tuning step of its own model on the same batch;
-    sums both, leaving out the epoch ends (evaluation)."""
+    """After every step of the run it joins, times one plain fine-tuning step of its own model on the same batch
+    (with the optimizer :func:`sparselab.fit` builds: AdamW, fused, no decay on biases and norms); sums both,
+    leaving out the epoch ends (evaluation)."""
 
     def __init__(self, plain: torch.nn.Module, lr: float, weight_decay: float):
         self.plain = plain
-        self.optimizer = torch.optim.AdamW(plain.parameters(), lr=lr, weight_decay=weight_decay)
+        cfg = TrainConfig(lr=lr, weight_decay=weight_decay)  # built as sl.fit builds the P3B run's optimizer
+        self.optimizer = build_optimizer(param_groups(plain, cfg), cfg)
         self.run_s = self.plain_s = 0.0
         self.steps = 0
         self._end: float | None = None

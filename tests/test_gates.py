@@ -96,3 +96,22 @@ def test_reduce_gates_sums_what_weight_index_names(heads, head_dim, qkv_unit, se
         cols = weight_index("attn_qkv", "proj", el, heads, head_dim, qkv_unit)
         assert rows.numel() == 3 * (heads if qkv_unit == "dim" else head_dim)
         torch.testing.assert_close(per[e], w["qkv"][rows].sum() + w["proj"][:, cols].sum())
+
+
+def test_switched_off_gates_compute_the_ungated_model_and_get_no_gradients():
+    model = _model(False)
+    twin = copy.deepcopy(model)
+    x, y = torch.randn(3, 1, 28, 28), torch.tensor([1, 2, 3])
+    gates = Gates(ViTStructure(model))
+    assert gates.enabled and gates.all_one()
+    gates.enabled = False
+    torch.nn.functional.cross_entropy(model(x), y).backward()
+    torch.nn.functional.cross_entropy(twin(x), y).backward()
+    assert all(p.grad is None for p in gates.parameters())
+    for (name, p), q in zip(model.named_parameters(), twin.parameters()):
+        assert torch.equal(p.grad, q.grad), name
+    gates.set_values({0: {"mlp_hid": torch.ones(256)}})  # still all 1: stays off
+    assert not gates.enabled
+    gates.set_values({1: {"attn_qkv": torch.full((16,), 0.5)}})  # off would now compute the wrong model
+    assert gates.enabled and not gates.all_one()
+    assert not torch.allclose(model(x), twin(x))

@@ -187,7 +187,8 @@ class GateGrads(sl.Pruner):
         self.gates, self.grads = gates, []
 
     def after_backward(self, state):
-        self.grads.append({k: (p.detach() * p.grad).pow(2).double().clone() for k, p in self.gates.values.items()})
+        self.grads.append({k: None if p.grad is None else (p.detach() * p.grad).pow(2).double().clone()
+                           for k, p in self.gates.values.items()})
 
 
 def test_taylor_scores_are_the_window_mean_of_squared_gate_gradients(digits):
@@ -200,10 +201,47 @@ def test_taylor_scores_are_the_window_mean_of_squared_gate_gradients(digits):
                max_steps_per_epoch=4)
     # window: steps 5..8 (update at step 8 would be the next epoch's first: interval 4, start 4 -> update at 8)
     assert pruner.updates == 1
+    # before the window (warm-up, steps 1..4) every gate is 1 and its gradient unread: the gates are switched off
+    assert all(v is None for g in rec.grads[:4] for v in g.values())
+    assert all(v is not None for g in rec.grads[4:] for v in g.values())
     expected = {k: sum(g[k] for g in rec.grads[4:8]) / 4 for k in rec.grads[0]}
     window = pruner.criterion.sums_prev
     for k in expected:
         torch.testing.assert_close(window[k] / pruner.criterion.count_prev, expected[k])
+
+
+class GatesOn(sl.Pruner):
+    def __init__(self, gates):
+        self.gates, self.enabled = gates, []
+
+    def after_backward(self, state):
+        self.enabled.append(self.gates.enabled)
+
+
+@pytest.mark.parametrize("criterion", ["taylor", "wanda"])
+def test_gates_switched_off_before_the_window_change_nothing(digits, criterion, monkeypatch):
+    """Switching the gates off while they are all 1 and their gradients go unread is exact: the run equals one
+    with the gates always on, weights, masks and history alike."""
+    def run():
+        model = nano()
+        pruner = sl.P3B(model, 0.5, schedule=sl.P3BSchedule(warmup=1, sparsify=2, finalize=3, updates_per_epoch=1),
+                        patch_probe=None, criterion=criterion)
+        spy = GatesOn(pruner.gates)
+        history = sl.fit(model, digits, pruner=pruner, callbacks=[spy], epochs=3, batch_size=64, progress=False,
+                         max_steps_per_epoch=3, seed=0)
+        return model, pruner, spy.enabled, history
+
+    model, pruner, enabled, history = run()
+    with monkeypatch.context() as m:
+        m.setattr(sl.P3B, "_gate_next_step", lambda self, step: setattr(self.gates, "enabled", True))
+        always, always_pruner, always_enabled, always_history = run()
+    # warm-up (steps 1-3): off; then on — Taylor reads gradients from step 4, Wanda needs gates once they are not 1
+    assert enabled[:3] == [False] * 3 and enabled[-3:] == [True] * 3 and all(always_enabled)
+    for (name, a), b in zip(model.state_dict().items(), always.state_dict().values()):
+        assert torch.equal(a, b), name
+    for a, b in zip(pruner.gates.parameters(), always_pruner.gates.parameters()):
+        assert torch.equal(a, b)
+    assert history.blocks.equals(always_history.blocks)
 
 
 def _state(model, pruner, step, history):

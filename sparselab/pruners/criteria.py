@@ -109,8 +109,18 @@ class TaylorCriterion(GateCriterion):
 
     def attach(self, structure: ViTStructure, gates: Gates) -> None:
         super().attach(structure, gates)
-        self.sums = zero_scores(structure)
-        self.sums_prev = zero_scores(structure)
+        self.sums_prev = self._zeros()[0]
+        self._new_window()
+
+    def _zeros(self) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Zero sums keyed and ordered like the gates, as views into one flat vector (also returned)."""
+        sizes = {key: p.numel() for key, p in self.gates.values.items()}
+        flat = torch.zeros(sum(sizes.values()), dtype=torch.float64)
+        return dict(zip(sizes, flat.split(list(sizes.values())))), flat
+
+    def _new_window(self) -> None:
+        self.sums, flat = self._zeros()
+        self._flat = (self.sums, flat)  # a step where every gate has a gradient adds to all sums at once
 
     def collect(self, state: TrainState) -> bool:
         present = [(key, p) for key, p in self.gates.values.items() if p.grad is not None]
@@ -121,6 +131,10 @@ class TaylorCriterion(GateCriterion):
         if state.step_skipped or not bool(torch.isfinite(flat).all()):
             self.skipped_steps += 1
             return False
+        owner, common = self._flat
+        if owner is self.sums and len(present) == len(self.sums):  # every gate, in the sums' order
+            common.add_(flat)
+            return True
         for (key, _), t in zip(present, flat.split([p.numel() for _, p in present])):
             self.sums[key] += t.view_as(self.sums[key])
         return True
@@ -134,15 +148,22 @@ class TaylorCriterion(GateCriterion):
 
     def next_window(self) -> None:
         self.sums_prev, self.count_prev = self.sums, self.count
-        self.sums, self.count = zero_scores(self.structure), 0
+        self._new_window()
+        self.count = 0
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "taylor": self.sums, "taylor_prev": self.sums_prev}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
-        self.sums = {k: v.clone() for k, v in state["taylor"].items()}
-        self.sums_prev = {k: v.clone() for k, v in state["taylor_prev"].items()}
+        self._new_window()
+        self.sums_prev = self._zeros()[0]
+        for mine, saved in ((self.sums, state["taylor"]), (self.sums_prev, state["taylor_prev"])):
+            if set(saved) != set(mine):
+                raise ValueError(f"the saved Taylor sums cover other gates ({sorted(set(saved) ^ set(mine))[:4]} "
+                                 "differ): a checkpoint of another model or structure")
+            for k, v in saved.items():
+                mine[k].copy_(v)
 
 
 @register_criterion("l1")

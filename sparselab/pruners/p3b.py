@@ -219,6 +219,7 @@ class P3B(Pruner):
         self.gates.to(state.device)
         self.allocation.on_fit_start(state)
         self.steps = self.schedule.steps(state.steps_per_epoch)
+        self._gate_next_step(state.step)
         if state.epochs < self.schedule.finalize and not self.finalized:
             warnings.warn(f"training for {state.epochs} epochs ends before P3B finalizes (epoch "
                           f"{self.schedule.finalize}); masks stay soft", stacklevel=3)
@@ -256,6 +257,14 @@ class P3B(Pruner):
         self.criterion.end_step()
         if not self.finalized and self.steps.is_update(state.step):
             self.update(state)
+        self._gate_next_step(state.step)
+
+    def _gate_next_step(self, step: int) -> None:
+        """Let the gates act on the coming optimizer step (``step + 1``) only where that changes something: where
+        a gate is not 1, or where the criterion reads the gates' gradients after that step. Before the scoring
+        window opens every gate is 1 and no gradient is read, so those steps skip the gating's products."""
+        reads_grads = self.criterion.needs_gate_grads and not self.finalized and self.steps.in_window(step + 1)
+        self.gates.enabled = reads_grads or not self.gates.all_one()
 
     def on_epoch_end(self, state: TrainState) -> None:
         if not self.finalized and state.epoch + 1 >= self.schedule.finalize:
@@ -263,6 +272,7 @@ class P3B(Pruner):
             self.finalized = True
             self.allocation.remove()
             self.criterion.remove()
+            self._gate_next_step(state.step)
 
     # ------------------------------------------------------------------ allocation
     def _allocate(self, state: TrainState, final: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -409,6 +419,7 @@ class P3B(Pruner):
         with torch.no_grad():
             for k, v in state["gates"].items():
                 self.gates.values[k].copy_(v)
+        self.gates.enabled = True  # on_fit_start decides again for the loaded values
         self.allocation.load_state_dict(state)
         self.criterion.load_state_dict(state)
         self.finalized, self.updates = state["finalized"], state["updates"]

@@ -11,6 +11,11 @@ which computes the same outputs and the same gate gradients as ``"activations"``
 activations, the reference) at the cost of a few weight-sized products per step instead of activation-sized ones.
 The Linear layers then run a gated ``forward`` set on the instance; :meth:`Gates.remove` restores them.
 
+``enabled = False`` takes the gates out of the computation without detaching them: the Linear layers and hooks
+compute as if every gate were 1 and the gates receive no gradients. That is exact only while every gate is 1
+(:meth:`Gates.all_one`); :class:`~sparselab.P3B` switches them off for the steps whose gate gradients nobody reads
+(before its scoring window opens), which spares those steps the gating's few weight-sized products.
+
 Example:
     >>> import timm, torch
     >>> model = timm.create_model("vit_nano_patch4_28", num_classes=10)
@@ -61,6 +66,8 @@ class Gates(nn.Module):
         #: (layer, Linear name) → the gate that scales that Linear's columns, i.e. what its input is effectively
         #: multiplied by (gates on the weights only; on the activations the input itself is gated)
         self.column_gates: dict[tuple[int, str], nn.Parameter] = {}
+        #: False: the model computes as if every gate were 1 and the gates get no gradients (module docstring)
+        self.enabled = True
         self._attach()
 
     @staticmethod
@@ -101,13 +108,13 @@ class Gates(nn.Module):
             self._gate_linear(i, "fc2", blk.mlp.fc2, g["mlp_out"], g["mlp_hid"] if hid_on_fc2 else None)
 
     def _gate_linear(self, layer: int, name: str, linear: nn.Linear, rows, cols) -> None:
-        linear.forward = types.MethodType(_gated_forward(rows, cols), linear)
+        linear.forward = types.MethodType(_gated_forward(self, rows, cols), linear)
         self._gated.append(linear)
         if cols is not None:
             self.column_gates[(layer, name)] = cols
 
     def _hook(self, module: nn.Module, fn) -> None:
-        self._handles.append(module.register_forward_hook(lambda mod, args, out: fn(out)))
+        self._handles.append(module.register_forward_hook(lambda mod, args, out: fn(out) if self.enabled else None))
 
     def remove(self) -> None:
         """Detach all hooks and gated forwards (the model then computes as if every gate were 1)."""
@@ -131,10 +138,26 @@ class Gates(nn.Module):
             for name, v in per_gate.items():
                 p = self.gate(i, name)
                 p.copy_(torch.as_tensor(v, dtype=p.dtype, device=p.device))
+        if not self.enabled and not self.all_one():  # switched off is exact only while every gate is 1
+            self.enabled = True
 
     def set_hard(self, masks: Masks) -> None:
         """Set gates to exactly 0/1 from boolean masks."""
         self.set_values({i: {g: m.float() for g, m in per.items()} for i, per in masks.items()})
+
+    @torch.no_grad()
+    def all_one(self) -> bool:
+        """Whether every gate is exactly 1 (the gated model then computes what the ungated one does).
+
+        Example:
+            >>> import timm
+            >>> gates = Gates(ViTStructure(timm.create_model("vit_nano_patch4_28", num_classes=10)))
+            >>> gates.all_one()
+            True
+            >>> gates.set_values({0: {"mlp_hid": torch.full((256,), 0.5)}}); gates.all_one()
+            False
+        """
+        return bool(torch.cat([p.reshape(-1) for p in self.values.values()]).eq(1).all())
 
     @torch.no_grad()
     def hard_masks(self) -> dict[int, dict[str, torch.Tensor]]:
@@ -184,17 +207,26 @@ class _RepeatedGate:
     def __init__(self, qkv: _QKVGate, copies: int):
         self.qkv, self.copies = qkv, copies
 
-    def to(self, dtype: torch.dtype) -> torch.Tensor:
+    def scale_rows(self, weight: torch.Tensor) -> torch.Tensor:
+        """``weight`` (a ``(copies·heads·head_dim, ...)`` weight or bias) times the gate of each row, as one
+        broadcast product over a view (no per-row copy of the gate)."""
         q = self.qkv
-        return q._grid(dtype).expand(self.copies, q.heads, q.head_dim).reshape(-1)
+        grid = q._grid(weight.dtype)  # (1, head_dim) or (heads, 1)
+        grid = grid.view(1, *grid.shape, *([1] * (weight.dim() - 1)))
+        return (weight.view(self.copies, q.heads, q.head_dim, *weight.shape[1:]) * grid).view(weight.shape)
 
 
-def _gated_forward(rows, cols):
+def _gated_forward(gates: Gates, rows, cols):
     """``forward`` of a Linear whose weight rows (outputs, and the bias) are scaled by ``rows`` and columns
-    (inputs) by ``cols`` (either may be None)."""
+    (inputs) by ``cols`` (either may be None), while ``gates.enabled``."""
     def forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
         w, b = self.weight, self.bias
-        if rows is not None:
+        if not gates.enabled:
+            return F.linear(x, w, b)
+        if isinstance(rows, _RepeatedGate):
+            w = rows.scale_rows(w)
+            b = None if b is None else rows.scale_rows(b)
+        elif rows is not None:
             r = rows.to(w.dtype)
             w = w * r.unsqueeze(1)
             b = None if b is None else b * r

@@ -32,13 +32,40 @@ def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
             {"params": no_decay, "weight_decay": 0.0}]
 
 
+#: devices whose optimizers have fused kernels (one kernel over every tensor of a step)
+FUSED_DEVICES = ("cpu", "cuda")
+
+
+def fused_supported(groups: list[dict[str, Any]]) -> bool:
+    """Whether every parameter is a floating-point tensor on one of :data:`FUSED_DEVICES`, so that the optimizer
+    can run fused. On CPU, torch's default is a Python loop of per-tensor operations: for the 80 tensors of the
+    ``cpu`` ViT an AdamW step then takes about 5x the time of the fused one.
+
+    Example:
+        >>> fused_supported([{"params": [torch.nn.Parameter(torch.zeros(2))]}])
+        True
+    """
+    params = [p for g in groups for p in g["params"]]
+    return bool(params) and all(p.dtype.is_floating_point and p.device.type in FUSED_DEVICES for p in params)
+
+
 def build_optimizer(groups: list[dict[str, Any]], cfg: TrainConfig) -> torch.optim.Optimizer:
+    """The optimizer ``cfg.optimizer`` names, over the non-empty ``groups``; fused where
+    :func:`fused_supported` (the same update as torch's default implementation, up to rounding).
+
+    Example:
+        >>> from sparselab.training.config import TrainConfig
+        >>> opt = build_optimizer(param_groups(torch.nn.Linear(3, 2), TrainConfig()), TrainConfig(lr=1e-3))
+        >>> type(opt).__name__, opt.defaults["fused"]
+        ('AdamW', True)
+    """
     groups = [g for g in groups if g["params"]]
+    fused = {"fused": True} if fused_supported(groups) else {}
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, **fused)
     if cfg.optimizer == "adam":
-        return torch.optim.Adam(groups, lr=cfg.lr)
-    return torch.optim.AdamW(groups, lr=cfg.lr)
+        return torch.optim.Adam(groups, lr=cfg.lr, **fused)
+    return torch.optim.AdamW(groups, lr=cfg.lr, **fused)
 
 
 def lr_factor(step: int, cfg: TrainConfig, steps_per_epoch: int) -> float:
