@@ -67,6 +67,13 @@ def _heading(title: str, result: dict) -> str:
     return f"## {title}{' (quick)' if result.get('quick') else ''}"
 
 
+def _ratio_with_runs(row: dict) -> str:
+    """A step ratio, with the range of its repeated passes where there were several."""
+    runs = row.get("step_ratio_runs", [])
+    spread = f" ({min(runs):.2f}-{max(runs):.2f})" if len(runs) > 1 else ""
+    return f"{row['step_ratio']:.2f}x{spread}"
+
+
 def _met(ok: bool) -> str:
     return "**yes**" if ok else "no"
 
@@ -100,7 +107,8 @@ def render(folder: Path = RESULTS) -> str:
         parts += [_heading("P3B step cost and cheaper block-benefit estimators", pb),
                   "",
                   f"P3B at 50 % on the `{pb['preset']}` preset. Step cost: wall time of the P3B steps over that of "
-                  "plain fine-tuning steps interleaved with them on the same batches (`dense` is the control). "
+                  "plain fine-tuning steps interleaved with them on the same batches (`dense` is the control); "
+                  "the median of repeated passes, their range in brackets. "
                   f"Agreement over seeds {pb['seeds']}: ρ is the Spearman correlation with the reference run of the "
                   "same seed (final per-block keep ratios; block importance averaged over all updates); Δacc is the "
                   "compact model's test accuracy after its fine-tune, mean over seeds, minus the reference's "
@@ -113,7 +121,7 @@ def render(folder: Path = RESULTS) -> str:
         for r in pb["rows"]:
             has = "keep_spearman" in r
             ok = has and r["step_ratio"] <= 1.10 and r["keep_spearman"] >= 0.9 and abs(r["acc_diff"]) <= 2 * noise
-            rows.append([r["estimator"], f"{r['step_ratio']:.2f}x",
+            rows.append([r["estimator"], _ratio_with_runs(r),
                          f"{r['keep_spearman']:.2f}" if has else "–", f"{r['benefit_spearman']:.2f}" if has else "–",
                          f"{r['acc'] * 100:.2f}" if has else "–", f"{r['acc_diff'] * 100:+.2f}" if has else "–",
                          _met(ok) if has else "–"])
