@@ -5,10 +5,10 @@ Two passes over the same estimators:
 - step cost (the median of ``COST_REPEATS`` passes, run round robin over the estimators): P3B with each estimator
   prunes the ``cpu-digits`` preset's model (Fashion-MNIST ViT on digits, 50 %) over a shortened schedule (warm-up,
   sparsify and finalize phases all present); after every P3B step a plain fine-tuning step of a second copy of the
-  model runs on the same batch, with the optimizer :func:`sparselab.fit` builds. The ratio is the summed wall time of the P3B steps
-  (data, forward, backward, probes, gates, optimizer, mask updates; epoch-end evaluations excluded) over that of
-  the plain steps. Interleaving step by step keeps the neighbours' load on this shared machine out of the ratio;
-  ``dense`` (no pruner) is the control and should read 1.0;
+  model runs on the same batch, with the optimizer :func:`sparselab.fit` builds. The ratio is the summed wall time
+  of the P3B steps (data, forward, backward, probes, gates, optimizer, mask updates; epoch-end evaluations
+  excluded) over that of the plain steps. Interleaving step by step keeps the neighbours' load on this shared
+  machine out of the ratio; ``dense`` (no pruner) is the control and should read 1.0;
 - agreement: the full ``cpu-digits`` preset run with every estimator and each seed; Spearman correlation with the
   reference run of the same seed of the final per-block keep ratios and of the benefit ranking (block importance
   averaged over all updates), averaged over seeds; the compact model's test accuracy after its fine-tune, mean over
