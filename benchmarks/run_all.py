@@ -1,7 +1,7 @@
 """Run every benchmark (each in its own process) and write benchmarks/RESULTS.md from their JSON results.
 
 Usage:
-    python benchmarks/run_all.py            # the full measurements (about an hour on 2 cores) -> RESULTS.md
+    python benchmarks/run_all.py            # the full measurements (over an hour on 2 cores) -> RESULTS.md
     python benchmarks/run_all.py --quick    # a few minutes: shorter runs, fewer repeats, one seed (no head pruning)
                                             #   -> benchmarks/results/quick/RESULTS.md (the full results stay)
     python benchmarks/run_all.py --render   # only rewrite RESULTS.md from benchmarks/results/*.json
