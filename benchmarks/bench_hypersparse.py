@@ -1,7 +1,7 @@
 """HyperSparse regularizer overhead per training step, ours against the sort-based reference formulation.
 
 Three formulations, timed on the same model in the same run beside a plain training step (forward + backward + SGD
-step, random batch) and reported as a fraction of that step:
+step as :func:`sparselab.fit` builds it, fused; random batch) and reported as a fraction of that step:
 
 - reference: torch.sort of all |w| for the threshold, the loss over one concatenated copy of all weights;
 - loss path: threshold by np.partition over all |w|, per-tensor sums, backpropagated through autograd (``reg(model)``);
@@ -27,6 +27,8 @@ import torch
 import sparselab as sl
 from sparselab.pruners.regularizers import INFLECTION, HyperSparse
 from sparselab.structure import prunable_weights
+from sparselab.training.config import TrainConfig
+from sparselab.training.optim import build_optimizer
 
 MODELS = {  # name: (factory, input shape, batch)
     "lenet_300_100 (0.27 M)": (lambda: sl.models.create("lenet_300_100"), (1, 28, 28), 128),
@@ -64,7 +66,8 @@ def timed(fn, repeats, setup=None):
 def bench(name, factory, shape, batch, repeats, rate=0.98):
     torch.manual_seed(0)
     model = factory()
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    cfg = TrainConfig(optimizer="sgd", lr=0.01, momentum=0.9)  # the SGD sl.fit builds (fused where it can be)
+    opt = build_optimizer([{"params": list(model.parameters()), "weight_decay": 0.0}], cfg)
     x, y = torch.randn(batch, *shape), torch.randint(0, 10, (batch,))
     weights = list(prunable_weights(model).values())
 
