@@ -39,12 +39,6 @@ def create_criterion(criterion: "str | GateCriterion") -> "GateCriterion":
     return CRITERIA.lookup(criterion)()
 
 
-def zero_scores(structure: ViTStructure) -> dict[str, torch.Tensor]:
-    """A float64 zero vector per gate of every layer, keyed like :class:`~sparselab.structure.gates.Gates`."""
-    return {Gates.key(i, g): torch.zeros(n, dtype=torch.float64)
-            for i in range(structure.depth) for g, n in structure.gate_sizes(i).items()}
-
-
 def weight_scores(structure: ViTStructure, values: Callable[[str, torch.Tensor], torch.Tensor]
                   ) -> dict[str, torch.Tensor]:
     """Per gate element of every layer: ``values`` summed over the weights it switches off
@@ -156,8 +150,6 @@ class TaylorCriterion(GateCriterion):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
-        self._new_window()
-        self.sums_prev = self._zeros()[0]
         for mine, saved in ((self.sums, state["taylor"]), (self.sums_prev, state["taylor_prev"])):
             if set(saved) != set(mine):
                 raise ValueError(f"the saved Taylor sums cover other gates ({sorted(set(saved) ^ set(mine))[:4]} "
@@ -177,4 +169,4 @@ class L1Criterion(GateCriterion):
 
 
 __all__ = ["CRITERIA", "GateCriterion", "TaylorCriterion", "L1Criterion", "register_criterion", "create_criterion",
-           "weight_scores", "zero_scores"]
+           "weight_scores"]
