@@ -28,7 +28,7 @@ import sparselab as sl
 from sparselab.pruners.regularizers import INFLECTION, HyperSparse
 from sparselab.structure import prunable_weights
 from sparselab.training.config import TrainConfig
-from sparselab.training.optim import build_optimizer
+from sparselab.training.optim import build_optimizer, param_groups
 
 MODELS = {  # name: (factory, input shape, batch)
     "lenet_300_100 (0.27 M)": (lambda: sl.models.create("lenet_300_100"), (1, 28, 28), 128),
@@ -66,8 +66,9 @@ def timed(fn, repeats, setup=None):
 def bench(name, factory, shape, batch, repeats, rate=0.98):
     torch.manual_seed(0)
     model = factory()
-    cfg = TrainConfig(optimizer="sgd", lr=0.01, momentum=0.9)  # the SGD sl.fit builds (fused where it can be)
-    opt = build_optimizer([{"params": list(model.parameters()), "weight_decay": 0.0}], cfg)
+    # the SGD sl.fit builds (fused where it can be), over every parameter without weight decay
+    cfg = TrainConfig(optimizer="sgd", lr=0.01, momentum=0.9, weight_decay=0.0, weight_decay_on="all")
+    opt = build_optimizer(param_groups(model, cfg), cfg)
     x, y = torch.randn(batch, *shape), torch.randint(0, 10, (batch,))
     weights = list(prunable_weights(model).values())
 
