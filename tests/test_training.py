@@ -297,3 +297,16 @@ def test_mixup_and_cutmix_train_and_resume_exactly(digits, tmp_path):
     assert _weights_equal(model, ref_model)
     with pytest.raises(ConfigError, match="even batch_size"):
         sl.fit(lenet(), digits, batch_size=63, mixup=0.8)
+
+
+def test_optimizers_run_fused_only_where_every_parameter_allows():
+    from sparselab.training.config import TrainConfig
+    from sparselab.training.optim import build_optimizer, fused_supported, param_groups
+
+    for name in ("sgd", "adam", "adamw"):
+        cfg = TrainConfig(optimizer=name, lr=1e-3)
+        assert build_optimizer(param_groups(torch.nn.Linear(3, 2), cfg), cfg).defaults["fused"] is True
+        meta = torch.nn.Linear(3, 2, device="meta")  # a device without fused kernels: torch's default path
+        assert not fused_supported(param_groups(meta, cfg))
+        assert not build_optimizer(param_groups(meta, cfg), cfg).defaults["fused"]
+    assert not fused_supported([{"params": []}])
