@@ -137,6 +137,9 @@ def test_sparsity_slider_drives_the_figure_and_the_kernel(jupyterlab, tmp_path):
                 page.wait_for_timeout(500)
             page.wait_for_function(f"(old) => ({BARS})() !== old", arg=before_bars, timeout=30_000)
             page.wait_for_function(KERNEL_IDLE, timeout=60_000)
+            # read the state again once the figure has changed: the value above can arrive before the kernel's
+            # update of the last move has finished computing the accuracy
+            after = json.loads(page.evaluate(EXECUTE, STATE))
             after_bars = page.evaluate(BARS)
             page.screenshot(path=str(shot / "05_sparsity_explorer.png"), full_page=True)
         finally:
