@@ -182,6 +182,48 @@ def test_history_records_every_update_and_events_replay_to_the_final_masks(digit
     assert kept.to_dict() == {blk.name: pruner.structure.block_params(blk, final) for blk in pruner.structure.blocks}
 
 
+def test_windows_without_patch_probes_keep_the_last_patch_score(digits):
+    # probe_every=7: the patch probes run on steps 0, 7 and 14. The updates' windows (steps 4-6, 7-8, 9-10, and
+    # the final one over 9-11) hold a patch batch only in 7-8: a window without one is no measurement, not a
+    # benefit of 0 (which would pull every block's patch score toward the mean)
+    model = nano()
+    pruner = sl.P3B(model, 0.5, schedule=SCHED, patch_probe="linear", probe_every=7)
+    b = sl.fit(model, digits, pruner=pruner, **FIT).blocks
+    steps = sorted(b.step.unique())
+    assert len(steps) == 4
+
+    def at(metric: str, step: int) -> torch.Tensor:
+        rows = b[(b.metric == metric) & (b.step == step)].sort_values("block")
+        return torch.tensor(rows.value.to_numpy(), dtype=torch.float64)
+
+    measured = sorted(b[b.metric == "benefit_patch"].step.unique())
+    assert measured == [steps[1]]
+    assert sorted(b[b.metric == "benefit_cls"].step.unique()) == steps
+    # first update: no patch score yet, the class-token score decides alone
+    assert len(at("score_patch", steps[0])) == 0
+    torch.testing.assert_close(at("importance", steps[0]), at("score_cls", steps[0]))
+    # later updates without a patch batch: the last patch score stands and is mixed in as before
+    for step in steps[2:]:
+        torch.testing.assert_close(at("score_patch", step), at("score_patch", steps[1]))
+    for step in steps[1:]:
+        mixed = 0.5 * at("score_cls", step) + 0.5 * at("score_patch", step)
+        torch.testing.assert_close(at("importance", step), mixed)
+    assert abs(pruner.achieved_prune_ratio() - 0.5) < 0.005
+
+
+def test_window_mean_leaves_out_a_probe_that_saw_no_batch():
+    model = nano()
+    probes = sl.probes.BlockBenefit(model, num_classes=10, patch_probe="linear")
+    model(torch.randn(4, 1, 28, 28))
+    probes.probe_loss(torch.arange(4), patch=False)
+    assert set(probes.window_mean()) == {"cls"}
+    probes.reset()
+    model(torch.randn(4, 1, 28, 28))
+    probes.probe_loss(torch.arange(4))
+    assert set(probes.window_mean()) == {"cls", "patch"}
+    assert set(probes.window_mean(merge_previous=True)) == {"cls", "patch"}
+
+
 class GateGrads(sl.Pruner):
     def __init__(self, gates):
         self.gates, self.grads = gates, []

@@ -15,7 +15,8 @@ The reference estimator evaluates every probe on the whole batch at every step. 
 patch probes' 3x3 convolutions; two knobs make them cheaper (``benchmarks/bench_p3b_probes.py`` measures cost and
 agreement with the reference): ``probe_every=k`` trains and measures the patch probes on every k-th step only,
 ``probe_fraction=f`` on the first ⌈f·B⌉ samples of each batch. The class-token probes (one Linear each) always run
-on every step and the whole batch; each variant's window mean divides by its own batch count.
+on every step and the whole batch; each variant's window mean divides by its own batch count, and a window in
+which the patch probes did not run has no patch mean at all (P3B then keeps the last patch score).
 :data:`FAST_PROBES` is the cheapest setting that kept the reference's allocation in that benchmark.
 
 :class:`BlockBenefit` is a training plug-in: pass it to :func:`sparselab.fit` as a callback to record benefits
@@ -121,16 +122,20 @@ class BlockBenefit(WindowedRecorder):
 
     def window_mean(self, reduce: bool = True, merge_previous: bool = False) -> dict[str, torch.Tensor]:
         """Mean ΔΨ per block over the current window, per variant (``cls``, ``patch``); all-reduced.
-        ``merge_previous``: over the previous and the current window together."""
+        ``merge_previous``: over the previous and the current window together.
+
+        A variant that saw no batch in the window is left out of the result: it has no measurement there (with
+        ``probe_every`` longer than a window, the patch probes skip whole windows), which is not a benefit of 0.
+        """
         sums, counts = self.sums, self.counts
         if merge_previous:
             sums, counts = sums + self.prev_sums, counts + self.prev_counts
         t = torch.cat([sums.flatten(), counts])
         if reduce:
             t = dist_utils.all_reduce_sum(t)
-        n = t[-len(VARIANTS):].clamp_min(1.0)
-        means = t[:-len(VARIANTS)].view_as(self.sums) / n[:, None]
-        return {v: means[i].clone() for i, v in enumerate(VARIANTS) if v in self.variants}
+        counts = t[-len(VARIANTS):]
+        means = t[:-len(VARIANTS)].view_as(self.sums) / counts.clamp_min(1.0)[:, None]
+        return {v: means[i].clone() for i, v in enumerate(VARIANTS) if v in self.variants and counts[i] > 0}
 
     # ------------------------------------------------------------------ probe losses
     def probe_loss(self, targets: torch.Tensor, patch: bool = True, patch_samples: int | None = None,
@@ -216,7 +221,8 @@ class BlockBenefit(WindowedRecorder):
             all_reduce_mean_grads(list(self.probes.parameters()), state.world_size)
 
     def log(self, state: TrainState) -> None:
-        """Write the window means into the History (``benefit_cls``/``benefit_patch``) and reset."""
+        """Write the window means into the History (``benefit_cls``/``benefit_patch``; a variant without a batch in
+        the window writes nothing) and reset."""
         means = self.window_mean()
         for v, values in means.items():
             state.history.log_blocks(f"benefit_{v}", {b.name: float(values[b.index]) for b in self.structure.blocks},

@@ -127,18 +127,23 @@ class BenefitAllocation(Allocation):
             params = ctx.dense_block
         means = self.probes.window_mean(merge_previous=ctx.final)
         self.probes.reset()
-        mixed = torch.zeros(len(s.blocks), dtype=torch.float64)
-        weights = {"cls": self.class_weight, "patch": 1 - self.class_weight}
-        if "patch" not in means:
-            weights = {"cls": 1.0}
-        for variant, benefit in means.items():
-            logged[f"benefit_{variant}"] = benefit
-            u = benefit_scores(benefit, params, self.benefit_scale)
+        scores: dict[str, torch.Tensor] = {}
+        for variant in self.probes.variants:
             prev = self._importance.get(variant)
-            score = u if prev is None else self.momentum * u + (1 - self.momentum) * prev
-            self._importance[variant] = score
-            logged[f"score_{variant}"] = score
-            mixed += weights[variant] * score
+            if variant in means:
+                logged[f"benefit_{variant}"] = means[variant]
+                u = benefit_scores(means[variant], params, self.benefit_scale)
+                scores[variant] = u if prev is None else self.momentum * u + (1 - self.momentum) * prev
+                self._importance[variant] = scores[variant]
+            elif prev is not None:  # no batch of this probe in the window (probe_every): its last score stands
+                scores[variant] = prev
+        logged.update({f"score_{v}": score for v, score in scores.items()})
+        if not scores:
+            raise RuntimeError("P3B update without any block-benefit measurement: no probe saw a batch in its window")
+        if len(scores) == 2:
+            mixed = self.class_weight * scores["cls"] + (1 - self.class_weight) * scores["patch"]
+        else:  # class-token probes only, or patch probes not measured yet: that one score decides alone
+            mixed = next(iter(scores.values())).clone()
         logged["importance"] = mixed
         return mixed, logged
 
