@@ -5,10 +5,12 @@ Two passes over the same estimators:
 - step cost (the median of ``COST_REPEATS`` passes, run round robin over the estimators): P3B with each estimator
   prunes the ``cpu-digits`` preset's model (Fashion-MNIST ViT on digits, 50 %) over a shortened schedule (warm-up,
   sparsify and finalize phases all present); after every P3B step a plain fine-tuning step of a second copy of the
-  model runs on the same batch, with the optimizer :func:`sparselab.fit` builds. The ratio is the summed wall time
-  of the P3B steps (data, forward, backward, probes, gates, optimizer, mask updates; epoch-end evaluations
-  excluded) over that of the plain steps. Interleaving step by step keeps the neighbours' load on this shared
-  machine out of the ratio; ``dense`` (no pruner) is the control and should read 1.0;
+  model runs on the same batch, with the optimizer :func:`sparselab.fit` builds. The ratio is the mean wall
+  time of the P3B steps (data, forward, backward, probes, gates, optimizer, mask updates; epoch-end evaluations
+  excluded) over that of the plain steps; with patch probes on every k-th step only, steps with and without them
+  are averaged apart and weighted 1/k and 1 - 1/k (the short run need not hold whole periods). Interleaving step
+  by step keeps the neighbours' load on this shared machine out of the ratio; ``dense`` (no pruner) is the control
+  and should read 1.0;
 - agreement: the full ``cpu-digits`` preset run with every estimator and each seed; Spearman correlation with the
   reference run of the same seed of the final per-block keep ratios and of the benefit ranking (block importance
   averaged over all updates), averaged over seeds; the compact model's test accuracy after its fine-tune, mean over
@@ -19,8 +21,8 @@ masking machinery.
 
 The ``cpu-digits`` model is tiny (17 tokens of width 128, a 80 ms step), so per-operation overheads weigh more
 there than the arithmetic does. A third pass times the same step ratio on the model family the paper prunes:
-DeiT-Tiny at 224 px (random weights and images, batch 32, P3B at 50 %), 7 steps per epoch over the three phases so
-that FAST_PROBES' every-8th-step patch probes fall on timed steps (the first step of each epoch is not timed).
+DeiT-Tiny at 224 px (random weights and images, batch 32, P3B at 50 %), over the three phases with enough steps per
+epoch (at least 7) that some of FAST_PROBES' patch-probe steps are timed (the first step of each epoch is not).
 Accuracy cannot be compared at that scale on this machine, so this pass reports cost only.
 
 Usage: python benchmarks/bench_p3b_probes.py [--quick] [--out benchmarks/results/p3b_probes.json]
@@ -31,6 +33,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import math
 import statistics
 import time
 from pathlib import Path
@@ -63,11 +66,18 @@ ESTIMATORS: dict[str, dict] = {  # name: patch probe and BlockBenefit options (c
                                                                 probe_fraction=0.125),
     "conv2 patch probe, every 16th step, 1/4 of the batch": dict(patch_probe="conv2", probe_every=16,
                                                                  probe_fraction=0.25),
+    "conv2 patch probe, every 16th step, 1/8 of the batch": dict(patch_probe="conv2", probe_every=16,
+                                                                 probe_fraction=0.125),
+    "conv2 patch probe, every 32nd step, 1/4 of the batch": dict(patch_probe="conv2", probe_every=32,
+                                                                 probe_fraction=0.25),
+    "conv2 patch probe, every 32nd step, 1/8 of the batch": dict(patch_probe="conv2", probe_every=32,
+                                                                 probe_fraction=0.125),
 }
 REFERENCE = next(iter(ESTIMATORS))
 #: step-cost passes over all estimators (the reported ratio is their median; one run spreads by a few percent)
-COST_REPEATS = 3
-FAST = "conv2 patch probe, every 8th step, 1/4 of the batch"  # sl.probes.FAST_PROBES
+COST_REPEATS = 5
+#: the row of sl.probes.FAST_PROBES
+FAST = next(name for name, o in ESTIMATORS.items() if o == dict(patch_probe="conv2", **sl.probes.FAST_PROBES))
 QUICK = (REFERENCE, "class-token probe only", FAST)  # the estimators --quick runs
 
 
@@ -76,28 +86,48 @@ class LockstepClock(Pruner):
     (with the optimizer :func:`sparselab.fit` builds: AdamW, fused, no decay on biases and norms); sums both,
     leaving out the epoch ends (evaluation)."""
 
-    def __init__(self, plain: torch.nn.Module, lr: float, weight_decay: float):
+    def __init__(self, plain: torch.nn.Module, lr: float, weight_decay: float, probe_every: int = 1):
         self.plain = plain
+        self.plain.train()
         cfg = TrainConfig(lr=lr, weight_decay=weight_decay)  # built as sl.fit builds the P3B run's optimizer
         self.optimizer = build_optimizer(param_groups(plain, cfg), cfg)
-        self.run_s = self.plain_s = 0.0
-        self.steps = 0
+        self.probe_every = probe_every
+        self.timed: list[tuple[bool, float, float]] = []  # (patch probes ran, run step s, plain step s) per step
         self._end: float | None = None
 
     def after_step(self, state) -> None:
         start = time.perf_counter()
         if self._end is not None:
-            self.run_s += start - self._end
-            self.plain.train()
+            run_s = start - self._end
             x, y = state.inputs.detach().clone(), state.targets
             loss = torch.nn.functional.cross_entropy(self.plain(x), y)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
             loss.item()
-            self.steps += 1
-            self.plain_s += time.perf_counter() - start
+            self.timed.append((state.step % self.probe_every == 0, run_s, time.perf_counter() - start))
         self._end = time.perf_counter()
+
+    @property
+    def steps(self) -> int:
+        return len(self.timed)
+
+    def step_ratio(self) -> float:
+        """Run time over plain time per step. With patch probes on every k-th step only, the steps with and without
+        them are averaged apart and weighted 1/k and 1 - 1/k: a short run holds whole periods only by chance (with
+        k = 32 and 57 timed steps, one probe step instead of 1.8), which would bias a plain sum."""
+        k = self.probe_every
+        strata = [(1.0, self.timed)] if k == 1 else \
+            [(1 / k, [t for t in self.timed if t[0]]), (1 - 1 / k, [t for t in self.timed if not t[0]])]
+        if any(not rows for _, rows in strata):
+            raise RuntimeError(f"no timed step with and without patch probes (every {k}th step); run longer")
+        run = sum(w * statistics.fmean(t[1] for t in rows) for w, rows in strata)
+        plain = sum(w * statistics.fmean(t[2] for t in rows) for w, rows in strata)
+        return run / plain
+
+    @property
+    def plain_s(self) -> float:
+        return sum(t[2] for t in self.timed)
 
     def on_epoch_end(self, state) -> None:
         self._end = None
@@ -133,11 +163,12 @@ def step_cost(preset, data, method: str, options: dict, max_steps: int | None) -
         with mock.patch.object(p3b_module, "Gates", functools.partial(Gates, on=site)):
             pruner = sl.P3B(model, 0.5, schedule=schedule, allocation=method, num_classes=data.num_classes,
                             patch_probe=patch, **probe)
-    clock = LockstepClock(plain, lr=preset.fit["lr"], weight_decay=preset.fit["weight_decay"])
+    every = options.get("probe_every", 1) if options.get("patch_probe") else 1
+    clock = LockstepClock(plain, lr=preset.fit["lr"], weight_decay=preset.fit["weight_decay"], probe_every=every)
     fit_options = {**preset.fit, "max_steps_per_epoch": max_steps}
     sl.fit(model, data, epochs=schedule.finalize, pruner=pruner, callbacks=[clock], progress=False, seed=0,
            **fit_options)
-    return {"step_ratio": clock.run_s / clock.plain_s, "steps": clock.steps, "plain_step_ms": clock.plain_s /
+    return {"step_ratio": clock.step_ratio(), "steps": clock.steps, "plain_step_ms": clock.plain_s /
             clock.steps * 1000}
 
 
@@ -146,7 +177,10 @@ DEIT_JOBS = (("dense (control)", None), ("uniform (no probes)", dict(allocation=
              ("class-token probe only", dict(allocation="benefit", patch_probe=None)),
              (FAST, dict(allocation="benefit", **ESTIMATORS[FAST])),
              (REFERENCE, dict(allocation="benefit", **ESTIMATORS[REFERENCE])))
-DEIT_STEPS_PER_EPOCH, DEIT_BATCH = 7, 32
+#: steps per epoch: at least 7, and enough that FAST_PROBES' patch-probe steps include one that is timed (the
+#: first step of each of the three epochs is not)
+DEIT_STEPS_PER_EPOCH = max(7, math.ceil((sl.probes.FAST_PROBES["probe_every"] + 1) / 3))
+DEIT_BATCH = 32
 
 
 def deit_step_cost(options: dict | None) -> dict:
@@ -163,10 +197,11 @@ def deit_step_cost(options: dict | None) -> dict:
                       image_size=224)
     schedule = sl.P3BSchedule(warmup=1, sparsify=2, finalize=3, updates_per_epoch=2)
     pruner = None if options is None else sl.P3B(model, 0.5, schedule=schedule, num_classes=10, **options)
-    clock = LockstepClock(plain, lr=1e-4, weight_decay=0.05)
+    every = options.get("probe_every", 1) if options and options.get("patch_probe", "conv2") else 1
+    clock = LockstepClock(plain, lr=1e-4, weight_decay=0.05, probe_every=every)
     sl.fit(model, data, epochs=schedule.finalize, pruner=pruner, callbacks=[clock], batch_size=DEIT_BATCH,
            max_steps_per_epoch=DEIT_STEPS_PER_EPOCH, progress=False, final_test=False, lr=1e-4, weight_decay=0.05)
-    return {"step_ratio": clock.run_s / clock.plain_s, "steps": clock.steps,
+    return {"step_ratio": clock.step_ratio(), "steps": clock.steps,
             "plain_step_ms": clock.plain_s / clock.steps * 1000}
 
 
@@ -200,6 +235,7 @@ def main():
         out = Path(args.out)
         results = json.loads(out.read_text())
         results["deit_rows"] = deit_pass()
+        results["fast_row"] = FAST
         out.write_text(json.dumps(results, indent=2))
         return
     preset = p3b_preset("cpu-digits")
@@ -257,7 +293,8 @@ def main():
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"preset": preset.name, "quick": args.quick, "seeds": seeds,
-                               "reference_acc_seed_std": seed_std, "rows": table, "deit_rows": deit_rows},
+                               "reference_acc_seed_std": seed_std, "rows": table, "deit_rows": deit_rows,
+                               "fast_row": FAST},
                               indent=2))
     print(f"\nreference accuracy seed std: {seed_std:.4f}")
     print(f"{'estimator':44s} {'step/plain':>10s} {'keep rho':>9s} {'benefit rho':>12s} {'acc':>7s} {'Δacc':>7s}")

@@ -51,9 +51,11 @@ from .window import WindowedRecorder
 VARIANTS = ("cls", "patch")
 
 #: Patch probes on every 8th step and a quarter of the batch: in ``benchmarks/bench_p3b_probes.py`` (P3B at 50 % on
-#: the ``cpu-digits`` preset, 3 seeds) a P3B step cost 1.15x a plain fine-tuning step instead of 3.41x with the
+#: the ``cpu-digits`` preset, 3 seeds) a P3B step cost 1.18x a plain fine-tuning step instead of 3.44x with the
 #: reference probes, the final per-block keep ratios correlated 0.96 (Spearman) with the reference's and the
-#: accuracy differed by +0.19 points (seed std 0.43); on DeiT-Tiny at 224 px a step cost 1.08x instead of 3.60x.
+#: accuracy differed by -0.09 points (seed std 0.43); on DeiT-Tiny at 224 px a step cost 1.09x instead of 3.63x.
+#: Sparser patch probes (every 16th or 32nd step) cost less there but agreed less (ρ 0.95 / 0.86); the class-token
+#: probes alone (``patch_probe=None``) cost 1.09x at ρ 0.92.
 #: Use as ``sl.P3B(model, 0.5, **sl.probes.FAST_PROBES)``.
 FAST_PROBES = {"probe_every": 8, "probe_fraction": 0.25}
 
