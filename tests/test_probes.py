@@ -199,6 +199,8 @@ def test_calibrate_and_measure_before_fine_tuning(digits):
     measured = probes.measure(digits, batches=2)
     assert set(measured) == {"cls", "patch"} and measured["cls"].shape == (8,)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    with pytest.raises(ConfigError, match="batches >= 1"):
+        probes.measure(digits, batches=0)
 
 
 def test_prefix_tokens_and_pooling_are_respected():

@@ -271,6 +271,9 @@ class BlockBenefit(WindowedRecorder):
         model = self.structure.model
         device = next(model.parameters()).device
         ds = data.eval_split if hasattr(data, "eval_split") else data
+        if len(ds) == 0 or isinstance(batches, bool) or not isinstance(batches, int) or batches < 1:
+            raise ConfigError(f"measure() needs batches >= 1 and a non-empty split, got batches={batches!r} and "
+                              f"{len(ds)} samples")
         saved = (self.sums.clone(), self.counts.clone(), self.accumulate, model.training, self.probes.training)
         self.reset()
         self.accumulate = True
