@@ -17,7 +17,8 @@ agreement with the reference): ``probe_every=k`` trains and measures the patch p
 ``probe_fraction=f`` on the first ⌈f·B⌉ samples of each batch. The class-token probes (one Linear each) always run
 on every step and the whole batch; each variant's window mean divides by its own batch count, and a window in
 which the patch probes did not run has no patch mean at all (P3B then keeps the last patch score).
-:data:`FAST_PROBES` is the cheapest setting that kept the reference's allocation in that benchmark.
+:data:`FAST_PROBES` keeps the reference's allocation there at about a third of its cost; the benchmark lists cheaper
+settings and how much agreement each gives up.
 
 :class:`BlockBenefit` is a training plug-in: pass it to :func:`sparselab.fit` as a callback to record benefits
 during ordinary fine-tuning (``log_every`` steps and at every epoch end), or let :class:`sparselab.P3B` drive it.
