@@ -551,9 +551,13 @@ class TraceScrubber:
                                       else col).reset_index(drop=True)
         self.events_table = table
         index = self.steps.index(step)
+        patch = self._blocks[self._blocks.metric == "benefit_patch"]
+        unmeasured = len(patch) > 0 and not (patch.step == step).any()
         self.info.value = (f"update {index + 1} of {len(self.steps)} at step <b>{step}</b>: "
                            f"{int(table.reactivated.sum()) if len(table) else 0} elements reactivated, "
-                           f"{int(table.pruned.sum()) if len(table) else 0} pruned")
+                           f"{int(table.pruned.sum()) if len(table) else 0} pruned"
+                           + (" (no patch-probe batch in this window: the last patch score stood)" if unmeasured
+                              else ""))
         self.table.value = (table.to_html(index=False, border=0) if len(table)
                             else "<i>no mask element changed at this update</i>")
         with self.benefit.batch_update():

@@ -172,6 +172,24 @@ def test_trace_scrubber_shows_each_update(p3b_run):
         assert scrubber.slider.value in steps
 
 
+def test_trace_scrubber_marks_updates_without_a_patch_probe_measurement():
+    import math
+
+    digits = sl.data.load("digits", image_size=28, limit=320)
+    torch.manual_seed(0)
+    model = sl.models.create("vit_nano_patch4_28", num_classes=10)
+    pruner = sl.P3B(model, 0.5, schedule=sl.P3BSchedule(warmup=1, sparsify=2, finalize=3, updates_per_epoch=2),
+                    patch_probe="linear", probe_every=7)  # patch batches on steps 0 and 7 only: one window of four
+    h = sl.fit(model, digits, pruner=pruner, epochs=3, batch_size=64, lr=1e-3, progress=False, max_steps_per_epoch=4)
+    scrubber = TraceScrubber(h)
+    measured = set(h.blocks[h.blocks.metric == "benefit_patch"].step)
+    assert 0 < len(measured) < len(scrubber.steps)
+    for step in scrubber.steps:
+        scrubber.slider.value = step
+        assert ("no patch-probe batch" in scrubber.info.value) == (step not in measured)
+        assert all(math.isnan(v) for v in scrubber.benefit.data[1].y) == (step not in measured)
+
+
 def test_trace_scrubber_needs_p3b_metrics():
     h = History()
     h.log_metrics({"loss": 1.0}, step=1, epoch=0)
