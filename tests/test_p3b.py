@@ -211,6 +211,15 @@ def test_windows_without_patch_probes_keep_the_last_patch_score(digits):
     assert abs(pruner.achieved_prune_ratio() - 0.5) < 0.005
 
 
+def test_an_update_without_any_benefit_measurement_fails_clearly():
+    from sparselab.pruners.allocators import AllocationContext
+
+    pruner = sl.P3B(nano(), 0.5, patch_probe="linear")
+    ctx = AllocationContext(pruner.structure, pruner.hard_masks, pruner.dense_linear, pruner.dense_block, False)
+    with pytest.raises(RuntimeError, match="no probe saw a batch"):
+        pruner.allocation.importance(ctx)  # nothing was measured since the probes were built
+
+
 def test_window_mean_leaves_out_a_probe_that_saw_no_batch():
     model = nano()
     probes = sl.probes.BlockBenefit(model, num_classes=10, patch_probe="linear")
