@@ -27,6 +27,7 @@ Accuracy cannot be compared at that scale on this machine, so this pass reports 
 
 Usage: python benchmarks/bench_p3b_probes.py [--quick] [--out benchmarks/results/p3b_probes.json]
        python benchmarks/bench_p3b_probes.py --deit-only   # only the DeiT-Tiny pass, merged into --out
+       python benchmarks/bench_p3b_probes.py --agreement-only "ESTIMATOR" ...   # agreement again, into --out
 """
 from __future__ import annotations
 
@@ -221,6 +222,46 @@ def agreement_run(preset, method, seed, data, options):
                    progress=False, measure_latency=False)
 
 
+def agreement(name: str, runs: dict, rows: list[dict], ref_acc: list[float], seeds: list[int]) -> dict:
+    """Accuracy, its difference to the reference's, and the Spearman ρ of keep ratios and importance, over seeds."""
+    acc = statistics.fmean(r["acc"] for r in rows)
+    return {"acc": acc, "acc_diff": acc - statistics.fmean(ref_acc), "per_seed": rows,
+            "keep_spearman": float(np.mean([
+                spearmanr(keep_ratios(runs[name, s].history), keep_ratios(runs[REFERENCE, s].history))[0]
+                for s in seeds])),
+            "benefit_spearman": float(np.mean([
+                spearmanr(mean_importance(runs[name, s].history), mean_importance(runs[REFERENCE, s].history))[0]
+                for s in seeds]))}
+
+
+def agreement_again(out: Path, names: list[str]) -> None:
+    """Measure the agreement of ``names`` again and replace it in ``out``, keeping their step cost (for a change
+    of how the benefit is turned into an allocation, which leaves a step's cost alone). The reference runs again
+    too and must reproduce its recorded accuracies, or nothing is written."""
+    results = json.loads(out.read_text())
+    unknown = [n for n in names if n not in ESTIMATORS or n == REFERENCE]
+    if unknown:
+        raise SystemExit(f"--agreement-only: not an estimator other than the reference: {unknown}")
+    preset = p3b_preset("cpu-digits").replace(seeds=tuple(results["seeds"]))
+    data = load_data(preset)
+    seeds = list(preset.seeds)
+    runs, rows = {}, {}
+    for name in [REFERENCE, *names]:
+        for seed in seeds:
+            run = agreement_run(preset, "p3b", seed, data, ESTIMATORS[name])
+            runs[name, seed] = run
+            rows.setdefault(name, []).append({"seed": seed, "acc": run.result["acc"],
+                                              "achieved_ratio": run.result["achieved_ratio"]})
+            print(f"{name:44s} seed {seed}: acc {run.result['acc']:.4f}", flush=True)
+    by_name = {r["estimator"]: r for r in results["rows"]}
+    if [r["acc"] for r in rows[REFERENCE]] != [r["acc"] for r in by_name[REFERENCE]["per_seed"]]:
+        raise SystemExit("the reference runs no longer reproduce the recorded accuracies; run the whole benchmark")
+    ref_acc = [r["acc"] for r in rows[REFERENCE]]
+    for name in names:
+        by_name[name].update(agreement(name, runs, rows[name], ref_acc, seeds))
+    out.write_text(json.dumps(results, indent=2))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true",
@@ -229,8 +270,13 @@ def main():
     parser.add_argument("--cost-only", action="store_true", help="only the step-cost pass (prints, writes nothing)")
     parser.add_argument("--deit-only", action="store_true",
                         help="only the DeiT-Tiny step-cost pass, merged into the existing --out file")
+    parser.add_argument("--agreement-only", nargs="+", metavar="ESTIMATOR",
+                        help="only the agreement pass of these estimators, replaced in the existing --out file")
     args = parser.parse_args()
     torch.set_num_threads(2)
+    if args.agreement_only:
+        agreement_again(Path(args.out), args.agreement_only)
+        return
     if args.deit_only:
         out = Path(args.out)
         results = json.loads(out.read_text())
@@ -278,15 +324,7 @@ def main():
     for name, method, _ in jobs + on_activations:
         entry = {"estimator": name, **costs[name]}
         if name in rows:
-            entry["acc"] = statistics.fmean(r["acc"] for r in rows[name])
-            entry["acc_diff"] = entry["acc"] - statistics.fmean(ref_acc)
-            entry["per_seed"] = rows[name]
-            entry["keep_spearman"] = float(np.mean([
-                spearmanr(keep_ratios(runs[name, s].history), keep_ratios(runs[REFERENCE, s].history))[0]
-                for s in seeds]))
-            entry["benefit_spearman"] = float(np.mean([
-                spearmanr(mean_importance(runs[name, s].history), mean_importance(runs[REFERENCE, s].history))[0]
-                for s in seeds]))
+            entry.update(agreement(name, runs, rows[name], ref_acc, seeds))
         table.append(entry)
     seed_std = statistics.stdev(ref_acc) if len(ref_acc) > 1 else float("nan")
     deit_rows = [] if args.quick else deit_pass()

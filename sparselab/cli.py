@@ -588,7 +588,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="epochs of compact fine-tuning; 0: none (default: the preset's)")
     _add_config_flags(pb, BenefitConfig, "block benefit")
     pb.add_argument("--fast-probes", action="store_true",
-                    help="sparselab.probes.FAST_PROBES: patch probes on every 8th step and a quarter of the batch")
+                    help="sparselab.probes.FAST_PROBES: patch probes on every 16th step and a quarter of the batch")
     pb.add_argument("--qkv-unit", choices=QKV_UNITS, default="dim",
                     help="what P3B prunes in attention: one dimension of every head (dim, the reference) or whole "
                          "heads (head, an extension: the compact model has fewer heads)")

@@ -553,11 +553,10 @@ class TraceScrubber:
         index = self.steps.index(step)
         patch = self._blocks[self._blocks.metric == "benefit_patch"]
         unmeasured = len(patch) > 0 and not (patch.step == step).any()
+        note = " (no patch-probe batch in this window: the class-token score decided alone)" if unmeasured else ""
         self.info.value = (f"update {index + 1} of {len(self.steps)} at step <b>{step}</b>: "
                            f"{int(table.reactivated.sum()) if len(table) else 0} elements reactivated, "
-                           f"{int(table.pruned.sum()) if len(table) else 0} pruned"
-                           + (" (no patch-probe batch in this window: the last patch score stood)" if unmeasured
-                              else ""))
+                           f"{int(table.pruned.sum()) if len(table) else 0} pruned{note}")
         self.table.value = (table.to_html(index=False, border=0) if len(table)
                             else "<i>no mask element changed at this update</i>")
         with self.benefit.batch_update():

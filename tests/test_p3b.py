@@ -182,12 +182,13 @@ def test_history_records_every_update_and_events_replay_to_the_final_masks(digit
     assert kept.to_dict() == {blk.name: pruner.structure.block_params(blk, final) for blk in pruner.structure.blocks}
 
 
-def test_windows_without_patch_probes_keep_the_last_patch_score(digits):
-    # probe_every=7: the patch probes run on steps 0, 7 and 14. The updates' windows (steps 4-6, 7-8, 9-10, and
-    # the final one over 9-11) hold a patch batch only in 7-8: a window without one is no measurement, not a
-    # benefit of 0 (which would pull every block's patch score toward the mean)
+def test_windows_without_patch_probes_leave_the_patch_score_out(digits):
+    # probe_every=4 with this schedule: the updates at steps 6, 8, 10 and 12 (final); the window of the update at
+    # step 8 holds no patch batch. That is no measurement (not a benefit of 0, which would pull every block's patch
+    # score toward the mean): the update mixes in no patch score, and the patch score's momentum continues from
+    # the last measured one
     model = nano()
-    pruner = sl.P3B(model, 0.5, schedule=SCHED, patch_probe="linear", probe_every=7)
+    pruner = sl.P3B(model, 0.5, schedule=SCHED, patch_probe="linear", probe_every=4)
     b = sl.fit(model, digits, pruner=pruner, **FIT).blocks
     steps = sorted(b.step.unique())
     assert len(steps) == 4
@@ -196,19 +197,33 @@ def test_windows_without_patch_probes_keep_the_last_patch_score(digits):
         rows = b[(b.metric == metric) & (b.step == step)].sort_values("block")
         return torch.tensor(rows.value.to_numpy(), dtype=torch.float64)
 
-    measured = sorted(b[b.metric == "benefit_patch"].step.unique())
-    assert measured == [steps[1]]
+    unmeasured = steps[1]
+    assert sorted(b[b.metric == "benefit_patch"].step.unique()) == [s for s in steps if s != unmeasured]
     assert sorted(b[b.metric == "benefit_cls"].step.unique()) == steps
-    # first update: no patch score yet, the class-token score decides alone
-    assert len(at("score_patch", steps[0])) == 0
-    torch.testing.assert_close(at("importance", steps[0]), at("score_cls", steps[0]))
-    # later updates without a patch batch: the last patch score stands and is mixed in as before
-    for step in steps[2:]:
-        torch.testing.assert_close(at("score_patch", step), at("score_patch", steps[1]))
-    for step in steps[1:]:
-        mixed = 0.5 * at("score_cls", step) + 0.5 * at("score_patch", step)
-        torch.testing.assert_close(at("importance", step), mixed)
+    assert len(at("score_patch", unmeasured)) == 0
+    torch.testing.assert_close(at("importance", unmeasured), at("score_cls", unmeasured))
+    for step in steps:
+        if step != unmeasured:
+            torch.testing.assert_close(at("importance", step),
+                                       0.5 * at("score_cls", step) + 0.5 * at("score_patch", step))
+    # the next measured update: momentum 0.2 over the score of the update before the unmeasured one; the benefit
+    # is per remaining parameter, i.e. per block parameters kept after the previous update
+    u = benefit_scores(at("benefit_patch", steps[2]), at("kept_params", unmeasured))
+    torch.testing.assert_close(at("score_patch", steps[2]), 0.2 * u + 0.8 * at("score_patch", steps[0]))
     assert abs(pruner.achieved_prune_ratio() - 0.5) < 0.005
+
+
+def test_the_first_update_without_a_patch_batch_uses_the_class_token_score(digits):
+    # probe_every=7 with this schedule: the first update's window holds no patch batch
+    model = nano()
+    pruner = sl.P3B(model, 0.5, schedule=SCHED, patch_probe="linear", probe_every=7)
+    b = sl.fit(model, digits, pruner=pruner, **FIT).blocks
+    first = min(b.step)
+    first_rows = b[b.step == first]
+    assert "score_patch" not in set(first_rows.metric) and "benefit_patch" not in set(first_rows.metric)
+    cls = first_rows[first_rows.metric == "score_cls"].sort_values("block").value.to_numpy()
+    importance = first_rows[first_rows.metric == "importance"].sort_values("block").value.to_numpy()
+    assert (cls == importance).all()
 
 
 def test_an_update_without_any_benefit_measurement_fails_clearly():

@@ -129,20 +129,22 @@ class BenefitAllocation(Allocation):
         self.probes.reset()
         scores: dict[str, torch.Tensor] = {}
         for variant in self.probes.variants:
+            if variant not in means:
+                # no batch of this probe in the window (probe_every): its last score is not mixed in, since an old
+                # score lags the benefit it stands for (benchmarks/bench_p3b_probes.py), but it stays the momentum
+                # term of the next measurement
+                continue
+            logged[f"benefit_{variant}"] = means[variant]
+            u = benefit_scores(means[variant], params, self.benefit_scale)
             prev = self._importance.get(variant)
-            if variant in means:
-                logged[f"benefit_{variant}"] = means[variant]
-                u = benefit_scores(means[variant], params, self.benefit_scale)
-                scores[variant] = u if prev is None else self.momentum * u + (1 - self.momentum) * prev
-                self._importance[variant] = scores[variant]
-            elif prev is not None:  # no batch of this probe in the window (probe_every): its last score stands
-                scores[variant] = prev
+            scores[variant] = u if prev is None else self.momentum * u + (1 - self.momentum) * prev
+            self._importance[variant] = scores[variant]
         logged.update({f"score_{v}": score for v, score in scores.items()})
         if not scores:
             raise RuntimeError("P3B update without any block-benefit measurement: no probe saw a batch in its window")
         if len(scores) == 2:
             mixed = self.class_weight * scores["cls"] + (1 - self.class_weight) * scores["patch"]
-        else:  # class-token probes only, or patch probes not measured yet: that one score decides alone
+        else:  # class-token probes only, or no patch batch in this window: the class-token score decides alone
             mixed = next(iter(scores.values())).clone()
         logged["importance"] = mixed
         return mixed, logged
