@@ -151,6 +151,12 @@ def mean_importance(history: sl.History) -> np.ndarray:
     return imp.groupby("block").value.mean().sort_index().to_numpy()
 
 
+def patch_probe_period(pruner: sl.P3B | None) -> int:
+    """Every how many steps the pruner's patch probes run (1 without patch probes: every step is alike)."""
+    probes = None if pruner is None else pruner.probes
+    return probes.probe_every if probes is not None and probes.patch_probe else 1
+
+
 def step_cost(preset, data, method: str, options: dict, max_steps: int | None) -> dict:
     """P3B steps over interleaved plain steps, on a shortened schedule (see the module docstring)."""
     schedule = sl.P3BSchedule(warmup=1, sparsify=2, finalize=3, updates_per_epoch=preset.schedule.updates_per_epoch)
@@ -164,8 +170,8 @@ def step_cost(preset, data, method: str, options: dict, max_steps: int | None) -
         with mock.patch.object(p3b_module, "Gates", functools.partial(Gates, on=site)):
             pruner = sl.P3B(model, 0.5, schedule=schedule, allocation=method, num_classes=data.num_classes,
                             patch_probe=patch, **probe)
-    every = options.get("probe_every", 1) if options.get("patch_probe") else 1
-    clock = LockstepClock(plain, lr=preset.fit["lr"], weight_decay=preset.fit["weight_decay"], probe_every=every)
+    clock = LockstepClock(plain, lr=preset.fit["lr"], weight_decay=preset.fit["weight_decay"],
+                          probe_every=patch_probe_period(pruner))
     fit_options = {**preset.fit, "max_steps_per_epoch": max_steps}
     sl.fit(model, data, epochs=schedule.finalize, pruner=pruner, callbacks=[clock], progress=False, seed=0,
            **fit_options)
@@ -198,8 +204,7 @@ def deit_step_cost(options: dict | None) -> dict:
                       image_size=224)
     schedule = sl.P3BSchedule(warmup=1, sparsify=2, finalize=3, updates_per_epoch=2)
     pruner = None if options is None else sl.P3B(model, 0.5, schedule=schedule, num_classes=10, **options)
-    every = options.get("probe_every", 1) if options and options.get("patch_probe", "conv2") else 1
-    clock = LockstepClock(plain, lr=1e-4, weight_decay=0.05, probe_every=every)
+    clock = LockstepClock(plain, lr=1e-4, weight_decay=0.05, probe_every=patch_probe_period(pruner))
     sl.fit(model, data, epochs=schedule.finalize, pruner=pruner, callbacks=[clock], batch_size=DEIT_BATCH,
            max_steps_per_epoch=DEIT_STEPS_PER_EPOCH, progress=False, final_test=False, lr=1e-4, weight_decay=0.05)
     return {"step_ratio": clock.step_ratio(), "steps": clock.steps,
@@ -220,6 +225,20 @@ def agreement_run(preset, method, seed, data, options):
     patch = probe.pop("patch_probe", preset.patch_probe)
     return run_p3b(preset.replace(patch_probe=patch, probe_options=probe), method, 0.5, seed, data=data,
                    progress=False, measure_latency=False)
+
+
+def agreement_runs(preset, data, names: list[str]) -> tuple[dict, dict]:
+    """P3B with each named estimator over the preset's seeds: the runs by (name, seed), and per name the accuracy
+    and achieved ratio of each seed."""
+    runs, rows = {}, {}
+    for name in names:
+        for seed in preset.seeds:
+            run = agreement_run(preset, "p3b", seed, data, ESTIMATORS[name])
+            runs[name, seed] = run
+            rows.setdefault(name, []).append({"seed": seed, "acc": run.result["acc"],
+                                              "achieved_ratio": run.result["achieved_ratio"]})
+            print(f"{name:44s} seed {seed}: acc {run.result['acc']:.4f}", flush=True)
+    return runs, rows
 
 
 def agreement(name: str, runs: dict, rows: list[dict], ref_acc: list[float], seeds: list[int]) -> dict:
@@ -245,14 +264,7 @@ def agreement_again(out: Path, names: list[str]) -> None:
     preset = p3b_preset("cpu-digits").replace(seeds=tuple(results["seeds"]))
     data = load_data(preset)
     seeds = list(preset.seeds)
-    runs, rows = {}, {}
-    for name in [REFERENCE, *names]:
-        for seed in seeds:
-            run = agreement_run(preset, "p3b", seed, data, ESTIMATORS[name])
-            runs[name, seed] = run
-            rows.setdefault(name, []).append({"seed": seed, "acc": run.result["acc"],
-                                              "achieved_ratio": run.result["achieved_ratio"]})
-            print(f"{name:44s} seed {seed}: acc {run.result['acc']:.4f}", flush=True)
+    runs, rows = agreement_runs(preset, data, [REFERENCE, *names])
     by_name = {r["estimator"]: r for r in results["rows"]}
     if [r["acc"] for r in rows[REFERENCE]] != [r["acc"] for r in by_name[REFERENCE]["per_seed"]]:
         raise SystemExit("the reference runs no longer reproduce the recorded accuracies; run the whole benchmark")
@@ -311,14 +323,7 @@ def main():
              for name, rs in runs_per_job.items()}
     if args.cost_only:
         return
-    runs, rows = {}, {}
-    for name, method, opts in jobs[2:]:
-        for seed in seeds:
-            run = agreement_run(preset, "p3b", seed, data, opts)
-            runs[name, seed] = run
-            rows.setdefault(name, []).append({"seed": seed, "acc": run.result["acc"],
-                                              "achieved_ratio": run.result["achieved_ratio"]})
-            print(f"{name:44s} seed {seed}: acc {run.result['acc']:.4f}", flush=True)
+    runs, rows = agreement_runs(preset, data, list(estimators))
     table = []
     ref_acc = [r["acc"] for r in rows[REFERENCE]]
     for name, method, _ in jobs + on_activations:

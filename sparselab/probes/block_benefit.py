@@ -55,8 +55,8 @@ VARIANTS = ("cls", "patch")
 #: the ``cpu-digits`` preset, 3 seeds) a P3B step cost 1.12x a plain fine-tuning step instead of 3.44x with the
 #: reference probes, the final per-block keep ratios correlated 0.96 (Spearman) with the reference's and the
 #: mean accuracy equalled the reference's (seed std 0.43 points); on DeiT-Tiny at 224 px a step cost 1.05x instead
-#: of 3.60x. Every 8th step agreed as well at 1.18x; every 32nd
-#: step cost 1.10-1.11x at ρ 0.92-0.94; the class-token probes alone (``patch_probe=None``) 1.09x at ρ 0.92.
+#: of 3.60x. Every 8th step agreed as well at 1.18x; every 32nd step cost 1.10-1.11x at ρ 0.92-0.94; the
+#: class-token probes alone (``patch_probe=None``) 1.09x at ρ 0.92.
 #: Use as ``sl.P3B(model, 0.5, **sl.probes.FAST_PROBES)``.
 FAST_PROBES = {"probe_every": 16, "probe_fraction": 0.25}
 
