@@ -94,6 +94,30 @@ def test_rank_normalisation_and_gate_factors_order_a_block():
     assert got == sorted(q, key=lambda k: (q[k], list(q).index(k)))
 
 
+@settings(max_examples=60, deadline=None)
+@given(sizes=st.lists(st.integers(1, 40), min_size=1, max_size=4), seed=st.integers(0, 2**16),
+       levels=st.integers(1, 6), tau=st.sampled_from([0.0, 0.05, 0.3]), t_share=st.floats(0, 1),
+       with_dead=st.booleans())
+def test_soft_masks_equal_writing_each_gate_separately(sizes, seed, levels, tau, t_share, with_dead):
+    """One scatter into all gates' values gives what selecting each gate's sorted positions and writing them
+    gives (ties included: few score levels)."""
+    gen = torch.Generator().manual_seed(seed)
+    names = ["attn_out", "mlp_hid", "mlp_in", "other"][:len(sizes)]
+    scores = {g: torch.randint(0, levels, (n,), generator=gen).float() for g, n in zip(names, sizes)}
+    dead = {g: torch.rand(n, generator=gen) < 0.3 for g, n in zip(names, sizes)} if with_dead else None
+    gates, order = order_block_elements(scores, GATE_FACTORS, dead)
+    n = len(order)
+    t = round(t_share * n)
+    values = soft_masks(gates, dict(zip(names, sizes)), order, t, tau)
+    j = torch.arange(1, n + 1, dtype=torch.float64)
+    m = (torch.sigmoid(math.log(9) * (j - t - 0.5) / (tau * n)) if tau > 0 else (j > t).double()).float()
+    for k, g in enumerate(gates):
+        mine = order[:, 0] == k
+        expected = torch.ones(scores[g].numel())
+        expected[order[mine, 1]] = m[mine]
+        assert torch.equal(values[g], expected)
+
+
 def _mlp_kept(kept):  # an MLP block with D=6, hidden=8: fc1 hid*(in) + hid, fc2 out*hid + out
     return kept["mlp_hid"] * kept["mlp_in"] + kept["mlp_hid"] + kept["mlp_out"] * kept["mlp_hid"] + kept["mlp_out"]
 

@@ -326,7 +326,7 @@ class P3B(Pruner):
                 dead = {g: self._dead[Gates.key(b.layer, g)] for g in b.gates if Gates.key(b.layer, g) in self._dead}
                 gates, order = order_block_elements(block_scores, self.gate_factors, dead or None)
                 target = float(applied[b.index] * self.dense_linear[b.index])
-                t = find_threshold(gates, sizes, order, lambda kept, b=b: self._linear_kept(b, kept), target)
+                t = find_threshold(gates, sizes, order, lambda kept, b=b: s.kept_linear_params(b, kept), target)
                 t = max(t, sum(int(d.sum()) for d in dead.values()))  # dead elements sort first and stay below t
                 values[b.layer].update(soft_masks(gates, sizes, order, t, tau))
         self.gates.set_values(values)
@@ -352,10 +352,10 @@ class P3B(Pruner):
         order = torch.stack([key_idx[order_idx], elem_idx[order_idx]], dim=1)
         sizes = {k: scores[k].numel() for k in keys}
 
-        def kept_total(kept: Mapping[str, int]) -> int:
+        def kept_total(kept: Mapping[str, torch.Tensor]) -> torch.Tensor:
             total = 0
             for b in s.blocks:
-                total += self._linear_kept(b, {g: kept[Gates.key(b.layer, g)] for g in b.gates})
+                total += s.kept_linear_params(b, {g: kept[Gates.key(b.layer, g)] for g in b.gates})
             return total
 
         t = find_threshold(keys, sizes, order, kept_total, target)

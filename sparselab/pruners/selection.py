@@ -59,45 +59,52 @@ def masks_for_threshold(gates: list[str], sizes: Mapping[str, int], order: torch
 
 
 def find_threshold(gates: list[str], sizes: Mapping[str, int], order: torch.Tensor,
-                   kept_params: Callable[[Mapping[str, int]], int], target: float) -> int:
-    """The number t of removed elements whose kept-parameter count is closest to ``target``.
+                   kept_params: Callable[[Mapping[str, torch.Tensor]], torch.Tensor], target: float) -> int:
+    """The number t of removed elements whose kept-parameter count is closest to ``target`` (the smaller t on a
+    tie).
 
-    ``kept_params`` maps kept counts per gate to the block's kept Linear parameters (monotone in each count).
+    ``kept_params`` maps the kept count of each gate to the block's kept Linear parameters (monotone in each
+    count); it is called once, with one count per candidate t = 0 .. n as a 1-D tensor per gate, and returns the
+    parameter count of every candidate (plain arithmetic on the counts does that).
+
+    Example:
+        >>> gates, order = order_block_elements({"a": torch.tensor([3., 1., 2.])}, {})
+        >>> find_threshold(gates, {"a": 3}, order, lambda kept: 10 * kept["a"], target=12)  # keep 1 of 3
+        2
     """
     n = len(order)
     removed = torch.zeros(n + 1, len(gates), dtype=torch.long)  # removed[t, g]: removed from gate g among first t
     if n:
         removed[1:] = torch.nn.functional.one_hot(order[:, 0], len(gates)).cumsum(0)
-
-    def count(t: int) -> int:
-        return kept_params({g: sizes[g] - int(removed[t, i]) for i, g in enumerate(gates)})
-
-    lo, hi = 0, n  # smallest t with count(t) <= target
-    if count(n) > target:
+    counts = torch.as_tensor(kept_params({g: sizes[g] - removed[:, i] for i, g in enumerate(gates)}))
+    counts = counts.to(torch.float64).expand(n + 1)
+    fits = torch.nonzero(counts <= target)
+    if not len(fits):
         return n
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if count(mid) <= target:
-            hi = mid
-        else:
-            lo = mid + 1
-    if lo > 0 and abs(count(lo - 1) - target) < abs(count(lo) - target):
-        return lo - 1
-    return lo
+    t = int(fits[0])  # the smallest t with count(t) <= target (counts fall with t)
+    if t > 0 and abs(float(counts[t - 1]) - target) < abs(float(counts[t]) - target):
+        return t - 1
+    return t
 
 
 def soft_masks(gates: list[str], sizes: Mapping[str, int], order: torch.Tensor, t: int,
                tau: float) -> dict[str, torch.Tensor]:
-    """Gate values for threshold ``t`` and temperature ``tau`` (τ = 0: a hard 0/1 step)."""
+    """Gate values for threshold ``t`` and temperature ``tau`` (τ = 0: a hard 0/1 step).
+
+    Example:
+        >>> gates, order = order_block_elements({"a": torch.tensor([3., 1., 2.])}, {})
+        >>> soft_masks(gates, {"a": 3}, order, t=1, tau=0.0)["a"].tolist()
+        [1.0, 0.0, 1.0]
+    """
     n = len(order)
     j = torch.arange(1, n + 1, dtype=torch.float64)
     if tau > 0 and n > 0:
         m = torch.sigmoid(LN9 * (j - t - 0.5) / (tau * n))
     else:
         m = (j > t).double()
-    values = {g: torch.ones(sizes[g], dtype=torch.float32) for g in gates}
-    m = m.float()
-    for i, g in enumerate(gates):
-        mine = order[:, 0] == i
-        values[g][order[mine, 1]] = m[mine]
-    return values
+    counts = [int(sizes[g]) for g in gates]
+    starts = torch.tensor(counts).cumsum(0) - torch.tensor(counts)
+    flat = torch.ones(sum(counts), dtype=torch.float32)
+    if n:
+        flat[starts[order[:, 0]] + order[:, 1]] = m.float()
+    return dict(zip(gates, flat.split(counts)))

@@ -161,9 +161,12 @@ class Gates(nn.Module):
 
     @torch.no_grad()
     def hard_masks(self) -> dict[int, dict[str, torch.Tensor]]:
-        """Boolean masks: gate value >= 0.5 means kept."""
+        """Boolean masks: gate value >= 0.5 means kept (on the CPU; one comparison over all gates)."""
         s = self.structure[0]
-        return {i: {g: (self.gate(i, g) >= 0.5).cpu() for g in GATES} for i in range(s.depth)}
+        gates = list(self.values.values())
+        kept = (torch.cat([p.reshape(-1) for p in gates]) >= 0.5).cpu()
+        parts = dict(zip(self.values.keys(), kept.split([p.numel() for p in gates])))
+        return {i: {g: parts[self.key(i, g)] for g in GATES} for i in range(s.depth)}
 
 
 def _scale_last(gate: torch.Tensor):

@@ -20,8 +20,9 @@ from .vit import ViTStructure
 
 
 class ResidualTaps:
-    """Hooks on every layer: a pre-hook records the layer input, a hook on ``drop_path1`` the stream after the
-    attention branch, a hook on the layer the stream after the MLP branch."""
+    """Hooks on every layer: a pre-hook records the layer input, a pre-hook on ``norm2`` the stream after the
+    attention branch (timm's pre-norm ``Block`` normalises exactly that stream for its MLP, so the tap costs no
+    extra add), a hook on the layer the stream after the MLP branch."""
 
     def __init__(self, structure: ViTStructure, enabled: bool = True):
         self.structure = structure
@@ -30,7 +31,7 @@ class ResidualTaps:
         self._handles = []
         for i, blk in enumerate(structure.layers):
             self._handles.append(blk.register_forward_pre_hook(self._layer_input(i)))
-            self._handles.append(blk.drop_path1.register_forward_hook(self._after_attn))
+            self._handles.append(blk.norm2.register_forward_pre_hook(self._after_attn))
             self._handles.append(blk.register_forward_hook(self._layer_output))
 
     def _layer_input(self, i: int):
@@ -39,13 +40,12 @@ class ResidualTaps:
                 return
             if i == 0:
                 self.stream = [args[0].detach()]
-            self._current = args[0]
 
         return hook
 
-    def _after_attn(self, module, args, out):
+    def _after_attn(self, module, args):
         if self.enabled:
-            self.stream.append((self._current + out).detach())
+            self.stream.append(args[0].detach())
 
     def _layer_output(self, module, args, out):
         if self.enabled:

@@ -233,23 +233,48 @@ class ViTStructure:
     def kept_counts_params(self, block: BlockInfo, n: Mapping[str, int]) -> tuple[int, int]:
         """Like :meth:`linear_params`/:meth:`block_params` together, from the kept count of each of the block's
         gates: (Linear parameters, other parameters)."""
-        i = block.layer
         if min(n.values()) == 0:
             # the branch no longer depends on its input: it is a constant over its kept output channels
             return 0, n[block.gates[-1]]
-        first_bias, second_bias, other, qk_norm = self._fixed[block.index]
+        other, qk_norm = self._fixed[block.index][2:]
+        if block.kind == "attn":
+            h, i = n["attn_qkv"], block.layer
+            # qk-norm normalises one head dimension: its parameters shrink with kept dimensions, not heads
+            norm = qk_norm * h // max(self.head_dim[i], 1) if self.qkv_unit == "dim" else qk_norm
+            return self._linear_count(block, n), other + norm
+        return self._linear_count(block, n), other
+
+    def kept_linear_params(self, block: BlockInfo, n: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """The kept Linear parameters of ``block`` for many candidate kept counts at once: ``n`` holds, per gate, a
+        1-D tensor of counts (one entry per candidate); element-wise what :meth:`kept_counts_params` gives first.
+
+        Example:
+            >>> import timm
+            >>> s = ViTStructure(timm.create_model("vit_nano_patch4_28", num_classes=10))
+            >>> mlp = s.blocks[1]
+            >>> counts = {"mlp_in": torch.tensor([64, 64]), "mlp_hid": torch.tensor([256, 0]),
+            ...           "mlp_out": torch.tensor([64, 64])}
+            >>> s.kept_linear_params(mlp, counts).tolist() == [s.linear_params(mlp), 0]
+            True
+        """
+        empty = torch.stack([torch.as_tensor(v) for v in n.values()]).eq(0).any(0)
+        return torch.where(empty, 0, self._linear_count(block, n))
+
+    def _linear_count(self, block: BlockInfo, n):
+        """Linear weights and biases of ``block`` with ``n`` kept elements per gate, none of them 0 (ints, or
+        tensors of candidates: plain arithmetic)."""
+        first_bias, second_bias = self._fixed[block.index][:2]
         if block.kind == "attn":
             a, h, o = n["attn_in"], n["attn_qkv"], n["attn_out"]
+            i = block.layer
             width = self.num_heads[i] * h if self.qkv_unit == "dim" else h * self.head_dim[i]  # of q, k and v
             qkv = 3 * width * a + (3 * width if first_bias else 0)
             proj = o * width + (o if second_bias else 0)
-            # qk-norm normalises one head dimension: its parameters shrink with kept dimensions, not heads
-            norm = qk_norm * h // max(self.head_dim[i], 1) if self.qkv_unit == "dim" else qk_norm
-            return qkv + proj, other + norm
+            return qkv + proj
         a, hid, o = n["mlp_in"], n["mlp_hid"], n["mlp_out"]
         fc1 = hid * a + (hid if first_bias else 0)
         fc2 = o * hid + (o if second_bias else 0)
-        return fc1 + fc2, other
+        return fc1 + fc2
 
     def _fixed_counts(self, block: BlockInfo) -> tuple[bool, bool, int, int]:
         """(first Linear has a bias, second Linear has a bias, norm + LayerScale parameters, qk-norm parameters)
