@@ -129,6 +129,12 @@ def uniform_anchors(dense: torch.nn.Module, target: int) -> dict[str, torch.nn.M
     return {k: m for k, m in anchors.items() if abs(compact_stats(m)["flops"] / target - 1) <= 0.05}
 
 
+def attention_heads(model: torch.nn.Module) -> int:
+    """Attention heads over all blocks (a branch that became a constant has none): each head computes its own
+    token-by-token softmax, a cost the multiply-accumulate count leaves out."""
+    return sum(getattr(blk.attn, "num_heads", 0) for blk in model.blocks)
+
+
 def interleaved_median_ms(calls: dict[Any, Callable[[], object]], repeats: int) -> dict[Any, float]:
     """Median time in ms of each call, calling them in turn on every repeat (the first round warms up)."""
     times: dict[Any, list[float]] = {k: [] for k in calls}
@@ -188,9 +194,12 @@ def measure(names, repeats: dict[int, int]) -> list[dict]:
                 rows.append({"model": name, "prune_ratio": ratio, "variant": variant, "batch": batch,
                              "dense_ms": ms["dense"], "compact_ms": ms[key],
                              "params_ratio": params[key] / params["dense"], "speedup": speedup,
+                             "heads": attention_heads(models[key]),
                              "ideal_speedup": ideal, "speedup_over_ideal": speedup / ideal})
                 if uniform:  # no anchor when whole heads cannot meet the MACs (tiny models at 90 %)
                     rows[-1].update({"uniform_ms": uniform, "vs_uniform": ms[key] / min(uniform.values()),
+                                     "uniform_heads": {kind: attention_heads(models[ratio, unpadded, kind])
+                                                       for kind in uniform},
                                      "uniform_macs_ratio": {kind: flops[ratio, unpadded, kind] / flops[ratio, unpadded]
                                                             for kind in uniform}})
                 print(f"{name:24s} {ratio:.2f} {variant:12s} batch {batch:2d}: dense {ms['dense']:8.1f} ms, compact "

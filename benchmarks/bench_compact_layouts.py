@@ -14,7 +14,11 @@ the same function (or, where marked, the same shapes):
 - ``unsliced inputs`` — ``attn_in`` and ``mlp_in`` kept whole: the first Linear of each branch reads the full
   residual width (zero columns for the pruned channels) instead of a gathered subset; ``unsliced inputs and
   outputs`` also writes the full width (zero rows) instead of adding into a subset. Shapes only: the zero columns
-  and rows are not written, so these two time the layout, not a model with the same outputs.
+  and rows are not written, so these two time the layout, not a model with the same outputs;
+- ``contiguous channels`` — the bound on any way of selecting residual channels: every branch reads its first k
+  residual channels as a view (no gather) and adds into its first k channels (a slice add instead of the
+  ``index_add``), with the widths of ``pad 8``. No channel order makes every block's kept channels contiguous at
+  once, so this is shapes only as well: the time the reference's gathers and scatters cost at most.
 
 Each is timed interleaved with the reference at batch 1 and 32; ``time / pad 8`` below 1 means the layout pays.
 
@@ -32,7 +36,7 @@ import torch
 from timm.models.vision_transformer import Block
 
 from sparselab.structure.compact import CompactBlock, compact_stats, compact_vit
-from sparselab.structure.compact.modules import add_branch, scattered_channels
+from sparselab.structure.compact.modules import SelectChannels, add_branch, scattered_channels
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_compact_latency import interleaved_ms, p3b_pruner, random_images  # noqa: E402
@@ -42,7 +46,7 @@ RATIOS = (0.5, 0.75, 0.9)
 UNITS = ("dim", "head")
 REFERENCE = "pad 8"
 LAYOUTS = (REFERENCE, "MLP added in place", "scatter into zeros", "pad 16", "pad 32", "unsliced inputs",
-           "unsliced inputs and outputs")
+           "unsliced inputs and outputs", "contiguous channels")
 
 
 class InPlaceMlpBlock(CompactBlock):
@@ -56,6 +60,44 @@ class InPlaceMlpBlock(CompactBlock):
         if index is not None:
             return x.index_add_(-1, index, out)
         return x.add_(self.drop_path2(self.ls2(out)))
+
+
+class FirstChannels(torch.nn.Module):
+    """The first ``k`` channels of the last dimension, as a view (stands in for a gather of ``k`` channels)."""
+
+    def __init__(self, k: int):
+        super().__init__()
+        self.k = k
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[..., :self.k]
+
+
+class SliceAddBlock(CompactBlock):
+    """:class:`CompactBlock` adding each branch into the first channels of a copy of the stream (a slice add where
+    the reference has an ``index_add``; the same copies, no scatter). Shapes only."""
+
+    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        for norm, branch, ls, drop_path in ((self.norm1, self.attn, self.ls1, self.drop_path1),
+                                            (self.norm2, self.mlp, self.ls2, self.drop_path2)):
+            out = branch(norm(x), *args, **kwargs) if branch is self.attn else branch(norm(x))
+            if scattered_channels(ls, drop_path) is None:
+                x = x + drop_path(ls(out))
+            else:
+                x = x.clone()
+                x[..., :out.shape[-1]] += out
+        return x
+
+
+def contiguous(reference: torch.nn.Module) -> torch.nn.Module:
+    """``reference`` with every channel gather a view of the first channels and every ``index_add`` a slice add."""
+    model = copy.deepcopy(reference)
+    for blk in model.blocks:
+        for norm in (blk.norm1, blk.norm2):
+            if isinstance(norm, torch.nn.Sequential) and isinstance(norm[-1], SelectChannels):
+                norm[-1] = FirstChannels(norm[-1].index.numel())
+        blk.__class__ = SliceAddBlock
+    return model
 
 
 def p3b_masks(prune_ratio: float, qkv_unit: str) -> tuple[torch.nn.Module, dict]:
@@ -83,7 +125,8 @@ def layouts(model: torch.nn.Module, masks: dict, qkv_unit: str) -> dict[str, tor
             "pad 32": compact_vit(model, masks, pad_to=32, qkv_unit=qkv_unit).eval(),
             "unsliced inputs": compact_vit(model, widened(("attn_in", "mlp_in")), pad_to=8, qkv_unit=qkv_unit).eval(),
             "unsliced inputs and outputs": compact_vit(
-                model, widened(("attn_in", "mlp_in", "attn_out", "mlp_out")), pad_to=8, qkv_unit=qkv_unit).eval()}
+                model, widened(("attn_in", "mlp_in", "attn_out", "mlp_out")), pad_to=8, qkv_unit=qkv_unit).eval(),
+            "contiguous channels": contiguous(reference).eval()}
 
 
 def main():

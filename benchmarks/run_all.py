@@ -155,11 +155,18 @@ def render(folder: Path = RESULTS) -> str:
                   "*exact*, the *fewer heads* anchor the same kind of heads as *heads*. The compact models' MLPs "
                   "(`CompactMlp`) apply their GELU in place on hidden activations of 4 MiB or more, which spares "
                   "them one freshly page-faulted buffer per block at batch 32; the dense model and the anchors "
-                  "are plain timm modules.", ""]
+                  "are plain timm modules. *heads*: attention heads over all blocks of the compact model / of the "
+                  "narrower-heads / of the fewer-heads anchor (each head computes its own softmax over a "
+                  "token-by-token score map, which the multiply-accumulate count leaves out).", ""]
         def over(r: dict, anchor: str) -> str:
             ms = r.get("uniform_ms", {}).get(anchor)
             return "–" if ms is None else f"{r['compact_ms'] / ms:.2f}x"
 
+        def heads(r: dict) -> str:
+            anchors = r.get("uniform_heads", {})
+            return " / ".join([str(r["heads"])] + [str(anchors.get(a, "–")) for a in ("narrower heads", "fewer heads")])
+
+        with_heads = all("heads" in r for r in cl["rows"])
         rows = []
         for r in [r for r in cl["rows"] if "allocator" not in r]:
             has = "vs_uniform" in r
@@ -169,10 +176,11 @@ def render(folder: Path = RESULTS) -> str:
                          f"{min(r['uniform_ms'].values()):.1f}" if has else "–", f"{r['params_ratio']:.2f}",
                          f"{r['speedup']:.2f}x", f"{r['ideal_speedup']:.2f}x", f"{r['speedup_over_ideal']:.0%}",
                          f"{over(r, 'narrower heads')} / {over(r, 'fewer heads')}",
+                         *([heads(r)] if with_heads else []),
                          f"{r['vs_uniform']:.2f}x" if has else "–", _met(r["vs_uniform"] <= 1.10) if has else "–"])
         parts += [_table(["model", "pruned", "layout", "batch", "dense ms", "compact ms", "uniform ms", "params kept",
-                          "speed-up", "ideal", "of ideal", "vs narrower / fewer heads", "vs uniform", "≤ 1.10x"],
-                         rows), ""]
+                          "speed-up", "ideal", "of ideal", "vs narrower / fewer heads",
+                          *(["heads"] if with_heads else []), "vs uniform", "≤ 1.10x"], rows), ""]
         tuned = [r for r in cl["rows"] if "allocator" in r]
         if tuned:
             parts += [f"The same models timed again in a process started with `{tuned[0]['allocator']}`: glibc then "
@@ -199,7 +207,11 @@ def render(folder: Path = RESULTS) -> str:
                   "*pad 16 / 32*: kept widths rounded up to larger multiples with zero weights; *unsliced inputs*: "
                   "the first Linear of each branch reads the full residual width (zero columns) instead of a "
                   "gathered subset, *and outputs*: also writes the full width (zero rows) instead of adding into a "
-                  "subset (shapes only). *MACs / pad 8*: multiply-accumulates over those of the reference.", ""]
+                  "subset (shapes only). *contiguous channels*: every branch reads its first k residual channels "
+                  "as a view and adds into its first k channels (no gather, no `index_add`; shapes only, since no "
+                  "channel order makes every block's channels contiguous at once): a bound on what any way of "
+                  "selecting channels can save. *MACs / pad 8*: multiply-accumulates over those of the "
+                  "reference.", ""]
         cells: dict = {}  # (ratio, unit, layout) -> batch -> row, in the benchmark's own order
         for r in lay["rows"]:
             cells.setdefault((r["prune_ratio"], r["qkv_unit"], r["layout"]), {})[r["batch"]] = r
