@@ -501,6 +501,9 @@ class TraceScrubber:
         self._blocks = blocks[blocks.metric.isin(["keep_applied", "keep_goal", "benefit_cls", "benefit_patch"])]
         self._events = select_run(history, run)["events"]
         self.steps: list[int] = sorted(int(v) for v in blocks[blocks.metric == "keep_applied"].step.unique())
+        patch = blocks[blocks.metric == "benefit_patch"].step
+        #: update steps whose window held a patch-probe batch; None for a run without patch probes
+        self._patch_steps: set[int] | None = {int(v) for v in patch.unique()} if len(patch) else None
         self.names = sort_block_names(blocks[blocks.metric == "keep_applied"].block)
         labels = [block_label(n) for n in self.names]
         diffs = [b - a for a, b in zip(self.steps, self.steps[1:])]
@@ -551,8 +554,7 @@ class TraceScrubber:
                                       else col).reset_index(drop=True)
         self.events_table = table
         index = self.steps.index(step)
-        patch = self._blocks[self._blocks.metric == "benefit_patch"]
-        unmeasured = len(patch) > 0 and not (patch.step == step).any()
+        unmeasured = self._patch_steps is not None and step not in self._patch_steps
         note = " (no patch-probe batch in this window: the class-token score decided alone)" if unmeasured else ""
         self.info.value = (f"update {index + 1} of {len(self.steps)} at step <b>{step}</b>: "
                            f"{int(table.reactivated.sum()) if len(table) else 0} elements reactivated, "

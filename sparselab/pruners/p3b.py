@@ -35,7 +35,7 @@ from ..configs import BenefitConfig, P3BConfig
 from ..errors import ConfigError, check_finite, check_positive_int, check_ratio, unknown_name
 from ..probes.block_benefit import BlockBenefit, all_reduce_mean_grads
 from ..structure.gates import Gates
-from ..structure.vit import BlockInfo, ViTStructure
+from ..structure.vit import ViTStructure
 from .allocation import ramp_keep, water_fill
 from .allocators import (
     ALLOCATIONS,
@@ -204,9 +204,6 @@ class P3B(Pruner):
         return dict(self._config)
 
     # ------------------------------------------------------------------ helpers
-    def _linear_kept(self, block: BlockInfo, kept: Mapping[str, int]) -> int:
-        return self.structure.kept_counts_params(block, kept)[0]
-
     def hard_masks(self) -> dict[int, dict[str, torch.Tensor]]:
         """Boolean masks (gate ≥ 0.5) of every layer and gate."""
         return self.gates.hard_masks()
@@ -292,7 +289,7 @@ class P3B(Pruner):
         for b in s.blocks:
             sizes = s.gate_sizes(b.layer)
             alive = {g: sizes[g] - int(self._dead[Gates.key(b.layer, g)].sum()) for g in b.gates}
-            caps.append(self._linear_kept(b, alive) / float(self.dense_linear[b.index]))
+            caps.append(s.kept_counts_params(b, alive)[0] / float(self.dense_linear[b.index]))
         return torch.tensor(caps, dtype=torch.float64)
 
     # ------------------------------------------------------------------ the update
