@@ -52,27 +52,25 @@ from sparselab.structure.gates import Gates
 from sparselab.training.config import TrainConfig
 from sparselab.training.optim import build_optimizer, param_groups
 
+
+def subsampled_conv2(every: int = 1, fraction: float = 1.0) -> tuple[str, dict]:
+    """The row of the reference patch probe run on every ``every``-th step and a ``fraction`` of the batch: its name
+    (e.g. "conv2 patch probe, every 16th step, 1/4 of the batch") and its options."""
+    suffix = "th" if 10 <= every % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(every % 10, "th")
+    parts = ([f"every {every}{suffix} step"] if every > 1 else []) + \
+        ([f"1/{round(1 / fraction)} of the batch"] if fraction < 1 else [])
+    options = dict(patch_probe="conv2", **({"probe_every": every} if every > 1 else {}),
+                   **({"probe_fraction": fraction} if fraction < 1 else {}))
+    return ", ".join(["conv2 patch probe", *parts]), options
+
+
 ESTIMATORS: dict[str, dict] = {  # name: patch probe and BlockBenefit options (class-token probes always run)
     "reference (conv2, every step, whole batch)": dict(patch_probe="conv2"),
     "conv1 patch probe": dict(patch_probe="conv1"),
     "linear patch probe": dict(patch_probe="linear"),
     "class-token probe only": dict(patch_probe=None),
-    "conv2 patch probe, every 4th step": dict(patch_probe="conv2", probe_every=4),
-    "conv2 patch probe, 1/4 of the batch": dict(patch_probe="conv2", probe_fraction=0.25),
-    "conv2 patch probe, every 4th step, 1/4 of the batch": dict(patch_probe="conv2", probe_every=4,
-                                                                probe_fraction=0.25),
-    "conv2 patch probe, every 8th step, 1/4 of the batch": dict(patch_probe="conv2", probe_every=8,
-                                                                probe_fraction=0.25),
-    "conv2 patch probe, every 8th step, 1/8 of the batch": dict(patch_probe="conv2", probe_every=8,
-                                                                probe_fraction=0.125),
-    "conv2 patch probe, every 16th step, 1/4 of the batch": dict(patch_probe="conv2", probe_every=16,
-                                                                 probe_fraction=0.25),
-    "conv2 patch probe, every 16th step, 1/8 of the batch": dict(patch_probe="conv2", probe_every=16,
-                                                                 probe_fraction=0.125),
-    "conv2 patch probe, every 32nd step, 1/4 of the batch": dict(patch_probe="conv2", probe_every=32,
-                                                                 probe_fraction=0.25),
-    "conv2 patch probe, every 32nd step, 1/8 of the batch": dict(patch_probe="conv2", probe_every=32,
-                                                                 probe_fraction=0.125),
+    **dict(subsampled_conv2(every, fraction) for every, fraction in (
+        (4, 1.0), (1, 0.25), (4, 0.25), (8, 0.25), (8, 0.125), (16, 0.25), (16, 0.125), (32, 0.25), (32, 0.125))),
 }
 REFERENCE = next(iter(ESTIMATORS))
 #: step-cost passes over all estimators (the reported ratio is their median; one run spreads by a few percent)
