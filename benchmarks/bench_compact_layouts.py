@@ -15,10 +15,12 @@ the same function (or, where marked, the same shapes):
   residual width (zero columns for the pruned channels) instead of a gathered subset; ``unsliced inputs and
   outputs`` also writes the full width (zero rows) instead of adding into a subset. Shapes only: the zero columns
   and rows are not written, so these two time the layout, not a model with the same outputs;
-- ``contiguous channels`` — the bound on any way of selecting residual channels: every branch reads its first k
-  residual channels as a view (no gather) and adds into its first k channels (a slice add instead of the
-  ``index_add``), with the widths of ``pad 8``. No channel order makes every block's kept channels contiguous at
-  once, so this is shapes only as well: the time the reference's gathers and scatters cost at most.
+- ``contiguous channels`` — selection without gathers or scatters: every branch reads its first k residual
+  channels as a view (no gather) and adds into its first k channels of a copy of the stream (a slice add instead
+  of the ``index_add``'s scatter), with the widths of ``pad 8``. No channel order makes every block's kept channels
+  contiguous at once, so this is shapes only as well: what the gather and scatter kernels cost beyond contiguous
+  access. It keeps the copy of the stream per branch that ``index_add`` makes (``bench_compact_gap.py`` splits
+  the whole residual-stream cost out of a profile).
 
 Each is timed interleaved with the reference at batch 1 and 32; ``time / pad 8`` below 1 means the layout pays.
 

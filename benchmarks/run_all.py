@@ -24,6 +24,7 @@ BENCHMARKS = {  # name: script
     "p3b_probes": "bench_p3b_probes.py",
     "compact_latency": "bench_compact_latency.py",
     "compact_layouts": "bench_compact_layouts.py",
+    "compact_gap": "bench_compact_gap.py",
     "history": "bench_history.py",
     "memory": "bench_memory.py",
     "explorers": "bench_explorers.py",
@@ -31,9 +32,9 @@ BENCHMARKS = {  # name: script
     "head_pruning": "bench_head_pruning.py",
 }
 #: left out of --quick (which stays under 5 minutes): accuracy over seeds has no meaningful short form, and the
-#: layout comparison adds nothing a quick check needs; ``--quick --only head_pruning compact_layouts`` still runs
-#: their smoke versions
-NOT_QUICK = ("head_pruning", "compact_layouts")
+#: layout comparison and the split of the gap to the anchors add nothing a quick check needs; ``--quick --only
+#: head_pruning compact_layouts compact_gap`` still runs their smoke versions
+NOT_QUICK = ("head_pruning", "compact_layouts", "compact_gap")
 
 
 def run(names: list[str], quick: bool, folder: Path) -> None:
@@ -208,10 +209,10 @@ def render(folder: Path = RESULTS) -> str:
                   "the first Linear of each branch reads the full residual width (zero columns) instead of a "
                   "gathered subset, *and outputs*: also writes the full width (zero rows) instead of adding into a "
                   "subset (shapes only). *contiguous channels*: every branch reads its first k residual channels "
-                  "as a view and adds into its first k channels (no gather, no `index_add`; shapes only, since no "
-                  "channel order makes every block's channels contiguous at once): a bound on what any way of "
-                  "selecting channels can save. *MACs / pad 8*: multiply-accumulates over those of the "
-                  "reference.", ""]
+                  "as a view and adds into its first k channels of a copy of the stream (no gather, no scatter; "
+                  "shapes only, since no channel order makes every block's channels contiguous at once): what "
+                  "the gather and scatter kernels cost beyond contiguous access. *MACs / pad 8*: "
+                  "multiply-accumulates over those of the reference.", ""]
         cells: dict = {}  # (ratio, unit, layout) -> batch -> row, in the benchmark's own order
         for r in lay["rows"]:
             cells.setdefault((r["prune_ratio"], r["qkv_unit"], r["layout"]), {})[r["batch"]] = r
@@ -221,6 +222,28 @@ def render(folder: Path = RESULTS) -> str:
                 for (ratio, unit, name), by in cells.items() if name != "pad 8"]
         parts += [_table(["pruned", "P3B prunes", "layout", "MACs / pad 8", "time / pad 8, batch 1",
                           "time / pad 8, batch 32"], rows), ""]
+    gap = _load(folder, "compact_gap")
+    if gap:
+        parts += [_heading("Compact models against the uniform anchor: where the difference goes", gap), "",
+                  f"The head-pruned compact models (`{gap['variant']}`) of the latency table at 75 % and 90 %, timed "
+                  "interleaved with the faster uniform anchor of the same multiply-accumulates (*time / anchor*), "
+                  "then profiled (`torch.profiler`, median of "
+                  f"{gap['rounds']} alternating rounds): the time of the top-level ATen operations summed by kind. "
+                  "Each kind is the compact model's time minus the anchor's, as a share of the anchor's profiled "
+                  "time, so the kinds add up to *profiled* minus one. *residual stream*: the compact model's "
+                  "channel gathers and `index_add` (a copy of the stream plus an add into some of its channels) "
+                  "against the anchor's plain residual adds; *between operations*: profiled wall time outside any "
+                  "ATen operation (Python and module calls, and the profiler's own cost per operation, which weighs "
+                  "on batch 1); *patch embedding* is the same convolution in both, so its share shows the noise. "
+                  "*hidden units*, *heads*: MLP hidden units and attention heads over all blocks, "
+                  "compact / anchor.", ""]
+        kinds = gap["kinds"]
+        rows = [[r["model"], f"{r['prune_ratio']:.0%}", str(r["batch"]), r["anchor"], f"{r['vs_anchor']:.2f}x",
+                 f"{r['profiled_vs_anchor']:.2f}x", *(f"{r['difference_by_kind'][k]:+.1%}" for k in kinds),
+                 f"{r['hidden_units']} / {r['anchor_hidden_units']}", f"{r['heads']} / {r['anchor_heads']}"]
+                for r in gap["rows"]]
+        parts += [_table(["model", "pruned", "batch", "anchor", "time / anchor", "profiled", *kinds,
+                          "hidden units", "heads"], rows), ""]
     hp = _load(folder, "head_pruning")
     if hp:
         parts += [_heading("Head pruning: accuracy", hp), "",
