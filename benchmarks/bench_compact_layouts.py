@@ -6,9 +6,9 @@ the same function (or, where marked, the same shapes):
 
 - ``pad 8`` — the reference here: ``pruner.compact(pad_to=8)``; each compact block (:class:`CompactBlock`) adds a
   branch that writes only some residual channels with one ``index_add``;
-- ``selection as module calls`` — the same model calling each branch's input norm as the ``Sequential`` of the
-  norm and its ``SelectChannels`` it is, where the reference calls the norm alone and gathers the channels inline
-  (:func:`~sparselab.structure.compact.modules.branch_input`): two module calls more per branch;
+- ``selection inline`` — the same model calling each branch's norm alone and gathering its input channels inline,
+  where the reference calls the ``Sequential`` of the norm and its ``SelectChannels`` (two module calls fewer per
+  branch; inference only, as nothing hooks these models);
 - ``MLP added in place`` — the same model adding its MLP branch in place into the block's own stream after
   attention (an intermediate no one else holds under inference), which spares one full-width copy per block;
 - ``scatter into zeros`` — the same model with timm's own ``Block.forward``: the branch output is scattered into a
@@ -41,7 +41,7 @@ import torch
 from timm.models.vision_transformer import Block
 
 from sparselab.structure.compact import CompactBlock, compact_stats, compact_vit
-from sparselab.structure.compact.modules import SelectChannels, add_branch, branch_input, scattered_channels
+from sparselab.structure.compact.modules import SelectChannels, add_branch, scattered_channels
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_compact_latency import interleaved_ms, p3b_pruner, random_images  # noqa: E402
@@ -50,7 +50,7 @@ MODEL = "deit_small_patch16_224"
 RATIOS = (0.5, 0.75, 0.9)
 UNITS = ("dim", "head")
 REFERENCE = "pad 8"
-LAYOUTS = (REFERENCE, "selection as module calls", "MLP added in place", "scatter into zeros", "pad 16", "pad 32",
+LAYOUTS = (REFERENCE, "selection inline", "MLP added in place", "scatter into zeros", "pad 16", "pad 32",
            "unsliced inputs", "unsliced inputs and outputs", "contiguous channels")
 
 
@@ -59,21 +59,30 @@ class InPlaceMlpBlock(CompactBlock):
     stream is this block's own intermediate, and nothing here hooks it)."""
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        x = add_branch(x, self.attn(branch_input(self.norm1, x), *args, **kwargs), self.ls1, self.drop_path1)
-        out = self.mlp(branch_input(self.norm2, x))
+        x = add_branch(x, self.attn(self.norm1(x), *args, **kwargs), self.ls1, self.drop_path1)
+        out = self.mlp(self.norm2(x))
         index = scattered_channels(self.ls2, self.drop_path2)
         if index is not None:
             return x.index_add_(-1, index, out)
         return x.add_(self.drop_path2(self.ls2(out)))
 
 
-class ModuleCallBlock(CompactBlock):
-    """:class:`CompactBlock` calling each branch's input norm as the module it is, a ``Sequential`` of the norm and
-    its :class:`SelectChannels` (the layout before :func:`branch_input` selected inline)."""
+def inline_input(norm: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``norm(x)`` for a compact branch's ``Sequential(norm, SelectChannels)``: the norm called alone and the
+    channels gathered inline (two module calls fewer; nothing hooks these models)."""
+    if isinstance(norm, torch.nn.Sequential) and isinstance(norm[-1], SelectChannels):
+        h = norm[0](x)
+        return h.gather(-1, norm[-1].index.expand(*h.shape[:-1], -1))
+    return norm(x)
+
+
+class InlineSelectBlock(CompactBlock):
+    """:class:`CompactBlock` calling each branch's norm alone and gathering its input channels inline, instead of
+    calling the ``Sequential`` of the norm and its :class:`SelectChannels`. Inference only."""
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        x = add_branch(x, self.attn(self.norm1(x), *args, **kwargs), self.ls1, self.drop_path1)
-        return add_branch(x, self.mlp(self.norm2(x)), self.ls2, self.drop_path2)
+        x = add_branch(x, self.attn(inline_input(self.norm1, x), *args, **kwargs), self.ls1, self.drop_path1)
+        return add_branch(x, self.mlp(inline_input(self.norm2, x)), self.ls2, self.drop_path2)
 
 
 class FirstChannels(torch.nn.Module):
@@ -94,11 +103,7 @@ class SliceAddBlock(CompactBlock):
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         for norm, branch, ls, drop_path in ((self.norm1, self.attn, self.ls1, self.drop_path1),
                                             (self.norm2, self.mlp, self.ls2, self.drop_path2)):
-            if isinstance(norm, torch.nn.Sequential) and isinstance(norm[-1], FirstChannels):
-                h = norm[0](x)[..., :norm[-1].k]  # inline, as branch_input selects in the reference
-            else:
-                h = branch_input(norm, x)
-            out = branch(h, *args, **kwargs) if branch is self.attn else branch(h)
+            out = branch(norm(x), *args, **kwargs) if branch is self.attn else branch(norm(x))
             if scattered_channels(ls, drop_path) is None:
                 x = x + drop_path(ls(out))
             else:
@@ -133,12 +138,11 @@ def layouts(model: torch.nn.Module, masks: dict, qkv_unit: str) -> dict[str, tor
                 for i, per in masks.items()}
 
     reference = compact_vit(model, masks, pad_to=8, qkv_unit=qkv_unit).eval()
-    scatter, in_place, module_calls = copy.deepcopy(reference), copy.deepcopy(reference), copy.deepcopy(reference)
-    for blocks, cls in ((scatter.blocks, Block), (in_place.blocks, InPlaceMlpBlock),
-                        (module_calls.blocks, ModuleCallBlock)):
-        for blk in blocks:
+    scatter, in_place, inline = copy.deepcopy(reference), copy.deepcopy(reference), copy.deepcopy(reference)
+    for model_copy, cls in ((scatter, Block), (in_place, InPlaceMlpBlock), (inline, InlineSelectBlock)):
+        for blk in model_copy.blocks:
             blk.__class__ = cls
-    return {REFERENCE: reference, "selection as module calls": module_calls, "MLP added in place": in_place,
+    return {REFERENCE: reference, "selection inline": inline, "MLP added in place": in_place,
             "scatter into zeros": scatter,
             "pad 16": compact_vit(model, masks, pad_to=16, qkv_unit=qkv_unit).eval(),
             "pad 32": compact_vit(model, masks, pad_to=32, qkv_unit=qkv_unit).eval(),

@@ -200,9 +200,9 @@ def render(folder: Path = RESULTS) -> str:
     if lay:
         parts += [_heading("Compact-model layouts (P3B-compacted DeiT-S, random weights, 224 px)", lay), "",
                   "Ways to lay out the same compact model for speed, each timed interleaved with the layout "
-                  "`compact(pad_to=8)` builds (*time / pad 8* below 1: the layout pays). *selection as module calls*: "
-                  "each branch's input norm called as the `Sequential` of the norm and its `SelectChannels`, where "
-                  "`CompactBlock` calls the norm alone and gathers inline (two module calls more per branch). "
+                  "`compact(pad_to=8)` builds (*time / pad 8* below 1: the layout pays). *selection inline*: "
+                  "each branch's norm called alone and its input channels gathered inline, where `CompactBlock` "
+                  "calls the `Sequential` of the norm and its `SelectChannels` (two module calls fewer per branch). "
                   "*MLP added in place*: "
                   "`CompactBlock` adding its MLP branch in place into the block's own stream after attention "
                   "instead of out of place (one full-width copy less per block). *scatter into zeros*: "

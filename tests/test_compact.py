@@ -268,41 +268,6 @@ def test_partial_branch_outputs_are_added_to_their_channels_without_a_scatter(in
     assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
 
 
-def test_branch_inputs_select_inline_unless_a_hook_watches_the_selection(monkeypatch):
-    model = tiny_vit(depth=2).eval()
-    s = ViTStructure(model)
-    masks = s.full_masks()
-    masks[0]["attn_in"] = torch.arange(16) % 2 == 0
-    masks[1]["mlp_in"] = torch.arange(16) < 12
-    small = compact_vit(model, masks)
-    selects, select = [], SelectChannels.forward
-    monkeypatch.setattr(SelectChannels, "forward", lambda self, x: selects.append(1) or select(self, x))
-    x = torch.randn(3, 3, 16, 16)
-    Gates(s).set_hard(masks)
-    with torch.no_grad():
-        reference = model(x)
-        close(small(x), reference)
-        assert selects == []  # both selections were done inline
-        norm2 = small.blocks[1].norm2
-        seen = []  # what a hook on the wrapper, on the selection or on the norm itself sees stays what it was
-        handles = [norm2.register_forward_pre_hook(lambda m, args: seen.append(("pre", args[0].shape[-1]))),
-                   norm2[1].register_forward_hook(lambda m, args, o: seen.append(("select", o.shape[-1]))),
-                   small.blocks[0].norm1[0].register_forward_hook(lambda m, args, o: seen.append(("ln", o.shape[-1])))]
-        close(small(x), reference)
-        assert sorted(seen) == [("ln", 16), ("pre", 16), ("select", 12)]
-        assert len(selects) == 1  # the watched selection ran as a module, the other one inline
-        for h in handles:
-            h.remove()
-        selects.clear()
-        handle = torch.nn.modules.module.register_module_forward_hook(lambda m, args, o: None)
-        close(small(x), reference)
-        handle.remove()
-        assert len(selects) == 2  # a global hook sees every module call: no inline selection
-    out = small(x)
-    out.sum().backward()  # the inline path records the same autograd graph
-    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in small.blocks[0].attn.parameters())
-
-
 @pytest.mark.parametrize("approximate", ["none", "tanh"])
 def test_mlp_gelu_runs_in_place_only_where_nothing_else_sees_the_pre_activation(approximate, monkeypatch):
     model = tiny_vit(depth=2, act_layer=functools.partial(nn.GELU, approximate=approximate)).eval()
