@@ -67,6 +67,8 @@ def check_finite(name: str, value: float, *, low: float | None = None, low_inclu
         >>> check_finite("lr", 5e-4, low=0, low_inclusive=False)
         0.0005
     """
+    if isinstance(value, (str, bytes)):  # float("1e-3") would pass, and the string would be kept by the caller
+        raise ConfigError(f"{name} must be a number, got the string {value!r}")
     try:
         v = float(value)
     except (TypeError, ValueError):
@@ -96,6 +98,27 @@ def check_ratio(name: str, value: float, *, allow_zero: bool = True) -> float:
         allowed = "[0, 1)" if allow_zero else "(0, 1)"
         raise ConfigError(f"{name} must lie in {allowed}, got {value!r}")
     return v
+
+
+def check_bool(name: str, value: bool, *, optional: bool = False) -> bool | None:
+    """Validate a flag: ``True`` or ``False`` (or None where ``optional``). Strings such as ``"False"`` are
+    refused rather than read by truthiness, which would turn them on.
+
+    Example:
+        >>> check_bool("reactivation", False)
+        False
+        >>> check_bool("reactivation", "False")
+        Traceback (most recent call last):
+        ...
+        sparselab.errors.ConfigError: reactivation must be True or False, got 'False'
+    """
+    if value is None and optional:
+        return None
+    if type(value).__module__ == "numpy" and type(value).__name__ in ("bool_", "bool"):
+        value = bool(value)
+    if not isinstance(value, bool):
+        raise ConfigError(f"{name} must be True or False{' or None' if optional else ''}, got {value!r}")
+    return value
 
 
 def check_positive_int(name: str, value: int, *, allow_zero: bool = False) -> int:

@@ -11,6 +11,7 @@ from torch import nn
 from . import runtime as dist_utils
 from .data.batches import eval_batches, to_model_input
 from .data.datasets import DataBundle
+from .errors import ConfigError
 from .runtime import autocast
 
 
@@ -30,6 +31,9 @@ def evaluate(model: nn.Module, dataset, batch_size: int = 512, device: str | tor
     """
     if isinstance(dataset, DataBundle):
         dataset = dataset.split("test")
+    if dataset is None or (hasattr(dataset, "__len__") and len(dataset) == 0):
+        raise ConfigError("evaluate needs a dataset with at least one image, got "
+                          + ("None (the bundle has no such split)" if dataset is None else "an empty one"))
     device = torch.device(device) if device is not None else next(model.parameters()).device
     amp = device.type == "cuda" if amp is None else amp
     rank, world = dist_utils.world()
@@ -45,5 +49,5 @@ def evaluate(model: nn.Module, dataset, batch_size: int = 512, device: str | tor
         totals[2] += len(y)
     model.train(was_training)
     dist_utils.all_reduce_sum(totals)
-    n = max(totals[2].item(), 1.0)
+    n = totals[2].item()
     return {"loss": totals[0].item() / n, "acc": totals[1].item() / n}

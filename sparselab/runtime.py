@@ -15,6 +15,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from .errors import ConfigError
+
 
 def launched_by_torchrun() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1 and "RANK" in os.environ
@@ -52,7 +54,14 @@ def barrier() -> None:
 def local_device(device: str | torch.device | None) -> torch.device:
     """The device to train on: the given one, else this process's GPU when CUDA exists, else the CPU."""
     if device is not None:
-        return torch.device(device)
+        try:
+            dev = torch.device(device)
+        except (RuntimeError, TypeError) as e:
+            raise ConfigError(f"device {device!r} is not a device torch knows ({e})") from None
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise ConfigError(f"device={device!r}, but CUDA is not available here (torch.cuda.is_available() is "
+                              f"False): use device='cpu' or None")
+        return dev
     if torch.cuda.is_available():
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     return torch.device("cpu")

@@ -130,6 +130,18 @@ class _PoisonLoss(sl.Pruner):
         return state.outputs.sum() * float("nan")
 
 
+def _nano():
+    return sl.models.create("vit_nano_patch4_28", num_classes=10)
+
+
+def _lenet():
+    return sl.models.create("lenet_300_100", image_size=8)
+
+
+def _digits8():
+    return sl.data.load("digits", image_size=8)
+
+
 def _vit(mlp: str = "mlp", attn: str = "attention"):
     from timm.layers import SwiGLUPacked
     from timm.models.vision_transformer import VisionTransformer
@@ -320,7 +332,7 @@ ROWS: list[tuple[str, Any, Any, str]] = [
     ("p3b-nan-keep-ratio", lambda ctx: sl.P3B(sl.models.create("vit_nano_patch4_28"), 0.5, allocation="fixed",
                                               keep_ratios=[float("nan"), 1.0] * 4),
      ConfigError, r"keep_ratios must be finite"),
-    ("p3b-nan-tau", lambda ctx: sl.P3BSchedule(tau=float("nan")), ConfigError, r"tau_min <= tau"),
+    ("p3b-nan-tau", lambda ctx: sl.P3BSchedule(tau=float("nan")), ConfigError, r"tau must be a finite number"),
     ("fit-diverges", lambda ctx: sl.fit(sl.models.create("lenet_300_100", image_size=8),
                                         sl.data.load("digits", image_size=8), epochs=1, lr=float("1e30"),
                                         optimizer="sgd", momentum=0.0, max_steps_per_epoch=1, progress=False,
@@ -338,6 +350,61 @@ ROWS: list[tuple[str, Any, Any, str]] = [
     ("fit-image-size-mismatch", lambda ctx: sl.fit(sl.models.create("vit_nano_patch4_28"),
                                                    sl.data.load("digits", image_size=8), epochs=1, progress=False),
      ConfigError, r"takes 28x28 images but 'digits' is loaded at 8x8"),
+    # 9. values a run would otherwise misread or ignore
+    ("p3b-flag-as-string", lambda ctx: sl.P3B(_nano(), 0.5, reactivation="False"), ConfigError,
+     r"reactivation must be True or False, got 'False'"),
+    ("p3b-blocks-only-as-string", lambda ctx: sl.P3B(_nano(), 0.5, blocks_only="no"), ConfigError,
+     r"blocks_only must be True or False"),
+    ("p3b-gate-factor-typo", lambda ctx: sl.P3B(_nano(), 0.5, gate_factors={"mlp_hidden": 0.1}), UnknownNameError,
+     r"unknown gate in gate_factors 'mlp_hidden'. Did you mean 'mlp_hid'"),
+    ("p3b-schedule-as-dict", lambda ctx: sl.P3B(_nano(), 0.5, schedule={"warmup": 1}), ConfigError,
+     r"schedule must be a sl.P3BSchedule"),
+    ("p3b-schedule-string-epochs", lambda ctx: sl.P3BSchedule("1", 2, 3), ConfigError,
+     r"warmup must be an integer >= 0, got '1'"),
+    ("p3b-infinite-tau", lambda ctx: sl.P3BSchedule(tau=float("inf")), ConfigError, r"tau must be a finite number"),
+    ("p3b-num-classes-zero", lambda ctx: sl.P3B(_nano(), 0.5, num_classes=0), ConfigError,
+     r"num_classes must be an integer >= 2, got 0"),
+    ("p3b-num-classes-other-than-data", lambda ctx: sl.fit(
+        (m := _nano()), sl.data.load("digits", image_size=28, limit=64), epochs=1, batch_size=32, progress=False,
+        pruner=sl.P3B(m, 0.5, schedule=sl.P3BSchedule(0, 1, 1), num_classes=5, patch_probe=None)),
+     ConfigError, r"probes were built for num_classes=5, but 'digits' has 10 classes"),
+    ("art-regularizer-other-sparsity", lambda ctx: sl.ART(_lenet(), 0.9, regularizer=sl.HyperSparse(0.5)),
+     ConfigError, r"built for sparsity 0.5, but it is used at sparsity 0.9"),
+    ("art-regularizer-other-threshold-every",
+     lambda ctx: sl.ART(_lenet(), 0.9, regularizer=sl.HyperSparse(0.9), threshold_every=7),
+     ConfigError, r"recomputes its threshold every 1 steps, but threshold_every=7"),
+    ("art-flag-as-string", lambda ctx: sl.ART(_lenet(), 0.9, train_eval_augment="False"), ConfigError,
+     r"train_eval_augment must be True or False"),
+    ("art-profile-every-zero", lambda ctx: sl.ART(_lenet(), 0.9, profile_every=0), ConfigError,
+     r"profile_every must be an integer >= 1, got 0"),
+    ("fit-flag-as-string", lambda ctx: sl.TrainConfig(final_test="False"), ConfigError,
+     r"final_test must be True or False"),
+    ("fit-lr-as-string", lambda ctx: sl.TrainConfig(lr="1e-3"), ConfigError, r"lr must be a number, got the string"),
+    ("fit-negative-seed", lambda ctx: sl.TrainConfig(seed=-1), ConfigError,
+     r"seed must be an integer in \[0, 2\*\*32\)"),
+    ("fit-milestones-without-step", lambda ctx: sl.TrainConfig(lr_milestones=[1], lr_gamma=0.01), ConfigError,
+     r"lr_milestones and lr_gamma apply to lr_schedule='step' only"),
+    ("fit-min-lr-without-cosine", lambda ctx: sl.TrainConfig(min_lr=5e-4, lr=1e-3), ConfigError,
+     r"min_lr applies to lr_schedule='cosine' only"),
+    ("fit-fractional-milestone", lambda ctx: sl.TrainConfig(lr_schedule="step", lr_milestones=[0.5]), ConfigError,
+     r"lr_milestones must be epochs \(integers >= 0\), got 0.5"),
+    ("fit-step-without-milestones", lambda ctx: sl.TrainConfig(lr_schedule="step"), ConfigError,
+     r"lr_schedule='step' needs lr_milestones"),
+    ("fit-cuda-without-cuda", lambda ctx: sl.fit(_lenet(), _digits8(), epochs=1, device="cuda", progress=False),
+     ConfigError, r"CUDA is not available here"),
+    ("fit-pruner-as-string", lambda ctx: sl.fit(_lenet(), _digits8(), epochs=1, pruner="p3b", progress=False),
+     ConfigError, r"pruner must be a pruner object"),
+    ("fit-config-as-dict", lambda ctx: sl.fit(_lenet(), _digits8(), config={"epochs": 1}, progress=False),
+     ConfigError, r"config must be a sl.TrainConfig"),
+    ("data-no-training-images", lambda ctx: sl.data.load("digits", image_size=8, val_fraction=0.999), ConfigError,
+     r"no training images are left"),
+    ("data-classes-as-number", lambda ctx: sl.data.load("digits", image_size=8, classes=3), ConfigError,
+     r"classes must be a list of labels"),
+    ("data-negative-seed", lambda ctx: sl.data.load("digits", image_size=8, seed=-1), ConfigError,
+     r"seed must be an integer in \[0, 2\*\*32\)"),
+    ("evaluate-empty-split", lambda ctx: sl.evaluate(_lenet(), sl.data.TensorImages(
+        torch.zeros(0, 1, 8, 8), torch.zeros(0, dtype=torch.long))), ConfigError,
+     r"evaluate needs a dataset with at least one image"),
 ]
 
 

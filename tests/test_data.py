@@ -211,3 +211,22 @@ def test_augmentation_only_moves_pixels(n, pad, seed, augment):
         assert values <= set(images[i].flatten().tolist())
     # without train=True nothing changes
     assert torch.equal(ds.get_batch(torch.arange(n), g, train=False)[0], images)
+
+
+def test_no_test_images_means_no_test_split_and_no_test_metrics():
+    data = sl.data.load("digits", image_size=8, test_fraction=0.0)
+    assert data.test is None and data.val is not None
+    history = sl.fit(sl.models.create("lenet_300_100", image_size=8), data, epochs=1, batch_size=64,
+                     max_steps_per_epoch=2, progress=False)
+    assert history.metrics.query("split == 'test'").empty  # nothing measured, nothing logged
+    assert not history.metrics.query("split == 'val'").empty
+
+
+def test_classes_may_be_an_array_or_a_tensor():
+    import numpy as np
+
+    as_list = sl.data.load("digits", image_size=8, classes=[3, 1])
+    for given in (np.array([3, 1]), torch.tensor([3, 1])):
+        other = sl.data.load("digits", image_size=8, classes=given)
+        assert torch.equal(other.train.labels, as_list.train.labels)
+        assert torch.equal(other.train.images, as_list.train.images)

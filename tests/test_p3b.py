@@ -512,3 +512,13 @@ def test_experiment_summary_and_saved_results(tmp_path):
     assert s.loc[(0.0, "dense")]["± (std)"] == 0
     with pytest.raises(ConfigError):
         summarize(table.iloc[0:0])
+
+
+def test_gate_factors_override_only_the_gates_they_name():
+    from sparselab.pruners.selection import GATE_FACTORS, merged_gate_factors
+
+    assert merged_gate_factors({"mlp_hid": 1.0}) == {**GATE_FACTORS, "mlp_hid": 1.0}
+    assert merged_gate_factors(None) == GATE_FACTORS
+    pruner = sl.P3B(sl.models.create("vit_nano_patch4_28", num_classes=10), 0.5, gate_factors={"attn_in": 2.0})
+    assert pruner.gate_factors["attn_in"] == 2.0 and pruner.gate_factors["attn_out"] == GATE_FACTORS["attn_out"]
+    assert pruner.config()["gate_factors"] == pruner.gate_factors  # the record is what the run uses

@@ -286,7 +286,7 @@ def test_tau_falls_to_tau_min():
     assert math.isclose(steps.tau(30), 0.06)
     with pytest.raises(ConfigError, match="tau_min"):
         sl.P3BSchedule(tau=0.1, tau_min=0.2)
-    with pytest.raises(ConfigError, match="tau_min"):
+    with pytest.raises(ConfigError, match="tau must be a finite number"):
         sl.P3BSchedule(tau=float("nan"))
 
 

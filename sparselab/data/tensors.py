@@ -54,10 +54,35 @@ def stratified_limit(labels: np.ndarray, limit: int, seed: int) -> np.ndarray:
     return np.sort(np.concatenate(keep))
 
 
+def class_list(classes) -> list[int]:
+    """``classes`` (a list, tuple, numpy array or tensor of labels) as a list of Python ints; anything else, or
+    labels that are not whole numbers, is a :class:`ConfigError`.
+
+    Example:
+        >>> class_list(np.array([3, 1])), class_list(torch.tensor([0, 2]))
+        ([3, 1], [0, 2])
+    """
+    if isinstance(classes, (np.ndarray, torch.Tensor)):
+        if classes.ndim != 1:
+            raise ConfigError(f"classes must be a 1-d list of labels, got an array of shape {tuple(classes.shape)}")
+        classes = classes.tolist()
+    if isinstance(classes, (str, bytes)) or not isinstance(classes, Sequence):
+        raise ConfigError(f"classes must be a list of labels such as [0, 1, 2], got {classes!r}")
+    out = []
+    for c in classes:
+        if isinstance(c, (np.integer, torch.Tensor)) and getattr(c, "ndim", 0) == 0:
+            c = c.item()
+        if isinstance(c, bool) or not isinstance(c, int):
+            raise ConfigError(f"classes must be integer labels, got {c!r} in {list(classes)}")
+        out.append(c)
+    return out
+
+
 def select_classes(images: np.ndarray, labels: np.ndarray, classes: Sequence[int] | None):
     """Keep only ``classes`` and renumber them 0..k-1 in the given order."""
     if classes is None:
         return images, labels
+    classes = class_list(classes)
     present = set(np.unique(labels).tolist())
     bad = [c for c in classes if c not in present]
     if bad or len(set(classes)) != len(classes) or not classes:
@@ -101,6 +126,10 @@ def build_bundle(
     ``pad`` pixels of black (in normalised units).
     """
     check_ratio("val_fraction", val_fraction)
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2 ** 32:
+        raise ConfigError(f"seed must be an integer in [0, 2**32), got {seed!r}")
+    if classes is not None:
+        classes = class_list(classes)
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise ConfigError(f"limit must be a positive integer or None, got {limit!r}")
     tr_x, tr_y = select_classes(*train, classes)
@@ -108,6 +137,9 @@ def build_bundle(
     tr_idx, va_idx = stratified_split(tr_y, val_fraction, seed)
     if limit is not None:
         tr_idx = tr_idx[stratified_limit(tr_y[tr_idx], limit, seed)]
+    if not len(tr_idx):
+        raise ConfigError(f"{name}: no training images are left (val_fraction={val_fraction} of "
+                          f"{len(tr_y)} images goes to validation); lower val_fraction")
     x_train = to_float(tr_x[tr_idx], image_size, max_value)
     mean = x_train.mean(dim=(0, 2, 3))
     std = x_train.std(dim=(0, 2, 3)).clamp_min(1e-6)
@@ -125,7 +157,7 @@ def build_bundle(
     test_ds = None
     if test is not None:
         te_x, te_y = select_classes(*test, classes)
-        test_ds = make(to_float(te_x, image_size, max_value), te_y, "none")
+        test_ds = make(to_float(te_x, image_size, max_value), te_y, "none") if len(te_y) else None
     return DataBundle(
         name=name, train=train_ds, val=val_ds, test=test_ds, num_classes=len(names),
         in_chans=x_train.shape[1], image_size=image_size, classes=names,

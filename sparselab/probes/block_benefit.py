@@ -199,6 +199,11 @@ class BlockBenefit(WindowedRecorder):
 
     # ------------------------------------------------------------------ hooks
     def on_fit_start(self, state: TrainState) -> None:
+        data_classes = getattr(state.data, "num_classes", None)
+        if isinstance(data_classes, int) and data_classes != self.num_classes:
+            raise ConfigError(f"the block-benefit probes were built for num_classes={self.num_classes}, but "
+                              f"{getattr(state.data, 'name', 'the data')!r} has {data_classes} classes; build "
+                              f"them (or P3B) with num_classes={data_classes}")
         self.probes.to(state.device, dtype=next(state.model.parameters()).dtype)
 
     def param_groups(self, groups: list[dict[str, Any]]) -> list[dict[str, Any]]:

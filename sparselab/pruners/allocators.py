@@ -111,8 +111,10 @@ class BenefitAllocation(Allocation):
 
     def attach(self, model, structure: ViTStructure, num_classes: int | None) -> None:
         super().attach(model, structure, num_classes)
-        if not isinstance(num_classes, int) or num_classes < 2:
-            raise ConfigError("P3B needs num_classes (the model has no num_classes attribute)")
+        if num_classes is None:
+            raise ConfigError("P3B needs num_classes (the model has no num_classes attribute): pass num_classes=")
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+            raise ConfigError(f"P3B's num_classes must be an integer >= 2, got {num_classes!r}")
         self.probes = BlockBenefit(model, num_classes, patch_probe=self.patch_probe, structure=structure,
                                    **self.probe_options)
         self.probes.accumulate = False

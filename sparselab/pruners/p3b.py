@@ -32,7 +32,7 @@ from torch import nn
 
 from ..callbacks import Pruner, TrainState
 from ..configs import BenefitConfig, P3BConfig
-from ..errors import ConfigError, check_finite, check_positive_int, check_ratio, unknown_name
+from ..errors import ConfigError, check_bool, check_positive_int, check_ratio, unknown_name
 from ..probes.block_benefit import BlockBenefit, all_reduce_mean_grads
 from ..structure.gates import Gates
 from ..structure.vit import ViTStructure
@@ -47,7 +47,7 @@ from .allocators import (
 )
 from .criteria import CRITERIA, GateCriterion, create_criterion
 from .schedules import P3BSchedule, P3BSteps
-from .selection import GATE_FACTORS, find_threshold, order_block_elements, soft_masks
+from .selection import find_threshold, merged_gate_factors, order_block_elements, soft_masks
 
 
 class P3B(Pruner):
@@ -80,7 +80,8 @@ class P3B(Pruner):
         per_parameter: divide the benefit by the ``remaining`` (reference) or ``dense`` parameter count.
         momentum: γ of the importance momentum across updates (0.2).
         class_weight: α, the class-token share of the class/patch mix (0.5).
-        gate_factors: per-gate multipliers of the rank-normalised scores.
+        gate_factors: per-gate multipliers of the rank-normalised scores; the gates named override the method's
+            factors (``attn_out`` 1.5, ``mlp_hid`` 0.75, ``mlp_out`` 1.5, others 1), the rest keep them.
         blocks_only: let ``prune_ratio`` refer to the blocks' parameters only.
         probe_lr, probe_weight_decay: the probes' own optimizer settings (the reference: 5e-4 and 0.05 on
             conv/linear weights); ``probe_lr=None`` uses the model's learning rate.
@@ -122,6 +123,9 @@ class P3B(Pruner):
             patch_probe=patch_probe, benefit_scale=benefit_scale, per_parameter=per_parameter, momentum=momentum,
             class_weight=class_weight, probe_every=probe_every, probe_fraction=probe_fraction, probe_lr=probe_lr,
             probe_weight_decay=probe_weight_decay))
+        if schedule is not None and not isinstance(schedule, P3BSchedule):
+            raise ConfigError(f"schedule must be a sl.P3BSchedule (or None for the reference defaults), got "
+                              f"{type(schedule).__name__}: {schedule!r}")
         self.schedule = schedule or P3BSchedule()
         self.structure = ViTStructure(model, qkv_unit)
         s = self.structure
@@ -132,19 +136,18 @@ class P3B(Pruner):
         else:
             self.allocation = create_allocation(allocation)
         self.criterion: GateCriterion = create_criterion(criterion)
-        self.gate_factors = dict(GATE_FACTORS if gate_factors is None else gate_factors)
-        self.blocks_only = blocks_only
-        for gate, factor in self.gate_factors.items():
-            check_finite(f"gate_factors[{gate!r}]", factor, low=0, low_inclusive=False)
+        self.gate_factors = merged_gate_factors(gate_factors)
+        self.blocks_only = check_bool("blocks_only", blocks_only)
         if freeze_allocation_after is not None:
             check_positive_int("freeze_allocation_after", freeze_allocation_after)
-        self.reactivation, self.freeze_allocation_after = bool(reactivation), freeze_allocation_after
+        self.reactivation = check_bool("reactivation", reactivation)
+        self.freeze_allocation_after = freeze_allocation_after
         #: everything but the prune ratio and schedule, typed (what :meth:`from_config` takes back)
         self.options = P3BConfig(
             allocation=allocation if isinstance(allocation, str) else self.allocation.name,
             criterion=criterion if isinstance(criterion, str) else criterion.name,
             keep_ratios=tuple(map(float, keep_ratios)) if keep_ratios is not None else None,
-            gate_factors=dict(self.gate_factors), blocks_only=bool(blocks_only), reactivation=self.reactivation,
+            gate_factors=dict(self.gate_factors), blocks_only=self.blocks_only, reactivation=self.reactivation,
             freeze_allocation_after=freeze_allocation_after, qkv_unit=qkv_unit, benefit=benefit.options)
         self._config = {"prune_ratio": self.prune_ratio, "schedule": dataclasses.asdict(self.schedule),
                         **self.options.record()}

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import check_ratio, unknown_name
+from ..errors import ConfigError, check_positive_int, check_ratio, unknown_name
 from ..structure.unstructured import num_pruned, prunable_weights
 
 INFLECTION = math.atanh(1 / math.sqrt(3))  # 0.6585...: sech² has its inflection at s·τ = this
@@ -160,7 +160,7 @@ class Regularizer:
 
     def __init__(self, sparsity: float, threshold_every: int = 1):
         self.sparsity = check_ratio("sparsity", sparsity)
-        self.threshold_every = max(1, int(threshold_every))
+        self.threshold_every = check_positive_int("threshold_every", threshold_every)
         self._calls = 0
         self.threshold = float("nan")
 
@@ -370,6 +370,16 @@ REGULARIZERS = {"hypersparse": HyperSparse, "l1": L1, "l2": L2}
 def make_regularizer(name: str | Regularizer, sparsity: float, **options) -> Regularizer:
     """A regularizer by name (``hypersparse``, ``l1``, ``l2``) or the instance given."""
     if isinstance(name, Regularizer):
+        # the instance's own settings decide its threshold: they must be the ones the caller states
+        if name.sparsity != sparsity:
+            raise ConfigError(f"the {name.name} regularizer given was built for sparsity {name.sparsity}, but "
+                              f"it is used at sparsity {sparsity}: build it with the same sparsity, or pass "
+                              f"its name ({name.name!r})")
+        every = options.get("threshold_every", name.threshold_every)
+        if every != name.threshold_every:
+            raise ConfigError(f"the {name.name} regularizer given recomputes its threshold every "
+                              f"{name.threshold_every} steps, but threshold_every={every} was asked: set it on "
+                              f"the regularizer, or pass its name ({name.name!r})")
         return name
     if name not in REGULARIZERS:
         raise unknown_name("regularizer", name, REGULARIZERS)

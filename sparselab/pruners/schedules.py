@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..errors import ConfigError
+from ..errors import ConfigError, check_finite, check_positive_int
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,11 @@ class P3BSchedule:
     tau_min: float = 0.0
 
     def __post_init__(self) -> None:
+        for name in ("warmup", "sparsify", "finalize"):
+            check_positive_int(name, getattr(self, name), allow_zero=True)
+        check_positive_int("updates_per_epoch", self.updates_per_epoch)
+        check_finite("tau", self.tau, low=0)  # τ = inf would hold every soft mask at 0.5
+        check_finite("tau_min", self.tau_min, low=0)
         if not (0 <= self.warmup < self.sparsify <= self.finalize):
             raise ConfigError(f"need 0 <= warmup < sparsify <= finalize (epochs), got warmup={self.warmup}, "
                               f"sparsify={self.sparsify}, finalize={self.finalize}")

@@ -18,8 +18,34 @@ from typing import Callable, Mapping
 
 import torch
 
+from ..errors import ConfigError, check_finite, unknown_name
+
 GATE_FACTORS = {"attn_in": 1.0, "attn_qkv": 1.0, "attn_out": 1.5, "mlp_in": 1.0, "mlp_hid": 0.75, "mlp_out": 1.5}
 LN9 = math.log(9.0)
+
+
+def merged_gate_factors(factors: Mapping[str, float] | None) -> dict[str, float]:
+    """The per-gate factors a run uses: the method's (:data:`GATE_FACTORS`) with ``factors`` overriding the gates
+    it names. Unknown gate names and factors that are not finite and positive are refused.
+
+    Example:
+        >>> merged_gate_factors({"mlp_hid": 1.0})["mlp_hid"], merged_gate_factors({"mlp_hid": 1.0})["mlp_out"]
+        (1.0, 1.5)
+        >>> merged_gate_factors({"mlp_hidden": 1.0})  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        sparselab.errors.UnknownNameError: unknown gate in gate_factors 'mlp_hidden'. Did you mean 'mlp_hid'? ...
+    """
+    merged = dict(GATE_FACTORS)
+    if factors is None:
+        return merged
+    if not isinstance(factors, Mapping):
+        raise ConfigError(f"gate_factors must map gate names to numbers, got {factors!r}")
+    for gate, factor in factors.items():
+        if gate not in GATE_FACTORS:
+            raise unknown_name("gate in gate_factors", gate, GATE_FACTORS)
+        merged[gate] = check_finite(f"gate_factors[{gate!r}]", factor, low=0, low_inclusive=False)
+    return merged
 
 
 def rank_normalise(scores: torch.Tensor) -> torch.Tensor:

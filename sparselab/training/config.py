@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..configs import from_options
-from ..errors import ConfigError, check_finite, check_positive_int, check_ratio, unknown_name
+from ..errors import ConfigError, check_bool, check_finite, check_positive_int, check_ratio, unknown_name
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
 LR_SCHEDULES = ("constant", "cosine", "step")
@@ -136,7 +136,28 @@ class TrainConfig:
         check_finite("cutmix", self.cutmix, low=0)
         if (self.mixup or self.cutmix) and self.batch_size % 2:
             raise ConfigError(f"mixup/cutmix need an even batch_size, got {self.batch_size}")
-        object.__setattr__(self, "lr_milestones", tuple(int(m) for m in self.lr_milestones))
+        for name in ("drop_last", "final_test"):
+            check_bool(name, getattr(self, name))
+        check_bool("amp", self.amp, optional=True)
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2 ** 32:
+            raise ConfigError(f"seed must be an integer in [0, 2**32), got {self.seed!r}")
+        if self.device is not None and not isinstance(self.device, str):
+            raise ConfigError(f"device must be a string such as 'cpu' or 'cuda:0', or None, got {self.device!r}")
+        object.__setattr__(self, "lr_milestones", _milestones(self.lr_milestones))
+        self._check_schedule_options()
+
+    def _check_schedule_options(self) -> None:
+        """Refuse learning-rate options that the chosen ``lr_schedule`` would ignore."""
+        if self.lr_schedule == "step" and not self.lr_milestones:
+            raise ConfigError("lr_schedule='step' needs lr_milestones (the epochs at which the lr is multiplied "
+                              "by lr_gamma)")
+        if self.lr_schedule != "step" and (self.lr_milestones or self.lr_gamma != 0.1):
+            raise ConfigError(f"lr_milestones and lr_gamma apply to lr_schedule='step' only, but lr_schedule="
+                              f"{self.lr_schedule!r} (got lr_milestones={list(self.lr_milestones)}, "
+                              f"lr_gamma={self.lr_gamma})")
+        if self.lr_schedule != "cosine" and self.min_lr != 0:
+            raise ConfigError(f"min_lr applies to lr_schedule='cosine' only, but lr_schedule={self.lr_schedule!r} "
+                              f"(got min_lr={self.min_lr})")
 
     @property
     def effective_batch_size(self) -> int:
@@ -150,3 +171,18 @@ class TrainConfig:
     def fingerprint(self) -> dict[str, Any]:
         """The fields that must agree between a checkpoint and a resumed run."""
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.compare}
+
+
+def _milestones(value: Any) -> tuple[int, ...]:
+    """``lr_milestones`` as a tuple of epochs (integers >= 0); a fraction or a single number is refused rather
+    than truncated or misread."""
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+        raise ConfigError(f"lr_milestones must be a list of epochs (integers >= 0), got {value!r}")
+    out = []
+    for m in value:
+        if type(m).__module__ == "numpy" and hasattr(m, "item"):
+            m = m.item()
+        if isinstance(m, bool) or not isinstance(m, int) or m < 0:
+            raise ConfigError(f"lr_milestones must be epochs (integers >= 0), got {m!r} in {value!r}")
+        out.append(m)
+    return tuple(out)

@@ -180,6 +180,14 @@ def fit(model: nn.Module, data: DataBundle, epochs: int | None = None, pruner: P
     Under ``torchrun`` the model is wrapped in DistributedDataParallel, each process takes its share of every
     global batch, and metrics are all-reduced, so every process returns the same History.
     """
+    if config is not None and not isinstance(config, TrainConfig):
+        raise ConfigError(f"config must be a sl.TrainConfig (options can also be given as keywords), got "
+                          f"{type(config).__name__}")
+    if pruner is not None and not isinstance(pruner, Callback):
+        raise ConfigError(f"pruner must be a pruner object such as sl.P3B(model, 0.5) or sl.ART(model, 0.9), "
+                          f"got {pruner!r}")
+    if isinstance(callbacks, Callback) or any(not isinstance(c, Callback) for c in callbacks):
+        raise ConfigError(f"callbacks must be a list of sparselab.callbacks.Callback objects, got {callbacks!r}")
     cfg = config or TrainConfig()
     if epochs is not None:
         options["epochs"] = epochs
