@@ -125,7 +125,8 @@ class History:
         return sum(len(r) for r in self._rows.values())
 
     def __eq__(self, other: object) -> bool:
-        return (isinstance(other, History) and self.meta == other.meta and self._rows == other._rows
+        # NaN counts as equal to NaN: a History that logged a NaN (ART's first-epoch exchange) equals its copy
+        return (isinstance(other, History) and _same(self.meta, other.meta) and _same(self._rows, other._rows)
                 and self._run == other._run)
 
     def __repr__(self) -> str:
@@ -139,7 +140,8 @@ class History:
         History's ``meta['run']``, else its position)."""
         histories = list(histories)
         if runs is None:
-            runs = [str(h.meta.get("run", i)) for i, h in enumerate(histories)]
+            runs = [h.meta.get("run", i) for i, h in enumerate(histories)]
+        runs = [str(r) for r in runs]  # names are strings, as a saved History gives them back
         if len(runs) != len(histories) or len(set(runs)) != len(runs):
             raise ConfigError(f"need one distinct run name per history, got {list(runs)}")
         out = cls(meta={"runs": {r: h.meta for r, h in zip(runs, histories)}})
@@ -170,12 +172,19 @@ class History:
         return h
 
     def save(self, path: str | Path) -> Path:
-        """Write JSON Lines (gzip when the name ends in ``.gz``) atomically; returns the path."""
+        """Write JSON Lines (gzip when the name ends in ``.gz``) atomically; returns the path.
+
+        ``meta`` must be what JSON carries back unchanged, so that :meth:`load` returns an equal History: numpy
+        scalars are written as numbers, tuples as lists, and a key that is not a string is refused (JSON would
+        turn ``0`` into ``"0"``).
+        """
+        meta = _json_meta(self.meta, "meta")
         opener = gzip.open if Path(path).suffix == ".gz" else open
 
         def write(tmp: str) -> None:
             with opener(tmp, "wt", encoding="utf-8") as f:
-                f.write(json.dumps({"schema": SCHEMA, "meta": self.meta}) + "\n")
+                header = {"schema": SCHEMA, "meta": meta, **({"run_column": True} if self._run is not None else {})}
+                f.write(json.dumps(header) + "\n")
                 for table, cols in COLUMNS.items():
                     runs = self._run[table] if self._run is not None else None
                     for i, row in enumerate(self._rows[table]):
@@ -214,6 +223,8 @@ class History:
                 if not isinstance(meta, dict):
                     raise CheckpointError(f"{path} is not a sparselab History: its header's meta is not an object")
                 h = cls(meta)
+                if header.get("run_column"):  # a merged History keeps its run column even without rows
+                    h._run = {t: [] for t in COLUMNS}
                 for line_no, line in enumerate(f, start=2):
                     if not line.strip():
                         continue
@@ -253,3 +264,34 @@ def _json_line(line: str, path: Path, line_no: int) -> Any:
         return json.loads(line)
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"{path}, line {line_no}: not a sparselab History (not JSON: {exc.msg})") from None
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equality of nested dicts, lists and tuples of values, where NaN equals NaN and a tuple equals the list
+    JSON gives back for it."""
+    if isinstance(a, float) and isinstance(b, float):
+        return a == b or (math.isnan(a) and math.isnan(b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+def _json_meta(value: Any, where: str) -> Any:
+    """``value`` with numpy scalars as Python numbers and tuples as lists; a non-string key or a value JSON cannot
+    hold is a :class:`ConfigError` naming where it sits."""
+    if isinstance(value, dict):
+        bad = [k for k in value if not isinstance(k, str)]
+        if bad:
+            raise ConfigError(f"History.meta cannot be saved: {where} has the key {bad[0]!r}, which is not a string "
+                              f"(JSON would give it back as {str(bad[0])!r}); use string keys")
+        return {k: _json_meta(v, f"{where}[{k!r}]") for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_meta(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if type(value).__module__ == "numpy" and hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
+        return value.item()
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return value
+    raise ConfigError(f"History.meta cannot be saved: {where} is a {type(value).__name__} ({value!r}); meta holds "
+                      f"strings, numbers, booleans, None, lists and dicts")

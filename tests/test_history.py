@@ -95,3 +95,27 @@ def test_round_trip_property(tmp_path_factory, rows):
     h.save(path)
     assert History.load(path) == h
     assert History.from_state_dict(h.state_dict()) == h
+
+
+def test_round_trip_is_exact_for_nan_values_numpy_meta_and_empty_merges(tmp_path):
+    import numpy as np
+
+    h = History(meta={"seed": np.int64(3), "ratios": (0.5, 0.9)})
+    h.log_metric("kept_entered", float("nan"), step=1, epoch=0)  # what ART logs at its first epoch
+    back = History.load(h.save(tmp_path / "a.jsonl.gz"))
+    assert back == h and back.meta == {"seed": 3, "ratios": [0.5, 0.9]}
+    h.log_metric("kept_entered", 1.0, step=2, epoch=1)
+    assert back != h  # NaN-aware equality still tells Histories apart
+    merged = History.concat([History(), History()], runs=["a", "b"])
+    again = History.load(merged.save(tmp_path / "m.jsonl"))
+    assert again == merged and "run" in again.metrics.columns
+
+
+def test_meta_that_json_would_change_is_refused_and_run_names_are_strings(tmp_path):
+    with pytest.raises(ConfigError, match=r"meta\['keep'\] has the key 0, which is not a string"):
+        History(meta={"keep": {0: 0.5}}).save(tmp_path / "b.jsonl")
+    with pytest.raises(ConfigError, match=r"meta\['model'\] is a object"):
+        History(meta={"model": object()}).save(tmp_path / "c.jsonl")
+    merged = History.concat([History(), History()], runs=[1, 2])
+    assert set(merged.meta["runs"]) == {"1", "2"}
+    assert History.load(merged.save(tmp_path / "d.jsonl")) == merged
