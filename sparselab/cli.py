@@ -11,6 +11,7 @@ after a checkpoint, with exit status 130. torch and the training code are import
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -21,12 +22,14 @@ import threading
 from pathlib import Path
 
 from .configs import QKV_UNITS, ARTConfig, BenefitConfig, flag_fields
-from .errors import CheckpointError, ConfigError, SparselabError, unknown_name
+from .errors import CheckpointError, ConfigError, DataNotFoundError, SparselabError, unknown_name
 
 #: What marks a folder as holding a run (``--out`` refuses it without ``--resume`` or ``--overwrite``).
 RUN_MARKERS = ("result.json", "summary.json", "history.jsonl.gz", "checkpoint")
 #: What the run commands write into ``--out`` (``--overwrite`` deletes these, and nothing else).
-RUN_OUTPUTS = RUN_MARKERS + ("finetune_history.jsonl.gz", "compact", "model.safetensors")
+#: the command and settings that made the run in a folder (what --resume must match besides the checkpoint)
+RUN_IDENTITY = "run.json"
+RUN_OUTPUTS = RUN_MARKERS + ("finetune_history.jsonl.gz", "compact", "model.safetensors", RUN_IDENTITY)
 SOURCE_DATASETS = ("fashion_mnist",)  # sparselab.models.SOURCE_DATASETS, without importing torch
 FIGURE_FORMATS = ("png", "svg", "pdf")
 
@@ -170,29 +173,66 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 # ------------------------------------------------------------------------------------------------ shared checks
-def _prepare_out(out: Path, args) -> None:
+def _check_out_path(out: Path, want: str = "folder") -> None:
+    """Refuse an output path that cannot be written before any work: ``out`` itself of the wrong kind, or an
+    ancestor that is a file."""
+    if want == "folder" and out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file, not a folder")
+    if want == "file" and out.is_dir():
+        raise ConfigError(f"--out {out} is a folder; give a file name (e.g. {out / 'model.onnx'})")
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(f"--out {out} cannot be created: {parent} is a file")
+            break
+
+
+def _prepare_out(out: Path, args, identity: dict | None = None) -> None:
     """Refuse to write a run into a folder that holds one, unless ``--resume`` (continue it) or ``--overwrite``
-    (delete sparselab's outputs there first) was given."""
+    (delete sparselab's outputs there first) was given. ``identity`` (the command and settings no checkpoint
+    holds, such as where the starting weights come from) is kept in ``RUN_IDENTITY``; ``--resume`` refuses a
+    folder whose run was made by another command or with other such settings, and one that holds outputs but no
+    checkpoint to continue from."""
     resume, overwrite = getattr(args, "resume", False), getattr(args, "overwrite", False)
     if resume and overwrite:
         raise ConfigError("--resume continues the run in --out and --overwrite replaces it: pass only one")
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out} is a file, not a folder")
+    _check_out_path(out)
     found = [name for name in RUN_MARKERS if (out / name).exists()]
-    if not found:
-        return
-    if overwrite:
-        if os.environ.get("RANK", "0") == "0":  # under torchrun one process clears the folder
-            for name in RUN_OUTPUTS:
-                path = out / name
-                if path.is_dir() and not path.is_symlink():
-                    shutil.rmtree(path, ignore_errors=True)
-                elif path.exists() or path.is_symlink():
-                    path.unlink(missing_ok=True)
-        return
-    if not resume:
+    if found and resume:
+        _check_resumable(out, identity or {})
+    if found and not resume and not overwrite:
         raise ConfigError(f"--out {out} already holds a run ({', '.join(found)}): pass --resume to continue it, "
                           f"--overwrite to replace it, or choose another --out")
+    if found and overwrite and os.environ.get("RANK", "0") == "0":  # under torchrun one process clears the folder
+        for name in RUN_OUTPUTS:
+            path = out / name
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            elif path.exists() or path.is_symlink():
+                path.unlink(missing_ok=True)
+    if identity is not None and os.environ.get("RANK", "0") == "0":
+        out.mkdir(parents=True, exist_ok=True)
+        (out / RUN_IDENTITY).write_text(json.dumps(identity, indent=2, sort_keys=True) + "\n")
+
+
+def _check_resumable(out: Path, identity: dict) -> None:
+    """``--resume`` into ``out``: it must hold a checkpoint, made by the same command with the same settings."""
+    path = out / RUN_IDENTITY
+    if path.is_file():
+        try:
+            recorded = json.loads(path.read_text())
+        except (OSError, ValueError):
+            recorded = None
+        if not isinstance(recorded, dict):
+            raise ConfigError(f"--resume: {path} cannot be read; the run in --out {out} cannot be checked")
+        differ = [f"{k}: {recorded.get(k)!r} there, {identity.get(k)!r} now"
+                  for k in sorted(set(recorded) | set(identity)) if recorded.get(k) != identity.get(k)]
+        if differ:
+            raise ConfigError(f"--resume: the run in --out {out} was made with other settings ({'; '.join(differ)}); "
+                              f"resume it with its own, or choose another --out")
+    if not (out / "checkpoint").is_dir():
+        raise ConfigError(f"--resume: --out {out} holds outputs but no checkpoint/ to continue from; pass "
+                          f"--overwrite to replace them, or choose another --out")
 
 
 def _pretrained_arg(value: str | None):
@@ -210,6 +250,26 @@ def _pretrained_arg(value: str | None):
         raise CheckpointError(f"--pretrained {value!r} is neither a checkpoint file nor one of: true (timm hub "
                               f"weights), none, {', '.join(SOURCE_DATASETS)}")
     return value
+
+
+def _jsonable(value):
+    """A preset's fields as JSON values: tuples as lists, keys as strings, anything else JSON lacks as its repr."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if value is None or isinstance(value, (str, bool, int)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else repr(value)
+    return repr(value)
+
+
+def _jsonable_pretrained(value) -> str | bool | None:
+    """Where the starting weights come from, as the run's record keeps it (a path as an absolute path)."""
+    if isinstance(value, (bool, type(None))) or value in SOURCE_DATASETS:
+        return value
+    return str(Path(value).expanduser().resolve())
 
 
 def _check_model_name(name: str | None) -> None:
@@ -260,7 +320,7 @@ def _cmd_train(args) -> int:
         raise ConfigError(f"{args.model} takes {size}-px images, but --image-size is {args.image_size}; pass "
                           f"--image-size {size} or a model for {args.image_size}-px images")
     out = Path(args.out)
-    _prepare_out(out, args)
+    _prepare_out(out, args, identity={"command": "train", "pretrained": _jsonable_pretrained(pretrained)})
 
     import torch
 
@@ -278,8 +338,10 @@ def _cmd_train(args) -> int:
     history = fit(model, bundle, config=config, checkpoint_dir=out / "checkpoint", resume=args.resume)
     history.meta.update({"command": " ".join(sys.argv), "pretrained": str(args.pretrained)})
     history.save(out / "history.jsonl.gz")
-    summary = {split: {k: history.last(k, split) for k in ("acc", "loss")} for split in ("val", "test")}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    # a split that was never evaluated (no test images) is left out, not written as NaN
+    summary = {split: {k: history.last(k, split) for k in ("acc", "loss")} for split in ("val", "test")
+               if not math.isnan(history.last("acc", split))}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=False))
     print(json.dumps(summary, indent=2))
     print(f"history: {out / 'history.jsonl.gz'}")
     return 0
@@ -300,7 +362,11 @@ def _cmd_p3b(args) -> int:
                           f"not use (only {', '.join(with_probes)} do)")
     if args.qkv_unit != "dim" and args.method == "dense":
         raise ConfigError("--qkv-unit sets what P3B prunes in attention; --method dense prunes nothing")
-    fixed = [flag for flag in probe_flags if flag != "--patch-probe" and set(METHODS[args.method]) & set(FAST_PROBES)]
+    if args.prune_ratio is not None and args.method == "dense":
+        raise ConfigError("--prune-ratio sets how much to prune; --method dense prunes nothing")
+    prune_ratio = 0.0 if args.method == "dense" else (0.5 if args.prune_ratio is None else args.prune_ratio)
+    cadence = ["--fast-probes"] + ["--" + k.replace("_", "-") for k in FAST_PROBES]
+    fixed = [flag for flag in probe_flags if flag in cadence and set(METHODS[args.method]) & set(FAST_PROBES)]
     if fixed:
         raise ConfigError(f"--method {args.method} fixes the probe cadence itself; leave out {', '.join(fixed)}")
     _check_model_name(args.model)
@@ -345,27 +411,30 @@ def _cmd_p3b(args) -> int:
     if args.dry_run:
         return _dry_run(preset)
     out = Path(args.out)
-    _prepare_out(out, args)
+    _prepare_out(out, args, identity={"command": "p3b", "pretrained": _jsonable_pretrained(preset.pretrained)})
 
     import torch
 
     from . import runtime as dist_utils
 
     pruner_options = {"qkv_unit": args.qkv_unit} if args.qkv_unit != "dim" else None
-    run = run_p3b(preset, args.method, args.prune_ratio, args.seed, checkpoint_dir=str(out / "checkpoint"),
+    run = run_p3b(preset, args.method, prune_ratio, args.seed, checkpoint_dir=str(out / "checkpoint"),
                   resume=args.resume, measure_latency=not args.no_latency, pruner_options=pruner_options)
     rank, _ = dist_utils.world()
     if rank == 0:
         run.history.save(out / "history.jsonl.gz")
         if run.finetune_history is not None:
             run.finetune_history.save(out / "finetune_history.jsonl.gz")
+        else:  # no fine-tune this time: an earlier invocation's must not stand beside this result
+            (out / "finetune_history.jsonl.gz").unlink(missing_ok=True)
         if run.pruner is not None:
             run.pruner.save_compact(out / "compact", model=run.model)
-        (out / "result.json").write_text(json.dumps({"preset": preset.name, "method": args.method,
-                                                     "prune_ratio": args.prune_ratio, "seed": args.seed,
-                                                     "qkv_unit": args.qkv_unit,
-                                                     "patch_probe": preset.patch_probe,
-                                                     "probe_options": preset.probe_options, **run.result}, indent=2))
+        probes = METHODS.get(args.method, {}).get("allocation") == "benefit"
+        record = {"preset": preset.name, "method": args.method, "prune_ratio": prune_ratio, "seed": args.seed,
+                  **({"qkv_unit": args.qkv_unit} if args.method != "dense" else {}),
+                  **({"patch_probe": preset.patch_probe, "probe_options": preset.probe_options} if probes else {}),
+                  "settings": _jsonable(dataclasses.asdict(preset)), **run.result}
+        (out / "result.json").write_text(json.dumps(record, indent=2, allow_nan=False))
         print(json.dumps(run.result, indent=2))
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
@@ -379,6 +448,12 @@ def _cmd_art(args) -> int:
     changes: dict = {key: getattr(args, key) for key in ("model", "data", "image_size", "finetune_epochs")
                      if getattr(args, key) is not None}
     changes.update(_config_flags(args, ARTConfig))  # the ART options the preset holds under the same names
+    art_only = [f for f in _config_flags(args, ARTConfig) if f != "warmup_epochs"]
+    art_methods = ("hypersparse", "l1", "l2", *art_exp.ART_ABLATIONS)
+    if art_only and args.method not in art_methods:
+        flags = ", ".join("--" + f.replace("_", "-") for f in art_only)
+        raise ConfigError(f"{flags} set ART's regularized sparsification, which --method {args.method} does not "
+                          f"run (only {', '.join(art_methods)} do)")
     preset = art_exp.art_preset(args.preset, **changes)
     if args.data_root is not None:
         preset = preset.replace(data_options={**preset.data_options, "root": args.data_root})
@@ -388,7 +463,7 @@ def _cmd_art(args) -> int:
     if args.dry_run:
         return _dry_run(preset)
     out = Path(args.out)
-    _prepare_out(out, args)
+    _prepare_out(out, args, identity={"command": "art"})
 
     from . import runtime as dist_utils
 
@@ -403,8 +478,9 @@ def _cmd_art(args) -> int:
 
         save_file({k: v.contiguous() for k, v in run.model.state_dict().items()}, str(out / "model.safetensors"))
         (out / "result.json").write_text(json.dumps({"preset": preset.name, "method": args.method,
-                                                     "sparsity": args.sparsity, "seed": args.seed, **run.result},
-                                                    indent=2))
+                                                     "sparsity": args.sparsity, "seed": args.seed,
+                                                     "settings": _jsonable(dataclasses.asdict(preset)),
+                                                     **run.result}, indent=2, allow_nan=False))
         print(json.dumps(run.result, indent=2))
     return 0
 
@@ -417,7 +493,7 @@ def _dry_run(preset) -> int:
     try:
         data = load_data(preset)
         note = ""
-    except SparselabError as exc:
+    except DataNotFoundError as exc:  # bad options are errors; only data that is not on this machine is a note
         data, note = None, f"(step counts need the data, which is not here: {exc})"
     print(format_recipe(resolved_recipe(preset, data)))
     if note:
@@ -436,6 +512,9 @@ def _cmd_presets(args) -> int:
     if args.action == "markdown":
         text = recipes.render_markdown()
         if args.out:
+            _check_out_path(Path(args.out), want="file")
+            if Path(args.out).is_dir():
+                raise ConfigError(f"--out {args.out} is a folder; give a file name such as docs/presets.md")
             Path(args.out).parent.mkdir(parents=True, exist_ok=True)
             Path(args.out).write_text(text + "\n")
             print(args.out)
@@ -488,6 +567,7 @@ def _cmd_figures(args) -> int:
     from . import plots
     from .history import History
 
+    _check_out_path(Path(args.out))
     history = History.load(args.history)
     figures = history_figures(history, run=args.run)
     for path in plots.export_figures(figures, args.out, formats=args.format):
@@ -502,6 +582,7 @@ def _cmd_export(args) -> int:
         raise ConfigError(f"no compact model in {source}: give the folder with spec.json and model.safetensors "
                           f"(a run's compact/) or the run folder that holds it")
     out = Path(args.out) if args.out is not None else folder / "model.onnx"
+    _check_out_path(out, want="file")
     from .structure.compact import export_onnx, load_compact
 
     report = export_onnx(load_compact(folder), out)
@@ -568,7 +649,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                     "(sparselab presets list)")
     pb.add_argument("--method", default="p3b", type=P3B_METHODS.parse, choices=P3B_METHODS, metavar="METHOD",
                     help="one of %(choices)s")
-    pb.add_argument("--prune-ratio", type=RATIO, default=0.5, help="share of the parameters to remove, in [0, 1)")
+    pb.add_argument("--prune-ratio", type=RATIO, default=None,
+                    help="share of the parameters to remove, in [0, 1) (default 0.5; not with --method dense)")
     pb.add_argument("--seed", type=NON_NEGATIVE, default=0, help="random seed")
     pb.add_argument("--model", default=None, help="a ViT name (default: the preset's)")
     pb.add_argument("--pretrained", default=None,

@@ -57,6 +57,22 @@ def _write(name: str, content: bytes | str):
     return setup
 
 
+def _write_in(folder: str, name: str, content: str):
+    def setup(ctx):
+        (ctx.tmp / folder).mkdir(exist_ok=True)
+        (ctx.tmp / folder / name).write_text(content)
+    return setup
+
+
+def _run_folder(identity: dict):
+    """``out/`` holding a run with a checkpoint, made by the command and settings ``identity`` names."""
+    def setup(ctx):
+        (ctx.tmp / "out" / "checkpoint").mkdir(parents=True)
+        (ctx.tmp / "out" / "run.json").write_text(json.dumps(identity))
+        (ctx.tmp / "out" / "history.jsonl.gz").write_bytes(b"")
+    return setup
+
+
 def _history_file(ctx) -> Path:
     h = History(meta={"run": "x"})
     h.log_metric("acc", 0.5, step=1, epoch=0, split="val")
@@ -402,6 +418,28 @@ ROWS: list[tuple[str, Any, Any, str]] = [
      r"classes must be a list of labels"),
     ("data-negative-seed", lambda ctx: sl.data.load("digits", image_size=8, seed=-1), ConfigError,
      r"seed must be an integer in \[0, 2\*\*32\)"),
+    # 10. command-line runs that would mix with another run or leave a misleading record
+    ("train-resume-into-another-command", cli(*TRAIN, "--resume", setup=_run_folder({"command": "art"})), 2,
+     r"--resume: the run in --out .* was made with other settings \(command: 'art' there, 'train' now"),
+    ("train-resume-other-pretrained", cli(*TRAIN, "--resume", "--pretrained", "fashion_mnist",
+                                          setup=_run_folder({"command": "train", "pretrained": None})), 2,
+     r"other settings \(pretrained: None there, 'fashion_mnist' now\)"),
+    ("train-resume-without-checkpoint", cli(*TRAIN, "--resume", setup=_write_in("out", "summary.json", "{}")), 2,
+     r"holds outputs but no checkpoint/ to continue from"),
+    ("train-out-under-a-file", cli("train", "--model", "lenet_300_100", "--data", "digits", "--image-size", "8",
+                                   "--out", "{tmp}/afile/run", setup=_write("afile", "x")), 2,
+     r"--out .*afile/run cannot be created: .*afile is a file"),
+    ("p3b-dense-with-prune-ratio", cli(*P3B, "--method", "dense", "--prune-ratio", "0.9"), 2,
+     r"--prune-ratio sets how much to prune; --method dense prunes nothing"),
+    ("art-lam-init-without-art", cli(*ART, "--method", "gmp", "--lam-init", "0.5"), 2,
+     r"--lam-init set ART's regularized sparsification, which --method gmp does not run"),
+    ("p3b-dry-run-bad-limit", cli("p3b", "--preset", "tiny", "--dry-run", "--limit", "-3"), 2,
+     r"limit must be a positive integer"),
+    ("figures-out-is-a-file", cli("figures", "{tmp}/h.jsonl.gz", "--out", "{tmp}/afile", setup=_write("afile", "x")),
+     2, r"--out .*afile is a file, not a folder"),
+    ("export-out-is-a-folder", cli("export", "onnx", "{tmp}/run", "--out", "{tmp}",
+                                   setup=_write_in("run", "spec.json", "{}")), 2, r"--out .* is a folder; give a file"),
+    ("presets-markdown-out-is-a-folder", cli("presets", "markdown", "--out", "{tmp}"), 2, r"is a folder"),
     ("evaluate-empty-split", lambda ctx: sl.evaluate(_lenet(), sl.data.TensorImages(
         torch.zeros(0, 1, 8, 8), torch.zeros(0, dtype=torch.long))), ConfigError,
      r"evaluate needs a dataset with at least one image"),

@@ -19,6 +19,7 @@ def test_train_command_writes_history_and_summary(tmp_path, capsys):
     history = sl.History.load(out / "history.jsonl.gz")
     summary = json.loads((out / "summary.json").read_text())
     assert summary["test"]["acc"] == history.last("acc", "test") > 0.5
+    assert json.loads((out / "run.json").read_text()) == {"command": "train", "pretrained": None}
     assert (out / "checkpoint" / "last.pt").is_file()
     assert "history:" in capsys.readouterr().out
 
@@ -77,6 +78,16 @@ def test_p3b_command_prunes_whole_heads_with_qkv_unit_head(tmp_path, capsys):
     assert rc == 0 and main(["p3b", "--preset", "tiny", "--method", "dense", "--qkv-unit", "head",
                              "--out", str(tmp_path / "dense")]) == 2
     assert "--qkv-unit" in capsys.readouterr().err
+    assert result["settings"]["finetune_epochs"] == 1 and result["patch_probe"] is None
+    assert json.loads((out / "run.json").read_text()) == {"command": "p3b", "pretrained": False}
+    # resumed without a fine-tune: the earlier fine-tune's History must not stand beside the new result
+    assert (out / "finetune_history.jsonl.gz").is_file()
+    assert main(["p3b", "--preset", "tiny", "--pretrained", "none", "--patch-probe", "none", "--no-latency",
+                 "--prune-ratio", "0.75", "--qkv-unit", "head", "--out", str(out), "--resume",
+                 "--finetune-epochs", "0"]) == 0
+    again = json.loads((out / "result.json").read_text())
+    assert not (out / "finetune_history.jsonl.gz").exists()
+    assert again["settings"]["finetune_epochs"] == 0 and again["acc"] == again["acc_pruned"]
 
 
 @pytest.mark.slow
@@ -124,3 +135,9 @@ def test_figures_command_writes_static_images(tmp_path):
         png = (tmp_path / "figs" / f"{name}.png").read_bytes()
         assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
         assert (tmp_path / "figs" / f"{name}.svg").read_text().lstrip().startswith("<svg")
+
+
+def test_fast_probe_method_refuses_only_the_cadence_flags(capsys):
+    assert main(["p3b", "--preset", "tiny", "--dry-run", "--method", "p3b_fast_probes", "--momentum", "0.5"]) == 0
+    assert main(["p3b", "--preset", "tiny", "--dry-run", "--method", "p3b_fast_probes", "--probe-every", "4"]) == 2
+    assert "fixes the probe cadence itself; leave out --probe-every" in capsys.readouterr().err

@@ -226,7 +226,7 @@ def test_classes_may_be_an_array_or_a_tensor():
     import numpy as np
 
     as_list = sl.data.load("digits", image_size=8, classes=[3, 1])
-    for given in (np.array([3, 1]), torch.tensor([3, 1])):
-        other = sl.data.load("digits", image_size=8, classes=given)
+    for labels in (np.array([3, 1]), torch.tensor([3, 1])):
+        other = sl.data.load("digits", image_size=8, classes=labels)
         assert torch.equal(other.train.labels, as_list.train.labels)
         assert torch.equal(other.train.images, as_list.train.images)
