@@ -187,6 +187,17 @@ def _resume_other_data(ctx):
            epochs=1, batch_size=32, progress=False, checkpoint_dir=ctx.tmp / "ck", resume=True, callbacks=[_Stop()])
 
 
+def _resume_other_architecture(ctx):
+    """The same weights (keys and shapes) in a model with another activation: the state dict cannot tell."""
+    ctx.monkeypatch.undo()  # a fault row: the run that leaves the checkpoint trains
+    data = sl.data.load("digits", image_size=28, limit=64)
+    with pytest.raises(RuntimeError):
+        sl.fit(sl.models.create("vit_nano_patch4_28"), data, epochs=1, batch_size=32, progress=False,
+               checkpoint_dir=ctx.tmp / "ck", checkpoint_every=1, callbacks=[_Stop()])
+    sl.fit(sl.models.create("vit_nano_patch4_28", act_layer="relu"), data, epochs=1, batch_size=32, progress=False,
+           checkpoint_dir=ctx.tmp / "ck", resume=True, callbacks=[_Stop()])
+
+
 def _resume_other_pruner(ctx):
     ctx.monkeypatch.undo()  # a fault row: the run that leaves the checkpoint trains
     data = sl.data.load("digits", image_size=28, limit=128)
@@ -357,6 +368,9 @@ ROWS: list[tuple[str, Any, Any, str]] = [
      sl.errors.DivergedError, r"non-finite loss at step 1"),
     # 7. a resume into another run
     ("resume-other-data", _resume_other_data, CheckpointError, r"belongs to another run: its data differ .*sizes"),
+    ("resume-other-architecture", _resume_other_architecture, CheckpointError,
+     r"its model differs in what the weights do not show \(line \d+ of the module tree: .*GELU.* in the "
+     r"checkpoint, .*ReLU\(\).* now\)"),
     ("resume-other-pruner", _resume_other_pruner, CheckpointError,
      r"its P3B settings differ \(prune_ratio: 0.5 in the checkpoint, 0.75 now"),
     # 8. models the method does not support, and sizes that do not fit
@@ -447,7 +461,7 @@ ROWS: list[tuple[str, Any, Any, str]] = [
 
 
 # faults that only a training step can show (a diverging loss, a checkpoint to resume): one step is allowed
-FAULTS = {"fit-diverges", "resume-other-data", "resume-other-pruner"}
+FAULTS = {"fit-diverges", "resume-other-data", "resume-other-pruner", "resume-other-architecture"}
 
 
 class _TrainedBeforeTheError(AssertionError):

@@ -16,6 +16,7 @@ import dataclasses
 import functools
 import math
 import random
+import re
 import signal
 import threading
 from pathlib import Path
@@ -123,6 +124,23 @@ def _check_same_run(path: Path, what: str, before: Any, now: Any) -> None:
                           f"settings, or start a new run in another folder")
 
 
+def _architecture(model: nn.Module) -> list[str]:
+    """The module tree as ``repr`` prints it (layer types, sizes, activations, dropout and drop-path rates), one
+    line per entry, object addresses removed: what a state dict does not show but a resumed run must share."""
+    return [re.sub(r" at 0x[0-9a-fA-F]+", "", line).rstrip() for line in repr(model).splitlines()]
+
+
+def _check_same_architecture(path: Path, before: list[str] | None, now: list[str]) -> None:
+    if before is None or before == now:  # a checkpoint written before the architecture was kept: not checked
+        return
+    first = next((i for i, (a, b) in enumerate(zip(before, now)) if a != b), min(len(before), len(now)))
+    was = before[first].strip() if first < len(before) else "(nothing)"
+    is_ = now[first].strip() if first < len(now) else "(nothing)"
+    raise CheckpointError(f"{path} belongs to another run: its model differs in what the weights do not show "
+                          f"(line {first + 1} of the module tree: {was!r} in the checkpoint, {is_!r} now). Resume "
+                          f"with the same model, or start a new run in another folder")
+
+
 def _jsonable_deep(v: Any) -> Any:
     if isinstance(v, dict):
         return {str(k): _jsonable_deep(x) for k, x in v.items()}
@@ -228,6 +246,7 @@ def fit(model: nn.Module, data: DataBundle, epochs: int | None = None, pruner: P
         scaler = torch.amp.GradScaler("cuda") if amp and amp_dtype(cfg.amp_dtype) == torch.float16 else None
     if history is None:
         history = History()
+    architecture = _architecture(model)  # before any pruner or callback changes the model
     history.meta.setdefault("config", _jsonable(cfg.fingerprint()))
     history.meta.setdefault("model", type(model).__name__)
     history.meta.setdefault("data", data.name)
@@ -256,6 +275,7 @@ def fit(model: nn.Module, data: DataBundle, epochs: int | None = None, pruner: P
             atomic_save({
                 "format": FORMAT, "config": cfg.fingerprint(), "loop": dataclasses.asdict(loop), "step": state.step,
                 "data": data.fingerprint(), "plugin_configs": [p.config() for p in plugins],
+                "architecture": architecture,
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else None,
                 "plugins": [(type(p).__name__, p.state_dict()) for p in plugins],
@@ -284,6 +304,7 @@ def fit(model: nn.Module, data: DataBundle, epochs: int | None = None, pruner: P
             model.load_state_dict(ck["model"])
         except RuntimeError as exc:
             raise CheckpointError(f"{ckpt_path} does not fit this model: {exc}") from None
+        _check_same_architecture(ckpt_path, ck.get("architecture"), architecture)
         optimizer.load_state_dict(ck["optimizer"])
         scheduler.load_state_dict(ck["scheduler"])
         if scaler is not None and ck["scaler"] is not None:
