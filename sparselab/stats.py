@@ -22,6 +22,7 @@ Example:
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -37,7 +38,12 @@ def mean_ci(values: Iterable[float], confidence: float = CONFIDENCE) -> tuple[fl
     bounds nothing)."""
     from scipy import stats as st
 
+    if isinstance(confidence, bool) or not isinstance(confidence, (int, float)) or not 0 < confidence < 1:
+        raise ConfigError(f"confidence must be a number in (0, 1) such as 0.95, got {confidence!r}")
     x = np.asarray([float(v) for v in values], dtype=float)
+    if not np.isfinite(x).all():  # a diverged seed: leaving it out raises the mean, so say so
+        warnings.warn(f"mean_ci: {int((~np.isfinite(x)).sum())} of {len(x)} values are not finite and are left "
+                      f"out of the mean and its interval", RuntimeWarning, stacklevel=2)
     x = x[np.isfinite(x)]
     n = len(x)
     if n == 0:
@@ -67,6 +73,11 @@ def paired_mean_ci(a: pd.Series, b: pd.Series, confidence: float = CONFIDENCE) -
         >>> paired_mean_ci(pd.Series([0.9, 0.8, 0.7], index=[0, 1, 2]), pd.Series([0.5, 0.6], index=[1, 2]))[0]
         0.2
     """
+    for name, series in (("first", a), ("second", b)):
+        dup = series.index[series.index.duplicated()].unique().tolist()
+        if dup:
+            raise ConfigError(f"paired_mean_ci: the {name} series holds seeds {dup} more than once; a pairing by "
+                              f"seed needs one value per seed (was a run appended twice?)")
     common = a.index.intersection(b.index)
     return mean_ci((a.loc[common] - b.loc[common]).to_numpy(dtype=float), confidence)
 
@@ -81,6 +92,12 @@ def paired_differences(table: pd.DataFrame, baseline: str, value: str = "acc", s
     _need(table, [value, setting, method, seed])
     if baseline not in set(table[method]):
         raise ConfigError(f"baseline {baseline!r} is not among the methods {sorted(set(table[method]))}")
+    dup = table[table.duplicated([method, setting, seed], keep=False)]
+    if len(dup):
+        first = {k: v.item() if hasattr(v, "item") else v for k, v in dup.iloc[0].items()}
+        raise ConfigError(f"paired_differences: {len(dup)} rows repeat a (method, {setting}, seed): e.g. "
+                          f"{first[method]!r} at {setting}={first[setting]!r}, seed {first[seed]!r}; a pairing by "
+                          f"seed needs one row each (was a run appended twice?)")
     rows = []
     for s, at in table.groupby(setting, sort=False):
         base = at[at[method] == baseline].set_index(seed)[value]

@@ -85,3 +85,19 @@ def test_figures_show_intervals_and_verdicts():
     diffs = stats.paired_differences(t[t.method != "dense"], "uniform")
     fig = plot_paired_differences(diffs)
     assert len(fig.data) == 2 and all(tr.marker.color == "#2ca02c" for tr in fig.data)
+
+
+def test_a_seed_twice_a_bad_confidence_and_a_diverged_seed_are_not_silent():
+    t = pd.DataFrame({"method": ["p3b"] * 3 + ["uniform"] * 3, "prune_ratio": 0.9, "seed": [0, 1, 2] * 2,
+                      "acc": [0.90, 0.92, 0.91, 0.88, 0.89, 0.885]})
+    rerun = pd.DataFrame({"method": ["uniform"], "prune_ratio": [0.9], "seed": [0], "acc": [0.70]})
+    with pytest.raises(ConfigError, match=r"repeat a \(method, prune_ratio, seed\): e.g. 'uniform' at "
+                                          r"prune_ratio=0.9, seed 0"):
+        stats.paired_differences(pd.concat([t, rerun]), "uniform")
+    with pytest.raises(ConfigError, match="holds seeds \\[0\\] more than once"):
+        stats.paired_mean_ci(pd.Series([0.9, 0.8], index=[0, 0]), pd.Series([0.5], index=[0]))
+    for bad in (95, -1, 0, 1):
+        with pytest.raises(ConfigError, match="confidence must be a number in \\(0, 1\\)"):
+            stats.mean_ci([0.9, 0.91, 0.92], confidence=bad)
+    with pytest.warns(RuntimeWarning, match="1 of 3 values are not finite"):
+        assert stats.mean_ci([0.90, 0.91, float("nan")])[3] == 2

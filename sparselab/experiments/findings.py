@@ -14,6 +14,7 @@ Example:
 """
 from __future__ import annotations
 
+import math
 from typing import Mapping, Sequence
 
 import pandas as pd
@@ -92,8 +93,11 @@ def late_convergence_findings(rho: pd.DataFrame, label: str = "") -> list[str]:
 
 def _rho_line(head: str, rhos, unit: str) -> str:
     """``head`` followed by the mean ρ, its 95 % interval, the count and the verdict on ρ > 0."""
-    mean, low, high, n = mean_ci(rhos)
-    return f"{head} {mean:+.2f}, 95 % CI [{low:+.2f}, {high:+.2f}], {n} {unit} — {verdict(low, high)}"
+    values = [float(r) for r in rhos]
+    finite = [r for r in values if math.isfinite(r)]  # a run whose benefit never varied has no ρ: say so
+    mean, low, high, n = mean_ci(finite)
+    left_out = f" ({len(values) - n} without a ρ left out)" if len(values) > n else ""
+    return f"{head} {mean:+.2f}, 95 % CI [{low:+.2f}, {high:+.2f}], {n} {unit}{left_out} — {verdict(low, high)}"
 
 
 def art_findings(table: pd.DataFrame, method: str = "hypersparse") -> list[str]:
