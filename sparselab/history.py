@@ -295,3 +295,19 @@ def _json_meta(value: Any, where: str) -> Any:
         return value
     raise ConfigError(f"History.meta cannot be saved: {where} is a {type(value).__name__} ({value!r}); meta holds "
                       f"strings, numbers, booleans, None, lists and dicts")
+
+
+def as_history(history: "History | str | Path", what: str) -> "History":
+    """``history`` itself, or the History saved at that path; anything else is a :class:`ConfigError` saying what
+    ``what`` (e.g. ``"plot_block_benefit"``) takes.
+
+    Example:
+        >>> as_history(History(), "a plot") == History()
+        True
+    """
+    if isinstance(history, History):
+        return history
+    if isinstance(history, (str, Path)):
+        return History.load(history)
+    raise ConfigError(f"{what} takes a sparselab History (or the path of a saved one), got "
+                      f"{type(history).__name__}")

@@ -312,3 +312,15 @@ def test_invalid_arguments(hist):
         plot_block_benefit(hist, variant="token")
     with pytest.raises(ConfigError, match="moments"):
         plot_block_benefit(hist, view="profile", moments=[])
+
+
+def test_block_benefit_of_a_class_token_only_run_and_from_a_path(tmp_path):
+    h = History()
+    h.log_blocks("benefit_cls", {"blocks.0.attn": 0.2, "blocks.0.mlp": 0.3}, step=0, epoch=0)
+    fig = plot_block_benefit(h)  # the default variant plots what the run logged
+    assert len(fig.data) == 1 and fig.data[0].z.shape == (2, 1)
+    assert len(plot_block_benefit(h.save(tmp_path / "h.jsonl.gz")).data) == 1
+    with pytest.raises(ConfigError, match="takes a sparselab History .*got int"):
+        plot_block_benefit(3)
+    with pytest.raises(ConfigError, match="benefit_patch"):
+        plot_block_benefit(h, variant="patch")

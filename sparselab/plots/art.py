@@ -16,7 +16,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from ..errors import ConfigError
-from ..history import History
+from ..history import History, as_history
 from .p3b import select_run
 from .style import TEMPLATE
 
@@ -47,6 +47,7 @@ def plot_gradient_profile(history: History, run: str | None = None, epochs: Sequ
         >>> fig.data[0].name
         'ART epoch 3'
     """
+    history = as_history(history, "plot_gradient_profile")
     profiles = _run_meta(history, run).get("profiles")
     if not profiles:
         raise ConfigError("this History has no gradient profiles: they are recorded by sparselab.ART")
@@ -96,6 +97,7 @@ def plot_exchange(history: History, runs: Sequence[str] | None = None) -> go.Fig
         >>> len(plot_exchange(h).data)
         3
     """
+    history = as_history(history, "plot_exchange")
     metrics = history.metrics
     if "run" in metrics.columns:
         names = list(dict.fromkeys(metrics.run))
@@ -152,6 +154,7 @@ def plot_art_keep_ratios(history: History, run: str | None = None, log: bool = F
         >>> [t.name for t in fig.data], list(fig.data[0].x)
         (['fc1.weight', 'fc2.weight'], [0, 1])
     """
+    history = as_history(history, "plot_art_keep_ratios")
     tables = select_run(history, run)
     blocks = tables["blocks"]
     blocks = blocks[blocks["metric"] == "keep_ratio"]

@@ -17,7 +17,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from ..errors import ConfigError
-from ..history import History
+from ..history import History, as_history
 from .p3b import block_label, select_run, sort_block_names
 
 TITLES = {"benefit_cls": "ΔΨ class-token probe", "benefit_patch": "ΔΨ patch probe", "crit_abs_w": "mean |w|",
@@ -29,6 +29,7 @@ def plot_block_criteria(history: History, metrics: Sequence[str] = DEFAULT, run:
                         normalize: bool = True) -> go.Figure:
     """Blocks × time heatmaps, one per criterion; with ``normalize`` each column (moment) is divided by its largest
     |value|, so the panels compare *where in depth* each criterion puts importance, moment by moment."""
+    history = as_history(history, "plot_block_criteria")
     blocks = select_run(history, run)["blocks"]
     missing = [m for m in metrics if m not in set(blocks.metric)]
     if missing:

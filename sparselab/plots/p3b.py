@@ -25,7 +25,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from ..errors import ConfigError
-from ..history import History
+from ..history import History, as_history
 from .style import TEMPLATE
 
 __all__ = ["plot_block_benefit", "plot_keep_ratios", "plot_reactivations", "sort_block_names", "block_label",
@@ -194,8 +194,9 @@ def plot_block_benefit(history: History, view: Literal["heatmap", "profile"] = "
     up to 5 recorded steps spread from the first to the last. ``normalize`` (default True here) divides each curve
     by its largest |value|, so curves of different moments share one scale.
 
+    ``variant="both"`` plots the probes the run logged (only the class-token one for ``patch_probe=None``).
     ``metric="score"`` plots the transformed scores ``score_cls`` / ``score_patch`` instead; ``run`` picks one run
-    of a History merged with :meth:`History.concat`.
+    of a History merged with :meth:`History.concat`; ``history`` may also be the path of a saved History.
 
     Example:
         >>> h = History()
@@ -208,9 +209,13 @@ def plot_block_benefit(history: History, view: Literal["heatmap", "profile"] = "
         >>> plot_block_benefit(h, variant="cls").data[0].z.shape
         (4, 2)
     """
+    history = as_history(history, "plot_block_benefit")
     variants = _variants(variant)
     tables = select_run(history, run)
     blocks = tables["blocks"]
+    if variant == "both":  # a run with one kind of probe only (patch_probe=None: class-token probes) plots that one
+        logged = [v for v in variants if f"{metric}_{v}" in set(blocks.metric)]
+        variants = logged or variants
     names = [f"{metric}_{v}" for v in variants]
     _require(blocks, names, "plot_block_benefit", _NEEDS_BENEFIT)
     title = _METRIC_TITLE.get(metric, f"Block {metric}")
@@ -331,6 +336,7 @@ def plot_keep_ratios(history: History, metric: str = "keep_applied", run: str | 
         >>> [list(t.y) for t in fig.data if t.type == "bar"]
         [[0.7], [1.0]]
     """
+    history = as_history(history, "plot_keep_ratios")
     blocks = select_run(history, run)["blocks"]
     _require(blocks, [metric], "plot_keep_ratios", _NEEDS_P3B)
     wide = _pivot(blocks, metric)
@@ -416,6 +422,7 @@ def plot_reactivations(history: History, run: str | None = None) -> go.Figure:
         >>> fig.data[0].z.tolist(), [t.y.tolist() for t in fig.data[1:]]
         ([[0.0, 1.0]], [[1], [3]])
     """
+    history = as_history(history, "plot_reactivations")
     tables = select_run(history, run)
     events, blocks = tables["events"], tables["blocks"]
     title = "Mask reactivations (0→1 flips) per block and mask update step"
