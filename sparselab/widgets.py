@@ -37,9 +37,11 @@ import plotly.io as pio
 import torch
 from torch import nn
 
+from .data.datasets import DataBundle
 from .errors import ConfigError
 from .history import History
 from .latency import latency_ms
+from .models.checkpoints import state_dict_mismatch
 from .patterns import image_layer, input_pixel_map, kernel_positions, layer_keep_ratios
 from .plots.p3b import block_label, select_run, sort_block_names
 from .plots.style import TEMPLATE
@@ -48,6 +50,7 @@ from .structure.compact import compact_stats, compact_vit
 from .structure.unstructured import masks_from_scores, prunable_weights
 from .structure.unstructured import sparsity as mask_sparsity
 from .structure.vit import ViTStructure
+from .training.loop import check_model_fits_data
 
 __all__ = ["SparsityExplorer", "BudgetExplorer", "TraceScrubber", "LiveFigure"]
 
@@ -194,6 +197,8 @@ class SparsityExplorer:
         clash = [k for k in checkpoints if k in (GLOBAL, LAYER)]
         if clash:
             raise ConfigError(f"checkpoint names must differ from the built-in methods {GLOBAL!r} and {LAYER!r}")
+        if isinstance(data, DataBundle):  # the same clear error fit gives for a model/data mismatch
+            check_model_fits_data(model, data)
         self._work = copy.deepcopy(model).eval()
         for p in self._work.parameters():
             p.requires_grad_(False)
@@ -205,9 +210,9 @@ class SparsityExplorer:
         own = {k: v.detach().clone() for k, v in self._work.state_dict().items()}
         self._sources: dict[str, dict[str, torch.Tensor]] = {"model": own}
         for name, state in checkpoints.items():
-            missing = [k for k in own if k not in state]
-            if missing:
-                raise ConfigError(f"checkpoint {name!r} does not fit the model: missing {', '.join(missing[:5])}")
+            mismatch = state_dict_mismatch(own, state)
+            if mismatch:
+                raise ConfigError(f"checkpoint {name!r} does not fit the model: {mismatch}")
             self._sources[name] = {k: torch.as_tensor(state[k]).detach().to(own[k].device, own[k].dtype).clone()
                                    for k in own}
         # magnitudes per source, computed once: each slider move only ranks them (masks_from_scores)

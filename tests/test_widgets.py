@@ -227,3 +227,13 @@ def test_live_figure_draws_by_setting_its_output_state_never_by_capturing(monkey
     assert drawn_y() == [3, 4]  # replaced, not appended
     assert captures == []
     assert "plotly.js" not in capsys.readouterr().out  # outside a kernel, a display() would print here
+
+
+def test_sparsity_explorer_refuses_a_checkpoint_or_data_of_another_shape_up_front():
+    data = sl.data.load("digits", image_size=28, limit=64)
+    nano = sl.models.create("vit_nano_patch4_28", num_classes=10)
+    micro = sl.models.create("vit_micro_patch4_28", num_classes=10)
+    with pytest.raises(ConfigError, match=r"checkpoint 'other' does not fit the model: unexpected keys: .*shape"):
+        SparsityExplorer(nano, data, checkpoints={"other": micro.state_dict()}, max_eval=16)
+    with pytest.raises(ConfigError, match="takes 28x28 images but 'digits' is loaded at 8x8"):
+        SparsityExplorer(nano, sl.data.load("digits", image_size=8), max_eval=16)

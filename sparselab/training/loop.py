@@ -83,7 +83,8 @@ class _DeferredInterrupt:
         return flag
 
 
-def _check_compatible(model: nn.Module, data: DataBundle) -> None:
+def check_model_fits_data(model: nn.Module, data: DataBundle) -> None:
+    """Refuse a model whose classes, channels or image size do not match ``data``, saying how to make them fit."""
     if not isinstance(data, DataBundle):
         raise ConfigError(f"data must be a sparselab DataBundle (from sparselab.data.load), got {type(data).__name__}")
     n = num_classes_of(model)
@@ -210,7 +211,7 @@ def fit(model: nn.Module, data: DataBundle, epochs: int | None = None, pruner: P
     if epochs is not None:
         options["epochs"] = epochs
     cfg = cfg.replace(**options)
-    _check_compatible(model, data)
+    check_model_fits_data(model, data)
     if resume and checkpoint_dir is None:
         raise ConfigError("resume=True needs checkpoint_dir")
     device = dist_utils.local_device(cfg.device)
