@@ -22,6 +22,11 @@ def test_train_command_writes_history_and_summary(tmp_path, capsys):
     assert json.loads((out / "run.json").read_text()) == {"command": "train", "pretrained": None}
     assert (out / "checkpoint" / "last.pt").is_file()
     assert "history:" in capsys.readouterr().out
+    # the training checkpoint is a weights file --pretrained reads (the first run's weights, loaded as they are)
+    again = tmp_path / "again"
+    assert main(["train", "--model", "lenet_300_100", "--data", "digits", "--image-size", "28", "--epochs", "1",
+                 "--lr", "1e-9", "--pretrained", str(out / "checkpoint" / "last.pt"), "--out", str(again)]) == 0
+    assert json.loads((again / "summary.json").read_text())["test"]["acc"] > 0.5
 
 
 def test_errors_exit_with_code_2_and_a_message(tmp_path, capsys):

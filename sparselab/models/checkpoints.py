@@ -10,6 +10,7 @@ Example:
 """
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -32,15 +33,44 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
             state = load_file(str(path))
         else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            state = _torch_file(path)
+    except CheckpointError:
+        raise
     except Exception as exc:
-        raise CheckpointError(f"checkpoint {path} could not be read ({type(exc).__name__}: {exc})") from None
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        if isinstance(exc, pickle.UnpicklingError):  # torch's text here advises running the file's code
+            first = "it is not a file of tensors"
+        raise CheckpointError(f"checkpoint {path} could not be read as model weights (a .safetensors file or a torch "
+                              f"state dict): {type(exc).__name__}: {first}") from None
     for key in ("model", "state_dict", "model_state"):
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):
             state = state[key]
     if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"checkpoint {path} holds no tensors (empty or not a state dict)")
     return state
+
+
+def _torch_file(path: Path) -> Any:
+    """A torch file loaded without running code from it (``weights_only``); sparselab's own training checkpoint
+    (``checkpoint/last.pt``: a checksum line, then the payload, whose RNG states hold numpy arrays) included."""
+    from ..training.checkpoint import MAGIC
+
+    with open(path, "rb") as f:
+        own = f.read(len(MAGIC)) == MAGIC
+    if not own:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    import hashlib
+    import io
+
+    import numpy as np
+
+    header, _, payload = path.read_bytes().partition(b"\n")
+    if hashlib.sha256(payload).hexdigest().encode() != header[len(MAGIC):]:
+        raise CheckpointError(f"checkpoint {path} is corrupted: its contents do not match the checksum written with it")
+    multiarray = getattr(np, "_core", None) or np.core
+    allowed = [multiarray.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+    with torch.serialization.safe_globals(allowed):
+        return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
 
 
 def head_keys(model: nn.Module) -> set[str]:
