@@ -169,6 +169,36 @@ def test_an_interrupted_pretraining_resumes_to_the_same_weights(fmnist_files, mo
     assert path.read_bytes() == reference
 
 
+def test_a_source_model_continues_its_interrupted_pretraining(fmnist_files, monkeypatch):
+    """What ``--pretrained fashion_mnist`` does when its pretraining was cut short: it goes on from the checkpoint
+    (so "resume with the same command" holds) and ends with the same weights."""
+    from sparselab.models import pretrained as pre
+    from sparselab.training import loop
+
+    real, steps = loop._train_step, []
+
+    def counted(*args, **kwargs):
+        out = real(*args, **kwargs)
+        steps.append(1)
+        if len(steps) == 3 and interrupt:
+            signal.raise_signal(signal.SIGINT)
+        return out
+
+    monkeypatch.setattr(loop, "_train_step", counted)
+    interrupt = False
+    path = pre.pretrain("vit_nano_patch4_28", recipe="quick", force=True, progress=False)
+    reference, total = path.read_bytes(), len(steps)
+    path.unlink()
+    steps.clear()
+    interrupt = True
+    with pytest.raises(KeyboardInterrupt):
+        pre.source_pretrained("vit_nano_patch4_28", "fashion_mnist", recipe="quick", progress=False)
+    steps.clear()
+    interrupt = False
+    pre.source_pretrained("vit_nano_patch4_28", "fashion_mnist", recipe="quick", progress=False)
+    assert len(steps) == total - 3 and path.read_bytes() == reference
+
+
 def test_pretrain_preset_pretrains_only_what_the_scale_needs(fmnist_files, capsys):
     from sparselab.models import pretrained as pre
 

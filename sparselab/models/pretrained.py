@@ -154,7 +154,8 @@ def source_pretrained(name: str, dataset: str, num_classes: int = 10, in_chans: 
                       **kwargs: Any) -> nn.Module:
     """A small ViT with source-pretrained weights (trained and cached on first use).
 
-    The classifier head is freshly initialised (seeded) when ``reset_head`` or when the class count differs.
+    The classifier head is freshly initialised (seeded) when ``reset_head`` or when the class count differs. A
+    source pretraining that was interrupted continues from its checkpoint.
     """
     from . import create, small_vit
 
@@ -163,7 +164,9 @@ def source_pretrained(name: str, dataset: str, num_classes: int = 10, in_chans: 
                           f"({', '.join(small_vit.SMALL_VITS)}), not {name!r}")
     if in_chans not in (None, 1):
         raise ConfigError(f"the {dataset} source model takes 1-channel images, got in_chans={in_chans}")
-    path = pretrain(name, dataset, recipe or "default", progress=progress)
+    # an interrupted source pretraining continues from its own checkpoint (kept per model, dataset and recipe;
+    # fit refuses one written with other settings), so that running the command again resumes it
+    path = pretrain(name, dataset, recipe or "default", progress=progress, resume=True)
     try:
         model = create(name, num_classes=10, in_chans=1, pretrained=path, **kwargs)
     except CheckpointError as exc:
