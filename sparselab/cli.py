@@ -97,13 +97,24 @@ def _field_type(f):
     return _finite_float
 
 
+def _or_none(parse):
+    """An argparse type that also takes ``none`` (the field's None, e.g. ``--probe-lr none``: the model's)."""
+    def parse_or_none(text: str):
+        return "none" if text.strip().lower() == "none" else parse(text)
+
+    parse_or_none.__name__ = getattr(parse, "__name__", "value") + " or none"
+    return parse_or_none
+
+
 def _add_config_flags(parser: argparse.ArgumentParser, config: type, what: str) -> None:
     """One ``--name`` flag per field of ``config`` that the command line offers, typed, checked and documented by
     the field itself; unset (None) means the preset's value. A field that may be None takes ``none``."""
     for f in flag_fields(config):
         m = f.metadata
-        extra = {"choices": (*m["choices"], *(("none",) if m["optional"] else ()))} if m["choices"] else {
-            "type": _field_type(f)}
+        if m["choices"]:
+            extra = {"choices": (*m["choices"], *(("none",) if m["optional"] else ()))}
+        else:
+            extra = {"type": _or_none(_field_type(f)) if m["optional"] else _field_type(f)}
         parser.add_argument("--" + f.name.replace("_", "-"), default=None, dest=f.name,
                             help=f"{what}: {m['help']} (default: the preset's)", **extra)
 
@@ -285,9 +296,9 @@ def _cmd_pretrain(args) -> int:
 
     model, dataset, recipe = args.model, args.dataset, args.recipe
     if args.preset is not None:
-        if model is not None or recipe is not None:
-            raise ConfigError("--preset picks the model and recipe the preset's source model needs; leave out "
-                              "--model and --recipe")
+        if model is not None or recipe is not None or dataset is not None:
+            raise ConfigError("--preset picks the model, source dataset and recipe the preset's source model "
+                              "needs; leave out --model, --dataset and --recipe")
         from .experiments.p3b import p3b_preset
 
         preset = p3b_preset(args.preset)
@@ -296,7 +307,7 @@ def _cmd_pretrain(args) -> int:
                   f"{preset.pretrained!r}); nothing to do")
             return 0
         model, dataset, recipe = preset.model, preset.pretrained, preset.recipe or "default"
-    path = pretrain(model or "vit_mini_patch7_28", dataset, recipe or "default", force=args.force,
+    path = pretrain(model or "vit_mini_patch7_28", dataset or "fashion_mnist", recipe or "default", force=args.force,
                     resume=args.resume)
     print(path)
     print(path.with_suffix(".json").read_text())
@@ -460,6 +471,12 @@ def _cmd_art(args) -> int:
     for key, value in (("batch_size", args.batch_size), ("max_steps_per_epoch", args.max_steps_per_epoch)):
         if value is not None:
             preset = preset.replace(fit={**preset.fit, key: value}, finetune={**preset.finetune, key: value})
+    from .models import input_size
+
+    size = input_size(preset.model)
+    if size is not None and preset.image_size is not None and preset.image_size != size:
+        raise ConfigError(f"{preset.model} takes {size}-px images, but the image size is {preset.image_size}; pass "
+                          f"--image-size {size} or a --model for {preset.image_size}-px images")
     if args.dry_run:
         return _dry_run(preset)
     out = Path(args.out)
@@ -504,10 +521,17 @@ def _dry_run(preset) -> int:
 def _cmd_presets(args) -> int:
     from .experiments import recipes
 
+    if args.action != "show" and args.name is not None:
+        raise ConfigError(f"presets {args.action} takes no preset name (got {args.name!r}); presets show NAME "
+                          f"shows one")
+    if args.action != "markdown" and args.out is not None:
+        raise ConfigError(f"--out is for presets markdown; presets {args.action} prints to the terminal")
     if args.action == "list":
+        print(f"{'name (for presets show)':32s} {'run it with':40s} model on data")
         for name, preset in recipes.all_presets().items():
-            kind = "P3B" if isinstance(preset, recipes.P3BPreset) else "ART"
-            print(f"{name:32s} {kind}  {preset.model} on {preset.data}")
+            command = "p3b" if isinstance(preset, recipes.P3BPreset) else "art"
+            use = f"sparselab {command} --preset {name.split('/')[-1]}"
+            print(f"{name:32s} {use:40s} {preset.model} on {preset.data}")
         return 0
     if args.action == "markdown":
         text = recipes.render_markdown()
@@ -613,9 +637,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("pretrain", help="train and cache a source-pretrained small ViT")
     p.add_argument("--model", default=None, help="one of sparselab's small ViTs (default: vit_mini_patch7_28)")
-    p.add_argument("--dataset", default="fashion_mnist", help="the source dataset")
+    p.add_argument("--dataset", default=None, help="the source dataset (default: fashion_mnist)")
     p.add_argument("--recipe", default=None,
-                   help="default, or quick (seconds; tests and the tiny scale) (default: default)")
+                   help="default, quick (seconds; tests and the tiny scale) or split04 (classes 0-4, the cpu "
+                        "preset's source) (default: default)")
     p.add_argument("--preset", default=None,
                    help="pretrain what this P3B preset's source model needs (tiny, cpu; nothing for paper-*)")
     p.add_argument("--force", action="store_true", help="retrain even if cached")
@@ -628,7 +653,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--pretrained", default=None,
                    help="fashion_mnist, a checkpoint path, true (timm hub) or none (default: none)")
     t.add_argument("--recipe", default=None, help="source-pretraining recipe with --pretrained fashion_mnist "
-                                                  "(default, quick)")
+                                                  "(default, quick, split04)")
     t.add_argument("--image-size", type=IMAGE_SIZE, default=None,
                    help="side length images are resized to (default: the model's input size, else the dataset's)")
     t.add_argument("--limit", type=int, default=None, help="cap on training images (default: all)")
@@ -644,7 +669,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(fn=_cmd_train)
 
     pb = add("p3b", help="prune a ViT with P3B (or a baseline) during transfer; torchrun-launchable")
-    pb.add_argument("--preset", default="cpu", help="tiny, cpu, cpu-full, cpu-digits, cpu-split, "
+    pb.add_argument("--preset", default="cpu", help="tiny, cpu, cpu-full, cpu-digits, cpu-split, cpu-split-1k, "
                                                     "paper-deit-{s,t}-{cifar100,ifood,inat19}[-ft50] "
                                                     "(sparselab presets list)")
     pb.add_argument("--method", default="p3b", type=P3B_METHODS.parse, choices=P3B_METHODS, metavar="METHOD",
@@ -684,7 +709,7 @@ def build_parser() -> argparse.ArgumentParser:
     pb.set_defaults(fn=_cmd_p3b)
 
     ar = add("art", help="sparsify with ART (HyperSparse/L1/L2) or a magnitude baseline, then fine-tune")
-    ar.add_argument("--preset", default="cpu", help="tiny, cpu, cpu-full, cpu-cnn, cpu-vit, "
+    ar.add_argument("--preset", default="cpu", help="tiny, tiny-vit, tiny-cnn, cpu, cpu-full, cpu-cnn, cpu-vit, "
                                                     "paper-{resnet32,vgg19}-{cifar10,cifar100,tinyimagenet} "
                                                     "(sparselab presets list)")
     ar.add_argument("--method", default="hypersparse", type=ART_METHODS.parse, choices=ART_METHODS,

@@ -302,7 +302,7 @@ ROWS: list[tuple[str, Any, Any, str]] = [
     ("pretrain-recipe-typo", cli("pretrain", "--model", "vit_nano_patch4_28", "--recipe", "quik"), 2,
      r"unknown pretraining recipe 'quik'. Did you mean 'quick'"),
     ("pretrain-preset-and-model", cli("pretrain", "--preset", "tiny", "--model", "vit_nano_patch4_28"), 2,
-     r"--preset picks the model and recipe"),
+     r"--preset picks the model, source dataset and recipe"),
     # 3. an --out that holds a run is not silently mixed with a new one
     ("train-out-holds-a-run", cli(*TRAIN, setup=_old_run("summary.json")), 2,
      r"--out .*out already holds a run \(summary.json\): pass --resume to continue it, --overwrite to replace it"),
@@ -454,6 +454,13 @@ ROWS: list[tuple[str, Any, Any, str]] = [
     ("export-out-is-a-folder", cli("export", "onnx", "{tmp}/run", "--out", "{tmp}",
                                    setup=_write_in("run", "spec.json", "{}")), 2, r"--out .* is a folder; give a file"),
     ("presets-markdown-out-is-a-folder", cli("presets", "markdown", "--out", "{tmp}"), 2, r"is a folder"),
+    ("presets-list-with-a-name", cli("presets", "list", "extra"), 2, r"presets list takes no preset name"),
+    ("presets-show-with-out", cli("presets", "show", "p3b/tiny", "--out", "{tmp}/x.md"), 2,
+     r"--out is for presets markdown"),
+    ("pretrain-preset-with-dataset", cli("pretrain", "--preset", "tiny", "--dataset", "digits"), 2,
+     r"--preset picks the model, source dataset and recipe"),
+    ("art-model-for-other-image-size", cli(*ART, "--model", "vit_nano_patch4_28", "--method", "oneshot"), 2,
+     r"vit_nano_patch4_28 takes 28-px images, but the image size is 8; pass --image-size 28"),
     ("evaluate-empty-split", lambda ctx: sl.evaluate(_lenet(), sl.data.TensorImages(
         torch.zeros(0, 1, 8, 8), torch.zeros(0, dtype=torch.long))), ConfigError,
      r"evaluate needs a dataset with at least one image"),
