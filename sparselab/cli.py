@@ -22,7 +22,7 @@ import threading
 from pathlib import Path
 
 from .configs import QKV_UNITS, ARTConfig, BenefitConfig, flag_fields
-from .errors import CheckpointError, ConfigError, DataNotFoundError, SparselabError, unknown_name
+from .errors import CheckpointError, ConfigError, DataNotFoundError, DivergedError, SparselabError, unknown_name
 
 #: What marks a folder as holding a run (``--out`` refuses it without ``--resume`` or ``--overwrite``).
 RUN_MARKERS = ("result.json", "summary.json", "history.jsonl.gz", "checkpoint")
@@ -684,8 +684,10 @@ def build_parser() -> argparse.ArgumentParser:
     pb.add_argument("--data-root", default=None, help="where the dataset lives (ImageFolder tree, torchvision root)")
     pb.add_argument("--image-size", type=IMAGE_SIZE, default=None, help="image side length (default: the preset's)")
     pb.add_argument("--limit", type=int, default=None, help="cap on training images (default: the preset's)")
-    pb.add_argument("--batch-size", type=POSITIVE, default=None, help="images per step (default: the preset's)")
-    pb.add_argument("--lr", type=LR, default=None, help="learning rate (default: the preset's)")
+    pb.add_argument("--batch-size", type=POSITIVE, default=None,
+                    help="images per step, of the pruning run and the compact fine-tune (default: the preset's)")
+    pb.add_argument("--lr", type=LR, default=None,
+                    help="learning rate of the pruning run and the compact fine-tune (default: the preset's)")
     pb.add_argument("--max-steps-per-epoch", type=POSITIVE, default=None,
                     help="cap on optimizer steps per epoch (default: the preset's)")
     pb.add_argument("--workers", type=NON_NEGATIVE, default=None, help="DataLoader workers (default: the preset's)")
@@ -781,7 +783,11 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         return args.fn(args)
     except SparselabError as exc:
-        print(f"sparselab: error: {exc}", file=sys.stderr)
+        text = str(exc)
+        if isinstance(exc, DivergedError):  # nonfinite='skip' is an option of sl.fit, not of the command line
+            text = text.replace(", or pass nonfinite='skip' to drop such steps", " (or a step size such as "
+                                "--probe-weight-decay)")
+        print(f"sparselab: error: {text}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:
         detail = str(exc).strip()  # the training loop says where it stopped and where the checkpoint is

@@ -147,3 +147,21 @@ def test_fast_probe_method_refuses_only_the_cadence_flags(capsys):
     assert main(["p3b", "--preset", "tiny", "--dry-run", "--method", "p3b_fast_probes", "--momentum", "0.5"]) == 0
     assert main(["p3b", "--preset", "tiny", "--dry-run", "--method", "p3b_fast_probes", "--probe-every", "4"]) == 2
     assert "fixes the probe cadence itself; leave out --probe-every" in capsys.readouterr().err
+
+
+def test_a_diverged_run_is_told_what_the_command_line_can_change(monkeypatch, capsys):
+    from sparselab import cli
+    from sparselab.errors import DivergedError
+
+    def diverge(args):
+        raise DivergedError("non-finite loss at step 2 (epoch 1): training diverged. Lower the learning rate, or "
+                            "pass nonfinite='skip' to drop such steps; checkpoints already written are left as they "
+                            "were")
+
+    monkeypatch.setattr(cli, "_cmd_train", diverge)
+    parser = cli.build_parser()
+    monkeypatch.setattr(cli, "build_parser", lambda: parser)
+    parser._subparsers._group_actions[0].choices["train"].set_defaults(fn=diverge)
+    assert main(["train", "--model", "lenet_300_100"]) == 2
+    err = capsys.readouterr().err
+    assert "nonfinite" not in err and "Lower the learning rate (or a step size such as --probe-weight-decay)" in err
