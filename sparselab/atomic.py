@@ -14,6 +14,7 @@ Example:
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -44,3 +45,31 @@ def orphans(path: str | os.PathLike) -> list[Path]:
     """Temporary files of :func:`atomic_write` for ``path`` that a killed process left behind."""
     path = Path(path)
     return sorted(path.parent.glob(f".{path.name}.*.tmp")) if path.parent.is_dir() else []
+
+
+#: the first bytes of a file framed by :func:`checksummed`: this, the SHA-256 of the payload, a newline
+CHECKSUM_MAGIC = b"sparselab-checkpoint sha256 "
+
+
+def checksummed(payload: bytes) -> bytes:
+    """``payload`` behind a header line holding its SHA-256, so that damage after writing can be told.
+
+    Example:
+        >>> unframe(checksummed(b"abc"), "x") == b"abc"
+        True
+    """
+    return CHECKSUM_MAGIC + hashlib.sha256(payload).hexdigest().encode() + b"\n" + payload
+
+
+def unframe(raw: bytes, path: str | Path) -> bytes:
+    """The payload of a file framed by :func:`checksummed` (checked against its checksum), or ``raw`` itself when
+    it carries no frame."""
+    if not raw.startswith(CHECKSUM_MAGIC):
+        return raw
+    header, _, payload = raw.partition(b"\n")
+    if hashlib.sha256(payload).hexdigest().encode() != header[len(CHECKSUM_MAGIC):]:
+        from .errors import CheckpointError
+
+        raise CheckpointError(f"checkpoint {path} is corrupted: its contents do not match the checksum written "
+                              f"with it (delete it to start over)")
+    return payload

@@ -17,6 +17,7 @@ from typing import Any, Iterable, Mapping
 import torch
 from torch import nn
 
+from ..atomic import CHECKSUM_MAGIC, unframe
 from ..errors import CheckpointError
 
 
@@ -53,20 +54,15 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 def _torch_file(path: Path) -> Any:
     """A torch file loaded without running code from it (``weights_only``); sparselab's own training checkpoint
     (``checkpoint/last.pt``: a checksum line, then the payload, whose RNG states hold numpy arrays) included."""
-    from ..training.checkpoint import MAGIC
-
     with open(path, "rb") as f:
-        own = f.read(len(MAGIC)) == MAGIC
+        own = f.read(len(CHECKSUM_MAGIC)) == CHECKSUM_MAGIC
     if not own:
         return torch.load(path, map_location="cpu", weights_only=True)
-    import hashlib
     import io
 
     import numpy as np
 
-    header, _, payload = path.read_bytes().partition(b"\n")
-    if hashlib.sha256(payload).hexdigest().encode() != header[len(MAGIC):]:
-        raise CheckpointError(f"checkpoint {path} is corrupted: its contents do not match the checksum written with it")
+    payload = unframe(path.read_bytes(), path)
     multiarray = getattr(np, "_core", None) or np.core
     allowed = [multiarray.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
     with torch.serialization.safe_globals(allowed):

@@ -13,18 +13,17 @@ Example:
 """
 from __future__ import annotations
 
-import hashlib
 import io
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..atomic import atomic_write, orphans
+from ..atomic import CHECKSUM_MAGIC, atomic_write, checksummed, orphans, unframe
 from ..errors import CheckpointError
 
 FORMAT = "sparselab.checkpoint/1"
-MAGIC = b"sparselab-checkpoint sha256 "
+MAGIC = CHECKSUM_MAGIC
 
 
 def atomic_save(obj: Any, path: str | Path) -> None:
@@ -35,8 +34,7 @@ def atomic_save(obj: Any, path: str | Path) -> None:
 
     def write(tmp: str) -> None:
         with open(tmp, "wb") as f:
-            f.write(MAGIC + hashlib.sha256(payload).hexdigest().encode() + b"\n")
-            f.write(payload)
+            f.write(checksummed(payload))
 
     atomic_write(path, write, fsync=True)
 
@@ -48,13 +46,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint {path} does not exist")
     if path.stat().st_size == 0:
         raise CheckpointError(f"checkpoint {path} is empty (0 bytes)")
-    raw = path.read_bytes()
-    if raw.startswith(MAGIC):
-        header, _, payload = raw.partition(b"\n")
-        if hashlib.sha256(payload).hexdigest().encode() != header[len(MAGIC):]:
-            raise CheckpointError(f"checkpoint {path} is corrupted: its contents do not match the checksum written "
-                                  f"with it (delete it to start over)")
-        raw = payload
+    raw = unframe(path.read_bytes(), path)
     try:
         obj = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=False)
     except Exception as exc:
