@@ -409,6 +409,8 @@ def _cmd_p3b(args) -> int:
         schedule = P3BSchedule(warmup=w, sparsify=s_, finalize=f, updates_per_epoch=schedule.updates_per_epoch)
     patch_probe = benefit_flags.pop("patch_probe", preset.patch_probe)
     probe_options = {**preset.probe_options, **(FAST_PROBES if args.fast_probes else {}), **benefit_flags}
+    # the one run this command makes (what --dry-run shows and result.json's settings record)
+    preset = preset.replace(methods=(args.method,), prune_ratios=(prune_ratio,), seeds=(args.seed,))
     preset = preset.replace(data_options=data_options, fit=fit_options, finetune=finetune, schedule=schedule,
                             finetune_epochs=args.finetune_epochs if args.finetune_epochs is not None
                             else preset.finetune_epochs,
@@ -466,6 +468,8 @@ def _cmd_art(args) -> int:
         raise ConfigError(f"{flags} set ART's regularized sparsification, which --method {args.method} does not "
                           f"run (only {', '.join(art_methods)} do)")
     preset = art_exp.art_preset(args.preset, **changes)
+    # the one run this command makes (what --dry-run shows and result.json's settings record)
+    preset = preset.replace(methods=(args.method,), sparsities=(args.sparsity,), seeds=(args.seed,))
     if args.data_root is not None:
         preset = preset.replace(data_options={**preset.data_options, "root": args.data_root})
     for key, value in (("batch_size", args.batch_size), ("max_steps_per_epoch", args.max_steps_per_epoch)):
