@@ -153,14 +153,44 @@ def direction(low: float, high: float) -> str:
     return "no clear difference"
 
 
+def noninferior(low: float, high: float, margin: float) -> str:
+    """For a claim "at most a small loss" (a loss under ``margin``): ``supports`` when the whole interval lies
+    above ``-margin``, ``contradicts`` when it lies below, else ``inconclusive`` (also without an interval).
+
+    Example:
+        >>> noninferior(-0.006, 0.003, 0.01), noninferior(-0.03, -0.02, 0.01), noninferior(-0.02, 0.0, 0.01)
+        ('supports', 'contradicts', 'inconclusive')
+    """
+    if not (math.isfinite(low) and math.isfinite(high)):
+        return "inconclusive"
+    if low > -margin:
+        return "supports"
+    if high < -margin:
+        return "contradicts"
+    return "inconclusive"
+
+
 def finding(label: str, diff: float, low: float, high: float, n: int, expect: str | None = "positive",
-            scale: float = 100.0, unit: str = "points") -> str:
+            scale: float = 100.0, unit: str = "points", margin: float | None = None) -> str:
     """One line: ``"P3B − uniform at 90 %: +1.8 points, 95 % CI [+0.9, +2.7], 5 seeds — supports"``.
 
-    ``expect=None``: a difference without a claim, ending in :func:`direction` instead of a verdict."""
-    word = direction(low, high) if expect is None else verdict(low, high, expect)
+    ``expect=None``: a difference without a claim, ending in :func:`direction` instead of a verdict;
+    ``margin``: the claim is "a loss under ``margin``" (:func:`noninferior`). Without an interval (one seed) the
+    line says so instead of printing NaN bounds.
+
+    Example:
+        >>> finding("A − B", 0.01, math.nan, math.nan, 1)
+        'A − B: +1.00 points, no interval (1 seed) — inconclusive'
+    """
+    if margin is not None:
+        word = noninferior(low, high, margin)
+    else:
+        word = direction(low, high) if expect is None else verdict(low, high, expect)
+    seeds = f"{n} seed{'s' if n != 1 else ''}"
+    if not (math.isfinite(low) and math.isfinite(high)):
+        return f"{label}: {diff * scale:+.2f} {unit}, no interval ({seeds}) — {word}"
     return (f"{label}: {diff * scale:+.2f} {unit}, {CONFIDENCE * 100:.0f} % CI [{low * scale:+.2f}, "
-            f"{high * scale:+.2f}], {n} seed{'s' if n != 1 else ''} — {word}")
+            f"{high * scale:+.2f}], {seeds} — {word}")
 
 
 def findings_from(diffs: pd.DataFrame, setting: str = "prune_ratio", method: str = "method",

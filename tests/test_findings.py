@@ -8,8 +8,8 @@ from sparselab.history import History
 
 
 class FakeRun:
-    def __init__(self, history):
-        self.method, self.history = "p3b", history
+    def __init__(self, history, seed=0):
+        self.method, self.history, self.seed = "p3b", history, seed
 
 
 def _late_history(reactivations):
@@ -26,7 +26,7 @@ def test_p3b_findings_pair_by_seed_and_measure_late_convergence():
     t = pd.DataFrame({"method": ["dense"] * 3 + ["p3b"] * 3 + ["uniform"] * 3, "prune_ratio": [0.0] * 3 + [0.9] * 6,
                       "seed": [0, 1, 2] * 3,
                       "acc": [0.95, 0.96, 0.97, 0.93, 0.94, 0.951, 0.90, 0.91, 0.92]})
-    lines = p3b_findings(t, [FakeRun(_late_history(n)) for n in (3, 5, 4)], probes=("cls",))
+    lines = p3b_findings(t, [FakeRun(_late_history(n), seed) for seed, n in enumerate((3, 5, 4))], probes=("cls",))
     assert lines[0].startswith("P3B − uniform at 90 %: +3.")
     assert lines[0].endswith("3 seeds — supports")
     assert lines[1].startswith("P3B at 90 % − dense fine-tuning") and "contradicts" in lines[1]
@@ -43,3 +43,26 @@ def test_art_findings_compare_each_method_at_each_sparsity():
     assert [ln.split(":")[0] for ln in lines] == ["hypersparse − l1 at 98 %", "hypersparse − oneshot at 98 %"]
     assert lines[0].endswith("inconclusive") and "+0.00 points" in lines[0]
     assert art_findings(t[t.method != "hypersparse"]) == []
+
+
+def test_p3b_findings_count_seeds_not_runs_and_read_each_claim_as_stated():
+    """Runs of one seed at two ratios are one sample; 'at most a small loss' is read against a margin; sparselab's
+    own variants get higher / lower, not a verdict on the paper; one seed gives no interval, said in words."""
+    t = pd.DataFrame({
+        "method": ["dense"] * 2 + ["p3b"] * 4 + ["p3b_wanda"] * 4,
+        "prune_ratio": [0.0] * 2 + [0.5, 0.5, 0.75, 0.75] * 2, "seed": [0, 1] + [0, 1] * 4,
+        "acc": [0.950, 0.960, 0.948, 0.957, 0.930, 0.941, 0.940, 0.950, 0.920, 0.930],
+        "late_rho_cls": [float("nan")] * 2 + [0.5, 0.7, 0.6, float("nan")] + [float("nan")] * 4,
+        "reactivations": [float("nan")] * 2 + [10, 20, 30, 40] + [float("nan")] * 4})
+    lines = p3b_findings(t, probes=("cls",))
+    wanda = [ln for ln in lines if "Wanda" in ln]
+    assert wanda and all(ln.endswith(("higher", "lower", "no clear difference")) for ln in wanda)
+    dense = {ln.split(" − ")[0]: ln for ln in lines if "dense fine-tuning" in ln}
+    assert dense["P3B at 50 %"].endswith("supports")  # −0.25 points, inside the 1-point margin
+    assert dense["P3B at 75 %"].endswith("contradicts")  # about −1.9 points
+    rho = next(ln for ln in lines if ln.startswith("deep blocks converge late"))
+    assert "2 seeds" in rho and "1 run without a ρ left out" in rho  # seed 0: mean of 0.5 and 0.6; seed 1: 0.7
+    react = next(ln for ln in lines if ln.startswith("P3B reactivates"))
+    assert "over 2 seeds" in react and "in 4 of 4 runs (from 10 to 40)" in react
+    one_seed = p3b_findings(t[t.seed == 0], probes=())
+    assert any("no interval (1 seed)" in ln for ln in one_seed) and not any("nan" in ln for ln in one_seed)

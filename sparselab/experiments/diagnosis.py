@@ -188,7 +188,14 @@ def diagnosis_conclusions(table: pd.DataFrame, diag: pd.DataFrame, baseline: str
              ("P3B trails the baseline." if gap == "lower" else "P3B does not trail the baseline beyond the seed "
                                                                 "noise; the variants below describe, not explain.")]
     static = at(diag, f"{baseline}_allocation_static")
-    if len(static):
+    common = static.index.intersection(base.index)
+    if len(static) and len(common) and (static.loc[common] == base.loc[common]).all():
+        # the baseline already is a static allocation with P3B's selection (fixed, a frozen benefit): its variant
+        # reruns it, and a pair of identical runs tells nothing about allocation against selection
+        lines.append(f"allocation or selection: {baseline}'s final keep ratios with P3B's selection give exactly "
+                     f"{baseline}'s runs (it already applies a fixed allocation with P3B's selection), so this pair "
+                     f"cannot separate allocation from selection.")
+    elif len(static):
         vs_base, t1 = pair(static, base)
         vs_p3b, t2 = pair(static, p3b)
         if vs_base == "no clear difference" and vs_p3b == "higher":
@@ -209,7 +216,8 @@ def diagnosis_conclusions(table: pd.DataFrame, diag: pd.DataFrame, baseline: str
         ("p3b_allocation_static", p3b, "the path: P3B's final keep ratios from the first update − P3B",
          {"higher": "the path costs: P3B's own final allocation is better applied from the start",
           "lower": "the path helps: re-allocating during training beats the final allocation applied early",
-          "no clear difference": "the path does not matter here: the final allocation decides"}),
+          "no clear difference": "no evidence either way: the interval covers 0, so this does not show that the "
+                                 "path is irrelevant"}),
         ("p3b_long_windows", p3b, "benefit noise: one update per epoch (3x longer windows) − P3B",
          {"higher": "the benefit estimate's noise costs accuracy",
           "lower": "more frequent re-allocation helps more than a steadier estimate",

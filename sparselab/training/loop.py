@@ -83,6 +83,18 @@ class _DeferredInterrupt:
         return flag
 
 
+#: what fit calls on a pruner or callback (a subclass of sl.Pruner / Callback has them all; any object with
+#: them works)
+HOOKS = tuple(name for name in vars(Callback) if not name.startswith("_") and callable(getattr(Callback, name)))
+
+
+def _check_hooks(what: str, obj: Any, example: str) -> None:
+    missing = [h for h in HOOKS if not callable(getattr(obj, h, None))]
+    if missing:
+        raise ConfigError(f"{what} must be {example}: an object with the hooks {', '.join(HOOKS)}; "
+                          f"{obj!r} lacks {', '.join(missing)}")
+
+
 def check_model_fits_data(model: nn.Module, data: DataBundle) -> None:
     """Refuse a model whose classes, channels or image size do not match ``data``, saying how to make them fit."""
     if not isinstance(data, DataBundle):
@@ -202,11 +214,12 @@ def fit(model: nn.Module, data: DataBundle, epochs: int | None = None, pruner: P
     if config is not None and not isinstance(config, TrainConfig):
         raise ConfigError(f"config must be a sl.TrainConfig (options can also be given as keywords), got "
                           f"{type(config).__name__}")
-    if pruner is not None and not isinstance(pruner, Callback):
-        raise ConfigError(f"pruner must be a pruner object such as sl.P3B(model, 0.5) or sl.ART(model, 0.9), "
-                          f"got {pruner!r}")
-    if isinstance(callbacks, Callback) or any(not isinstance(c, Callback) for c in callbacks):
-        raise ConfigError(f"callbacks must be a list of sparselab.callbacks.Callback objects, got {callbacks!r}")
+    if pruner is not None:
+        _check_hooks("pruner", pruner, "a pruner object such as sl.P3B(model, 0.5) or sl.ART(model, 0.9)")
+    if isinstance(callbacks, (Callback, str)) or not hasattr(callbacks, "__iter__"):
+        raise ConfigError(f"callbacks must be a list of callback objects, got {callbacks!r}")
+    for c in callbacks:
+        _check_hooks("each of callbacks", c, "a callback object (sparselab.callbacks.Callback)")
     cfg = config or TrainConfig()
     if epochs is not None:
         options["epochs"] = epochs
