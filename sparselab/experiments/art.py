@@ -371,7 +371,7 @@ def summarize(table: pd.DataFrame) -> pd.DataFrame:
     if table.empty:
         raise ConfigError("no runs to summarise")
     g = table.groupby(["sparsity", "method"], sort=False)
-    out = pd.DataFrame({"acc %": g.acc.mean() * 100, "± (std)": g.acc.std(ddof=1).fillna(0.0) * 100,
+    out = pd.DataFrame({"acc %": g.acc.mean() * 100, "± (std)": g.acc.std(ddof=1) * 100,
                         **({"best acc %": g.acc_best.mean() * 100} if "acc_best" in table else {}),
                         "acc before fine-tune %": g.acc_pruned.mean() * 100,
                         "achieved sparsity": g.nonzero_sparsity.mean(), "seeds": g.seed.count()})

@@ -99,6 +99,17 @@ def p3b_findings(table: pd.DataFrame, runs: Sequence = (), probes: Sequence[str]
     return lines
 
 
+def against_the_paper(lines: Sequence[str]) -> list[str]:
+    """The finding lines whose verdict is *contradicts*: results that go against the paper's claim, to be reported
+    as such.
+
+    Example:
+        >>> against_the_paper(["a: +1.00 points, ... — supports", "b: -2.00 points, ... — contradicts"])
+        ['b: -2.00 points, ... — contradicts']
+    """
+    return [line for line in lines if line.rstrip().endswith("— contradicts")]
+
+
 def _per_seed(per_run: Sequence[tuple[int, float]]) -> tuple[list[float], int]:
     """The mean value of each seed over its runs (runs of one seed at several prune ratios share the source model
     and data order, so the seed is the unit an interval counts), and how many runs had no value (NaN)."""

@@ -401,7 +401,7 @@ def summarize(table: pd.DataFrame) -> pd.DataFrame:
     g = table.groupby(["prune_ratio", "method"], sort=False)
     out = pd.DataFrame({
         "acc %": g.acc.mean() * 100,
-        "± (std)": g.acc.std(ddof=1).fillna(0.0) * 100,
+        "± (std)": g.acc.std(ddof=1) * 100,
         "acc before fine-tune %": g.acc_pruned.mean() * 100,
         "achieved ratio": g.achieved_ratio.mean(),
         "params (M)": g.params.mean() / 1e6,

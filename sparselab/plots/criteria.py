@@ -28,7 +28,8 @@ DEFAULT = ("benefit_cls", "crit_abs_w", "crit_abs_grad", "crit_taylor")
 def plot_block_criteria(history: History, metrics: Sequence[str] = DEFAULT, run: str | None = None,
                         normalize: bool = True) -> go.Figure:
     """Blocks × time heatmaps, one per criterion; with ``normalize`` each column (moment) is divided by its largest
-    |value|, so the panels compare *where in depth* each criterion puts importance, moment by moment."""
+    |value|, so the panels compare *where in depth* each criterion puts importance, moment by moment. The colours
+    are those of :func:`~sparselab.plots.plot_block_benefit`: positive blue, negative red, 0 white."""
     history = as_history(history, "plot_block_criteria")
     blocks = select_run(history, run)["blocks"]
     missing = [m for m in metrics if m not in set(blocks.metric)]
@@ -48,7 +49,7 @@ def plot_block_criteria(history: History, metrics: Sequence[str] = DEFAULT, run:
                                  "</extra>"), row=1, col=i)
         fig.update_xaxes(title_text="step", type="category", row=1, col=i)
     fig.update_yaxes(autorange="reversed", title_text="block", row=1, col=1)
-    fig.update_layout(template="plotly_white", coloraxis=dict(colorscale="RdBu", cmid=0, reversescale=True),
+    fig.update_layout(template="plotly_white", coloraxis=dict(colorscale="RdBu", cmid=0),
                       title="Where each criterion puts importance, per block over training"
                             + (" (normalised per moment)" if normalize else ""))
     return fig

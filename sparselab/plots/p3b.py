@@ -186,7 +186,8 @@ def plot_block_benefit(history: History, view: Literal["heatmap", "profile"] = "
     """Block benefit ΔΨ (``{metric}_cls`` / ``{metric}_patch`` of ``History.blocks``) of every ViT block.
 
     ``view="heatmap"``: blocks (depth order, attention and MLP interleaved) × step, one heatmap per probe, on a
-    diverging colour scale centred at 0 (a negative benefit means the block hurts the probe). ``normalize=True``
+    diverging colour scale centred at 0: blue where the block lowers the probe loss (ΔΨ > 0), red where it raises
+    it (the block hurts the probe). ``normalize=True``
     divides each step's column by its largest |value|.
 
     ``view="profile"``: rows class-token / patch probe, columns attention / MLP blocks; x is layer depth (1..L) and
