@@ -15,9 +15,10 @@ Example:
 """
 from __future__ import annotations
 
+import warnings
 from typing import Callable, TypeVar
 
-from .errors import unknown_name
+from .errors import ConfigError, unknown_name
 
 T = TypeVar("T")
 
@@ -31,8 +32,15 @@ class Registry(dict):
         self.kind = kind
 
     def register(self, name: str) -> Callable[[T], T]:
-        """Decorator: add the class or function under ``name`` (a later registration replaces an earlier one)."""
+        """Decorator: add the class or function under ``name``; a later registration replaces an earlier one, with a
+        warning (a run recorded under that name would otherwise be mistaken for the one it replaced)."""
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f"a {self.kind} is registered under a non-empty string name, got {name!r}")
+
         def add(obj: T) -> T:
+            before, now = (getattr(o, "__qualname__", repr(o)) for o in (self.get(name), obj))
+            if name in self and before != now:  # the same definition run again (a notebook cell) is no news
+                warnings.warn(f"{self.kind} {name!r} was registered before ({before}); {now} replaces it", stacklevel=2)
             if isinstance(obj, type):
                 obj.name = name
             self[name] = obj

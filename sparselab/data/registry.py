@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -50,7 +51,10 @@ def register(name: str, description: str = "", options: Iterable[str] | None = N
 
     def deco(fn: Callable[..., DataBundle]) -> Callable[..., DataBundle]:
         allowed = tuple(options) if options is not None else loader_options(fn)
-        _REGISTRY[name] = DatasetEntry(name, fn, description or (fn.__doc__ or "").strip().splitlines()[0], allowed)
+        doc = (fn.__doc__ or "").strip().splitlines()
+        if name in _REGISTRY and getattr(_REGISTRY[name].loader, "__qualname__", None) != getattr(fn, "__qualname__", 0):
+            warnings.warn(f"dataset {name!r} was registered before; this loader replaces it", stacklevel=2)
+        _REGISTRY[name] = DatasetEntry(name, fn, description or (doc[0] if doc else name), allowed)
         return fn
 
     return deco

@@ -47,7 +47,7 @@ from ..configs import CANDIDATE_RULES, ARTConfig  # noqa: F401  (CANDIDATE_RULES
 from ..errors import CheckpointError, ConfigError, DivergedError, check_bool, check_positive_int, check_ratio
 from ..structure.unstructured import apply_masks, magnitude_masks, prunable_weights, sparsity
 from .masking import FixedMask
-from .regularizers import Regularizer, make_regularizer
+from .regularizers import REGULARIZERS, Regularizer, make_regularizer
 from .schedules import ExponentialLambda
 
 PROFILE_POINTS = 256
@@ -140,7 +140,11 @@ class ART(Pruner):
         self._kept_history: list[tuple[int, int, np.ndarray]] = []  # (step, art epoch, packed kept bits)
 
     def config(self) -> dict[str, Any]:
-        return {"sparsity": self.sparsity, "regularizer": self.regularizer.name, **self.options.record()}
+        reg = self.regularizer
+        # a regularizer of the user's own class is named by its class, so that a resume with another one is refused
+        own = REGULARIZERS.get(reg.name) is type(reg)
+        name = reg.name if own else f"{type(reg).__module__}.{type(reg).__qualname__}"
+        return {"sparsity": self.sparsity, "regularizer": name, **self.options.record()}
 
     @property
     def max_epochs(self) -> int:

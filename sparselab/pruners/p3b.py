@@ -32,7 +32,7 @@ from torch import nn
 
 from ..callbacks import Pruner, TrainState
 from ..configs import BenefitConfig, P3BConfig
-from ..errors import ConfigError, check_bool, check_positive_int, check_ratio, unknown_name
+from ..errors import ConfigError, DivergedError, check_bool, check_positive_int, check_ratio, unknown_name
 from ..probes.block_benefit import BlockBenefit, all_reduce_mean_grads
 from ..structure.gates import Gates
 from ..structure.vit import ViTStructure
@@ -280,6 +280,17 @@ class P3B(Pruner):
         """Goal keep ratios κ_k of the blocks' Linear parameters, and the logged intermediate values."""
         ctx = AllocationContext(self.structure, self.hard_masks, self.dense_linear, self.dense_block, final, state)
         importance, logged = self.allocation.importance(ctx)
+        importance = torch.as_tensor(importance, dtype=torch.float64)
+        if importance.shape != (len(self.structure.blocks),) or not bool(torch.isfinite(importance).all()):
+            bad = ([b.name for b, v in zip(self.structure.blocks, importance.tolist()) if not math.isfinite(v)]
+                   if importance.shape == (len(self.structure.blocks),) else [])
+            raise DivergedError(
+                f"allocation {self.allocation.name or type(self.allocation).__name__!r} gave "
+                + (f"a non-finite importance for {', '.join(bad)}" if bad else
+                   f"an importance of shape {tuple(importance.shape)}, not one value per block "
+                   f"({len(self.structure.blocks)})")
+                + f" at step {state.step}: no allocation can be made from it (a diverged probe or a bug in the "
+                  f"allocation); the last checkpoint is left as it was")
         kappa = water_fill(importance, self.dense_linear, self.linear_budget, upper=self._alive_caps())
         return kappa, logged
 
@@ -305,6 +316,7 @@ class P3B(Pruner):
         tau = 0.0 if final else self.steps.tau(step)
         old = self.hard_masks()
         scores = self.criterion.scores(final)
+        self._check_scores(scores, step)
         values: dict[int, dict[str, torch.Tensor]] = {i: {} for i in range(s.depth)}
         if self.allocation.selection == "global":
             kappa = torch.full((len(s.blocks),), self.linear_budget / float(self.dense_linear.sum()),
@@ -339,6 +351,24 @@ class P3B(Pruner):
         self._record(state, old, new, kappa, applied, logged, ramp, tau)
         self.criterion.next_window()
         self.updates += 1
+
+    def _check_scores(self, scores: Mapping[str, torch.Tensor], step: int) -> None:
+        """A criterion's scores must hold one finite value per element of every gate: a NaN would rank first and a
+        wrong length would leave elements unscored, either a silently wrong selection."""
+        s, name = self.structure, self.criterion.name or type(self.criterion).__name__
+        for layer in range(s.depth):
+            for gate, size in s.gate_sizes(layer).items():
+                key = Gates.key(layer, gate)
+                if key not in scores:
+                    raise ConfigError(f"criterion {name!r} gave no scores for gate {key} (scores() must return one "
+                                      f"tensor per gate key, e.g. 'L0_mlp_hid')")
+                t = torch.as_tensor(scores[key])
+                if t.shape != (size,):
+                    raise ConfigError(f"criterion {name!r} gave scores of shape {tuple(t.shape)} for gate {key}; "
+                                      f"it has {size} elements, one score each")
+                if not bool(torch.isfinite(t).all()):
+                    raise DivergedError(f"criterion {name!r} gave non-finite scores for gate {key} at step {step}: no "
+                                        f"selection can be made from them; the last checkpoint is left as it was")
 
     def _select_global(self, scores: Mapping[str, torch.Tensor], target: float, tau: float,
                        values: dict[int, dict[str, torch.Tensor]]) -> None:
@@ -411,7 +441,8 @@ class P3B(Pruner):
     def state_dict(self) -> dict[str, Any]:
         return {
             "gates": {k: v.detach().cpu().clone() for k, v in self.gates.values.items()},
-            "probes": None, "importance": {}, **self.allocation.state_dict(), **self.criterion.state_dict(),
+            # each part's state under its own key: an allocation and a criterion may use the same names
+            "allocation_state": self.allocation.state_dict(), "criterion_state": self.criterion.state_dict(),
             "finalized": self.finalized, "updates": self.updates, "dead": dict(self._dead),
             "frozen_kappa": self._frozen_kappa,
         }
@@ -421,8 +452,9 @@ class P3B(Pruner):
             for k, v in state["gates"].items():
                 self.gates.values[k].copy_(v)
         self.gates.enabled = True  # on_fit_start decides again for the loaded values
-        self.allocation.load_state_dict(state)
-        self.criterion.load_state_dict(state)
+        # a checkpoint written before the parts had keys of their own holds their states merged into one dict
+        self.allocation.load_state_dict(state.get("allocation_state", state))
+        self.criterion.load_state_dict(state.get("criterion_state", state))
         self.finalized, self.updates = state["finalized"], state["updates"]
         self._dead = {k: v.clone() for k, v in state.get("dead", {}).items()}
         self._frozen_kappa = state.get("frozen_kappa")

@@ -312,8 +312,12 @@ def fit(model: nn.Module, data: DataBundle, epochs: int | None = None, pruner: P
             raise CheckpointError(f"{ckpt_path} was written with pruner/callbacks {saved}, now "
                                   f"{[type(p).__name__ for p in plugins]}")
         _check_same_run(ckpt_path, "data", ck.get("data"), data.fingerprint())
-        for p, before in zip(plugins, ck.get("plugin_configs") or [None] * len(plugins)):
-            _check_same_run(ckpt_path, f"{type(p).__name__} settings", before, p.config())
+        if "plugin_configs" in ck:  # a checkpoint written before plugin settings were kept is not checked
+            for p, before in zip(plugins, ck["plugin_configs"]):
+                now = p.config()
+                if _jsonable_deep(before) != _jsonable_deep(now):
+                    _check_same_run(ckpt_path, f"{type(p).__name__} settings", before if before is not None
+                                    else {}, now if now is not None else {})
         try:
             model.load_state_dict(ck["model"])
         except RuntimeError as exc:
