@@ -189,3 +189,10 @@ def test_an_art_regularizer_of_the_users_class_is_recorded_by_its_class():
     assert sl.ART(model, 0.9, regularizer="l2").config()["regularizer"] == "l2"
     recorded = sl.ART(model, 0.9, regularizer=Quartic(0.9)).config()["regularizer"]
     assert recorded.endswith("Quartic")
+
+
+def test_the_history_records_what_the_pruner_and_callbacks_were_configured_with(digits):
+    history, pruner = _run(digits, allocation="uniform", criterion="l1")
+    plugins = history.meta["plugins"]
+    assert plugins[0]["name"] == "P3B" and plugins[0]["config"]["criterion"] == "l1"
+    assert plugins[0]["config"]["allocation"] == "uniform"

@@ -154,6 +154,22 @@ def _check_same_architecture(path: Path, before: list[str] | None, now: list[str
                           f"with the same model, or start a new run in another folder")
 
 
+def _meta_value(v: Any) -> Any:
+    """``v`` as History meta can hold it: dicts with string keys, lists, numbers, strings, booleans and None
+    (tensors as lists, anything else as its ``repr``)."""
+    if isinstance(v, dict):
+        return {str(k): _meta_value(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_meta_value(x) for x in v]
+    if isinstance(v, torch.Tensor):
+        return v.tolist()
+    if hasattr(v, "item") and getattr(v, "ndim", None) == 0:
+        return v.item()
+    if v is None or isinstance(v, (str, bool, int, float)):
+        return v
+    return repr(v)
+
+
 def _jsonable_deep(v: Any) -> Any:
     if isinstance(v, dict):
         return {str(k): _jsonable_deep(x) for k, x in v.items()}
@@ -265,6 +281,9 @@ def fit(model: nn.Module, data: DataBundle, epochs: int | None = None, pruner: P
     history.meta.setdefault("model", type(model).__name__)
     history.meta.setdefault("data", data.name)
     history.meta.setdefault("parameters", sum(p.numel() for p in model.parameters()))
+    if plugins:  # what the pruner and callbacks were configured with, beside the training options
+        history.meta.setdefault("plugins", [{"name": type(p).__name__, "config": _meta_value(p.config())}
+                                            for p in plugins])
 
     state = TrainState(model=model, optimizer=optimizer, history=history, device=device, epochs=cfg.epochs,
                        steps_per_epoch=steps_per_epoch, rank=rank, world_size=world, data=data,
