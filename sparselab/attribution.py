@@ -12,6 +12,7 @@ Example:
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -60,13 +61,24 @@ class AttributionComparison:
 
     @property
     def mean_similarity(self) -> float:
-        return float(self.similarity.mean())
+        """The mean over the images that have a similarity (NaN when none has: every map was all zero)."""
+        defined = self.similarity[~torch.isnan(self.similarity)]
+        return float(defined.mean()) if len(defined) else math.nan
 
 
 def map_similarity(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Cosine similarity of two stacks of maps ``(N, H, W)``, per image (1 = the same map up to scale)."""
+    """Cosine similarity of two stacks of maps ``(N, H, W)``, per image (1 = the same map up to scale); NaN for an
+    image where either map is zero everywhere (a model whose output no longer depends on the input), where a
+    cosine is undefined.
+
+    Example:
+        >>> map_similarity(torch.ones(2, 2, 2), torch.stack([torch.ones(2, 2), torch.zeros(2, 2)])).tolist()
+        [1.0, nan]
+    """
     a, b = a.flatten(1).double(), b.flatten(1).double()
-    return torch.nn.functional.cosine_similarity(a, b, dim=1, eps=1e-12).float()
+    sim = torch.nn.functional.cosine_similarity(a, b, dim=1, eps=1e-12)
+    empty = (a.abs().amax(1) == 0) | (b.abs().amax(1) == 0)
+    return torch.where(empty, torch.full_like(sim, math.nan), sim).float()
 
 
 def compare_attributions(dense: nn.Module, pruned: nn.Module, images: torch.Tensor,

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -63,3 +65,17 @@ def test_comparison_figure_shows_image_and_both_maps():
     assert len(fig.data) == 9
     assert fig.data[1].z.tolist() == result.dense[0].numpy().tolist()
     assert "similarity 1.00" in fig.layout.annotations[0].text
+
+
+def test_an_all_zero_map_has_no_similarity_rather_than_zero():
+    from sparselab.attribution import AttributionComparison, map_similarity
+    from sparselab.plots import plot_attribution_comparison
+
+    dense = torch.rand(3, 4, 4) + 0.1
+    pruned = torch.zeros(3, 4, 4)  # an emptied layer: the output no longer depends on the image
+    sim = map_similarity(dense, pruned)
+    assert torch.isnan(sim).all()
+    result = AttributionComparison(dense, pruned, torch.tensor([0, 1, 2]), sim, "saliency")
+    assert math.isnan(result.mean_similarity)
+    fig = plot_attribution_comparison(result, torch.rand(3, 1, 4, 4))
+    assert "no similarity" in fig.layout.title.text and "nan" not in fig.layout.title.text

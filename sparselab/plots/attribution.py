@@ -22,7 +22,10 @@ def plot_attribution_comparison(result: AttributionComparison, images: torch.Ten
     """One column per image: the image, the dense model's map and the pruned model's map (rows), titled with the
     target class and the maps' cosine similarity."""
     n = len(result.target)
-    titles = [f"class {int(t)} · similarity {float(s):.2f}" for t, s in zip(result.target, result.similarity)]
+    mean = result.mean_similarity
+    summary = f"mean similarity {mean:.2f}" if mean == mean else "no similarity (the maps of one model are all zero)"
+    titles = [f"class {int(t)} · " + (f"similarity {float(s):.2f}" if s == s else "a map is all zero: no similarity")
+              for t, s in zip(result.target, result.similarity)]
     fig = make_subplots(rows=3, cols=n, subplot_titles=titles + [""] * (2 * n), vertical_spacing=0.04,
                         horizontal_spacing=0.01, row_titles=["image", labels[0], labels[1]])
     for i in range(n):
@@ -33,6 +36,5 @@ def plot_attribution_comparison(result: AttributionComparison, images: torch.Ten
     fig.update_xaxes(visible=False)
     fig.update_yaxes(visible=False, autorange="reversed")
     fig.update_layout(template="plotly_white", height=560,
-                      title=f"Where the models look ({result.method.replace('_', ' ')}): mean similarity "
-                            f"{result.mean_similarity:.2f}")
+                      title=f"Where the models look ({result.method.replace('_', ' ')}): " + summary)
     return fig
