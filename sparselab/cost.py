@@ -17,7 +17,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from .errors import ConfigError
+from .errors import ConfigError, check_positive_int
 
 
 @torch.inference_mode()
@@ -40,6 +40,42 @@ def latency_ms(model: nn.Module, input_shape: Sequence[int], batch_size: int = 1
             times.append((time.perf_counter() - t0) * 1000)
     model.train(was_training)
     return statistics.median(times)
+
+
+def latency_against(model: nn.Module, reference: nn.Module, input_shape: Sequence[int], batch_size: int = 1,
+                    repeats: int = 20, warmup: int = 3) -> dict[str, float]:
+    """``model`` timed against ``reference`` round by round on the same batch (CPU), the order alternating, so that
+    a busy spell of the machine slows both alike: the median milliseconds of each, and the median of the
+    per-round ratios ``reference / model`` (the speed-up) with its interquartile range (a wide one says the timing
+    was disturbed).
+
+    Example:
+        >>> m = torch.nn.Linear(8, 8)
+        >>> r = latency_against(m, m, (8,), batch_size=4, repeats=5)
+        >>> sorted(r), 0.2 < r["speedup"] < 5
+        (['model_ms', 'reference_ms', 'speedup', 'speedup_q1', 'speedup_q3'], True)
+    """
+    check_positive_int("repeats", repeats)
+    models = (reference, model)
+    modes = [m.training for m in models]
+    for m in models:
+        m.eval()
+    device = next(model.parameters()).device
+    x = torch.randn(batch_size, *input_shape, device=device)
+    times: tuple[list[float], list[float]] = ([], [])
+    with torch.inference_mode():
+        for i in range(warmup + repeats):
+            for j in ((0, 1) if i % 2 == 0 else (1, 0)):
+                t0 = time.perf_counter()
+                models[j](x)
+                if i >= warmup:
+                    times[j].append((time.perf_counter() - t0) * 1000)
+    for m, mode in zip(models, modes):
+        m.train(mode)
+    ratios = sorted(a / b for a, b in zip(*times))
+    q = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
+    return {"model_ms": statistics.median(times[1]), "reference_ms": statistics.median(times[0]),
+            "speedup": statistics.median(ratios), "speedup_q1": q[0], "speedup_q3": q[2]}
 
 
 def compact_stats(model: nn.Module) -> dict[str, int]:

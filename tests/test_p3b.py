@@ -522,3 +522,18 @@ def test_gate_factors_override_only_the_gates_they_name():
     pruner = sl.P3B(sl.models.create("vit_nano_patch4_28", num_classes=10), 0.5, gate_factors={"attn_in": 2.0})
     assert pruner.gate_factors["attn_in"] == 2.0 and pruner.gate_factors["attn_out"] == GATE_FACTORS["attn_out"]
     assert pruner.config()["gate_factors"] == pruner.gate_factors  # the record is what the run uses
+
+
+def test_latency_against_times_both_models_in_the_same_rounds():
+    from torch import nn
+
+    from sparselab.cost import latency_against
+
+    small, large = nn.Linear(64, 64), nn.Sequential(*[nn.Linear(64, 64) for _ in range(8)])
+    small.train()
+    r = latency_against(small, large, (64,), batch_size=256, repeats=9)
+    assert r["speedup_q1"] <= r["speedup"] <= r["speedup_q3"]
+    assert r["speedup"] > 1  # eight layers against one, timed in the same rounds
+    assert small.training  # the training flag is given back
+    with pytest.raises(ConfigError, match="repeats"):
+        latency_against(small, large, (64,), repeats=0)

@@ -417,7 +417,12 @@ def summarize(table: pd.DataFrame) -> pd.DataFrame:
 def latency_table(runs: Sequence[P3BRun], data, batch_sizes: Sequence[int] = (1, 32), repeats: int = 20
                   ) -> pd.DataFrame:
     """CPU latency of each method's compact model (first seed) against the dense model, beside the ideal speed-up
-    that the FLOP ratio predicts. ``speedup / ideal`` near 1 means the parameter savings turn into time."""
+    that the FLOP ratio predicts. ``speedup / ideal`` near 1 means the parameter savings turn into time.
+
+    Each model is timed round by round with the dense model (:func:`sparselab.cost.latency_against`, the order
+    alternating), so a busy spell of the machine slows both alike; the speed-up is the median of the per-round
+    ratios, with its interquartile range (``speed-up IQR``): a wide range says the timing was disturbed."""
+    from ..cost import latency_against
     from ..structure.compact import compact_stats
 
     shape = (data.in_chans, data.image_size, data.image_size)
@@ -434,10 +439,11 @@ def latency_table(runs: Sequence[P3BRun], data, batch_sizes: Sequence[int] = (1,
         seen.add(key)
         flops = compact_stats(r.model)["flops"]
         for b in batch_sizes:
-            ms = latency_ms(r.model, shape, batch_size=b, repeats=repeats)
-            base = latency_ms(dense.model, shape, batch_size=b, repeats=repeats)
-            rows.append({"method": r.method, "prune_ratio": r.prune_ratio, "batch": b, "latency (ms)": ms,
-                         "dense (ms)": base, "speed-up": base / ms, "ideal (FLOPs)": dense_flops / flops})
+            t = latency_against(r.model, dense.model, shape, batch_size=b, repeats=repeats)
+            rows.append({"method": r.method, "prune_ratio": r.prune_ratio, "batch": b, "latency (ms)": t["model_ms"],
+                         "dense (ms)": t["reference_ms"], "speed-up": t["speedup"],
+                         "speed-up IQR": f"{t['speedup_q1']:.2f}-{t['speedup_q3']:.2f}",
+                         "ideal (FLOPs)": dense_flops / flops})
     out = pd.DataFrame(rows)
     out["speed-up / ideal"] = out["speed-up"] / out["ideal (FLOPs)"]
     return out.round(3)
