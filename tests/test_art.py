@@ -384,3 +384,19 @@ def test_fused_hypersparse_keeps_the_exact_threshold_on_every_step(monkeypatch):
     assert len(full_selections) == 2 * 2  # each path: the first step and the jump; the band served the others
     assert fused.fuse and hasattr(fused, "_band") and not hasattr(fused, "_scratch")  # no eager buffers
     assert regularizers.FUSE_MIN_WEIGHTS <= sum(w.numel() for w in prunable_weights(net).values())
+
+
+def test_summary_counts_runs_no_better_than_the_majority_class():
+    import pandas as pd
+
+    from sparselab.experiments.art import summarize
+
+    t = pd.DataFrame({"method": ["dense", "hypersparse", "hypersparse", "oneshot", "oneshot"],
+                      "sparsity": [0.0, 0.98, 0.98, 0.98, 0.98], "seed": [0, 0, 1, 0, 1],
+                      "acc": [0.9, 0.85, 0.10, 0.10, 0.101], "acc_pruned": [0.9, 0.5, 0.1, 0.1, 0.1],
+                      "nonzero_sparsity": [0.0] + [0.98] * 4,
+                      "chance_acc": [float("nan"), 0.1003, 0.1003, 0.1003, 0.1003]})
+    runs_at_chance = summarize(t)["runs at chance"]
+    assert runs_at_chance[(0.98, "hypersparse")] == 1 and runs_at_chance[(0.98, "oneshot")] == 2
+    assert runs_at_chance[(0.0, "dense")] == 0
+    assert "runs at chance" not in summarize(t.drop(columns="chance_acc"))

@@ -306,6 +306,9 @@ def run_art(preset: ARTPreset, method: str = "hypersparse", sparsity_: float = 0
         progress=progress, checkpoint_dir=phase("finetune"), resume=resume, **preset.finetune)
     nonzero = {k: (w.detach() != 0).cpu() for k, w in prunable_weights(model).items()}
     tests = ft_history.metrics.query("split == 'test' and name == 'acc'").value
+    chance = majority_share(data.test)
+    if chance is not None:  # predicting the most frequent class: a pruned network that lost its input path
+        result["chance_acc"] = chance
     result.update({"acc": ft_history.last("acc", "test"), "acc_best": float(tests.max()),
                    "mask_sparsity": sparsity(masks), "nonzero_sparsity": sparsity(nonzero)})
     return ARTRun(method, sparsity_, seed, history, ft_history, model, masks, result)
@@ -397,8 +400,26 @@ def compare(preset: ARTPreset, methods: Sequence[str] | None = None, sparsities:
     return pd.DataFrame(rows), runs
 
 
+def majority_share(dataset) -> float | None:
+    """The accuracy of always predicting the most frequent class of ``dataset`` (None when its labels are not held
+    in memory).
+
+    Example:
+        >>> from sparselab.data import TensorImages
+        >>> majority_share(TensorImages(torch.zeros(4, 1, 2, 2), torch.tensor([0, 1, 1, 1])))
+        0.75
+    """
+    labels = getattr(dataset, "labels", None)
+    if not isinstance(labels, torch.Tensor) or not len(labels):
+        return None
+    return float(torch.bincount(labels).max()) / len(labels)
+
+
 def summarize(table: pd.DataFrame) -> pd.DataFrame:
-    """Test accuracy (%) mean ± standard deviation over seeds per sparsity and method, as in the paper's table."""
+    """Test accuracy (%) mean ± standard deviation over seeds per sparsity and method, as in the paper's table.
+    ``runs at chance`` (where the table records each run's chance level) counts runs no better than always
+    predicting the most frequent class: networks that lost their input path, whose accuracy says nothing about
+    the method."""
     if table.empty:
         raise ConfigError("no runs to summarise")
     g = table.groupby(["sparsity", "method"], sort=False)
@@ -408,6 +429,9 @@ def summarize(table: pd.DataFrame) -> pd.DataFrame:
                         "achieved sparsity": g.nonzero_sparsity.mean(), "seeds": g.seed.count()})
     if "art_epochs" in table:
         out["ART epochs"] = g.art_epochs.mean()
+    if "chance_acc" in table:
+        at_chance = (table.acc <= table.chance_acc + 0.005) & table.chance_acc.notna()
+        out["runs at chance"] = at_chance.groupby([table.sparsity, table.method], sort=False).sum()
     return out.round(3)
 
 
