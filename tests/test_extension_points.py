@@ -196,3 +196,10 @@ def test_the_history_records_what_the_pruner_and_callbacks_were_configured_with(
     plugins = history.meta["plugins"]
     assert plugins[0]["name"] == "P3B" and plugins[0]["config"]["criterion"] == "l1"
     assert plugins[0]["config"]["allocation"] == "uniform"
+
+
+def test_a_callback_config_without_a_json_form_is_refused_before_training():
+    data = sl.data.load("digits", image_size=8, limit=64)
+    with pytest.raises(ConfigError, match=r"Silent.config\(\) must return JSON values"):
+        sl.fit(sl.models.create("lenet_300_100", image_size=8), data, epochs=1, batch_size=32, progress=False,
+               callbacks=[Silent({"opt": object()})])

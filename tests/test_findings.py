@@ -66,3 +66,14 @@ def test_p3b_findings_count_seeds_not_runs_and_read_each_claim_as_stated():
     assert "over 2 seeds" in react and "in 4 of 4 runs (from 10 to 40)" in react
     one_seed = p3b_findings(t[t.seed == 0], probes=())
     assert any("no interval (1 seed)" in ln for ln in one_seed) and not any("nan" in ln for ln in one_seed)
+
+
+def test_vit_pattern_lines_call_equal_kept_fractions_the_same():
+    from sparselab.experiments.findings import pattern_findings
+
+    vit = pd.DataFrame({"attn_kept": [0.0961, 0.30], "mlp_kept": [0.0960, 0.10], "depth_rho": [0.1, 0.2],
+                        "dead_neurons": [0.0, 0.1], "unread_channels": [0.0, 0.0]},
+                       index=pd.MultiIndex.from_tuples([("gmp", 0.899996), ("hypersparse", 0.98)]))
+    same, differs = pattern_findings(vit=vit)
+    assert "(about the same)" in same and "at 90.0 %" not in same and "at 90.0%" in same
+    assert "(attention more)" in differs

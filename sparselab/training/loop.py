@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import json
 import math
 import random
 import re
@@ -249,6 +250,12 @@ def fit(model: nn.Module, data: DataBundle, epochs: int | None = None, pruner: P
     amp = (device.type == "cuda") if cfg.amp is None else (cfg.amp and device.type == "cuda")
     model.to(device)
     plugins: list[Callback] = [p for p in (pruner, *callbacks) if p is not None]
+    for p in plugins:  # a resume compares these: a value without a stable JSON form would never match itself
+        try:
+            json.dumps(_jsonable_deep(p.config()))
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{type(p).__name__}.config() must return JSON values (a dict of strings, numbers, "
+                              f"booleans, None, lists and dicts), so that a resume can compare them: {exc}") from None
 
     train_ds = data.train
     eval_name = "val" if (cfg.eval_split == "val" and data.val is not None) else "test"
