@@ -202,7 +202,7 @@ def pattern_findings(exchange: Mapping[str, Mapping[str, float]] | None = None,
             # threshold leaves both kinds of block about the target)
             gap = row.attn_kept - row.mlp_kept
             side = "about the same" if abs(gap) < 0.001 else ("attention more" if gap > 0 else "MLP more")
-            lines.append(f"ViT, {method} at {sparsity:.1%}: attention keeps {row.attn_kept:.2%}, MLP "
+            lines.append(f"ViT, {method} at {round(sparsity * 100, 2):g}%: attention keeps {row.attn_kept:.2%}, MLP "
                          f"{row.mlp_kept:.2%} of its weights ({side}); kept fraction vs depth ρ "
                          f"{row.depth_rho:+.2f}; {row.dead_neurons:.1%} of MLP neurons dead; "
                          f"{row.unread_channels:.1%} of residual channels unread")
