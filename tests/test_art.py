@@ -307,7 +307,7 @@ def test_bad_input():
         sl.ART(lenet(), 0.9, train_eval_limit=0)
     with pytest.raises(ConfigError, match="no Conv2d or Linear"):
         sl.ART(nn.Sequential(nn.ReLU()), 0.9)
-    with pytest.raises(ConfigError, match="does not fit"):
+    with pytest.raises(ConfigError, match="masks do not fit the model: shape of fc1.weight"):
         sl.fit(lenet(), sl.data.load("digits", image_size=8), epochs=1, progress=False,
                pruner=sl.FixedMask({"fc1.weight": torch.ones(3, 3, dtype=torch.bool)}))
 

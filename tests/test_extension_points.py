@@ -120,7 +120,7 @@ def test_an_art_method_whose_masks_miss_a_layer_is_refused_and_rows_keep_their_t
             table, runs = compare(preset, methods=["test_random"], sparsities=[0.9], progress=False)
         row = table[table.method == "test_random"].iloc[0]
         assert row.sparsity == 0.9 and row.mask_sparsity != 0.9 and abs(row.mask_sparsity - 0.9) < 0.01
-        with pytest.raises(ConfigError, match=r"method 'test_partial' returned masks that do not match the prunable "
+        with pytest.raises(ConfigError, match=r"the masks method 'test_partial' returned do not match the prunable "
                                               r"weights: missing"):
             compare(preset, methods=["test_partial"], sparsities=[0.9], progress=False)
     finally:

@@ -30,7 +30,7 @@ import copy
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import pandas as pd
 import torch
@@ -43,7 +43,7 @@ from ..history import History
 from ..pruners import ART, FixedMask, GradualMagnitude
 from ..pruners.masking import MovementPruning
 from ..registry import Registry
-from ..structure.unstructured import apply_masks, magnitude_masks, prunable_weights, sparsity
+from ..structure.unstructured import apply_masks, check_masks, magnitude_masks, prunable_weights, sparsity
 from ..training import OptimizerHandoff, evaluate, fit
 from ..training.config import TrainConfig, checked_replace
 from .presets import load_data, named_preset, require_test_split
@@ -294,7 +294,7 @@ def run_art(preset: ARTPreset, method: str = "hypersparse", sparsity_: float = 0
                             "preset": preset.name})
     job = Sparsify(preset, model, sparsity_, data, seed, history, progress, carried, phase("sparsify"), resume)
     masks, result = METHOD_REGISTRY[method](job)
-    masks = _checked_masks(method, masks, model)
+    masks = check_masks(model, masks, f"the masks method {method!r} returned", complete=True)
     if abs(sparsity(masks) - sparsity_) > 0.05:  # e.g. True taken to mean "pruned": the run would still go on
         warnings.warn(f"method {method!r} returned masks that prune {sparsity(masks):.1%} of the weights where "
                       f"{sparsity_:.1%} was asked (a mask is True where a weight is kept)", stacklevel=2)
@@ -312,32 +312,6 @@ def run_art(preset: ARTPreset, method: str = "hypersparse", sparsity_: float = 0
     result.update({"acc": ft_history.last("acc", "test"), "acc_best": float(tests.max()),
                    "mask_sparsity": sparsity(masks), "nonzero_sparsity": sparsity(nonzero)})
     return ARTRun(method, sparsity_, seed, history, ft_history, model, masks, result)
-
-
-def _checked_masks(method: str, masks, model: nn.Module) -> dict[str, torch.Tensor]:
-    """A registered method's masks: one boolean (or 0/1) tensor of each prunable weight's shape, True = kept; a
-    missing layer would be left dense and a mask of another shape would not apply, both silently."""
-    weights = prunable_weights(model)
-    if not isinstance(masks, Mapping):
-        raise ConfigError(f"method {method!r} must return (masks, result) with masks a dict of prunable weight name -> "
-                          f"boolean tensor, got {type(masks).__name__}")
-    missing, unknown = sorted(set(weights) - set(masks)), sorted(set(masks) - set(weights))
-    if missing or unknown:
-        raise ConfigError(f"method {method!r} returned masks that do not match the prunable weights: "
-                          + "; ".join(part for part in (f"missing {missing[:5]}" if missing else "",
-                                                        f"unknown {unknown[:5]}" if unknown else "") if part))
-    out = {}
-    for name, w in weights.items():
-        m = torch.as_tensor(masks[name]).cpu()
-        if m.shape != w.shape:
-            raise ConfigError(f"method {method!r}: the mask of {name} has shape {tuple(m.shape)}, the weight "
-                              f"{tuple(w.shape)}")
-        if m.dtype != torch.bool:
-            if not bool(((m == 0) | (m == 1)).all()):
-                raise ConfigError(f"method {method!r}: the mask of {name} must be boolean (True = kept) or 0/1")
-            m = m.bool()
-        out[name] = m
-    return out
 
 
 def compare(preset: ARTPreset, methods: Sequence[str] | None = None, sparsities: Sequence[float] | None = None,

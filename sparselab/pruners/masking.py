@@ -24,8 +24,15 @@ import torch
 from torch import nn
 
 from ..callbacks import Pruner, TrainState
-from ..errors import ConfigError, check_ratio
-from ..structure.unstructured import apply_masks, magnitude_masks, masks_from_scores, prunable_weights, sparsity
+from ..errors import check_ratio
+from ..structure.unstructured import (
+    apply_masks,
+    check_masks,
+    magnitude_masks,
+    masks_from_scores,
+    prunable_weights,
+    sparsity,
+)
 from .schedules import CubicSparsity
 
 
@@ -38,15 +45,9 @@ class FixedMask(Pruner):
     def sparsity(self) -> float:
         return sparsity(self.masks)
 
-    def _check(self, model: nn.Module) -> None:
-        params = dict(model.named_parameters())
-        for name, m in self.masks.items():
-            if name not in params or params[name].shape != m.shape:
-                raise ConfigError(f"mask {name!r} {tuple(m.shape)} does not fit the model")
-
     def on_fit_start(self, state: TrainState) -> None:
-        self._check(state.model)
-        self.masks = {k: v.to(state.device) for k, v in self.masks.items()}
+        masks = check_masks(state.model, self.masks, f"{type(self).__name__}'s masks")
+        self.masks = {k: v.to(state.device) for k, v in masks.items()}
         apply_masks(state.model, self.masks)
 
     @torch.no_grad()
@@ -101,8 +102,8 @@ class ScheduledMasks(FixedMask):
         return self.schedule.value(step, steps_per_epoch)
 
     def on_fit_start(self, state: TrainState) -> None:
-        self._check(state.model)
-        self.masks = {k: v.to(state.device) for k, v in self.masks.items()}
+        masks = check_masks(state.model, self.masks, f"{type(self).__name__}'s masks")
+        self.masks = {k: v.to(state.device) for k, v in masks.items()}
 
     def after_step(self, state: TrainState) -> None:
         if self.schedule.is_update(state.step, state.steps_per_epoch):

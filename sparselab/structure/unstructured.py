@@ -34,6 +34,42 @@ def prunable_weights(model: nn.Module) -> dict[str, nn.Parameter]:
     return out
 
 
+def check_masks(model: nn.Module, masks: Masks, owner: str, complete: bool = False) -> dict[str, torch.Tensor]:
+    """``masks`` as boolean tensors (True = kept) on the CPU, checked against ``model``: each names a parameter of
+    its shape and holds booleans or 0/1; with ``complete``, every prunable weight has one (a missing layer would be
+    left dense). ``owner`` names the masks in errors.
+
+    Example:
+        >>> lin = nn.Linear(2, 2)
+        >>> check_masks(lin, {"weight": torch.tensor([[1, 0], [1, 1]])}, "mine")["weight"].tolist()
+        [[True, False], [True, True]]
+        >>> check_masks(lin, {"weight": torch.ones(3)}, "mine")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        sparselab.errors.ConfigError: mine do not fit the model: shape of weight (3,) vs (2, 2)
+    """
+    if not isinstance(masks, Mapping):
+        raise ConfigError(f"{owner} must be a dict of weight name -> boolean tensor, got {type(masks).__name__}")
+    params = dict(model.named_parameters())
+    unknown = sorted(set(masks) - set(params))
+    missing = sorted(set(prunable_weights(model)) - set(masks)) if complete else []
+    wrong = [f"shape of {k} {tuple(torch.as_tensor(masks[k]).shape)} vs {tuple(params[k].shape)}"
+             for k in masks if k in params and torch.as_tensor(masks[k]).shape != params[k].shape]
+    problems = ([f"missing {missing[:5]}"] if missing else []) + ([f"unknown {unknown[:5]}"] if unknown else []) + wrong
+    if problems:
+        what = "the prunable weights" if complete else "the model"
+        raise ConfigError(f"{owner} do not {'match' if complete else 'fit'} {what}: {'; '.join(problems[:5])}")
+    out = {}
+    for name, m in masks.items():
+        m = torch.as_tensor(m).cpu()
+        if m.dtype != torch.bool:
+            if not bool(((m == 0) | (m == 1)).all()):
+                raise ConfigError(f"{owner}: the mask of {name} must be boolean (True = kept) or 0/1")
+            m = m.bool()
+        out[name] = m
+    return out
+
+
 def num_pruned(n: int, sparsity: float) -> int:
     """How many of ``n`` weights a sparsity removes: ⌊sparsity·n⌋ (the kept count is n minus that)."""
     return int(math.floor(sparsity * n + 1e-9))
