@@ -44,7 +44,7 @@ from torch import nn
 
 from ..callbacks import Pruner, TrainState
 from ..configs import CANDIDATE_RULES, ARTConfig  # noqa: F401  (CANDIDATE_RULES: re-exported)
-from ..errors import CheckpointError, ConfigError, DivergedError, check_bool, check_positive_int, check_ratio
+from ..errors import CheckpointError, ConfigError, DivergedError, check_positive_int, check_ratio
 from ..structure.unstructured import apply_masks, magnitude_masks, prunable_weights, sparsity
 from .masking import FixedMask
 from .regularizers import REGULARIZERS, Regularizer, make_regularizer
@@ -114,7 +114,6 @@ class ART(Pruner):
                  max_art_epochs: int = 200, train_eval_limit: int | None = None, profile_every: int = 5,
                  threshold_every: int = 1, candidate_rule: str = "reference", train_eval_augment: bool = True):
         self.sparsity = check_ratio("sparsity", sparsity)
-        check_bool("train_eval_augment", train_eval_augment)
         check_positive_int("profile_every", profile_every)
         self.options = ARTConfig(lam_init=lam_init, eta=eta, warmup_epochs=warmup_epochs, window=window,
                                  max_art_epochs=max_art_epochs, train_eval_limit=train_eval_limit,

@@ -32,7 +32,7 @@ from torch import nn
 
 from ..callbacks import Pruner, TrainState
 from ..configs import BenefitConfig, P3BConfig
-from ..errors import ConfigError, DivergedError, check_bool, check_positive_int, check_ratio, unknown_name
+from ..errors import ConfigError, DivergedError, check_positive_int, check_ratio, unknown_name
 from ..probes.block_benefit import BlockBenefit, all_reduce_mean_grads
 from ..structure.gates import Gates
 from ..structure.vit import ViTStructure
@@ -137,10 +137,10 @@ class P3B(Pruner):
             self.allocation = create_allocation(allocation)
         self.criterion: GateCriterion = create_criterion(criterion)
         self.gate_factors = merged_gate_factors(gate_factors)
-        self.blocks_only = check_bool("blocks_only", blocks_only)
+        self.blocks_only = blocks_only  # checked with the other options by P3BConfig below
         if freeze_allocation_after is not None:
             check_positive_int("freeze_allocation_after", freeze_allocation_after)
-        self.reactivation = check_bool("reactivation", reactivation)
+        self.reactivation = reactivation
         self.freeze_allocation_after = freeze_allocation_after
         #: everything but the prune ratio and schedule, typed (what :meth:`from_config` takes back)
         self.options = P3BConfig(
