@@ -263,17 +263,11 @@ def _pretrained_arg(value: str | None):
     return value
 
 
-def _jsonable(value):
-    """A preset's fields as JSON values: tuples as lists, keys as strings, anything else JSON lacks as its repr."""
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if value is None or isinstance(value, (str, bool, int)):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else repr(value)
-    return repr(value)
+def _settings(preset) -> dict:
+    """A resolved preset as ``result.json`` records it (strict JSON)."""
+    from .history import json_form
+
+    return json_form(dataclasses.asdict(preset), nonfinite_as_text=True)
 
 
 def _jsonable_pretrained(value) -> str | bool | None:
@@ -446,7 +440,7 @@ def _cmd_p3b(args) -> int:
         record = {"preset": preset.name, "method": args.method, "prune_ratio": prune_ratio, "seed": args.seed,
                   **({"qkv_unit": args.qkv_unit} if args.method != "dense" else {}),
                   **({"patch_probe": preset.patch_probe, "probe_options": preset.probe_options} if probes else {}),
-                  "settings": _jsonable(dataclasses.asdict(preset)), **run.result}
+                  "settings": _settings(preset), **run.result}
         (out / "result.json").write_text(json.dumps(record, indent=2, allow_nan=False))
         print(json.dumps(run.result, indent=2))
     if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -500,7 +494,7 @@ def _cmd_art(args) -> int:
         save_file({k: v.contiguous() for k, v in run.model.state_dict().items()}, str(out / "model.safetensors"))
         (out / "result.json").write_text(json.dumps({"preset": preset.name, "method": args.method,
                                                      "sparsity": args.sparsity, "seed": args.seed,
-                                                     "settings": _jsonable(dataclasses.asdict(preset)),
+                                                     "settings": _settings(preset),
                                                      **run.result}, indent=2, allow_nan=False))
         print(json.dumps(run.result, indent=2))
     return 0

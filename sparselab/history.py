@@ -297,6 +297,28 @@ def _json_meta(value: Any, where: str) -> Any:
                       f"strings, numbers, booleans, None, lists and dicts")
 
 
+def json_form(value: Any, nonfinite_as_text: bool = False) -> Any:
+    """``value`` in a form JSON holds: dict keys as strings, tuples as lists, tensors, numpy arrays and scalars as
+    numbers or lists, anything else as its ``repr``; ``nonfinite_as_text`` writes NaN and ±inf as text too (for a
+    file that must be strict JSON).
+
+    Example:
+        >>> json_form({1: (0.5, float("nan")), "f": len}, nonfinite_as_text=True)
+        {'1': [0.5, 'nan'], 'f': '<built-in function len>'}
+    """
+    if isinstance(value, dict):
+        return {str(k): json_form(v, nonfinite_as_text) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_form(v, nonfinite_as_text) for v in value]
+    if value is None or isinstance(value, (str, bool, int)):
+        return value
+    if isinstance(value, float):
+        return repr(value) if nonfinite_as_text and not math.isfinite(value) else value
+    if hasattr(value, "tolist"):  # a tensor, a numpy array or scalar
+        return json_form(value.tolist(), nonfinite_as_text)
+    return repr(value)
+
+
 def as_history(history: "History | str | Path", what: str) -> "History":
     """``history`` itself, or the History saved at that path; anything else is a :class:`ConfigError` saying what
     ``what`` (e.g. ``"plot_block_benefit"``) takes.

@@ -35,7 +35,7 @@ from ..data.batches import epoch_groups, to_model_input, train_batches
 from ..data.datasets import DataBundle
 from ..errors import CheckpointError, ConfigError, DivergedError
 from ..evaluation import evaluate
-from ..history import History
+from ..history import History, json_form
 from ..models import LeNet300100, num_classes_of
 from ..runtime import amp_dtype, autocast, task_loss
 from .checkpoint import FORMAT, atomic_save, load_checkpoint, remove_orphans
@@ -153,22 +153,6 @@ def _check_same_architecture(path: Path, before: list[str] | None, now: list[str
     raise CheckpointError(f"{path} belongs to another run: its model differs in what the weights do not show "
                           f"(line {first + 1} of the module tree: {was!r} in the checkpoint, {is_!r} now). Resume "
                           f"with the same model, or start a new run in another folder")
-
-
-def _meta_value(v: Any) -> Any:
-    """``v`` as History meta can hold it: dicts with string keys, lists, numbers, strings, booleans and None
-    (tensors as lists, anything else as its ``repr``)."""
-    if isinstance(v, dict):
-        return {str(k): _meta_value(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_meta_value(x) for x in v]
-    if isinstance(v, torch.Tensor):
-        return v.tolist()
-    if hasattr(v, "item") and getattr(v, "ndim", None) == 0:
-        return v.item()
-    if v is None or isinstance(v, (str, bool, int, float)):
-        return v
-    return repr(v)
 
 
 def _jsonable_deep(v: Any) -> Any:
@@ -289,7 +273,7 @@ def fit(model: nn.Module, data: DataBundle, epochs: int | None = None, pruner: P
     history.meta.setdefault("data", data.name)
     history.meta.setdefault("parameters", sum(p.numel() for p in model.parameters()))
     if plugins:  # what the pruner and callbacks were configured with, beside the training options
-        history.meta.setdefault("plugins", [{"name": type(p).__name__, "config": _meta_value(p.config())}
+        history.meta.setdefault("plugins", [{"name": type(p).__name__, "config": json_form(p.config())}
                                             for p in plugins])
 
     state = TrainState(model=model, optimizer=optimizer, history=history, device=device, epochs=cfg.epochs,
