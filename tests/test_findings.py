@@ -77,3 +77,26 @@ def test_vit_pattern_lines_call_equal_kept_fractions_the_same():
     same, differs = pattern_findings(vit=vit)
     assert "(about the same)" in same and "at 90%" in same  # 0.899996: rounded, not float noise
     assert "(attention more)" in differs
+
+
+def test_art_findings_name_runs_at_chance_instead_of_comparing_them():
+    """A network that lost its input path predicts one class: its accuracy says nothing about its method. Such runs
+    are counted per method, a comparison says how many of its seeds had one, and two methods both at chance in
+    every seed get no verdict (their difference would read as a tie)."""
+    t = pd.DataFrame({"method": ["hypersparse"] * 3 + ["layerwise"] * 3 + ["oneshot"] * 3,
+                      "sparsity": 0.995, "seed": [0, 1, 2] * 3,
+                      "acc": [0.10, 0.10, 0.101, 0.10, 0.103, 0.10, 0.10, 0.40, 0.42], "chance_acc": 0.1})
+    lines = art_findings(t)
+    assert lines[0] == "hypersparse − layerwise at 99.5 %: both methods at chance in every seed (3) — no comparison"
+    assert lines[1].startswith("hypersparse − oneshot at 99.5 %: ") and lines[1].endswith(
+        "(3 of 3 seeds with a run at chance)")
+    counts = {ln.split(":")[0]: ln for ln in lines if "runs at chance" in ln}
+    assert set(counts) == {"hypersparse at 99.5 %", "layerwise at 99.5 %", "oneshot at 99.5 %"}
+    assert "3 of 3 runs" in counts["hypersparse at 99.5 %"] and "1 of 3 runs" in counts["oneshot at 99.5 %"]
+    assert "chance level 10.00 %" in counts["layerwise at 99.5 %"]
+    # without a recorded chance level nothing is judged at chance
+    plain = art_findings(t.drop(columns="chance_acc"))
+    assert not any("chance" in ln for ln in plain) and len(plain) == 2
+    # a run half a point above chance or more is a real result
+    t.loc[t.method == "layerwise", "acc"] = 0.106
+    assert art_findings(t)[0].startswith("hypersparse − layerwise at 99.5 %: -0.")

@@ -404,9 +404,27 @@ def summarize(table: pd.DataFrame) -> pd.DataFrame:
     if "art_epochs" in table:
         out["ART epochs"] = g.art_epochs.mean()
     if "chance_acc" in table:
-        at_chance = (table.acc <= table.chance_acc + 0.005) & table.chance_acc.notna()
-        out["runs at chance"] = at_chance.groupby([table.sparsity, table.method], sort=False).sum()
+        out["runs at chance"] = at_chance(table).groupby([table.sparsity, table.method], sort=False).sum()
     return out.round(3)
+
+
+#: a run counts as at chance when its accuracy exceeds its chance level by at most this (accuracy, half a point)
+CHANCE_MARGIN = 0.005
+
+
+def at_chance(table: pd.DataFrame) -> pd.Series:
+    """Per run (row): whether its test accuracy is no better than always predicting the most frequent class
+    (``chance_acc``, recorded by :func:`run_art`) plus :data:`CHANCE_MARGIN`: a network that lost its input path,
+    whose accuracy says nothing about its method. False where the table records no chance level.
+
+    Example:
+        >>> t = pd.DataFrame({"acc": [0.1, 0.87, 0.5], "chance_acc": [0.1, 0.1, float("nan")]})
+        >>> at_chance(t).tolist()
+        [True, False, False]
+    """
+    if "chance_acc" not in table:
+        return pd.Series(False, index=table.index)
+    return (table.acc <= table.chance_acc + CHANCE_MARGIN) & table.chance_acc.notna()
 
 
 def accuracy_matrix(table: pd.DataFrame) -> pd.DataFrame:

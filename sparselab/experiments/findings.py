@@ -20,6 +20,7 @@ from typing import Mapping, Sequence
 import pandas as pd
 
 from ..stats import finding, mean_ci, paired_differences, verdict
+from .art import at_chance
 
 #: sparselab's variants of P3B (a cheaper estimator, another selection rule): compared, but no claim of the paper
 VARIANTS = ("p3b_fast_probes", "p3b_wanda")
@@ -156,24 +157,52 @@ def art_findings(table: pd.DataFrame, method: str = "hypersparse") -> list[str]:
     keeps more accuracy than each other method at each sparsity (paired by seed: every method of a seed starts
     from the same warm-up). Where an ART method did not always reach its stop criterion (the pruned copy as good
     as the dense model) within ``max_art_epochs``, a last line per case says in how many runs it did: the others
-    were fine-tuned from the candidate the preset's candidate rule held when ART stopped."""
+    were fine-tuned from the candidate the preset's candidate rule held when ART stopped.
+
+    Where the table records each run's chance level (``chance_acc``), runs no better than it
+    (:func:`sparselab.experiments.art.at_chance`: a network that lost its input path) are named: a comparison
+    line says in how many seeds one side sat at chance, a comparison with both sides at chance in every seed says
+    so instead of a verdict, and one line per method and sparsity counts its runs at chance.
+
+    Example:
+        >>> t = pd.DataFrame({"method": ["hypersparse"] * 2 + ["layerwise"] * 2, "sparsity": 0.995,
+        ...                   "seed": [0, 1] * 2, "acc": [0.84, 0.85, 0.10, 0.12], "chance_acc": 0.1})
+        >>> art_findings(t)[-1]
+        'layerwise at 99.5 %: 1 of 2 runs at chance (chance level 10.00 %: always the most frequent class)'
+    """
     if table.empty:
         return []
     pruned = table[table.method != "dense"]
     if method not in set(pruned.method):
         return []
     lines = []
+    chance = at_chance(pruned)
     for other in [m for m in dict.fromkeys(pruned.method) if m != method]:
         pair = pruned[pruned.method.isin([method, other])]
         for _, r in paired_differences(pair, other, setting="sparsity", methods=[method]).iterrows():
-            lines.append(finding(f"{method} − {other} at {r.sparsity * 100:g} %", r["diff"], r["low"], r["high"],
-                                 int(r["n"])))
+            label = f"{method} − {other} at {r.sparsity * 100:g} %"
+            # seeds of this comparison, and whether each of its two runs sat at chance
+            runs = pair[pair.sparsity == r.sparsity]
+            per_seed = chance[runs.index].groupby([runs.seed, runs.method]).any().unstack("method")
+            both, either = int(per_seed.all(axis=1).sum()), int(per_seed.any(axis=1).sum())
+            if len(per_seed) and both == len(per_seed):
+                lines.append(f"{label}: both methods at chance in every seed ({both}) — no comparison")
+                continue
+            line = finding(label, r["diff"], r["low"], r["high"], int(r["n"]))
+            if either:
+                line += f" ({either} of {len(per_seed)} seeds with a run at chance)"
+            lines.append(line)
     if "art_converged" in pruned:
         for (sparsity, name), runs in pruned.dropna(subset=["art_converged"]).groupby(["sparsity", "method"]):
             reached = int(runs.art_converged.sum())
             if reached < len(runs):
                 lines.append(f"{name} at {sparsity * 100:g} %: ART's stop criterion reached in {reached} of "
                              f"{len(runs)} runs (the others stopped at max_art_epochs with the rule's candidate)")
+    for (sparsity, name), runs in pruned[chance].groupby(["sparsity", "method"], sort=False):
+        total = int(((pruned.sparsity == sparsity) & (pruned.method == name)).sum())
+        level = ", ".join(f"{c * 100:.2f} %" for c in sorted(runs.chance_acc.unique()))
+        lines.append(f"{name} at {sparsity * 100:g} %: {len(runs)} of {total} run{'s' if total != 1 else ''} at "
+                     f"chance (chance level {level}: always the most frequent class)")
     return lines
 
 
