@@ -20,7 +20,7 @@ Example:
 from __future__ import annotations
 
 import math
-from typing import Mapping
+from typing import Iterable, Mapping
 
 import pandas as pd
 import torch
@@ -31,7 +31,7 @@ from .structure.unstructured import magnitude_masks, prunable_weights
 from .structure.vit import reduce_gates
 
 __all__ = ["kept_masks", "layer_keep_ratios", "kernel_positions", "dead_units", "input_pixel_map",
-           "infer_image_shape", "vit_magnitude_maps", "vit_blocks", "vit_pattern_summary"]
+           "infer_image_shape", "vit_magnitude_maps", "vit_blocks", "vit_pattern_summary", "vit_pattern_table"]
 
 Masks = Mapping[str, torch.Tensor]
 
@@ -442,3 +442,33 @@ def kernel_depth_summary(positions: pd.DataFrame) -> dict[str, float]:
            if len(per_layer) >= 3 and per_layer.nunique() > 1 else math.nan)
     return {"depth_rho": rho, "layers": float(len(per_layer)), "max_spread": float(spread.max()),
             "mean_spread": float(spread.mean())}
+
+
+def vit_pattern_table(runs: Iterable) -> pd.DataFrame:
+    """:func:`vit_pattern_summary` of several sparse ViTs as a table: one row per run, indexed by (``method``,
+    ``sparsity``), one column per number (``per_block`` left out). ``runs`` are objects with ``method``,
+    ``sparsity``, ``model`` and ``masks`` (e.g. the runs of :func:`sparselab.experiments.art.compare`; masks None:
+    the model's nonzero weights count as kept).
+
+    Example:
+        >>> import sparselab as sl
+        >>> from types import SimpleNamespace
+        >>> model = sl.models.create("vit_nano_patch4_28")
+        >>> run = SimpleNamespace(method="magnitude", sparsity=0.9, model=model, masks=kept_masks(model, sparsity=0.9))
+        >>> table = vit_pattern_table([run])
+        >>> table.index.names, "per_block" in table
+        (FrozenList(['method', 'sparsity']), False)
+    """
+    rows = {}
+    for run in runs:
+        key = (run.method, run.sparsity)
+        if key in rows:
+            raise ConfigError(f"two runs of {run.method!r} at sparsity {run.sparsity}: the table has one row per "
+                              f"method and sparsity (give one seed's runs)")
+        summary = vit_pattern_summary(run.model, run.masks)
+        rows[key] = {name: float(v) for name, v in summary.items() if name != "per_block"}
+    if not rows:
+        raise ConfigError("vit_pattern_table needs at least one run")
+    table = pd.DataFrame.from_dict(rows, orient="index")
+    table.index = pd.MultiIndex.from_tuples(table.index, names=["method", "sparsity"])
+    return table

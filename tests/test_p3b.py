@@ -537,3 +537,23 @@ def test_latency_against_times_both_models_in_the_same_rounds():
     assert small.training  # the training flag is given back
     with pytest.raises(ConfigError, match="repeats"):
         latency_against(small, large, (64,), repeats=0)
+
+
+def test_a_benefit_trace_of_a_model_made_for_its_seed_is_that_seeds_trace():
+    """Notebook 02 makes the source model itself (to take captum's conductance before and after) and hands it to
+    benefit_trace with its criteria: the History must be the one late_convergence_by_seed records for seed 0."""
+    from sparselab.experiments.p3b import benefit_trace, load_data, p3b_preset, source_model
+
+    preset = p3b_preset("tiny", pretrained=False)  # random source weights: no pretraining in a test
+    data = load_data(preset)
+    plain = benefit_trace(preset, seed=0, data=data)
+    model = source_model(preset, data, seed=0)
+    criteria = sl.probes.BlockCriteria(model)
+    own = benefit_trace(preset, seed=0, data=data, model=model, callbacks=[criteria])
+    benefit = own.blocks[own.blocks.metric.str.startswith("benefit_")].reset_index(drop=True)
+    assert benefit.equals(plain.blocks.reset_index(drop=True))
+    assert {"crit_abs_w", "crit_taylor"} <= set(own.blocks.metric)  # the callbacks ran
+    assert own.last("acc", "test") == plain.last("acc", "test")
+    assert preset.calibration_steps == 10 and p3b_preset("cpu").calibration_steps == 60
+    with pytest.raises(ConfigError, match="calibration_steps"):
+        preset.replace(calibration_steps=0)

@@ -430,3 +430,24 @@ def at_chance(table: pd.DataFrame) -> pd.Series:
 def accuracy_matrix(table: pd.DataFrame) -> pd.DataFrame:
     """Methods × sparsities of mean test accuracy (%), the layout of the paper's result table."""
     return (table.groupby(["method", "sparsity"]).acc.mean().mul(100).unstack("sparsity").round(2))
+
+
+def save_results(out_dir, table: pd.DataFrame, runs: Sequence[ARTRun]) -> dict[str, str]:
+    """Write the results table (CSV) and every run's two Histories, sparsification and fine-tuning, merged into one
+    (JSON Lines; :func:`~sparselab.experiments.outputs.save_run_files`) under ``out_dir``; returns the paths
+    written. Runs are named ``{preset}/{run}`` and ``{preset}/{run}-finetune``, so that runs of several presets
+    (the same method, sparsity and seed on two models) stay apart.
+
+    Example:
+        >>> table, runs = compare(art_preset("tiny"), seeds=[0])  # doctest: +SKIP
+        >>> save_results("runs/art", table, runs)  # doctest: +SKIP
+        {'table': 'runs/art/results.csv', 'histories': 'runs/art/histories.jsonl.gz'}
+    """
+    from .outputs import save_run_files
+
+    histories, names = [], []
+    for r in runs:
+        name = f"{r.history.meta.get('preset', '')}/{r.history.meta.get('run', f'{r.method}-{r.sparsity:g}-s{r.seed}')}"
+        histories += [r.history, r.finetune_history]
+        names += [name, f"{name}-finetune"]
+    return save_run_files(out_dir, table, histories, runs=names)

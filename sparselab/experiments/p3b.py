@@ -88,9 +88,13 @@ class P3BPreset:
     methods: tuple[str, ...] = ("p3b", "uniform", "global_taylor", "l1", "fixed", "p3b_wanda")
     prune_ratios: tuple[float, ...] = (0.5, 0.75)
     seeds: tuple[int, ...] = (0, 1, 2)
+    #: optimizer steps that fit the block-benefit probes on the frozen source model before a benefit trace
+    #: (:func:`benefit_trace`), so that ΔΨ can be measured before fine-tuning
+    calibration_steps: int = 60
 
     def __post_init__(self) -> None:
         check_positive_int("finetune_epochs", self.finetune_epochs, allow_zero=True)  # 0: no compact fine-tuning
+        check_positive_int("calibration_steps", self.calibration_steps)
         for part in ("fit", "finetune"):  # a misspelt or out-of-range training option fails where the preset is made
             checked_replace(TrainConfig(), f"{part} option of preset {self.name!r}", **getattr(self, part))
         # a misspelt or out-of-range probe option, too
@@ -135,6 +139,7 @@ PRESETS: dict[str, P3BPreset] = {
         schedule=P3BSchedule(warmup=1, sparsify=2, finalize=3, updates_per_epoch=2),
         fit=dict(lr=1e-3, batch_size=64, weight_decay=0.05, max_steps_per_epoch=4), patch_probe="conv2",
         finetune_epochs=1, finetune=dict(lr=5e-4, batch_size=64, max_steps_per_epoch=4), seeds=(0,),
+        calibration_steps=10,
     ),
     "cpu-digits": P3BPreset(
         name="cpu-digits", model="vit_mini_patch7_28", pretrained="fashion_mnist", recipe="default", data="digits",
@@ -182,45 +187,62 @@ class P3BRun:
     result: dict[str, float]
 
 
-def source_model(preset: P3BPreset, data) -> nn.Module:
-    """The preset's source model (pretrained as the preset says) with a head for ``data``'s classes."""
+def source_model(preset: P3BPreset, data, seed: int | None = None) -> nn.Module:
+    """The preset's source model (pretrained as the preset says) with a head for ``data``'s classes; with ``seed``,
+    torch's generator is seeded first (the new head's initial weights then depend on the seed only)."""
+    if seed is not None:
+        torch.manual_seed(seed)
     return models.create(preset.model, num_classes=data.num_classes, in_chans=data.in_chans,
                          pretrained=preset.pretrained, **({"recipe": preset.recipe} if preset.recipe else {}),
                          **preset.model_options)
 
 
 def benefit_trace(preset: P3BPreset, seed: int = 0, data=None, progress: bool = False,
-                  calibration_steps: int = 60) -> History:
+                  calibration_steps: int | None = None, model: nn.Module | None = None,
+                  callbacks: Sequence[Any] = ()) -> History:
     """Dense fine-tuning of the preset's source model with block-benefit probes attached (no pruning): ΔΨ before
-    fine-tuning (probes fitted on the frozen model) and twice per epoch after — the data of the late-convergence
-    analysis (:func:`sparselab.probes.late_convergence`) for one seed."""
+    fine-tuning (probes fitted on the frozen model for ``calibration_steps``, default the preset's) and twice per
+    epoch after — the data of the late-convergence analysis (:func:`sparselab.probes.late_convergence`) for one
+    seed.
+
+    ``model``: the source model to fine-tune, changed in place — pass ``source_model(preset, data, seed=seed)`` to
+    look at it before and after the trace of that seed (left out, the same model is made here). ``callbacks`` join
+    the fit beside the probes (e.g. :class:`sparselab.probes.BlockCriteria`).
+
+    Example:
+        >>> h = benefit_trace(p3b_preset("tiny"))  # doctest: +SKIP
+        >>> sorted(h.blocks.metric.unique())  # doctest: +SKIP
+        ['benefit_cls', 'benefit_patch']
+    """
     from ..probes import BlockBenefit
 
     data = data if data is not None else load_data(preset)
-    torch.manual_seed(seed)
-    model = source_model(preset, data)
+    if model is None:
+        model = source_model(preset, data, seed=seed)
     history = History(meta={"run": f"benefit-s{seed}", "seed": seed, "preset": preset.name})
     probes = BlockBenefit(model, num_classes=data.num_classes, patch_probe=preset.patch_probe,
                           log_every=max(1, len(data.train) // preset.fit.get("batch_size", 128) // 2))
-    probes.calibrate(data, steps=calibration_steps, seed=seed)
+    steps = preset.calibration_steps if calibration_steps is None else calibration_steps
+    probes.calibrate(data, steps=steps, seed=seed)
     probes.record(history, probes.measure(data), step=0)
-    fit(model, data, epochs=preset.schedule.finalize, callbacks=[probes], history=history, seed=seed,
+    fit(model, data, epochs=preset.schedule.finalize, callbacks=[probes, *callbacks], history=history, seed=seed,
         progress=progress, **preset.fit)
     return history
 
 
-def late_convergence_by_seed(preset: P3BPreset, seeds: Sequence[int], data=None,
-                             traces: dict[int, History] | None = None, calibration_steps: int = 60,
+def late_convergence_by_seed(preset: P3BPreset, seeds: Sequence[int] | None = None, data=None,
+                             traces: dict[int, History] | None = None, calibration_steps: int | None = None,
                              progress: bool = True) -> pd.DataFrame:
     """Spearman ρ of half-benefit moment vs depth (:func:`sparselab.probes.late_convergence`) per seed (rows)
-    and probe (columns ``cls``, ``patch``), from a :func:`benefit_trace` per seed; ``traces`` supplies Histories
-    already recorded (seed → History) so that they are not run again.
+    and probe (columns ``cls``, ``patch``), from a :func:`benefit_trace` per seed (``seeds`` default: the
+    preset's); ``traces`` supplies Histories already recorded (seed → History) so that they are not run again.
 
     Example:
         >>> late_convergence_by_seed(p3b_preset("tiny"), [0, 1])  # doctest: +SKIP
     """
     from ..probes.convergence import late_convergence
 
+    seeds = list(preset.seeds if seeds is None else seeds)
     traces = dict(traces or {})
     todo = [s for s in seeds if s not in traces]
     data = data if data is not None or not todo else load_data(preset)
@@ -257,8 +279,7 @@ def run_p3b(preset: P3BPreset, method: str = "p3b", prune_ratio: float = 0.5, se
         raise ConfigError("pruner_options need a pruning method, not dense fine-tuning")
     data = data if data is not None else load_data(preset)
     require_test_split(data)
-    torch.manual_seed(seed)
-    model = source_model(preset, data)
+    model = source_model(preset, data, seed=seed)
     name = f"{method}-{int(round(prune_ratio * 100))}-s{seed}" if method != "dense" else f"dense-s{seed}"
     history = History(meta={"run": name, "method": method, "prune_ratio": prune_ratio if method != "dense" else 0.0,
                             "seed": seed, "preset": preset.name})
@@ -450,15 +471,16 @@ def latency_table(runs: Sequence[P3BRun], data, batch_sizes: Sequence[int] = (1,
 
 
 def save_results(out_dir, table: pd.DataFrame, runs: Sequence[P3BRun]) -> dict[str, str]:
-    """Write the results table (CSV), all Histories merged (JSON Lines) and each pruned method's first compact
-    model (JSON spec + safetensors) under ``out_dir``; returns the paths written."""
+    """Write the results table (CSV), all Histories merged (JSON Lines; :func:`~sparselab.experiments.outputs.
+    save_run_files`) and each pruned method's first compact model (JSON spec + safetensors) under ``out_dir``;
+    returns the paths written."""
     from pathlib import Path
 
+    from .outputs import save_run_files
+
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {"table": str(out / "results.csv"), "histories": str(out / "histories.jsonl.gz")}
-    table.to_csv(paths["table"], index=False)
-    History.concat([r.history for r in runs]).save(paths["histories"])
+    paths = save_run_files(out, table, [r.history for r in runs], runs=[str(r.history.meta.get("run", i))
+                                                                        for i, r in enumerate(runs)])
     for r in runs:
         if r.pruner is not None and r.seed == runs[0].seed:
             key = f"{r.method}-{int(round(r.prune_ratio * 100))}"

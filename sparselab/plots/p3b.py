@@ -442,7 +442,6 @@ def plot_reactivations(history: History, run: str | None = None) -> go.Figure:
                                                          .astype(int)))
     labels = [block_label(b) for b in order]
     react = events[(events["old"] == 0) & (events["new"] == 1)]
-    pruned = events[(events["old"] == 1) & (events["new"] == 0)]
     counts = react.groupby(["block", "step"]).size().unstack(fill_value=0)
     z = counts.reindex(index=order, columns=steps, fill_value=0).to_numpy(dtype=float)
     per_gate = react.groupby(["block", "step", "gate"]).size()
@@ -461,8 +460,10 @@ def plot_reactivations(history: History, run: str | None = None) -> go.Figure:
                                            thickness=14),
                              hovertemplate="block %{y}<br>step %{x}<br>%{z:.0f} reactivations<br>"
                                            "%{customdata}<extra></extra>"), row=1, col=1)
-    n_react = react.groupby("block").size().reindex(order, fill_value=0)
-    n_pruned = pruned.groupby("block").size().reindex(order, fill_value=0)
+    from ..probes.flips import mask_flips
+
+    totals = mask_flips(history, run).reindex(order, fill_value=0)
+    n_react, n_pruned = totals["reactivated"], totals["pruned"]
     fig.add_trace(go.Bar(x=labels, y=n_react.to_numpy(dtype=int), name="reactivations (0→1)",
                          marker_color="#54a24b", hovertemplate="%{x}: %{y} reactivations<extra></extra>"),
                   row=1, col=2)

@@ -15,12 +15,13 @@ Example:
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Mapping
 
 import torch
 from torch import nn
 
 from ..callbacks import TrainState
+from ..errors import ConfigError
 from ..structure.vit import ViTStructure
 from .window import WindowedRecorder
 
@@ -114,3 +115,33 @@ def agreement(history, reference: str = "benefit_cls", metrics=CRITERIA) -> pd.D
         corr = table.rank().corr()[reference]
         rows[step] = {m: corr.get(m) for m in metrics if m in corr}
     return pd.DataFrame.from_dict(rows, orient="index").rename_axis("step").dropna(how="all")
+
+
+def last_block_values(history, metrics: Mapping[str, str], run: str | None = None) -> dict[str, dict[str, float]]:
+    """The last recorded value of each block for every metric of ``History.blocks`` in ``metrics`` (metric →
+    label), keyed by label: e.g. ΔΨ and mean |w| at the end of a run, to set beside other per-block scores
+    (:func:`sparselab.plots.plot_block_scores`). ``run`` picks one run of a merged History.
+
+    Raises:
+        ConfigError: a metric the History did not record (the message lists those it did).
+
+    Example:
+        >>> from sparselab.history import History
+        >>> h = History()
+        >>> for step, value in ((1, 0.5), (2, 0.7)):
+        ...     h.log_blocks("crit_abs_w", {"blocks.0.attn": value, "blocks.0.mlp": 2 * value}, step=step, epoch=0)
+        >>> last_block_values(h, {"crit_abs_w": "mean |w| (end)"})
+        {'mean |w| (end)': {'blocks.0.attn': 0.7, 'blocks.0.mlp': 1.4}}
+    """
+    from ..plots.p3b import select_run
+
+    blocks = select_run(history, run)["blocks"]
+    recorded = sorted(set(blocks.metric))
+    out = {}
+    for metric, label in metrics.items():
+        rows = blocks[blocks.metric == metric]
+        if rows.empty:
+            raise ConfigError(f"the History has no {metric!r} rows; it recorded {', '.join(recorded) or 'none'}")
+        out[label] = {str(b): float(v) for b, v in rows.sort_values("step", kind="stable").groupby("block")
+                      .value.last().items()}
+    return out

@@ -1,0 +1,50 @@
+"""What a notebook or experiment leaves in its output folder: the results table and the Histories of its runs.
+
+Example:
+    >>> import tempfile, pandas as pd
+    >>> from sparselab.history import History
+    >>> out = tempfile.mkdtemp()
+    >>> paths = save_run_files(out, pd.DataFrame({"acc": [0.9]}), [History(meta={"run": "a"})])
+    >>> sorted(paths), History.load(paths["histories"]).meta["run"]
+    (['histories', 'table'], 'a')
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import pandas as pd
+
+from ..atomic import atomic_write
+from ..errors import ConfigError
+from ..history import History
+
+TABLE_FILE = "results.csv"
+HISTORIES_FILE = "histories.jsonl.gz"
+
+
+def save_run_files(out_dir: str | Path, table: pd.DataFrame | None = None, histories: Sequence[History] = (),
+                   runs: Sequence[str] | None = None) -> dict[str, str]:
+    """Write ``table`` as ``results.csv`` and ``histories`` as ``histories.jsonl.gz`` under ``out_dir`` (created),
+    each atomically; returns the paths written by kind (``table``, ``histories``).
+
+    One History without ``runs`` is saved as it is; several are merged with :meth:`History.concat` under the
+    names ``runs`` (default: each History's ``meta['run']``, which must then be distinct).
+
+    Raises:
+        ConfigError: ``out_dir`` is an existing file, or the run names are not one distinct name per History.
+    """
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"out_dir {str(out)!r} is a file; give a folder for the results")
+    histories = list(histories)
+    merged = None
+    if histories:  # checked before anything is written
+        merged = histories[0] if len(histories) == 1 and runs is None else History.concat(histories, runs)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    if table is not None:
+        paths["table"] = str(atomic_write(out / TABLE_FILE, lambda tmp: table.to_csv(tmp, index=False)))
+    if merged is not None:
+        paths["histories"] = str(merged.save(out / HISTORIES_FILE))
+    return paths

@@ -1,0 +1,34 @@
+"""Mask flips of a P3B run: how often each block's gate elements were pruned (1 → 0) and reactivated (0 → 1).
+
+P3B recomputes its masks from scratch at every update, so an element pruned early can come back; the History's
+``events`` table records every such change. :func:`mask_flips` counts them per block.
+
+Example:
+    >>> from sparselab.history import History
+    >>> h = History()
+    >>> h.log_events(step=10, epoch=0, block="blocks.0.mlp", gate="mlp_hid", elements=[1, 2, 3], old=1, new=0)
+    >>> h.log_events(step=20, epoch=0, block="blocks.0.mlp", gate="mlp_hid", elements=[2], old=0, new=1)
+    >>> mask_flips(h).to_dict("index")
+    {'blocks.0.mlp': {'pruned': 3, 'reactivated': 1}}
+"""
+from __future__ import annotations
+
+import pandas as pd
+
+FLIPS = {"pruned": (1, 0), "reactivated": (0, 1)}
+
+
+def mask_flips(history, run: str | None = None) -> pd.DataFrame:
+    """Per block with events (rows in depth order): the gate elements ``pruned`` (1 → 0) and ``reactivated``
+    (0 → 1) over the whole run. ``history`` may be a History or the path of a saved one; ``run`` picks one run of
+    a merged History. A History without events gives an empty table with both columns."""
+    from ..history import as_history
+    from ..plots.p3b import select_run, sort_block_names
+
+    history = as_history(history, "mask_flips")
+    events = select_run(history, run)["events"]
+    order = sort_block_names(events.block) if len(events) else []
+    counts = {kind: events[(events.old == old) & (events.new == new)].groupby("block").size()
+              .reindex(order, fill_value=0).astype(int) for kind, (old, new) in FLIPS.items()}
+    table = pd.DataFrame(counts, index=pd.Index(order, name="block"), columns=list(FLIPS))
+    return table.fillna(0).astype(int)
