@@ -31,6 +31,7 @@ from __future__ import annotations
 import gzip
 import json
 import math
+import re
 import zlib
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -333,3 +334,77 @@ def as_history(history: "History | str | Path", what: str) -> "History":
         return History.load(history)
     raise ConfigError(f"{what} takes a sparselab History (or the path of a saved one), got "
                       f"{type(history).__name__}")
+
+
+# ------------------------------------------------------------------ block names and runs of a History
+_BLOCK_RE = re.compile(r"^blocks\.(\d+)\.(attn|mlp)$")
+_KINDS = ("attn", "mlp")
+
+
+def _parse(name: str) -> tuple[int, str] | None:
+    m = _BLOCK_RE.match(name)
+    return (int(m.group(1)), m.group(2)) if m else None
+
+
+def _natural_key(name: str) -> tuple:
+    return tuple(int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name))
+
+
+def sort_block_names(names: Iterable[str]) -> list[str]:
+    """Unique block names in depth order: layer number compared numerically, ``attn`` before ``mlp`` of the same
+    layer; names that are not ``blocks.{layer}.{attn|mlp}`` follow in natural order.
+
+    Example:
+        >>> sort_block_names(["blocks.1.mlp", "head", "blocks.1.attn", "blocks.0.mlp"])
+        ['blocks.0.mlp', 'blocks.1.attn', 'blocks.1.mlp', 'head']
+    """
+    def key(name: str) -> tuple:
+        p = _parse(name)
+        return (0, p[0], _KINDS.index(p[1])) if p else (1, _natural_key(name))
+
+    return sorted(set(names), key=key)
+
+
+def _run_names(tables: dict[str, pd.DataFrame]) -> list[str]:
+    names: list[str] = []
+    for df in tables.values():
+        if "run" in df.columns:
+            names.extend(df["run"].astype(str).unique().tolist())
+    return list(dict.fromkeys(names))
+
+
+def select_run(history: History, run: str | None = None) -> dict[str, pd.DataFrame]:
+    """The ``metrics``, ``blocks`` and ``events`` tables of one run, without a ``run`` column.
+
+    For a History merged with :meth:`History.concat`, ``run`` names the run (it may be left out when the History
+    holds a single run). For a single-run History, ``run`` must be None or equal ``history.meta['run']``.
+
+    Example:
+        >>> a, b = History(meta={"run": "a"}), History(meta={"run": "b"})
+        >>> b.log_blocks("keep_applied", {"blocks.0.attn": 0.5}, step=3, epoch=0)
+        >>> select_run(History.concat([a, b]), "b")["blocks"].step.tolist()
+        [3]
+    """
+    tables = history.to_pandas()
+    if "run" not in tables["blocks"].columns:
+        own = history.meta.get("run")
+        if run is not None and str(run) != str(own):
+            label = f"run {own!r}" if own is not None else "one run without a name"
+            raise ConfigError(f"run={run!r} was given, but this History holds {label}; run= selects one run of a "
+                              f"History merged with History.concat")
+        return tables
+    runs = _run_names(tables)
+    if run is None:
+        if len(runs) > 1:
+            raise ConfigError(f"this History merges {len(runs)} runs ({', '.join(map(repr, runs))}); pass run= "
+                              f"to choose the one to plot")
+        run = runs[0] if runs else None
+    elif str(run) not in runs:
+        raise ConfigError(f"unknown run {run!r}; this History holds the runs: "
+                          f"{', '.join(map(repr, runs)) or 'none'}")
+    out = {}
+    for name, df in tables.items():
+        if run is not None:
+            df = df[df["run"].astype(str) == str(run)]
+        out[name] = df.drop(columns="run").reset_index(drop=True)
+    return out

@@ -15,8 +15,7 @@ Example:
 from __future__ import annotations
 
 import math
-import re
-from typing import Iterable, Literal, Sequence
+from typing import Literal, Sequence
 
 import numpy as np
 import pandas as pd
@@ -25,14 +24,12 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from ..errors import ConfigError
-from ..history import History, as_history
+from ..history import _KINDS, History, _parse, as_history, select_run, sort_block_names
 from .style import TEMPLATE
 
 __all__ = ["plot_block_benefit", "plot_keep_ratios", "plot_reactivations", "sort_block_names", "block_label",
            "select_run"]
 
-_BLOCK_RE = re.compile(r"^blocks\.(\d+)\.(attn|mlp)$")
-_KINDS = ("attn", "mlp")
 _KIND_TITLE = {"attn": "attention blocks", "mlp": "MLP blocks"}
 _VARIANT_TITLE = {"cls": "class-token probe", "patch": "patch probe"}
 _METRIC_TITLE = {"benefit": "Block benefit ΔΨ", "score": "Block score"}
@@ -46,30 +43,6 @@ _NEEDS_P3B = "It needs the History of a P3B pruning run, which logs these per-bl
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
-def _parse(name: str) -> tuple[int, str] | None:
-    m = _BLOCK_RE.match(name)
-    return (int(m.group(1)), m.group(2)) if m else None
-
-
-def _natural_key(name: str) -> tuple:
-    return tuple(int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name))
-
-
-def sort_block_names(names: Iterable[str]) -> list[str]:
-    """Unique block names in depth order: layer number compared numerically, ``attn`` before ``mlp`` of the same
-    layer; names that are not ``blocks.{layer}.{attn|mlp}`` follow in natural order.
-
-    Example:
-        >>> sort_block_names(["blocks.1.mlp", "head", "blocks.1.attn", "blocks.0.mlp"])
-        ['blocks.0.mlp', 'blocks.1.attn', 'blocks.1.mlp', 'head']
-    """
-    def key(name: str) -> tuple:
-        p = _parse(name)
-        return (0, p[0], _KINDS.index(p[1])) if p else (1, _natural_key(name))
-
-    return sorted(set(names), key=key)
-
-
 def block_label(name: str) -> str:
     """Short axis label of a block: ``blocks.3.attn`` becomes ``attn 3``; other names are kept.
 
@@ -79,51 +52,6 @@ def block_label(name: str) -> str:
     """
     p = _parse(name)
     return f"{p[1]} {p[0]}" if p else name
-
-
-def _run_names(tables: dict[str, pd.DataFrame]) -> list[str]:
-    names: list[str] = []
-    for df in tables.values():
-        if "run" in df.columns:
-            names.extend(df["run"].astype(str).unique().tolist())
-    return list(dict.fromkeys(names))
-
-
-def select_run(history: History, run: str | None = None) -> dict[str, pd.DataFrame]:
-    """The ``metrics``, ``blocks`` and ``events`` tables of one run, without a ``run`` column.
-
-    For a History merged with :meth:`History.concat`, ``run`` names the run (it may be left out when the History
-    holds a single run). For a single-run History, ``run`` must be None or equal ``history.meta['run']``.
-
-    Example:
-        >>> a, b = History(meta={"run": "a"}), History(meta={"run": "b"})
-        >>> b.log_blocks("keep_applied", {"blocks.0.attn": 0.5}, step=3, epoch=0)
-        >>> select_run(History.concat([a, b]), "b")["blocks"].step.tolist()
-        [3]
-    """
-    tables = history.to_pandas()
-    if "run" not in tables["blocks"].columns:
-        own = history.meta.get("run")
-        if run is not None and str(run) != str(own):
-            label = f"run {own!r}" if own is not None else "one run without a name"
-            raise ConfigError(f"run={run!r} was given, but this History holds {label}; run= selects one run of a "
-                              f"History merged with History.concat")
-        return tables
-    runs = _run_names(tables)
-    if run is None:
-        if len(runs) > 1:
-            raise ConfigError(f"this History merges {len(runs)} runs ({', '.join(map(repr, runs))}); pass run= "
-                              f"to choose the one to plot")
-        run = runs[0] if runs else None
-    elif str(run) not in runs:
-        raise ConfigError(f"unknown run {run!r}; this History holds the runs: "
-                          f"{', '.join(map(repr, runs)) or 'none'}")
-    out = {}
-    for name, df in tables.items():
-        if run is not None:
-            df = df[df["run"].astype(str) == str(run)]
-        out[name] = df.drop(columns="run").reset_index(drop=True)
-    return out
 
 
 def _require(blocks: pd.DataFrame, metrics: Sequence[str], caller: str, needs: str) -> None:

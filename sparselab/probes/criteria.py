@@ -22,6 +22,7 @@ from torch import nn
 
 from ..callbacks import TrainState
 from ..errors import ConfigError
+from ..history import select_run
 from ..structure.vit import ViTStructure
 from .window import WindowedRecorder
 
@@ -133,8 +134,6 @@ def last_block_values(history, metrics: Mapping[str, str], run: str | None = Non
         >>> last_block_values(h, {"crit_abs_w": "mean |w| (end)"})
         {'mean |w| (end)': {'blocks.0.attn': 0.7, 'blocks.0.mlp': 1.4}}
     """
-    from ..plots.p3b import select_run
-
     blocks = select_run(history, run)["blocks"]
     recorded = sorted(set(blocks.metric))
     out = {}

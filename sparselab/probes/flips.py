@@ -22,8 +22,7 @@ def mask_flips(history, run: str | None = None) -> pd.DataFrame:
     """Per block with events (rows in depth order): the gate elements ``pruned`` (1 → 0) and ``reactivated``
     (0 → 1) over the whole run. ``history`` may be a History or the path of a saved one; ``run`` picks one run of
     a merged History. A History without events gives an empty table with both columns."""
-    from ..history import as_history
-    from ..plots.p3b import select_run, sort_block_names
+    from ..history import as_history, select_run, sort_block_names
 
     history = as_history(history, "mask_flips")
     events = select_run(history, run)["events"]
