@@ -18,9 +18,45 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .errors import unknown_name
+from .errors import ConfigError, check_positive_int, unknown_name
 
 METHODS = ("integrated_gradients", "saliency", "input_x_gradient")
+
+
+def _check_images(images: torch.Tensor, who: str) -> torch.Tensor:
+    """``images`` as a float batch ``(N, C, H, W)``; anything else is a :class:`ConfigError` (the maps sum over
+    dimension 1, so a flat or unbatched input would give maps of the wrong axes)."""
+    if not torch.is_tensor(images) or images.dim() != 4 or images.shape[0] == 0:
+        shape = tuple(images.shape) if torch.is_tensor(images) else type(images).__name__
+        raise ConfigError(f"{who} needs a batch of images (N, C, H, W) with N >= 1, got {shape}; add the batch "
+                          f"dimension with images.unsqueeze(0) or reshape flat images to (N, C, H, W)")
+    return images.float() if not images.is_floating_point() else images
+
+
+def _targets(model: nn.Module, images: torch.Tensor, target: torch.Tensor | None, who: str) -> torch.Tensor:
+    """The classes to attribute: ``target`` checked against the model's outputs, or the model's predictions.
+    The model must be in eval mode already."""
+    try:
+        with torch.no_grad():
+            out = model(images)
+    except (RuntimeError, AssertionError, ValueError) as exc:
+        raise ConfigError(f"{who}: the model cannot read images of shape {tuple(images.shape)} "
+                          f"({type(exc).__name__}: {exc})") from None
+    if out.dim() != 2:
+        raise ConfigError(f"{who} needs a classifier with outputs (N, classes), got outputs of shape "
+                          f"{tuple(out.shape)}")
+    if target is None:
+        return out.argmax(1)
+    target = torch.as_tensor(target, device=out.device)
+    if target.dim() == 0:
+        target = target.expand(len(images))
+    if target.shape != (len(images),) or target.is_floating_point() or target.is_complex():
+        raise ConfigError(f"target must hold one integer class per image ({len(images)}), got shape "
+                          f"{tuple(target.shape)} of {target.dtype}")
+    if len(target) and (int(target.min()) < 0 or int(target.max()) >= out.shape[1]):
+        raise ConfigError(f"target classes must lie in 0..{out.shape[1] - 1} (the model's outputs), got "
+                          f"{sorted(set(target.tolist()))}")
+    return target.long()
 
 
 def attribute(model: nn.Module, images: torch.Tensor, target: torch.Tensor | None = None,
@@ -32,20 +68,22 @@ def attribute(model: nn.Module, images: torch.Tensor, target: torch.Tensor | Non
 
     if method not in METHODS:
         raise unknown_name("attribution method", method, METHODS)
+    n_steps = check_positive_int("n_steps", n_steps)
+    images = _check_images(images, "attribute")
     was_training = model.training
     model.eval()
-    images = images.detach().clone().requires_grad_(True)
-    if target is None:
-        with torch.no_grad():
-            target = model(images).argmax(1)
-    if method == "integrated_gradients":
-        attr = IntegratedGradients(model).attribute(images, target=target, n_steps=n_steps,
-                                                    baselines=torch.zeros_like(images))
-    elif method == "saliency":
-        attr = Saliency(model).attribute(images, target=target, abs=True)
-    else:
-        attr = InputXGradient(model).attribute(images, target=target)
-    model.train(was_training)
+    try:
+        target = _targets(model, images, target, "attribute")
+        images = images.detach().clone().requires_grad_(True)
+        if method == "integrated_gradients":
+            attr = IntegratedGradients(model).attribute(images, target=target, n_steps=n_steps,
+                                                        baselines=torch.zeros_like(images))
+        elif method == "saliency":
+            attr = Saliency(model).attribute(images, target=target, abs=True)
+        else:
+            attr = InputXGradient(model).attribute(images, target=target)
+    finally:
+        model.train(was_training)
     return attr.detach().abs().sum(dim=1)
 
 
@@ -86,11 +124,13 @@ def compare_attributions(dense: nn.Module, pruned: nn.Module, images: torch.Tens
                          n_steps: int = 32) -> AttributionComparison:
     """Attribute both models for the same targets (default: the dense model's predictions) and score how alike
     their maps are."""
+    images = _check_images(images, "compare_attributions")
     if target is None:
-        with torch.no_grad():
-            was = dense.training
-            dense.eval()
-            target = dense(images).argmax(1)
+        was = dense.training
+        dense.eval()
+        try:
+            target = _targets(dense, images, None, "compare_attributions")
+        finally:
             dense.train(was)
     a = attribute(dense, images, target, method, n_steps)
     b = attribute(pruned, images, target, method, n_steps)
@@ -114,16 +154,18 @@ def block_attributions(model: nn.Module, images: torch.Tensor, target: torch.Ten
     from .structure.vit import ViTStructure
 
     structure = ViTStructure(model)
+    n_steps = check_positive_int("n_steps", n_steps)
+    images = _check_images(images, "block_attributions")
     was_training = model.training
     model.eval()
-    if target is None:
-        with torch.no_grad():
-            target = model(images).argmax(1)
-    out = {}
-    for b in structure.blocks:
-        layer = structure.layers[b.layer]
-        module = layer.attn if b.kind == "attn" else layer.mlp
-        attr = LayerConductance(model, module).attribute(images, target=target, n_steps=n_steps)
-        out[b.name] = float(attr.detach().abs().flatten(1).sum(1).mean())
-    model.train(was_training)
+    try:
+        target = _targets(model, images, target, "block_attributions")
+        out = {}
+        for b in structure.blocks:
+            layer = structure.layers[b.layer]
+            module = layer.attn if b.kind == "attn" else layer.mlp
+            attr = LayerConductance(model, module).attribute(images, target=target, n_steps=n_steps)
+            out[b.name] = float(attr.detach().abs().flatten(1).sum(1).mean())
+    finally:
+        model.train(was_training)
     return out

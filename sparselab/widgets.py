@@ -39,7 +39,7 @@ from torch import nn
 
 from .data.datasets import DataBundle
 from .errors import ConfigError
-from .history import History
+from .history import History, as_history
 from .latency import latency_ms
 from .models.checkpoints import state_dict_mismatch
 from .patterns import image_layer, input_pixel_map, kernel_positions, layer_keep_ratios
@@ -76,6 +76,9 @@ def _held_out(data: Any, max_eval: int) -> tuple[torch.Tensor, torch.Tensor]:
     if hasattr(ds, "images") and hasattr(ds, "labels") and torch.is_tensor(ds.images):
         return ds.images[idx].float(), ds.labels[idx].long()
     items = [ds[int(i)] for i in idx]
+    if not all(isinstance(item, (tuple, list)) and len(item) == 2 for item in items):
+        raise ConfigError(f"the evaluation data must be a DataBundle or a dataset of (image, label) pairs; its items "
+                          f"are {type(items[0]).__name__}")
     return torch.stack([torch.as_tensor(x) for x, _ in items]).float(), torch.tensor([int(y) for _, y in items])
 
 
@@ -208,7 +211,8 @@ class SparsityExplorer:
         self._x, self._y = x.to(device, dtype=next(self._work.parameters()).dtype), y.to(device)
         # original weights of every source, and their magnitudes (flat, per layer and concatenated)
         own = {k: v.detach().clone() for k, v in self._work.state_dict().items()}
-        self._sources: dict[str, dict[str, torch.Tensor]] = {"model": own}
+        # the model's own weights sit under None, so that a checkpoint may have any name (even "model")
+        self._sources: dict[str | None, dict[str, torch.Tensor]] = {None: own}
         for name, state in checkpoints.items():
             mismatch = state_dict_mismatch(own, state)
             if mismatch:
@@ -216,12 +220,14 @@ class SparsityExplorer:
             self._sources[name] = {k: torch.as_tensor(state[k]).detach().to(own[k].device, own[k].dtype).clone()
                                    for k in own}
         # magnitudes per source, computed once: each slider move only ranks them (masks_from_scores)
-        self._mags: dict[str, dict[str, torch.Tensor]] = {
+        self._mags: dict[str | None, dict[str, torch.Tensor]] = {
             src: {n: state[n].abs().float().cpu() for n in self._names} for src, state in self._sources.items()}
         self._checkpoints = list(checkpoints)
 
         self._pixel_shape: tuple[int, int, int] | None = None
-        if image_shape is None and hasattr(data, "in_chans") and hasattr(data, "image_size"):
+        if image_shape is not None:
+            self._check_image_shape(image_shape)
+        elif hasattr(data, "in_chans") and hasattr(data, "image_size"):
             image_shape = (int(data.in_chans), int(data.image_size), int(data.image_size))
         if image_shape is not None:
             if image_layer(self._work, int(np.prod(image_shape))) is not None:
@@ -263,6 +269,21 @@ class SparsityExplorer:
         self.method.observe(lambda _: self.update(), names="value")
         self.update()
 
+    def _check_image_shape(self, image_shape: Any) -> None:
+        """Refuse a given ``image_shape`` that is not (C, H, W) or that the model's first Linear layer does not read."""
+        if (not isinstance(image_shape, (tuple, list)) or len(image_shape) != 3
+                or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v > 0
+                           for v in image_shape)):
+            raise ConfigError(f"image_shape must be (C, H, W), three positive integers, got {image_shape!r}")
+        first = image_layer(self._work, None)
+        if first is None:
+            raise ConfigError(f"image_shape applies to a fully connected network reading the flattened image; "
+                              f"{type(self._work).__name__} starts with a convolution (leave image_shape out)")
+        n = int(np.prod(image_shape))
+        if first[1].in_features != n:
+            raise ConfigError(f"image_shape {tuple(image_shape)} has {n} values, but the first Linear layer "
+                              f"{first[0].removesuffix('.weight')} reads {first[1].in_features} inputs")
+
     @property
     def model(self) -> nn.Module:
         """The private, masked working copy of the model (as last shown)."""
@@ -282,7 +303,7 @@ class SparsityExplorer:
         """Reload the chosen weights into the working copy, mask them, evaluate and redraw."""
         s = float(self.slider.value)
         choice = self.method.value
-        source = choice if choice in self._checkpoints else "model"
+        source = choice if choice in self._checkpoints else None
         scope = "layer" if choice == LAYER else "global"
         masks = self._masks(source, scope, s)
         self._work.load_state_dict(self._sources[source])
@@ -326,7 +347,7 @@ class SparsityExplorer:
 
 # ------------------------------------------------------------------------------------------ P3B histories
 def _block_table(history: History, run: str | None, metrics: tuple[str, ...], who: str) -> pd.DataFrame:
-    tables = select_run(history, run)
+    tables = select_run(as_history(history, who), run)
     blocks = tables["blocks"]
     have = set(blocks.metric.unique()) if len(blocks) else set()
     missing = [m for m in metrics if m not in have]
@@ -361,6 +382,7 @@ class BudgetExplorer:
 
     def __init__(self, history: History, model: nn.Module, run: str | None = None, blocks_only: bool = False,
                  measure_latency: bool = True):
+        history = as_history(history, "BudgetExplorer")
         blocks = _block_table(history, run, ("keep_goal",), "BudgetExplorer")
         self.structure = s = ViTStructure(model)
         self._model = model
@@ -371,9 +393,18 @@ class BudgetExplorer:
                               f"({', '.join(names)}); pass the model the run pruned")
         imp = blocks[blocks.metric == "importance"]
         if len(imp):
-            last = imp[imp.step == imp.step.max()].groupby("block").value.last()
-            self.importance = torch.tensor([float(last.get(n, 0.0)) for n in names], dtype=torch.float64)
-            self.importance_step: int | None = int(imp.step.max())
+            step = int(imp.step.max())
+            last = imp[imp.step == step].groupby("block").value.last()
+            lacking = [n for n in names if n not in last.index]
+            if lacking:
+                raise ConfigError(f"the History's block importance of step {step} lacks the blocks "
+                                  f"{', '.join(lacking)}; P3B logs the importance of every block at each update")
+            bad = [f"{n} ({last[n]})" for n in names if not math.isfinite(float(last[n]))]
+            if bad:
+                raise ConfigError(f"the History's block importance of step {step} is not finite for "
+                                  f"{', '.join(bad)}; it cannot be water-filled (was the run diverging?)")
+            self.importance = torch.tensor([float(last[n]) for n in names], dtype=torch.float64)
+            self.importance_step: int | None = step
         else:
             self.importance = torch.ones(len(names), dtype=torch.float64)
             self.importance_step = None
@@ -452,6 +483,14 @@ class BudgetExplorer:
             most = float(self.dense_linear.sum()) / self._total
             self.info.value = (f"<b>prune ratio {ratio:.2f} is out of reach</b>: only {most:.3f} of the "
                                f"{'blocks' if self.blocks_only else 'model'} lies in prunable Linear layers")
+            # nothing of the previous ratio may stay on show as if it were this one's
+            nan = torch.full((len(s.blocks),), math.nan, dtype=torch.float64)
+            self.keep_goal, self.keep_applied = nan, nan.clone()
+            self.units, self.masks, self.compact = [], {}, None
+            self.params, self.latency, self.achieved_ratio = 0, math.nan, math.nan
+            with self.bars.batch_update():
+                self.bars.data[0].y = [None] * len(s.blocks)
+                self.bars.data[1].y = [None] * len(s.blocks)
             return
         kappa = water_fill(self.importance, self.dense_linear, budget)
         units = self._units(kappa * self.dense_linear, budget)
@@ -502,6 +541,7 @@ class TraceScrubber:
     """
 
     def __init__(self, history: History, run: str | None = None):
+        history = as_history(history, "TraceScrubber")
         blocks = _block_table(history, run, ("keep_applied",), "TraceScrubber")
         self._blocks = blocks[blocks.metric.isin(["keep_applied", "keep_goal", "benefit_cls", "benefit_patch"])]
         self._events = select_run(history, run)["events"]

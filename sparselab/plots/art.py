@@ -22,6 +22,8 @@ from .style import TEMPLATE
 
 
 def _run_meta(history: History, run: str | None) -> dict:
+    """The meta of one run: of ``run`` in a merged History, else the History's own (where ``run`` must be None or
+    its ``meta['run']``, as in :func:`~sparselab.plots.p3b.select_run`)."""
     meta = history.meta
     if "runs" in meta:
         runs = list(meta["runs"])
@@ -29,9 +31,14 @@ def _run_meta(history: History, run: str | None) -> dict:
             if len(runs) != 1:
                 raise ConfigError(f"this History merges {len(runs)} runs ({', '.join(runs)}); pass run=")
             run = runs[0]
-        if run not in meta["runs"]:
-            raise ConfigError(f"unknown run {run!r}; this History holds: {', '.join(runs)}")
-        return meta["runs"][run]
+        if str(run) not in meta["runs"]:
+            raise ConfigError(f"unknown run {run!r}; this History holds: {', '.join(runs) or 'none'}")
+        return meta["runs"][str(run)]
+    own = meta.get("run")
+    if run is not None and str(run) != str(own):
+        label = f"run {own!r}" if own is not None else "one run without a name"
+        raise ConfigError(f"run={run!r} was given, but this History holds {label}; run= selects one run of a "
+                          f"History merged with History.concat")
     return meta
 
 
@@ -99,16 +106,25 @@ def plot_exchange(history: History, runs: Sequence[str] | None = None) -> go.Fig
     """
     history = as_history(history, "plot_exchange")
     metrics = history.metrics
+    if runs is not None:
+        runs = [runs] if isinstance(runs, str) else [str(r) for r in runs]
+        if not runs:
+            raise ConfigError("runs must name at least one run (or be None for all of them)")
     if "run" in metrics.columns:
-        names = list(dict.fromkeys(metrics.run))
+        names = list(dict.fromkeys(metrics.run.astype(str)))
         if runs is not None:
             missing = [r for r in runs if r not in names]
             if missing:
-                raise ConfigError(f"unknown runs {missing}; this History holds: {', '.join(names)}")
-            names = list(runs)
+                raise ConfigError(f"unknown runs {missing}; this History holds: {', '.join(names) or 'none'}")
+            names = list(dict.fromkeys(runs))
         tables = {r: select_run(history, r)["metrics"] for r in names}
     else:
-        tables = {str(history.meta.get("run", "run")): metrics}
+        own = str(history.meta.get("run", "run"))
+        missing = [r for r in runs or [] if r != own]
+        if missing:
+            raise ConfigError(f"unknown runs {missing}; this History holds one run, {own!r} (runs= selects runs of "
+                              f"a History merged with History.concat)")
+        tables = {own: metrics}
     fig = make_subplots(rows=1, cols=2, subplot_titles=("kept set: entered / left since the previous epoch",
                                                         "overlap with the final kept set"))
     palette = pcolors.qualitative.Plotly

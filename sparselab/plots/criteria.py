@@ -11,14 +11,16 @@ Example:
 """
 from __future__ import annotations
 
+import math
 from typing import Mapping, Sequence
 
+import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from ..errors import ConfigError
 from ..history import History, as_history
-from .p3b import block_label, select_run, sort_block_names
+from .p3b import _nonfinite, _nonfinite_note, _pivot, block_label, select_run, sort_block_names
 
 TITLES = {"benefit_cls": "ΔΨ class-token probe", "benefit_patch": "ΔΨ patch probe", "crit_abs_w": "mean |w|",
           "crit_abs_grad": "mean |∂L/∂w|", "crit_taylor": "mean (w·∂L/∂w)²"}
@@ -29,8 +31,13 @@ def plot_block_criteria(history: History, metrics: Sequence[str] = DEFAULT, run:
                         normalize: bool = True) -> go.Figure:
     """Blocks × time heatmaps, one per criterion; with ``normalize`` each column (moment) is divided by its largest
     |value|, so the panels compare *where in depth* each criterion puts importance, moment by moment. The colours
-    are those of :func:`~sparselab.plots.plot_block_benefit`: positive blue, negative red, 0 white."""
+    are those of :func:`~sparselab.plots.plot_block_benefit`: positive blue, negative red, 0 white. Every panel
+    lists the same blocks in depth order (a block a criterion did not measure is blank); values that are not
+    finite are left blank and named in the title."""
     history = as_history(history, "plot_block_criteria")
+    metrics = [metrics] if isinstance(metrics, str) else list(metrics)
+    if not metrics:
+        raise ConfigError(f"metrics must name at least one block metric, e.g. {list(DEFAULT)}")
     blocks = select_run(history, run)["blocks"]
     missing = [m for m in metrics if m not in set(blocks.metric)]
     if missing:
@@ -38,10 +45,11 @@ def plot_block_criteria(history: History, metrics: Sequence[str] = DEFAULT, run:
                           f"BlockCriteria (present: {sorted(set(blocks.metric)) or 'none'})")
     fig = make_subplots(rows=1, cols=len(metrics), shared_yaxes=True,
                         subplot_titles=[TITLES.get(m, m) for m in metrics], horizontal_spacing=0.03)
+    order = sort_block_names(blocks.loc[blocks.metric.isin(metrics), "block"])
     for i, metric in enumerate(metrics, start=1):
-        table = blocks[blocks.metric == metric].pivot_table(index="block", columns="step", values="value")
-        table = table.reindex(sort_block_names(table.index))
-        if normalize:
+        table = _pivot(blocks, metric).reindex(order)
+        table = table.where(np.isfinite(table))
+        if normalize:  # by the largest finite |value| of the moment
             table = table / table.abs().max(axis=0).replace(0, 1)
         fig.add_trace(go.Heatmap(z=table.to_numpy(), x=[str(c) for c in table.columns],
                                  y=[block_label(b) for b in table.index], coloraxis="coloraxis",
@@ -51,7 +59,8 @@ def plot_block_criteria(history: History, metrics: Sequence[str] = DEFAULT, run:
     fig.update_yaxes(autorange="reversed", title_text="block", row=1, col=1)
     fig.update_layout(template="plotly_white", coloraxis=dict(colorscale="RdBu", cmid=0),
                       title="Where each criterion puts importance, per block over training"
-                            + (" (normalised per moment)" if normalize else ""))
+                            + (" (normalised per moment)" if normalize else "")
+                            + _nonfinite_note(_nonfinite(blocks, metrics)))
     return fig
 
 
@@ -67,12 +76,17 @@ def plot_block_scores(scores: Mapping[str, Mapping[str, float]], normalize: bool
     if not scores:
         raise ConfigError("no scores to plot")
     fig = go.Figure()
+    bad: list[str] = []
     for name, per_block in scores.items():
         names = sort_block_names(per_block)
-        values = [per_block[b] for b in names]
-        top = max((abs(v) for v in values), default=1.0) or 1.0
-        fig.add_bar(x=[block_label(b) for b in names], y=[v / top if normalize else v for v in values], name=name)
+        values = [float(per_block[b]) for b in names]
+        bad += [f"{block_label(b)} ({name}): {v}" for b, v in zip(names, values) if not math.isfinite(v)]
+        top = max((abs(v) for v in values if math.isfinite(v)), default=1.0) or 1.0
+        y = [None if not math.isfinite(v) else v / top if normalize else v for v in values]
+        fig.add_bar(x=[block_label(b) for b in names], y=y, name=name)
+    order = [block_label(b) for b in sort_block_names(b for per_block in scores.values() for b in per_block)]
+    fig.update_xaxes(categoryorder="array", categoryarray=order)
     fig.update_layout(template="plotly_white", barmode="group", title="Per-block scores side by side"
-                      + (" (each normalised to its maximum)" if normalize else ""),
+                      + (" (each normalised to its maximum)" if normalize else "") + _nonfinite_note(bad, "not drawn"),
                       xaxis_title="block", yaxis_title="score")
     return fig

@@ -64,10 +64,30 @@ def _require(blocks: pd.DataFrame, metrics: Sequence[str], caller: str, needs: s
 
 
 def _pivot(blocks: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """Values of ``metric`` as a blocks × steps frame (depth-ordered rows, ascending steps; last value wins)."""
-    df = blocks[blocks["metric"] == metric]
-    wide = df.pivot_table(index="block", columns="step", values="value", aggfunc="last")
+    """Values of ``metric`` as a blocks × steps frame (depth-ordered rows, ascending steps; the last value logged
+    wins, a NaN included, and a step whose values are all NaN keeps its column)."""
+    df = blocks[blocks["metric"] == metric].drop_duplicates(["block", "step"], keep="last")
+    wide = df.pivot(index="block", columns="step", values="value").astype(float)
     return wide.reindex(index=sort_block_names(wide.index), columns=sorted(wide.columns))
+
+
+def _nonfinite(blocks: pd.DataFrame, metrics: Sequence[str]) -> list[str]:
+    """Each logged value of ``metrics`` that is NaN or ±inf, as ``"attn 3 at step 40: nan"`` (the last value of a
+    block and step counts, as in :func:`_pivot`)."""
+    df = blocks[blocks["metric"].isin(metrics)].drop_duplicates(["metric", "block", "step"], keep="last")
+    bad = df[~np.isfinite(df["value"].to_numpy(dtype=float))]
+    bad = bad.assign(order=bad["block"].map({b: i for i, b in enumerate(sort_block_names(bad["block"]))}))
+    return [f"{block_label(b)} at step {int(st)}{'' if len(metrics) == 1 else f' ({m})'}: {v}"
+            for b, st, m, v in bad.sort_values(["step", "order"])[["block", "step", "metric", "value"]]
+            .itertuples(index=False)]
+
+
+def _nonfinite_note(items: list[str], what: str = "left blank") -> str:
+    """A title line naming the values that are not finite (empty when all are)."""
+    if not items:
+        return ""
+    shown = ", ".join(items[:4]) + (f" and {len(items) - 4} more" if len(items) > 4 else "")
+    return f"<br><sup>{len(items)} value(s) not finite, {what}: {shown}</sup>"
 
 
 def _epochs(blocks: pd.DataFrame, metrics: Sequence[str]) -> dict[int, int]:
@@ -167,8 +187,9 @@ def _benefit_heatmap(blocks: pd.DataFrame, variants: list[str], names: list[str]
                         subplot_titles=[f"{title} ({_VARIANT_TITLE[v]})" for v in variants])
     zlabel = f"{symbol} / max|{symbol}| of the step" if normalize else symbol
     for i, (v, wide) in enumerate(zip(variants, wides), start=1):
-        z = wide.reindex(index=order, columns=steps).to_numpy(dtype=float)
-        if normalize:
+        z = wide.reindex(index=order, columns=steps).to_numpy(dtype=float, copy=True)
+        z[~np.isfinite(z)] = np.nan  # NaN and ±inf are left blank and named in the title, never drawn as a colour
+        if normalize:  # by the largest finite |value| of the step
             scale = np.nanmax(np.abs(z), axis=0, initial=0.0) if z.size else np.zeros(len(steps))
             z = np.divide(z, scale, out=np.zeros_like(z), where=scale > 0) + np.where(np.isnan(z), np.nan, 0.0)
         coloraxis = "coloraxis" if i == 1 else f"coloraxis{i}"
@@ -185,7 +206,8 @@ def _benefit_heatmap(blocks: pd.DataFrame, variants: list[str], names: list[str]
     fig.update_yaxes(autorange="reversed")
     probes = " and ".join(_VARIANT_TITLE[v] for v in variants)
     norm = ", each step normalised by its max |value|" if normalize else ""
-    fig.update_layout(template=TEMPLATE, title=f"{title} per block over training ({probes}{norm})",
+    fig.update_layout(template=TEMPLATE, title=f"{title} per block over training ({probes}{norm})"
+                      + _nonfinite_note(_nonfinite(blocks, names)),
                       height=max(350, 18 * len(order) + 150))
     return fig
 
@@ -200,6 +222,11 @@ def _benefit_profile(blocks: pd.DataFrame, variants: list[str], names: list[str]
     if moments is None:
         chosen = _default_moments(steps)
     else:
+        if isinstance(moments, (str, bytes)) or not hasattr(moments, "__iter__") or not all(
+                isinstance(m, (int, float, np.integer, np.floating)) and not isinstance(m, bool)
+                and math.isfinite(float(m)) for m in moments):
+            raise ConfigError(f"moments must be a list of steps (numbers), got {moments!r}")
+        moments = list(moments)
         if len(moments) == 0:
             raise ConfigError("moments must list at least one step (or be None for the default)")
         chosen = _match_moments(moments, steps)
@@ -217,7 +244,7 @@ def _benefit_profile(blocks: pd.DataFrame, variants: list[str], names: list[str]
             for m, (step, color) in enumerate(zip(chosen, colors)):
                 if step in wide.columns:
                     col = wide[step]
-                    pts = [(layer + 1, b, float(col[b])) for layer, b in rows if not math.isnan(col[b])]
+                    pts = [(layer + 1, b, float(col[b])) for layer, b in rows if math.isfinite(col[b])]
                 else:
                     pts = []
                 x = [p[0] for p in pts]
@@ -240,7 +267,8 @@ def _benefit_profile(blocks: pd.DataFrame, variants: list[str], names: list[str]
     fig.update_xaxes(title_text="layer depth (1..L)", row=len(variants))
     fig.update_xaxes(tickmode="linear", tick0=1, dtick=1 if depth <= 16 else 2, range=[0.5, depth + 0.5])
     norm = " (each curve normalised by its max |value|)" if normalize else ""
-    fig.update_layout(template=TEMPLATE, title=f"{title} per layer at selected steps{norm}",
+    fig.update_layout(template=TEMPLATE, title=f"{title} per layer at selected steps{norm}"
+                      + _nonfinite_note(_nonfinite(blocks[blocks["step"].isin(chosen)], names), "not drawn"),
                       legend_title_text="moment", height=320 * len(variants) + 120)
     return fig
 
@@ -276,7 +304,8 @@ def plot_keep_ratios(history: History, metric: str = "keep_applied", run: str | 
     fig = make_subplots(rows=1, cols=2, column_widths=[0.58, 0.42], horizontal_spacing=0.1,
                         subplot_titles=[f"{label} per block over training", f"final {label} per block"])
     for block, color in zip(order, colors):
-        series = wide.loc[block].dropna()
+        series = wide.loc[block]
+        series = series[np.isfinite(series)]
         p = _parse(block)
         fig.add_trace(go.Scatter(
             x=series.index.astype(int).tolist(), y=series.to_numpy(dtype=float), mode="lines",
@@ -284,7 +313,7 @@ def plot_keep_ratios(history: History, metric: str = "keep_applied", run: str | 
             line=dict(color=color, dash="dash" if p and p[1] == "mlp" else "solid"),
             hovertemplate=block + "<br>step %{x}<br>" + symbol + " %{y:.3f}<extra></extra>"), row=1, col=1)
 
-    final = {b: wide.loc[b].dropna() for b in order}
+    final = {b: wide.loc[b][np.isfinite(wide.loc[b])] for b in order}
     final = {b: s for b, s in final.items() if len(s) and _parse(b)}
     goal = _pivot(blocks, "keep_goal") if metric != "keep_goal" and (blocks["metric"] == "keep_goal").any() \
         else None
@@ -331,7 +360,8 @@ def plot_keep_ratios(history: History, metric: str = "keep_applied", run: str | 
     fig.update_yaxes(title_text=label, range=[0, 1.05], row=1, col=1)
     fig.update_yaxes(title_text=f"final {label}", range=[0, 1.05], row=1, col=2)
     fig.update_layout(template=TEMPLATE, barmode="overlay",
-                      title=f"Keep ratio {symbol} of each block (colour: depth; attn solid, mlp dashed)")
+                      title=f"Keep ratio {symbol} of each block (colour: depth; attn solid, mlp dashed)"
+                      + _nonfinite_note(_nonfinite(blocks, [metric]), "not drawn"))
     return fig
 
 

@@ -13,17 +13,28 @@ from typing import Sequence
 
 import plotly.graph_objects as go
 
-from ..stats import CONFIDENCE, summarize_ci, verdict
+from ..errors import ConfigError
+from ..stats import CONFIDENCE, _need, summarize_ci, verdict
 from .style import TEMPLATE
 
 
 def plot_accuracy_ci(table, setting: str = "prune_ratio", value: str = "acc", method: str = "method",
                      methods: Sequence[str] | None = None, title: str | None = None) -> go.Figure:
     """Mean ``value`` (in %) against ``setting`` per method, with the Student-t 95 % interval over seeds as error
-    bars; a dense reference (``setting == 0``) is drawn as a horizontal band."""
+    bars; a dense reference (``setting == 0``) is drawn as a horizontal band. ``methods`` picks and orders the
+    methods shown (each must be in the table)."""
+    _need(table, [value, setting, method])
+    if table.empty:
+        raise ConfigError("the result table has no rows: there is nothing to plot")
     summary = summarize_ci(table, value, setting, method)
     fig = go.Figure()
-    chosen = methods or list(dict.fromkeys(summary[method]))
+    present = list(dict.fromkeys(summary[method]))
+    if methods is not None:
+        unknown = [m for m in methods if m not in present]
+        if unknown or not methods:
+            raise ConfigError(f"methods must name methods of the table, got {list(methods)}; it holds: "
+                              f"{', '.join(map(str, present))}")
+    chosen = list(methods) if methods is not None else present
     for m in chosen:
         rows = summary[summary[method] == m].sort_values(setting)
         if rows.empty:
@@ -51,6 +62,9 @@ def plot_paired_differences(diffs, setting: str = "prune_ratio", method: str = "
                             expect: str = "positive", title: str | None = None) -> go.Figure:
     """Each method − baseline (points, in accuracy points) with its 95 % interval per setting, coloured by the
     verdict (green supports, red contradicts, grey inconclusive); the zero line marks no difference."""
+    _need(diffs, [method, "baseline", setting, "diff", "low", "high", "n"])
+    if diffs.empty:
+        raise ConfigError("the table of paired differences has no rows: there is nothing to plot")
     colours = {"supports": "#2ca02c", "contradicts": "#d62728", "inconclusive": "#7f7f7f"}
     fig = go.Figure()
     labels = [f"{r[method]} − {r['baseline']} @ {r[setting] * 100:g} %" for _, r in diffs.iterrows()]
