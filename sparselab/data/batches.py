@@ -26,8 +26,8 @@ from typing import Iterator
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .datasets import TensorImages
 from ..errors import ConfigError
+from .datasets import TensorImages
 
 
 def to_model_input(x: torch.Tensor, model: torch.nn.Module, device: torch.device) -> torch.Tensor:

@@ -16,10 +16,10 @@ from typing import Sequence
 import numpy as np
 from torch.utils.data import Dataset
 
-from ..errors import ConfigError, DataNotFoundError, check_ratio
+from ..errors import ConfigError, DataNotFoundError
 from ..paths import data_dir, offline
 from .datasets import AUGMENTS, DataBundle
-from .registry import check_limit, register
+from .registry import check_download, check_fraction, check_limit, check_seed, register
 from .tensors import build_bundle, select_classes, stratified_limit, stratified_split
 from .transforms import PAPER_SCALE, image_transforms
 
@@ -32,10 +32,22 @@ _LAYOUT = {
 }
 
 
-def _unpickle(path: Path) -> dict:
-    with open(path, "rb") as f:
-        obj = pickle.load(f, encoding="bytes")
-    return {(k.decode() if isinstance(k, bytes) else k): v for k, v in obj.items()}
+def _unpickle(path: Path, keys: Sequence[str]) -> dict:
+    """The pickled dict in ``path`` (keys as str), which must hold ``keys``; a clear error for a damaged file."""
+    try:
+        with open(path, "rb") as f:
+            obj = pickle.load(f, encoding="bytes")
+    except Exception as exc:  # a cut-off or damaged pickle fails in many ways
+        raise DataNotFoundError(f"{path} cannot be read as a CIFAR batch ({type(exc).__name__}: {exc}): the file is "
+                                f"damaged or truncated; copy or download it again") from None
+    if not isinstance(obj, dict):
+        raise DataNotFoundError(f"{path} is not a CIFAR batch: it holds a {type(obj).__name__}, not a dict")
+    obj = {(k.decode() if isinstance(k, bytes) else k): v for k, v in obj.items()}
+    missing = [k for k in keys if k not in obj]
+    if missing:
+        raise DataNotFoundError(f"{path} is not a CIFAR batch: it lacks {', '.join(missing)} "
+                                f"(it holds {', '.join(sorted(map(str, obj))) or 'nothing'})")
+    return obj
 
 
 def read_cifar(root: Path, name: str) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray], list[str]]:
@@ -46,19 +58,29 @@ def read_cifar(root: Path, name: str) -> tuple[tuple[np.ndarray, np.ndarray], tu
     def part(files):
         xs, ys = [], []
         for fname in files:
-            d = _unpickle(folder / fname)
-            xs.append(np.asarray(d["data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
-            ys.append(np.asarray(d[lay["label_key"]], dtype=np.int64))
+            d = _unpickle(folder / fname, ("data", lay["label_key"]))
+            data, labels = np.asarray(d["data"]), np.asarray(d[lay["label_key"]])
+            if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+                raise DataNotFoundError(f"{folder / fname} is not a CIFAR batch: its data must be uint8 rows of "
+                                        f"{3 * 32 * 32} values, got {data.dtype} of shape {data.shape}")
+            if labels.ndim != 1 or len(labels) != len(data) or not np.issubdtype(labels.dtype, np.integer):
+                raise DataNotFoundError(f"{folder / fname} holds {len(data)} images but {lay['label_key']} "
+                                        f"{labels.dtype} of shape {labels.shape}: one integer label per image")
+            if len(labels) and (labels.min() < 0 or labels.max() >= len(names)):
+                raise DataNotFoundError(f"{folder / fname} holds labels from {labels.min()} to {labels.max()}; "
+                                        f"{name} has {len(names)} classes (0 to {len(names) - 1})")
+            xs.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+            ys.append(labels.astype(np.int64))
         return np.concatenate(xs), np.concatenate(ys)
 
-    meta = _unpickle(folder / lay["meta"])
+    meta = _unpickle(folder / lay["meta"], (lay["names_key"],))
     names = [n.decode() if isinstance(n, bytes) else n for n in meta[lay["names_key"]]]
     return part(lay["train"]), part(lay["test"]), names
 
 
 def _locate(name: str, root: Path | None, download: bool | None) -> Path:
     lay = _LAYOUT[name]
-    base = Path(root) if root is not None else data_dir()
+    base = Path(root).expanduser() if root is not None else data_dir()
     needed = lay["train"] + lay["test"] + [lay["meta"]]
     if all((base / lay["folder"] / f).is_file() for f in needed):
         return base
@@ -96,7 +118,9 @@ class ArrayImages(Dataset):
 
 def _load(name: str, image_size, root, download, limit, classes, val_fraction, augment, seed, pad) -> DataBundle:
     check_limit(limit)
-    check_ratio("val_fraction", val_fraction)
+    check_fraction("val_fraction", val_fraction)
+    check_seed(seed)
+    download = check_download(download)
     size = image_size or 32
     allowed = AUGMENTS if size < PAPER_SCALE else ("crop_flip", "randaugment", "none")
     if augment not in allowed:
@@ -114,6 +138,9 @@ def _load(name: str, image_size, root, download, limit, classes, val_fraction, a
     tr_idx, va_idx = stratified_split(tr_y, val_fraction, seed)
     if limit is not None:
         tr_idx = tr_idx[stratified_limit(tr_y[tr_idx], limit, seed)]
+    if not len(tr_idx):
+        raise ConfigError(f"{name}: no training images are left (val_fraction={val_fraction} of {len(tr_y)} images "
+                          f"goes to validation); lower val_fraction")
     train_tf, eval_tf = image_transforms(size, augment=augment != "none")
     kept = [names[c] for c in classes] if classes is not None else names
     return DataBundle(

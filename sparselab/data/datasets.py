@@ -37,10 +37,16 @@ class TensorImages(Dataset):
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, augment: Augment = "none", pad: int = 2,
                  fill: Sequence[float] | None = None):
+        images, labels = torch.as_tensor(images), torch.as_tensor(labels)
         if images.ndim != 4:
             raise ConfigError(f"images must have shape (N, C, H, W), got {tuple(images.shape)}")
+        if labels.ndim != 1:
+            raise ConfigError(f"labels must be a 1-d tensor (one class index per image), got shape "
+                              f"{tuple(labels.shape)}")
         if len(images) != len(labels):
             raise ConfigError(f"{len(images)} images but {len(labels)} labels")
+        if labels.is_floating_point() and not bool((labels == labels.round()).all()):
+            raise ConfigError("labels must be whole numbers (class indices), got fractional values")
         if augment not in AUGMENTS:
             raise ConfigError(f"augment must be one of {AUGMENTS}, got {augment!r}")
         self.images = images.float().contiguous()
@@ -50,6 +56,8 @@ class TensorImages(Dataset):
         self.augment = augment
         self.pad = pad
         self.fill = tuple(float(v) for v in fill) if fill is not None else None
+        if self.fill is not None and len(self.fill) != images.shape[1]:
+            raise ConfigError(f"fill needs one value per channel ({images.shape[1]}), got {len(self.fill)}")
 
     def __len__(self) -> int:
         return len(self.labels)

@@ -11,11 +11,11 @@ from typing import Sequence
 
 import numpy as np
 
-from ..errors import ConfigError, DataNotFoundError, check_ratio
+from ..errors import ConfigError, DataNotFoundError
 from ..paths import data_dir, offline
 from .datasets import AUGMENTS
 from .idx import read_idx
-from .registry import check_limit, register
+from .registry import check_download, check_fraction, check_limit, check_seed, register
 from .tensors import build_bundle
 
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -69,6 +69,25 @@ def _download(into: Path) -> tuple[dict[str, Path] | None, str]:
         return None, f"{type(exc).__name__}: {exc}"
 
 
+def check_arrays(files: dict[str, Path], arrays: dict[str, np.ndarray]) -> None:
+    """The IDX arrays are Fashion-MNIST's: uint8 images (N, H, W), one uint8 label in [0, 10) per image."""
+    for split in ("train", "test"):
+        images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
+        image_file, label_file = files[f"{split}_images"], files[f"{split}_labels"]
+        if images.ndim != 3 or images.dtype != np.uint8:
+            raise DataNotFoundError(f"{image_file} is not a Fashion-MNIST image file: expected uint8 images of shape "
+                                    f"(N, H, W), got {images.dtype} of shape {images.shape}")
+        if labels.ndim != 1 or labels.dtype != np.uint8:
+            raise DataNotFoundError(f"{label_file} is not a Fashion-MNIST label file: expected one uint8 label per "
+                                    f"image, got {labels.dtype} of shape {labels.shape}")
+        if len(images) != len(labels):
+            raise DataNotFoundError(f"{image_file} and {label_file} disagree in length "
+                                    f"({len(images)} images, {len(labels)} labels)")
+        if len(labels) and labels.max() >= len(CLASS_NAMES):
+            raise DataNotFoundError(f"{label_file} holds the label {int(labels.max())}; Fashion-MNIST's labels are "
+                                    f"0 to {len(CLASS_NAMES) - 1}")
+
+
 def locate(root: str | Path | None = None, download: bool | None = None) -> dict[str, Path]:
     """Find the IDX files, downloading through torchvision as a last resort; one clear error if all fail.
 
@@ -118,13 +137,14 @@ def load_fashion_mnist(
 ):
     """Fashion-MNIST as normalised in-memory tensors (train/val carved from the 60k, test = the 10k)."""
     check_limit(limit)
-    check_ratio("val_fraction", val_fraction)
+    check_fraction("val_fraction", val_fraction)
+    check_seed(seed)
+    download = check_download(download)
     if augment not in AUGMENTS:
         raise ConfigError(f"augment must be one of {AUGMENTS}, got {augment!r}")
     files = locate(root, download)
     arrays = {k: read_idx(p) for k, p in files.items()}
-    if len(arrays["train_images"]) != len(arrays["train_labels"]):
-        raise DataNotFoundError(f"{files['train_images']} and {files['train_labels']} disagree in length")
+    check_arrays(files, arrays)
     return build_bundle(
         "fashion_mnist",
         (arrays["train_images"], arrays["train_labels"].astype(np.int64)),

@@ -12,17 +12,20 @@ Example:
 """
 from __future__ import annotations
 
+import math
+import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from torch.utils.data import Dataset, Subset
 
-from ..errors import ConfigError, DataNotFoundError, check_ratio
+from ..errors import ConfigError, DataNotFoundError, check_positive_int
 from ..paths import data_dir, offline
 from .datasets import DataBundle
-from .registry import check_limit, loader_options, register
+from .registry import check_download, check_fraction, check_limit, check_seed, loader_options, register
 from .tensors import stratified_limit, stratified_split
-from .transforms import IMAGENET_MEAN, IMAGENET_STD, image_transforms
+from .transforms import IMAGENET_MEAN, IMAGENET_STD, _to_rgb, image_transforms
 
 #: ``augment`` for photo datasets: the recipe's augmentation (timm's RandAugment pipeline at 128 px and up; a
 #: random crop after padding and a flip below) under either name, or none.
@@ -46,6 +49,20 @@ def _limited(labels: np.ndarray | None, n: int, limit: int | None, seed: int) ->
     return stratified_limit(np.asarray(labels), limit, seed)
 
 
+def _check_channel_stats(name: str, values: Any, positive: bool) -> tuple[float, ...]:
+    """``mean`` or ``std``: three finite numbers, one per RGB channel (``std`` above 0)."""
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__len__") or len(values) != 3:
+        raise ConfigError(f"{name} must be three numbers, one per RGB channel, got {values!r}")
+    out = []
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or not math.isfinite(v) \
+                or (positive and v <= 0):
+            raise ConfigError(f"{name} must be three finite numbers{' above 0' if positive else ''}, one per RGB "
+                              f"channel, got {values!r}")
+        out.append(float(v))
+    return tuple(out)
+
+
 class _Transformed(Dataset):
     """A view of a dataset of PIL images with its own transform (so train and val can differ)."""
 
@@ -56,40 +73,90 @@ class _Transformed(Dataset):
         return len(self.indices)
 
     def __getitem__(self, i: int):
-        img, label = self.base[int(self.indices[i])]
+        j = int(self.indices[i])
+        try:
+            img, label = self.base[j]
+        except OSError as exc:  # PIL's UnidentifiedImageError and "image file is truncated" are OSErrors
+            samples = getattr(self.base, "samples", None)
+            where = samples[j][0] if samples is not None else f"image {j}"
+            raise DataNotFoundError(f"{where} cannot be read as an image ({type(exc).__name__}: {exc}); remove "
+                                    f"or replace it") from None
         return self.transform(img), label
 
 
+def _load_image(path: str):
+    """An image file as 8-bit RGB (16-bit greyscale scaled down, not clipped)."""
+    from PIL import Image
+
+    with open(path, "rb") as f:
+        img = Image.open(f)
+        img.load()
+        return _to_rgb(img)
+
+
 def _class_folder_tree(path: Path):
+    """The ImageFolder tree at ``path``; hidden folders and files (``.ipynb_checkpoints``, macOS ``._*`` copies)
+    are neither classes nor images."""
     from torchvision.datasets import ImageFolder
+    from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
+
+    def visible_image(file: str) -> bool:
+        hidden = any(part.startswith(".") for part in Path(os.path.relpath(file, path)).parts)
+        return not hidden and has_file_allowed_extension(file, IMG_EXTENSIONS)
 
     try:
-        return ImageFolder(str(path))
+        tree = ImageFolder(str(path), loader=_load_image, is_valid_file=visible_image, allow_empty=True)
     except (FileNotFoundError, RuntimeError) as exc:
-        raise DataNotFoundError(f"{path} is not an ImageFolder tree (one sub-folder of images per class): {exc}") from None
+        raise DataNotFoundError(f"{path} is not an ImageFolder tree (one sub-folder of images per class): "
+                                f"{exc}") from None
+    # a plain ImageFolder (picklable for DataLoader workers) with the hidden class folders taken out
+    classes = [c for c in tree.classes if not c.startswith(".")]
+    if not classes:
+        raise DataNotFoundError(f"{path} is not an ImageFolder tree (one sub-folder of images per class): it has "
+                                f"no class folders")
+    renumber = {tree.class_to_idx[c]: i for i, c in enumerate(classes)}
+    tree.samples = [(file, renumber[y]) for file, y in tree.samples if y in renumber]
+    tree.imgs, tree.targets = tree.samples, [y for _, y in tree.samples]
+    tree.classes, tree.class_to_idx = classes, {c: i for i, c in enumerate(classes)}
+    empty = sorted(set(classes) - {classes[y] for y in tree.targets})
+    if empty:
+        raise DataNotFoundError(f"{path} is not an ImageFolder tree (one sub-folder of images per class): the class "
+                                f"folders {', '.join(empty)} hold no images ({', '.join(IMG_EXTENSIONS)})")
+    return tree
 
 
 @register("imagefolder", "any ImageFolder tree: root/[train|val|test]/<class>/<image> or root/<class>/<image>")
-def load_imagefolder(image_size: int | None = None, root: str | Path | None = None, val_fraction: float = 0.1,
-                     test_fraction: float = 0.0, limit: int | None = None, augment: str = "randaugment",
-                     seed: int = 0, name: str | None = None, pad: int | None = None,
+def load_imagefolder(image_size: int | None = None, root: str | Path | None = None,
+                     val_fraction: float | None = None, test_fraction: float | None = None, limit: int | None = None,
+                     augment: str = "randaugment", seed: int = 0, name: str | None = None, pad: int | None = None,
                      mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD):
     """Load an ImageFolder tree with timm's train/eval transforms (224 px by default; below 128 px a random crop
     after ``pad`` pixels of padding and a flip), normalised by ``mean``/``std``. ``limit`` keeps that many
-    training images, classes in proportion."""
+    training images, classes in proportion. ``val_fraction`` (default 0.1) and ``test_fraction`` (default 0) split
+    a single tree of class folders; a tree with ``train/`` folders has its splits already."""
     if root is None:
         raise ConfigError("imagefolder needs root=<path of the tree>")
     root = Path(root).expanduser()
     if not root.is_dir():
         raise DataNotFoundError(f"ImageFolder root {root} does not exist" if not root.exists() else
                                 f"ImageFolder root {root} is a file, not a folder")
-    check_ratio("val_fraction", val_fraction)
-    check_ratio("test_fraction", test_fraction)
+    for option, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+        if value is not None:
+            check_fraction(option, value)
     check_limit(limit)
+    check_seed(seed)
     _check_augment(augment)
+    if pad is not None:
+        check_positive_int("pad", pad, allow_zero=True)
+    mean = _check_channel_stats("mean", mean, positive=False)
+    std = _check_channel_stats("std", std, positive=True)
     size = image_size or 224
     train_tf, eval_tf = image_transforms(size, mean=mean, std=std, augment=augment != "none", pad=pad)
     if (root / "train").is_dir():
+        given = [f"{o}={v}" for o, v in (("val_fraction", val_fraction), ("test_fraction", test_fraction)) if v]
+        if given:
+            raise ConfigError(f"{', '.join(given)} splits a single tree of class folders, but {root} is split into "
+                              f"folders already (train/, val/, test/); leave it out")
         train_base = _class_folder_tree(root / "train")
         splits = {"train": _Transformed(train_base, np.arange(len(train_base)), train_tf)}
         has_test = (root / "test").is_dir()
@@ -103,10 +170,21 @@ def load_imagefolder(image_size: int | None = None, root: str | Path | None = No
             raise DataNotFoundError(f"{root} has train/ but neither val/ nor test/: there is nothing to test on")
         classes = train_base.classes
     else:
+        split_folders = [s for s in ("val", "test") if (root / s).is_dir()]
+        if split_folders:
+            raise DataNotFoundError(f"{root} has {' and '.join(s + '/' for s in split_folders)} but no train/ folder: "
+                                    f"a tree split into folders needs train/<class>/ (and val/ or test/); a single "
+                                    f"tree holds one folder per class and no split folders")
+        val_fraction = 0.1 if val_fraction is None else val_fraction
+        test_fraction = 0.0 if test_fraction is None else test_fraction
         base = _class_folder_tree(root)
         labels = np.array(base.targets)
         rest, test = stratified_split(labels, test_fraction, seed=12345)
         tr, va = stratified_split(labels[rest], val_fraction, seed)
+        if not len(tr):
+            raise ConfigError(f"{root}: no training images are left (test_fraction={test_fraction} and "
+                              f"val_fraction={val_fraction} of its {len(labels)} images go to test and validation); "
+                              f"lower them")
         splits = {"train": _Transformed(base, rest[tr], train_tf), "val": _Transformed(base, rest[va], eval_tf),
                   "test": _Transformed(base, test, eval_tf)}
         splits = {k: v for k, v in splits.items() if len(v)}
@@ -122,7 +200,7 @@ def load_imagefolder(image_size: int | None = None, root: str | Path | None = No
 
 def _named_tree(name: str, folder: str, hint: str, **defaults):
     def loader(image_size=None, root=None, **options):
-        path = Path(root) if root is not None else data_dir() / folder
+        path = Path(root).expanduser() if root is not None else data_dir() / folder
         if not path.is_dir():
             raise DataNotFoundError(f"{name} is not downloadable automatically; put the ImageFolder tree at {path} "
                                     f"(or pass root=...). {hint}")
@@ -149,9 +227,11 @@ def _torchvision_loader(name: str, tv_class: str, splits: dict[str, str | None],
         import torchvision.datasets as tvd
 
         check_limit(limit)
+        check_seed(seed)
+        download = check_download(download)
         _check_augment(augment)
         size = image_size or 224
-        base = Path(root) if root is not None else data_dir()
+        base = Path(root).expanduser() if root is not None else data_dir()
         allow = (not offline()) if download is None else download
         train_tf, eval_tf = image_transforms(size, augment=augment != "none")
         out = {}

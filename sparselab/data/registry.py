@@ -15,7 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from ..errors import ConfigError, unknown_name
+import numpy as np
+
+from ..errors import ConfigError, check_bool, check_ratio, unknown_name
 from .datasets import DataBundle
 
 SPLITS = ("train", "val", "test")
@@ -52,7 +54,8 @@ def register(name: str, description: str = "", options: Iterable[str] | None = N
     def deco(fn: Callable[..., DataBundle]) -> Callable[..., DataBundle]:
         allowed = tuple(options) if options is not None else loader_options(fn)
         doc = (fn.__doc__ or "").strip().splitlines()
-        if name in _REGISTRY and getattr(_REGISTRY[name].loader, "__qualname__", None) != getattr(fn, "__qualname__", 0):
+        previous = _REGISTRY[name].loader if name in _REGISTRY else None
+        if previous is not None and getattr(previous, "__qualname__", None) != getattr(fn, "__qualname__", 0):
             warnings.warn(f"dataset {name!r} was registered before; this loader replaces it", stacklevel=2)
         _REGISTRY[name] = DatasetEntry(name, fn, description or (doc[0] if doc else name), allowed)
         return fn
@@ -64,6 +67,26 @@ def check_limit(limit: Any) -> None:
     """``limit`` (a cap on training images) is None or an integer >= 1."""
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise ConfigError(f"limit must be a positive integer (a cap on training images) or None, got {limit!r}")
+
+
+def check_fraction(name: str, value: Any) -> float:
+    """A split fraction (``val_fraction``, ``test_fraction``): a number in [0, 1); a string or a flag is refused."""
+    if isinstance(value, (str, bytes, bool)):
+        raise ConfigError(f"{name} must be a number in [0, 1), got {value!r}")
+    return check_ratio(name, value)
+
+
+def check_seed(seed: Any) -> int:
+    """``seed`` (what picks splits and subsets) is an integer in [0, 2**32)."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2 ** 32:
+        raise ConfigError(f"seed must be an integer in [0, 2**32), got {seed!r}")
+    return int(seed)
+
+
+def check_download(download: Any) -> bool | None:
+    """``download`` is True, False or None (None: allowed unless ``SPARSELAB_OFFLINE=1``); a string such as
+    ``"False"`` is refused rather than read as true."""
+    return check_bool("download", download, optional=True)
 
 
 def _check_options(dataset: str, allowed: Iterable[str] | None, options: dict[str, Any]) -> None:

@@ -15,13 +15,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import ConfigError, check_ratio
+from ..errors import ConfigError
 from .datasets import DataBundle, TensorImages
+from .registry import check_fraction, check_seed
 
 
 def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Split indices into (rest, part) with ``part`` holding about ``fraction`` of every class."""
-    check_ratio("fraction", fraction)
+    fraction = check_fraction("fraction", fraction)
+    seed = check_seed(seed)
     rng = np.random.default_rng(seed)
     rest, part = [], []
     for c in np.unique(labels):
@@ -78,13 +80,14 @@ def class_list(classes) -> list[int]:
     return out
 
 
-def select_classes(images: np.ndarray, labels: np.ndarray, classes: Sequence[int] | None):
-    """Keep only ``classes`` and renumber them 0..k-1 in the given order."""
+def select_classes(images: np.ndarray, labels: np.ndarray, classes: Sequence[int] | None, require: bool = True):
+    """Keep only ``classes`` and renumber them 0..k-1 in the given order. With ``require`` (the training split)
+    every class must occur in ``labels``; without (a test split, which may be empty) absent ones are skipped."""
     if classes is None:
         return images, labels
     classes = class_list(classes)
     present = set(np.unique(labels).tolist())
-    bad = [c for c in classes if c not in present]
+    bad = [c for c in classes if c not in present] if require else []
     if bad or len(set(classes)) != len(classes) or not classes:
         raise ConfigError(f"classes must be distinct labels among {sorted(present)}, got {list(classes)}")
     keep = np.isin(labels, classes)
@@ -94,6 +97,9 @@ def select_classes(images: np.ndarray, labels: np.ndarray, classes: Sequence[int
 
 def to_float(images: np.ndarray, image_size: int, max_value: float) -> torch.Tensor:
     """uint8/float ``(N, H, W)``, ``(N, H, W, C)`` or ``(N, C, H, W)`` arrays to float ``(N, C, S, S)`` in [0, 1]."""
+    if np.issubdtype(np.asarray(images).dtype, np.floating) and not np.isfinite(images).all():
+        bad = int((~np.isfinite(images)).sum())
+        raise ConfigError(f"{bad} pixel values are NaN or infinite: the image data is damaged")
     x = torch.as_tensor(np.ascontiguousarray(images)).float() / max_value
     if x.ndim == 3:
         x = x[:, None]
@@ -102,6 +108,17 @@ def to_float(images: np.ndarray, image_size: int, max_value: float) -> torch.Ten
     if x.shape[-1] != image_size or x.shape[-2] != image_size:
         x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", antialias=True, align_corners=False)
     return x.clamp_(0, 1).contiguous()
+
+
+def check_labels(name: str, labels: np.ndarray, num_classes: int, split: str = "training") -> None:
+    """The ``split`` labels of dataset ``name`` are a 1-d array of integers in ``[0, num_classes)``."""
+    labels = np.asarray(labels)
+    if labels.ndim != 1:
+        raise ConfigError(f"{name}: the {split} labels must be a 1-d array, got shape {labels.shape}")
+    if len(labels) and (not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0
+                        or labels.max() >= num_classes):
+        raise ConfigError(f"{name}: the {split} labels must be integers in [0, {num_classes}) (one per class name), "
+                          f"got values from {labels.min()!r} to {labels.max()!r} ({labels.dtype})")
 
 
 def build_bundle(
@@ -125,13 +142,17 @@ def build_bundle(
     training images after that; mean/std normalisation uses the training split's statistics. Random crops pad by
     ``pad`` pixels of black (in normalised units).
     """
-    check_ratio("val_fraction", val_fraction)
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2 ** 32:
-        raise ConfigError(f"seed must be an integer in [0, 2**32), got {seed!r}")
+    val_fraction = check_fraction("val_fraction", val_fraction)
+    seed = check_seed(seed)
     if classes is not None:
         classes = class_list(classes)
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise ConfigError(f"limit must be a positive integer or None, got {limit!r}")
+    for split, part in (("training", train), ("test", test)):
+        if part is not None:
+            if len(part[0]) != len(part[1]):
+                raise ConfigError(f"{name}: {len(part[0])} {split} images but {len(part[1])} labels")
+            check_labels(name, part[1], len(class_names), split)
     tr_x, tr_y = select_classes(*train, classes)
     names = [class_names[c] for c in classes] if classes is not None else list(class_names)
     tr_idx, va_idx = stratified_split(tr_y, val_fraction, seed)
@@ -156,7 +177,7 @@ def build_bundle(
     val_ds = make(to_float(tr_x[va_idx], image_size, max_value), tr_y[va_idx], "none") if len(va_idx) else None
     test_ds = None
     if test is not None:
-        te_x, te_y = select_classes(*test, classes)
+        te_x, te_y = select_classes(*test, classes, require=False)
         test_ds = make(to_float(te_x, image_size, max_value), te_y, "none") if len(te_y) else None
     return DataBundle(
         name=name, train=train_ds, val=val_ds, test=test_ds, num_classes=len(names),

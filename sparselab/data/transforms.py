@@ -44,5 +44,16 @@ def image_transforms(image_size: int, mean: Sequence[float] = IMAGENET_MEAN, std
     return T.Compose(to_mode + base + aug + tail), T.Compose(to_mode + base + tail)
 
 
+#: PIL modes of 16-bit greyscale images (PNG, TIFF); PIL's own conversion to RGB clips them at 255
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
 def _to_rgb(img):
+    """``img`` as 8-bit RGB; 16-bit greyscale is scaled to 8 bits (0..65535 to 0..255) rather than clipped."""
+    if getattr(img, "mode", "RGB") in SIXTEEN_BIT_MODES:
+        import numpy as np
+        from PIL import Image
+
+        values = np.asarray(img).astype(np.float64) / 257.0
+        img = Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8))
     return img.convert("RGB") if getattr(img, "mode", "RGB") != "RGB" else img
