@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import os
+import re
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable
@@ -19,7 +21,7 @@ from torch import nn
 from ..errors import CheckpointError, ConfigError, UnknownNameError
 from . import small_vit
 from .checkpoints import load_into, read_state_dict
-from .cifar import CifarResNet, CifarVGG, LeNet300100, cifar_resnet
+from .cifar import CifarResNet, CifarVGG, LeNet300100, cifar_resnet, positive_int
 
 _OWN: dict[str, Callable[..., nn.Module]] = {
     "resnet20": partial(cifar_resnet, 20),
@@ -122,9 +124,12 @@ def create(name: str, num_classes: int = 10, in_chans: int | None = None, pretra
         pretrained: ``False``; ``True`` for timm's hub weights (needs the network); a path to a local
             ``.safetensors``/``.pth`` checkpoint; or ``"fashion_mnist"`` for a small ViT pretrained by sparselab
             on Fashion-MNIST (trained once, reproducibly, and cached under ``data/``). A classifier head of another
-            class count is replaced by a fresh one.
+            class count is replaced by a fresh one; a ViT checkpoint for another image or patch size has its
+            position and patch embeddings resampled, with a warning. Weights that do not fit otherwise, or hold NaN
+            or infinite values, raise :class:`CheckpointError`.
         **kwargs: passed to the constructor (e.g. ``drop_path_rate`` for timm, ``width`` for ``vgg19_bn``,
-            ``image_size`` for ``lenet_300_100``); ``recipe`` picks the source-pretraining recipe.
+            ``image_size`` for ``lenet_300_100``); ``recipe`` picks the source-pretraining recipe (refused with
+            ``pretrained=True`` or a path; unused with ``pretrained=False``).
 
     Example:
         >>> import sparselab as sl
@@ -134,23 +139,38 @@ def create(name: str, num_classes: int = 10, in_chans: int | None = None, pretra
     check_name(name)  # a typo is an unknown model, not a pretrained-weights problem
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise ConfigError(f"num_classes must be a positive integer, got {num_classes!r}")
+    if in_chans is not None:
+        in_chans = positive_int("in_chans", in_chans)
+    if pretrained is None:
+        pretrained = False
+    if not isinstance(pretrained, (bool, str, os.PathLike)) or (isinstance(pretrained, str) and not pretrained):
+        raise ConfigError(f"pretrained must be False, True (timm hub weights), a checkpoint path or one of "
+                          f"{SOURCE_DATASETS}, got {pretrained!r}")
     recipe = kwargs.pop("recipe", None)  # used by pretrained=<source dataset> only
     if isinstance(pretrained, str) and pretrained in SOURCE_DATASETS:
         from .pretrained import source_pretrained
 
         return source_pretrained(name, pretrained, num_classes=num_classes, in_chans=in_chans, recipe=recipe,
                                  **kwargs)
+    if recipe is not None:
+        from .pretrained import check_recipe
+
+        check_recipe(recipe)
+        if pretrained is not False:  # a preset's recipe may stay set when its source pretraining is switched off
+            raise ConfigError(f"recipe={recipe!r} picks how a source model is pretrained; it applies with "
+                              f"pretrained= one of {SOURCE_DATASETS}, not pretrained={str(pretrained)!r}")
     path = None
-    if isinstance(pretrained, (str, Path)):
+    if isinstance(pretrained, (str, Path, os.PathLike)):
         path = Path(pretrained).expanduser()
         if not path.exists():
             raise CheckpointError(f"pretrained={str(pretrained)!r} is neither a checkpoint file nor one of "
                                   f"{SOURCE_DATASETS}")
     if in_chans is not None:
         kwargs["in_chans"] = in_chans
+    if pretrained is True and (name in _OWN or name in small_vit.SMALL_VITS):
+        other = f"pretrained={SOURCE_DATASETS[0]!r}, " if name in small_vit.SMALL_VITS else ""
+        raise ConfigError(f"{name} has no hub weights; pass {other}a checkpoint path or pretrained=False")
     if name in _OWN:
-        if pretrained is True:
-            raise ConfigError(f"{name} has no hub weights; pass a checkpoint path or pretrained=False")
         allowed = [p.name for p in inspect.signature(_OWN[name]).parameters.values()
                    if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and p.name != "num_classes"]
         for key in kwargs:
@@ -171,14 +191,46 @@ def create(name: str, num_classes: int = 10, in_chans: int | None = None, pretra
                     f"could not fetch timm hub weights for {name!r} ({type(exc).__name__}: {exc}). "
                     "Without network access pass pretrained=<path to a local checkpoint>.") from None
             raise
+        except TypeError as exc:  # an option the model's constructor does not take
+            if not kwargs:
+                raise
+            found = re.search(r"unexpected keyword argument '(\w+)'", str(exc))
+            what = f"unknown option {found.group(1)!r}" if found else f"options it cannot take ({exc})"
+            raise ConfigError(f"{what} for model {name!r} (given: {', '.join(sorted(kwargs))}); see the "
+                              f"constructor of {name} in timm for its options") from None
     if path is not None:
         state = read_state_dict(path)
-        from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
+        from timm.models.vision_transformer import VisionTransformer
 
+        resampled = []
         if isinstance(model, VisionTransformer):
-            state = checkpoint_filter_fn(state, model)
+            state, resampled = _vit_checkpoint(state, model, path)
         load_into(model, state, source=f"checkpoint {path}")
+        if resampled:
+            import warnings
+
+            grid = "x".join(map(str, model.patch_embed.grid_size))
+            warnings.warn(f"checkpoint {path} was trained for another image or patch size; its weights were "
+                          f"resampled to the model's {grid} patch grid: {'; '.join(resampled)}", stacklevel=2)
     return model
+
+
+def _vit_checkpoint(state: dict[str, Any], model: nn.Module, path: Path) -> tuple[dict[str, Any], list[str]]:
+    """``state`` converted by timm for ``model`` (other checkpoint layouts; the position and patch embeddings
+    resampled to the model's grid and patch), and what was resampled."""
+    from timm.models.vision_transformer import checkpoint_filter_fn
+
+    own = model.state_dict()
+    resampled = [f"{k} {tuple(state[k].shape)} -> {tuple(own[k].shape)}"
+                 for k in ("pos_embed", "patch_embed.proj.weight") if k in state and k in own
+                 and state[k].dim() == own[k].dim() and state[k].shape != own[k].shape
+                 and (k == "pos_embed" or state[k].shape[:2] == own[k].shape[:2])]
+    try:
+        state = checkpoint_filter_fn(state, model)
+    except Exception as exc:  # timm's conversion assumes a well-formed ViT checkpoint
+        raise CheckpointError(f"checkpoint {path} does not match {type(model).__name__}: its ViT weights could "
+                              f"not be converted ({type(exc).__name__}: {exc})") from None
+    return state, resampled
 
 
 def num_classes_of(model: nn.Module) -> int | None:

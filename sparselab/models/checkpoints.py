@@ -24,6 +24,8 @@ from ..errors import CheckpointError
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Load a state dict from ``.safetensors`` or a torch file (unwrapping ``model``/``state_dict`` keys)."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is a folder; give the .safetensors or torch file inside it")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     if path.stat().st_size == 0:
@@ -80,6 +82,10 @@ def head_keys(model: nn.Module) -> set[str]:
     return {f"{last[-1]}.weight", f"{last[-1]}.bias"} if last else set()
 
 
+def _show(keys: list[str]) -> str:
+    return ", ".join(keys[:5]) + (f" (+{len(keys) - 5} more)" if len(keys) > 5 else "")
+
+
 def state_dict_mismatch(own: Mapping[str, Any], other: Mapping[str, Any], ignore: Iterable[str] = ()) -> str:
     """What keeps ``other`` from loading into a module whose state dict is ``own``: missing and unexpected keys and
     shape mismatches, each listed (at most five shown); an empty string when they fit."""
@@ -87,24 +93,21 @@ def state_dict_mismatch(own: Mapping[str, Any], other: Mapping[str, Any], ignore
     missing = sorted(set(own) - set(other) - ignore)
     unexpected = sorted(set(other) - set(own))
     wrong = sorted(k for k in set(own) & set(other) if tuple(own[k].shape) != tuple(other[k].shape))
-
-    def show(keys: list[str]) -> str:
-        return ", ".join(keys[:5]) + (f" (+{len(keys) - 5} more)" if len(keys) > 5 else "")
-
     parts = []
     if missing:
-        parts.append(f"missing keys: {show(missing)}")
+        parts.append(f"missing keys: {_show(missing)}")
     if unexpected:
-        parts.append(f"unexpected keys: {show(unexpected)}")
+        parts.append(f"unexpected keys: {_show(unexpected)}")
     if wrong:
-        parts.append("shape mismatch: " + show([f"{k} {tuple(other[k].shape)} vs {tuple(own[k].shape)}"
-                                                 for k in wrong]))
+        parts.append("shape mismatch: " + _show([f"{k} {tuple(other[k].shape)} vs {tuple(own[k].shape)}"
+                                                  for k in wrong]))
     return "; ".join(parts)
 
 
 def load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str = "checkpoint") -> list[str]:
     """Load ``state`` into ``model``; a head of another class count is skipped (transfer), anything else that
-    does not fit raises :class:`CheckpointError`. Returns the skipped keys."""
+    does not fit (other keys or shapes, integer tensors for float weights, NaN or infinite values) raises
+    :class:`CheckpointError`. Returns the skipped keys."""
     own = model.state_dict()
     heads = head_keys(model)
     skipped = [k for k in heads if k in state and k in own and state[k].shape != own[k].shape]
@@ -112,5 +115,24 @@ def load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str = "c
     problems = state_dict_mismatch(own, state, ignore=skipped)
     if problems:
         raise CheckpointError(f"{source} does not match {type(model).__name__}: {problems}")
+    problems = state_dict_values(own, state)
+    if problems:
+        raise CheckpointError(f"{source} cannot be loaded into {type(model).__name__}: {problems}")
     model.load_state_dict(state, strict=False)
     return skipped
+
+
+def state_dict_values(own: Mapping[str, torch.Tensor], other: Mapping[str, torch.Tensor]) -> str:
+    """What makes the values of ``other`` unfit for a module whose state dict is ``own`` (keys and shapes already
+    agreeing): integer or boolean tensors for floating-point ones, and NaN or infinite values, each listed; an empty
+    string when they fit."""
+    parts = []
+    kinds = sorted(k for k in set(own) & set(other)
+                   if own[k].is_floating_point() and not other[k].is_floating_point())
+    if kinds:
+        parts.append("not floating point: " + _show([f"{k} {str(other[k].dtype).replace('torch.', '')}"
+                                                      for k in kinds]))
+    bad = sorted(k for k, v in other.items() if v.is_floating_point() and not bool(torch.isfinite(v).all()))
+    if bad:
+        parts.append(f"NaN or infinite values in {_show(bad)}")
+    return "; ".join(parts)

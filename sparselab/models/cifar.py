@@ -9,13 +9,23 @@ Example:
 """
 from __future__ import annotations
 
+import numbers
 from typing import Sequence
 
 import torch
 from torch import nn
 
+from ..errors import ConfigError, check_finite
+
 # configuration E as the HyperSparse reference's CIFAR VGG builds it: four max-pools, none after the last block
 VGG19_CFG = [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512]
+
+
+def positive_int(name: str, value: int) -> int:
+    """``value`` as an int if it is a whole number >= 1 (numpy integers included), else a :class:`ConfigError`."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
+    return int(value)
 
 
 class BasicBlock(nn.Module):
@@ -45,6 +55,10 @@ class CifarResNet(nn.Module):
         if (depth - 2) % 6 != 0:
             raise ValueError(f"CIFAR ResNet depth must be 6n+2 (20, 32, 56, ...), got {depth}")
         n = (depth - 2) // 6
+        in_chans = positive_int("in_chans", in_chans)
+        if isinstance(widths, (str, bytes)) or not isinstance(widths, Sequence) or not widths:
+            raise ConfigError(f"widths must be a sequence of positive integers (one per stage), got {widths!r}")
+        widths = [positive_int("each of widths", w) for w in widths]
         self.num_classes = num_classes
         self.conv1 = nn.Conv2d(in_chans, widths[0], 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(widths[0])
@@ -89,6 +103,8 @@ class CifarVGG(nn.Module):
 
     def __init__(self, num_classes: int = 10, in_chans: int = 3, width: float = 1.0, cfg: Sequence = VGG19_CFG):
         super().__init__()
+        in_chans = positive_int("in_chans", in_chans)
+        check_finite("width", width, low=0, low_inclusive=False)
         self.num_classes = num_classes
         layers, cin = [], in_chans
         for v in cfg:
@@ -121,6 +137,7 @@ class LeNet300100(nn.Module):
 
     def __init__(self, num_classes: int = 10, in_chans: int = 1, image_size: int = 28):
         super().__init__()
+        in_chans, image_size = positive_int("in_chans", in_chans), positive_int("image_size", image_size)
         self.num_classes = num_classes
         self.fc1 = nn.Linear(in_chans * image_size * image_size, 300)
         self.fc2 = nn.Linear(300, 100)

@@ -60,10 +60,18 @@ RECIPES: dict[str, SourceRecipe] = {
 }
 
 
-def checkpoint_path(model_name: str, dataset: str = "fashion_mnist", recipe: str = "default") -> Path:
-    """Where the pretrained weights of ``model_name`` under ``recipe`` are cached."""
+def check_recipe(recipe: str) -> str:
+    """Return ``recipe`` if it names one of :data:`RECIPES`, else raise a clear error."""
+    if not isinstance(recipe, str):
+        raise ConfigError(f"a pretraining recipe is given by name ({', '.join(RECIPES)}), got {recipe!r}")
     if recipe not in RECIPES:
         raise unknown_name("pretraining recipe", recipe, RECIPES)
+    return recipe
+
+
+def checkpoint_path(model_name: str, dataset: str = "fashion_mnist", recipe: str = "default") -> Path:
+    """Where the pretrained weights of ``model_name`` under ``recipe`` are cached."""
+    check_recipe(recipe)
     return data_dir() / "checkpoints" / f"{model_name}-{dataset}-{recipe}-{RECIPES[recipe].key()}.safetensors"
 
 
@@ -131,6 +139,7 @@ def pretrain(model_name: str, dataset: str = "fashion_mnist", recipe: str = "def
     _check_source(model_name, dataset)
     path = checkpoint_path(model_name, dataset, recipe)
     if path.exists() and not force:
+        _check_cached(path, model_name, recipe)
         return path
     rec = RECIPES[recipe]
     ckpt_dir = resume_dir(model_name, dataset, recipe)
@@ -147,6 +156,28 @@ def pretrain(model_name: str, dataset: str = "fashion_mnist", recipe: str = "def
     atomic_write(path.with_suffix(".json"), lambda tmp: Path(tmp).write_text(json.dumps(record, indent=2)))
     shutil.rmtree(ckpt_dir, ignore_errors=True)
     return path
+
+
+def rebuild_command(model_name: str, recipe: str = "default") -> str:
+    """The command that pretrains ``model_name`` with ``recipe`` again, replacing its cached weights."""
+    return f"sparselab pretrain --model {model_name} --force" + (f" --recipe {recipe}" if recipe != "default" else "")
+
+
+def _check_cached(path: Path, model_name: str, recipe: str) -> None:
+    """Refuse cached weights that lack their JSON record or differ from the checksum it holds."""
+    record = path.with_suffix(".json")
+    hint = f"rebuild it: {rebuild_command(model_name, recipe)}"
+    try:
+        expected = json.loads(record.read_text(encoding="utf-8")).get("sha256")
+    except FileNotFoundError:
+        raise CheckpointError(f"cached source model {path} has no record {record.name} (recipe, accuracy, "
+                              f"checksum); {hint}") from None
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError) as exc:
+        raise CheckpointError(f"the record {record} of cached source model {path} could not be read "
+                              f"({type(exc).__name__}: {exc}); {hint}") from None
+    if expected != hashlib.sha256(path.read_bytes()).hexdigest():
+        raise CheckpointError(f"cached source model {path} does not match the checksum in {record.name} (changed "
+                              f"or damaged since it was trained); {hint}")
 
 
 def source_pretrained(name: str, dataset: str, num_classes: int = 10, in_chans: int | None = None,
@@ -170,7 +201,7 @@ def source_pretrained(name: str, dataset: str, num_classes: int = 10, in_chans: 
     try:
         model = create(name, num_classes=10, in_chans=1, pretrained=path, **kwargs)
     except CheckpointError as exc:
-        raise CheckpointError(f"{exc}. Rebuild it: sparselab pretrain --model {name} --force") from None
+        raise CheckpointError(f"{exc}. Rebuild it: {rebuild_command(name, recipe or 'default')}") from None
     if reset_head or num_classes != 10:
         with torch.random.fork_rng():
             torch.manual_seed(RECIPES[recipe or "default"].seed + 1)

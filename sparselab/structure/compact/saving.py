@@ -5,6 +5,7 @@ or mismatched files.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -15,20 +16,34 @@ from torch import nn
 
 from ...atomic import atomic_write
 from ...errors import CheckpointError, ConfigError
-from ...models.checkpoints import state_dict_mismatch
+from ...models.checkpoints import state_dict_mismatch, state_dict_values
 from .spec import SPEC_FILE, SPEC_FORMAT, WEIGHTS_FILE, _build
+
+#: the key of ``spec.json`` that holds the SHA-256 of ``model.safetensors`` (absent in files written before it existed)
+CHECKSUM_KEY = "weights_sha256"
 
 
 def _state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
 
 
+def _dtype_mismatch(own: Mapping[str, torch.Tensor], other: Mapping[str, torch.Tensor]) -> str:
+    """The tensors of ``other`` whose dtype differs from the one the spec describes (at most five shown)."""
+    wrong = sorted(k for k in set(own) & set(other) if own[k].dtype != other[k].dtype)
+    shown = [f"{k} {str(other[k].dtype).replace('torch.', '')} vs {str(own[k].dtype).replace('torch.', '')}"
+             for k in wrong[:5]]
+    return ("dtype mismatch: " + ", ".join(shown) + (f" (+{len(wrong) - 5} more)" if len(wrong) > 5 else "")
+            if wrong else "")
+
+
 def save_compact(model: nn.Module, spec: Mapping[str, Any], directory: str | os.PathLike) -> Path:
     """Write a compact model to ``directory`` as ``spec.json`` (from :func:`compact_spec`) and
     ``model.safetensors`` (its state dict); each file is written to a temporary file and then renamed.
 
-    The spec is checked against the model first (the model it describes must have the same state-dict keys and
-    shapes); a mismatch raises :class:`~sparselab.errors.ConfigError`. Returns the directory.
+    The spec is checked against the model first (the model it describes must have the same state-dict keys,
+    shapes and dtypes, and the weights must be finite); a mismatch raises :class:`~sparselab.errors.ConfigError`.
+    The written ``spec.json`` also records the SHA-256 of ``model.safetensors`` (``weights_sha256``). Returns the
+    directory.
 
     Example:
         >>> import tempfile, timm, torch
@@ -39,20 +54,33 @@ def save_compact(model: nn.Module, spec: Mapping[str, Any], directory: str | os.
         >>> sorted(p.name for p in folder.iterdir())
         ['model.safetensors', 'spec.json']
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     try:
         text = json.dumps(spec, indent=1, sort_keys=True)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"compact spec is not JSON-serialisable ({exc})") from None
-    expected = _build(json.loads(text), ConfigError, device="meta").state_dict()
+    described = json.loads(text)
+    expected = _build(described, ConfigError, device="meta").state_dict()
     state = _state(model)
-    problem = state_dict_mismatch(expected, state)
+    problem = state_dict_mismatch(expected, state) or _dtype_mismatch(expected, state)
     if problem:
         raise ConfigError(f"the model does not match the compact spec: {problem}")
+    problem = state_dict_values(expected, state)
+    if problem:
+        raise ConfigError(f"the compact model cannot be saved: {problem}")
     folder = Path(directory)
-    folder.mkdir(parents=True, exist_ok=True)
-    atomic_write(folder / WEIGHTS_FILE, lambda tmp: save_file(state, tmp, metadata={"format": SPEC_FORMAT}))
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"{folder} is a file; save_compact writes {SPEC_FILE} and {WEIGHTS_FILE} into a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create the folder {folder} ({type(exc).__name__}: {exc.strerror or exc})") from None
+    blob = save(state, metadata={"format": SPEC_FORMAT})
+    atomic_write(folder / WEIGHTS_FILE, lambda tmp: Path(tmp).write_bytes(blob))
+    # the spec records its weights file's checksum, so a changed or swapped weights file is refused on loading
+    described[CHECKSUM_KEY] = hashlib.sha256(blob).hexdigest()
+    text = json.dumps(described, indent=1, sort_keys=True)
 
     def write_json(tmp: str) -> None:
         with open(tmp, "w", encoding="utf-8") as f:
@@ -66,8 +94,9 @@ def load_compact(directory: str | os.PathLike, device: torch.device | str = "cpu
     """Rebuild a compact model written by :func:`save_compact` and load its weights; returned in eval mode.
 
     Raises:
-        CheckpointError: the directory is missing or empty, a file is missing, unreadable or malformed, or the
-            weights do not fit the described model.
+        CheckpointError: the directory is missing or empty, a file is missing, unreadable or malformed, the
+            weights do not fit the described model (keys, shapes, dtypes), differ from the checksum the spec
+            records, or hold NaN or infinite values.
 
     Example:
         >>> import tempfile, timm, torch
@@ -83,6 +112,9 @@ def load_compact(directory: str | os.PathLike, device: torch.device | str = "cpu
     from ...models.checkpoints import read_state_dict
 
     folder = Path(directory)
+    if folder.is_file():
+        raise CheckpointError(f"{folder} is a file; give the compact model directory that holds {SPEC_FILE} and "
+                              f"{WEIGHTS_FILE}")
     if not folder.is_dir():
         raise CheckpointError(f"compact model directory {folder} does not exist")
     spec_path, weights_path = folder / SPEC_FILE, folder / WEIGHTS_FILE
@@ -98,8 +130,15 @@ def load_compact(directory: str | os.PathLike, device: torch.device | str = "cpu
         raise CheckpointError(f"compact model directory {folder} has {SPEC_FILE} but no {WEIGHTS_FILE}")
     model = _build(spec, CheckpointError)
     state = read_state_dict(weights_path)
-    problem = state_dict_mismatch(model.state_dict(), state)
+    own = model.state_dict()
+    problem = state_dict_mismatch(own, state) or _dtype_mismatch(own, state)
     if problem:
         raise CheckpointError(f"{weights_path} does not match {spec_path}: {problem}")
+    if CHECKSUM_KEY in spec and spec[CHECKSUM_KEY] != hashlib.sha256(weights_path.read_bytes()).hexdigest():
+        raise CheckpointError(f"{weights_path} does not match the checksum recorded in {spec_path}: it was changed "
+                              f"or damaged after saving, or comes from another save; save the model again")
+    problem = state_dict_values(own, state)
+    if problem:
+        raise CheckpointError(f"{weights_path} cannot be loaded: {problem}")
     model.load_state_dict(state, strict=True)
     return model.to(device).eval()

@@ -168,13 +168,26 @@ def _spec_error(kind: type[Exception], msg: str) -> Exception:
     return kind(f"compact spec: {msg}")
 
 
+def _whole(value: Any, what: str, error: type[Exception]) -> Any:
+    """``value`` if it is a whole number or a list of them (JSON integers, not floats or booleans)."""
+    items = value if isinstance(value, list) else [value]
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in items):
+        raise _spec_error(error, f"{what} must be {'a list of ' if isinstance(value, list) else 'an '}"
+                                 f"integer{'s' if isinstance(value, list) else ''}, got {value!r:.80}")
+    return value
+
+
 def _masks_from_spec(spec: Mapping[str, Any], error: type[Exception]) -> dict[int, dict[str, torch.Tensor]]:
     masks = {}
     for i, layer in enumerate(spec["layers"]):
         per = {}
         for g in GATES:
-            n = int(layer["sizes"][g])
-            idx = torch.as_tensor(layer["indices"][g], dtype=torch.long)
+            n = _whole(layer["sizes"][g], f"layer {i}, gate {g!r} size", error)
+            if n < 1:
+                raise _spec_error(error, f"layer {i}, gate {g!r} has size {n}; sizes are >= 1")
+            _whole(layer["kept"][g], f"layer {i}, gate {g!r} kept width", error)
+            idx = torch.as_tensor(_whole(layer["indices"][g], f"layer {i}, gate {g!r} indices", error),
+                                  dtype=torch.long)
             if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= n):
                 raise _spec_error(error, f"layer {i}, gate {g!r} has indices outside 0..{n - 1}")
             m = torch.zeros(n, dtype=torch.bool)
@@ -196,18 +209,25 @@ def _build(spec: Mapping[str, Any], error: type[Exception] = CheckpointError,
     if not isinstance(spec, Mapping) or spec.get("format") != SPEC_FORMAT:
         found = spec.get("format") if isinstance(spec, Mapping) else type(spec).__name__
         raise _spec_error(error, f"not a {SPEC_FORMAT} description (format {found!r})")
-    if spec.get("version") != SPEC_VERSION:
+    if spec.get("version") != SPEC_VERSION or isinstance(spec.get("version"), bool):
         raise _spec_error(error, f"version {spec.get('version')!r} is not supported (expected {SPEC_VERSION})")
     classes = {"VisionTransformer": VisionTransformer, "VisionTransformerDistilled": VisionTransformerDistilled}
     try:
         cls = classes[spec["architecture"]]
         kwargs = dict(spec["kwargs"])
         norm = spec["norm"]
+        if norm["type"] not in ("timm", "torch"):
+            raise _spec_error(error, f"norm type {norm['type']!r} is not one of timm, torch")
+        eps = float(norm["eps"])
+        if not 0 <= eps < float("inf"):
+            raise _spec_error(error, f"norm eps must be a finite number >= 0, got {norm['eps']!r}")
         norm_cls = TimmLayerNorm if norm["type"] == "timm" else nn.LayerNorm
-        kwargs["norm_layer"] = functools.partial(norm_cls, eps=float(norm["eps"]))
+        kwargs["norm_layer"] = functools.partial(norm_cls, eps=eps)
         for key in ("img_size", "patch_size"):
             kwargs[key] = tuple(kwargs[key])
-        dtype = getattr(torch, spec["dtype"])
+        dtype = getattr(torch, spec["dtype"], None)
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+            raise _spec_error(error, f"dtype {spec['dtype']!r} is not a floating-point torch dtype")
         qkv_unit = spec.get("qkv_unit", "dim")  # specs written before head pruning existed prune head dimensions
         if qkv_unit not in QKV_UNITS:
             raise _spec_error(error, f"qkv_unit {qkv_unit!r} is not one of {', '.join(QKV_UNITS)}")
@@ -223,5 +243,8 @@ def _build(spec: Mapping[str, Any], error: type[Exception] = CheckpointError,
         return compact_vit(base, masks, qkv_unit=qkv_unit)
     except ConfigError as exc:
         raise _spec_error(error, str(exc)) from None
-    except (TypeError, ValueError, AssertionError) as exc:
+    except CheckpointError:
+        raise
+    # timm's constructor checks its arguments with asserts, lookups, divisions and tensor shapes
+    except (TypeError, ValueError, AssertionError, ArithmeticError, LookupError, RuntimeError) as exc:
         raise _spec_error(error, f"cannot build the model ({type(exc).__name__}: {exc})") from None
