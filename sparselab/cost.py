@@ -10,6 +10,7 @@ Example:
 """
 from __future__ import annotations
 
+import itertools
 import statistics
 import time
 from typing import Sequence
@@ -23,8 +24,12 @@ from .errors import ConfigError, check_positive_int
 @torch.inference_mode()
 def latency_ms(model: nn.Module, input_shape: Sequence[int], batch_size: int = 1, repeats: int = 20,
                warmup: int = 3, device: str | torch.device | None = None) -> float:
-    """Median wall time in milliseconds of one forward pass on a random batch (model in eval mode)."""
-    device = torch.device(device) if device is not None else next(model.parameters()).device
+    """Median wall time in milliseconds of one forward pass on a random batch (model in eval mode), on ``device``
+    (default: where the model's parameters or buffers are; the CPU for a model without either)."""
+    check_positive_int("repeats", repeats)
+    check_positive_int("batch_size", batch_size)
+    check_positive_int("warmup", warmup, allow_zero=True)
+    device = torch.device(device) if device is not None else _device(model)
     was_training = model.training
     model.eval()
     x = torch.randn(batch_size, *input_shape, device=device)
@@ -44,10 +49,10 @@ def latency_ms(model: nn.Module, input_shape: Sequence[int], batch_size: int = 1
 
 def latency_against(model: nn.Module, reference: nn.Module, input_shape: Sequence[int], batch_size: int = 1,
                     repeats: int = 20, warmup: int = 3) -> dict[str, float]:
-    """``model`` timed against ``reference`` round by round on the same batch (CPU), the order alternating, so that
-    a busy spell of the machine slows both alike: the median milliseconds of each, and the median of the
-    per-round ratios ``reference / model`` (the speed-up) with its interquartile range (a wide one says the timing
-    was disturbed).
+    """``model`` timed against ``reference`` round by round on the same batch (on the models' device), the order
+    alternating, so that a busy spell of the machine slows both alike: the median milliseconds of each, and the
+    median of the per-round ratios ``reference / model`` (the speed-up) with its interquartile range (a wide one
+    says the timing was disturbed).
 
     Example:
         >>> m = torch.nn.Linear(8, 8)
@@ -56,18 +61,27 @@ def latency_against(model: nn.Module, reference: nn.Module, input_shape: Sequenc
         (['model_ms', 'reference_ms', 'speedup', 'speedup_q1', 'speedup_q3'], True)
     """
     check_positive_int("repeats", repeats)
+    check_positive_int("batch_size", batch_size)
+    check_positive_int("warmup", warmup, allow_zero=True)
     models = (reference, model)
+    device = _device(model)
+    if _device(reference) != device:
+        raise ConfigError(f"latency_against times both models on one batch, but the model is on {device} and the "
+                          f"reference on {_device(reference)}; move them to one device")
     modes = [m.training for m in models]
     for m in models:
         m.eval()
-    device = next(model.parameters()).device
     x = torch.randn(batch_size, *input_shape, device=device)
     times: tuple[list[float], list[float]] = ([], [])
     with torch.inference_mode():
         for i in range(warmup + repeats):
             for j in ((0, 1) if i % 2 == 0 else (1, 0)):
+                if device.type == "cuda":  # kernels run asynchronously: time them, not their launch
+                    torch.cuda.synchronize(device)
                 t0 = time.perf_counter()
                 models[j](x)
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
                 if i >= warmup:
                     times[j].append((time.perf_counter() - t0) * 1000)
     for m, mode in zip(models, modes):
@@ -76,6 +90,13 @@ def latency_against(model: nn.Module, reference: nn.Module, input_shape: Sequenc
     q = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
     return {"model_ms": statistics.median(times[1]), "reference_ms": statistics.median(times[0]),
             "speedup": statistics.median(ratios), "speedup_q1": q[0], "speedup_q3": q[2]}
+
+
+def _device(model: nn.Module) -> torch.device:
+    """Where ``model``'s first parameter (or buffer) lives; the CPU for a model with neither."""
+    for tensor in itertools.chain(model.parameters(), model.buffers()):
+        return tensor.device
+    return torch.device("cpu")
 
 
 def compact_stats(model: nn.Module) -> dict[str, int]:

@@ -145,6 +145,14 @@ class History:
         runs = [str(r) for r in runs]  # names are strings, as a saved History gives them back
         if len(runs) != len(histories) or len(set(runs)) != len(runs):
             raise ConfigError(f"need one distinct run name per history, got {list(runs)}")
+        # a merged History keeps its own run names: each must name one run of the result
+        owner: dict[str, str] = {}
+        for run, h in zip(runs, histories):
+            for name in (dict.fromkeys(n for t in COLUMNS for n in h._run[t]) if h._run is not None else [run]):
+                if name in owner:
+                    raise ConfigError(f"run {name!r} of {run!r} is also a run of {owner[name]!r}; the merged History "
+                                      f"would mix their rows under one name (rename the runs before merging)")
+                owner[name] = run
         out = cls(meta={"runs": {r: h.meta for r, h in zip(runs, histories)}})
         out._run = {t: [] for t in COLUMNS}
         for run, h in zip(runs, histories):

@@ -59,6 +59,7 @@ def summarize_ci(table: pd.DataFrame, value: str = "acc", setting: str = "prune_
                  method: str = "method", confidence: float = CONFIDENCE) -> pd.DataFrame:
     """Mean and confidence interval of ``value`` per method and setting (one row each)."""
     _need(table, [value, setting, method])
+    _keyed(table, [setting, method])
     rows = []
     for (s, m), group in table.groupby([setting, method], sort=False):
         mean, low, high, n = mean_ci(group[value], confidence)
@@ -90,8 +91,12 @@ def paired_differences(table: pd.DataFrame, baseline: str, value: str = "acc", s
     Pairing by seed removes what the seed does to both (warm start, data order); only seeds present for both
     methods count (``n``)."""
     _need(table, [value, setting, method, seed])
+    _keyed(table, [setting, method, seed])
     if baseline not in set(table[method]):
         raise ConfigError(f"baseline {baseline!r} is not among the methods {sorted(set(table[method]))}")
+    unknown = [m for m in (methods or ()) if m not in set(table[method])]
+    if unknown:
+        raise ConfigError(f"methods {unknown} are not among the methods of the table {sorted(set(table[method]))}")
     dup = table[table.duplicated([method, setting, seed], keep=False)]
     if len(dup):
         first = {k: v.item() if hasattr(v, "item") else v for k, v in dup.iloc[0].items()}
@@ -120,7 +125,10 @@ def paired_against_all(table: pd.DataFrame, method: str, setting: str = "prune_r
         >>> round(float(paired_against_all(t, "a")["diff"].iloc[0]), 3)
         0.025
     """
-    if table.empty or method not in set(table.method):
+    if table.empty:
+        return pd.DataFrame()
+    _need(table, ["method", setting, "seed", value])
+    if method not in set(table.method):
         return pd.DataFrame()
     others = [m for m in dict.fromkeys(table.method) if m != method and m not in skip]
     frames = [paired_differences(table[table.method.isin([method, b])], b, value=value, setting=setting,
@@ -203,6 +211,29 @@ def findings_from(diffs: pd.DataFrame, setting: str = "prune_ratio", method: str
                  f"{r[setting] * 100:g} %")
         out.append(finding(label, r["diff"], r["low"], r["high"], int(r["n"]), expect))
     return out
+
+
+def warn_unmeasured(table: pd.DataFrame, where: str, value: str = "acc") -> None:
+    """Warn (``RuntimeWarning``) when rows of ``table`` hold no finite ``value``: a mean over seeds leaves them
+    out, so the warning names them (method, setting and seed where the table has those columns)."""
+    values = pd.to_numeric(table[value], errors="coerce").to_numpy(dtype=float)
+    bad = table[~np.isfinite(values)]
+    if len(bad):
+        keys = [c for c in bad.columns if c in ("method", "prune_ratio", "sparsity", "seed")]
+        first = {k: v.item() if hasattr(v, "item") else v for k, v in bad.iloc[0][keys].items()}
+        example = ", ".join(f"{k}={v!r}" for k, v in first.items()) + (", ..." if len(bad) > 1 else "")
+        warnings.warn(f"{where}: {len(bad)} of {len(table)} runs have no finite {value} ({example}); a NaN is left "
+                      f"out of the means and the seed counts, an infinite value makes its mean infinite",
+                      RuntimeWarning, stacklevel=3)
+
+
+def _keyed(table: pd.DataFrame, columns: Sequence[str]) -> None:
+    """Refuse rows whose method, setting or seed is missing (NaN): grouping would drop them without a word."""
+    for c in columns:
+        missing = int(table[c].isna().sum())
+        if missing:
+            raise ConfigError(f"{missing} rows of the result table have no {c!r} (NaN); every run needs its method, "
+                              f"setting and seed to be grouped and paired")
 
 
 def _need(table: pd.DataFrame, columns: Sequence[str]) -> None:

@@ -43,6 +43,7 @@ from ..history import History
 from ..pruners import ART, FixedMask, GradualMagnitude
 from ..pruners.masking import MovementPruning
 from ..registry import Registry
+from ..stats import warn_unmeasured
 from ..structure.unstructured import apply_masks, check_masks, magnitude_masks, prunable_weights, sparsity
 from ..training import OptimizerHandoff, evaluate, fit
 from ..training.config import TrainConfig, checked_replace
@@ -396,11 +397,12 @@ def summarize(table: pd.DataFrame) -> pd.DataFrame:
     the method."""
     if table.empty:
         raise ConfigError("no runs to summarise")
+    warn_unmeasured(table, "summarize")
     g = table.groupby(["sparsity", "method"], sort=False)
     out = pd.DataFrame({"acc %": g.acc.mean() * 100, "± (std)": g.acc.std(ddof=1) * 100,
                         **({"best acc %": g.acc_best.mean() * 100} if "acc_best" in table else {}),
                         "acc before fine-tune %": g.acc_pruned.mean() * 100,
-                        "achieved sparsity": g.nonzero_sparsity.mean(), "seeds": g.seed.count()})
+                        "achieved sparsity": g.nonzero_sparsity.mean(), "seeds": g.acc.count()})
     if "art_epochs" in table:
         out["ART epochs"] = g.art_epochs.mean()
     if "chance_acc" in table:

@@ -19,7 +19,7 @@ from typing import Mapping, Sequence
 
 import pandas as pd
 
-from ..stats import finding, mean_ci, paired_differences, verdict
+from ..stats import finding, mean_ci, paired_differences, paired_mean_ci, verdict
 from .art import at_chance
 
 #: sparselab's variants of P3B (a cheaper estimator, another selection rule): compared, but no claim of the paper
@@ -62,9 +62,8 @@ def p3b_findings(table: pd.DataFrame, runs: Sequence = (), probes: Sequence[str]
                                      r["low"], r["high"], int(r["n"]), expect))
         dense = table[table.method == "dense"].set_index("seed").acc
         for ratio, group in p3b.groupby("prune_ratio"):
-            mine = group.set_index("seed").acc
-            common = mine.index.intersection(dense.index)
-            mean, low, high, n = mean_ci(mine.loc[common] - dense.loc[common])
+            # paired by seed; a seed recorded twice on either side is refused rather than counted twice
+            mean, low, high, n = paired_mean_ci(group.set_index("seed").acc, dense)
             lines.append(finding(f"P3B at {ratio * 100:g} % − dense fine-tuning (the paper: about 0, at most a small "
                                  f"loss; read here as a loss under {DENSE_MARGIN * 100:g} point)", mean, low, high, n,
                                  margin=DENSE_MARGIN))

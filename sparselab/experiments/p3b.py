@@ -43,6 +43,7 @@ from ..history import History
 from ..latency import latency_ms
 from ..probes import FAST_PROBES
 from ..pruners import P3B, P3BSchedule
+from ..stats import warn_unmeasured
 from ..training import fit
 from ..training.config import TrainConfig, checked_replace
 from .presets import load_data, named_preset, require_test_split
@@ -220,8 +221,13 @@ def benefit_trace(preset: P3BPreset, seed: int = 0, data=None, progress: bool = 
     if model is None:
         model = source_model(preset, data, seed=seed)
     history = History(meta={"run": f"benefit-s{seed}", "seed": seed, "preset": preset.name})
+    # the probes P3B would attach: the preset's probe cadence, learning rate and weight decay
+    options = from_options(BenefitConfig, {**preset.probe_options, "patch_probe": preset.patch_probe},
+                           f"probe option of preset {preset.name!r}")
     probes = BlockBenefit(model, num_classes=data.num_classes, patch_probe=preset.patch_probe,
-                          log_every=max(1, len(data.train) // preset.fit.get("batch_size", 128) // 2))
+                          log_every=max(1, len(data.train) // preset.fit.get("batch_size", 128) // 2),
+                          probe_every=options.probe_every, probe_fraction=options.probe_fraction,
+                          lr=options.probe_lr, weight_decay=options.probe_weight_decay)
     steps = preset.calibration_steps if calibration_steps is None else calibration_steps
     probes.calibrate(data, steps=steps, seed=seed)
     probes.record(history, probes.measure(data), step=0)
@@ -419,6 +425,7 @@ def summarize(table: pd.DataFrame) -> pd.DataFrame:
     FLOPs in M multiply-accumulates, latency in ms)."""
     if table.empty:
         raise ConfigError("no runs to summarise")
+    warn_unmeasured(table, "summarize")
     g = table.groupby(["prune_ratio", "method"], sort=False)
     out = pd.DataFrame({
         "acc %": g.acc.mean() * 100,
@@ -427,7 +434,7 @@ def summarize(table: pd.DataFrame) -> pd.DataFrame:
         "achieved ratio": g.achieved_ratio.mean(),
         "params (M)": g.params.mean() / 1e6,
         "MFLOPs": g.flops.mean() / 1e6,
-        "seeds": g.seed.count(),
+        "seeds": g.acc.count(),  # the runs the accuracy mean is over
     })
     if "latency_ms" in table:
         out["latency (ms)"] = g.latency_ms.median()

@@ -21,8 +21,20 @@ def named_preset(kind: str, presets: Mapping[str, Any], name: str, **changes: An
 
 
 def load_data(preset: Any, **options: Any):
-    """The preset's dataset (its ``data``, ``image_size`` and ``data_options``, overridden by ``options``)."""
-    return sl_data.load(preset.data, image_size=preset.image_size, **{**preset.data_options, **options})
+    """The preset's dataset (its ``data``, ``image_size`` and ``data_options``, overridden by ``options``, which
+    may name ``image_size`` too).
+
+    Raises:
+        ConfigError: ``image_size`` among the preset's ``data_options`` (the preset's own ``image_size`` field says
+            it), or ``split`` among the options (a preset's runs need every split).
+    """
+    if "image_size" in preset.data_options:
+        raise ConfigError(f"preset {preset.name!r} gives image_size in data_options; set the preset's image_size "
+                          f"field instead (preset.replace(image_size=...))")
+    merged = {"image_size": preset.image_size, **preset.data_options, **options}
+    if "split" in merged:
+        raise ConfigError(f"load_data loads every split a preset's runs need; got split={merged['split']!r}")
+    return sl_data.load(preset.data, **merged)
 
 
 def require_test_split(data) -> None:

@@ -24,6 +24,7 @@ from typing import Sequence
 import pandas as pd
 from tqdm.auto import tqdm
 
+from ..errors import ConfigError
 from ..stats import mean_ci
 from .committed import committed_results
 from .p3b import P3BPreset, run_p3b
@@ -45,7 +46,16 @@ RULE = SettingRule()
 def measure_candidate(preset: P3BPreset, ratio: float = 0.9, seeds: Sequence[int] = (0, 1, 2, 3, 4),
                       rule: SettingRule = RULE, progress: bool = True) -> dict:
     """Dense fine-tuning and uniform allocation at ``ratio`` for every seed of one candidate, and whether the
-    candidate qualifies under ``rule``. Returns the per-run rows and the summary."""
+    candidate qualifies under ``rule``. Returns the per-run rows and the summary.
+
+    Raises:
+        ConfigError: a seed given twice (it would count twice towards ``rule.min_seeds`` and the interval).
+    """
+    seeds = list(seeds)
+    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+    if repeated:
+        raise ConfigError(f"seeds {repeated} are given more than once; each seed is one unit of the rule's "
+                          f"interval and seed count, so give distinct seeds")
     data = load_data(preset)
     rows = []
     jobs = [(m, s) for s in seeds for m in ("dense", "uniform")]
