@@ -157,6 +157,11 @@ class ART(Pruner):
     # ------------------------------------------------------------------ hooks
     def on_fit_start(self, state: TrainState) -> None:
         self.model = state.model
+        if state.epochs <= self.warmup_epochs and not self.terminated:
+            warnings.warn(f"training for {state.epochs} epochs ends within ART's dense warm-up "
+                          f"({self.warmup_epochs} epochs): no ART epoch runs, the model stays dense and there is no "
+                          f"candidate; train for at least {self.warmup_epochs + 1} epochs (art.max_epochs: "
+                          f"{self.max_epochs})", stacklevel=3)
 
     def after_backward(self, state: TrainState) -> None:
         # λ_e·∇R added straight into the gradients: the same update as backpropagating λ_e·R, without its graph
@@ -258,6 +263,11 @@ class ART(Pruner):
     def on_fit_end(self, state: TrainState) -> None:
         h = state.history
         if self.candidate is None:
+            if self._window:  # ART epochs ran, but too few for a full window under candidate_rule="best_mean"
+                warnings.warn(f"ART ended after {len(self._window)} ART epoch(s), fewer than a full window "
+                              f"({self.window}) that candidate_rule={self.candidate_rule!r} needs: no candidate, "
+                              f"the model stays dense; train for {self.max_epochs} epochs (art.max_epochs)",
+                              stacklevel=3)
             return
         state.model.load_state_dict({k: v.to(state.device) for k, v in self.candidate.items()})
         final = torch.cat([m.flatten() for m in self.masks().values()]).cpu().numpy()

@@ -18,13 +18,15 @@ Example:
 """
 from __future__ import annotations
 
+import numbers
+import warnings
 from typing import Any, Mapping
 
 import torch
 from torch import nn
 
 from ..callbacks import Pruner, TrainState
-from ..errors import check_ratio
+from ..errors import ConfigError, check_positive_int, check_ratio
 from ..structure.unstructured import (
     apply_masks,
     check_masks,
@@ -40,7 +42,18 @@ class FixedMask(Pruner):
     """Train with a fixed unstructured mask (True = kept)."""
 
     def __init__(self, masks: Mapping[str, torch.Tensor]):
-        self.masks = {k: v.bool() for k, v in masks.items()}
+        if not isinstance(masks, Mapping):
+            raise ConfigError(f"FixedMask needs a dict of weight name -> boolean mask (True = kept), got "
+                              f"{type(masks).__name__}")
+        self.masks = {}
+        for k, v in masks.items():
+            v = torch.as_tensor(v)
+            if v.dtype != torch.bool and not bool(((v == 0) | (v == 1)).all()):
+                # .bool() would keep every nonzero entry: scores or weights passed as a mask would prune nothing
+                raise ConfigError(f"FixedMask: the mask of {k} must be boolean (True = kept) or 0/1, got values "
+                                  f"other than 0 and 1 (pass masks, e.g. from sparselab.structure.magnitude_masks, "
+                                  f"not scores or weights)")
+            self.masks[k] = v.bool()
 
     def sparsity(self) -> float:
         return sparsity(self.masks)
@@ -86,7 +99,15 @@ class ScheduledMasks(FixedMask):
                  every: int = 100, initial_sparsity: float = 0.0):
         self.target = check_ratio("sparsity", sparsity)
         self.initial = check_ratio("initial_sparsity", initial_sparsity)
-        self.schedule = CubicSparsity(final=self.target, start=start_epoch, end=end_epoch, every=max(1, int(every)),
+        if self.initial > self.target:
+            raise ConfigError(f"initial_sparsity {self.initial} exceeds the final sparsity {self.target}: the "
+                              f"schedule would bring pruned weights back; need initial_sparsity <= sparsity")
+        start_epoch, end_epoch, every = (int(v) if isinstance(v, numbers.Integral) and not isinstance(v, bool) else v
+                                         for v in (start_epoch, end_epoch, every))
+        check_positive_int("start_epoch", start_epoch, allow_zero=True)
+        check_positive_int("end_epoch", end_epoch)
+        check_positive_int("every", every)
+        self.schedule = CubicSparsity(final=self.target, start=start_epoch, end=end_epoch, every=every,
                                       initial=self.initial)
         self.start_epoch, self.end_epoch, self.every = start_epoch, end_epoch, self.schedule.every
         super().__init__(magnitude_masks(model, 0.0))
@@ -104,6 +125,10 @@ class ScheduledMasks(FixedMask):
     def on_fit_start(self, state: TrainState) -> None:
         masks = check_masks(state.model, self.masks, f"{type(self).__name__}'s masks")
         self.masks = {k: v.to(state.device) for k, v in masks.items()}
+        if state.epochs < self.end_epoch:
+            warnings.warn(f"training for {state.epochs} epochs ends before {type(self).__name__} reaches its "
+                          f"sparsity {self.target} (end_epoch {self.end_epoch}); its masks end below that "
+                          f"sparsity", stacklevel=3)
 
     def after_step(self, state: TrainState) -> None:
         if self.schedule.is_update(state.step, state.steps_per_epoch):

@@ -127,6 +127,10 @@ class P3B(Pruner):
             raise ConfigError(f"schedule must be a sl.P3BSchedule (or None for the reference defaults), got "
                               f"{type(schedule).__name__}: {schedule!r}")
         self.schedule = schedule or P3BSchedule()
+        if keep_ratios is not None and allocation != "fixed":
+            name = allocation if isinstance(allocation, str) else type(allocation).__name__
+            raise ConfigError(f"keep_ratios set the profile of allocation='fixed', but allocation is {name!r}, "
+                              f"which would ignore them: pass allocation='fixed' or leave keep_ratios out")
         self.structure = ViTStructure(model, qkv_unit)
         s = self.structure
         if allocation == "benefit":

@@ -87,9 +87,9 @@ class Gates(nn.Module):
             heads, hd = s.num_heads[i], s.head_dim[i]
             g = {name: self.gate(i, name) for name in GATES}
             qkv = _QKVGate(g["attn_qkv"], s.qkv_unit, heads, hd)
-            if s.qk_norm:  # zero the pruned head dims (or heads) again after the norm, so q.k ignores them exactly
-                self._hook(blk.attn.q_norm, qkv.scale_heads)
-                self._hook(blk.attn.k_norm, qkv.scale_heads)
+            for norm in (blk.attn.q_norm, blk.attn.k_norm):  # this layer's qk-norm, if it has one
+                if not is_identity(norm):  # zero the pruned head dims (or heads) again after the norm, so q.k
+                    self._hook(norm, qkv.scale_heads)  # ignores them exactly
             if self.on == "activations":
                 self._hook(blk.norm1, _scale_last(g["attn_in"]))
                 self._hook(blk.attn.qkv, qkv.scale_qkv)

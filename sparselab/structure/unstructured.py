@@ -18,17 +18,31 @@ from typing import Mapping
 import torch
 from torch import nn
 
-from ..errors import ConfigError, check_ratio
+from ..errors import ConfigError, DivergedError, check_ratio
 
 Masks = Mapping[str, torch.Tensor]
 
 
 def prunable_weights(model: nn.Module) -> dict[str, nn.Parameter]:
-    """Name → weight of every Conv2d and Linear layer, in module order."""
-    out = {}
+    """Name → weight of every Conv2d and Linear layer, in module order. A weight that several layers share (tied
+    weights) is one tensor: it appears once, under the name ``model.named_parameters()`` gives it, so that it is
+    ranked, masked and regularized once.
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4))
+        >>> net[1].weight = net[0].weight
+        >>> list(prunable_weights(net))
+        ['0.weight']
+    """
+    canonical = {id(p): name for name, p in model.named_parameters()}
+    out, seen = {}, set()
     for name, module in model.named_modules():
         if isinstance(module, (nn.Conv2d, nn.Linear)):
-            out[f"{name}.weight" if name else "weight"] = module.weight
+            w = module.weight
+            if id(w) in seen:
+                continue
+            seen.add(id(w))
+            out[canonical.get(id(w), f"{name}.weight" if name else "weight")] = w
     if not out:
         raise ConfigError(f"{type(model).__name__} has no Conv2d or Linear weights to prune")
     return out
@@ -87,6 +101,10 @@ def masks_from_scores(scores: Masks, sparsity: float, scope: str = "global") -> 
         [[True, False], [False, True]]
     """
     check_ratio("sparsity", sparsity)
+    nan = [name for name, v in scores.items() if bool(torch.isnan(v).any())]
+    if nan:  # topk ranks NaN above every number: the mask would keep whatever turned NaN
+        raise DivergedError(f"the scores of {', '.join(nan[:3])} hold NaN: no mask can be ranked from them (scores "
+                            f"must be numbers; ±inf ranks last or first)")
     if scope == "layer":
         return {name: _top_mask(v.flatten(), v.numel() - num_pruned(v.numel(), sparsity)).view_as(v)
                 for name, v in scores.items()}

@@ -156,9 +156,12 @@ class ViTStructure:
             raise ConfigError(f"{type(model).__name__} is not a timm VisionTransformer (no .blocks/.patch_embed)")
         self.model = model
         self.layers: list[nn.Module] = list(blocks)
+        if not self.layers:
+            raise ConfigError(f"{type(model).__name__} has no transformer blocks (depth 0): block pruning needs at "
+                              f"least one")
         for i, blk in enumerate(self.layers):
             self._validate(i, blk)
-        first = self.layers[0].attn
+        self._check_unshared(model, self.layers)
         self.embed_dim: int = self.layers[0].norm1.normalized_shape[0]
         self.num_prefix_tokens: int = int(getattr(model, "num_prefix_tokens", 1))
         self.grid_size: tuple[int, int] = tuple(model.patch_embed.grid_size)
@@ -169,10 +172,30 @@ class ViTStructure:
             BlockInfo(2 * i + j, i, kind, f"blocks.{i}.{kind}")
             for i in range(len(self.layers)) for j, kind in enumerate(("attn", "mlp"))
         ]
-        self.qk_norm = not is_identity(first.q_norm)
+        #: whether any layer normalises q and k (each layer's gates follow its own ``q_norm``/``k_norm``)
+        self.qk_norm = any(not is_identity(b.attn.q_norm) for b in self.layers)
         # the architecture is fixed for the structure's lifetime: per-block constants and W_0 are counted once
         self._fixed = [self._fixed_counts(b) for b in self.blocks]
         self._outside = sum(p.numel() for p in model.parameters()) - sum(self.block_params(b) for b in self.blocks)
+
+    @staticmethod
+    def _check_unshared(model: nn.Module, layers: list[nn.Module]) -> None:
+        """Refuse blocks that share a parameter with another block or place (the same block twice, tied
+        Linear layers or weights): a gate would act on every use of it and each use would be counted as its own
+        parameters, so the masks and the achieved prune ratio would be wrong."""
+        in_blocks = {id(p) for blk in layers for p in blk.parameters()}
+        seen: dict[int, str] = {}
+        for name, p in model.named_parameters(remove_duplicate=False):
+            if id(p) not in in_blocks:
+                continue
+            if id(p) in seen:
+                raise ConfigError(f"{name} is the same parameter as {seen[id(p)]}: block pruning needs every "
+                                  f"transformer block to own its parameters (no shared blocks, tied Linear layers "
+                                  f"or tied weights)")
+            seen[id(p)] = name
+        missing = len(in_blocks) - len(seen)
+        if missing:  # a block's parameter that the model does not hold under its blocks
+            raise ConfigError(f"{missing} parameter(s) of the transformer blocks are not parameters of the model")
 
     @staticmethod
     def _validate(i: int, blk: nn.Module) -> None:
