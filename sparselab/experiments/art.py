@@ -334,7 +334,7 @@ def compare(preset: ARTPreset, methods: Sequence[str] | None = None, sparsities:
         METHOD_REGISTRY.lookup(m)
     sparsities = list(sparsities or preset.sparsities)
     seeds = list(seeds or preset.seeds)
-    recorded = (_read_record(record, preset.name, setting="sparsity") if record is not None else pd.DataFrame())
+    recorded = (_read_record(record, preset, setting="sparsity") if record is not None else pd.DataFrame())
     done = {(row.method, float(row.sparsity), int(row.seed)): row._asdict() for row in recorded.itertuples()}
     wanted = {seed: [("dense", 0.0)] + [(m, s) for s in sparsities for m in methods] for seed in seeds}
     data = None
@@ -347,7 +347,7 @@ def compare(preset: ARTPreset, methods: Sequence[str] | None = None, sparsities:
         if record is not None:
             nonlocal recorded
             recorded = pd.concat([recorded, pd.DataFrame([{"preset": preset.name, **row}])], ignore_index=True)
-            _write_record(record, recorded)
+            _write_record(record, recorded, preset)
 
     for seed, jobs in wanted.items():
         if all((m, float(s), seed) in done for m, s in jobs):

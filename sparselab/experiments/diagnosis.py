@@ -90,7 +90,7 @@ def diagnose(preset: P3BPreset, table: pd.DataFrame, baseline: str, ratio: float
     seeds = sorted(both[0] & both[1]) if seeds is None else list(seeds)
     if not seeds:
         raise ConfigError(f"the table has no seed with both p3b and {baseline} at {ratio:g}")
-    recorded = _read_record(record, preset.name) if record is not None else pd.DataFrame()
+    recorded = _read_record(record, preset) if record is not None else pd.DataFrame()
     done = {(r.method, round(float(r.prune_ratio), 6), int(r.seed)) for r in recorded.itertuples()}
     jobs = [(name, spec, seed) for seed in seeds for name, spec in variants(preset, table, baseline, ratio,
                                                                              seed).items()]
@@ -107,7 +107,7 @@ def diagnose(preset: P3BPreset, table: pd.DataFrame, baseline: str, ratio: float
         rows.append({**run_row(run, preset.name), "baseline": baseline})
         if record is not None:
             recorded = pd.concat([recorded, pd.DataFrame(rows[-1:])], ignore_index=True)
-            _write_record(record, recorded)
+            _write_record(record, recorded, preset)
     return pd.DataFrame(rows)
 
 

@@ -368,7 +368,7 @@ def compare(preset: P3BPreset, methods: Sequence[str] | None = None, prune_ratio
     ``record``: a CSV file that each finished run's row is written to at once (atomically). Runs already recorded
     there for this preset are not run again, so an interrupted comparison continues where it stopped; the table
     then holds the recorded rows too, while ``runs`` holds only the runs of this call. A file recorded for another
-    preset is refused.
+    preset, or for this preset with other settings (kept beside it, :func:`settings_path`), is refused.
 
     Example:
         >>> table, runs = compare(p3b_preset("tiny"), methods=["uniform"], record="runs/tiny.csv")  # doctest: +SKIP
@@ -381,7 +381,7 @@ def compare(preset: P3BPreset, methods: Sequence[str] | None = None, prune_ratio
             raise unknown_name("method", m, METHODS)
     jobs = [("dense", 0.0, s) for s in seeds] if include_dense else []
     jobs += [(m, r, s) for r in ratios for m in methods for s in seeds]
-    recorded = _read_record(record, preset.name) if record is not None else pd.DataFrame()
+    recorded = _read_record(record, preset) if record is not None else pd.DataFrame()
     done = {(row.method, float(row.prune_ratio), int(row.seed)) for row in recorded.itertuples()}
     todo = [j for j in jobs if (j[0], float(j[1]), j[2]) not in done]
     data = load_data(preset) if todo else None
@@ -393,14 +393,48 @@ def compare(preset: P3BPreset, methods: Sequence[str] | None = None, prune_ratio
         runs.append(run)
         rows.append(run_row(run, preset.name if record is not None else None))
         if record is not None:
-            _write_record(record, pd.concat([recorded, pd.DataFrame(rows[-1:])], ignore_index=True))
-            recorded = _read_record(record, preset.name)
+            _write_record(record, pd.concat([recorded, pd.DataFrame(rows[-1:])], ignore_index=True), preset)
+            recorded = _read_record(record, preset)
     order = {j: i for i, j in enumerate((m, float(r), s) for m, r, s in jobs)}
     rows.sort(key=lambda row: order[(row["method"], float(row["prune_ratio"]), int(row["seed"]))])
     return pd.DataFrame(rows), runs
 
 
-def _read_record(path: str | Path, preset: str, setting: str = "prune_ratio") -> pd.DataFrame:
+#: preset fields that only pick which runs a comparison makes (more seeds may join a record later)
+ROW_FIELDS = ("seeds", "methods", "prune_ratios", "sparsities")
+
+
+def record_settings(preset: Any) -> dict[str, Any]:
+    """What every row of a comparison record depends on: the preset as JSON, without :data:`ROW_FIELDS`.
+
+    Example:
+        >>> settings = record_settings(p3b_preset("tiny"))
+        >>> settings["model"], "seeds" in settings
+        ('vit_nano_patch4_28', False)
+    """
+    import dataclasses
+    import json
+
+    from ..history import json_form
+
+    form = json_form(dataclasses.asdict(preset), nonfinite_as_text=True)
+    return json.loads(json.dumps({k: v for k, v in form.items() if k not in ROW_FIELDS}))
+
+
+def settings_path(path: str | Path) -> Path:
+    """The file beside a comparison record that holds the settings its rows were run with."""
+    path = Path(path)
+    return path.with_name(path.name + ".settings.json")
+
+
+def _read_record(path: str | Path, preset: Any, setting: str = "prune_ratio") -> pd.DataFrame:
+    """The rows recorded at ``path`` for ``preset`` (empty when there is no file yet). A record of another preset,
+    or of the same preset with other settings (``settings_path``), is refused: its rows would be taken for runs
+    they are not. A record without its settings file (written before such files existed) is taken for this
+    preset's runs, with a warning."""
+    import json
+    import warnings
+
     path = Path(path)
     if not path.exists():
         return pd.DataFrame()
@@ -408,15 +442,36 @@ def _read_record(path: str | Path, preset: str, setting: str = "prune_ratio") ->
     missing = {"preset", "method", setting, "seed", "acc"} - set(table.columns)
     if missing:
         raise ConfigError(f"{path} is not a comparison record (no column {', '.join(sorted(missing))})")
-    others = sorted(set(table.preset) - {preset})
+    others = sorted(set(table.preset) - {preset.name})
     if others:
-        raise ConfigError(f"{path} records the preset {', '.join(others)}, not {preset!r}: give another file")
+        raise ConfigError(f"{path} records the preset {', '.join(others)}, not {preset.name!r}: give another file")
+    stored_path = settings_path(path)
+    if not stored_path.exists():
+        warnings.warn(f"{path} holds no record of the settings its rows were run with ({stored_path.name}); they "
+                      f"are taken for runs of preset {preset.name!r} as it is now", stacklevel=3)
+        return table
+    try:
+        stored = json.loads(stored_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ConfigError(f"{stored_path} cannot be read ({type(exc).__name__}: {exc}); restore it or give "
+                          f"another record file") from None
+    current = record_settings(preset)
+    if stored != current:
+        changed = sorted(k for k in set(stored) | set(current) if stored.get(k) != current.get(k))
+        raise ConfigError(f"{path} was recorded with other settings of preset {preset.name!r} (they differ in "
+                          f"{', '.join(changed)}): its rows are not runs of this setting; give another file")
     return table
 
 
-def _write_record(path: str | Path, table: pd.DataFrame) -> None:
+def _write_record(path: str | Path, table: pd.DataFrame, preset: Any = None) -> None:
+    """Write ``table`` to ``path`` atomically, and with ``preset`` the settings its rows were run with beside it."""
+    import json
+
     from ..atomic import atomic_write
 
+    if preset is not None:
+        text = json.dumps(record_settings(preset), indent=1, sort_keys=True)
+        atomic_write(settings_path(path), lambda tmp: Path(tmp).write_text(text + "\n", encoding="utf-8"))
     atomic_write(path, lambda tmp: table.to_csv(tmp, index=False))
 
 
