@@ -11,7 +11,7 @@ from torch import nn
 from . import runtime as dist_utils
 from .data.batches import eval_batches, to_model_input
 from .data.datasets import DataBundle
-from .errors import ConfigError
+from .errors import ConfigError, check_bool, check_positive_int
 from .runtime import autocast
 
 
@@ -29,25 +29,40 @@ def evaluate(model: nn.Module, dataset, batch_size: int = 512, device: str | tor
         >>> sorted(sl.evaluate(m, data.test))
         ['acc', 'loss']
     """
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"evaluate needs a torch nn.Module, got {type(model).__name__}")
     if isinstance(dataset, DataBundle):
         dataset = dataset.split("test")
     if dataset is None or (hasattr(dataset, "__len__") and len(dataset) == 0):
         raise ConfigError("evaluate needs a dataset with at least one image, got "
                           + ("None (the bundle has no such split)" if dataset is None else "an empty one"))
-    device = torch.device(device) if device is not None else next(model.parameters()).device
+    if not (hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__")) or isinstance(dataset, (str, bytes)):
+        raise ConfigError(f"evaluate needs a dataset of (image, label) pairs (a split of a DataBundle, a "
+                          f"TensorImages or a torch Dataset with a length), got {type(dataset).__name__}")
+    check_positive_int("batch_size", batch_size)
+    check_positive_int("num_workers", num_workers, allow_zero=True)
+    check_bool("amp", amp, optional=True)
+    first = next(model.parameters(), None)
+    if first is None:
+        raise ConfigError(f"evaluate needs a model with parameters; {type(model).__name__} has none")
+    device = dist_utils.local_device(device) if device is not None else first.device
     amp = device.type == "cuda" if amp is None else amp
     rank, world = dist_utils.world()
-    was_training = model.training
+    modes = [(m, m.training) for m in model.modules()]  # restored one by one: submodules may differ
     model.eval()
     totals = torch.zeros(3, dtype=torch.float64)
-    for x, y in eval_batches(dataset, batch_size, rank, world, num_workers):
-        x, y = to_model_input(x, model, device), y.to(device, non_blocking=True)
-        with autocast(device, amp):
-            out = model(x)
-        totals[0] += F.cross_entropy(out.float(), y, reduction="sum").item()
-        totals[1] += (out.argmax(1) == y).sum().item()
-        totals[2] += len(y)
-    model.train(was_training)
+    try:
+        for x, y in eval_batches(dataset, batch_size, rank, world, num_workers):
+            x, y = to_model_input(x, model, device), y.to(device, non_blocking=True)
+            with autocast(device, amp):
+                out = model(x)
+            totals[0] += F.cross_entropy(out.float(), y, reduction="sum").item()
+            totals[1] += (out.argmax(1) == y).sum().item()
+            totals[2] += len(y)
+    finally:
+        model.train(modes[0][1])
+        for m, training in modes:  # a submodule kept in another mode than the model (frozen norms, ...)
+            m.training = training
     dist_utils.all_reduce_sum(totals)
     n = totals[2].item()
     return {"loss": totals[0].item() / n, "acc": totals[1].item() / n}

@@ -115,6 +115,8 @@ class TrainConfig:
             raise unknown_name("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         if self.amp_dtype is not None and self.amp_dtype not in AMP_DTYPES:
             raise unknown_name("amp_dtype", self.amp_dtype, AMP_DTYPES)
+        if self.amp is False and self.amp_dtype is not None:
+            raise ConfigError(f"amp_dtype={self.amp_dtype!r} applies under mixed precision only, but amp=False")
         if self.weight_decay_on not in WEIGHT_DECAY_ON:
             raise unknown_name("weight_decay_on", self.weight_decay_on, WEIGHT_DECAY_ON)
         if self.eval_split not in ("val", "test"):
@@ -147,7 +149,8 @@ class TrainConfig:
         self._check_schedule_options()
 
     def _check_schedule_options(self) -> None:
-        """Refuse learning-rate options that the chosen ``lr_schedule`` would ignore."""
+        """Refuse learning-rate options that the chosen ``lr_schedule`` (or momentum that the optimizer) would
+        ignore."""
         if self.lr_schedule == "step" and not self.lr_milestones:
             raise ConfigError("lr_schedule='step' needs lr_milestones (the epochs at which the lr is multiplied "
                               "by lr_gamma)")
@@ -155,6 +158,9 @@ class TrainConfig:
             raise ConfigError(f"lr_milestones and lr_gamma apply to lr_schedule='step' only, but lr_schedule="
                               f"{self.lr_schedule!r} (got lr_milestones={list(self.lr_milestones)}, "
                               f"lr_gamma={self.lr_gamma})")
+        if self.optimizer != "sgd" and self.momentum != 0.9:
+            raise ConfigError(f"momentum applies to optimizer='sgd' only, but optimizer={self.optimizer!r} (got "
+                              f"momentum={self.momentum}); {self.optimizer} keeps its own moment estimates")
         if self.lr_schedule != "cosine" and self.min_lr != 0:
             raise ConfigError(f"min_lr applies to lr_schedule='cosine' only, but lr_schedule={self.lr_schedule!r} "
                               f"(got min_lr={self.min_lr})")

@@ -20,6 +20,7 @@ import random
 import re
 import signal
 import threading
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -32,8 +33,8 @@ from tqdm.auto import tqdm
 from .. import runtime as dist_utils
 from ..callbacks import Callback, Pruner, TrainState
 from ..data.batches import epoch_groups, to_model_input, train_batches
-from ..data.datasets import DataBundle
-from ..errors import CheckpointError, ConfigError, DivergedError
+from ..data.datasets import DataBundle, TensorImages
+from ..errors import CheckpointError, ConfigError, DivergedError, check_bool
 from ..evaluation import evaluate
 from ..history import History, json_form
 from ..models import LeNet300100, num_classes_of
@@ -98,6 +99,9 @@ def _check_hooks(what: str, obj: Any, example: str) -> None:
 
 def check_model_fits_data(model: nn.Module, data: DataBundle) -> None:
     """Refuse a model whose classes, channels or image size do not match ``data``, saying how to make them fit."""
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"model must be a torch nn.Module (e.g. from sparselab.models.create), got "
+                          f"{type(model).__name__}")
     if not isinstance(data, DataBundle):
         raise ConfigError(f"data must be a sparselab DataBundle (from sparselab.data.load), got {type(data).__name__}")
     n = num_classes_of(model)
@@ -171,6 +175,39 @@ def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
 
+#: what :func:`fit` reads from a checkpoint when it resumes
+CHECKPOINT_KEYS = ("config", "loop", "step", "model", "optimizer", "scheduler", "scaler", "plugins", "history", "rng")
+
+
+def _check_fit_arguments(checkpoint_dir: Any, resume: Any, progress: Any, history: Any, grad_scaler: Any,
+                         cfg: TrainConfig) -> None:
+    """Refuse arguments of :func:`fit` that would fail only after training started, or be read wrongly."""
+    check_bool("resume", resume)
+    check_bool("progress", progress)
+    if checkpoint_dir is not None:
+        if not isinstance(checkpoint_dir, (str, Path)):
+            raise ConfigError(f"checkpoint_dir must be a folder path (str or pathlib.Path) or None, got "
+                              f"{checkpoint_dir!r}")
+        if Path(checkpoint_dir).exists() and not Path(checkpoint_dir).is_dir():
+            raise ConfigError(f"checkpoint_dir {str(checkpoint_dir)!r} is a file, not a folder: pass the folder "
+                              f"that is to hold {CHECKPOINT_NAME}")
+    elif cfg.checkpoint_every is not None:
+        raise ConfigError(f"checkpoint_every={cfg.checkpoint_every} needs checkpoint_dir (the folder that holds "
+                          f"{CHECKPOINT_NAME}); without one nothing is checkpointed")
+    if history is not None and not isinstance(history, History):
+        raise ConfigError(f"history must be a sparselab History to append to, or None, got {type(history).__name__}")
+    if grad_scaler is not None and not isinstance(grad_scaler, torch.amp.GradScaler):
+        raise ConfigError(f"grad_scaler must be a torch.amp.GradScaler or None, got {type(grad_scaler).__name__}")
+
+
+def _runtime(amp: bool, cfg: TrainConfig, scaler: Any, in_memory: bool) -> dict[str, Any]:
+    """What decides a run's numbers beside its settings: the precision actually used (AMP depends on the device),
+    whether a loss scaler runs, and the DataLoader workers (they draw the augmentation of datasets that are not
+    in memory)."""
+    return {"amp": amp, "amp_dtype": str(amp_dtype(cfg.amp_dtype)) if amp else None,
+            "grad_scaler": scaler is not None, "num_workers": None if in_memory else cfg.num_workers}
+
+
 @dataclasses.dataclass
 class LoopProgress:
     """Where :func:`fit` stands, saved in every checkpoint (as a dict) so that a resumed run continues at the same
@@ -219,6 +256,7 @@ def fit(model: nn.Module, data: DataBundle, epochs: int | None = None, pruner: P
         _check_hooks("pruner", pruner, "a pruner object such as sl.P3B(model, 0.5) or sl.ART(model, 0.9)")
     if isinstance(callbacks, (Callback, str)) or not hasattr(callbacks, "__iter__"):
         raise ConfigError(f"callbacks must be a list of callback objects, got {callbacks!r}")
+    callbacks = list(callbacks)  # a generator would be used up by the checks below
     for c in callbacks:
         _check_hooks("each of callbacks", c, "a callback object (sparselab.callbacks.Callback)")
     cfg = config or TrainConfig()
@@ -226,8 +264,11 @@ def fit(model: nn.Module, data: DataBundle, epochs: int | None = None, pruner: P
         options["epochs"] = epochs
     cfg = cfg.replace(**options)
     check_model_fits_data(model, data)
+    _check_fit_arguments(checkpoint_dir, resume, progress, history, grad_scaler, cfg)
     if resume and checkpoint_dir is None:
         raise ConfigError("resume=True needs checkpoint_dir")
+    if cfg.eval_split == "test" and data.test is None:
+        raise ConfigError(f"eval_split='test', but {data.name!r} has no test split: use eval_split='val'")
     device = dist_utils.local_device(cfg.device)
     distributed = dist_utils.init_if_launched(device)
     rank, world = dist_utils.world()
@@ -268,6 +309,7 @@ def fit(model: nn.Module, data: DataBundle, epochs: int | None = None, pruner: P
     if history is None:
         history = History()
     architecture = _architecture(model)  # before any pruner or callback changes the model
+    runtime = _runtime(amp, cfg, scaler, isinstance(train_ds, TensorImages))
     history.meta.setdefault("config", _jsonable(cfg.fingerprint()))
     history.meta.setdefault("model", type(model).__name__)
     history.meta.setdefault("data", data.name)
@@ -288,18 +330,16 @@ def fit(model: nn.Module, data: DataBundle, epochs: int | None = None, pruner: P
     ckpt_path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
 
     def save_checkpoint() -> None:
+        # never replace a good checkpoint by a diverged model, nor return one (a finite loss can still have
+        # non-finite gradients, and nonfinite="skip" drops only steps whose loss is not finite)
+        _check_finite_weights(model, state.step, ckpt_path)
         if ckpt_path is None:
             return
-        bad = [n for n, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
-        if bad:  # never replace a good checkpoint by a diverged model
-            raise DivergedError(f"non-finite weights ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}) at "
-                                f"step {state.step}: training diverged; the checkpoint in {ckpt_path.parent} was not "
-                                f"overwritten. Lower the learning rate (or other step sizes) and start again")
         if rank == 0:
             atomic_save({
                 "format": FORMAT, "config": cfg.fingerprint(), "loop": dataclasses.asdict(loop), "step": state.step,
                 "data": data.fingerprint(), "plugin_configs": [p.config() for p in plugins],
-                "architecture": architecture,
+                "architecture": architecture, "runtime": runtime,
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else None,
                 "plugins": [(type(p).__name__, p.state_dict()) for p in plugins],
@@ -314,6 +354,10 @@ def fit(model: nn.Module, data: DataBundle, epochs: int | None = None, pruner: P
         ck = load_checkpoint(ckpt_path)
         if ck.get("format") != FORMAT:
             raise CheckpointError(f"{ckpt_path} is not a sparselab training checkpoint")
+        missing = [k for k in CHECKPOINT_KEYS if k not in ck]
+        if missing:
+            raise CheckpointError(f"{ckpt_path} is incomplete: it lacks {', '.join(missing)} (delete it to start "
+                                  f"over)")
         if ck["config"] != cfg.fingerprint():
             diff = {k: (ck["config"].get(k), v) for k, v in cfg.fingerprint().items() if ck["config"].get(k) != v}
             raise CheckpointError(f"{ckpt_path} was written with other settings (checkpoint vs now): {diff}")
@@ -322,6 +366,7 @@ def fit(model: nn.Module, data: DataBundle, epochs: int | None = None, pruner: P
             raise CheckpointError(f"{ckpt_path} was written with pruner/callbacks {saved}, now "
                                   f"{[type(p).__name__ for p in plugins]}")
         _check_same_run(ckpt_path, "data", ck.get("data"), data.fingerprint())
+        _check_same_run(ckpt_path, "precision and data-loading settings", ck.get("runtime"), runtime)
         if "plugin_configs" in ck:  # a checkpoint written before plugin settings were kept is not checked
             for p, before in zip(plugins, ck["plugin_configs"]):
                 now = p.config()
@@ -402,6 +447,16 @@ def fit(model: nn.Module, data: DataBundle, epochs: int | None = None, pruner: P
     return history
 
 
+def _check_finite_weights(model: nn.Module, step: int, ckpt_path: Path | None) -> None:
+    """Stop with :class:`DivergedError` when a weight is NaN or infinite."""
+    bad = [n for n, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
+    if bad:
+        kept = f"; the checkpoint in {ckpt_path.parent} was not overwritten" if ckpt_path is not None else ""
+        raise DivergedError(f"non-finite weights ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}) at "
+                            f"step {step}: training diverged{kept}. Lower the learning rate (or other step sizes) "
+                            f"and start again")
+
+
 def _mixup(cfg: TrainConfig, num_classes: int):
     if not (cfg.mixup or cfg.cutmix):
         return None
@@ -454,7 +509,9 @@ def _skip_step(state: TrainState, plugins, optimizer, scheduler, loop) -> None:
     loop.skipped += 1
     state.history.log_metric("skipped_steps", float(loop.skipped), step=state.step + 1, epoch=state.epoch,
                              split="train")
-    _count_step(state, plugins, scheduler)
+    with warnings.catch_warnings():  # torch warns that a schedule stepped without the optimizer: intended here
+        warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)`")
+        _count_step(state, plugins, scheduler)
 
 
 def _count_step(state: TrainState, plugins, scheduler) -> None:
@@ -511,20 +568,26 @@ def _backward(term: torch.Tensor, weight: float, scaler) -> None:
 
 def _log_window(loop, state: TrainState, optimizer, bar) -> None:
     t = dist_utils.all_reduce_sum(torch.tensor(loop.window, dtype=torch.float64))
-    loss = t[0].item() / max(t[1].item(), 1.0)
-    state.history.log_metrics({"loss": loss, "lr": optimizer.param_groups[0]["lr"]}, step=state.step,
-                              epoch=state.epoch, split="train")
+    lr = optimizer.param_groups[0]["lr"]
     loop.window = [0.0, 0.0]
+    if t[1].item() == 0:  # every step of the window was skipped (non-finite): there is no loss to report
+        state.history.log_metrics({"lr": lr}, step=state.step, epoch=state.epoch, split="train")
+        return
+    loss = t[0].item() / t[1].item()
+    state.history.log_metrics({"loss": loss, "lr": lr}, step=state.step, epoch=state.epoch, split="train")
     bar.set_postfix(epoch=state.epoch + 1, loss=f"{loss:.3f}", refresh=False)
 
 
 def _end_epoch(state: TrainState, plugins, loop, eval_ds, split: str, cfg: TrainConfig, device, amp,
                bar) -> None:
     t = dist_utils.all_reduce_sum(torch.tensor(loop.train, dtype=torch.float64))
-    n = max(t[2].item(), 1.0)
-    metrics = {"train_loss": t[0].item() / n, "train_acc": t[1].item() / n}
-    state.history.log_metrics({"epoch_loss": metrics["train_loss"], "acc": metrics["train_acc"]},
-                              step=state.step, epoch=state.epoch, split="train")
+    n = t[2].item()
+    if n > 0:
+        metrics = {"train_loss": t[0].item() / n, "train_acc": t[1].item() / n}
+        state.history.log_metrics({"epoch_loss": metrics["train_loss"], "acc": metrics["train_acc"]},
+                                  step=state.step, epoch=state.epoch, split="train")
+    else:  # every step of the epoch was skipped (non-finite): nothing was measured, and the History says nothing
+        metrics = {"train_loss": math.nan, "train_acc": math.nan}
     if eval_ds is not None:
         ev = evaluate(state.model, eval_ds, cfg.eval_batch_size, device, amp, cfg.num_workers)
         state.history.log_metrics(ev, step=state.step, epoch=state.epoch, split=split)

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import ConfigError
 from .config import TrainConfig
 
 
@@ -60,6 +61,9 @@ def build_optimizer(groups: list[dict[str, Any]], cfg: TrainConfig) -> torch.opt
         ('AdamW', True)
     """
     groups = [g for g in groups if g["params"]]
+    if not groups:
+        raise ConfigError("nothing to train: the model has no parameters with requires_grad=True (and no pruner or "
+                          "callback added any)")
     fused = {"fused": True} if fused_supported(groups) else {}
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, **fused)
