@@ -21,6 +21,10 @@ Each kind is reported as the compact model's time minus the anchor's, over the a
 kinds add up to the profiled ratio minus one. The profiler adds a few microseconds to every operation, which weighs
 on batch 1 (the compact model runs more, smaller operations); the unprofiled ratio is reported beside it.
 
+Last, both models are compiled with ``torch.compile`` (inductor, static shapes) and timed interleaved again: what
+is left of the difference when Python, module calls and per-operation dispatch are gone and the elementwise work
+is fused (the gathers and ``index_add`` into their neighbours). Skipped with ``--quick``.
+
 Usage: python benchmarks/bench_compact_gap.py [--quick] [--out benchmarks/results/compact_gap.json]
 """
 from __future__ import annotations
@@ -94,8 +98,10 @@ def mlp_hidden_units(model: torch.nn.Module) -> int:
     return sum(getattr(getattr(blk.mlp, "fc1", None), "out_features", 0) for blk in model.blocks)
 
 
-def cell_rows(name: str, ratio: float, batches: dict[int, tuple[int, int]], rounds: int) -> list[dict]:
-    """The rows of one model and prune ratio: per batch, the timed ratio and the profiled split by kind."""
+def cell_rows(name: str, ratio: float, batches: dict[int, tuple[int, int]], rounds: int,
+              compiled: bool = True) -> list[dict]:
+    """The rows of one model and prune ratio: per batch, the timed ratio, the profiled split by kind and (with
+    ``compiled``) the ratio of the two models compiled."""
     data = latency.random_images()
     compact = latency.p3b_compact(name, ratio, data, "head")
     target = compact_stats(compact["heads"])["flops"]  # the anchors match the unpadded model's MACs
@@ -117,6 +123,9 @@ def cell_rows(name: str, ratio: float, batches: dict[int, tuple[int, int]], roun
             split["anchor"].append(profiled_ms_by_kind(anchors[anchor], x, passes))
         ms = {who: median_by_kind(runs) for who, runs in split.items()}
         anchor_total = sum(ms["anchor"].values())
+        co, compile_s = ({}, {}) if not compiled else latency.compiled_ms(
+            {"compact": model, "anchor": anchors[anchor]}, batch, repeats)
+        torch._dynamo.reset()  # free the compiled graphs before the next batch size
         rows.append({
             "model": name, "prune_ratio": ratio, "variant": VARIANT, "batch": batch, "anchor": anchor,
             "compact_ms": timed["compact"], "anchor_ms": timed[anchor], "vs_anchor": timed["compact"] / timed[anchor],
@@ -125,11 +134,15 @@ def cell_rows(name: str, ratio: float, batches: dict[int, tuple[int, int]], roun
             "difference_by_kind": {k: (ms["compact"][k] - ms["anchor"][k]) / anchor_total for k in ORDER},
             "heads": latency.attention_heads(model), "anchor_heads": latency.attention_heads(anchors[anchor]),
             "hidden_units": mlp_hidden_units(model), "anchor_hidden_units": mlp_hidden_units(anchors[anchor]),
+            "compiled_compact_ms": co.get("compact"), "compiled_anchor_ms": co.get("anchor"),
+            "compiled_vs_anchor": co["compact"] / co["anchor"] if {"compact", "anchor"} <= set(co) else None,
+            "compile_s": compile_s,
         })
         r = rows[-1]
         print(f"{name:24s} {ratio:.2f} batch {batch:2d}: {r['vs_anchor']:.2f}x the {anchor} anchor "
               f"(profiled {r['profiled_vs_anchor']:.2f}x): " +
-              ", ".join(f"{k} {v:+.1%}" for k, v in r["difference_by_kind"].items()), flush=True)
+              ", ".join(f"{k} {v:+.1%}" for k, v in r["difference_by_kind"].items())
+              + (f"; compiled {r['compiled_vs_anchor']:.2f}x" if r["compiled_vs_anchor"] else ""), flush=True)
     return rows
 
 
@@ -143,7 +156,7 @@ def main():
     # batch -> (interleaved timing repeats, passes per profile)
     batches = {1: (10, 5), 32: (2, 1)} if args.quick else {1: (60, 20), 32: (10, 2)}
     rounds = 1 if args.quick else 5
-    rows = [row for name, ratio in cells for row in cell_rows(name, ratio, batches, rounds)]
+    rows = [row for name, ratio in cells for row in cell_rows(name, ratio, batches, rounds, not args.quick)]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"quick": args.quick, "threads": 2, "variant": VARIANT, "batches": batches,

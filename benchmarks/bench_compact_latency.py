@@ -154,6 +154,24 @@ def interleaved_ms(models: dict[str, torch.nn.Module], batch: int, repeats: int)
     return interleaved_median_ms({k: functools.partial(m, x) for k, m in models.items()}, repeats)
 
 
+def compiled_ms(models: dict, batch: int, repeats: int) -> tuple[dict, dict]:
+    """Median forward time per model compiled with ``torch.compile`` (after one compiling call per model), timed in
+    turn on every repeat; and the seconds each compile took (or the error, for a model that did not compile)."""
+    x = torch.randn(batch, 3, 224, 224)
+    calls, compile_s = {}, {}
+    with torch.no_grad():
+        for key, model in models.items():
+            try:
+                fn = torch.compile(model, dynamic=False)
+                t0 = time.perf_counter()
+                fn(x)
+                compile_s[key] = time.perf_counter() - t0
+                calls[key] = functools.partial(fn, x)
+            except Exception as exc:  # reported, not fatal: the other columns stand on their own
+                compile_s[key] = f"{type(exc).__name__}: {exc}"[:200]
+        return interleaved_median_ms(calls, repeats), compile_s
+
+
 #: the allocator setting of the second pass (environment of a child process; glibc reads it at start-up)
 ALLOCATOR = {"MALLOC_MMAP_THRESHOLD_": str(4 << 30), "MALLOC_TRIM_THRESHOLD_": str(4 << 30)}
 

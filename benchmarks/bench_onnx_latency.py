@@ -21,7 +21,7 @@ from pathlib import Path
 
 import timm
 import torch
-from bench_compact_latency import MODELS, interleaved_median_ms, interleaved_ms, p3b_compact, random_images
+from bench_compact_latency import MODELS, compiled_ms, interleaved_median_ms, interleaved_ms, p3b_compact, random_images
 
 from sparselab.structure.compact import compact_stats
 from sparselab.structure.compact.onnx import export_onnx, onnx_session
@@ -35,24 +35,6 @@ def onnx_ms(paths: dict, batch: int, repeats: int) -> dict:
     sessions = {k: onnx_session(p, threads=2) for k, p in paths.items()}
     feed = {"images": torch.randn(batch, 3, 224, 224).numpy()}
     return interleaved_median_ms({k: functools.partial(s.run, None, feed) for k, s in sessions.items()}, repeats)
-
-
-def compiled_ms(models: dict, batch: int, repeats: int) -> tuple[dict, dict]:
-    """Median forward time per model compiled with ``torch.compile`` (after one compiling call per model), timed in
-    turn on every repeat; and the seconds each compile took (or the error, for a model that did not compile)."""
-    x = torch.randn(batch, 3, 224, 224)
-    calls, compile_s = {}, {}
-    with torch.no_grad():
-        for key, model in models.items():
-            try:
-                fn = torch.compile(model, dynamic=False)
-                t0 = time.perf_counter()
-                fn(x)
-                compile_s[key] = time.perf_counter() - t0
-                calls[key] = functools.partial(fn, x)
-            except Exception as exc:  # reported, not fatal: the other columns stand on their own
-                compile_s[key] = f"{type(exc).__name__}: {exc}"[:200]
-        return interleaved_median_ms(calls, repeats), compile_s
 
 
 def main() -> None:

@@ -239,14 +239,17 @@ def render(folder: Path = RESULTS) -> str:
                   "ATen operation (Python and module calls, and the profiler's own cost per operation, which weighs "
                   "on batch 1); *patch embedding* is the same convolution in both, so its share shows the noise. "
                   "*hidden units*, *heads*: MLP hidden units and attention heads over all blocks, "
-                  "compact / anchor.", ""]
+                  "compact / anchor. *compiled*: the compact model's time over the anchor's with both compiled by "
+                  "`torch.compile` (inductor, static shapes; interleaved medians): what remains of the difference "
+                  "without Python, module calls and per-operation dispatch, with the elementwise work fused.", ""]
         kinds = gap["kinds"]
         rows = [[r["model"], f"{r['prune_ratio']:.0%}", str(r["batch"]), r["anchor"], f"{r['vs_anchor']:.2f}x",
                  f"{r['profiled_vs_anchor']:.2f}x", *(f"{r['difference_by_kind'][k]:+.1%}" for k in kinds),
-                 f"{r['hidden_units']} / {r['anchor_hidden_units']}", f"{r['heads']} / {r['anchor_heads']}"]
+                 f"{r['hidden_units']} / {r['anchor_hidden_units']}", f"{r['heads']} / {r['anchor_heads']}",
+                 f"{r['compiled_vs_anchor']:.2f}x" if r.get("compiled_vs_anchor") else "–"]
                 for r in gap["rows"]]
         parts += [_table(["model", "pruned", "batch", "anchor", "time / anchor", "profiled", *kinds,
-                          "hidden units", "heads"], rows), ""]
+                          "hidden units", "heads", "compiled"], rows), ""]
     hp = _load(folder, "head_pruning")
     if hp:
         parts += [_heading("Head pruning: accuracy", hp), "",
