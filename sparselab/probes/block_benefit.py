@@ -43,7 +43,7 @@ from torch import nn
 from .. import runtime as dist_utils
 from ..callbacks import TrainState
 from ..data.batches import to_model_input
-from ..errors import ConfigError, check_finite
+from ..errors import ConfigError, check_finite, check_positive_int
 from ..structure.taps import ResidualTaps
 from ..structure.vit import ViTStructure
 from .heads import ProbePair
@@ -88,6 +88,7 @@ class BlockBenefit(WindowedRecorder):
             raise ConfigError(f"num_classes must be an integer >= 2, got {num_classes!r}")
         if isinstance(probe_every, bool) or not isinstance(probe_every, int) or probe_every < 1:
             raise ConfigError(f"probe_every must be an integer >= 1 (1 = every step), got {probe_every!r}")
+        check_finite("probe_fraction", probe_fraction)
         if not 0 < probe_fraction <= 1:
             raise ConfigError(f"probe_fraction must lie in (0, 1] (1 = the whole batch), got {probe_fraction!r}")
         if lr is not None:  # None: the model's learning rate
@@ -96,6 +97,7 @@ class BlockBenefit(WindowedRecorder):
         self.probe_every, self.probe_fraction = probe_every, float(probe_fraction)
         self.lr, self.weight_decay = lr, float(weight_decay)
         self.structure = structure or ViTStructure(model)
+        check_structure(self.structure, model)
         s = self.structure
         self.num_classes = num_classes
         self.patch_probe = patch_probe
@@ -104,6 +106,7 @@ class BlockBenefit(WindowedRecorder):
         self.variants = VARIANTS if patch_probe else VARIANTS[:1]
         self.taps = ResidualTaps(s)
         self.accumulate = True
+        self._training_step = False  # inside extra_loss: non-finite benefits are dropped with fit's step
         self.reset()
 
     # ------------------------------------------------------------------ sums
@@ -151,7 +154,8 @@ class BlockBenefit(WindowedRecorder):
         ``patch=False`` skips the patch probes; ``patch_samples`` gives them only the first samples of the batch.
         ``backward`` (fit's :attr:`~sparselab.callbacks.TrainState.backward`): back-propagate each patch probe's
         loss as soon as it is computed, so that only one probe's graph is alive at a time; their share of the
-        result is then a detached value (it still tells whether the losses are finite).
+        result is then a detached value (it still tells whether the losses are finite). During training (from
+        :meth:`extra_loss`) a batch whose benefits are not all finite adds nothing to the sums: fit drops its step.
 
         The class-token probes of all blocks run as one batched matrix product over the stacked probe weights.
         """
@@ -178,7 +182,7 @@ class BlockBenefit(WindowedRecorder):
             pls = torch.stack(patch_losses, dim=1)  # (2, K)
             deltas[1] = (pls[0] - pls[1]).detach().double().cpu()
             total = total + pls.sum()
-        if self.accumulate:
+        if self.accumulate and not (self._training_step and not bool(torch.isfinite(deltas).all())):
             self.sums += deltas
             self.counts += torch.tensor([1.0, float(patch)], dtype=torch.float64)
         return total
@@ -204,6 +208,7 @@ class BlockBenefit(WindowedRecorder):
             raise ConfigError(f"the block-benefit probes were built for num_classes={self.num_classes}, but "
                               f"{getattr(state.data, 'name', 'the data')!r} has {data_classes} classes; build "
                               f"them (or P3B) with num_classes={data_classes}")
+        check_trained_model(self.structure, state.model, "the block-benefit probes")
         self.probes.to(state.device, dtype=next(state.model.parameters()).dtype)
 
     def param_groups(self, groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -221,8 +226,13 @@ class BlockBenefit(WindowedRecorder):
         if not self.probes.training:
             self.probes.train()
         n = math.ceil(self.probe_fraction * len(state.targets)) if self.probe_fraction < 1 else None
-        return self.probe_loss(state.loss_targets, patch=self.patch_probes_this_step(state), patch_samples=n,
-                               label_smoothing=state.label_smoothing, backward=state.backward)
+        # a non-finite probe loss makes the step's loss non-finite, and fit drops that step: its benefits too
+        self._training_step = True
+        try:
+            return self.probe_loss(state.loss_targets, patch=self.patch_probes_this_step(state), patch_samples=n,
+                                   label_smoothing=state.label_smoothing, backward=state.backward)
+        finally:
+            self._training_step = False
 
     def after_backward(self, state: TrainState) -> None:
         if state.world_size > 1:
@@ -248,6 +258,11 @@ class BlockBenefit(WindowedRecorder):
         """Fit the probes alone on the frozen model (e.g. to measure benefit *before* fine-tuning)."""
         from ..data.batches import epoch_order
 
+        check_positive_int("calibrate()'s steps", steps, allow_zero=True)
+        check_positive_int("calibrate()'s batch_size", batch_size)
+        check_finite("calibrate()'s lr", lr, low=0, low_inclusive=False)
+        if len(data.train) == 0:
+            raise ConfigError("calibrate() needs a non-empty training split")
         model = self.structure.model
         ref = next(model.parameters())
         device = ref.device
@@ -280,7 +295,10 @@ class BlockBenefit(WindowedRecorder):
         if len(ds) == 0 or isinstance(batches, bool) or not isinstance(batches, int) or batches < 1:
             raise ConfigError(f"measure() needs batches >= 1 and a non-empty split, got batches={batches!r} and "
                               f"{len(ds)} samples")
+        check_positive_int("measure()'s batch_size", batch_size)
+        self.probes.to(device, dtype=next(model.parameters()).dtype)
         saved = (self.sums.clone(), self.counts.clone(), self.accumulate, model.training, self.probes.training)
+        previous = (self.prev_sums, self.prev_counts)
         self.reset()
         self.accumulate = True
         model.eval()
@@ -294,6 +312,7 @@ class BlockBenefit(WindowedRecorder):
             self.probe_loss(y.to(device))
         result = self.window_mean()
         self.sums, self.counts, self.accumulate = saved[0], saved[1], saved[2]
+        self.prev_sums, self.prev_counts = previous
         model.train(saved[3])
         self.probes.train(saved[4])
         return result
@@ -318,6 +337,21 @@ class BlockBenefit(WindowedRecorder):
                        else torch.full((len(VARIANTS),), float(state["count"]), dtype=torch.float64))
         if "prev_sums" in state:
             self.prev_sums, self.prev_counts = state["prev_sums"].clone(), state["prev_counts"].clone()
+
+
+def check_structure(structure: ViTStructure, model: nn.Module) -> None:
+    """Refuse a ``structure`` of another model than ``model`` (its taps would read that model's stream)."""
+    if structure.model is not model:
+        raise ConfigError("structure= describes another model than model=: pass ViTStructure(model) of the same "
+                          "model, or leave structure out")
+
+
+def check_trained_model(structure: ViTStructure, model: nn.Module, what: str) -> None:
+    """Refuse to train ``model`` when it does not hold the blocks ``structure`` reads."""
+    first = structure.layers[0]
+    if not any(m is first for m in model.modules()):
+        raise ConfigError(f"{what} were built on another model than the one being trained; build them on the model "
+                          f"passed to fit")
 
 
 def twice(targets: torch.Tensor) -> torch.Tensor:

@@ -28,14 +28,14 @@ import math
 import pandas as pd
 
 from ..errors import ConfigError
+from ..history import select_run
 
 
 def normalised_profiles(history, metric: str = "benefit_cls", run: str | None = None,
                         by: str = "step") -> pd.DataFrame:
-    """Moments × blocks of ΔΨ_k / max_j ΔΨ_j (rows in time order, columns in depth order)."""
-    rows = history.blocks
-    if run is not None and "run" in rows:
-        rows = rows[rows.run == run]
+    """Moments × blocks of ΔΨ_k / max_j ΔΨ_j (rows in time order, columns in depth order). ``run`` picks one
+    run of a History merged with ``History.concat`` (required when it holds several)."""
+    rows = select_run(history, run)["blocks"]
     rows = rows[rows.metric == metric]
     if rows.empty:
         raise ConfigError(f"the History has no {metric!r} rows; record block benefit with sparselab.probes."

@@ -24,6 +24,7 @@ from ..callbacks import TrainState
 from ..errors import ConfigError
 from ..history import select_run
 from ..structure.vit import ViTStructure
+from .block_benefit import check_structure, check_trained_model
 from .window import WindowedRecorder
 
 if TYPE_CHECKING:
@@ -48,9 +49,13 @@ class BlockCriteria(WindowedRecorder):
 
     def __init__(self, model: nn.Module, log_every: int | None = None, structure: ViTStructure | None = None):
         self.structure = structure or ViTStructure(model)
+        check_structure(self.structure, model)
         self.weights = block_weights(self.structure)
         super().__init__(log_every)
         self.reset()
+
+    def on_fit_start(self, state: TrainState) -> None:
+        check_trained_model(self.structure, state.model, "the block criteria")
 
     def reset(self) -> None:
         k = len(self.weights)

@@ -13,7 +13,10 @@ Example:
 """
 from __future__ import annotations
 
+from numbers import Integral
+
 from ..callbacks import Callback, TrainState
+from ..errors import ConfigError
 
 
 class WindowedRecorder(Callback):
@@ -22,7 +25,11 @@ class WindowedRecorder(Callback):
     count: int = 0
 
     def __init__(self, log_every: int | None = None):
-        self.log_every = log_every
+        if log_every is not None and (isinstance(log_every, bool) or not isinstance(log_every, Integral)
+                                      or log_every < 1):
+            raise ConfigError(f"log_every must be an integer >= 1 (write the window every this many optimizer "
+                              f"steps) or None (at epoch ends only), got {log_every!r}")
+        self.log_every = None if log_every is None else int(log_every)
 
     def after_step(self, state: TrainState) -> None:
         if self.log_every and state.step % self.log_every == 0:
