@@ -405,7 +405,7 @@ def select_run(history: History, run: str | None = None) -> dict[str, pd.DataFra
     if run is None:
         if len(runs) > 1:
             raise ConfigError(f"this History merges {len(runs)} runs ({', '.join(map(repr, runs))}); pass run= "
-                              f"to choose the one to plot")
+                              f"to choose one of them")
         run = runs[0] if runs else None
     elif str(run) not in runs:
         raise ConfigError(f"unknown run {run!r}; this History holds the runs: "
