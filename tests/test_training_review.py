@@ -273,3 +273,26 @@ def test_amp_dtype_without_mixed_precision_is_refused():
     with pytest.raises(ConfigError, match=r"amp_dtype='float16' applies under mixed precision only"):
         sl.TrainConfig(amp=False, amp_dtype="float16")
     assert sl.TrainConfig(amp=None, amp_dtype="float16").amp_dtype == "float16"  # on where CUDA runs
+
+
+def test_a_refused_resume_leaves_the_model_as_it_was_given(tmp_path):
+    """A checkpoint of another architecture (same keys and shapes) is refused before any weight is loaded: the
+    caller's model keeps its own weights."""
+    import copy
+
+
+    class Stop(Callback):
+        def after_step(self, state):
+            if state.step == 2:  # after the checkpoint of step 1
+                raise RuntimeError("stop after the first checkpoint")
+
+    data = sl.data.load("digits", image_size=28, limit=64)
+    with pytest.raises(RuntimeError, match="stop after"):
+        sl.fit(sl.models.create("vit_nano_patch4_28"), data, epochs=1, batch_size=32, progress=False,
+               checkpoint_dir=tmp_path, checkpoint_every=1, callbacks=[Stop()])
+    other = sl.models.create("vit_nano_patch4_28", act_layer="relu")
+    before = copy.deepcopy(other.state_dict())
+    with pytest.raises(CheckpointError, match="belongs to another run"):
+        sl.fit(other, data, epochs=1, batch_size=32, progress=False, checkpoint_dir=tmp_path, resume=True,
+               callbacks=[Stop()])
+    assert all(torch.equal(before[k], v) for k, v in other.state_dict().items())

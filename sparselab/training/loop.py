@@ -38,6 +38,7 @@ from ..errors import CheckpointError, ConfigError, DivergedError, check_bool
 from ..evaluation import evaluate
 from ..history import History, json_form
 from ..models import LeNet300100, num_classes_of
+from ..models.checkpoints import state_dict_mismatch
 from ..runtime import amp_dtype, autocast, task_loss
 from .checkpoint import FORMAT, atomic_save, load_checkpoint, remove_orphans
 from .config import TrainConfig
@@ -373,11 +374,12 @@ def fit(model: nn.Module, data: DataBundle, epochs: int | None = None, pruner: P
                 if _jsonable_deep(before) != _jsonable_deep(now):
                     _check_same_run(ckpt_path, f"{type(p).__name__} settings", before if before is not None
                                     else {}, now if now is not None else {})
-        try:
-            model.load_state_dict(ck["model"])
-        except RuntimeError as exc:
-            raise CheckpointError(f"{ckpt_path} does not fit this model: {exc}") from None
+        # both checks before any weight is loaded: a refused resume leaves the model as it was given
+        mismatch = state_dict_mismatch(model.state_dict(), ck["model"])
+        if mismatch:
+            raise CheckpointError(f"{ckpt_path} does not fit this model: {mismatch}")
         _check_same_architecture(ckpt_path, ck.get("architecture"), architecture)
+        model.load_state_dict(ck["model"])
         optimizer.load_state_dict(ck["optimizer"])
         scheduler.load_state_dict(ck["scheduler"])
         if scaler is not None and ck["scaler"] is not None:
