@@ -96,7 +96,7 @@ def _p3b_rows(p: P3BPreset) -> list[RecipeRow]:
                   "initialisation; METHODS.md asks for drop-path 0 at least, which train mode with drop_path_rate "
                   "0 gives", differs=True),
         RecipeRow("dense warm-up (epochs)", p.schedule.warmup, 10, "METHODS.md §1.6",
-                  "the README's command; the reference code's default is 5"),
+                  "the reference repository's README command; its code's default is 5"),
         RecipeRow("sparsify until (epoch)", p.schedule.sparsify, 25, "METHODS.md §1.6"),
         RecipeRow("finalize at (epoch)", p.schedule.finalize, 50, "METHODS.md §1.6"),
         RecipeRow("mask updates per epoch", p.schedule.updates_per_epoch, 3, "METHODS.md §1.6"),
@@ -173,7 +173,7 @@ def _art_rows(p: ARTPreset) -> list[RecipeRow]:
         RecipeRow("precision", "fp32" if fit.amp is False else "automatic", "fp32", src),
         RecipeRow("optimizer from warm-up through ART", "one (momentum handed on)", "one (momentum handed on)", src),
         RecipeRow("warm-up epochs", p.warmup_epochs, 60, "METHODS.md §2.3"),
-        RecipeRow("λ_init", p.lam_init, 5e-6, "METHODS.md §2.3", "the code's value; the README says 5e-4"),
+        RecipeRow("λ_init", p.lam_init, 5e-6, "METHODS.md §2.3", "the reference code's value; its README says 5e-4"),
         RecipeRow("η (λ growth per ART epoch)", p.eta, 1.05, "METHODS.md §2.3"),
         RecipeRow("window length", art["window"], 3, "METHODS.md §2.3"),
         RecipeRow("candidate rule", p.candidate_rule, "reference", "METHODS.md §2.3",
