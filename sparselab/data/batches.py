@@ -5,6 +5,12 @@ and cuts it into the same global batches; process ``r`` of ``w`` then takes chun
 In-memory datasets are indexed directly and augmented for the whole global batch before the chunk is taken, so
 ``w`` processes see exactly what one process with the same global batches would see.
 
+Datasets read through a DataLoader (image files, transforms applied per item) draw each item's random
+augmentation from the item's own seed, a function of the run's seed, the epoch and the item's place in the
+epoch's batches (:class:`SeededItems`): what an item looks like does not depend on the process or loader worker
+that reads it, nor on where a resumed run picks the epoch up, and the training loop's own random state is left
+untouched.
+
 With gradient accumulation the permutation is cut into effective batches (``batch_size * accumulate_steps``)
 first and each of those into ``accumulate_steps`` micro-batches, so that accumulating 2 x 32 visits exactly the
 images of one batch of 64. With repeated augmentation the order comes from timm's ``RepeatAugSampler``: process
@@ -21,8 +27,10 @@ Example:
 """
 from __future__ import annotations
 
+import random
 from typing import Iterator
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
@@ -92,17 +100,71 @@ def local_chunk(batch: torch.Tensor, rank: int, world_size: int) -> slice:
     return slice(start, stop)
 
 
+def item_seed(epoch_seed: int, batch: int, position: int) -> int:
+    """The seed of the item at ``position`` of global micro-batch ``batch`` of the epoch seeded ``epoch_seed``.
+
+    Example:
+        >>> item_seed(7, 0, 1) != item_seed(7, 1, 0)
+        True
+    """
+    return ((epoch_seed * 1_000_003 + batch) * 100_019 + position) % (2 ** 63)
+
+
+class SeededItems(Dataset):
+    """``dataset`` read by ``(seed, index)`` pairs: item ``index`` is loaded with torch's, Python's and numpy's
+    global generators seeded by ``seed`` (where transforms such as timm's RandAugment draw), and the generators'
+    states are restored afterwards, so the caller's random state stays as it was.
+
+    Example:
+        >>> class Noisy(Dataset):
+        ...     def __len__(self): return 4
+        ...     def __getitem__(self, i): return torch.rand(()).item(), i
+        >>> items = SeededItems(Noisy())
+        >>> items[(5, 0)] == items[(5, 3)][:1] + (0,), items[(5, 0)] != items[(6, 0)]
+        (True, True)
+    """
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]):
+        seed, index = key
+        python_state, numpy_state = random.getstate(), np.random.get_state()
+        try:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                random.seed(seed)
+                np.random.seed(seed % 2 ** 32)
+                return self.dataset[index]
+        finally:
+            random.setstate(python_state)
+            np.random.set_state(numpy_state)
+
+
 def train_batches(dataset: Dataset, batches: list[torch.Tensor], generator: torch.Generator, rank: int,
-                  world_size: int, num_workers: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Yield this process's part of each global batch in ``batches``."""
+                  world_size: int, num_workers: int = 0, epoch_seed: int = 0,
+                  first: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yield this process's part of each global batch in ``batches``.
+
+    In-memory datasets draw their augmentation from ``generator``. Others are read through a DataLoader, each item
+    under :func:`item_seed` of ``epoch_seed``, its batch's place in the epoch (``batches`` start at the epoch's
+    micro-batch ``first``) and its place in the global batch.
+    """
     if isinstance(dataset, TensorImages):
         for idx in batches:
             x, y = dataset.get_batch(idx, generator, train=True)
             part = local_chunk(idx, rank, world_size)
             yield x[part], y[part]
         return
-    local = [idx[local_chunk(idx, rank, world_size)].tolist() for idx in batches]
-    yield from DataLoader(dataset, batch_sampler=local, num_workers=num_workers)
+    local = []
+    for b, idx in enumerate(batches, start=first):
+        keyed = [(item_seed(epoch_seed, b, j), int(i)) for j, i in enumerate(idx.tolist())]
+        part = local_chunk(idx, rank, world_size)
+        local.append(keyed[part])
+    yield from DataLoader(SeededItems(dataset), batch_sampler=local, num_workers=num_workers)
 
 
 def eval_batches(dataset: Dataset, batch_size: int, rank: int, world_size: int,

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from .. import runtime as dist_utils
 from ..callbacks import Callback, Pruner, TrainState
 from ..data.batches import epoch_groups, to_model_input, train_batches
-from ..data.datasets import DataBundle, TensorImages
+from ..data.datasets import DataBundle
 from ..errors import CheckpointError, ConfigError, DivergedError, check_bool
 from ..evaluation import evaluate
 from ..history import History, json_form
@@ -201,12 +201,11 @@ def _check_fit_arguments(checkpoint_dir: Any, resume: Any, progress: Any, histor
         raise ConfigError(f"grad_scaler must be a torch.amp.GradScaler or None, got {type(grad_scaler).__name__}")
 
 
-def _runtime(amp: bool, cfg: TrainConfig, scaler: Any, in_memory: bool) -> dict[str, Any]:
-    """What decides a run's numbers beside its settings: the precision actually used (AMP depends on the device),
-    whether a loss scaler runs, and the DataLoader workers (they draw the augmentation of datasets that are not
-    in memory)."""
+def _runtime(amp: bool, cfg: TrainConfig, scaler: Any) -> dict[str, Any]:
+    """What decides a run's numbers beside its settings: the precision actually used (AMP depends on the device)
+    and whether a loss scaler runs. (The loader workers do not: each item's augmentation has its own seed.)"""
     return {"amp": amp, "amp_dtype": str(amp_dtype(cfg.amp_dtype)) if amp else None,
-            "grad_scaler": scaler is not None, "num_workers": None if in_memory else cfg.num_workers}
+            "grad_scaler": scaler is not None}
 
 
 @dataclasses.dataclass
@@ -310,7 +309,7 @@ def fit(model: nn.Module, data: DataBundle, epochs: int | None = None, pruner: P
     if history is None:
         history = History()
     architecture = _architecture(model)  # before any pruner or callback changes the model
-    runtime = _runtime(amp, cfg, scaler, isinstance(train_ds, TensorImages))
+    runtime = _runtime(amp, cfg, scaler)
     history.meta.setdefault("config", _jsonable(cfg.fingerprint()))
     history.meta.setdefault("model", type(model).__name__)
     history.meta.setdefault("data", data.name)
@@ -421,7 +420,9 @@ def fit(model: nn.Module, data: DataBundle, epochs: int | None = None, pruner: P
                 groups = plan(epoch)[:steps_per_epoch]
                 micro = [b for group in groups[loop.batch:] for b in group]
                 sizes = [[len(b) for b in group] for group in groups[loop.batch:]]
-                stream = train_batches(train_ds, micro, data_gen, rank, world, cfg.num_workers)
+                stream = train_batches(train_ds, micro, data_gen, rank, world, cfg.num_workers,
+                                       epoch_seed=cfg.seed * 100_003 + epoch,
+                                       first=sum(len(group) for group in groups[:loop.batch]))
                 for group_sizes in sizes:
                     _train_step(net, [next(stream) for _ in group_sizes], group_sizes, state, plugins, cfg, device,
                                 amp, scaler, optimizer, scheduler, loop, mixup)
