@@ -11,6 +11,7 @@ Example:
 from __future__ import annotations
 
 import itertools
+import operator
 import statistics
 import time
 from typing import Sequence
@@ -24,27 +25,68 @@ from .errors import ConfigError, check_positive_int
 @torch.inference_mode()
 def latency_ms(model: nn.Module, input_shape: Sequence[int], batch_size: int = 1, repeats: int = 20,
                warmup: int = 3, device: str | torch.device | None = None) -> float:
-    """Median wall time in milliseconds of one forward pass on a random batch (model in eval mode), on ``device``
-    (default: where the model's parameters or buffers are; the CPU for a model without either)."""
+    """Median wall time in milliseconds of one forward pass on a random batch (model in eval mode, the batch in the
+    floating-point type of its parameters), on ``device`` (default: where the model's parameters or buffers are;
+    the CPU for a model without either).
+
+    Raises:
+        ConfigError: counts that are not positive integers, an ``input_shape`` that is not a sequence of positive
+            integers, or a model that cannot take such a batch (the message quotes the model's own error).
+    """
     check_positive_int("repeats", repeats)
     check_positive_int("batch_size", batch_size)
     check_positive_int("warmup", warmup, allow_zero=True)
     device = torch.device(device) if device is not None else _device(model)
     was_training = model.training
     model.eval()
-    x = torch.randn(batch_size, *input_shape, device=device)
-    times = []
-    for i in range(warmup + repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        t0 = time.perf_counter()
-        model(x)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        if i >= warmup:
-            times.append((time.perf_counter() - t0) * 1000)
-    model.train(was_training)
+    try:
+        x = random_batch(model, input_shape, batch_size, device)
+        times = []
+        for i in range(warmup + repeats):
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            t0 = time.perf_counter()
+            model(x) if i else checked_call(model, x)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            if i >= warmup:
+                times.append((time.perf_counter() - t0) * 1000)
+    finally:
+        model.train(was_training)
     return statistics.median(times)
+
+
+def random_batch(model: nn.Module, input_shape: Sequence[int], batch_size: int, device: torch.device | None = None,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+    """A standard-normal batch of ``batch_size`` inputs of ``input_shape`` in the floating-point type of ``model``'s
+    parameters (the default type for a model without floating-point parameters or buffers)."""
+    try:
+        items = [] if isinstance(input_shape, (str, bytes)) else list(input_shape)
+        shape = tuple(operator.index(n) for n in items)
+    except TypeError:
+        items, shape = [], ()
+    if not shape or any(isinstance(n, bool) for n in items) or min(shape) < 1:
+        raise ConfigError(f"input_shape must be a sequence of positive integers (one input without the batch "
+                          f"dimension, e.g. (3, 224, 224)), got {input_shape!r}")
+    return torch.randn(batch_size, *shape, device=device, dtype=_float_dtype(model), generator=generator)
+
+
+def _float_dtype(model: nn.Module) -> torch.dtype | None:
+    """The type of ``model``'s first floating-point parameter or buffer (None: it has none)."""
+    return next((t.dtype for t in itertools.chain(model.parameters(), model.buffers()) if t.is_floating_point()),
+                None)
+
+
+def checked_call(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``model(x)``, where a model that cannot take ``x`` (wrong input shape, device or type) raises
+    :class:`ConfigError` saying so."""
+    try:
+        return model(x)
+    except torch.OutOfMemoryError:
+        raise
+    except (RuntimeError, AssertionError, ValueError, TypeError, IndexError) as e:
+        raise ConfigError(f"{type(model).__name__} cannot take a random batch of shape {tuple(x.shape)} "
+                          f"({x.dtype}, on {x.device}): {type(e).__name__}: {e}") from e
 
 
 def latency_against(model: nn.Module, reference: nn.Module, input_shape: Sequence[int], batch_size: int = 1,
@@ -71,21 +113,27 @@ def latency_against(model: nn.Module, reference: nn.Module, input_shape: Sequenc
     modes = [m.training for m in models]
     for m in models:
         m.eval()
-    x = torch.randn(batch_size, *input_shape, device=device)
-    times: tuple[list[float], list[float]] = ([], [])
-    with torch.inference_mode():
-        for i in range(warmup + repeats):
-            for j in ((0, 1) if i % 2 == 0 else (1, 0)):
-                if device.type == "cuda":  # kernels run asynchronously: time them, not their launch
-                    torch.cuda.synchronize(device)
-                t0 = time.perf_counter()
-                models[j](x)
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                if i >= warmup:
-                    times[j].append((time.perf_counter() - t0) * 1000)
-    for m, mode in zip(models, modes):
-        m.train(mode)
+    try:
+        if _float_dtype(model) != _float_dtype(reference):
+            raise ConfigError(f"latency_against times both models on one batch, but the model computes in "
+                              f"{_float_dtype(model)} and the reference in {_float_dtype(reference)}; convert them "
+                              f"to one type")
+        x = random_batch(model, input_shape, batch_size, device)
+        times: tuple[list[float], list[float]] = ([], [])
+        with torch.inference_mode():
+            for i in range(warmup + repeats):
+                for j in ((0, 1) if i % 2 == 0 else (1, 0)):
+                    if device.type == "cuda":  # kernels run asynchronously: time them, not their launch
+                        torch.cuda.synchronize(device)
+                    t0 = time.perf_counter()
+                    models[j](x) if i else checked_call(models[j], x)
+                    if device.type == "cuda":
+                        torch.cuda.synchronize(device)
+                    if i >= warmup:
+                        times[j].append((time.perf_counter() - t0) * 1000)
+    finally:
+        for m, mode in zip(models, modes):
+            m.train(mode)
     ratios = sorted(a / b for a, b in zip(*times))
     q = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
     return {"model_ms": statistics.median(times[1]), "reference_ms": statistics.median(times[0]),
@@ -104,7 +152,9 @@ def compact_stats(model: nn.Module) -> dict[str, int]:
 
     Counted: the patch-embedding convolution (once per output position), every ``nn.Linear`` inside
     ``model.blocks`` once per token, the two attention matmuls of every timm ``Attention`` inside the blocks
-    (q·k and attn·v: ``tokens^2 x heads x head_dim x 2``) and every other ``nn.Linear`` (the heads) once.
+    (q·k and attn·v: ``tokens^2 x heads x head_dim x 2``), a timm ``AttentionPoolLatent`` (``global_pool="map"``:
+    its ``kv`` once per pooled token, its other Linear layers once per latent query, its two matmuls ``latent x
+    pooled tokens x dim x 2``) and every other ``nn.Linear`` (the heads) once.
     Not counted: norms, activations, softmax, additions, LayerScale, channel select/scatter and constant
     branches. ``tokens`` is the number of patches at the configured image size plus the prefix tokens.
 
@@ -114,7 +164,7 @@ def compact_stats(model: nn.Module) -> dict[str, int]:
         >>> s["params"], s["tokens"], s["flops"] > 0
         (205066, 50, True)
     """
-    from timm.layers import Attention
+    from timm.layers import Attention, AttentionPoolLatent
 
     if not hasattr(model, "patch_embed") or not hasattr(model, "blocks"):
         raise ConfigError(f"{type(model).__name__} is not a timm VisionTransformer (no .patch_embed/.blocks)")
@@ -134,6 +184,19 @@ def compact_stats(model: nn.Module) -> dict[str, int]:
             macs += m.in_features * m.out_features * tokens
         elif isinstance(m, Attention):
             macs += 2 * tokens * tokens * m.num_heads * m.head_dim
+    # attention pooling (global_pool="map"): latent queries over the patch tokens (and the prefix tokens with
+    # pool_include_prefix)
+    pooled = tokens if getattr(model, "pool_include_prefix", False) else patches
+    for pool in model.modules():
+        if isinstance(pool, AttentionPoolLatent) and id(pool) not in block_modules:
+            latent = int(pool.latent_len)
+            macs += pool.kv.in_features * pool.kv.out_features * pooled
+            macs += 2 * latent * pooled * pool.num_heads * pool.head_dim
+            block_modules.add(id(pool.kv))
+            for m in pool.modules():
+                if isinstance(m, nn.Linear) and id(m) not in block_modules:
+                    macs += m.in_features * m.out_features * latent
+                block_modules.add(id(m))
     for m in model.modules():
         if id(m) not in block_modules and isinstance(m, nn.Linear):
             macs += m.in_features * m.out_features

@@ -14,7 +14,10 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import copy
+import itertools
 import logging
+import operator
 import os
 import warnings
 from pathlib import Path
@@ -24,7 +27,8 @@ import torch
 from torch import nn
 
 from ...atomic import atomic_write
-from ...errors import ConfigError
+from ...cost import checked_call
+from ...errors import ConfigError, check_positive_int
 
 #: largest |ONNX Runtime − PyTorch| on the check batch that :func:`export_onnx` accepts
 TOLERANCE = 1e-4
@@ -75,21 +79,34 @@ def onnx_session(path: str | os.PathLike, threads: int | None = None):
 @torch.no_grad()
 def export_onnx(model: nn.Module, path: str | os.PathLike, input_shape: tuple[int, int, int] | None = None,
                 check_batch: int = 4, opset: int | None = None, seed: int = 0) -> dict[str, Any]:
-    """Export ``model`` (in eval mode, on the CPU) to an ONNX file with a dynamic batch dimension, then run a
-    random batch of ``check_batch`` images through ONNX Runtime and PyTorch and refuse (:class:`ConfigError`, no
-    file left behind) if they differ by more than :data:`TOLERANCE`.
+    """Export ``model`` (a float32 model, in eval mode, on the CPU) to an ONNX file with a dynamic batch
+    dimension, then run a random batch of ``check_batch`` images through ONNX Runtime and PyTorch and refuse
+    (:class:`ConfigError`, no file left behind) if they differ by more than :data:`TOLERANCE`. A model on another
+    device is exported from a CPU copy; ``model`` itself stays where it is.
 
     Returns ``{"path", "max_abs_diff", "input_shape", "bytes"}``.
     """
-    if check_batch < 1:
-        raise ConfigError(f"check_batch must be >= 1, got {check_batch}")
+    check_positive_int("check_batch", check_batch)
     _require("onnx")
     _require("onnxscript")
-    shape = tuple(input_shape) if input_shape is not None else model_input_shape(model)
-    if len(shape) != 3 or min(shape) < 1:
-        raise ConfigError(f"input_shape must be (channels, height, width), got {shape!r}")
+    given = input_shape if input_shape is not None else model_input_shape(model)
+    try:
+        shape = tuple(operator.index(n) for n in given)
+    except TypeError:
+        shape = ()
+    if len(shape) != 3 or min(shape) < 1 or any(isinstance(n, bool) for n in given):
+        raise ConfigError(f"input_shape must be (channels, height, width), got {given!r}")
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path} is a folder; give the path of the .onnx file to write")
+    tensors = list(itertools.chain(model.parameters(), model.buffers()))
+    wrong = sorted({str(p.dtype) for p in model.parameters() if p.is_floating_point() and p.dtype != torch.float32})
+    if wrong:
+        raise ConfigError(f"ONNX export takes a float32 model (its inputs are float32 images); this one has "
+                          f"{', '.join(wrong)} parameters (export model.float())")
     was_training = model.training
+    if any(t.device.type != "cpu" for t in tensors):
+        model = copy.deepcopy(model)
     model = model.eval().cpu()
     example = torch.randn(2, *shape, generator=torch.Generator().manual_seed(seed))
     check = torch.randn(check_batch, *shape, generator=torch.Generator().manual_seed(seed + 1))
@@ -109,7 +126,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, input_shape: tuple[in
                               f"nothing was written to {path}")
 
     try:
-        expected = model(check).numpy()
+        expected = checked_call(model, check).numpy()
         atomic_write(path, write)
     finally:
         model.train(was_training)

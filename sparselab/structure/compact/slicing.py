@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import math
+import numbers
 from typing import Mapping
 
 import torch
@@ -35,6 +36,8 @@ def _check_masks(structure: ViTStructure, masks: Masks | None) -> dict[int, dict
             layer = int(key)
         except (TypeError, ValueError):
             raise ConfigError(f"masks keys must be layer numbers, got {key!r}") from None
+        if isinstance(key, numbers.Real) and key != layer:  # int() would truncate 0.5 to layer 0
+            raise ConfigError(f"masks keys must be whole layer numbers, got {key!r}")
         if not 0 <= layer < structure.depth:
             raise ConfigError(f"masks name layer {layer}, but the model has {structure.depth} layers "
                               f"(0..{structure.depth - 1})")
@@ -98,15 +101,20 @@ def _copy_param(dst: torch.Tensor | None, src: torch.Tensor | None, original: to
     dst.requires_grad_(bool(original.requires_grad))
 
 
-def _constant(index: torch.Tensor, out_full: torch.Tensor, ls: nn.Module, dim: int, like: torch.Tensor) -> nn.Module:
-    """ConstantBranch for a branch whose pre-LayerScale output is ``out_full`` (D channels, gated by ``index``)."""
+def _constant(index: torch.Tensor, out_full: torch.Tensor, ls: nn.Module, dim: int, like: torch.Tensor,
+              sources: list[torch.Tensor | None]) -> nn.Module:
+    """ConstantBranch for a branch whose pre-LayerScale output is ``out_full`` (D channels, gated by ``index``),
+    computed from the parameters ``sources`` (and ``ls``'s): the constant is trainable only if one of them is."""
     with torch.no_grad():
         gated = torch.zeros(dim, dtype=like.dtype, device=like.device)
         idx = index.to(like.device)
         gated[idx] = out_full[idx]
         scaled = ls.forward(gated)  # .forward: never through hooks
         value = scaled[idx]
-    return ConstantBranch(idx, value, dim)
+    branch = ConstantBranch(idx, value, dim)
+    trainable = any(p is not None and p.requires_grad for p in [*sources, *ls.parameters()])
+    branch.value.requires_grad_(trainable)
+    return branch
 
 
 def _compact_attn(blk: nn.Module, m: dict[str, torch.Tensor], heads: int, head_dim: int, dim: int,
@@ -130,7 +138,8 @@ def _compact_attn(blk: nn.Module, m: dict[str, torch.Tensor], heads: int, head_d
                 v = (bv * grid.to(bv.device, bv.dtype)).reshape(-1)
             out = F.linear(v, attn.proj.weight.detach(),
                            None if attn.proj.bias is None else attn.proj.bias.detach())
-        return nn.Identity(), _constant(i_out, out, blk.ls1, dim, ref), nn.Identity()
+        sources = [attn.proj.weight, attn.proj.bias, attn.qkv.bias]
+        return nn.Identity(), _constant(i_out, out, blk.ls1, dim, ref, sources), nn.Identity()
 
     new = Attention(
         dim=n_in, num_heads=new_heads, attn_head_dim=new_head_dim, dim_out=n_out, qkv_bias=attn.qkv.bias is not None,
@@ -203,7 +212,8 @@ def _compact_mlp(blk: nn.Module, m: dict[str, torch.Tensor], dim: int):
                 pre = h if mlp.fc1.bias is None else mlp.fc1.bias.detach()
                 h = mlp.act.forward(pre) * m["mlp_hid"].to(ref.device, ref.dtype)
             out = F.linear(h, mlp.fc2.weight.detach(), None if mlp.fc2.bias is None else mlp.fc2.bias.detach())
-        return nn.Identity(), _constant(i_out, out, blk.ls2, dim, ref), nn.Identity()
+        sources = [mlp.fc1.bias, mlp.fc2.weight, mlp.fc2.bias]
+        return nn.Identity(), _constant(i_out, out, blk.ls2, dim, ref, sources), nn.Identity()
 
     new = CompactMlp(n_in, n_hid, n_out, bias=(mlp.fc1.bias is not None, mlp.fc2.bias is not None),
                      drop=(mlp.drop1.p, mlp.drop2.p)).to(device=ref.device, dtype=ref.dtype)
@@ -257,6 +267,10 @@ def pad_masks(structure: ViTStructure, masks: Masks, multiple: int = 8
     the head count is no matrix width). :func:`compact_vit` zeroes the weights of the added elements, which
     keeps the outputs those of the unpadded masks.
 
+    Raises:
+        ConfigError: ``masks`` that :func:`compact_vit` would refuse (unknown layers or gates, wrong sizes,
+            non-boolean values), or ``multiple`` not a positive integer.
+
     Example:
         >>> import timm, torch
         >>> model = timm.create_model("vit_nano_patch4_28", num_classes=10)
@@ -266,8 +280,11 @@ def pad_masks(structure: ViTStructure, masks: Masks, multiple: int = 8
     """
     if isinstance(multiple, bool) or not isinstance(multiple, int) or multiple < 1:
         raise ConfigError(f"pad_to must be a positive integer (1: no padding), got {multiple!r}")
-    full = {i: {g: masks[i][g].clone() if i in masks and g in masks[i] else torch.ones(n, dtype=torch.bool)
-                for g, n in structure.gate_sizes(i).items()} for i in range(structure.depth)}
+    full = _check_masks(structure, masks)  # the layer and gate names, sizes and values checked, as compact_vit does
+    for key, per in (masks or {}).items():
+        for g, m in per.items():  # a mask given on another device stays there
+            if isinstance(m, torch.Tensor) and m.device != full[int(key)][g].device:
+                full[int(key)][g] = full[int(key)][g].to(m.device)
     added = {i: {g: torch.zeros_like(m) for g, m in per.items()} for i, per in full.items()}
     if multiple == 1:
         return full, added
@@ -323,8 +340,8 @@ def compact_vit(model: nn.Module, masks: Masks | None = None, pad_to: int = 1, q
     not changed and may have :class:`~sparselab.structure.gates.Gates` attached (their current values are
     ignored: only ``masks`` count). The result shares no tensors and no hooks with
     ``model``; everything outside the blocks (patch embedding, prefix tokens, position embedding, final norms,
-    heads) is copied unchanged. Parameter ``requires_grad`` flags, dropout rates and the train/eval mode are
-    carried over.
+    heads) is copied unchanged. Parameter ``requires_grad`` flags, dropout rates and the train/eval mode of
+    every module are carried over (a constant branch is trainable when a parameter it is computed from is).
 
     Raises:
         ConfigError: masks with unknown layers or gates, wrong sizes or non-boolean values (the message names the
@@ -371,5 +388,16 @@ def compact_vit(model: nn.Module, masks: Masks | None = None, pad_to: int = 1, q
     blocks = model.blocks
     result = _copy_except(model, [blocks])
     result.blocks = type(blocks)(*new_blocks) if isinstance(blocks, nn.Sequential) else nn.Sequential(*new_blocks)
-    result.train(model.training)
+    _carry_modes(result, model)
     return _clear_hooks(result)
+
+
+def _carry_modes(new: nn.Module, old: nn.Module) -> None:
+    """Give every module of ``new`` the train/eval mode of the module of ``old`` at the same name, or else of the
+    nearest enclosing one that ``old`` has (a dropout put in eval mode inside a training model stays off)."""
+    modes = {name: m.training for name, m in old.named_modules()}
+    for name, m in new.named_modules():
+        parts = name.split(".") if name else []
+        while ".".join(parts) not in modes:
+            parts.pop()
+        m.training = modes[".".join(parts)]
