@@ -199,3 +199,27 @@ def test_merging_merged_histories_refuses_a_run_name_both_hold(tmp_path):
     merged = History.concat([first, run("l1-50-s0", 0.7)], runs=["tiny", "l1-50-s0"])
     assert merged.metrics.run.tolist() == ["p3b-50-s0", "uniform-50-s0", "l1-50-s0"]
     assert History.load(merged.save(tmp_path / "h.jsonl.gz")) == merged
+
+
+@pytest.mark.parametrize("make, changes, message", [
+    ("p3b", {"seeds": (0, 1, 0)}, "seeds of preset 'tiny' repeat 0"),
+    ("p3b", {"prune_ratios": 0.5}, r"prune_ratios of preset 'tiny' must be a tuple, e.g. prune_ratios=\(0.5,\)"),
+    ("p3b", {"methods": ()}, "methods of preset 'tiny' is empty"),
+    ("p3b", {"seeds": "012"}, "seeds of preset 'tiny' must be a tuple"),
+    ("p3b", {"seeds": (0, 1.5)}, "seeds of preset 'tiny' must be integers"),
+    ("p3b", {"model_options": {"num_classes": 3}}, "model_options of preset 'tiny' set num_classes"),
+    ("art", {"sparsities": (0.9, 0.9)}, "sparsities of preset 'tiny' repeat 0.9"),
+    ("art", {"methods": ("hypersparse", "hyper_sparse")}, "unknown method 'hyper_sparse'"),
+    ("art", {"model_options": {"in_chans": 3}}, "model_options of preset 'tiny' set in_chans"),
+])
+def test_presets_refuse_run_lists_that_would_repeat_runs_or_fail_later(make, changes, message):
+    """A repeated seed or ratio would make the same run twice (and the paired statistics refuse the table only
+    afterwards); a bare number or string is not a list of runs; model_options must not set what the runs set."""
+    from sparselab.errors import SparselabError
+    from sparselab.experiments import art
+    from sparselab.experiments.p3b import p3b_preset
+
+    preset = p3b_preset("tiny") if make == "p3b" else art.art_preset("tiny")
+    with pytest.raises(SparselabError, match=message):
+        preset.replace(**changes)
+    assert preset.replace(seeds=[0, 1]).seeds == [0, 1]  # a list is a list of runs too

@@ -38,7 +38,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .. import models
-from ..errors import ConfigError, check_finite, check_positive_int, check_ratio
+from ..errors import ConfigError, check_finite, check_positive_int, check_ratio, unknown_name
 from ..history import History
 from ..pruners import ART, FixedMask, GradualMagnitude
 from ..pruners.masking import MovementPruning
@@ -47,7 +47,7 @@ from ..stats import warn_unmeasured
 from ..structure.unstructured import apply_masks, check_masks, magnitude_masks, prunable_weights, sparsity
 from ..training import OptimizerHandoff, evaluate, fit
 from ..training.config import TrainConfig, checked_replace
-from .presets import load_data, named_preset, require_test_split
+from .presets import check_preset_lists, load_data, named_preset, require_test_split
 
 ART_METHODS = ("hypersparse", "l1", "l2", "gmp", "movement", "oneshot", "layerwise")
 #: Ablations of HyperSparse's schedule λ_e = λ_init · η^e: λ growing twice as fast (η²: twice the growth per epoch
@@ -158,8 +158,12 @@ class ARTPreset:
             check_positive_int(name, getattr(self, name))
         check_finite("lam_init", self.lam_init, low=0, low_inclusive=False)
         check_finite("eta", self.eta, low=1)
+        check_preset_lists(self, seeds=self.seeds, methods=self.methods, sparsities=self.sparsities)
         for s in self.sparsities:
             check_ratio("sparsity", s)
+        for m in self.methods:
+            if m not in METHOD_REGISTRY:
+                raise unknown_name("method", m, METHOD_REGISTRY)
 
     def replace(self, **changes: Any) -> "ARTPreset":
         return checked_replace(self, "preset field", **changes)

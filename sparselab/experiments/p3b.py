@@ -46,7 +46,7 @@ from ..pruners import P3B, P3BSchedule
 from ..stats import warn_unmeasured
 from ..training import fit
 from ..training.config import TrainConfig, checked_replace
-from .presets import load_data, named_preset, require_test_split
+from .presets import check_preset_lists, load_data, named_preset, require_test_split
 
 METHODS: dict[str, dict[str, Any]] = {
     "p3b": dict(allocation="benefit"),
@@ -101,6 +101,7 @@ class P3BPreset:
         # a misspelt or out-of-range probe option, too
         from_options(BenefitConfig, {**self.probe_options, "patch_probe": self.patch_probe},
                      f"probe option of preset {self.name!r}")
+        check_preset_lists(self, seeds=self.seeds, methods=self.methods, prune_ratios=self.prune_ratios)
         for m in self.methods:
             if m not in METHODS:
                 raise unknown_name("method", m, METHODS)

@@ -42,3 +42,39 @@ def require_test_split(data) -> None:
     if data.test is None:
         raise ConfigError(f"dataset {data.name!r} has no test split, so the run could report no test accuracy; "
                           f"give it a test set (an ImageFolder tree's val/ folder serves as one)")
+
+
+#: arguments of ``models.create`` that a preset's runs set themselves: a ``model_options`` key among them would
+#: collide with them when the model is built
+MODEL_ARGUMENTS = ("num_classes", "in_chans", "pretrained", "recipe")
+
+
+def check_preset_lists(preset: Any, **lists: Any) -> None:
+    """Refuse, where a preset is made, run lists (``seeds``, ``methods``, ``prune_ratios``, ``sparsities``) that are
+    not a non-empty tuple or list without repeats (a repeat would make the same run twice), seeds that are not
+    integers from 0, and ``model_options`` that set what the runs set themselves.
+
+    Example:
+        >>> from types import SimpleNamespace
+        >>> check_preset_lists(SimpleNamespace(name="p", model_options={}), seeds=(0, 0))
+        Traceback (most recent call last):
+        ...
+        sparselab.errors.ConfigError: seeds of preset 'p' repeat 0: each such run would be made twice
+    """
+    for field, values in lists.items():
+        if isinstance(values, (str, bytes)) or not isinstance(values, (tuple, list)):
+            raise ConfigError(f"{field} of preset {preset.name!r} must be a tuple, e.g. {field}=({values!r},), "
+                              f"got {values!r}")
+        if not values:
+            raise ConfigError(f"{field} of preset {preset.name!r} is empty: it would make no runs")
+        repeated = list(dict.fromkeys(v for v in values if list(values).count(v) > 1))
+        if repeated:
+            raise ConfigError(f"{field} of preset {preset.name!r} repeat {', '.join(map(str, repeated))}: each such "
+                              f"run would be made twice")
+    for seed in lists.get("seeds", ()):
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2 ** 32:
+            raise ConfigError(f"seeds of preset {preset.name!r} must be integers in [0, 2**32), got {seed!r}")
+    clash = [k for k in getattr(preset, "model_options", {}) if k in MODEL_ARGUMENTS]
+    if clash:
+        raise ConfigError(f"model_options of preset {preset.name!r} set {', '.join(clash)}, which the runs set from "
+                          f"the data and the preset's own fields; leave them out")
