@@ -223,3 +223,18 @@ def test_presets_refuse_run_lists_that_would_repeat_runs_or_fail_later(make, cha
     with pytest.raises(SparselabError, match=message):
         preset.replace(**changes)
     assert preset.replace(seeds=[0, 1]).seeds == [0, 1]  # a list is a list of runs too
+
+
+def test_a_comparison_refuses_repeated_runs_before_running_any(monkeypatch):
+    from sparselab.errors import ConfigError
+    from sparselab.experiments import art, p3b
+
+    def must_not_run(*_, **__):
+        raise AssertionError("a run started")
+
+    monkeypatch.setattr(p3b, "run_p3b", must_not_run)
+    monkeypatch.setattr(art, "warm_start", must_not_run)
+    with pytest.raises(ConfigError, match="seeds of preset 'tiny' repeat 1"):
+        p3b.compare(p3b.p3b_preset("tiny"), seeds=[1, 1], progress=False)
+    with pytest.raises(ConfigError, match="methods of preset 'tiny' repeat l1"):
+        art.compare(art.art_preset("tiny"), methods=["l1", "l1"], progress=False)

@@ -338,6 +338,7 @@ def compare(preset: ARTPreset, methods: Sequence[str] | None = None, sparsities:
         METHOD_REGISTRY.lookup(m)
     sparsities = list(sparsities or preset.sparsities)
     seeds = list(seeds or preset.seeds)
+    check_preset_lists(preset, seeds=seeds, methods=methods, sparsities=sparsities)  # a repeat would run twice
     recorded = (_read_record(record, preset, setting="sparsity") if record is not None else pd.DataFrame())
     done = {(row.method, float(row.sparsity), int(row.seed)): row._asdict() for row in recorded.itertuples()}
     wanted = {seed: [("dense", 0.0)] + [(m, s) for s in sparsities for m in methods] for seed in seeds}

@@ -377,6 +377,7 @@ def compare(preset: P3BPreset, methods: Sequence[str] | None = None, prune_ratio
     methods = list(methods or preset.methods)
     ratios = list(prune_ratios or preset.prune_ratios)
     seeds = list(seeds or preset.seeds)
+    check_preset_lists(preset, seeds=seeds, methods=methods, prune_ratios=ratios)  # a repeat would run twice
     for m in methods:
         if m not in METHODS:
             raise unknown_name("method", m, METHODS)
