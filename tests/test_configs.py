@@ -74,11 +74,15 @@ def test_the_command_line_offers_the_flagged_fields_only():
 def test_p3b_is_described_by_its_config_and_rebuilt_from_it(tiny_vit):
     from sparselab.configs import P3BConfig
 
-    pruner = sl.P3B(tiny_vit(), 0.5, allocation="uniform", criterion="l1", reactivation=False, momentum=0.4)
-    assert pruner.options.allocation == "uniform" and pruner.options.benefit.momentum == 0.4
+    pruner = sl.P3B(tiny_vit(), 0.5, allocation="uniform", criterion="l1", reactivation=False)
+    assert pruner.options.allocation == "uniform" and not pruner.options.reactivation
     twin = sl.P3B.from_config(tiny_vit(), 0.5, pruner.options)
     assert twin.config() == pruner.config() and twin.options == pruner.options
     assert pruner.config()["patch_probe"] is None  # no probes run without the benefit allocation
+    benefit = sl.P3B(tiny_vit(), 0.5, criterion="l1", momentum=0.4, patch_probe="linear")
+    assert benefit.options.benefit.momentum == 0.4
+    twin = sl.P3B.from_config(tiny_vit(), 0.5, benefit.options)
+    assert twin.config() == benefit.config() and twin.options == benefit.options
     with pytest.raises(ConfigError, match="freeze_allocation_after"):
         P3BConfig(freeze_allocation_after=0)
     with pytest.raises(ConfigError, match="reactivation"):

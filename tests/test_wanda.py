@@ -73,13 +73,15 @@ def test_wanda_prunes_with_every_allocation_and_resumes(allocation):
     data = sl.data.load("digits", image_size=28, limit=128)
     model = nano()
     options = {"keep_ratios": [1.0, 0.5] * 4} if allocation == "fixed" else {}
+    if allocation == "benefit":  # the only allocation that runs probes
+        options["patch_probe"] = "linear"
     pruner = sl.P3B(model, 0.5, schedule=sl.P3BSchedule(warmup=1, sparsify=2, finalize=3), criterion="wanda",
-                    allocation=allocation, patch_probe="linear", **options)
+                    allocation=allocation, **options)
     sl.fit(model, data, epochs=3, batch_size=64, pruner=pruner, progress=False)
     assert abs(pruner.achieved_prune_ratio() - 0.5) < 0.01
     assert pruner.criterion.norms.steps_prev > 0 and not pruner.criterion.norms._handles  # detached at the end
     fresh = sl.P3B(nano(), 0.5, schedule=sl.P3BSchedule(warmup=1, sparsify=2, finalize=3), criterion="wanda",
-                   allocation=allocation, patch_probe="linear", **options)
+                   allocation=allocation, **options)
     fresh.load_state_dict(pruner.state_dict())
     assert fresh.criterion.norms.steps_prev == pruner.criterion.norms.steps_prev
     assert fresh.config()["criterion"] == "wanda"

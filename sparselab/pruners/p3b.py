@@ -131,6 +131,13 @@ class P3B(Pruner):
             name = allocation if isinstance(allocation, str) else type(allocation).__name__
             raise ConfigError(f"keep_ratios set the profile of allocation='fixed', but allocation is {name!r}, "
                               f"which would ignore them: pass allocation='fixed' or leave keep_ratios out")
+        if allocation != "benefit":  # the probes and the benefit are not used: a changed option would be ignored
+            unused = _changed_benefit_options(benefit.options)
+            if unused:
+                name = allocation if isinstance(allocation, str) else type(allocation).__name__
+                raise ConfigError(f"{', '.join(unused)} set the block-benefit allocation, but allocation is {name!r}, "
+                                  f"which runs no probes and would ignore them: pass allocation='benefit' or leave "
+                                  f"them out")
         self.structure = ViTStructure(model, qkv_unit)
         s = self.structure
         if allocation == "benefit":
@@ -477,3 +484,12 @@ def implied_prune_ratio(structure: ViTStructure, keep_ratios: Sequence[float], b
 
 
 __all__ = ["P3B", "P3BSchedule", "implied_prune_ratio"]
+
+
+def _changed_benefit_options(options: BenefitConfig) -> list[str]:
+    """The block-benefit options that differ from their defaults (``patch_probe=None``, no probes, counts as
+    unchanged: it is what an allocation without probes means)."""
+    default = BenefitConfig()
+    return [f"{f.name}={getattr(options, f.name)!r}" for f in dataclasses.fields(options)
+            if getattr(options, f.name) != getattr(default, f.name)
+            and not (f.name == "patch_probe" and getattr(options, f.name) is None)]
