@@ -11,7 +11,6 @@ after a checkpoint, with exit status 130. torch and the training code are import
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import os
@@ -263,13 +262,6 @@ def _pretrained_arg(value: str | None):
     return value
 
 
-def _settings(preset) -> dict:
-    """A resolved preset as ``result.json`` records it (strict JSON)."""
-    from .history import json_form
-
-    return json_form(dataclasses.asdict(preset), nonfinite_as_text=True)
-
-
 def _jsonable_pretrained(value) -> str | bool | None:
     """Where the starting weights come from, as the run's record keeps it (a path as an absolute path)."""
     if isinstance(value, (bool, type(None))) or value in SOURCE_DATASETS:
@@ -355,6 +347,7 @@ def _cmd_train(args) -> int:
 def _cmd_p3b(args) -> int:
     from .experiments import p3b_preset, run_p3b
     from .experiments.p3b import METHODS
+    from .experiments.presets import preset_settings
     from .probes import FAST_PROBES
     from .pruners import P3BSchedule
 
@@ -440,7 +433,7 @@ def _cmd_p3b(args) -> int:
         record = {"preset": preset.name, "method": args.method, "prune_ratio": prune_ratio, "seed": args.seed,
                   **({"qkv_unit": args.qkv_unit} if args.method != "dense" else {}),
                   **({"patch_probe": preset.patch_probe, "probe_options": preset.probe_options} if probes else {}),
-                  "settings": _settings(preset), **run.result}
+                  "settings": preset_settings(preset), **run.result}
         (out / "result.json").write_text(json.dumps(record, indent=2, allow_nan=False))
         print(json.dumps(run.result, indent=2))
     if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -450,6 +443,7 @@ def _cmd_p3b(args) -> int:
 
 def _cmd_art(args) -> int:
     from .experiments import art as art_exp
+    from .experiments.presets import preset_settings
 
     _check_model_name(args.model)
     changes: dict = {key: getattr(args, key) for key in ("model", "data", "image_size", "finetune_epochs")
@@ -494,7 +488,7 @@ def _cmd_art(args) -> int:
         save_file({k: v.contiguous() for k, v in run.model.state_dict().items()}, str(out / "model.safetensors"))
         (out / "result.json").write_text(json.dumps({"preset": preset.name, "method": args.method,
                                                      "sparsity": args.sparsity, "seed": args.seed,
-                                                     "settings": _settings(preset),
+                                                     "settings": preset_settings(preset),
                                                      **run.result}, indent=2, allow_nan=False))
         print(json.dumps(run.result, indent=2))
     return 0

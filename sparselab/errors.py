@@ -121,6 +121,18 @@ def check_bool(name: str, value: bool, *, optional: bool = False) -> bool | None
     return value
 
 
+def check_seed(name: str, value: int) -> int:
+    """Validate a seed: a Python integer in [0, 2**32) (what every generator of the project accepts).
+
+    Example:
+        >>> check_seed("seed", 7)
+        7
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2 ** 32:
+        raise ConfigError(f"{name} must be an integer in [0, 2**32), got {value!r}")
+    return value
+
+
 def check_positive_int(name: str, value: int, *, allow_zero: bool = False) -> int:
     """Validate a positive (or non-negative) integer."""
     if isinstance(value, bool) or not isinstance(value, (int,)) or value < (0 if allow_zero else 1):

@@ -206,7 +206,7 @@ def test_merging_merged_histories_refuses_a_run_name_both_hold(tmp_path):
     ("p3b", {"prune_ratios": 0.5}, r"prune_ratios of preset 'tiny' must be a tuple, e.g. prune_ratios=\(0.5,\)"),
     ("p3b", {"methods": ()}, "methods of preset 'tiny' is empty"),
     ("p3b", {"seeds": "012"}, "seeds of preset 'tiny' must be a tuple"),
-    ("p3b", {"seeds": (0, 1.5)}, "seeds of preset 'tiny' must be integers"),
+    ("p3b", {"seeds": (0, 1.5)}, "each seed of preset 'tiny' must be an integer"),
     ("p3b", {"model_options": {"num_classes": 3}}, "model_options of preset 'tiny' set num_classes"),
     ("art", {"sparsities": (0.9, 0.9)}, "sparsities of preset 'tiny' repeat 0.9"),
     ("art", {"methods": ("hypersparse", "hyper_sparse")}, "unknown method 'hyper_sparse'"),

@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from ..errors import ConfigError, check_bool, check_ratio, unknown_name
+from ..errors import check_seed as check_integer_seed
 from .datasets import DataBundle
 
 SPLITS = ("train", "val", "test")
@@ -77,10 +78,8 @@ def check_fraction(name: str, value: Any) -> float:
 
 
 def check_seed(seed: Any) -> int:
-    """``seed`` (what picks splits and subsets) is an integer in [0, 2**32)."""
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2 ** 32:
-        raise ConfigError(f"seed must be an integer in [0, 2**32), got {seed!r}")
-    return int(seed)
+    """``seed`` (what picks splits and subsets) is an integer in [0, 2**32); a numpy integer counts as one."""
+    return check_integer_seed("seed", int(seed) if isinstance(seed, np.integer) else seed)
 
 
 def check_download(download: Any) -> bool | None:

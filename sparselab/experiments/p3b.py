@@ -46,7 +46,7 @@ from ..pruners import P3B, P3BSchedule
 from ..stats import warn_unmeasured
 from ..training import fit
 from ..training.config import TrainConfig, checked_replace
-from .presets import check_preset_lists, load_data, named_preset, require_test_split
+from .presets import check_preset_lists, load_data, named_preset, preset_settings, require_test_split
 
 METHODS: dict[str, dict[str, Any]] = {
     "p3b": dict(allocation="benefit"),
@@ -414,12 +414,9 @@ def record_settings(preset: Any) -> dict[str, Any]:
         >>> settings["model"], "seeds" in settings
         ('vit_nano_patch4_28', False)
     """
-    import dataclasses
     import json
 
-    from ..history import json_form
-
-    form = json_form(dataclasses.asdict(preset), nonfinite_as_text=True)
+    form = preset_settings(preset)
     return json.loads(json.dumps({k: v for k, v in form.items() if k not in ROW_FIELDS}))
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from .. import data as sl_data
-from ..errors import ConfigError, unknown_name
+from ..errors import ConfigError, check_seed, unknown_name
 
 
 def named_preset(kind: str, presets: Mapping[str, Any], name: str, **changes: Any) -> Any:
@@ -72,9 +72,24 @@ def check_preset_lists(preset: Any, **lists: Any) -> None:
             raise ConfigError(f"{field} of preset {preset.name!r} repeat {', '.join(map(str, repeated))}: each such "
                               f"run would be made twice")
     for seed in lists.get("seeds", ()):
-        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2 ** 32:
-            raise ConfigError(f"seeds of preset {preset.name!r} must be integers in [0, 2**32), got {seed!r}")
+        check_seed(f"each seed of preset {preset.name!r}", seed)
     clash = [k for k in getattr(preset, "model_options", {}) if k in MODEL_ARGUMENTS]
     if clash:
         raise ConfigError(f"model_options of preset {preset.name!r} set {', '.join(clash)}, which the runs set from "
                           f"the data and the preset's own fields; leave them out")
+
+
+def preset_settings(preset: Any) -> dict[str, Any]:
+    """A preset as strict JSON (tuples as lists, non-finite numbers as text): what ``result.json`` records and
+    what a comparison record's settings file holds.
+
+    Example:
+        >>> from sparselab.experiments.p3b import p3b_preset
+        >>> preset_settings(p3b_preset("tiny"))["seeds"]
+        [0]
+    """
+    import dataclasses
+
+    from ..history import json_form
+
+    return json_form(dataclasses.asdict(preset), nonfinite_as_text=True)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..configs import from_options
-from ..errors import ConfigError, check_bool, check_finite, check_positive_int, check_ratio, unknown_name
+from ..errors import ConfigError, check_bool, check_finite, check_positive_int, check_ratio, check_seed, unknown_name
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
 LR_SCHEDULES = ("constant", "cosine", "step")
@@ -141,8 +141,7 @@ class TrainConfig:
         for name in ("drop_last", "final_test"):
             check_bool(name, getattr(self, name))
         check_bool("amp", self.amp, optional=True)
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2 ** 32:
-            raise ConfigError(f"seed must be an integer in [0, 2**32), got {self.seed!r}")
+        check_seed("seed", self.seed)
         if self.device is not None and not isinstance(self.device, str):
             raise ConfigError(f"device must be a string such as 'cpu' or 'cuda:0', or None, got {self.device!r}")
         object.__setattr__(self, "lr_milestones", _milestones(self.lr_milestones))
