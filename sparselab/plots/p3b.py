@@ -418,9 +418,9 @@ def plot_reactivations(history: History, run: str | None = None) -> go.Figure:
                                            thickness=14),
                              hovertemplate="block %{y}<br>step %{x}<br>%{z:.0f} reactivations<br>"
                                            "%{customdata}<extra></extra>"), row=1, col=1)
-    from ..probes.flips import mask_flips
+    from ..probes.flips import flip_counts
 
-    totals = mask_flips(history, run).reindex(order, fill_value=0)
+    totals = flip_counts(events).reindex(order, fill_value=0)
     n_react, n_pruned = totals["reactivated"], totals["pruned"]
     fig.add_trace(go.Bar(x=labels, y=n_react.to_numpy(dtype=int), name="reactivations (0→1)",
                          marker_color="#54a24b", hovertemplate="%{x}: %{y} reactivations<extra></extra>"),

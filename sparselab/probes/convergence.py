@@ -28,7 +28,7 @@ import math
 import pandas as pd
 
 from ..errors import ConfigError
-from ..history import select_run
+from ..history import select_run, sort_block_names
 
 
 def normalised_profiles(history, metric: str = "benefit_cls", run: str | None = None,
@@ -41,7 +41,7 @@ def normalised_profiles(history, metric: str = "benefit_cls", run: str | None = 
         raise ConfigError(f"the History has no {metric!r} rows; record block benefit with sparselab.probes."
                           f"BlockBenefit (or P3B) first")
     table = rows.pivot_table(index=by, columns="block", values="value", aggfunc="last").sort_index()
-    table = table[sorted(table.columns, key=_depth_key)]
+    table = table[sort_block_names(table.columns)]
     top = table.max(axis=1).where(lambda m: m > 0)
     return table.div(top, axis=0)
 
@@ -74,14 +74,6 @@ def late_convergence(history, metric: str = "benefit_cls", run: str | None = Non
     if len(have) >= 3 and have.moment.nunique() > 1:
         rho = float(spearmanr(have.depth, have.moment.astype(float)).statistic)
     return {"rho": rho, "blocks": table, "metric": metric, "n_blocks": int(len(have))}
-
-
-def _depth_key(block: str):
-    parts = block.split(".")
-    try:
-        return (int(parts[1]), 0 if parts[-1] == "attn" else 1, block)
-    except (IndexError, ValueError):
-        return (math.inf, 0, block)
 
 
 __all__ = ["normalised_profiles", "half_benefit_moments", "late_convergence"]

@@ -22,10 +22,20 @@ def mask_flips(history, run: str | None = None) -> pd.DataFrame:
     """Per block with events (rows in depth order): the gate elements ``pruned`` (1 → 0) and ``reactivated``
     (0 → 1) over the whole run. ``history`` may be a History or the path of a saved one; ``run`` picks one run of
     a merged History. A History without events gives an empty table with both columns."""
-    from ..history import as_history, select_run, sort_block_names
+    from ..history import as_history, select_run
 
-    history = as_history(history, "mask_flips")
-    events = select_run(history, run)["events"]
+    return flip_counts(select_run(as_history(history, "mask_flips"), run)["events"])
+
+
+def flip_counts(events: pd.DataFrame) -> pd.DataFrame:
+    """:func:`mask_flips` of an ``events`` table of one run (``History.events``, or what ``select_run`` gives).
+
+    Example:
+        >>> flip_counts(pd.DataFrame({"block": ["blocks.0.mlp"], "old": [0], "new": [1]})).reactivated.tolist()
+        [1]
+    """
+    from ..history import sort_block_names
+
     order = sort_block_names(events.block) if len(events) else []
     counts = {kind: events[(events.old == old) & (events.new == new)].groupby("block").size()
               .reindex(order, fill_value=0).astype(int) for kind, (old, new) in FLIPS.items()}
