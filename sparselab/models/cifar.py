@@ -15,7 +15,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from ..errors import ConfigError, check_finite
+from ..errors import ConfigError, check_finite, check_positive_int
 
 # configuration E as the HyperSparse reference's CIFAR VGG builds it: four max-pools, none after the last block
 VGG19_CFG = [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512]
@@ -23,9 +23,9 @@ VGG19_CFG = [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512,
 
 def positive_int(name: str, value: int) -> int:
     """``value`` as an int if it is a whole number >= 1 (numpy integers included), else a :class:`ConfigError`."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
-    return int(value)
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        value = int(value)
+    return check_positive_int(name, value)
 
 
 class BasicBlock(nn.Module):
