@@ -238,3 +238,22 @@ def test_a_comparison_refuses_repeated_runs_before_running_any(monkeypatch):
         p3b.compare(p3b.p3b_preset("tiny"), seeds=[1, 1], progress=False)
     with pytest.raises(ConfigError, match="methods of preset 'tiny' repeat l1"):
         art.compare(art.art_preset("tiny"), methods=["l1", "l1"], progress=False)
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(seeds=0), "seeds of preset 'tiny' must be a tuple"),
+    (dict(seeds=[]), "seeds of preset 'tiny' is empty"),
+    (dict(methods="uniform"), "methods of preset 'tiny' must be a tuple"),
+    (dict(methods=[]), "methods of preset 'tiny' is empty"),
+    (dict(prune_ratios=0.5), "prune_ratios of preset 'tiny' must be a tuple"),
+    (dict(prune_ratios=[1.5]), r"each of prune_ratios must lie in \[0, 1\), got 1.5"),
+])
+def test_a_p3b_comparison_refuses_run_lists_it_would_replace_or_misread(monkeypatch, options, message):
+    """Only None means the preset's lists: 0 or [] used to run the preset's seeds, a string was split into letters."""
+    def must_not_run(*_, **__):
+        raise AssertionError("work started")
+
+    monkeypatch.setattr(p3b, "run_p3b", must_not_run)
+    monkeypatch.setattr(p3b, "load_data", must_not_run)
+    with pytest.raises(ConfigError, match=message):
+        p3b.compare(p3b_preset("tiny"), progress=False, **options)
