@@ -89,6 +89,8 @@ def check_ratio(name: str, value: float, *, allow_zero: bool = True) -> float:
         >>> check_ratio("prune_ratio", 0.5)
         0.5
     """
+    if isinstance(value, (str, bytes, bool)):  # float("0.5") would pass, and the caller may keep the string
+        raise ConfigError(f"{name} must be a number in [0, 1), got {value!r}")
     try:
         v = float(value)
     except (TypeError, ValueError):
