@@ -38,7 +38,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .. import models
-from ..errors import ConfigError, check_finite, check_positive_int, check_ratio, unknown_name
+from ..configs import ARTConfig
+from ..errors import ConfigError, check_finite, check_positive_int, check_ratio, check_seed, unknown_name
 from ..history import History
 from ..pruners import ART, FixedMask, GradualMagnitude
 from ..pruners.masking import MovementPruning
@@ -158,6 +159,8 @@ class ARTPreset:
             check_positive_int(name, getattr(self, name))
         check_finite("lam_init", self.lam_init, low=0, low_inclusive=False)
         check_finite("eta", self.eta, low=1)
+        # ART's own options, checked here rather than when ART is built after the warm-up
+        ARTConfig(candidate_rule=self.candidate_rule, train_eval_limit=self.train_eval_limit)
         check_preset_lists(self, seeds=self.seeds, methods=self.methods, sparsities=self.sparsities)
         for s in self.sparsities:
             check_ratio("sparsity", s)
@@ -287,6 +290,10 @@ def run_art(preset: ARTPreset, method: str = "hypersparse", sparsity_: float = 0
     ``finetune/``) checkpoints there every epoch, and ``resume=True`` continues an interrupted run exactly."""
     METHOD_REGISTRY.lookup(method)
     check_ratio("sparsity", sparsity_)
+    check_seed("seed", seed)
+    if warm is not None and not isinstance(warm, (WarmStart, nn.Module)):
+        raise ConfigError(f"warm must be a WarmStart (from warm_start), a model (nn.Module) or None, got "
+                          f"{type(warm).__name__}")
     data = data if data is not None else load_data(preset)
     require_test_split(data)
     phase = (lambda name: str(Path(checkpoint_dir) / name)) if checkpoint_dir is not None else (lambda name: None)
@@ -333,12 +340,16 @@ def compare(preset: ARTPreset, methods: Sequence[str] | None = None, sparsities:
     """
     from .p3b import _read_record, _write_record
 
-    methods = list(methods or preset.methods)
+    # None takes the preset's lists; anything else must be a non-empty list (a repeat would run twice)
+    methods = preset.methods if methods is None else methods
+    sparsities = preset.sparsities if sparsities is None else sparsities
+    seeds = preset.seeds if seeds is None else seeds
+    check_preset_lists(preset, seeds=seeds, methods=methods, sparsities=sparsities)
+    methods, sparsities, seeds = list(methods), list(sparsities), list(seeds)
     for m in methods:
         METHOD_REGISTRY.lookup(m)
-    sparsities = list(sparsities or preset.sparsities)
-    seeds = list(seeds or preset.seeds)
-    check_preset_lists(preset, seeds=seeds, methods=methods, sparsities=sparsities)  # a repeat would run twice
+    for s in sparsities:
+        check_ratio("each of sparsities", s)
     recorded = (_read_record(record, preset, setting="sparsity") if record is not None else pd.DataFrame())
     done = {(row.method, float(row.sparsity), int(row.seed)): row._asdict() for row in recorded.itertuples()}
     wanted = {seed: [("dense", 0.0)] + [(m, s) for s in sparsities for m in methods] for seed in seeds}

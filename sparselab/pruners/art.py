@@ -356,7 +356,7 @@ class ART(Pruner):
         profiles = state.history.meta.setdefault("profiles", [])
         profiles.append({"art_epoch": e, "step": state.step, "sparsity": self.sparsity,
                          "regularizer": self.regularizer.name, "lambda": self.lam(e),
-                         "relative_index": (idx.float() / (n - 1)).tolist(), "abs_w": a[order[idx]].tolist(),
+                         "relative_index": (idx.float() / max(n - 1, 1)).tolist(), "abs_w": a[order[idx]].tolist(),
                          "grad": g[order[idx]].tolist(), "threshold": self.regularizer.threshold})
 
     def masks(self) -> dict[str, torch.Tensor]:

@@ -74,6 +74,19 @@ def _fused_band(weights: list[torch.Tensor], band: list[torch.Tensor], lo: torch
 
 
 _COMPILED: dict[str, object] = {}
+#: dtypes HyperSparse computes in directly; narrower ones (float16, bfloat16) are computed in float32, as their sums
+#: over a model overflow (float16) or lose the small tanh values to rounding
+_WORK_DTYPES = (torch.float32, torch.float64)
+
+
+def _work_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype HyperSparse computes in for weights of ``dtype``."""
+    return dtype if dtype in _WORK_DTYPES else torch.float32
+
+
+def _selection_dtype(weights: list[torch.Tensor]) -> torch.dtype:
+    """float64 where any weight is float64 (float32 would round the order statistic), else float32."""
+    return torch.float64 if any(w.dtype == torch.float64 for w in weights) else torch.float32
 
 
 def _compiled(name: str):
@@ -85,7 +98,8 @@ def _compiled(name: str):
 
 def magnitude_threshold(weights: list[torch.Tensor], sparsity: float) -> float:
     """τ_κ: the ⌊κn⌋-th smallest |w| (0-based) over all tensors, by partial selection."""
-    flat = torch.cat([w.detach().abs().flatten().float().cpu() for w in weights]).numpy()
+    dtype = _selection_dtype(weights)
+    flat = torch.cat([w.detach().abs().flatten().to(dtype).cpu() for w in weights]).numpy()
     k = min(num_pruned(flat.size, sparsity), flat.size - 1)
     return float(np.partition(flat, k)[k])
 
@@ -118,19 +132,21 @@ def banded_threshold(magnitudes: list[torch.Tensor], sparsity: float, guess: flo
 
 
 def _gather(values: torch.Tensor, mask: torch.Tensor) -> np.ndarray:
-    """``values[mask]`` as a float32 numpy array. On the CPU through numpy, whose index scan over a sparse boolean
-    mask is several times faster than torch's boolean indexing (the band holds well under 1 % of the weights)."""
+    """``values[mask]`` as a float32 (float64 for float64 values) numpy array. On the CPU through numpy, whose
+    index scan over a sparse boolean mask is several times faster than torch's boolean indexing (the band holds well
+    under 1 % of the weights)."""
     if values.device.type != "cpu" or values.dtype not in (torch.float32, torch.float64):
         return values[mask].float().cpu().numpy()
     flat = values.detach().reshape(-1).numpy()
-    return flat[np.flatnonzero(mask.reshape(-1).numpy())].astype(np.float32, copy=False)
+    return flat[np.flatnonzero(mask.reshape(-1).numpy())]
 
 
 def _nonzero_values(flat: np.ndarray, chunk: int = 1 << 18) -> np.ndarray:
-    """The nonzero entries of ``flat`` as float32, scanned in cache-sized chunks (a third faster than one pass
-    over the whole array, whose comparison result no longer fits in the cache)."""
+    """The nonzero entries of ``flat`` (float32, or float64 for float64), scanned in cache-sized chunks (a third
+    faster than one pass over the whole array, whose comparison result no longer fits in the cache)."""
+    dtype = np.float64 if flat.dtype == np.float64 else np.float32
     parts = [c[c != 0] for c in (flat[i:i + chunk] for i in range(0, flat.size, chunk))]
-    return np.concatenate(parts).astype(np.float32, copy=False) if parts else flat[:0].astype(np.float32)
+    return np.concatenate(parts).astype(dtype, copy=False) if parts else flat[:0].astype(dtype)
 
 
 def fused_banded_threshold(weights: list[torch.Tensor], sparsity: float, guess: float, band: list[torch.Tensor],
@@ -204,23 +220,42 @@ class Regularizer:
 
     @torch.no_grad()
     def stats(self, model: nn.Module) -> dict[str, float]:
-        """Scalars that mean something: the threshold, the share of the L1 mass below it, and the mean gradient
-        magnitude on the to-be-pruned versus the kept weights (and their ratio)."""
+        """Scalars that mean something: the threshold, the share of the L1 mass on the to-be-pruned weights, and
+        the mean gradient magnitude on the to-be-pruned versus the kept weights (and their ratio). The to-be-pruned
+        weights are the ⌊κn⌋ smallest, as magnitude pruning removes them: the threshold's own weight is kept, and
+        of weights tied at the threshold only as many as that count asks for are to be pruned."""
         weights = self.weights(model)
         tau = magnitude_threshold(weights, self.sparsity)
         if math.isnan(self.threshold):
             self.threshold = tau
         grads = self.gradient(weights)
-        below = sum(float(w.abs()[w.abs() <= tau].sum()) for w in weights)
-        total = sum(float(w.abs().sum()) for w in weights)
-        g_pruned = [g.abs()[w.abs() <= tau] for w, g in zip(weights, grads)]
-        g_kept = [g.abs()[w.abs() > tau] for w, g in zip(weights, grads)]
-        n_p = sum(x.numel() for x in g_pruned)
-        n_k = sum(x.numel() for x in g_kept)
-        mean_p = sum(float(x.sum()) for x in g_pruned) / max(n_p, 1)
-        mean_k = sum(float(x.sum()) for x in g_kept) / max(n_k, 1)
-        return {"threshold": tau, "l1_below_share": below / max(total, 1e-30), "l1": total,
+        n = sum(w.numel() for w in weights)
+        n_pruned = min(num_pruned(n, self.sparsity), n - 1)
+        mass = _split_at_threshold([w.abs() for w in weights], [w.abs() for w in weights], tau, n_pruned)
+        grad = _split_at_threshold([w.abs() for w in weights], [g.abs() for g in grads], tau, n_pruned)
+        total = mass[0] + mass[1]
+        mean_p, mean_k = grad[0] / max(n_pruned, 1), grad[1] / (n - n_pruned)
+        return {"threshold": tau, "l1_below_share": mass[0] / max(total, 1e-30), "l1": total,
                 "grad_pruned": mean_p, "grad_kept": mean_k, "grad_ratio": mean_p / max(mean_k, 1e-30)}
+
+
+def _split_at_threshold(magnitudes: list[torch.Tensor], values: list[torch.Tensor], tau: float,
+                        n_pruned: int) -> tuple[float, float]:
+    """Σ ``values`` over the ``n_pruned`` smallest ``magnitudes`` and over the rest, given the order statistic
+    ``tau`` at that position: of the magnitudes equal to ``tau``, ``n_pruned`` minus the count below it are on the
+    pruned side (their values are shared out by their mean, so the split does not depend on their order)."""
+    below = above = tie_sum = 0.0
+    n_below = n_tie = 0
+    for a, v in zip(magnitudes, values):
+        is_below, is_tie = a < tau, a == tau
+        below += float(v[is_below].sum(dtype=torch.float64))
+        above += float(v[a > tau].sum(dtype=torch.float64))
+        tie_sum += float(v[is_tie].sum(dtype=torch.float64))
+        n_below += int(is_below.sum())
+        n_tie += int(is_tie.sum())
+    tied_pruned = n_pruned - n_below
+    tie_mean = tie_sum / max(n_tie, 1)
+    return below + tied_pruned * tie_mean, above + (n_tie - tied_pruned) * tie_mean
 
 
 class HyperSparse(Regularizer):
@@ -233,16 +268,19 @@ class HyperSparse(Regularizer):
     def penalty(self, weights: list[torch.Tensor]) -> torch.Tensor:
         tau = max(self.threshold, 1e-12)
         s = INFLECTION / tau
+        weights = [w.to(_work_dtype(w.dtype)) for w in weights]
         tanh_sums = [torch.tanh(s * w.abs()).sum() for w in weights]
         l1 = sum(w.detach().abs().sum() for w in weights)
         total = sum(tanh_sums)
-        return (l1 / total.detach()) * total
+        # all weights zero: Σ tanh is 0 and so is the gradient (sign(0) = 0), as in the closed form
+        return (l1 / total.detach().clamp_min(1e-30)) * total
 
     @torch.no_grad()
     def add_gradient(self, model: nn.Module, scale: float = 1.0) -> float:
         weights = self.weights(model)
         due = self._threshold_due()
-        if self.fuse and sum(w.numel() for w in weights) >= FUSE_MIN_WEIGHTS and weights[0].device.type == "cpu":
+        if (self.fuse and sum(w.numel() for w in weights) >= FUSE_MIN_WEIGHTS and weights[0].device.type == "cpu"
+                and all(w.dtype in _WORK_DTYPES for w in weights)):
             try:
                 return self._fused_step(weights, scale, due)
             except Exception as exc:  # no compiler here: the eager passes below give the same numbers
@@ -251,13 +289,15 @@ class HyperSparse(Regularizer):
                 self.fuse = False
         buffers = self._buffers(weights)
         for w, b in zip(weights, buffers):
-            torch.abs(w, out=b)
+            torch.abs(w, out=b) if b.dtype == w.dtype else b.copy_(w).abs_()
         if due:
             self.threshold = banded_threshold(buffers, self.sparsity, self.threshold, scratch=self._masks)
         l1, coef = self._gradient_from_magnitudes(weights, buffers, self._signs)
         for w, b, sign in zip(weights, buffers, self._signs):
+            if not w.requires_grad:  # frozen: backpropagating the penalty gives it no gradient either
+                continue
             if w.grad is None:
-                w.grad = b.mul(sign).mul_(scale * coef)
+                w.grad = b.mul(sign).mul_(scale * coef).to(w.dtype)
             else:
                 w.grad.addcmul_(b, sign, value=scale * coef)
         return l1
@@ -273,20 +313,22 @@ class HyperSparse(Regularizer):
         sums = torch.stack(_compiled("sums")(weights, two_s)).double().sum(0)
         l1, tanh_sum = float(sums[0]), 2 * float(sums[1]) - sum(w.numel() for w in weights)
         coef = (l1 / max(tanh_sum, 1e-30)) * s * 4 * scale
-        for w in weights:
+        trainable = [w for w in weights if w.requires_grad]
+        for w in trainable:
             if w.grad is None:
                 w.grad = torch.zeros_like(w)
-        _compiled("gradient")(weights, [w.grad for w in weights], two_s, torch.tensor(coef, dtype=weights[0].dtype))
+        _compiled("gradient")(trainable, [w.grad for w in trainable], two_s,
+                              torch.tensor(coef, dtype=weights[0].dtype))
         return l1
 
     @torch.no_grad()
     def gradient(self, weights: list[torch.Tensor]) -> list[torch.Tensor]:
         """The closed-form gradient for each tensor (the same numbers as autograd through :meth:`penalty`)."""
         weights = [w.detach() for w in weights]
-        buffers = [w.abs() for w in weights]
-        signs = [torch.empty_like(w) for w in weights]
+        buffers = [w.abs().to(_work_dtype(w.dtype)) for w in weights]
+        signs = [torch.empty_like(b) for b in buffers]
         _, coef = self._gradient_from_magnitudes(weights, buffers, signs)
-        return [b.mul_(sign).mul_(coef) for b, sign in zip(buffers, signs)]
+        return [b.mul_(sign).mul_(coef).to(w.dtype) for w, b, sign in zip(weights, buffers, signs)]
 
     def _gradient_from_magnitudes(self, weights, buffers, signs) -> tuple[float, float]:
         """Turn ``buffers`` (holding |w|) in place into u(1 − u) with u = σ(2s|w|) and fill ``signs`` with sign(w)
@@ -299,7 +341,7 @@ class HyperSparse(Regularizer):
         tanh_sum = sum(2 * float(b.sum()) - b.numel() for b in buffers)
         for w, b, sign in zip(weights, buffers, signs):
             b.addcmul_(b, b, value=-1)
-            torch.sign(w, out=sign)
+            torch.sign(w, out=sign) if sign.dtype == w.dtype else sign.copy_(w).sign_()
         return l1, (l1 / max(tanh_sum, 1e-30)) * s * 4
 
     def _buffers(self, weights: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -316,14 +358,18 @@ class HyperSparse(Regularizer):
         more than the arithmetic), and whether it was (re)made now."""
         cached = getattr(self, name, None)
         if cached is not None and len(cached) == len(weights) and all(
-                b.shape == w.shape and b.dtype == w.dtype and b.device == w.device for b, w in zip(cached, weights)):
+                b.shape == w.shape and b.dtype == _work_dtype(w.dtype) and b.device == w.device
+                for b, w in zip(cached, weights)):
             return cached, False
-        cached = [torch.empty_like(w, memory_format=torch.contiguous_format) for w in weights]
+        cached = [torch.empty_like(w, dtype=_work_dtype(w.dtype), memory_format=torch.contiguous_format)
+                  for w in weights]
         setattr(self, name, cached)
         return cached, True
 
 
 def _accumulate(weight: torch.Tensor, grad: torch.Tensor, scale: float) -> None:
+    if not weight.requires_grad:  # frozen: backpropagating the penalty gives it no gradient either
+        return
     if weight.grad is None:
         weight.grad = grad.mul(scale)
     else:
@@ -369,6 +415,12 @@ REGULARIZERS = {"hypersparse": HyperSparse, "l1": L1, "l2": L2}
 
 def make_regularizer(name: str | Regularizer, sparsity: float, **options) -> Regularizer:
     """A regularizer by name (``hypersparse``, ``l1``, ``l2``) or the instance given."""
+    if isinstance(name, type) and issubclass(name, Regularizer):
+        raise ConfigError(f"regularizer must be a name or a Regularizer instance, got the class {name.__name__}: "
+                          f"pass {name.__name__}({sparsity}) or its name")
+    if not isinstance(name, (str, Regularizer)):
+        raise ConfigError(f"regularizer must be one of {', '.join(map(repr, REGULARIZERS))} or a Regularizer "
+                          f"instance, got {name!r} ({type(name).__name__})")
     if isinstance(name, Regularizer):
         # the instance's own settings decide its threshold: they must be the ones the caller states
         if name.sparsity != sparsity:

@@ -120,7 +120,9 @@ def masks_from_scores(scores: Masks, sparsity: float, scope: str = "global") -> 
         return out
     if scope != "global":
         raise ConfigError(f"scope must be 'global', 'layer' or 'row', got {scope!r}")
-    flat = torch.cat([v.flatten().float().cpu() for v in scores.values()])
+    # float64 scores are ranked as float64: float32 would tie (and then rank by position) scores it cannot tell apart
+    dtype = torch.float64 if any(v.dtype == torch.float64 for v in scores.values()) else torch.float32
+    flat = torch.cat([v.flatten().to(dtype).cpu() for v in scores.values()])
     keep = _top_mask(flat, flat.numel() - num_pruned(flat.numel(), sparsity))
     masks, offset = {}, 0
     for name, v in scores.items():
