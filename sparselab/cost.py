@@ -31,13 +31,15 @@ def latency_ms(model: nn.Module, input_shape: Sequence[int], batch_size: int = 1
 
     Raises:
         ConfigError: counts that are not positive integers, an ``input_shape`` that is not a sequence of positive
-            integers, or a model that cannot take such a batch (the message quotes the model's own error).
+            integers, a ``device`` that names no device or not the one the model's parameters are on (the model is
+            not moved), or a model that cannot take such a batch (the message quotes the model's own error).
     """
+    _check_model(model, "latency_ms")
     check_positive_int("repeats", repeats)
     check_positive_int("batch_size", batch_size)
     check_positive_int("warmup", warmup, allow_zero=True)
-    device = torch.device(device) if device is not None else _device(model)
-    was_training = model.training
+    device = _device(model) if device is None else _check_device(model, _as_device(device))
+    modes = _modes(model)
     model.eval()
     try:
         x = random_batch(model, input_shape, batch_size, device)
@@ -52,8 +54,41 @@ def latency_ms(model: nn.Module, input_shape: Sequence[int], batch_size: int = 1
             if i >= warmup:
                 times.append((time.perf_counter() - t0) * 1000)
     finally:
-        model.train(was_training)
+        _restore(modes)
     return statistics.median(times)
+
+
+def _check_model(model: object, what: str) -> None:
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"{what} times a torch nn.Module, got {type(model).__name__}")
+
+
+def _as_device(device: str | torch.device) -> torch.device:
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ConfigError(f"device must name a torch device such as 'cpu' or 'cuda:0' (or be None: where the "
+                          f"model is), got {device!r}") from None
+
+
+def _check_device(model: nn.Module, device: torch.device) -> torch.device:
+    """``device`` when the model's parameters (or buffers) are there: the model is timed where it is, not moved."""
+    own = next(itertools.chain(model.parameters(), model.buffers()), None)
+    if own is not None and (own.device.type != device.type
+                            or None not in (own.device.index, device.index) and own.device.index != device.index):
+        raise ConfigError(f"latency_ms was asked to time on device {str(device)!r}, but the model's parameters are "
+                          f"on {str(own.device)!r}; move the model there (model.to(device)) or leave device out")
+    return device
+
+
+def _modes(model: nn.Module) -> list[tuple[nn.Module, bool]]:
+    """The train/eval mode of ``model`` and of each of its submodules (a frozen part may be in eval mode)."""
+    return [(m, m.training) for m in model.modules()]
+
+
+def _restore(modes: list[tuple[nn.Module, bool]]) -> None:
+    for module, training in modes:
+        module.training = training
 
 
 def random_batch(model: nn.Module, input_shape: Sequence[int], batch_size: int, device: torch.device | None = None,
@@ -102,6 +137,8 @@ def latency_against(model: nn.Module, reference: nn.Module, input_shape: Sequenc
         >>> sorted(r), 0.2 < r["speedup"] < 5
         (['model_ms', 'reference_ms', 'speedup', 'speedup_q1', 'speedup_q3'], True)
     """
+    _check_model(model, "latency_against")
+    _check_model(reference, "latency_against")
     check_positive_int("repeats", repeats)
     check_positive_int("batch_size", batch_size)
     check_positive_int("warmup", warmup, allow_zero=True)
@@ -110,7 +147,7 @@ def latency_against(model: nn.Module, reference: nn.Module, input_shape: Sequenc
     if _device(reference) != device:
         raise ConfigError(f"latency_against times both models on one batch, but the model is on {device} and the "
                           f"reference on {_device(reference)}; move them to one device")
-    modes = [m.training for m in models]
+    modes = _modes(reference) + _modes(model)
     for m in models:
         m.eval()
     try:
@@ -132,8 +169,7 @@ def latency_against(model: nn.Module, reference: nn.Module, input_shape: Sequenc
                     if i >= warmup:
                         times[j].append((time.perf_counter() - t0) * 1000)
     finally:
-        for m, mode in zip(models, modes):
-            m.train(mode)
+        _restore(modes)
     ratios = sorted(a / b for a, b in zip(*times))
     q = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
     return {"model_ms": statistics.median(times[1]), "reference_ms": statistics.median(times[0]),

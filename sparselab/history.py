@@ -31,6 +31,7 @@ from __future__ import annotations
 import gzip
 import json
 import math
+import operator
 import re
 import zlib
 from pathlib import Path
@@ -61,27 +62,32 @@ class History:
     # ------------------------------------------------------------------ logging
     def log_metric(self, name: str, value: float, *, step: int, epoch: int, split: str = "train") -> None:
         """Record one scalar."""
-        if split not in SPLITS:
-            raise ConfigError(f"split must be one of {SPLITS}, got {split!r}")
-        self._rows["metrics"].append((int(step), int(epoch), split, str(name), float(value)))
+        self.log_metrics({name: value}, step=step, epoch=epoch, split=split)
 
     def log_metrics(self, values: Mapping[str, float], *, step: int, epoch: int, split: str = "train") -> None:
-        """Record several scalars of one moment."""
-        for name, value in values.items():
-            self.log_metric(name, value, step=step, epoch=epoch, split=split)
+        """Record several scalars of one moment (all of them, or none when one is not a number)."""
+        if split not in SPLITS:
+            raise ConfigError(f"split must be one of {SPLITS}, got {split!r}")
+        s, e = _whole("step", step), _whole("epoch", epoch)
+        rows = [(s, e, split, str(name), _number(f"metric {name!r}", value)) for name, value in values.items()]
+        self._rows["metrics"].extend(rows)
 
     def log_blocks(self, metric: str, values: Mapping[str, float], *, step: int, epoch: int) -> None:
-        """Record one value per block (or layer) for ``metric``."""
-        rows = self._rows["blocks"]
-        for block, value in values.items():
-            rows.append((int(step), int(epoch), str(block), str(metric), float(value)))
+        """Record one value per block (or layer) for ``metric`` (all of them, or none when one is not a number)."""
+        s, e = _whole("step", step), _whole("epoch", epoch)
+        rows = [(s, e, str(block), str(metric), _number(f"{metric} of {block!r}", value))
+                for block, value in values.items()]
+        self._rows["blocks"].extend(rows)
 
     def log_events(self, *, step: int, epoch: int, block: str, gate: str, elements: Iterable[int], old: int,
                    new: int) -> None:
         """Record mask elements of one gate whose hard state went from ``old`` to ``new`` (0 pruned, 1 kept)."""
-        rows = self._rows["events"]
-        s, e, b, g, o, n = int(step), int(epoch), str(block), str(gate), int(old), int(new)
-        rows.extend((s, e, b, g, int(el), o, n) for el in elements)
+        s, e, b, g = _whole("step", step), _whole("epoch", epoch), str(block), str(gate)
+        o, n = _whole("old", old), _whole("new", new)
+        if o not in (0, 1) or n not in (0, 1):
+            raise ConfigError(f"old and new must be 0 (pruned) or 1 (kept), got old={old!r}, new={new!r}")
+        rows = [(s, e, b, g, int(el), o, n) for el in elements]
+        self._rows["events"].extend(rows)
 
     # ------------------------------------------------------------------ views
     def table(self, name: str) -> pd.DataFrame:
@@ -110,17 +116,26 @@ class History:
         return {name: self.table(name) for name in COLUMNS}
 
     def last(self, name: str, split: str = "val", default: float = math.nan) -> float:
-        """The most recent value of metric ``name`` on ``split``."""
+        """The most recent value of metric ``name`` on ``split`` (of a History holding one run)."""
+        self._check_one_run("last")
         for row in reversed(self._rows["metrics"]):
             if row[3] == name and row[2] == split:
                 return row[4]
         return default
 
     def series(self, name: str, split: str = "val") -> pd.Series:
-        """Metric ``name`` on ``split`` indexed by step."""
+        """Metric ``name`` on ``split`` indexed by step (of a History holding one run)."""
+        self._check_one_run("series")
         df = self.metrics
         df = df[(df.name == name) & (df.split == split)]
         return pd.Series(df.value.to_numpy(), index=df.step.to_numpy(), name=f"{split}/{name}")
+
+    def _check_one_run(self, what: str) -> None:
+        runs = list(dict.fromkeys(self._run["metrics"])) if self._run is not None else []
+        if len(runs) > 1:
+            raise ConfigError(f"History.{what} reads one run, but this History merges {len(runs)} runs "
+                              f"({', '.join(map(repr, runs[:5]))}); take one with "
+                              f"sparselab.history.select_run(history, run)")
 
     def __len__(self) -> int:
         return sum(len(r) for r in self._rows.values())
@@ -140,6 +155,10 @@ class History:
         """Merge runs into one History whose tables carry a ``run`` column (names from ``runs``, else each
         History's ``meta['run']``, else its position)."""
         histories = list(histories)
+        wrong = [f"{i} ({type(h).__name__})" for i, h in enumerate(histories) if not isinstance(h, History)]
+        if wrong:
+            raise ConfigError(f"History.concat merges History objects; got something else at position(s) "
+                              f"{', '.join(wrong[:5])} (load a saved one with History.load)")
         if runs is None:
             runs = [h.meta.get("run", i) for i, h in enumerate(histories)]
         runs = [str(r) for r in runs]  # names are strings, as a saved History gives them back
@@ -168,8 +187,13 @@ class History:
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Replace this History's contents in place (used when a run resumes from a checkpoint)."""
-        if state.get("schema") != SCHEMA:
-            raise CheckpointError(f"not a sparselab History (schema {state.get('schema')!r}, expected {SCHEMA!r})")
+        if not isinstance(state, Mapping) or state.get("schema") != SCHEMA:
+            schema = state.get("schema") if isinstance(state, Mapping) else None
+            raise CheckpointError(f"not a sparselab History (schema {schema!r}, expected {SCHEMA!r})")
+        rows = state.get("rows")
+        if not isinstance(state.get("meta"), Mapping) or not isinstance(rows, Mapping) or set(COLUMNS) - set(rows):
+            raise CheckpointError(f"a damaged sparselab History state: it needs 'meta' and 'rows' with the tables "
+                                  f"{', '.join(COLUMNS)}")
         self.meta = dict(state["meta"])
         self._rows = {k: [tuple(r) for r in state["rows"][k]] for k in COLUMNS}
         self._run = {k: list(v) for k, v in state["run"].items()} if state.get("run") else None
@@ -266,6 +290,32 @@ class History:
             raise CheckpointError(f"{path}{where} cannot be read as a sparselab History: {kind} "
                                   f"({type(exc).__name__}: {exc})") from None
         return h
+
+
+def _whole(name: str, value: Any) -> int:
+    """``value`` as an int when it is a whole number (an int, a numpy or tensor integer, a float such as 3.0)."""
+    try:
+        return operator.index(value)
+    except TypeError:
+        pass
+    if not isinstance(value, (str, bytes)):
+        try:
+            number = float(value)
+        except (TypeError, ValueError, RuntimeError):
+            number = math.nan
+        if number.is_integer():
+            return int(number)
+    raise ConfigError(f"{name} must be a whole number, got {value!r}")
+
+
+def _number(name: str, value: Any) -> float:
+    """``value`` as a float (NaN and ±inf included: a History records what was measured)."""
+    if not isinstance(value, (str, bytes)):
+        try:
+            return float(value)
+        except (TypeError, ValueError, RuntimeError):
+            pass
+    raise ConfigError(f"{name} must be a number, got {value!r}")
 
 
 def _json_line(line: str, path: Path, line_no: int) -> Any:

@@ -20,13 +20,14 @@ Example:
 from __future__ import annotations
 
 import math
-from typing import Iterable, Mapping
+import operator
+from typing import Any, Iterable, Mapping
 
 import pandas as pd
 import torch
 from torch import nn
 
-from .errors import ConfigError
+from .errors import ConfigError, DivergedError, check_bool
 from .structure.unstructured import magnitude_masks, prunable_weights
 from .structure.vit import reduce_gates
 
@@ -60,13 +61,20 @@ def kept_masks(model: nn.Module, masks: Masks | None = None, sparsity: float | N
         >>> kept_masks(net, sparsity=0.5)["weight"].sum().item()
         3
     """
+    _check_model(model)
     weights = prunable_weights(model)
     if masks is not None and sparsity is not None:
         raise ConfigError("pass either masks or sparsity, not both (masks are used as given; sparsity builds "
                           "global magnitude masks)")
     if masks is None and sparsity is not None:
+        if isinstance(sparsity, (str, bytes, bool)):
+            raise ConfigError(f"sparsity must be a number in [0, 1), got {sparsity!r}")
         return {name: m.detach().cpu().bool() for name, m in magnitude_masks(model, sparsity).items()}
     if masks is None:
+        nan = [name for name, w in weights.items() if bool(torch.isnan(w.detach()).any())]
+        if nan:  # NaN != 0 would count every diverged weight as kept
+            raise DivergedError(f"the weights of {_short(nan)} hold NaN: their nonzero pattern says nothing about "
+                                f"which weights are kept (pass masks=)")
         return {name: (w.detach() != 0).cpu() for name, w in weights.items()}
     if not isinstance(masks, Mapping):
         raise ConfigError(f"masks must be a dict of parameter name → bool tensor, got {type(masks).__name__}")
@@ -88,13 +96,29 @@ def kept_masks(model: nn.Module, masks: Masks | None = None, sparsity: float | N
         if tuple(m.shape) != tuple(w.shape):
             raise ConfigError(f"mask {name!r} has shape {tuple(m.shape)}, but the weight has shape "
                               f"{tuple(w.shape)}")
+        if m.dtype != torch.bool and not bool(((m == 0) | (m == 1)).all()):
+            raise ConfigError(f"mask {name!r} must hold booleans or 0/1 (True = kept), got other values (scores "
+                              f"or NaN?); build masks from scores with "
+                              f"sparselab.structure.unstructured.masks_from_scores")
         out[name] = (m.detach() != 0).cpu() if m.dtype != torch.bool else m.detach().cpu()
     return out
 
 
+def _check_model(model: Any) -> None:
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"model must be a torch nn.Module, got {type(model).__name__}")
+
+
 def _modules_by_weight(model: nn.Module) -> dict[str, nn.Module]:
-    return {(f"{name}.weight" if name else "weight"): m for name, m in model.named_modules()
-            if isinstance(m, (nn.Conv2d, nn.Linear))}
+    """Name → Conv2d/Linear module of every prunable weight, keyed and ordered as
+    :func:`~sparselab.structure.prunable_weights` (a tied weight once, under its parameter name)."""
+    _check_model(model)
+    canonical = {id(p): name for name, p in model.named_parameters()}
+    out: dict[str, nn.Module] = {}
+    for name, m in model.named_modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            out.setdefault(canonical.get(id(m.weight), f"{name}.weight" if name else "weight"), m)
+    return out
 
 
 def _kind(module: nn.Module) -> str:
@@ -196,13 +220,12 @@ def dead_units(model: nn.Module, masks: Masks | None = None, sparsity: float | N
 
 
 def image_layer(model: nn.Module, features: int | None) -> tuple[str, nn.Linear] | None:
-    """The first Linear layer, with no Conv2d before it, that reads ``features`` inputs (any count when None)."""
-    for name, module in _modules_by_weight(model).items():
-        if isinstance(module, nn.Conv2d):
-            return None
-        if features is None or module.in_features == features:
-            return name, module
-    return None
+    """The model's first prunable layer when it is a Linear layer reading ``features`` inputs (any count when
+    None): the layer that reads the flattened image. A later Linear layer reads hidden features, not pixels."""
+    first = next(iter(_modules_by_weight(model).items()), None)
+    if first is None or not isinstance(first[1], nn.Linear):
+        return None
+    return first if features is None or first[1].in_features == features else None
 
 
 def infer_image_shape(model: nn.Module) -> tuple[int, int, int]:
@@ -221,7 +244,7 @@ def infer_image_shape(model: nn.Module) -> tuple[int, int, int]:
     n = found[1].in_features
     for chans in (1, 3):
         side = math.isqrt(n // chans)
-        if n % chans == 0 and side * side * chans == n:
+        if n % chans == 0 and side >= 1 and side * side * chans == n:
             return chans, side, side
     raise ConfigError(f"cannot tell the image shape read by {found[0]} ({n} input features are neither a "
                       f"square nor 3 × a square); pass image_shape=(C, H, W)")
@@ -231,8 +254,8 @@ def input_pixel_map(model: nn.Module, masks: Masks | None = None, sparsity: floa
                     image_shape: tuple[int, int, int] | None = None, fraction: bool = False) -> torch.Tensor:
     """Kept weights per input pixel of the first Linear layer that reads the flattened image.
 
-    The layer is the first Linear layer (with no convolution before it) whose ``in_features`` equal C·H·W; its
-    input index is ``c·H·W + h·W + w`` (``torch.flatten`` of a C×H×W image). Returns an (H, W) tensor: the number
+    The layer is the model's first prunable layer, a Linear layer whose ``in_features`` equal C·H·W; its input
+    index is ``c·H·W + h·W + w`` (``torch.flatten`` of a C×H×W image). Returns an (H, W) tensor: the number
     of kept weights reading each pixel, summed over channels and output neurons, or with ``fraction=True`` that
     count divided by C × out_features (float). ``image_shape`` defaults to :func:`infer_image_shape`. Masks as in
     :func:`kept_masks`. Raises :class:`~sparselab.errors.ConfigError` when no such layer exists.
@@ -246,27 +269,38 @@ def input_pixel_map(model: nn.Module, masks: Masks | None = None, sparsity: floa
         >>> input_pixel_map(net, {"1.weight": mask}, image_shape=(1, 2, 2)).tolist()
         [[1, 0], [0, 3]]
     """
-    if image_shape is None:
-        image_shape = infer_image_shape(model)
-    try:
-        c, h, w = (int(v) for v in image_shape)
-    except (TypeError, ValueError):
-        raise ConfigError(f"image_shape must be (C, H, W), got {image_shape!r}") from None
-    if min(c, h, w) < 1:
-        raise ConfigError(f"image_shape must hold positive sizes, got {image_shape!r}")
+    check_bool("fraction", fraction)
+    c, h, w = infer_image_shape(model) if image_shape is None else _image_shape(image_shape)
     found = image_layer(model, c * h * w)
     if found is None:
-        linear = [f"{n} ({m.in_features} inputs)" for n, m in _modules_by_weight(model).items()
-                  if isinstance(m, nn.Linear)]
+        first = next(iter(_modules_by_weight(model).items()), None)
+        what = ("it has no Conv2d or Linear layer" if first is None else
+                f"its first layer {first[0]} is a convolution" if isinstance(first[1], nn.Conv2d) else
+                f"its first layer {first[0]} reads {first[1].in_features} input features")
         raise ConfigError(f"{type(model).__name__} has no Linear layer that reads a flattened {c}×{h}×{w} image "
-                          f"({c * h * w} input features, with no convolution before it); Linear layers: "
-                          f"{_short(linear) or 'none'}")
+                          f"({c * h * w} input features, as its first layer): {what}")
     name, module = found
     m = kept_masks(model, masks, sparsity)[name]
     counts = m.reshape(module.out_features, c, h, w).sum(dim=(0, 1))
     if fraction:
         return counts.double() / (c * module.out_features)
     return counts
+
+
+def _image_shape(image_shape: Any) -> tuple[int, int, int]:
+    """``image_shape`` as three positive integers (C, H, W); anything else is a :class:`ConfigError`."""
+    try:
+        if isinstance(image_shape, (str, bytes)):
+            raise TypeError
+        values = list(image_shape)
+        if len(values) != 3 or any(isinstance(v, bool) for v in values):
+            raise TypeError
+        c, h, w = (operator.index(v) for v in values)
+    except TypeError:
+        raise ConfigError(f"image_shape must be (C, H, W), three positive integers, got {image_shape!r}") from None
+    if min(c, h, w) < 1:
+        raise ConfigError(f"image_shape must hold positive sizes, got {image_shape!r}")
+    return c, h, w
 
 
 # ---------------------------------------------------------------------------------------------------- ViTs
@@ -292,6 +326,19 @@ def vit_blocks(model: nn.Module) -> list[nn.Module]:
                 and isinstance(getattr(mlp, "fc2", None), nn.Linear)):
             return []
     return out
+
+
+def _weight_names(model: nn.Module) -> dict[int, str]:
+    """id of each parameter → its name (a shared weight under the one name the masks use)."""
+    return {id(p): name for name, p in model.named_parameters()}
+
+
+def _check_finite_weights(model: nn.Module, blocks: list[nn.Module], names: dict[int, str]) -> None:
+    bad = [names[id(lin.weight)] for b in blocks for lin in (b.attn.qkv, b.attn.proj, b.mlp.fc1, b.mlp.fc2)
+           if not bool(torch.isfinite(lin.weight.detach()).all())]
+    if bad:
+        raise DivergedError(f"the weights of {_short(list(dict.fromkeys(bad)))} hold NaN or inf: their magnitudes "
+                            f"are no numbers to map (pass masks= or sparsity= for kept fractions)")
 
 
 @torch.no_grad()
@@ -323,12 +370,15 @@ def vit_magnitude_maps(model: nn.Module, masks: Masks | None = None,
                           f"mlp.fc1, mlp.fc2); got {type(model).__name__}")
     use_masks = masks is not None or sparsity is not None
     kept = kept_masks(model, masks, sparsity) if use_masks else None
-    names = {id(m): n for n, m in model.named_modules()}
+    names = _weight_names(model)
 
     def values(module: nn.Linear) -> torch.Tensor:
         if kept is not None:
-            return kept[f"{names[id(module)]}.weight"].double()
+            return kept[names[id(module.weight)]].double()
         return module.weight.detach().abs().double().cpu()
+
+    if kept is None:
+        _check_finite_weights(model, blocks, names)
 
     attn_rows, mlp_rows = [], []
     for layer, block in enumerate(blocks):
@@ -379,10 +429,10 @@ def vit_pattern_summary(model: nn.Module, masks: Masks | None = None, sparsity: 
     if not blocks:
         raise ConfigError(f"vit_pattern_summary needs a timm VisionTransformer; got {type(model).__name__}")
     kept = kept_masks(model, masks, sparsity)
-    names = {id(m): n for n, m in model.named_modules()}
+    names = _weight_names(model)
 
     def k(module: nn.Linear) -> torch.Tensor:
-        return kept[f"{names[id(module)]}.weight"]
+        return kept[names[id(module.weight)]]
 
     rows, attn_n, attn_k, mlp_n, mlp_k, spreads, dead, neurons = [], 0, 0, 0, 0, [], 0, 0
     reads = None
@@ -423,9 +473,12 @@ def exchange_numbers(history) -> dict[str, float]:
         >>> sorted(exchange_numbers(art_history))  # doctest: +SKIP
         ['ART epochs', 'entered after first ART epoch', 'entered after last ART epoch']
     """
-    m = history.metrics.query("split == 'train'").pivot_table(index="step", columns="name", values="value")
+    from .history import as_history, select_run
+
+    metrics = select_run(as_history(history, "exchange_numbers"))["metrics"]  # a merged History: one run only
+    m = metrics.query("split == 'train'").pivot_table(index="step", columns="name", values="value")
     m = m.dropna(subset=["kept_entered"]) if "kept_entered" in m else m.iloc[0:0]
-    epochs = history.metrics.query("name == 'art_epoch'").value
+    epochs = metrics.query("name == 'art_epoch'").value
     return {"entered after first ART epoch": float(m.kept_entered.iloc[0]) if len(m) else math.nan,
             "entered after last ART epoch": float(m.kept_entered.iloc[-1]) if len(m) else math.nan,
             "ART epochs": float(epochs.max() + 1) if len(epochs) else math.nan}

@@ -22,7 +22,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 from torch import nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, check_bool
 from ..patterns import (
     dead_units,
     image_layer,
@@ -57,6 +57,12 @@ def _check_table(table: object, name: str) -> pd.DataFrame:
     if table["layer"].duplicated().any():
         raise ConfigError(f"{name} lists a layer more than once: "
                           f"{', '.join(table.loc[table['layer'].duplicated(), 'layer'].astype(str)[:5])}")
+    ratios = pd.to_numeric(table["keep_ratio"], errors="coerce")
+    bad = (ratios.isna() & table["keep_ratio"].notna()) | (ratios.notna() & ~ratios.between(0, 1))
+    if bad.any():
+        rows = [f"{layer}: {value!r}" for layer, value in zip(table.loc[bad, "layer"], table.loc[bad, "keep_ratio"])]
+        raise ConfigError(f"{name} holds keep ratios outside [0, 1] (a ratio is kept / all weights; leave a layer "
+                          f"out or NaN to show no bar): {', '.join(rows[:5])}")
     return table
 
 
@@ -87,6 +93,9 @@ def plot_layer_keep_ratios(model_or_table: nn.Module | pd.DataFrame | None = Non
         >>> [t.name for t in fig.data], list(fig.data[1].y)
         (['global (overall 0.5)', 'dense (overall 1)'], [1.0, 1.0])
     """
+    check_bool("log", log)
+    if label is not None and not isinstance(label, str):
+        raise ConfigError(f"label must be a string (the name of the first series) or None, got {label!r}")
     series: list[tuple[str, pd.DataFrame]] = []
     if isinstance(model_or_table, nn.Module):
         series.append((label or "keep ratio", layer_keep_ratios(model_or_table, masks, sparsity)))
