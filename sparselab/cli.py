@@ -333,7 +333,7 @@ def _cmd_train(args) -> int:
                           pretrained=pretrained or False, **extra)
     models.check_input_size(model, args.model, bundle.image_size)
     history = fit(model, bundle, config=config, checkpoint_dir=out / "checkpoint", resume=args.resume)
-    history.meta.update({"command": " ".join(sys.argv), "pretrained": str(args.pretrained)})
+    history.meta.update({"command": _command_line(args), "pretrained": str(args.pretrained)})
     history.save(out / "history.jsonl.gz")
     # a split that was never evaluated (no test images) is left out, not written as NaN
     summary = {split: {k: history.last(k, split) for k in ("acc", "loss")} for split in ("val", "test")
@@ -344,10 +344,19 @@ def _cmd_train(args) -> int:
     return 0
 
 
+def _command_line(args) -> str:
+    """The command that made this run, as given to :func:`main` (not the host process's arguments, which differ
+    when ``main`` is called from Python)."""
+    import shlex
+
+    return "sparselab " + shlex.join(getattr(args, "argv", sys.argv[1:]))
+
+
 def _cmd_p3b(args) -> int:
     from .experiments import p3b_preset, run_p3b
     from .experiments.p3b import METHODS
     from .experiments.presets import preset_settings
+    from .experiments.recipes import method_probe_options
     from .probes import FAST_PROBES
     from .pruners import P3BSchedule
 
@@ -395,6 +404,8 @@ def _cmd_p3b(args) -> int:
         w, s_, f = _schedule(args.schedule)
         schedule = P3BSchedule(warmup=w, sparsify=s_, finalize=f, updates_per_epoch=schedule.updates_per_epoch)
     patch_probe = benefit_flags.pop("patch_probe", preset.patch_probe)
+    _check_patch_cadence(patch_probe, [flag for flag in probe_flags if flag in cadence],
+                         "--patch-probe none" if "--patch-probe" in probe_flags else f"the preset {preset.name!r}")
     probe_options = {**preset.probe_options, **(FAST_PROBES if args.fast_probes else {}), **benefit_flags}
     # the one run this command makes (what --dry-run shows and result.json's settings record)
     preset = preset.replace(methods=(args.method,), prune_ratios=(prune_ratio,), seeds=(args.seed,))
@@ -432,13 +443,23 @@ def _cmd_p3b(args) -> int:
         probes = METHODS.get(args.method, {}).get("allocation") == "benefit"
         record = {"preset": preset.name, "method": args.method, "prune_ratio": prune_ratio, "seed": args.seed,
                   **({"qkv_unit": args.qkv_unit} if args.method != "dense" else {}),
-                  **({"patch_probe": preset.patch_probe, "probe_options": preset.probe_options} if probes else {}),
+                  **({"patch_probe": preset.patch_probe, "probe_options": method_probe_options(preset, args.method)}
+                     if probes else {}),
                   "settings": preset_settings(preset), **run.result}
         (out / "result.json").write_text(json.dumps(record, indent=2, allow_nan=False))
         print(json.dumps(run.result, indent=2))
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
     return 0
+
+
+def _check_patch_cadence(patch_probe: str | None, flags: list[str], source: str) -> None:
+    """Refuse patch-probe cadence flags (``--fast-probes``, ``--probe-every``, ``--probe-fraction``) where no patch
+    probe runs (``source`` says why): they would be recorded in result.json but change nothing."""
+    if patch_probe is None and flags:
+        raise ConfigError(f"{', '.join(flags)} set how often and on how much of each batch the patch probes run, "
+                          f"but there is no patch probe ({source}); pass --patch-probe conv2, conv1 or linear, or "
+                          f"leave out {', '.join(flags)}")
 
 
 def _cmd_art(args) -> int:
@@ -773,6 +794,7 @@ def main(argv: list[str] | None = None) -> int:
     args = None
     try:
         args = build_parser().parse_args(argv)
+        args.argv = list(sys.argv[1:] if argv is None else argv)
         return args.fn(args)
     except SparselabError as exc:
         text = str(exc)

@@ -90,6 +90,10 @@ def diagnose(preset: P3BPreset, table: pd.DataFrame, baseline: str, ratio: float
     seeds = sorted(both[0] & both[1]) if seeds is None else list(seeds)
     if not seeds:
         raise ConfigError(f"the table has no seed with both p3b and {baseline} at {ratio:g}")
+    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+    if repeated:
+        raise ConfigError(f"seeds {repeated} are given more than once; each seed is one pair of the paired "
+                          f"differences, so give distinct seeds")
     recorded = _read_record(record, preset) if record is not None else pd.DataFrame()
     done = {(r.method, round(float(r.prune_ratio), 6), int(r.seed)) for r in recorded.itertuples()}
     jobs = [(name, spec, seed) for seed in seeds for name, spec in variants(preset, table, baseline, ratio,
@@ -250,8 +254,9 @@ def diagnosis_summary(table: pd.DataFrame, diag: pd.DataFrame) -> list[str]:
     done = set(diagnosed_pairs(diag)) if not diag.empty else set()
     for b, r in diagnosed_pairs(diag) if not diag.empty else []:
         lines += [""] + diagnosis_findings(table, diag, b, r) + diagnosis_conclusions(table, diag, b, r)
+    diagnosed = {(b, round(x, 6)) for b, x in done}
     left = [f"{r.baseline} at {r.prune_ratio * 100:g} %" for _, r in pairs.iterrows()
-            if (r.baseline, float(r.prune_ratio)) not in {(b, round(x, 6)) for b, x in done}]
+            if (r.baseline, round(float(r.prune_ratio), 6)) not in diagnosed]
     if left:
         lines += ["", "not diagnosed (each pair costs about 15 minutes; scripts/run_statistics.py --diagnose N): "
                   + ", ".join(left)]

@@ -17,11 +17,13 @@ import inspect
 from dataclasses import dataclass, fields
 from typing import Any
 
-from ..data.transforms import RANDAUGMENT, RANDOM_ERASING
+from ..configs import BenefitConfig
+from ..data.transforms import PAPER_SCALE, RANDAUGMENT, RANDOM_ERASING
 from ..errors import unknown_name
 from ..pruners import ART, P3B
 from ..training.config import TrainConfig
 from .art import ART_PRESETS, ARTPreset
+from .p3b import METHODS as P3B_METHODS
 from .p3b import PRESETS as P3B_PRESETS
 from .p3b import P3BPreset
 
@@ -61,17 +63,13 @@ def _p3b_rows(p: P3BPreset) -> list[RecipeRow]:
     fit, ft = _train(p.fit), _train(p.finetune)
     pruner = {**_defaults(P3B), **p.probe_options}
     size = "s" if "deit_small" in p.model else "t"
-    data = p.data
     src = P3B_SOURCE
     rows = [
         RecipeRow("source model", p.model, f"deit_{'small' if size == 's' else 'tiny'}_patch16_224", "METHODS.md §1.7"),
         RecipeRow("ImageNet-pretrained (timm hub weights)", p.pretrained, True, "METHODS.md §1.7"),
         RecipeRow("image size", p.image_size, 224, "METHODS.md §1.6"),
-        RecipeRow("training images", "all 50 000" if data == "cifar100" and p.data_options.get("val_fraction") == 0
-                  else ("train/ folder" if data != "cifar100" else "50 000 minus a validation split"),
-                  "all 50 000" if data == "cifar100" else "train/ folder", src),
-        RecipeRow("test set", "official test set" if data == "cifar100" else "val/ folder",
-                  "official test set" if data == "cifar100" else "val/ folder", src),
+        RecipeRow("training images", *_p3b_splits(p)[0], src),
+        RecipeRow("test set", *_p3b_splits(p)[1], src),
         RecipeRow("effective batch", fit.effective_batch_size, 512, src),
         RecipeRow("gradient accumulation steps", fit.accumulate_steps, 2, src,
                   "micro-batch 256 on one process (the reference: 64 per GPU on 4 GPUs)"),
@@ -83,8 +81,9 @@ def _p3b_rows(p: P3BPreset) -> list[RecipeRow]:
         RecipeRow("weight decay", fit.weight_decay, 0.05, "METHODS.md §1.6"),
         RecipeRow("lr schedule while pruning", fit.lr_schedule, "constant", "METHODS.md §1.6"),
         RecipeRow("repeated augmentation (timm RepeatAugSampler)", fit.repeated_aug, 3, src),
-        RecipeRow("RandAugment", RANDAUGMENT, "rand-m9-mstd0.5-inc1", src),
-        RecipeRow("random erasing (probability, mode)", RANDOM_ERASING, (0.25, "pixel"), src),
+        RecipeRow("RandAugment", RANDAUGMENT if _timm_pipeline(p) else "none", "rand-m9-mstd0.5-inc1", src),
+        RecipeRow("random erasing (probability, mode)", RANDOM_ERASING if _timm_pipeline(p) else "none",
+                  (0.25, "pixel"), src),
         RecipeRow("mixup alpha", fit.mixup, 0.8, src),
         RecipeRow("cutmix alpha", fit.cutmix, 1.0, src),
         RecipeRow("label smoothing", fit.label_smoothing, 0.1, src),
@@ -134,6 +133,45 @@ def _p3b_rows(p: P3BPreset) -> list[RecipeRow]:
     return rows
 
 
+#: data sets that are ImageFolder trees with train/ and val/ folders (the reference's iFood, iNat19, TinyImageNet)
+_TREE_DATA = ("ifood", "inat19", "tinyimagenet")
+
+
+def _own_splits(p: P3BPreset | ARTPreset) -> tuple[str, str]:
+    """How a data set without a reference split is split: its training images (after ``limit``) and test set."""
+    limit = p.data_options.get("limit")
+    train = f"{limit} {p.data} training images" if limit else f"the {p.data} training split"
+    return train, f"the {p.data} test split"
+
+
+def _p3b_splits(p: P3BPreset) -> tuple[tuple[str, str], tuple[str, str]]:
+    """(preset's, reference's) training images and (preset's, reference's) test set of a P3B preset."""
+    if p.data == "cifar100":
+        train = "all 50 000" if p.data_options.get("val_fraction") == 0 else "50 000 minus a validation split"
+        return (train, "all 50 000"), ("official test set", "official test set")
+    if p.data in _TREE_DATA:
+        return ("train/ folder", "train/ folder"), ("val/ folder", "val/ folder")
+    train, test = _own_splits(p)
+    return (train, "train/ folder"), (test, "val/ folder")
+
+
+def _art_splits(p: ARTPreset) -> tuple[tuple[str, str], tuple[str, str]]:
+    """(preset's, reference's) training images and (preset's, reference's) test set of an ART preset."""
+    if p.data == "tinyimagenet":
+        return ("train/ folder", "train/ folder"), ("val/ folder", "val/ folder")
+    if p.data in ("cifar10", "cifar100"):
+        train = "all 50 000" if p.data_options.get("val_fraction") == 0 else "50 000 minus a validation split"
+        return (train, "all 50 000"), ("official test set", "official test set")
+    train, test = _own_splits(p)
+    return (train, "all 50 000"), (test, "official test set")
+
+
+def _timm_pipeline(p: P3BPreset) -> bool:
+    """Whether the preset's training images get timm's DeiT augmentation (RandAugment, random erasing): at
+    :data:`~sparselab.data.transforms.PAPER_SCALE` px and more, unless augmentation is off."""
+    return p.data_options.get("augment") != "none" and (p.image_size is None or p.image_size >= PAPER_SCALE)
+
+
 def _gate_factors() -> dict[str, float]:
     from ..pruners.selection import GATE_FACTORS
 
@@ -145,6 +183,7 @@ def _art_rows(p: ARTPreset) -> list[RecipeRow]:
     fit, ft = _train(p.fit), _train(p.finetune)
     art = _defaults(ART)
     tiny = p.data == "tinyimagenet"
+    cifar = p.data in ("cifar10", "cifar100")
     src = ART_SOURCE
     reference_model = "resnet32_wide" if "resnet32" in p.name else "vgg19_bn"
     return [
@@ -154,14 +193,12 @@ def _art_rows(p: ARTPreset) -> list[RecipeRow]:
         RecipeRow("image size", p.image_size, 64 if tiny else 32, src),
         RecipeRow("random crop padding", p.data_options.get("pad"), 4, src),
         RecipeRow("augmentation", p.data_options.get("augment"), "crop_flip", src),
-        RecipeRow("training images", "train/ folder" if tiny else (
-            "all 50 000" if p.data_options.get("val_fraction") == 0 else "50 000 minus a validation split"),
-            "train/ folder" if tiny else "all 50 000", src),
-        RecipeRow("test set", "val/ folder" if tiny else "official test set",
-                  "val/ folder" if tiny else "official test set", src),
+        RecipeRow("training images", *_art_splits(p)[0], src),
+        RecipeRow("test set", *_art_splits(p)[1], src),
         RecipeRow("normalisation", "the training split's mean/std" if not tiny else "TinyImageNet's own mean/std",
                   "fixed dataset mean/std" if not tiny else "TinyImageNet's own mean/std", src,
-                  "computed from all 50 000 training images, which fixed constants approximate" if not tiny else
+                  ("computed from all 50 000 training images, which fixed constants approximate" if cifar else
+                   "computed from the training split") if not tiny else
                   "(0.4802, 0.4481, 0.3975) / (0.2302, 0.2265, 0.2262)", differs=not tiny),
         RecipeRow("batch size", fit.batch_size, 64, "METHODS.md §2.3"),
         RecipeRow("optimizer", fit.optimizer, "sgd", "METHODS.md §2.3"),
@@ -312,31 +349,77 @@ def resolved_recipe(preset: P3BPreset | ARTPreset, data=None) -> dict[str, Any]:
         out["optimizer steps per epoch"] = steps
     if isinstance(preset, P3BPreset):
         sch = preset.schedule
+        probes = _uses_probes(preset)
         out.update({
             "dense warm-up until": at(sch.warmup), "sparsify until": at(sch.sparsify),
             "finalize at": at(sch.finalize),
             "mask update every": (f"{max(1, steps // sch.updates_per_epoch)} optimizer steps" if steps is not None
                                   else f"1/{sch.updates_per_epoch} epoch"),
-            "τ / τ_min": (sch.tau, sch.tau_min), "patch probe": preset.patch_probe,
-            "probe options": dict(preset.probe_options),
+            "τ / τ_min": (sch.tau, sch.tau_min),
+            "patch probe": preset.patch_probe if probes else f"none ({_NO_PROBES})",
+            "probe options": (method_probe_options(preset, preset.methods[0]) if len(preset.methods) == 1
+                              else dict(preset.probe_options)) if probes else f"none ({_NO_PROBES})",
             "compact fine-tune": f"{preset.finetune_epochs} epochs"
                                  + (f" = {preset.finetune_epochs * ft_steps} steps" if ft_steps is not None else "")
-                                 + f", {ft.lr_schedule} lr {ft.lr:g} → {ft.min_lr:g}, effective batch "
-                                   f"{ft.effective_batch_size}",
+                                 + f", {_lr_text(ft, ft_steps)}, effective batch {ft.effective_batch_size}",
         })
     else:
+        regularized, scheduled = _art_kinds(preset)
+        out["warm-up"] = at(preset.warmup_epochs)
+        if regularized:
+            out.update({
+                "λ_init / η": (preset.lam_init, preset.eta), "candidate rule": preset.candidate_rule,
+                "ART epochs at most": preset.max_art_epochs
+                if steps is None else f"{preset.max_art_epochs} = {preset.max_art_epochs * steps} steps",
+            })
+        if scheduled:
+            out["gradual pruning"] = f"{preset.gmp_epochs} epochs" + (
+                f" = {preset.gmp_epochs * steps} steps" if steps is not None else "")
         out.update({
-            "warm-up": at(preset.warmup_epochs), "λ_init / η": (preset.lam_init, preset.eta),
-            "candidate rule": preset.candidate_rule,
-            "ART epochs at most": preset.max_art_epochs
-            if steps is None else f"{preset.max_art_epochs} = {preset.max_art_epochs * steps} steps",
             "precision": "fp32" if fit.amp is False else "automatic (AMP on CUDA)",
-            "fine-tune": f"{preset.finetune_epochs} epochs, lr {ft.lr:g} × {ft.lr_gamma:g} at epochs "
-                         f"{list(ft.lr_milestones)}"
-                         + (f" = steps {[m * ft_steps for m in ft.lr_milestones]}" if ft_steps is not None else ""),
+            "fine-tune": f"{preset.finetune_epochs} epochs, {_lr_text(ft, ft_steps)}",
             "sparsities": preset.sparsities,
         })
     return out
+
+
+_NO_PROBES = "no method of this run trains block-benefit probes"
+#: ART-preset methods that sparsify without ART's λ schedule: over ``gmp_epochs``, or at once
+_GRADUAL_METHODS, _ONE_SHOT_METHODS = ("gmp", "movement"), ("oneshot", "layerwise")
+
+
+def method_probe_options(preset: P3BPreset, method: str) -> dict[str, Any]:
+    """The probe options a run of ``method`` uses: the preset's, overridden by those the method fixes itself
+    (``p3b_fast_probes``'s cadence).
+
+    Example:
+        >>> method_probe_options(P3B_PRESETS["tiny"], "p3b_fast_probes")
+        {'probe_every': 16, 'probe_fraction': 0.25}
+    """
+    own = {f.name for f in fields(BenefitConfig)}
+    return {**preset.probe_options, **{k: v for k, v in P3B_METHODS[method].items() if k in own}}
+
+
+def _uses_probes(preset: P3BPreset) -> bool:
+    """Whether any method of ``preset`` allocates by block benefit (only those run the probes)."""
+    return any(P3B_METHODS.get(m, {}).get("allocation") == "benefit" for m in preset.methods)
+
+
+def _art_kinds(preset: ARTPreset) -> tuple[bool, bool]:
+    """Whether ``preset``'s methods include one that runs ART's λ schedule (any method not known to do without it
+    counts) and one that prunes gradually over ``gmp_epochs``."""
+    regularized = any(m not in (*_GRADUAL_METHODS, *_ONE_SHOT_METHODS) for m in preset.methods)
+    return regularized, any(m in _GRADUAL_METHODS for m in preset.methods)
+
+
+def _lr_text(cfg: TrainConfig, per_epoch: int | None) -> str:
+    """A learning-rate schedule in words, as :class:`TrainConfig` applies it (``per_epoch``: steps per epoch)."""
+    if cfg.lr_schedule == "cosine":
+        return f"cosine lr {cfg.lr:g} → {cfg.min_lr:g}"
+    if cfg.lr_schedule == "step":
+        return (f"lr {cfg.lr:g} × {cfg.lr_gamma:g} at epochs {list(cfg.lr_milestones)}"
+                + (f" = steps {[m * per_epoch for m in cfg.lr_milestones]}" if per_epoch is not None else ""))
+    return f"{cfg.lr_schedule} lr {cfg.lr:g}"
 
 
 def format_recipe(recipe: dict[str, Any]) -> str:

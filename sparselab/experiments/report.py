@@ -17,6 +17,7 @@ from ..stats import mean_ci, paired_against_all
 from .committed import RESULTS, committed_results
 from .diagnosis import diagnosis_summary
 from .findings import art_findings, late_convergence_findings, p3b_findings
+from .selection import qualified
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 FIGURES = "docs/results/figures"
@@ -51,10 +52,10 @@ def _seeds(table: pd.DataFrame) -> str:
 def _selection(selection: pd.DataFrame) -> str:
     lines = ["| candidate | target | dense (%) ± std | uniform at 90 % (%) | loss (points) [95 % CI] | qualifies |",
              "|---|---|---|---|---|---|"]
-    for _, r in selection.iterrows():
+    for (_, r), qualifies in zip(selection.iterrows(), qualified(selection)):
         lines.append(f"| `{r.candidate}` | {r.data} | {r.dense_mean * 100:.2f} ± {r.dense_std * 100:.2f} | "
                      f"{r.uniform_mean * 100:.2f} | {r.loss * 100:.1f} [{r.loss_low * 100:.1f}, "
-                     f"{r.loss_high * 100:.1f}] | {'**yes**' if r.qualifies else 'no'} |")
+                     f"{r.loss_high * 100:.1f}] | {'**yes**' if qualifies else 'no'} |")
     return "\n".join(lines)
 
 

@@ -24,7 +24,7 @@ from typing import Sequence
 import pandas as pd
 from tqdm.auto import tqdm
 
-from ..errors import ConfigError
+from ..errors import ConfigError, check_bool, check_ratio, check_seed
 from ..stats import mean_ci
 from .committed import committed_results
 from .p3b import P3BPreset, run_p3b
@@ -49,13 +49,11 @@ def measure_candidate(preset: P3BPreset, ratio: float = 0.9, seeds: Sequence[int
     candidate qualifies under ``rule``. Returns the per-run rows and the summary.
 
     Raises:
-        ConfigError: a seed given twice (it would count twice towards ``rule.min_seeds`` and the interval).
+        ConfigError: a seed given twice (it would count twice towards ``rule.min_seeds`` and the interval), a
+            seed or ``ratio`` out of range, or no seed.
     """
-    seeds = list(seeds)
-    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
-    if repeated:
-        raise ConfigError(f"seeds {repeated} are given more than once; each seed is one unit of the rule's "
-                          f"interval and seed count, so give distinct seeds")
+    seeds = _checked_seeds(seeds)
+    check_ratio("ratio", ratio, allow_zero=False)
     data = load_data(preset)
     rows = []
     jobs = [(m, s) for s in seeds for m in ("dense", "uniform")]
@@ -77,6 +75,38 @@ def measure_candidate(preset: P3BPreset, ratio: float = 0.9, seeds: Sequence[int
     return {"runs": table, "summary": summary}
 
 
+def _checked_seeds(seeds: Sequence[int]) -> list[int]:
+    """``seeds`` as a list, refused before any run when one is out of range or given twice, or none is given."""
+    seeds = list(seeds)
+    if not seeds:
+        raise ConfigError("seeds is empty: give the seeds to measure each candidate with, e.g. (0, 1, 2, 3, 4)")
+    for seed in seeds:
+        check_seed("seed", seed)
+    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+    if repeated:
+        raise ConfigError(f"seeds {repeated} are given more than once; each seed is one unit of the rule's "
+                          f"interval and seed count, so give distinct seeds")
+    return seeds
+
+
+def qualified(selection: pd.DataFrame) -> pd.Series:
+    """The ``qualifies`` column of a selection table as booleans; ``"True"``/``"False"`` (as a file read as text
+    holds them) are read by their words, not by truthiness, and anything else (e.g. an empty cell) is refused.
+
+    Example:
+        >>> qualified(pd.DataFrame({"qualifies": ["False", True]})).tolist()
+        [False, True]
+    """
+    if "qualifies" not in selection:
+        raise ConfigError("the selection table has no 'qualifies' column (a table written by select_setting)")
+    words = {"true": True, "false": False}
+
+    def read(value) -> bool:
+        if isinstance(value, str) and value.strip().lower() in words:
+            return words[value.strip().lower()]
+        return bool(check_bool("the selection table's qualifies", value))
+
+    return selection.qualifies.map(read).astype(bool)
 
 
 def committed_selection() -> pd.DataFrame:
@@ -95,7 +125,7 @@ def chosen_setting(selection: pd.DataFrame | None = None) -> str | None:
     selection = committed_selection() if selection is None else selection
     if selection.empty:
         return None
-    hits = selection[selection.qualifies.astype(bool)]
+    hits = selection[qualified(selection)]
     return str(hits.candidate.iloc[0]) if len(hits) else None
 
 
@@ -108,7 +138,16 @@ def same_setting(preset: P3BPreset, candidate: P3BPreset) -> bool:
 
 def select_setting(candidates: Sequence[P3BPreset], ratio: float = 0.9, seeds: Sequence[int] = (0, 1, 2, 3, 4),
                    rule: SettingRule = RULE, progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Measure candidates in order until one qualifies; returns (summary per measured candidate, all runs)."""
+    """Measure candidates in order until one qualifies; returns (summary per measured candidate, all runs).
+
+    Raises:
+        ConfigError: no candidate, or a seed or ``ratio`` :func:`measure_candidate` refuses (before any run).
+    """
+    candidates = list(candidates)
+    if not candidates:
+        raise ConfigError("candidates is empty: give the P3B presets to measure, in the order of the rule")
+    _checked_seeds(seeds)
+    check_ratio("ratio", ratio, allow_zero=False)
     summaries, runs = [], []
     for preset in candidates:
         result = measure_candidate(preset, ratio, seeds, rule, progress)
