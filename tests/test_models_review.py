@@ -330,3 +330,20 @@ def test_compact_folders_that_are_files(compact, tmp_path):
         save_compact(small, spec, afile / "sub")
     with pytest.raises(CheckpointError, match="is a file; give the compact model directory"):
         load_compact(folder / "spec.json")
+
+
+def test_a_pretrain_record_leaves_out_a_split_that_was_never_evaluated(isolated_data_dir, monkeypatch):
+    """A source run without validation images used to write "val_acc": NaN, which is not JSON."""
+    from sparselab.history import History
+    from sparselab.models import pretrained as pre
+
+    def trainer(model_name, dataset, recipe, ckpt_dir, progress=True, resume=False):
+        history = History()
+        history.log_metric("acc", 0.5, step=1, epoch=0, split="test")
+        return sl.models.create(model_name, num_classes=10), history, 28
+
+    monkeypatch.setitem(pre.SOURCE_TRAINERS, "fashion_mnist", trainer)
+    path = pre.pretrain("vit_nano_patch4_28", recipe="quick", progress=False)
+    text = path.with_suffix(".json").read_text()
+    record = json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in the record"))
+    assert record["test_acc"] == 0.5 and "val_acc" not in record

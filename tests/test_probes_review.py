@@ -133,3 +133,13 @@ def test_late_convergence_of_a_merged_history_needs_a_run():
     assert sl.probes.late_convergence(merged, run="late")["rho"] == sl.probes.late_convergence(late)["rho"]
     with pytest.raises(ConfigError, match="run="):
         sl.probes.normalised_profiles(late, run="early")
+
+
+@pytest.mark.parametrize("options", [sl.probes.FAST_PROBES, {"probe_every": 4}, {"probe_fraction": 0.5}])
+def test_patch_probe_cadence_without_a_patch_probe_is_refused(options):
+    """The cadence only concerns the patch probes: with none it used to be accepted and change nothing."""
+    with pytest.raises(ConfigError, match="patch_probe=None runs none"):
+        sl.probes.BlockBenefit(nano(), num_classes=10, patch_probe=None, **options)
+    with pytest.raises(ConfigError, match="patch_probe=None runs none"):
+        sl.P3B(nano(), 0.5, num_classes=10, patch_probe=None, **options)
+    assert sl.probes.BlockBenefit(nano(), num_classes=10, patch_probe="linear", **options).patch_probe == "linear"

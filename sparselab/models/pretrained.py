@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -149,11 +150,13 @@ def pretrain(model_name: str, dataset: str = "fashion_mnist", recipe: str = "def
 
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
     atomic_write(path, lambda tmp: save_file(state, tmp))
+    # a split that was never evaluated (no validation images) is left out, not written as NaN
+    accuracies = {f"{split}_acc": history.last("acc", split=split) for split in ("test", "val")}
     record = {"model": model_name, "dataset": dataset, "recipe": recipe, **dataclasses.asdict(rec),
-              "image_size": image_size,
-              "test_acc": history.last("acc", split="test"), "val_acc": history.last("acc", split="val"),
+              "image_size": image_size, **{k: v for k, v in accuracies.items() if math.isfinite(v)},
               "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
-    atomic_write(path.with_suffix(".json"), lambda tmp: Path(tmp).write_text(json.dumps(record, indent=2)))
+    text = json.dumps(record, indent=2, allow_nan=False)
+    atomic_write(path.with_suffix(".json"), lambda tmp: Path(tmp).write_text(text))
     shutil.rmtree(ckpt_dir, ignore_errors=True)
     return path
 

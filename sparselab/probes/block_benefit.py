@@ -91,6 +91,11 @@ class BlockBenefit(WindowedRecorder):
         check_finite("probe_fraction", probe_fraction)
         if not 0 < probe_fraction <= 1:
             raise ConfigError(f"probe_fraction must lie in (0, 1] (1 = the whole batch), got {probe_fraction!r}")
+        if patch_probe is None and (probe_every != 1 or probe_fraction != 1):
+            raise ConfigError(f"probe_every={probe_every!r} and probe_fraction={probe_fraction!r} set how often and on "
+                              f"how much of each batch the patch probes run, but patch_probe=None runs none (the "
+                              f"class-token probes see every step and the whole batch); pass a patch probe (one of "
+                              f"conv2, conv1, linear) or leave both at 1")
         if lr is not None:  # None: the model's learning rate
             check_finite("the probes' lr", lr, low=0, low_inclusive=False)
         check_finite("the probes' weight_decay", weight_decay, low=0)
