@@ -317,7 +317,10 @@ def _cmd_train(args) -> int:
         raise ConfigError(f"{args.model} takes {size}-px images, but --image-size is {args.image_size}; pass "
                           f"--image-size {size} or a model for {args.image_size}-px images")
     out = Path(args.out)
-    _prepare_out(out, args, identity={"command": "train", "pretrained": _jsonable_pretrained(pretrained)})
+    identity = {"command": "train", "pretrained": _jsonable_pretrained(pretrained)}
+    if args.recipe is not None:  # which source weights the run started from: no checkpoint holds it
+        identity["recipe"] = args.recipe
+    _prepare_out(out, args, identity=identity)
 
     import torch
 
