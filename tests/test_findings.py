@@ -100,3 +100,30 @@ def test_art_findings_name_runs_at_chance_instead_of_comparing_them():
     # a run half a point above chance or more is a real result
     t.loc[t.method == "layerwise", "acc"] = 0.106
     assert art_findings(t)[0].startswith("hypersparse − layerwise at 99.5 %: -0.")
+
+
+def _art_run(seed: int, ratios, sparsity: float = 0.98, method: str = "hypersparse"):
+    from types import SimpleNamespace
+
+    from sparselab.history import History
+
+    h = History()
+    for e, r in enumerate(ratios):
+        h.log_metrics({"art_epoch": e, "grad_ratio": r, "lambda": 1e-5 * 1.05 ** e}, step=10 * (e + 1), epoch=e)
+    return SimpleNamespace(method=method, sparsity=sparsity, seed=seed, history=h)
+
+
+def test_the_gradient_gap_finding_reads_each_runs_ratio_over_the_art_epochs():
+    from sparselab.experiments.findings import gradient_gap_findings
+
+    growing = [_art_run(s, [1.0, 2.0 + s, 3.0, 5.0 + s]) for s in range(3)]
+    shrinking = [_art_run(s, r, sparsity=0.9) for s, r in enumerate([[5, 4, 3, 1], [5, 3, 4, 1], [5, 4, 1, 2]])]
+    others = [_art_run(0, [5.0, 1.0, 0.5], method="l1"), _art_run(3, [2.0, 2.0, 2.0]), _art_run(4, [1.0, 2.0])]
+    lines = gradient_gap_findings(growing + shrinking + others)
+    assert len(lines) == 2  # one per sparsity of the hypersparse runs; the l1 run is not read
+    assert lines[0].startswith("hypersparse at 90 %") and lines[0].endswith("— contradicts")
+    assert "3 seeds" in lines[0]
+    assert lines[1].startswith("hypersparse at 98 %") and lines[1].endswith("— supports")
+    assert "+1.00 in every seed" not in lines[1]
+    assert "2 runs without a ρ left out" in lines[1]  # a constant ratio and a run of two epochs
+    assert gradient_gap_findings([]) == []

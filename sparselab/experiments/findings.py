@@ -205,6 +205,46 @@ def art_findings(table: pd.DataFrame, method: str = "hypersparse") -> list[str]:
     return lines
 
 
+def gradient_gap_findings(runs: Sequence, method: str = "hypersparse") -> list[str]:
+    """The HyperSparse paper's gradient-profile claim against a comparison's runs: the gap between the
+    regularizer's gradient on the to-be-pruned and on the kept weights grows over the ART epochs. Per run of
+    ``method``, the Spearman ρ between the ART epoch and the logged ``grad_ratio`` (mean |∂L/∂w| of the ⌊κn⌋
+    smallest weights over that of the others); one line per sparsity with the mean ρ over seeds, its 95 % interval
+    and the verdict on ρ > 0. A run with fewer than three ART epochs, or a ratio that never changed, has no ρ.
+
+    Example:
+        >>> from types import SimpleNamespace
+        >>> from sparselab.history import History
+        >>> def run(seed, ratios):
+        ...     h = History()
+        ...     for e, r in enumerate(ratios):
+        ...         h.log_metrics({"art_epoch": e, "grad_ratio": r}, step=e, epoch=e)
+        ...     return SimpleNamespace(method="hypersparse", sparsity=0.98, seed=seed, history=h)
+        >>> gradient_gap_findings([run(0, [2, 3, 5]), run(1, [2, 4, 3])])[0].split(" — ")[-1]
+        'inconclusive'
+    """
+    from scipy.stats import spearmanr
+
+    per_sparsity: dict[float, list[tuple[int, float]]] = {}
+    for run in runs:
+        if run.method != method:
+            continue
+        m = run.history.metrics
+        m = m[(m.split == "train") & m.name.isin(["art_epoch", "grad_ratio"])]
+        epochs = m.pivot_table(index="step", columns="name", values="value").dropna()
+        rho = math.nan
+        if {"art_epoch", "grad_ratio"} <= set(epochs.columns) and len(epochs) >= 3 \
+                and epochs.grad_ratio.nunique() > 1:
+            rho = float(spearmanr(epochs.art_epoch, epochs.grad_ratio).statistic)
+        per_sparsity.setdefault(float(run.sparsity), []).append((int(run.seed), rho))
+    lines = []
+    for sparsity, per_run in sorted(per_sparsity.items()):
+        per_seed, without = _per_seed(per_run)
+        lines.append(_rho_line(f"{method} at {sparsity * 100:g} %: gradient gap (to-be-pruned / kept weights) "
+                               f"grows over the ART epochs, Spearman ρ", per_seed, without))
+    return lines
+
+
 def pattern_findings(exchange: Mapping[str, Mapping[str, float]] | None = None,
                      kernels: Mapping[str, float] | None = None, vit: pd.DataFrame | None = None) -> list[str]:
     """The weight-pattern numbers of notebook 04 as lines, one run each (descriptions, not comparisons):
