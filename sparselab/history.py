@@ -28,6 +28,7 @@ Example:
 """
 from __future__ import annotations
 
+import copy
 import gzip
 import json
 import math
@@ -172,7 +173,7 @@ class History:
                     raise ConfigError(f"run {name!r} of {run!r} is also a run of {owner[name]!r}; the merged History "
                                       f"would mix their rows under one name (rename the runs before merging)")
                 owner[name] = run
-        out = cls(meta={"runs": {r: h.meta for r, h in zip(runs, histories)}})
+        out = cls(meta={"runs": {r: copy.deepcopy(h.meta) for r, h in zip(runs, histories)}})
         out._run = {t: [] for t in COLUMNS}
         for run, h in zip(runs, histories):
             for t in COLUMNS:

@@ -119,3 +119,11 @@ def test_meta_that_json_would_change_is_refused_and_run_names_are_strings(tmp_pa
     merged = History.concat([History(), History()], runs=[1, 2])
     assert set(merged.meta["runs"]) == {"1", "2"}
     assert History.load(merged.save(tmp_path / "d.jsonl")) == merged
+
+
+def test_a_merged_history_keeps_its_own_copy_of_each_runs_meta():
+    a, b = History(meta={"run": "a", "profiles": [1]}), History(meta={"run": "b"})
+    merged = History.concat([a, b])
+    a.meta["profiles"].append(2)
+    b.meta["note"] = "changed later"
+    assert merged.meta["runs"]["a"]["profiles"] == [1] and "note" not in merged.meta["runs"]["b"]
