@@ -114,16 +114,31 @@ def _art_run(seed: int, ratios, sparsity: float = 0.98, method: str = "hyperspar
 
 
 def test_the_gradient_gap_finding_reads_each_runs_ratio_over_the_art_epochs():
+    import math
+
     from sparselab.experiments.findings import gradient_gap_findings
 
-    growing = [_art_run(s, [1.0, 2.0 + s, 3.0, 5.0 + s]) for s in range(3)]
-    shrinking = [_art_run(s, r, sparsity=0.9) for s, r in enumerate([[5, 4, 3, 1], [5, 3, 4, 1], [5, 4, 1, 2]])]
-    others = [_art_run(0, [5.0, 1.0, 0.5], method="l1"), _art_run(3, [2.0, 2.0, 2.0]), _art_run(4, [1.0, 2.0])]
+    growing = [_art_run(s, r) for s, r in enumerate([[1.0, 2.0, 3.0, 5.0], [1.0, 3.0, 2.0, 6.0], [2.0, 2.5, 3.0, 7.0]])]
+    shrinking = [_art_run(s, r, sparsity=0.9) for s, r in enumerate([[5, 4, 3, 1], [5, 3, 4, 1], [6, 4, 1, 2]])]
+    others = [_art_run(0, [5.0, 1.0, 0.5], method="l1"), _art_run(3, [2.0]), _art_run(4, [])]
     lines = gradient_gap_findings(growing + shrinking + others)
     assert len(lines) == 2  # one per sparsity of the hypersparse runs; the l1 run is not read
-    assert lines[0].startswith("hypersparse at 90 %") and lines[0].endswith("— contradicts")
-    assert "3 seeds" in lines[0]
+    assert lines[0].startswith("hypersparse at 90 %") and lines[0].endswith("— contradicts") and "3 seeds" in lines[0]
     assert lines[1].startswith("hypersparse at 98 %") and lines[1].endswith("— supports")
-    assert "+1.00 in every seed" not in lines[1]
-    assert "2 runs without a ρ left out" in lines[1]  # a constant ratio and a run of two epochs
+    growth = math.exp(sum(math.log(r[-1] / r[0]) for r in ([1, 5], [1, 6], [2, 7])) / 3)
+    assert f"×{growth:.2f}," in lines[1]  # the geometric mean of last / first over the seeds
+    assert "2 runs with fewer than two ART epochs left out" in lines[1]
+    rho = (1.0 + 0.8 + 1.0) / 3  # seed 1 fell once
+    assert f"Spearman ρ with the epoch {rho:+.2f}" in lines[1]
     assert gradient_gap_findings([]) == []
+
+
+def test_a_rho_that_differs_across_seeds_only_by_rounding_has_no_interval():
+    """Spearman ρ of 1 computed as 0.9999999999 in one seed used to give a zero-width interval and a verdict,
+    where exactly equal values give none."""
+    from sparselab.experiments.findings import late_convergence_findings
+
+    exact = late_convergence_findings(pd.DataFrame({"cls": [1.0, 1.0, 1.0]}))[0]
+    rounded = late_convergence_findings(pd.DataFrame({"cls": [1.0, 1.0, 1.0 - 1e-12]}))[0]
+    assert exact.endswith("— inconclusive") and rounded.endswith("— inconclusive")
+    assert "no spread to form an interval" in rounded

@@ -146,7 +146,7 @@ def _rho_line(head: str, per_seed: Sequence[float], without: int = 0) -> str:
         return f"{head}: no run has a ρ{left_out} — inconclusive"
     if not math.isfinite(low):
         return f"{head} {mean:+.2f}, no interval ({seeds}){left_out} — inconclusive"
-    if high - low == 0:  # every seed gave the same ρ: a t-interval of width 0 is no evidence of a tight estimate
+    if high - low <= 1e-9:  # every seed gave the same ρ (up to rounding): a t-interval of width 0 is no evidence
         return f"{head} {mean:+.2f} in every seed ({seeds}), no spread to form an interval{left_out} — inconclusive"
     return f"{head} {mean:+.2f}, 95 % CI [{low:+.2f}, {high:+.2f}], {seeds}{left_out} — {verdict(low, high)}"
 
@@ -207,10 +207,13 @@ def art_findings(table: pd.DataFrame, method: str = "hypersparse") -> list[str]:
 
 def gradient_gap_findings(runs: Sequence, method: str = "hypersparse") -> list[str]:
     """The HyperSparse paper's gradient-profile claim against a comparison's runs: the gap between the
-    regularizer's gradient on the to-be-pruned and on the kept weights grows over the ART epochs. Per run of
-    ``method``, the Spearman ρ between the ART epoch and the logged ``grad_ratio`` (mean |∂L/∂w| of the ⌊κn⌋
-    smallest weights over that of the others); one line per sparsity with the mean ρ over seeds, its 95 % interval
-    and the verdict on ρ > 0. A run with fewer than three ART epochs, or a ratio that never changed, has no ρ.
+    regularizer's gradient on the to-be-pruned and on the kept weights grows over the ART epochs.
+
+    Each run of ``method`` logs ``grad_ratio`` after every ART epoch: the mean |∂L/∂w| of the ⌊κn⌋ smallest weights
+    over that of the others. Its growth is the ratio of the last epoch's value to the first's; one line per
+    sparsity gives the geometric mean growth over seeds with its 95 % interval (a t-interval of the log growth)
+    and the verdict on growth > 1, and, as a description, the mean Spearman ρ between epoch and ratio (+1: it grew
+    at every epoch). A run with fewer than two ART epochs has no growth.
 
     Example:
         >>> from types import SimpleNamespace
@@ -220,29 +223,52 @@ def gradient_gap_findings(runs: Sequence, method: str = "hypersparse") -> list[s
         ...     for e, r in enumerate(ratios):
         ...         h.log_metrics({"art_epoch": e, "grad_ratio": r}, step=e, epoch=e)
         ...     return SimpleNamespace(method="hypersparse", sparsity=0.98, seed=seed, history=h)
-        >>> gradient_gap_findings([run(0, [2, 3, 5]), run(1, [2, 4, 3])])[0].split(" — ")[-1]
-        'inconclusive'
+        >>> line = gradient_gap_findings([run(0, [2, 3, 8]), run(1, [2, 4, 6]), run(2, [2, 2.5, 10])])[0]
+        >>> line.split(": ")[-1]
+        '×3.91, 95 % CI [×2.07, ×7.40], 3 seeds; Spearman ρ with the epoch +1.00 — supports'
     """
-    from scipy.stats import spearmanr
-
-    per_sparsity: dict[float, list[tuple[int, float]]] = {}
+    per_sparsity: dict[float, list[tuple[int, float, float]]] = {}
     for run in runs:
-        if run.method != method:
-            continue
-        m = run.history.metrics
-        m = m[(m.split == "train") & m.name.isin(["art_epoch", "grad_ratio"])]
-        epochs = m.pivot_table(index="step", columns="name", values="value").dropna()
-        rho = math.nan
-        if {"art_epoch", "grad_ratio"} <= set(epochs.columns) and len(epochs) >= 3 \
-                and epochs.grad_ratio.nunique() > 1:
-            rho = float(spearmanr(epochs.art_epoch, epochs.grad_ratio).statistic)
-        per_sparsity.setdefault(float(run.sparsity), []).append((int(run.seed), rho))
+        if run.method == method:
+            per_sparsity.setdefault(float(run.sparsity), []).append((int(run.seed), *_gap_growth(run.history)))
     lines = []
     for sparsity, per_run in sorted(per_sparsity.items()):
-        per_seed, without = _per_seed(per_run)
-        lines.append(_rho_line(f"{method} at {sparsity * 100:g} %: gradient gap (to-be-pruned / kept weights) "
-                               f"grows over the ART epochs, Spearman ρ", per_seed, without))
+        log_growth, without = _per_seed([(seed, g) for seed, g, _ in per_run])
+        rho, _ = _per_seed([(seed, r) for seed, _, r in per_run])
+        mean, low, high, n = mean_ci(log_growth)
+        head = f"{method} at {sparsity * 100:g} %: gradient gap (to-be-pruned / kept weights) from the first to the " \
+               f"last ART epoch"
+        left_out = f"; {without} run{'s' if without != 1 else ''} with fewer than two ART epochs left out" \
+            if without else ""
+        if n == 0:
+            lines.append(f"{head}: no run has two ART epochs{left_out} — inconclusive")
+            continue
+        seeds = f"{n} seed{'s' if n != 1 else ''}"
+        bounds = (f"95 % CI [×{math.exp(low):.2f}, ×{math.exp(high):.2f}], {seeds}" if math.isfinite(low)
+                  else f"no interval ({seeds})")
+        trend = f"; Spearman ρ with the epoch {sum(rho) / len(rho):+.2f}" if rho else ""
+        lines.append(f"{head}: ×{math.exp(mean):.2f}, {bounds}{trend}{left_out} — {verdict(low, high)}")
     return lines
+
+
+def _gap_growth(history) -> tuple[float, float]:
+    """(log of the last ART epoch's ``grad_ratio`` over the first's, Spearman ρ of the ratio with the epoch) of one
+    run's History; NaN where it has fewer than two epochs (ρ: three) or a ratio that is not positive."""
+    from scipy.stats import spearmanr
+
+    m = history.metrics
+    m = m[(m.split == "train") & m.name.isin(["art_epoch", "grad_ratio"])]
+    epochs = m.pivot_table(index="step", columns="name", values="value")
+    if not {"art_epoch", "grad_ratio"} <= set(epochs.columns):
+        return math.nan, math.nan
+    epochs = epochs.dropna().sort_values("art_epoch")
+    ratios = epochs.grad_ratio.to_numpy()
+    if len(ratios) < 2 or not (ratios > 0).all():
+        return math.nan, math.nan
+    growth = math.log(ratios[-1] / ratios[0])
+    rho = (float(spearmanr(epochs.art_epoch, ratios).statistic) if len(ratios) >= 3 and len(set(ratios)) > 1
+           else math.nan)
+    return growth, rho
 
 
 def pattern_findings(exchange: Mapping[str, Mapping[str, float]] | None = None,
