@@ -257,3 +257,15 @@ def test_a_p3b_comparison_refuses_run_lists_it_would_replace_or_misread(monkeypa
     monkeypatch.setattr(p3b, "load_data", must_not_run)
     with pytest.raises(ConfigError, match=message):
         p3b.compare(p3b_preset("tiny"), progress=False, **options)
+
+
+def test_preset_overviews_show_the_settings_a_run_uses():
+    p = p3b_preset("tiny").replace(seeds=(3, 4), prune_ratios=(0.9,))
+    overview = p.overview()["setting"]
+    assert overview["seeds"] == (3, 4) and overview["prune ratios"] == (0.9,) and overview["model"] == p.model
+    assert overview["schedule (warm-up / sparsify / finalize epochs)"] == (p.schedule.warmup, p.schedule.sparsify,
+                                                                          p.schedule.finalize)
+    a = art.art_preset("tiny").replace(sparsities=(0.5,), eta=1.2)
+    overview = a.overview()["setting"]
+    assert overview["sparsities"] == (0.5,) and overview["λ_init, η"] == (a.lam_init, 1.2)
+    assert overview["methods"] == a.methods

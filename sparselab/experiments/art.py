@@ -171,6 +171,20 @@ class ARTPreset:
     def replace(self, **changes: Any) -> "ARTPreset":
         return checked_replace(self, "preset field", **changes)
 
+    def overview(self) -> pd.DataFrame:
+        """The settings a reader needs first (model, data, warm-up, λ schedule, epoch limits, methods,
+        sparsities, seeds), one row each in a ``setting`` column; the full recipe against the reference is
+        :func:`sparselab.experiments.recipes.render_table`.
+
+        Example:
+            >>> art_preset("tiny").overview().loc["λ_init, η", "setting"]
+            (0.001, 1.6)
+        """
+        return pd.Series({"model": self.model, "data": self.data, "warm-up epochs": self.warmup_epochs,
+                          "λ_init, η": (self.lam_init, self.eta), "max ART epochs": self.max_art_epochs,
+                          "fine-tuning epochs": self.finetune_epochs, "methods": self.methods,
+                          "sparsities": self.sparsities, "seeds": self.seeds}, dtype=object).to_frame("setting")
+
 
 def _paper(name: str, model: str, data: str) -> ARTPreset:
     sgd = dict(optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=1e-4, weight_decay_on="all", batch_size=64,

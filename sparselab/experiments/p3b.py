@@ -111,6 +111,22 @@ class P3BPreset:
     def replace(self, **changes: Any) -> "P3BPreset":
         return checked_replace(self, "preset field", **changes)
 
+    def overview(self) -> pd.DataFrame:
+        """The settings a reader needs first (model, source, target, schedule, methods, ratios, seeds), one row
+        each in a ``setting`` column; the full recipe against the reference is
+        :func:`sparselab.experiments.recipes.render_table`.
+
+        Example:
+            >>> p3b_preset("tiny").overview().loc["seeds", "setting"]
+            (0,)
+        """
+        s = self.schedule
+        return pd.Series({"model": self.model, "source": self.pretrained, "target": self.data,
+                          "schedule (warm-up / sparsify / finalize epochs)": (s.warmup, s.sparsify, s.finalize),
+                          "compact fine-tuning epochs": self.finetune_epochs, "patch probe": self.patch_probe,
+                          "methods": self.methods, "prune ratios": self.prune_ratios, "seeds": self.seeds},
+                         dtype=object).to_frame("setting")
+
 
 #: The DeiT training recipe shared by the pruning run and the compact fine-tuning (METHODS.md §1.6a): micro-batch
 #: 256 x 2 accumulation steps = 512 per optimizer step, lr 5e-4 x 512/512.
