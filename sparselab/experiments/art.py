@@ -27,6 +27,7 @@ Example:
 from __future__ import annotations
 
 import copy
+import math
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -335,7 +336,10 @@ def run_art(preset: ARTPreset, method: str = "hypersparse", sparsity_: float = 0
     chance = majority_share(data.test)
     if chance is not None:  # predicting the most frequent class: a pruned network that lost its input path
         result["chance_acc"] = chance
-    result.update({"acc": ft_history.last("acc", "test"), "acc_best": float(tests.max()),
+    # the best over fine-tuning exists only where fit evaluated the test split after every epoch (no validation
+    # split); with one, the test split is evaluated once, at the end, and a "best" would just repeat acc
+    best = float(tests.max()) if tests_every_epoch(data, preset.finetune) else math.nan
+    result.update({"acc": ft_history.last("acc", "test"), "acc_best": best,
                    "mask_sparsity": sparsity(masks), "nonzero_sparsity": sparsity(nonzero)})
     return ARTRun(method, sparsity_, seed, history, ft_history, model, masks, result)
 
@@ -392,7 +396,8 @@ def compare(preset: ARTPreset, methods: Sequence[str] | None = None, sparsities:
                 rows.append({k: v for k, v in done[(m, float(s), seed)].items() if k not in ("Index", "preset")})
             elif m == "dense":
                 acc = warm.history.last("acc", "test")
-                keep({"method": "dense", "sparsity": 0.0, "seed": seed, "acc": acc, "acc_best": acc,
+                best = acc if tests_every_epoch(data, preset.fit) else math.nan
+                keep({"method": "dense", "sparsity": 0.0, "seed": seed, "acc": acc, "acc_best": best,
                       "acc_pruned": acc, "nonzero_sparsity": 0.0})
             else:
                 run = run_art(preset, m, s, seed, data=data, warm=warm, progress=False)
@@ -420,6 +425,23 @@ def majority_share(dataset) -> float | None:
     return float(torch.bincount(labels).max()) / len(labels)
 
 
+def _has_best(table: pd.DataFrame) -> bool:
+    """Whether the table holds a best test accuracy over fine-tuning for some run (see :func:`tests_every_epoch`)."""
+    return "acc_best" in table and bool(pd.to_numeric(table.acc_best, errors="coerce").notna().any())
+
+
+def tests_every_epoch(data, fit_options: dict) -> bool:
+    """Whether :func:`sparselab.fit` with ``fit_options`` evaluates the test split of ``data`` after every epoch
+    (there is no validation split, or ``eval_split="test"``), so that a best test accuracy over the epochs exists.
+
+    Example:
+        >>> from types import SimpleNamespace
+        >>> tests_every_epoch(SimpleNamespace(val=None), {}), tests_every_epoch(SimpleNamespace(val=[1]), {})
+        (True, False)
+    """
+    return data.val is None or fit_options.get("eval_split", "val") == "test"
+
+
 def summarize(table: pd.DataFrame) -> pd.DataFrame:
     """Test accuracy (%) mean ± standard deviation over seeds per sparsity and method, as in the paper's table.
     ``runs at chance`` (where the table records each run's chance level) counts runs no better than always
@@ -430,7 +452,7 @@ def summarize(table: pd.DataFrame) -> pd.DataFrame:
     warn_unmeasured(table, "summarize")
     g = table.groupby(["sparsity", "method"], sort=False)
     out = pd.DataFrame({"acc %": g.acc.mean() * 100, "± (std)": g.acc.std(ddof=1) * 100,
-                        **({"best acc %": g.acc_best.mean() * 100} if "acc_best" in table else {}),
+                        **({"best acc %": g.acc_best.mean() * 100} if _has_best(table) else {}),
                         "acc before fine-tune %": g.acc_pruned.mean() * 100,
                         "achieved sparsity": g.nonzero_sparsity.mean(), "seeds": g.acc.count()})
     if "art_epochs" in table:
