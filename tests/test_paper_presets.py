@@ -43,8 +43,8 @@ def test_tinyimagenet_preset_loads_64_px_with_crop_padding_4(tmp_path, isolated_
 def sgd_preset():
     # no validation split, as the paper presets: the test split is evaluated every epoch, so a best one exists
     tiny = art_exp.art_preset("tiny")
-    return tiny.replace(fit=dict(optimizer="sgd", lr=0.05, momentum=0.9, weight_decay=1e-4, weight_decay_on="all",
-                                 batch_size=64), max_art_epochs=2, data_options={**tiny.data_options, "val_fraction": 0.0})
+    sgd = dict(optimizer="sgd", lr=0.05, momentum=0.9, weight_decay=1e-4, weight_decay_on="all", batch_size=64)
+    return tiny.replace(fit=sgd, max_art_epochs=2, data_options={**tiny.data_options, "val_fraction": 0.0})
 
 
 def test_art_continues_the_warm_up_optimizer_and_fine_tunes_with_a_fresh_one(sgd_preset, monkeypatch):
