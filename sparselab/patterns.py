@@ -453,7 +453,9 @@ def vit_pattern_summary(model: nn.Module, masks: Masks | None = None, sparsity: 
         col = per_gate["attn_in"] + per_gate["mlp_in"]
         reads = col if reads is None else reads + col
     per_block = pd.DataFrame(rows)
-    rho = float(spearmanr(per_block.block, per_block["all"]).statistic) if len(per_block) > 2 else math.nan
+    # kept fractions equal in every block have no ranking to correlate (scipy would warn and give NaN)
+    rho = (float(spearmanr(per_block.block, per_block["all"]).statistic)
+           if len(per_block) > 2 and per_block["all"].nunique() > 1 else math.nan)
     reads = reads.double()
     sorted_reads = torch.sort(reads).values
     n = len(sorted_reads)

@@ -142,3 +142,14 @@ def test_a_rho_that_differs_across_seeds_only_by_rounding_has_no_interval():
     rounded = late_convergence_findings(pd.DataFrame({"cls": [1.0, 1.0, 1.0 - 1e-12]}))[0]
     assert exact.endswith("— inconclusive") and rounded.endswith("— inconclusive")
     assert "no spread to form an interval" in rounded
+
+
+def test_pattern_findings_say_when_there_is_no_depth_rho():
+    from sparselab.experiments.findings import pattern_findings
+
+    vit = pd.DataFrame([{"method": "gmp", "sparsity": 0.9, "attn_kept": 0.1, "mlp_kept": 0.1, "depth_rho": float("nan"),
+                         "dead_neurons": 0.0, "unread_channels": 0.0}]).set_index(["method", "sparsity"])
+    kernels = {"depth_rho": float("nan"), "layers": 2.0, "max_spread": 0.1, "mean_spread": 0.05}
+    lines = pattern_findings(kernels=kernels, vit=vit)
+    assert all("nan" not in line for line in lines), lines
+    assert all("no depth ρ" in line for line in lines)

@@ -270,3 +270,18 @@ def test_latency_ms_refuses_a_device_the_model_is_not_on():
         latency_ms(None, (4,))
     assert latency_ms(nn.ReLU(), (4,), repeats=1, device="cpu") > 0  # nothing to move: any device
 
+
+
+def test_vit_summary_of_equal_kept_fractions_has_no_depth_rho_and_no_warning():
+    import warnings
+
+    import timm
+
+    from sparselab.patterns import vit_pattern_summary
+
+    model = timm.create_model("vit_nano_patch4_28", num_classes=10)
+    masks = {name: torch.ones_like(w, dtype=torch.bool) for name, w in sl.structure.prunable_weights(model).items()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        summary = vit_pattern_summary(model, masks)
+    assert math.isnan(summary["depth_rho"]) and summary["attn_kept"] == summary["mlp_kept"] == 1.0

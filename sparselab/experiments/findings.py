@@ -287,17 +287,21 @@ def pattern_findings(exchange: Mapping[str, Mapping[str, float]] | None = None,
         lines.append(f"{method}: {first:.1%} of the kept set new after the first ART epoch, {last:.1%} after the "
                      f"last ({n['ART epochs']:.0f} epochs) — {settles}; one run")
     if kernels:
-        lines.append(f"CNN: kept fraction vs conv depth Spearman ρ {kernels['depth_rho']:+.2f} over "
-                     f"{kernels['layers']:.0f} layers; largest spread between kernel positions within a layer "
-                     f"{kernels['max_spread']:.3f} (mean {kernels['mean_spread']:.3f})")
+        rho = kernels["depth_rho"]
+        depth = (f"kept fraction vs conv depth Spearman ρ {rho:+.2f}" if math.isfinite(rho)
+                 else "no depth ρ (the layers keep equal fractions, or fewer than three layers)")
+        lines.append(f"CNN: {depth} over {kernels['layers']:.0f} layers; largest spread between kernel positions "
+                     f"within a layer {kernels['max_spread']:.3f} (mean {kernels['mean_spread']:.3f})")
     if vit is not None:
         for (method, sparsity), row in vit.iterrows():
             # a difference under a tenth of a point of the weights is no "more" (a global criterion at one
             # threshold leaves both kinds of block about the target)
             gap = row.attn_kept - row.mlp_kept
             side = "about the same" if abs(gap) < 0.001 else ("attention more" if gap > 0 else "MLP more")
+            depth = (f"kept fraction vs depth ρ {row.depth_rho:+.2f}" if math.isfinite(row.depth_rho)
+                     else "no depth ρ (the blocks keep equal fractions, or fewer than three blocks)")
             lines.append(f"ViT, {method} at {round(sparsity * 100, 2):g}%: attention keeps {row.attn_kept:.2%}, MLP "
-                         f"{row.mlp_kept:.2%} of its weights ({side}); kept fraction vs depth ρ "
-                         f"{row.depth_rho:+.2f}; {row.dead_neurons:.1%} of MLP neurons dead; "
+                         f"{row.mlp_kept:.2%} of its weights ({side}); {depth}; "
+                         f"{row.dead_neurons:.1%} of MLP neurons dead; "
                          f"{row.unread_channels:.1%} of residual channels unread")
     return lines
