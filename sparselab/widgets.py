@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from .data.datasets import DataBundle
-from .errors import ConfigError
+from .errors import ConfigError, check_bool, check_positive_int
 from .history import History, as_history
 from .latency import latency_ms
 from .models.checkpoints import state_dict_mismatch
@@ -80,6 +80,27 @@ def _held_out(data: Any, max_eval: int) -> tuple[torch.Tensor, torch.Tensor]:
         raise ConfigError(f"the evaluation data must be a DataBundle or a dataset of (image, label) pairs; its items "
                           f"are {type(items[0]).__name__}")
     return torch.stack([torch.as_tensor(x) for x, _ in items]).float(), torch.tensor([int(y) for _, y in items])
+
+
+def _check_checkpoints(checkpoints: Any) -> dict[str, Mapping[str, torch.Tensor]]:
+    """``checkpoints`` as a dict of name → state_dict; anything else is a :class:`ConfigError` saying what it takes."""
+    if checkpoints is None:
+        return {}
+    if isinstance(checkpoints, (list, tuple)) and all(isinstance(i, tuple) and len(i) == 2 for i in checkpoints):
+        checkpoints = dict(checkpoints)  # (name, state_dict) pairs
+    if not isinstance(checkpoints, Mapping):
+        raise ConfigError(f"checkpoints must map a name to a state_dict, e.g. {{'ART 90%': model.state_dict()}}; got "
+                          f"{type(checkpoints).__name__}")
+    if checkpoints and all(torch.is_tensor(v) for v in checkpoints.values()):
+        raise ConfigError("checkpoints must map a name to a state_dict; this is one state_dict itself (its values "
+                          "are tensors): pass {'a name': state_dict}")
+    for name, state in checkpoints.items():
+        if isinstance(state, nn.Module):
+            raise ConfigError(f"checkpoint {name!r} is a model ({type(state).__name__}); pass its state_dict()")
+        if not isinstance(state, Mapping):
+            raise ConfigError(f"checkpoint {name!r} must be a state_dict (parameter name → tensor), got "
+                              f"{type(state).__name__}")
+    return dict(checkpoints)
 
 
 class LiveFigure(go.Figure):
@@ -196,7 +217,8 @@ class SparsityExplorer:
 
     def __init__(self, model: nn.Module, data: Any, checkpoints: Mapping[str, Mapping[str, torch.Tensor]] | None = None,
                  image_shape: tuple[int, int, int] | None = None, max_eval: int = 1000):
-        checkpoints = dict(checkpoints or {})
+        checkpoints = _check_checkpoints(checkpoints)
+        max_eval = check_positive_int("max_eval", int(max_eval) if isinstance(max_eval, np.integer) else max_eval)
         clash = [k for k in checkpoints if k in (GLOBAL, LAYER)]
         if clash:
             raise ConfigError(f"checkpoint names must differ from the built-in methods {GLOBAL!r} and {LAYER!r}")
@@ -382,6 +404,8 @@ class BudgetExplorer:
 
     def __init__(self, history: History, model: nn.Module, run: str | None = None, blocks_only: bool = False,
                  measure_latency: bool = True):
+        check_bool("blocks_only", blocks_only)
+        check_bool("measure_latency", measure_latency)
         history = as_history(history, "BudgetExplorer")
         blocks = _block_table(history, run, ("keep_goal",), "BudgetExplorer")
         self.structure = s = ViTStructure(model)
@@ -424,7 +448,7 @@ class BudgetExplorer:
             self._affine.append((float(f2 - f1), float(f1 - (f2 - f1)), size))
         c, hw = model.patch_embed.proj.in_channels, tuple(model.patch_embed.img_size)
         self.input_shape = (int(c), int(hw[0]), int(hw[1]))
-        self._cache: dict[tuple[int, ...], tuple[int, float]] = {}
+        self._cache: dict[tuple[int | bool, ...], tuple[int, float]] = {}
 
         self.slider = widgets.FloatSlider(value=0.5, min=0.05, max=0.95, step=0.01, description="prune ratio",
                                           readout_format=".2f", continuous_update=False)
@@ -503,7 +527,7 @@ class BudgetExplorer:
         self.units, self.masks = units, masks
         self.achieved_ratio = s.prune_ratio(masks, blocks_only=self.blocks_only)
         self.compact = compact_vit(self._model, masks).eval()
-        key = tuple(units)
+        key = (*units, bool(self.measure_latency))  # a latency left out is not one measured
         if key not in self._cache:
             ms = (latency_ms(self.compact, self.input_shape, batch_size=1, repeats=5)
                   if self.measure_latency else math.nan)

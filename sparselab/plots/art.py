@@ -9,13 +9,14 @@ Example:
 """
 from __future__ import annotations
 
-from typing import Sequence
+import numbers
+from typing import Iterable, Sequence
 
 import plotly.colors as pcolors
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from ..errors import ConfigError
+from ..errors import ConfigError, check_bool
 from ..history import History, as_history
 from .p3b import select_run
 from .style import TEMPLATE
@@ -26,20 +27,39 @@ def _run_meta(history: History, run: str | None) -> dict:
     its ``meta['run']``, as in :func:`~sparselab.plots.p3b.select_run`)."""
     meta = history.meta
     if "runs" in meta:
-        runs = list(meta["runs"])
+        metas = _merged_metas(meta)
+        runs = list(metas)
         if run is None:
             if len(runs) != 1:
                 raise ConfigError(f"this History merges {len(runs)} runs ({', '.join(runs)}); pass run=")
             run = runs[0]
-        if str(run) not in meta["runs"]:
+        if str(run) not in metas:
             raise ConfigError(f"unknown run {run!r}; this History holds: {', '.join(runs) or 'none'}")
-        return meta["runs"][str(run)]
+        return metas[str(run)]
     own = meta.get("run")
     if run is not None and str(run) != str(own):
         label = f"run {own!r}" if own is not None else "one run without a name"
         raise ConfigError(f"run={run!r} was given, but this History holds {label}; run= selects one run of a "
                           f"History merged with History.concat")
     return meta
+
+
+def _merged_metas(meta: dict) -> dict[str, dict]:
+    """Run name → meta of every run of a merged History's ``meta``; a merged History that was merged again keeps
+    the names of its own runs (as its rows do, see :meth:`History.concat`)."""
+    out: dict[str, dict] = {}
+    for name, sub in meta["runs"].items():
+        out.update(_merged_metas(sub) if isinstance(sub, dict) and "runs" in sub else {str(name): sub})
+    return out
+
+
+def _check_epochs(epochs: object) -> list[int]:
+    """``epochs`` as a list of ART epochs (whole numbers); anything else is a :class:`ConfigError`."""
+    items = list(epochs) if isinstance(epochs, Iterable) and not isinstance(epochs, (str, bytes)) else None
+    if items is None or not all(isinstance(e, numbers.Real) and not isinstance(e, bool) and float(e).is_integer()
+                                for e in items):
+        raise ConfigError(f"epochs must be a list of ART epochs (whole numbers), got {epochs!r}")
+    return [int(e) for e in items]
 
 
 def plot_gradient_profile(history: History, run: str | None = None, epochs: Sequence[int] | None = None,
@@ -59,7 +79,7 @@ def plot_gradient_profile(history: History, run: str | None = None, epochs: Sequ
     if not profiles:
         raise ConfigError("this History has no gradient profiles: they are recorded by sparselab.ART")
     if epochs is not None:
-        wanted = set(epochs)
+        wanted = set(_check_epochs(epochs))
         profiles = [p for p in profiles if p["art_epoch"] in wanted]
         if not profiles:
             raise ConfigError(f"no profile at ART epochs {sorted(wanted)}")
@@ -171,6 +191,7 @@ def plot_art_keep_ratios(history: History, run: str | None = None, log: bool = F
         (['fc1.weight', 'fc2.weight'], [0, 1])
     """
     history = as_history(history, "plot_art_keep_ratios")
+    check_bool("log", log)
     tables = select_run(history, run)
     blocks = tables["blocks"]
     blocks = blocks[blocks["metric"] == "keep_ratio"]

@@ -23,7 +23,7 @@ import plotly.colors as pcolors
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from ..errors import ConfigError
+from ..errors import ConfigError, check_bool
 from ..history import _KINDS, History, _parse, as_history, select_run, sort_block_names
 from .style import TEMPLATE
 
@@ -159,6 +159,7 @@ def plot_block_benefit(history: History, view: Literal["heatmap", "profile"] = "
         (4, 2)
     """
     history = as_history(history, "plot_block_benefit")
+    check_bool("normalize", normalize, optional=True)
     variants = _variants(variant)
     tables = select_run(history, run)
     blocks = tables["blocks"]
@@ -189,15 +190,17 @@ def _benefit_heatmap(blocks: pd.DataFrame, variants: list[str], names: list[str]
     for i, (v, wide) in enumerate(zip(variants, wides), start=1):
         z = wide.reindex(index=order, columns=steps).to_numpy(dtype=float, copy=True)
         z[~np.isfinite(z)] = np.nan  # NaN and ±inf are left blank and named in the title, never drawn as a colour
-        if normalize:  # by the largest finite |value| of the step
+        cells = np.array(order, dtype=object)[:, None].repeat(len(steps), axis=1)
+        customdata, hover = cells, "%{customdata}<br>step %{x}<br>" + symbol + " %{z:.4g}<extra></extra>"
+        if normalize:  # by the largest finite |value| of the step; the hover keeps the logged value
+            customdata = np.stack([cells, z.astype(object)], axis=-1)
+            hover = ("%{customdata[0]}<br>step %{x}<br>" + symbol + " %{customdata[1]:.4g}<br>normalised %{z:.3f}"
+                     "<extra></extra>")
             scale = np.nanmax(np.abs(z), axis=0, initial=0.0) if z.size else np.zeros(len(steps))
             z = np.divide(z, scale, out=np.zeros_like(z), where=scale > 0) + np.where(np.isnan(z), np.nan, 0.0)
         coloraxis = "coloraxis" if i == 1 else f"coloraxis{i}"
         fig.add_trace(go.Heatmap(z=z, x=steps, y=labels, coloraxis=coloraxis, name=_VARIANT_TITLE[v],
-                                 customdata=np.array(order, dtype=object)[:, None].repeat(len(steps), axis=1),
-                                 hovertemplate=("%{customdata}<br>step %{x}<br>" + symbol
-                                                + " %{z:.4g}<extra></extra>")),
-                      row=1, col=i)
+                                 customdata=customdata, hovertemplate=hover), row=1, col=i)
         axis = "xaxis" if i == 1 else f"xaxis{i}"
         fig.layout[coloraxis] = dict(colorscale=_DIVERGING, cmid=0.0,
                                      colorbar=dict(title=zlabel, x=_colorbar_x(fig, axis), len=0.9, thickness=14))
@@ -343,11 +346,12 @@ def plot_keep_ratios(history: History, metric: str = "keep_applied", run: str | 
         if goal is not None:
             for b, xb in zip(members, x):
                 if b in goal.index:
-                    g = goal.loc[b].dropna()
+                    g = goal.loc[b][np.isfinite(goal.loc[b])]
                     if len(g):
                         goal_x.append(xb)
                         goal_y.append(float(g.iloc[-1]))
                         goal_text.append(f"{b}<br>step {int(g.index[-1])}")
+    goal_nonfinite = [f"goal κ of {item}" for item in _nonfinite(blocks, ["keep_goal"])] if goal is not None else []
     if goal_x:
         fig.add_trace(go.Scatter(x=goal_x, y=goal_y, mode="markers", name="goal κ",
                                  marker=dict(symbol="line-ew-open", size=16, color="black", line=dict(width=2.5)),
@@ -361,7 +365,7 @@ def plot_keep_ratios(history: History, metric: str = "keep_applied", run: str | 
     fig.update_yaxes(title_text=f"final {label}", range=[0, 1.05], row=1, col=2)
     fig.update_layout(template=TEMPLATE, barmode="overlay",
                       title=f"Keep ratio {symbol} of each block (colour: depth; attn solid, mlp dashed)"
-                      + _nonfinite_note(_nonfinite(blocks, [metric]), "not drawn"))
+                      + _nonfinite_note(_nonfinite(blocks, [metric]) + goal_nonfinite, "not drawn"))
     return fig
 
 

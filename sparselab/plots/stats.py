@@ -22,13 +22,15 @@ def plot_accuracy_ci(table, setting: str = "prune_ratio", value: str = "acc", me
                      methods: Sequence[str] | None = None, title: str | None = None) -> go.Figure:
     """Mean ``value`` (in %) against ``setting`` per method, with the Student-t 95 % interval over seeds as error
     bars; a dense reference (``setting == 0``) is drawn as a horizontal band. ``methods`` picks and orders the
-    methods shown (each must be in the table)."""
+    methods shown (each must be in the table; a string is one method)."""
     _need(table, [value, setting, method])
     if table.empty:
         raise ConfigError("the result table has no rows: there is nothing to plot")
     summary = summarize_ci(table, value, setting, method)
     fig = go.Figure()
     present = list(dict.fromkeys(summary[method]))
+    if isinstance(methods, str):  # one method, not its characters
+        methods = [methods]
     if methods is not None:
         unknown = [m for m in methods if m not in present]
         if unknown or not methods:
