@@ -190,3 +190,11 @@ def test_budget_explorer_measures_a_ratio_seen_without_latency_once_latency_is_o
     explorer.measure_latency = True
     explorer.update()
     assert explorer.latency > 0 and "nan ms" not in explorer.info.value
+
+
+def test_block_benefit_heatmap_refuses_moments_it_would_ignore():
+    h = History()
+    h.log_blocks("benefit_cls", {"blocks.0.attn": 0.2, "blocks.0.mlp": 0.3}, step=0, epoch=0)
+    with pytest.raises(ConfigError, match="moments picks the steps of view='profile'"):
+        sl.plot_block_benefit(h, view="heatmap", variant="cls", moments=[0])
+    assert sl.plot_block_benefit(h, view="profile", variant="cls", moments=[0]).data

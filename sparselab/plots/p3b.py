@@ -171,6 +171,9 @@ def plot_block_benefit(history: History, view: Literal["heatmap", "profile"] = "
     title = _METRIC_TITLE.get(metric, f"Block {metric}")
     symbol = _METRIC_SYMBOL.get(metric, metric)
     if view == "heatmap":
+        if moments is not None:  # the heatmap shows every recorded step
+            raise ConfigError("moments picks the steps of view='profile'; the heatmap shows every recorded step (pass "
+                              "view='profile', or leave moments out)")
         return _benefit_heatmap(blocks, variants, names, bool(normalize), title, symbol)
     if view == "profile":
         return _benefit_profile(blocks, variants, names, moments, True if normalize is None else bool(normalize),
