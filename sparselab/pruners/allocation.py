@@ -9,6 +9,8 @@ Example:
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -67,6 +69,9 @@ def water_fill(importance: torch.Tensor, dense: torch.Tensor, budget: float, max
         if denom <= 0:
             break
         s = rest / denom
+        if not math.isfinite(s):  # the free blocks' importances are so small (subnormal) that s overflows
+            imp = torch.where(free, imp / float(imp[free].max()), imp)
+            continue
         trial = torch.where(free, s * imp, kappa)
         over = free & (trial >= cap)
         under = free & (trial < 0)

@@ -133,7 +133,10 @@ class ScheduledMasks(FixedMask):
     def after_step(self, state: TrainState) -> None:
         if self.schedule.is_update(state.step, state.steps_per_epoch):
             s = self.target_at(state.step, state.steps_per_epoch)
-            self.masks = masks_from_scores(self.scores(state), s, "global")
+            params = dict(state.model.named_parameters())
+            # scores kept on the CPU (movement) give CPU masks: each mask goes where its weight is
+            self.masks = {k: v.to(params[k].device)
+                          for k, v in masks_from_scores(self.scores(state), s, "global").items()}
             state.history.log_metric("sparsity", self.sparsity(), step=state.step, epoch=state.epoch)
         apply_masks(state.model, self.masks)
 

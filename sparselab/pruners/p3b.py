@@ -47,7 +47,7 @@ from .allocators import (
 )
 from .criteria import CRITERIA, GateCriterion, create_criterion
 from .schedules import P3BSchedule, P3BSteps
-from .selection import find_threshold, merged_gate_factors, order_block_elements, soft_masks
+from .selection import GATE_FACTORS, find_threshold, merged_gate_factors, order_block_elements, soft_masks
 
 
 class P3B(Pruner):
@@ -148,6 +148,11 @@ class P3B(Pruner):
             self.allocation = create_allocation(allocation)
         self.criterion: GateCriterion = create_criterion(criterion)
         self.gate_factors = merged_gate_factors(gate_factors)
+        if self.allocation.selection == "global" and self.gate_factors != GATE_FACTORS:
+            raise ConfigError(f"gate_factors weigh the rank-normalised scores inside each block, but allocation "
+                              f"{self.allocation.name or type(self.allocation).__name__!r} ranks the raw scores "
+                              f"across all blocks and would ignore them: leave gate_factors out or pick an "
+                              f"allocation with per-block selection")
         self.blocks_only = blocks_only  # checked with the other options by P3BConfig below
         if freeze_allocation_after is not None:
             check_positive_int("freeze_allocation_after", freeze_allocation_after)

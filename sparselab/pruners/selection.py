@@ -19,6 +19,7 @@ from typing import Callable, Mapping
 import torch
 
 from ..errors import ConfigError, check_finite, unknown_name
+from ..structure.gates import on_side_of_half
 
 GATE_FACTORS = {"attn_in": 1.0, "attn_qkv": 1.0, "attn_out": 1.5, "mlp_in": 1.0, "mlp_hid": 0.75, "mlp_out": 1.5}
 LN9 = math.log(9.0)
@@ -67,7 +68,8 @@ def order_block_elements(scores: Mapping[str, torch.Tensor], factors: Mapping[st
     gates = list(scores)
     parts = []
     for g in gates:
-        q = rank_normalise(scores[g].float().cpu()) * factors.get(g, 1.0)
+        # ranked in float64 (exact for every float score): float32 would tie scores it cannot tell apart
+        q = rank_normalise(scores[g].detach().double().cpu()) * factors.get(g, 1.0)
         if forced_off is not None and g in forced_off:
             q = torch.where(forced_off[g].cpu(), torch.full_like(q, -1.0), q)
         parts.append(q)
@@ -86,8 +88,8 @@ def masks_for_threshold(gates: list[str], sizes: Mapping[str, int], order: torch
 
 def find_threshold(gates: list[str], sizes: Mapping[str, int], order: torch.Tensor,
                    kept_params: Callable[[Mapping[str, torch.Tensor]], torch.Tensor], target: float) -> int:
-    """The number t of removed elements whose kept-parameter count is closest to ``target`` (the smaller t on a
-    tie).
+    """The number t of removed elements whose kept-parameter count is closest to ``target`` (on a tie, the larger
+    t, whose count does not exceed the target).
 
     ``kept_params`` maps the kept count of each gate to the block's kept Linear parameters (monotone in each
     count); it is called once, with one count per candidate t = 0 .. n as a 1-D tensor per gate, and returns the
@@ -132,5 +134,5 @@ def soft_masks(gates: list[str], sizes: Mapping[str, int], order: torch.Tensor, 
     starts = torch.tensor(counts).cumsum(0) - torch.tensor(counts)
     flat = torch.ones(sum(counts), dtype=torch.float32)
     if n:
-        flat[starts[order[:, 0]] + order[:, 1]] = m.float()
+        flat[starts[order[:, 0]] + order[:, 1]] = on_side_of_half(m.float(), j > t)
     return dict(zip(gates, flat.split(counts)))

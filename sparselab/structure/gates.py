@@ -137,7 +137,11 @@ class Gates(nn.Module):
         for i, per_gate in values.items():
             for name, v in per_gate.items():
                 p = self.gate(i, name)
-                p.copy_(torch.as_tensor(v, dtype=p.dtype, device=p.device))
+                v = torch.as_tensor(v)
+                cast = v.to(dtype=p.dtype, device=p.device)
+                if v.is_floating_point() and cast.dtype != v.dtype:  # rounding must not move a value across 0.5
+                    cast = on_side_of_half(cast, (v >= 0.5).to(p.device))
+                p.copy_(cast)
         if not self.enabled and not self.all_one():  # switched off is exact only while every gate is 1
             self.enabled = True
 
@@ -167,6 +171,20 @@ class Gates(nn.Module):
         kept = (torch.cat([p.reshape(-1) for p in gates]) >= 0.5).cpu()
         parts = dict(zip(self.values.keys(), kept.split([p.numel() for p in gates])))
         return {i: {g: parts[self.key(i, g)] for g in GATES} for i in range(s.depth)}
+
+
+def on_side_of_half(values: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
+    """``values`` with each entry on the side of 0.5 that ``kept`` says (kept: ≥ 0.5, else < 0.5), moved to 0.5 or
+    to the largest value below it where rounding (to a narrower dtype, or of a soft mask within rounding of 0.5)
+    put it on the other side; entries already on their side are unchanged.
+
+    Example:
+        >>> on_side_of_half(torch.tensor([0.5, 0.5, 0.25]), torch.tensor([False, True, False])).tolist()
+        [0.4999999701976776, 0.5, 0.25]
+    """
+    below = torch.nextafter(torch.tensor(0.5, dtype=values.dtype, device=values.device),
+                            torch.tensor(0.0, dtype=values.dtype, device=values.device))
+    return torch.where(kept, values.clamp_min(0.5), torch.minimum(values, below))
 
 
 def _scale_last(gate: torch.Tensor):
