@@ -16,11 +16,11 @@ from typing import Sequence
 import numpy as np
 from torch.utils.data import Dataset
 
-from ..errors import ConfigError, DataNotFoundError
+from ..errors import ConfigError, DataNotFoundError, check_positive_int
 from ..paths import data_dir, offline
 from .datasets import AUGMENTS, DataBundle
-from .registry import check_download, check_fraction, check_limit, check_seed, register
-from .tensors import build_bundle, select_classes, stratified_limit, stratified_split
+from .registry import check_download, check_fraction, check_limit, check_root, check_seed, register
+from .tensors import build_bundle, class_list, select_classes, stratified_limit, stratified_split
 from .transforms import PAPER_SCALE, image_transforms
 
 _LAYOUT = {
@@ -120,6 +120,10 @@ def _load(name: str, image_size, root, download, limit, classes, val_fraction, a
     check_limit(limit)
     check_fraction("val_fraction", val_fraction)
     check_seed(seed)
+    check_root(root)
+    check_positive_int("pad", pad, allow_zero=True)
+    if classes is not None:
+        class_list(classes)
     download = check_download(download)
     size = image_size or 32
     allowed = AUGMENTS if size < PAPER_SCALE else ("crop_flip", "randaugment", "none")

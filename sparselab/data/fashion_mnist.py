@@ -15,8 +15,8 @@ from ..errors import ConfigError, DataNotFoundError
 from ..paths import data_dir, offline
 from .datasets import AUGMENTS
 from .idx import read_idx
-from .registry import check_download, check_fraction, check_limit, check_seed, register
-from .tensors import build_bundle
+from .registry import check_download, check_fraction, check_limit, check_root, check_seed, register
+from .tensors import build_bundle, class_list
 
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 FIX_COMMAND = "sudo apt-get install -y dataset-fashion-mnist"
@@ -30,16 +30,22 @@ _FILES = {
 }
 
 
+def _pick(plain: Path, packed: Path) -> Path | None:
+    """The file to read of ``plain`` and its ``.gz`` form: the plain one (faster) unless the ``.gz`` is newer, as
+    when new files were copied over an old extracted copy."""
+    if plain.is_file() and packed.is_file():
+        return packed if packed.stat().st_mtime > plain.stat().st_mtime else plain
+    return plain if plain.is_file() else packed if packed.is_file() else None
+
+
 def _find_files(folder: Path) -> dict[str, Path] | None:
     """The four IDX files in ``folder`` (plain or ``.gz``), or None if any is missing."""
     found = {}
     for key, stem in _FILES.items():
-        for candidate in (folder / stem, folder / f"{stem}.gz"):
-            if candidate.is_file():
-                found[key] = candidate
-                break
-        else:
+        path = _pick(folder / stem, folder / f"{stem}.gz")
+        if path is None:
             return None
+        found[key] = path
     return found
 
 
@@ -86,6 +92,19 @@ def check_arrays(files: dict[str, Path], arrays: dict[str, np.ndarray]) -> None:
         if len(labels) and labels.max() >= len(CLASS_NAMES):
             raise DataNotFoundError(f"{label_file} holds the label {int(labels.max())}; Fashion-MNIST's labels are "
                                     f"0 to {len(CLASS_NAMES) - 1}")
+    check_image_shapes(files, arrays)
+
+
+def check_image_shapes(files: dict[str, Path], arrays: dict[str, np.ndarray]) -> None:
+    """Training and test images share one square size (resizing would stretch or shrink one split silently), and
+    there are training images."""
+    train, test = arrays["train_images"], arrays["test_images"]
+    if not len(train):
+        raise DataNotFoundError(f"{files['train_images']} holds no images")
+    if train.shape[1] != train.shape[2] or (len(test) and test.shape[1:] != train.shape[1:]):
+        raise DataNotFoundError(f"{files['train_images']} and {files['test_images']} must hold square images of "
+                                f"one size (Fashion-MNIST's are 28x28), got {train.shape[1]}x{train.shape[2]} and "
+                                f"{test.shape[1]}x{test.shape[2]}")
 
 
 def locate(root: str | Path | None = None, download: bool | None = None) -> dict[str, Path]:
@@ -139,6 +158,9 @@ def load_fashion_mnist(
     check_limit(limit)
     check_fraction("val_fraction", val_fraction)
     check_seed(seed)
+    check_root(root)
+    if classes is not None:
+        class_list(classes)
     download = check_download(download)
     if augment not in AUGMENTS:
         raise ConfigError(f"augment must be one of {AUGMENTS}, got {augment!r}")

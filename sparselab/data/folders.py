@@ -23,7 +23,7 @@ from torch.utils.data import Dataset, Subset
 from ..errors import ConfigError, DataNotFoundError, check_positive_int
 from ..paths import data_dir, offline
 from .datasets import DataBundle
-from .registry import check_download, check_fraction, check_limit, check_seed, loader_options, register
+from .registry import check_download, check_fraction, check_limit, check_root, check_seed, loader_options, register
 from .tensors import stratified_limit, stratified_split
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, _to_rgb, image_transforms
 
@@ -136,7 +136,7 @@ def load_imagefolder(image_size: int | None = None, root: str | Path | None = No
     a single tree of class folders; a tree with ``train/`` folders has its splits already."""
     if root is None:
         raise ConfigError("imagefolder needs root=<path of the tree>")
-    root = Path(root).expanduser()
+    root = check_root(root)
     if not root.is_dir():
         raise DataNotFoundError(f"ImageFolder root {root} does not exist" if not root.exists() else
                                 f"ImageFolder root {root} is a file, not a folder")
@@ -146,6 +146,8 @@ def load_imagefolder(image_size: int | None = None, root: str | Path | None = No
     check_limit(limit)
     check_seed(seed)
     _check_augment(augment)
+    if name is not None and not isinstance(name, str):
+        raise ConfigError(f"name must be a string (what the dataset is called in results), got {name!r}")
     if pad is not None:
         check_positive_int("pad", pad, allow_zero=True)
     mean = _check_channel_stats("mean", mean, positive=False)
@@ -200,7 +202,7 @@ def load_imagefolder(image_size: int | None = None, root: str | Path | None = No
 
 def _named_tree(name: str, folder: str, hint: str, **defaults):
     def loader(image_size=None, root=None, **options):
-        path = Path(root).expanduser() if root is not None else data_dir() / folder
+        path = check_root(root) if root is not None else data_dir() / folder
         if not path.is_dir():
             raise DataNotFoundError(f"{name} is not downloadable automatically; put the ImageFolder tree at {path} "
                                     f"(or pass root=...). {hint}")
@@ -228,6 +230,7 @@ def _torchvision_loader(name: str, tv_class: str, splits: dict[str, str | None],
 
         check_limit(limit)
         check_seed(seed)
+        check_root(root)
         download = check_download(download)
         _check_augment(augment)
         size = image_size or 224

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,6 +89,19 @@ def check_download(download: Any) -> bool | None:
     return check_bool("download", download, optional=True)
 
 
+def check_root(root: Any) -> Path | None:
+    """``root`` (where a dataset's files are) is None or a folder path, a string or :class:`os.PathLike`; returned
+    as a :class:`~pathlib.Path` with ``~`` expanded."""
+    if root is None:
+        return None
+    try:
+        if not isinstance(root, (str, os.PathLike)):
+            raise TypeError(type(root).__name__)
+        return Path(root).expanduser()
+    except TypeError:  # an int, bytes, or a PathLike that gives bytes
+        raise ConfigError(f"root must be a folder path (a string or pathlib.Path), got {root!r}") from None
+
+
 def _check_options(dataset: str, allowed: Iterable[str] | None, options: dict[str, Any]) -> None:
     if allowed is None:
         return
@@ -104,11 +118,12 @@ def available() -> dict[str, str]:
     return {k: v.description for k, v in sorted(_REGISTRY.items())}
 
 
-def load(name: str, split: str | None = None, image_size: int | None = None, **options: Any):
+def load(name: str, /, split: str | None = None, image_size: int | None = None, **options: Any):
     """Load a dataset by name; the whole :class:`DataBundle`, or one split's dataset when ``split`` is given.
 
     Args:
-        name: a registered name (see :func:`available`), or a path to an ImageFolder tree.
+        name: a registered name (see :func:`available`), or a path to an ImageFolder tree (positional, so that
+            ``name=`` stays free for the ImageFolder loader's display name).
         split: ``None`` for all splits, else ``"train"``, ``"val"`` or ``"test"``.
         image_size: side length images are resized to (default: the dataset's native size; 224 for
             photo datasets).

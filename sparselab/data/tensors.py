@@ -153,6 +153,8 @@ def build_bundle(
             if len(part[0]) != len(part[1]):
                 raise ConfigError(f"{name}: {len(part[0])} {split} images but {len(part[1])} labels")
             check_labels(name, part[1], len(class_names), split)
+    if not len(train[1]):
+        raise ConfigError(f"{name}: there are no training images")
     tr_x, tr_y = select_classes(*train, classes)
     names = [class_names[c] for c in classes] if classes is not None else list(class_names)
     tr_idx, va_idx = stratified_split(tr_y, val_fraction, seed)
