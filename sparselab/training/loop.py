@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from .. import runtime as dist_utils
 from ..callbacks import Callback, Pruner, TrainState
-from ..data.batches import epoch_groups, to_model_input, train_batches
+from ..data.batches import epoch_groups, local_chunk, to_model_input, train_batches
 from ..data.datasets import DataBundle
 from ..errors import CheckpointError, ConfigError, DivergedError, check_bool
 from ..evaluation import evaluate
@@ -296,6 +296,8 @@ def fit(model: nn.Module, data: DataBundle, epochs: int | None = None, pruner: P
                           f"accumulate_steps {cfg.accumulate_steps}) exceeds the {len(train_ds)} training images "
                           f"(with drop_last=True no batch is left)")
     steps_per_epoch = min(n_steps, cfg.max_steps_per_epoch or n_steps)
+    if cfg.mixup or cfg.cutmix:
+        _check_even_batches(plan(0)[:steps_per_epoch], world, cfg)
 
     groups = param_groups(model, cfg)
     for p in plugins:
@@ -343,7 +345,7 @@ def fit(model: nn.Module, data: DataBundle, epochs: int | None = None, pruner: P
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else None,
                 "plugins": [(type(p).__name__, p.state_dict()) for p in plugins],
-                "history": history.state_dict(),
+                "history": history.state_dict(), "hook_state": _hook_state(state),
                 "rng": {"torch": torch.get_rng_state(), "data": data_gen.get_state(),
                         "numpy": np.random.get_state(), "python": random.getstate(),
                         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
@@ -394,6 +396,7 @@ def fit(model: nn.Module, data: DataBundle, epochs: int | None = None, pruner: P
             torch.cuda.set_rng_state_all(ck["rng"]["cuda"])
         loop.__dict__.update(dataclasses.asdict(LoopProgress(**ck["loop"])))  # a checkpoint without "skipped" too
         state.step = ck["step"]
+        _load_hook_state(state, ck.get("hook_state"))
 
     if ckpt_path is not None and rank == 0:
         remove_orphans(ckpt_path)  # a write killed half-way leaves its temporary file behind
@@ -436,6 +439,9 @@ def fit(model: nn.Module, data: DataBundle, epochs: int | None = None, pruner: P
                                                 if ckpt_path else "interrupted")
                     if cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0:
                         save_checkpoint()
+                # statistics that a skipped step made NaN: before evaluation (in eval mode) logs what they give;
+                # non-finite weights are left to the pruner's own check at the epoch's end
+                _check_finite_weights(model, state.step, ckpt_path, stats_only=True)
                 _end_epoch(state, plugins, loop, eval_ds, eval_name, cfg, device, amp, bar)
                 save_checkpoint()
             if cfg.final_test and data.test is not None:
@@ -450,14 +456,46 @@ def fit(model: nn.Module, data: DataBundle, epochs: int | None = None, pruner: P
     return history
 
 
-def _check_finite_weights(model: nn.Module, step: int, ckpt_path: Path | None) -> None:
-    """Stop with :class:`DivergedError` when a weight is NaN or infinite."""
-    bad = [n for n, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
+def _hook_state(state: TrainState) -> dict[str, Any]:
+    """What hooks set or read between steps and a checkpoint must carry: a stop requested during the epoch and
+    the last epoch's metrics."""
+    return {"should_stop": bool(state.should_stop), "metrics": dict(state.metrics)}
+
+
+def _load_hook_state(state: TrainState, saved: dict[str, Any] | None) -> None:
+    if saved is not None:  # a checkpoint written before this was kept: nothing to restore
+        state.should_stop = saved["should_stop"]
+        state.metrics = dict(saved["metrics"])
+
+
+#: buffers that training updates like weights (normalisation statistics): a NaN batch leaves them non-finite
+RUNNING_STATS = ("running_mean", "running_var")
+
+
+def _check_finite_weights(model: nn.Module, step: int, ckpt_path: Path | None, stats_only: bool = False) -> None:
+    """Stop with :class:`DivergedError` when a weight or a normalisation statistic is NaN or infinite (with
+    ``stats_only``, a statistic)."""
+    tensors = [*(() if stats_only else model.named_parameters()),
+               *((n, b) for n, b in model.named_buffers() if n.rsplit(".", 1)[-1] in RUNNING_STATS)]
+    bad = [n for n, p in tensors if not bool(torch.isfinite(p).all())]
     if bad:
         kept = f"; the checkpoint in {ckpt_path.parent} was not overwritten" if ckpt_path is not None else ""
         raise DivergedError(f"non-finite weights ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}) at "
                             f"step {step}: training diverged{kept}. Lower the learning rate (or other step sizes) "
                             f"and start again")
+
+
+def _check_even_batches(groups: list[list[torch.Tensor]], world: int, cfg: TrainConfig) -> None:
+    """Refuse mixup/cutmix where a process would get an odd batch (timm's Mixup mixes pairs): the last incomplete
+    batch of ``drop_last=False``, or a batch split unevenly over processes. Every epoch has the same sizes."""
+    for batch in (b for group in groups for b in group):
+        odd = [n for n in (len(batch[local_chunk(batch, r, world)]) for r in range(world)) if n % 2]
+        if odd:
+            where = f" (on {world} processes, one gets {odd[0]})" if world > 1 else ""
+            raise ConfigError(f"mixup/cutmix need an even number of images in every batch, but the epoch has a "
+                              f"batch of {len(batch)}{where} (batch_size={cfg.batch_size}, drop_last="
+                              f"{cfg.drop_last}); use drop_last=True, or a batch size that splits the training "
+                              f"split into even batches")
 
 
 def _mixup(cfg: TrainConfig, num_classes: int):
