@@ -67,8 +67,6 @@ def kept_masks(model: nn.Module, masks: Masks | None = None, sparsity: float | N
         raise ConfigError("pass either masks or sparsity, not both (masks are used as given; sparsity builds "
                           "global magnitude masks)")
     if masks is None and sparsity is not None:
-        if isinstance(sparsity, (str, bytes, bool)):
-            raise ConfigError(f"sparsity must be a number in [0, 1), got {sparsity!r}")
         return {name: m.detach().cpu().bool() for name, m in magnitude_masks(model, sparsity).items()}
     if masks is None:
         nan = [name for name, w in weights.items() if bool(torch.isnan(w.detach()).any())]

@@ -16,10 +16,10 @@ from typing import Sequence
 import numpy as np
 from torch.utils.data import Dataset
 
-from ..errors import ConfigError, DataNotFoundError, check_positive_int
+from ..errors import ConfigError, DataNotFoundError, check_positive_int, check_ratio
 from ..paths import data_dir, offline
 from .datasets import AUGMENTS, DataBundle
-from .registry import check_download, check_fraction, check_limit, check_root, check_seed, register
+from .registry import check_download, check_limit, check_root, check_seed, register
 from .tensors import build_bundle, class_list, select_classes, stratified_limit, stratified_split
 from .transforms import PAPER_SCALE, image_transforms
 
@@ -118,7 +118,7 @@ class ArrayImages(Dataset):
 
 def _load(name: str, image_size, root, download, limit, classes, val_fraction, augment, seed, pad) -> DataBundle:
     check_limit(limit)
-    check_fraction("val_fraction", val_fraction)
+    check_ratio("val_fraction", val_fraction)
     check_seed(seed)
     check_root(root)
     check_positive_int("pad", pad, allow_zero=True)

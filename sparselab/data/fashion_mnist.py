@@ -11,11 +11,11 @@ from typing import Sequence
 
 import numpy as np
 
-from ..errors import ConfigError, DataNotFoundError
+from ..errors import ConfigError, DataNotFoundError, check_ratio
 from ..paths import data_dir, offline
 from .datasets import AUGMENTS
 from .idx import read_idx
-from .registry import check_download, check_fraction, check_limit, check_root, check_seed, register
+from .registry import check_download, check_limit, check_root, check_seed, register
 from .tensors import build_bundle, class_list
 
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -156,7 +156,7 @@ def load_fashion_mnist(
 ):
     """Fashion-MNIST as normalised in-memory tensors (train/val carved from the 60k, test = the 10k)."""
     check_limit(limit)
-    check_fraction("val_fraction", val_fraction)
+    check_ratio("val_fraction", val_fraction)
     check_seed(seed)
     check_root(root)
     if classes is not None:

@@ -20,10 +20,10 @@ from typing import Any
 import numpy as np
 from torch.utils.data import Dataset, Subset
 
-from ..errors import ConfigError, DataNotFoundError, check_positive_int
+from ..errors import ConfigError, DataNotFoundError, check_positive_int, check_ratio
 from ..paths import data_dir, offline
 from .datasets import DataBundle
-from .registry import check_download, check_fraction, check_limit, check_root, check_seed, loader_options, register
+from .registry import check_download, check_limit, check_root, check_seed, loader_options, register
 from .tensors import stratified_limit, stratified_split
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, _to_rgb, image_transforms
 
@@ -142,7 +142,7 @@ def load_imagefolder(image_size: int | None = None, root: str | Path | None = No
                                 f"ImageFolder root {root} is a file, not a folder")
     for option, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
         if value is not None:
-            check_fraction(option, value)
+            check_ratio(option, value)
     check_limit(limit)
     check_seed(seed)
     _check_augment(augment)

@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from ..errors import ConfigError, check_bool, check_ratio, unknown_name
+from ..errors import ConfigError, check_bool, unknown_name
 from ..errors import check_seed as check_integer_seed
 from .datasets import DataBundle
 
@@ -69,13 +69,6 @@ def check_limit(limit: Any) -> None:
     """``limit`` (a cap on training images) is None or an integer >= 1."""
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise ConfigError(f"limit must be a positive integer (a cap on training images) or None, got {limit!r}")
-
-
-def check_fraction(name: str, value: Any) -> float:
-    """A split fraction (``val_fraction``, ``test_fraction``): a number in [0, 1); a string or a flag is refused."""
-    if isinstance(value, (str, bytes, bool)):
-        raise ConfigError(f"{name} must be a number in [0, 1), got {value!r}")
-    return check_ratio(name, value)
 
 
 def check_seed(seed: Any) -> int:

@@ -15,14 +15,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import ConfigError
+from ..errors import ConfigError, check_ratio
 from .datasets import DataBundle, TensorImages
-from .registry import check_fraction, check_seed
+from .registry import check_seed
 
 
 def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Split indices into (rest, part) with ``part`` holding about ``fraction`` of every class."""
-    fraction = check_fraction("fraction", fraction)
+    fraction = check_ratio("fraction", fraction)
     seed = check_seed(seed)
     rng = np.random.default_rng(seed)
     rest, part = [], []
@@ -142,7 +142,7 @@ def build_bundle(
     training images after that; mean/std normalisation uses the training split's statistics. Random crops pad by
     ``pad`` pixels of black (in normalised units).
     """
-    val_fraction = check_fraction("val_fraction", val_fraction)
+    val_fraction = check_ratio("val_fraction", val_fraction)
     seed = check_seed(seed)
     if classes is not None:
         classes = class_list(classes)
