@@ -135,6 +135,21 @@ def check_seed(name: str, value: int) -> int:
     return value
 
 
+def check_distinct_seeds(seeds: Iterable[int], unit: str) -> list[int]:
+    """``seeds`` as a list, refused when a seed is given more than once (``unit``: what each seed counts as, for
+    the message).
+
+    Example:
+        >>> check_distinct_seeds((0, 1), "one pair")
+        [0, 1]
+    """
+    seeds = list(seeds)
+    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+    if repeated:
+        raise ConfigError(f"seeds {repeated} are given more than once; each seed is {unit}, so give distinct seeds")
+    return seeds
+
+
 def check_positive_int(name: str, value: int, *, allow_zero: bool = False) -> int:
     """Validate a positive (or non-negative) integer."""
     if isinstance(value, bool) or not isinstance(value, (int,)) or value < (0 if allow_zero else 1):

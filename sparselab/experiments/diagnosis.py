@@ -32,7 +32,7 @@ from typing import Any, Sequence
 import pandas as pd
 from tqdm.auto import tqdm
 
-from ..errors import ConfigError, unknown_name
+from ..errors import ConfigError, check_distinct_seeds, unknown_name
 from ..stats import finding, paired_mean_ci
 from .p3b import METHODS, P3BPreset, _read_record, _write_record, run_p3b, run_row
 from .presets import load_data
@@ -90,10 +90,7 @@ def diagnose(preset: P3BPreset, table: pd.DataFrame, baseline: str, ratio: float
     seeds = sorted(both[0] & both[1]) if seeds is None else list(seeds)
     if not seeds:
         raise ConfigError(f"the table has no seed with both p3b and {baseline} at {ratio:g}")
-    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
-    if repeated:
-        raise ConfigError(f"seeds {repeated} are given more than once; each seed is one pair of the paired "
-                          f"differences, so give distinct seeds")
+    check_distinct_seeds(seeds, "one pair of the paired differences")
     recorded = _read_record(record, preset) if record is not None else pd.DataFrame()
     done = {(r.method, round(float(r.prune_ratio), 6), int(r.seed)) for r in recorded.itertuples()}
     jobs = [(name, spec, seed) for seed in seeds for name, spec in variants(preset, table, baseline, ratio,

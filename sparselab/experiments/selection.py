@@ -24,7 +24,7 @@ from typing import Sequence
 import pandas as pd
 from tqdm.auto import tqdm
 
-from ..errors import ConfigError, check_bool, check_ratio, check_seed
+from ..errors import ConfigError, check_bool, check_distinct_seeds, check_ratio, check_seed
 from ..stats import mean_ci
 from .committed import committed_results
 from .p3b import P3BPreset, run_p3b
@@ -82,11 +82,7 @@ def _checked_seeds(seeds: Sequence[int]) -> list[int]:
         raise ConfigError("seeds is empty: give the seeds to measure each candidate with, e.g. (0, 1, 2, 3, 4)")
     for seed in seeds:
         check_seed("seed", seed)
-    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
-    if repeated:
-        raise ConfigError(f"seeds {repeated} are given more than once; each seed is one unit of the rule's "
-                          f"interval and seed count, so give distinct seeds")
-    return seeds
+    return check_distinct_seeds(seeds, "one unit of the rule's interval and seed count")
 
 
 def qualified(selection: pd.DataFrame) -> pd.Series:
