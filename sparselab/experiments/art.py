@@ -49,7 +49,7 @@ from ..stats import warn_unmeasured
 from ..structure.unstructured import apply_masks, check_masks, magnitude_masks, prunable_weights, sparsity
 from ..training import OptimizerHandoff, evaluate, fit
 from ..training.config import TrainConfig, checked_replace
-from .presets import check_preset_lists, load_data, named_preset, require_test_split
+from .presets import check_preset_lists, load_data, named_preset, require_test_split, run_lists
 
 ART_METHODS = ("hypersparse", "l1", "l2", "gmp", "movement", "oneshot", "layerwise")
 #: Ablations of HyperSparse's schedule λ_e = λ_init · η^e: λ growing twice as fast (η²: twice the growth per epoch
@@ -358,16 +358,10 @@ def compare(preset: ARTPreset, methods: Sequence[str] | None = None, sparsities:
     """
     from .p3b import _read_record, _write_record
 
-    # None takes the preset's lists; anything else must be a non-empty list (a repeat would run twice)
-    methods = preset.methods if methods is None else methods
-    sparsities = preset.sparsities if sparsities is None else sparsities
-    seeds = preset.seeds if seeds is None else seeds
-    check_preset_lists(preset, seeds=seeds, methods=methods, sparsities=sparsities)
-    methods, sparsities, seeds = list(methods), list(sparsities), list(seeds)
+    lists = run_lists(preset, seeds=seeds, methods=methods, sparsities=sparsities)
+    methods, sparsities, seeds = lists["methods"], lists["sparsities"], lists["seeds"]
     for m in methods:
         METHOD_REGISTRY.lookup(m)
-    for s in sparsities:
-        check_ratio("each of sparsities", s)
     recorded = (_read_record(record, preset, setting="sparsity") if record is not None else pd.DataFrame())
     done = {(row.method, float(row.sparsity), int(row.seed)): row._asdict() for row in recorded.itertuples()}
     wanted = {seed: [("dense", 0.0)] + [(m, s) for s in sparsities for m in methods] for seed in seeds}

@@ -46,7 +46,7 @@ from ..pruners import P3B, P3BSchedule
 from ..stats import warn_unmeasured
 from ..training import fit
 from ..training.config import TrainConfig, checked_replace
-from .presets import check_preset_lists, load_data, named_preset, preset_settings, require_test_split
+from .presets import check_preset_lists, load_data, named_preset, preset_settings, require_test_split, run_lists
 
 METHODS: dict[str, dict[str, Any]] = {
     "p3b": dict(allocation="benefit"),
@@ -390,17 +390,11 @@ def compare(preset: P3BPreset, methods: Sequence[str] | None = None, prune_ratio
     Example:
         >>> table, runs = compare(p3b_preset("tiny"), methods=["uniform"], record="runs/tiny.csv")  # doctest: +SKIP
     """
-    # None takes the preset's lists; anything else must be a non-empty list (a repeat would run twice)
-    methods = preset.methods if methods is None else methods
-    ratios = preset.prune_ratios if prune_ratios is None else prune_ratios
-    seeds = preset.seeds if seeds is None else seeds
-    check_preset_lists(preset, seeds=seeds, methods=methods, prune_ratios=ratios)
-    methods, ratios, seeds = list(methods), list(ratios), list(seeds)
+    lists = run_lists(preset, seeds=seeds, methods=methods, prune_ratios=prune_ratios)
+    methods, ratios, seeds = lists["methods"], lists["prune_ratios"], lists["seeds"]
     for m in methods:
         if m not in METHODS:
             raise unknown_name("method", m, METHODS)
-    for r in ratios:
-        check_ratio("each of prune_ratios", r)
     jobs = [("dense", 0.0, s) for s in seeds] if include_dense else []
     jobs += [(m, r, s) for r in ratios for m in methods for s in seeds]
     recorded = _read_record(record, preset) if record is not None else pd.DataFrame()

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from .. import data as sl_data
-from ..errors import ConfigError, check_seed, unknown_name
+from ..errors import ConfigError, check_ratio, check_seed, unknown_name
 
 
 def named_preset(kind: str, presets: Mapping[str, Any], name: str, **changes: Any) -> Any:
@@ -77,6 +77,24 @@ def check_preset_lists(preset: Any, **lists: Any) -> None:
     if clash:
         raise ConfigError(f"model_options of preset {preset.name!r} set {', '.join(clash)}, which the runs set from "
                           f"the data and the preset's own fields; leave them out")
+
+
+def run_lists(preset: Any, **given: Any) -> dict[str, list]:
+    """The run lists a comparison makes (``seeds``, ``methods``, ``prune_ratios``, ``sparsities``): each one given,
+    or the preset's own where it is None (only None: ``0`` or ``[]`` is no list of runs), checked with
+    :func:`check_preset_lists` and, for ratios, to lie in [0, 1).
+
+    Example:
+        >>> from types import SimpleNamespace
+        >>> run_lists(SimpleNamespace(name="p", seeds=(0, 1)), seeds=None, sparsities=(0.9,))
+        {'seeds': [0, 1], 'sparsities': [0.9]}
+    """
+    lists = {field: getattr(preset, field) if values is None else values for field, values in given.items()}
+    check_preset_lists(preset, **lists)
+    for field in ("prune_ratios", "sparsities"):
+        for ratio in lists.get(field, ()):
+            check_ratio(f"each of {field}", ratio)
+    return {field: list(values) for field, values in lists.items()}
 
 
 def preset_settings(preset: Any) -> dict[str, Any]:
