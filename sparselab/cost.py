@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from .errors import ConfigError, check_positive_int
+from .runtime import evaluating
 
 
 @torch.inference_mode()
@@ -39,9 +40,7 @@ def latency_ms(model: nn.Module, input_shape: Sequence[int], batch_size: int = 1
     check_positive_int("batch_size", batch_size)
     check_positive_int("warmup", warmup, allow_zero=True)
     device = _device(model) if device is None else _check_device(model, _as_device(device))
-    modes = _modes(model)
-    model.eval()
-    try:
+    with evaluating(model):
         x = random_batch(model, input_shape, batch_size, device)
         times = []
         for i in range(warmup + repeats):
@@ -53,8 +52,6 @@ def latency_ms(model: nn.Module, input_shape: Sequence[int], batch_size: int = 1
                 torch.cuda.synchronize(device)
             if i >= warmup:
                 times.append((time.perf_counter() - t0) * 1000)
-    finally:
-        _restore(modes)
     return statistics.median(times)
 
 
@@ -79,16 +76,6 @@ def _check_device(model: nn.Module, device: torch.device) -> torch.device:
         raise ConfigError(f"latency_ms was asked to time on device {str(device)!r}, but the model's parameters are "
                           f"on {str(own.device)!r}; move the model there (model.to(device)) or leave device out")
     return device
-
-
-def _modes(model: nn.Module) -> list[tuple[nn.Module, bool]]:
-    """The train/eval mode of ``model`` and of each of its submodules (a frozen part may be in eval mode)."""
-    return [(m, m.training) for m in model.modules()]
-
-
-def _restore(modes: list[tuple[nn.Module, bool]]) -> None:
-    for module, training in modes:
-        module.training = training
 
 
 def random_batch(model: nn.Module, input_shape: Sequence[int], batch_size: int, device: torch.device | None = None,
@@ -147,10 +134,7 @@ def latency_against(model: nn.Module, reference: nn.Module, input_shape: Sequenc
     if _device(reference) != device:
         raise ConfigError(f"latency_against times both models on one batch, but the model is on {device} and the "
                           f"reference on {_device(reference)}; move them to one device")
-    modes = _modes(reference) + _modes(model)
-    for m in models:
-        m.eval()
-    try:
+    with evaluating(reference, model):
         if _float_dtype(model) != _float_dtype(reference):
             raise ConfigError(f"latency_against times both models on one batch, but the model computes in "
                               f"{_float_dtype(model)} and the reference in {_float_dtype(reference)}; convert them "
@@ -168,8 +152,6 @@ def latency_against(model: nn.Module, reference: nn.Module, input_shape: Sequenc
                         torch.cuda.synchronize(device)
                     if i >= warmup:
                         times[j].append((time.perf_counter() - t0) * 1000)
-    finally:
-        _restore(modes)
     ratios = sorted(a / b for a, b in zip(*times))
     q = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
     return {"model_ms": statistics.median(times[1]), "reference_ms": statistics.median(times[0]),

@@ -48,10 +48,8 @@ def evaluate(model: nn.Module, dataset, batch_size: int = 512, device: str | tor
     device = dist_utils.local_device(device) if device is not None else first.device
     amp = device.type == "cuda" if amp is None else amp
     rank, world = dist_utils.world()
-    modes = [(m, m.training) for m in model.modules()]  # restored one by one: submodules may differ
-    model.eval()
     totals = torch.zeros(3, dtype=torch.float64)
-    try:
+    with dist_utils.evaluating(model):
         for x, y in eval_batches(dataset, batch_size, rank, world, num_workers):
             x, y = to_model_input(x, model, device), y.to(device, non_blocking=True)
             with autocast(device, amp):
@@ -59,10 +57,6 @@ def evaluate(model: nn.Module, dataset, batch_size: int = 512, device: str | tor
             totals[0] += F.cross_entropy(out.float(), y, reduction="sum").item()
             totals[1] += (out.argmax(1) == y).sum().item()
             totals[2] += len(y)
-    finally:
-        model.train(modes[0][1])
-        for m, training in modes:  # a submodule kept in another mode than the model (frozen norms, ...)
-            m.training = training
     dist_utils.all_reduce_sum(totals)
     n = totals[2].item()
     return {"loss": totals[0].item() / n, "acc": totals[1].item() / n}

@@ -67,6 +67,30 @@ def local_device(device: str | torch.device | None) -> torch.device:
     return torch.device("cpu")
 
 
+@contextlib.contextmanager
+def evaluating(*models: torch.nn.Module):
+    """Run the block with ``models`` in eval mode, then give each module and submodule its own mode back (a frozen
+    part may be in eval mode while the model trains).
+
+    Example:
+        >>> net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+        >>> _ = net[1].eval()
+        >>> with evaluating(net):
+        ...     net.training
+        False
+        >>> net.training, net[1].training
+        (True, False)
+    """
+    modes = [(m, m.training) for model in models for m in model.modules()]
+    for model in models:
+        model.eval()
+    try:
+        yield
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
 def amp_dtype(name: str | None) -> torch.dtype:
     """The autocast dtype for ``TrainConfig.amp_dtype`` (None: bfloat16 where the GPU supports it)."""
     if name is None:
