@@ -16,12 +16,14 @@ from typing import Sequence
 import numpy as np
 from torch.utils.data import Dataset
 
-from ..errors import ConfigError, DataNotFoundError, check_positive_int, check_ratio
+from ..errors import ConfigError, DataNotFoundError, check_ratio
 from ..paths import data_dir, offline
 from .datasets import AUGMENTS, DataBundle
-from .registry import check_download, check_limit, check_root, check_seed, register
+from .registry import check_download, check_image_size, check_limit, check_pad_value, check_root, check_seed, register
 from .tensors import build_bundle, class_list, select_classes, stratified_limit, stratified_split
-from .transforms import PAPER_SCALE, image_transforms
+from .transforms import PAPER_SCALE, check_pad, image_transforms
+
+DEFAULT_PAD = 4  # the CIFAR recipes' random-crop padding below 128 px
 
 _LAYOUT = {
     "cifar10": dict(folder="cifar-10-batches-py", train=[f"data_batch_{i}" for i in range(1, 6)],
@@ -117,26 +119,27 @@ class ArrayImages(Dataset):
 
 
 def _load(name: str, image_size, root, download, limit, classes, val_fraction, augment, seed, pad) -> DataBundle:
-    check_limit(limit)
+    limit = check_limit(limit)
     check_ratio("val_fraction", val_fraction)
-    check_seed(seed)
+    seed = check_seed(seed)
     check_root(root)
-    check_positive_int("pad", pad, allow_zero=True)
+    pad = check_pad_value(pad)
     if classes is not None:
         class_list(classes)
     download = check_download(download)
-    size = image_size or 32
+    size = check_image_size(image_size) or 32
     allowed = AUGMENTS if size < PAPER_SCALE else ("crop_flip", "randaugment", "none")
     if augment not in allowed:
         raise ConfigError(f"augment must be one of {allowed} for {name} at {size} px"
                           + (" ('crop_flip' and 'randaugment' both mean timm's RandAugment pipeline there)"
                              if size >= PAPER_SCALE else "") + f", got {augment!r}")
+    check_pad(pad, size, crops="crop" in augment, where=f" for {name} with augment={augment!r}")
     base = _locate(name, root, download)
     train, test, names = read_cifar(base, name)
     if size < PAPER_SCALE:
         return build_bundle(name, train, test, class_names=names, image_size=size, max_value=255.0,
                             classes=classes, limit=limit, val_fraction=val_fraction, augment=augment, seed=seed,
-                            pad=pad)
+                            pad=DEFAULT_PAD if pad is None else pad)
     tr_x, tr_y = select_classes(*train, classes)
     te_x, te_y = select_classes(*test, classes)
     tr_idx, va_idx = stratified_split(tr_y, val_fraction, seed)
@@ -156,15 +159,18 @@ def _load(name: str, image_size, root, download, limit, classes, val_fraction, a
 
 @register("cifar10", "CIFAR-10: 60k 32x32 colour images, 10 classes (torchvision layout)")
 def load_cifar10(image_size=None, root=None, download=None, limit=None, classes: Sequence[int] | None = None,
-                 val_fraction=0.1, augment="crop_flip", seed=0, pad=4):
-    """CIFAR-10; in memory below 128 px (random crop after ``pad`` pixels of padding), timm transforms above."""
+                 val_fraction=0.1, augment="crop_flip", seed=0, pad=None):
+    """CIFAR-10; in memory below 128 px (random crop after ``pad`` pixels of padding, 4 by default), timm
+    transforms above (``pad`` is refused there: they pad nothing). Every class keeps at least one training image
+    when ``val_fraction`` splits off the validation images."""
     return _load("cifar10", image_size, root, download, limit, classes, val_fraction, augment, seed, pad)
 
 
 @register("cifar100", "CIFAR-100: 60k 32x32 colour images, 100 classes (torchvision layout)")
 def load_cifar100(image_size=None, root=None, download=None, limit=None, classes: Sequence[int] | None = None,
-                  val_fraction=0.1, augment="crop_flip", seed=0, pad=4):
-    """CIFAR-100 (fine labels); in memory below 128 px (random crop after ``pad`` pixels of padding), timm
-    transforms above."""
+                  val_fraction=0.1, augment="crop_flip", seed=0, pad=None):
+    """CIFAR-100 (fine labels); in memory below 128 px (random crop after ``pad`` pixels of padding, 4 by
+    default), timm transforms above (``pad`` is refused there: they pad nothing). Every class keeps at least one
+    training image when ``val_fraction`` splits off the validation images."""
     return _load("cifar100", image_size, root, download, limit, classes, val_fraction, augment, seed, pad)
 

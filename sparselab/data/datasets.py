@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
@@ -51,6 +52,8 @@ class TensorImages(Dataset):
             raise ConfigError(f"augment must be one of {AUGMENTS}, got {augment!r}")
         self.images = images.float().contiguous()
         self.labels = labels.long()
+        if isinstance(pad, np.integer):
+            pad = int(pad)
         if isinstance(pad, bool) or not isinstance(pad, int) or pad < 0:
             raise ConfigError(f"pad must be an integer >= 0 (pixels of padding before a random crop), got {pad!r}")
         self.augment = augment
@@ -149,8 +152,8 @@ class DataBundle:
                   if labels is not None else None)
         return {"name": self.name, "options": {k: _plain(v) for k, v in sorted(self.options.items())},
                 "sizes": [len(d) if d is not None else 0 for d in (self.train, self.val, self.test)],
-                "num_classes": self.num_classes, "classes": list(self.classes), "in_chans": self.in_chans,
-                "image_size": self.image_size, "train_labels_sha256": digest}
+                "num_classes": _plain(self.num_classes), "classes": _plain(list(self.classes)),
+                "in_chans": _plain(self.in_chans), "image_size": _plain(self.image_size), "train_labels_sha256": digest}
 
     def __repr__(self) -> str:
         sizes = ", ".join(f"{s}={len(d)}" for s in ("train", "val", "test") if (d := getattr(self, s)) is not None)
@@ -159,6 +162,10 @@ class DataBundle:
 
 
 def _plain(v):
+    """``v`` as JSON-like plain data for the fingerprint; numpy scalars, arrays and tensors as the equal Python
+    values, so that ``np.int64(100)`` records as ``100``."""
+    if isinstance(v, (np.generic, np.ndarray, torch.Tensor)):
+        v = v.tolist()
     if isinstance(v, (list, tuple)):
         return [_plain(x) for x in v]
     return v if isinstance(v, (int, float, str, bool, type(None))) else str(v)

@@ -12,6 +12,7 @@ Example:
 """
 from __future__ import annotations
 
+import inspect
 import math
 import os
 from pathlib import Path
@@ -20,12 +21,21 @@ from typing import Any
 import numpy as np
 from torch.utils.data import Dataset, Subset
 
-from ..errors import ConfigError, DataNotFoundError, check_positive_int, check_ratio
+from ..errors import ConfigError, DataNotFoundError, check_ratio
 from ..paths import data_dir, offline
 from .datasets import DataBundle
-from .registry import check_download, check_limit, check_root, check_seed, loader_options, register
+from .registry import (
+    check_download,
+    check_image_size,
+    check_limit,
+    check_pad_value,
+    check_root,
+    check_seed,
+    loader_options,
+    register,
+)
 from .tensors import stratified_limit, stratified_split
-from .transforms import IMAGENET_MEAN, IMAGENET_STD, _to_rgb, image_transforms
+from .transforms import IMAGENET_MEAN, IMAGENET_STD, _to_rgb, check_pad, image_transforms
 
 #: ``augment`` for photo datasets: the recipe's augmentation (timm's RandAugment pipeline at 128 px and up; a
 #: random crop after padding and a flip below) under either name, or none.
@@ -85,13 +95,17 @@ class _Transformed(Dataset):
 
 
 def _load_image(path: str):
-    """An image file as 8-bit RGB (16-bit greyscale scaled down, not clipped)."""
+    """An image file as 8-bit RGB (16-bit greyscale scaled down, not clipped; 32-bit images refused, naming the
+    file)."""
     from PIL import Image
 
     with open(path, "rb") as f:
         img = Image.open(f)
         img.load()
-        return _to_rgb(img)
+        try:
+            return _to_rgb(img)
+        except DataNotFoundError as exc:
+            raise DataNotFoundError(f"{path}: {exc}") from None
 
 
 def _class_folder_tree(path: Path):
@@ -130,10 +144,31 @@ def load_imagefolder(image_size: int | None = None, root: str | Path | None = No
                      val_fraction: float | None = None, test_fraction: float | None = None, limit: int | None = None,
                      augment: str = "randaugment", seed: int = 0, name: str | None = None, pad: int | None = None,
                      mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD):
-    """Load an ImageFolder tree with timm's train/eval transforms (224 px by default; below 128 px a random crop
-    after ``pad`` pixels of padding and a flip), normalised by ``mean``/``std``. ``limit`` keeps that many
-    training images, classes in proportion. ``val_fraction`` (default 0.1) and ``test_fraction`` (default 0) split
-    a single tree of class folders; a tree with ``train/`` folders has its splits already."""
+    """Load an ImageFolder tree with timm's train/eval transforms (224 px by default), normalised by
+    ``mean``/``std``.
+
+    Images of any shape are welcome: at 128 px and up timm's transforms crop them (a random-resized crop for
+    training, resize and centre crop for evaluation); below 128 px the shorter side is resized to ``image_size``
+    and the centre square cropped, so that a non-square photo keeps its aspect ratio rather than being stretched,
+    then training images get a random crop after ``pad`` pixels of padding and a flip (``pad`` is refused at 128 px
+    and up, and with ``augment="none"``: nothing would use it). 8-bit and 16-bit images are read (16-bit greyscale
+    scaled to 8 bits); 32-bit ones are refused when read, naming the file.
+
+    ``limit`` keeps that many training images, classes in proportion. ``val_fraction`` (default 0.1) and
+    ``test_fraction`` (default 0) split a single tree of class folders, stratified by class; every class keeps at
+    least one training image (a class with a single image is never split off whole). A tree with ``train/``
+    folders has its splits already.
+    """
+    return _load_tree(image_size=image_size, root=root, val_fraction=val_fraction, test_fraction=test_fraction,
+                      limit=limit, augment=augment, seed=seed, name=name, pad=pad, mean=mean, std=std)
+
+
+def _load_tree(image_size: int | None, root: str | Path | None, val_fraction: float | None,
+               test_fraction: float | None, limit: int | None, augment: str, seed: int, name: str | None,
+               pad: int | None, mean: tuple[float, ...], std: tuple[float, ...],
+               unlabelled_test: bool = False) -> DataBundle:
+    """:func:`load_imagefolder`; with ``unlabelled_test`` a ``test/`` folder is the dataset's unlabelled test set
+    (TinyImageNet's): it is ignored and ``val/`` serves as the test split."""
     if root is None:
         raise ConfigError("imagefolder needs root=<path of the tree>")
     root = check_root(root)
@@ -143,16 +178,16 @@ def load_imagefolder(image_size: int | None = None, root: str | Path | None = No
     for option, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
         if value is not None:
             check_ratio(option, value)
-    check_limit(limit)
-    check_seed(seed)
+    limit = check_limit(limit)
+    seed = check_seed(seed)
     _check_augment(augment)
     if name is not None and not isinstance(name, str):
         raise ConfigError(f"name must be a string (what the dataset is called in results), got {name!r}")
-    if pad is not None:
-        check_positive_int("pad", pad, allow_zero=True)
+    pad = check_pad_value(pad)
     mean = _check_channel_stats("mean", mean, positive=False)
     std = _check_channel_stats("std", std, positive=True)
-    size = image_size or 224
+    size = check_image_size(image_size) or 224
+    check_pad(pad, size, crops=augment != "none", where=f" with augment={augment!r}")
     train_tf, eval_tf = image_transforms(size, mean=mean, std=std, augment=augment != "none", pad=pad)
     if (root / "train").is_dir():
         given = [f"{o}={v}" for o, v in (("val_fraction", val_fraction), ("test_fraction", test_fraction)) if v]
@@ -161,15 +196,18 @@ def load_imagefolder(image_size: int | None = None, root: str | Path | None = No
                               f"folders already (train/, val/, test/); leave it out")
         train_base = _class_folder_tree(root / "train")
         splits = {"train": _Transformed(train_base, np.arange(len(train_base)), train_tf)}
-        has_test = (root / "test").is_dir()
-        for split in ("val", "test"):
+        has_test = (root / "test").is_dir() and not unlabelled_test
+        for split in ("val", "test") if has_test else ("val",):
             if (root / split).is_dir():
                 base = _class_folder_tree(root / split)
                 if base.classes != train_base.classes:
-                    raise DataNotFoundError(f"{root / split} has other classes than {root / 'train'}")
+                    raise DataNotFoundError(_other_classes(root, split, base.classes, train_base.classes))
                 splits[split if has_test else "test"] = _Transformed(base, np.arange(len(base)), eval_tf)
         if "test" not in splits:
-            raise DataNotFoundError(f"{root} has train/ but neither val/ nor test/: there is nothing to test on")
+            raise DataNotFoundError(f"{root} has train/ but neither val/ nor test/: there is nothing to test on"
+                                    if not unlabelled_test else
+                                    f"{root} has train/ but no val/: its test/ is unlabelled, so val/ is the test "
+                                    f"split; there is nothing to test on")
         classes = train_base.classes
     else:
         split_folders = [s for s in ("val", "test") if (root / s).is_dir()]
@@ -200,15 +238,34 @@ def load_imagefolder(image_size: int | None = None, root: str | Path | None = No
                       num_classes=len(classes), in_chans=3, image_size=size, classes=list(classes))
 
 
-def _named_tree(name: str, folder: str, hint: str, **defaults):
+#: load_imagefolder's defaults, for the named trees that read through :func:`_load_tree` directly
+_IMAGEFOLDER_DEFAULTS = {k: p.default for k, p in inspect.signature(load_imagefolder).parameters.items()}
+
+
+def _other_classes(root: Path, split: str, found: list[str], expected: list[str]) -> str:
+    """The message for a split folder whose class folders differ from ``train/``'s."""
+    if found == ["images"] and "images" not in expected:
+        return (f"{root / split} holds one images/ folder instead of class folders: an unlabelled split (as "
+                f"TinyImageNet's test/, or its val/ before sorting into class folders with val_annotations.txt) has "
+                f"no classes to test on; sort it into class folders or remove it")
+    return f"{root / split} has other classes than {root / 'train'}"
+
+
+def _named_tree(name: str, folder: str, hint: str, unlabelled_test: bool = False, **defaults):
+    """Register ``name``: the ImageFolder tree under ``data/<folder>`` read by :func:`load_imagefolder` with
+    ``defaults``; with ``unlabelled_test`` its ``test/`` folder (unlabelled as published) is ignored and ``val/``
+    is the test split."""
     def loader(image_size=None, root=None, **options):
         path = check_root(root) if root is not None else data_dir() / folder
         if not path.is_dir():
             raise DataNotFoundError(f"{name} is not downloadable automatically; put the ImageFolder tree at {path} "
                                     f"(or pass root=...). {hint}")
-        return load_imagefolder(image_size=image_size, root=path, name=name, **{**defaults, **options})
+        settings = {**_IMAGEFOLDER_DEFAULTS, **defaults, **options, "image_size": image_size, "root": path,
+                    "name": name}
+        return _load_tree(**settings, unlabelled_test=unlabelled_test)
 
-    loader.__doc__ = f"{name} from an ImageFolder tree under data/{folder}."
+    loader.__doc__ = f"{name} from an ImageFolder tree under data/{folder}" + (
+        "; its unlabelled test/ folder is ignored and val/ is the test split." if unlabelled_test else ".")
     # it forwards its options to load_imagefolder: the same ones are allowed (the name is its own)
     register(name, f"{name}: ImageFolder tree under data/{folder}",
              options=loader_options(load_imagefolder, exclude=("image_size", "name")))(loader)
@@ -220,20 +277,20 @@ _named_tree("ifood", "ifood", "Arrange the iFood-2019 images as train/<class>/ a
 TINYIMAGENET_MEAN = (0.4802, 0.4481, 0.3975)
 TINYIMAGENET_STD = (0.2302, 0.2265, 0.2262)
 _named_tree("tinyimagenet", "tiny-imagenet-200", "Arrange TinyImageNet as train/<class>/*.JPEG and val/<class>/*.JPEG "
-            "(its val/ folder needs sorting into class folders with val_annotations.txt).",
-            mean=TINYIMAGENET_MEAN, std=TINYIMAGENET_STD)
+            "(its val/ folder needs sorting into class folders with val_annotations.txt; its unlabelled test/ "
+            "folder is ignored).", unlabelled_test=True, mean=TINYIMAGENET_MEAN, std=TINYIMAGENET_STD)
 
 
 def _torchvision_loader(name: str, tv_class: str, splits: dict[str, str | None], num_classes: int):
     def loader(image_size=None, root=None, download=None, augment="randaugment", limit=None, seed=0):
         import torchvision.datasets as tvd
 
-        check_limit(limit)
-        check_seed(seed)
+        limit = check_limit(limit)
+        seed = check_seed(seed)
         check_root(root)
         download = check_download(download)
         _check_augment(augment)
-        size = image_size or 224
+        size = check_image_size(image_size) or 224
         base = Path(root).expanduser() if root is not None else data_dir()
         allow = (not offline()) if download is None else download
         train_tf, eval_tf = image_transforms(size, augment=augment != "none")

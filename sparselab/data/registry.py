@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from ..errors import ConfigError, check_bool, unknown_name
+from ..errors import ConfigError, check_bool, check_positive_int, unknown_name
 from ..errors import check_seed as check_integer_seed
 from .datasets import DataBundle
 
@@ -65,10 +65,38 @@ def register(name: str, description: str = "", options: Iterable[str] | None = N
     return deco
 
 
-def check_limit(limit: Any) -> None:
-    """``limit`` (a cap on training images) is None or an integer >= 1."""
+def plain_scalar(value: Any) -> Any:
+    """``value`` with a numpy scalar (``np.int64(100)``, ``np.float32(0.1)``, ``np.bool_(True)``) turned into the
+    equal Python int, float or bool, so that it passes the same checks and records the same as that; anything else
+    as it is."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def check_limit(limit: Any) -> int | None:
+    """``limit`` (a cap on training images) is None or an integer >= 1 (a numpy integer counts as one); returned as
+    a Python int."""
+    limit = plain_scalar(limit)
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise ConfigError(f"limit must be a positive integer (a cap on training images) or None, got {limit!r}")
+    return limit
+
+
+def check_image_size(image_size: Any) -> int | None:
+    """``image_size`` is None (the dataset's own size) or an integer >= 4 (a numpy integer counts as one); returned
+    as a Python int."""
+    image_size = plain_scalar(image_size)
+    if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int)
+                                   or image_size < 4):
+        raise ConfigError(f"image_size must be an integer >= 4, got {image_size!r} (or None: the dataset's own "
+                          f"size)")
+    return image_size
+
+
+def check_pad_value(pad: Any) -> int | None:
+    """``pad`` (pixels of padding before a random crop) is None or an integer >= 0 (a numpy integer counts as one);
+    returned as a Python int."""
+    pad = plain_scalar(pad)
+    return None if pad is None else check_positive_int("pad", pad, allow_zero=True)
 
 
 def check_seed(seed: Any) -> int:
@@ -133,11 +161,12 @@ def load(name: str, /, split: str | None = None, image_size: int | None = None, 
     """
     if split is not None and split not in SPLITS:
         raise ConfigError(f"split must be one of {SPLITS} or None, got {split!r}")
-    if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 4):
-        raise ConfigError(f"image_size must be an integer >= 4, got {image_size!r}")
+    image_size = check_image_size(image_size)
     if not isinstance(name, (str, Path)):
         raise ConfigError(f"a dataset is named by a string (or the path of an ImageFolder tree), got {name!r}")
     name = str(name)
+    # numpy scalars become the equal Python values: the same checks apply and the fingerprint is the same
+    options = {k: plain_scalar(v) for k, v in options.items()}
     check_limit(options.get("limit"))
     if name not in _REGISTRY:
         if "/" in name or Path(name).expanduser().is_dir():

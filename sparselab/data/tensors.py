@@ -17,19 +17,36 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError, check_ratio
 from .datasets import DataBundle, TensorImages
-from .registry import check_seed
+from .registry import check_image_size, check_limit, check_seed
 
 
 def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Split indices into (rest, part) with ``part`` holding about ``fraction`` of every class."""
+    """Split indices into (rest, part) with ``part`` holding about ``fraction`` of every class (rounded per class).
+
+    Every class keeps at least one item in ``rest`` (the side training images come from), so that a class with a
+    single image, or a small class under a large fraction, is never split off whole and left unseen in training.
+    Only a fraction that would take every item of every class leaves ``rest`` empty; callers refuse that.
+
+    Example:
+        >>> labels = np.array([0, 0, 0, 0, 1])
+        >>> rest, part = stratified_split(labels, 0.6, seed=0)
+        >>> labels[rest].tolist(), labels[part].tolist()   # class 1's single image stays in ``rest``
+        ([0, 0, 1], [0, 0])
+    """
     fraction = check_ratio("fraction", fraction)
     seed = check_seed(seed)
+    labels = np.asarray(labels)
     rng = np.random.default_rng(seed)
-    rest, part = [], []
-    for c in np.unique(labels):
+    classes = np.unique(labels)
+    groups = []
+    for c in classes:
         idx = np.flatnonzero(labels == c)
         rng.shuffle(idx)
-        k = int(round(fraction * len(idx)))
+        groups.append((idx, int(round(fraction * len(idx)))))
+    everything = all(k >= len(idx) for idx, k in groups)
+    rest, part = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+    for idx, k in groups:
+        k = k if everything else min(k, len(idx) - 1)
         part.append(idx[:k])
         rest.append(idx[k:])
     return np.sort(np.concatenate(rest)), np.sort(np.concatenate(part))
@@ -138,16 +155,17 @@ def build_bundle(
 ) -> DataBundle:
     """Assemble a normalised in-memory :class:`DataBundle` from raw (images, labels) arrays.
 
-    The validation split is carved from the training images (stratified, fixed by ``seed``); ``limit`` caps the
-    training images after that; mean/std normalisation uses the training split's statistics. Random crops pad by
-    ``pad`` pixels of black (in normalised units).
+    The validation split is carved from the training images (stratified, fixed by ``seed``; every class keeps at
+    least one training image unless ``val_fraction`` would take them all); ``limit`` caps the training images after
+    that; mean/std normalisation uses the training split's statistics. Random crops pad by ``pad`` pixels of black
+    (in normalised units).
     """
     val_fraction = check_ratio("val_fraction", val_fraction)
     seed = check_seed(seed)
     if classes is not None:
         classes = class_list(classes)
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise ConfigError(f"limit must be a positive integer or None, got {limit!r}")
+    limit = check_limit(limit)
+    image_size = check_image_size(image_size)
     for split, part in (("training", train), ("test", test)):
         if part is not None:
             if len(part[0]) != len(part[1]):
