@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from .errors import ConfigError, check_positive_int, unknown_name
+from .runtime import evaluating
 
 METHODS = ("integrated_gradients", "saliency", "input_x_gradient")
 
@@ -70,9 +71,7 @@ def attribute(model: nn.Module, images: torch.Tensor, target: torch.Tensor | Non
         raise unknown_name("attribution method", method, METHODS)
     n_steps = check_positive_int("n_steps", n_steps)
     images = _check_images(images, "attribute")
-    was_training = model.training
-    model.eval()
-    try:
+    with evaluating(model):
         target = _targets(model, images, target, "attribute")
         images = images.detach().clone().requires_grad_(True)
         if method == "integrated_gradients":
@@ -82,8 +81,6 @@ def attribute(model: nn.Module, images: torch.Tensor, target: torch.Tensor | Non
             attr = Saliency(model).attribute(images, target=target, abs=True)
         else:
             attr = InputXGradient(model).attribute(images, target=target)
-    finally:
-        model.train(was_training)
     return attr.detach().abs().sum(dim=1)
 
 
@@ -126,12 +123,8 @@ def compare_attributions(dense: nn.Module, pruned: nn.Module, images: torch.Tens
     their maps are."""
     images = _check_images(images, "compare_attributions")
     if target is None:
-        was = dense.training
-        dense.eval()
-        try:
+        with evaluating(dense):
             target = _targets(dense, images, None, "compare_attributions")
-        finally:
-            dense.train(was)
     a = attribute(dense, images, target, method, n_steps)
     b = attribute(pruned, images, target, method, n_steps)
     return AttributionComparison(a, b, target, map_similarity(a, b), method)
@@ -156,9 +149,7 @@ def block_attributions(model: nn.Module, images: torch.Tensor, target: torch.Ten
     structure = ViTStructure(model)
     n_steps = check_positive_int("n_steps", n_steps)
     images = _check_images(images, "block_attributions")
-    was_training = model.training
-    model.eval()
-    try:
+    with evaluating(model):
         target = _targets(model, images, target, "block_attributions")
         out = {}
         for b in structure.blocks:
@@ -166,6 +157,4 @@ def block_attributions(model: nn.Module, images: torch.Tensor, target: torch.Ten
             module = layer.attn if b.kind == "attn" else layer.mlp
             attr = LayerConductance(model, module).attribute(images, target=target, n_steps=n_steps)
             out[b.name] = float(attr.detach().abs().flatten(1).sum(1).mean())
-    finally:
-        model.train(was_training)
     return out

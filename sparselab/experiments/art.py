@@ -75,9 +75,12 @@ class Sparsify:
     resume: bool
 
     def fit(self, pruner, epochs: int) -> None:
+        """Train with ``pruner`` for ``epochs``. No final test evaluation: the model fit ends with need not be the
+        one the method hands on (ART loads its candidate at the end); :func:`run_art` tests that one."""
+        options = {**self.preset.fit, "final_test": False}
         fit(self.model, self.data, epochs=epochs, pruner=pruner, seed=self.seed, history=self.history,
             progress=self.progress, callbacks=self.carried, checkpoint_dir=self.checkpoint_dir, resume=self.resume,
-            **self.preset.fit)
+            **options)
 
 
 #: method name → function(Sparsify) → (masks, extra result values): how each method reaches its mask. A new
@@ -327,7 +330,9 @@ def run_art(preset: ARTPreset, method: str = "hypersparse", sparsity_: float = 0
                       f"{sparsity_:.1%} was asked (a mask is True where a weight is kept)", stacklevel=2)
     pruned = copy.deepcopy(model)
     apply_masks(pruned, masks)
-    result["acc_pruned"] = evaluate(pruned, data.test)["acc"]
+    test = evaluate(pruned, data.test)
+    result["acc_pruned"] = test["acc"]
+    _log_final_test(history, test)
     ft_history = History(meta={"run": name + "-finetune"})
     fit(model, data, epochs=preset.finetune_epochs, pruner=FixedMask(masks), seed=seed, history=ft_history,
         progress=progress, checkpoint_dir=phase("finetune"), resume=resume, **preset.finetune)
@@ -342,6 +347,16 @@ def run_art(preset: ARTPreset, method: str = "hypersparse", sparsity_: float = 0
     result.update({"acc": ft_history.last("acc", "test"), "acc_best": best,
                    "mask_sparsity": sparsity(masks), "nonzero_sparsity": sparsity(nonzero)})
     return ARTRun(method, sparsity_, seed, history, ft_history, model, masks, result)
+
+
+def _log_final_test(history: History, test: dict[str, float]) -> None:
+    """Log the test metrics of the pruned model that fine-tuning starts from as the sparsification History's last
+    test row, at its last step (the model a method's training ended with may differ: ART returns a candidate from
+    earlier epochs)."""
+    rows = history.metrics
+    step, epoch = (int(rows.step.max()), int(rows.epoch.max())) if len(rows) else (0, 0)
+    history.log_metrics(test, step=step, epoch=epoch, split="test")
+    history.meta["final_test"] = "the pruned model fine-tuning starts from (acc_pruned)"
 
 
 def compare(preset: ARTPreset, methods: Sequence[str] | None = None, sparsities: Sequence[float] | None = None,

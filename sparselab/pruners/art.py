@@ -312,14 +312,13 @@ class ART(Pruner):
         """
         from ..data.batches import to_model_input
         from ..data.datasets import TensorImages
+        from ..runtime import evaluating
 
         ds = state.data.train
         n = len(ds) if self.train_eval_limit is None else min(len(ds), self.train_eval_limit)
         seed = _TRAIN_EVAL_SEED + max(state.epoch - self.warmup_epochs, 0)
         rank, world = state.rank, state.world_size
         device = state.device
-        was_training = model.training
-        model.eval()
         totals = torch.zeros(2, dtype=torch.float64)
         if isinstance(ds, TensorImages):
             gen = torch.Generator().manual_seed(seed)
@@ -330,7 +329,7 @@ class ART(Pruner):
             share = torch.utils.data.Subset(ds, list(range(rank, n, world)))
             batches = torch.utils.data.DataLoader(share, batch_size=TRAIN_EVAL_BATCH)
             rng = _seeded_rngs(seed)
-        with rng:
+        with rng, evaluating(model):
             for x, y in batches:
                 if len(y) == 0:
                     continue
@@ -339,7 +338,6 @@ class ART(Pruner):
                     out = model(x)
                 totals[0] += (out.argmax(1) == y).sum().item()
                 totals[1] += len(y)
-        model.train(was_training)
         return totals
 
     @torch.no_grad()

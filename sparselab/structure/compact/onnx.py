@@ -29,6 +29,7 @@ from torch import nn
 from ...atomic import atomic_write
 from ...cost import checked_call
 from ...errors import ConfigError, check_positive_int
+from ...runtime import evaluating
 
 #: largest |ONNX Runtime − PyTorch| on the check batch that :func:`export_onnx` accepts
 TOLERANCE = 1e-4
@@ -104,10 +105,6 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, input_shape: tuple[in
     if wrong:
         raise ConfigError(f"ONNX export takes a float32 model (its inputs are float32 images); this one has "
                           f"{', '.join(wrong)} parameters (export model.float())")
-    was_training = model.training
-    if any(t.device.type != "cpu" for t in tensors):
-        model = copy.deepcopy(model)
-    model = model.eval().cpu()
     example = torch.randn(2, *shape, generator=torch.Generator().manual_seed(seed))
     check = torch.randn(check_batch, *shape, generator=torch.Generator().manual_seed(seed + 1))
     found: dict[str, float] = {}
@@ -115,7 +112,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, input_shape: tuple[in
     def write(tmp: str) -> None:
         with warnings.catch_warnings(), _quiet_loggers("onnx_ir", "onnxscript", "torch.onnx"):
             warnings.simplefilter("ignore")  # the exporter's deprecation and progress notes
-            program = torch.onnx.export(model, (example,), dynamo=True, opset_version=opset,
+            program = torch.onnx.export(net, (example,), dynamo=True, opset_version=opset,
                                         input_names=["images"], output_names=["logits"],
                                         dynamic_shapes=({0: torch.export.Dim("batch")},), verbose=False)
         program.save(tmp)
@@ -125,10 +122,9 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, input_shape: tuple[in
             raise ConfigError(f"the ONNX model's outputs differ from PyTorch's by {diff:.2e} (> {TOLERANCE:g}); "
                               f"nothing was written to {path}")
 
-    try:
-        expected = checked_call(model, check).numpy()
+    with evaluating(model):
+        net = copy.deepcopy(model).cpu() if any(t.device.type != "cpu" for t in tensors) else model
+        expected = checked_call(net, check).numpy()
         atomic_write(path, write)
-    finally:
-        model.train(was_training)
     return {"path": str(path), "max_abs_diff": found["diff"], "input_shape": list(shape),
             "bytes": path.stat().st_size}

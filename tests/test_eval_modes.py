@@ -1,0 +1,95 @@
+"""Evaluation inside a training model gives every submodule its own mode back, and ART's sparsification History
+ends with the test row of the model fine-tuning starts from."""
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+from torch import nn
+
+import sparselab as sl
+from sparselab.attribution import attribute, block_attributions, compare_attributions
+from sparselab.callbacks import TrainState
+from sparselab.experiments import art as art_exp
+from sparselab.history import History
+
+
+def modes(model: nn.Module) -> dict[str, bool]:
+    return {name: m.training for name, m in model.named_modules()}
+
+
+def frozen_bn_net() -> nn.Sequential:
+    """A training model whose batch norm is frozen (eval mode), as when fine-tuning with fixed statistics."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
+                        nn.Linear(4 * 8 * 8, 3)).train()
+    net[1].eval()
+    return net
+
+
+def frozen_vit() -> nn.Module:
+    torch.manual_seed(0)
+    model = sl.models.create("vit_nano_patch4_28", num_classes=10).train()
+    model.blocks[0].eval()
+    return model
+
+
+@pytest.mark.parametrize("method", ["saliency", "integrated_gradients"])
+def test_attribute_gives_a_frozen_submodule_its_eval_mode_back(method):
+    net = frozen_bn_net()
+    before = modes(net)
+    attribute(net, torch.randn(2, 1, 8, 8), method=method, n_steps=2)
+    assert modes(net) == before
+
+
+def test_compare_attributions_gives_both_models_their_submodule_modes_back():
+    dense, pruned = frozen_bn_net(), frozen_bn_net()
+    before = modes(dense), modes(pruned)
+    compare_attributions(dense, pruned, torch.randn(2, 1, 8, 8), method="saliency")
+    assert (modes(dense), modes(pruned)) == before
+
+
+def test_block_attributions_gives_a_frozen_block_its_eval_mode_back():
+    model = frozen_vit()
+    before = modes(model)
+    block_attributions(model, torch.randn(1, 1, 28, 28), n_steps=2)
+    assert modes(model) == before
+    assert not model.blocks[0].training and model.blocks[1].training
+
+
+@pytest.mark.skipif(importlib.util.find_spec("onnxscript") is None or importlib.util.find_spec("onnxruntime") is None,
+                    reason="needs the deploy extra (onnx, onnxscript, onnxruntime)")
+def test_export_onnx_gives_a_frozen_submodule_its_eval_mode_back(tmp_path):
+    net = frozen_bn_net()
+    before = modes(net)
+    sl.structure.export_onnx(net, tmp_path / "net.onnx", input_shape=(1, 8, 8))
+    assert modes(net) == before
+
+
+def test_art_pruned_copy_accuracy_gives_a_frozen_submodule_its_eval_mode_back():
+    data = sl.data.load("digits", image_size=8)
+    model = sl.models.create("lenet_300_100", image_size=8).train()
+    first = next(m for m in model.modules() if isinstance(m, nn.Linear))
+    first.eval()
+    before = modes(model)
+    art = sl.ART(model, sparsity=0.9, warmup_epochs=0, train_eval_limit=64)
+    state = TrainState(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1), history=History(),
+                       device=torch.device("cpu"), epochs=1, steps_per_epoch=1, data=data)
+    counts = art._train_counts(model, state)
+    assert counts[1].item() == 64
+    assert modes(model) == before
+
+
+def test_art_sparsification_history_ends_with_the_test_row_of_the_returned_candidate():
+    preset = art_exp.art_preset("tiny")
+    data = art_exp.load_data(preset)
+    run = art_exp.run_art(preset, "hypersparse", 0.9, 0, data=data, progress=False)
+    h = run.history
+    assert h.meta["art"]["candidate_art_epoch"] is not None
+    # the last test row is the pruned candidate's (the result table's acc_pruned), at the History's last step, not
+    # the dense model ART's last epoch trained
+    tests = h.metrics.query("split == 'test' and name == 'acc'")
+    assert tests.value.iloc[-1] == h.last("acc", "test") == run.result["acc_pruned"]
+    assert tests.step.iloc[-1] == h.metrics.step.max()
+    assert "acc_pruned" in h.meta["final_test"]
