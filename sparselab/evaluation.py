@@ -14,12 +14,18 @@ from .data.datasets import DataBundle
 from .errors import ConfigError, check_bool, check_positive_int
 from .runtime import autocast
 
+#: the precisions :func:`evaluate` can autocast to
+AMP_DTYPES = (torch.bfloat16, torch.float16)
+
 
 @torch.no_grad()
 def evaluate(model: nn.Module, dataset, batch_size: int = 512, device: str | torch.device | None = None,
-             amp: bool | None = None, num_workers: int = 0) -> dict[str, float]:
+             amp: bool | None = None, num_workers: int = 0, *,
+             amp_dtype: torch.dtype | None = None) -> dict[str, float]:
     """Mean cross-entropy ``loss`` and accuracy ``acc`` of ``model`` on a dataset (or a bundle's test split).
 
+    ``amp`` (None: on for CUDA) runs the model under autocast in ``amp_dtype`` (``torch.bfloat16`` or
+    ``torch.float16``; None: bfloat16 where the GPU supports it), the precision a run trained in.
     Under torchrun every process evaluates a share and the results are summed across processes.
 
     Example:
@@ -42,6 +48,8 @@ def evaluate(model: nn.Module, dataset, batch_size: int = 512, device: str | tor
     check_positive_int("batch_size", batch_size)
     check_positive_int("num_workers", num_workers, allow_zero=True)
     check_bool("amp", amp, optional=True)
+    if amp_dtype is not None and amp_dtype not in AMP_DTYPES:
+        raise ConfigError(f"amp_dtype must be one of torch.bfloat16, torch.float16 or None, got {amp_dtype!r}")
     first = next(model.parameters(), None)
     if first is None:
         raise ConfigError(f"evaluate needs a model with parameters; {type(model).__name__} has none")
@@ -52,7 +60,7 @@ def evaluate(model: nn.Module, dataset, batch_size: int = 512, device: str | tor
     with dist_utils.evaluating(model):
         for x, y in eval_batches(dataset, batch_size, rank, world, num_workers):
             x, y = to_model_input(x, model, device), y.to(device, non_blocking=True)
-            with autocast(device, amp):
+            with autocast(device, amp, amp_dtype):
                 out = model(x)
             totals[0] += F.cross_entropy(out.float(), y, reduction="sum").item()
             totals[1] += (out.argmax(1) == y).sum().item()

@@ -23,13 +23,27 @@ def launched_by_torchrun() -> bool:
 
 
 def init_if_launched(device: torch.device) -> bool:
-    """Initialise the default process group when started by torchrun; returns True if distributed."""
+    """Initialise the default process group when started by torchrun; returns True if distributed.
+
+    On CUDA the group gets NCCL for GPU tensors and Gloo for CPU tensors: the training loop and the evaluation
+    all-reduce their metric sums and flags on the CPU, which NCCL alone cannot do.
+    """
     if dist.is_available() and dist.is_initialized():
         return dist.get_world_size() > 1
     if not launched_by_torchrun():
         return False
-    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    dist.init_process_group(backend=process_group_backend(device))
     return True
+
+
+def process_group_backend(device: torch.device) -> str:
+    """The ``init_process_group`` backend for training on ``device``.
+
+    Example:
+        >>> process_group_backend(torch.device("cuda", 0)), process_group_backend(torch.device("cpu"))
+        ('cpu:gloo,cuda:nccl', 'gloo')
+    """
+    return "cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo"
 
 
 def world() -> tuple[int, int]:
@@ -99,6 +113,7 @@ def amp_dtype(name: str | None) -> torch.dtype:
 
 
 def autocast(device: torch.device, enabled: bool, dtype: torch.dtype | None = None):
+    """Mixed precision on ``device`` in ``dtype`` (None: :func:`amp_dtype`'s default) when ``enabled``."""
     if not enabled:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype or amp_dtype(None))

@@ -54,7 +54,8 @@ class TrainConfig:
         drop_last: drop the last incomplete batch of an epoch.
         eval_split: ``val`` or ``test``: evaluated after every epoch (``val`` falls back to ``test``).
         eval_batch_size: batch size of evaluation passes.
-        final_test: evaluate on the test split after the last epoch.
+        final_test: evaluate on the test split after the last epoch. Where the epochs evaluate the test split,
+            the last epoch's test row is that result, unless an ``on_epoch_end`` hook changed the model after it.
         log_every: record the mean training loss every this many steps.
         checkpoint_every: also checkpoint every this many steps (epochs always end with one).
         max_steps_per_epoch: cap steps per epoch (quick runs); None: the whole training split.

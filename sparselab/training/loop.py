@@ -213,7 +213,9 @@ class LoopProgress:
     """Where :func:`fit` stands, saved in every checkpoint (as a dict) so that a resumed run continues at the same
     batch: the ``epoch`` and ``batch`` within it, whether training ``finished`` or was ``stopped`` by a callback,
     the running sums of the logging ``window`` (loss sum, images) and of the epoch's ``train`` metrics (loss sum,
-    correct, images), and the count of ``skipped`` (non-finite) steps."""
+    correct, images), the count of ``skipped`` (non-finite) steps, and the ``last_test`` evaluation of the test
+    split after an epoch (its ``step``, ``loss`` and ``acc``; None where the epochs evaluate the validation
+    split)."""
 
     epoch: int = 0
     batch: int = 0
@@ -222,6 +224,7 @@ class LoopProgress:
     window: list = dataclasses.field(default_factory=lambda: [0.0, 0.0])
     train: list = dataclasses.field(default_factory=lambda: [0.0, 0.0, 0.0])
     skipped: int = 0
+    last_test: dict | None = None
 
 
 def fit(model: nn.Module, data: DataBundle, epochs: int | None = None, pruner: Pruner | None = None, *,
@@ -445,8 +448,7 @@ def fit(model: nn.Module, data: DataBundle, epochs: int | None = None, pruner: P
                 _end_epoch(state, plugins, loop, eval_ds, eval_name, cfg, device, amp, bar)
                 save_checkpoint()
             if cfg.final_test and data.test is not None:
-                test = evaluate(model, data.test, cfg.eval_batch_size, device, amp, cfg.num_workers)
-                history.log_metrics(test, step=state.step, epoch=max(loop.epoch - 1, 0), split="test")
+                _final_test(model, data.test, state, plugins, loop, cfg, device, amp)
             loop.finished = True
             save_checkpoint()
     finally:
@@ -454,6 +456,28 @@ def fit(model: nn.Module, data: DataBundle, epochs: int | None = None, pruner: P
     for p in plugins:
         p.on_fit_end(state)
     return history
+
+
+def _final_test(model: nn.Module, test_ds, state: TrainState, plugins, loop: LoopProgress, cfg: TrainConfig,
+                device, amp: bool) -> None:
+    """Log the test metrics of the model that training ended with, once.
+
+    Where the epochs evaluate the test split, the last epoch's row already measured it at this step: it is not
+    evaluated again unless a plug-in's ``on_epoch_end`` (which runs after that evaluation) may have changed the
+    model, and an evaluation that gives the same numbers adds no second row."""
+    last = loop.last_test if loop.last_test is not None and loop.last_test["step"] == state.step else None
+    if last is not None and not any(_acts_at_epoch_end(p) for p in plugins):
+        return
+    test = evaluate(model, test_ds, cfg.eval_batch_size, device, amp, cfg.num_workers,
+                    amp_dtype=amp_dtype(cfg.amp_dtype))
+    if last is not None and all(last[k] == v for k, v in test.items()):
+        return
+    state.history.log_metrics(test, step=state.step, epoch=max(loop.epoch - 1, 0), split="test")
+
+
+def _acts_at_epoch_end(plugin: Any) -> bool:
+    """Whether ``plugin`` has an ``on_epoch_end`` of its own (one that may change the model), not Callback's."""
+    return getattr(type(plugin), "on_epoch_end", None) is not Callback.on_epoch_end
 
 
 def _hook_state(state: TrainState) -> dict[str, Any]:
@@ -512,13 +536,13 @@ def _train_step(net, batches, sizes: list[int], state: TrainState, plugins, cfg:
     """One optimizer step over ``len(batches)`` accumulated micro-batches (each weighted by its share of images)."""
     total_size = sum(sizes)
     optimizer.zero_grad(set_to_none=True)
+    measured = [0.0, 0.0, 0.0]  # loss sum, correct, images: counted only when the whole step is taken
     for i, ((x, y), size) in enumerate(zip(batches, sizes)):
         last = i == len(batches) - 1
         sync = contextlib.nullcontext() if last or not hasattr(net, "no_sync") else net.no_sync()
         with sync:
-            finite = _micro_step(net, x, y, size / total_size, state, plugins, cfg, device, amp, scaler, loop,
-                                 mixup)
-        if not finite:
+            micro = _micro_step(net, x, y, size / total_size, state, plugins, cfg, device, amp, scaler, mixup)
+        if micro is None:
             if cfg.nonfinite == "raise":
                 raise DivergedError(
                     f"non-finite loss at step {state.step + 1} (epoch {state.epoch + 1}): training diverged. Lower "
@@ -526,6 +550,10 @@ def _train_step(net, batches, sizes: list[int], state: TrainState, plugins, cfg:
                     f"are left as they were")
             _skip_step(state, plugins, optimizer, scheduler, loop)
             return
+        measured = [a + b for a, b in zip(measured, micro)]
+    loop.window[0] += measured[0]
+    loop.window[1] += measured[2]
+    loop.train = [a + b for a, b in zip(loop.train, measured)]
     state.grad_scale = float(scaler.get_scale()) if scaler is not None else 1.0
     if scaler is not None:
         scaler.unscale_(optimizer)
@@ -563,9 +591,10 @@ def _count_step(state: TrainState, plugins, scheduler) -> None:
         p.after_step(state)
 
 
-def _micro_step(net, x, y, weight: float, state: TrainState, plugins, cfg: TrainConfig, device, amp, scaler, loop,
-                mixup) -> bool:
-    """Forward and backward of one micro-batch; False (and no backward) when its loss is not finite."""
+def _micro_step(net, x, y, weight: float, state: TrainState, plugins, cfg: TrainConfig, device, amp, scaler,
+                mixup) -> tuple[float, int, int] | None:
+    """Forward and backward of one micro-batch, returning its loss sum, correct predictions and images; None (and
+    no backward) when its loss is not finite."""
     x, y = to_model_input(x, state.model, device), y.to(device, non_blocking=True)
     soft = None
     if mixup is not None:
@@ -588,16 +617,10 @@ def _micro_step(net, x, y, weight: float, state: TrainState, plugins, cfg: Train
         dist_utils.all_reduce_sum(flag)
         finite = flag.item() == 0
     if not finite:
-        return False
+        return None
     _backward(total, 1.0, scaler)
     n = len(y)
-    lsum = loss.item() * n
-    loop.window[0] += lsum
-    loop.window[1] += n
-    loop.train[0] += lsum
-    loop.train[1] += (out.detach().argmax(1) == y).sum().item()
-    loop.train[2] += n
-    return True
+    return loss.item() * n, (out.detach().argmax(1) == y).sum().item(), n
 
 
 def _backward(term: torch.Tensor, weight: float, scaler) -> None:
@@ -629,10 +652,14 @@ def _end_epoch(state: TrainState, plugins, loop, eval_ds, split: str, cfg: Train
                                   step=state.step, epoch=state.epoch, split="train")
     else:  # every step of the epoch was skipped (non-finite): nothing was measured, and the History says nothing
         metrics = {"train_loss": math.nan, "train_acc": math.nan}
+    loop.last_test = None
     if eval_ds is not None:
-        ev = evaluate(state.model, eval_ds, cfg.eval_batch_size, device, amp, cfg.num_workers)
+        ev = evaluate(state.model, eval_ds, cfg.eval_batch_size, device, amp, cfg.num_workers,
+                      amp_dtype=amp_dtype(cfg.amp_dtype))
         state.history.log_metrics(ev, step=state.step, epoch=state.epoch, split=split)
         metrics.update({f"{split}_loss": ev["loss"], f"{split}_acc": ev["acc"]})
+        if split == "test":
+            loop.last_test = {"step": state.step, **ev}
     state.metrics = metrics
     for p in plugins:
         p.on_epoch_end(state)
