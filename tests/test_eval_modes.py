@@ -93,3 +93,20 @@ def test_art_sparsification_history_ends_with_the_test_row_of_the_returned_candi
     assert tests.value.iloc[-1] == h.last("acc", "test") == run.result["acc_pruned"]
     assert tests.step.iloc[-1] == h.metrics.step.max()
     assert "acc_pruned" in h.meta["final_test"]
+
+
+def test_fit_with_art_ends_with_the_test_row_of_the_model_it_returns():
+    """fit's final test runs before the plug-ins' on_fit_end; ART hands its candidate back at the end of the epoch
+    that ends training, so the final row measures the (sparse) model fit returns, not the dense last one."""
+    data = sl.data.load("digits", image_size=8, val_fraction=0.2)
+    torch.manual_seed(0)
+    model = sl.models.create("lenet_300_100", image_size=8)
+    art = sl.ART(model, sparsity=0.9, warmup_epochs=1, max_art_epochs=2, window=1, train_eval_limit=64)
+    h = sl.fit(model, data, epochs=art.max_epochs, pruner=art, batch_size=64, lr=0.05, progress=False, seed=0)
+    assert art.candidate is not None
+    weights = [w for name, w in model.named_parameters() if name.endswith("weight")]
+    zeros = sum(int((w == 0).sum()) for w in weights) / sum(w.numel() for w in weights)
+    assert zeros >= 0.89  # the returned model is the pruned candidate
+    final = sl.evaluate(model, data.test)
+    tests = h.metrics.query("split == 'test' and name == 'acc'")
+    assert len(tests) == 1 and tests.value.iloc[-1] == pytest.approx(final["acc"], abs=0)

@@ -171,6 +171,18 @@ class ART(Pruner):
         self.regularizer.add_gradient(state.model, scale=self.lam(e))
 
     def on_epoch_end(self, state: TrainState) -> None:
+        if self.terminated:
+            return
+        self._art_epoch_end(state)
+        if self.candidate is not None and (self.terminated or state.epoch + 1 >= state.epochs):
+            # training ends with this epoch: the candidate goes back into the model now, so that fit's final test
+            # (which runs before on_fit_end) measures the model fit returns
+            self._load_candidate(state)
+
+    def _load_candidate(self, state: TrainState) -> None:
+        state.model.load_state_dict({k: v.to(state.device) for k, v in self.candidate.items()})
+
+    def _art_epoch_end(self, state: TrainState) -> None:
         e = state.epoch - self.warmup_epochs
         if e < 0 or self.terminated:
             return
@@ -212,7 +224,7 @@ class ART(Pruner):
             self._stop(state, e, f"reached max_art_epochs={self.max_art_epochs} without the pruned copy matching "
                                  f"the dense model (best window mean {self.best_mean:.4f}); using the {which} "
                                  f"candidate")
-            warnings.warn(f"ART: {self.stop_reason}", stacklevel=2)
+            warnings.warn(f"ART: {self.stop_reason}", stacklevel=3)
 
     def _update_window(self, acc_pruned: float, weights: dict[str, torch.Tensor], acc_dense: float,
                        e: int) -> str | None:
@@ -269,7 +281,7 @@ class ART(Pruner):
                               f"the model stays dense; train for {self.max_epochs} epochs (art.max_epochs)",
                               stacklevel=3)
             return
-        state.model.load_state_dict({k: v.to(state.device) for k, v in self.candidate.items()})
+        self._load_candidate(state)
         final = torch.cat([m.flatten() for m in self.masks().values()]).cpu().numpy()
         for step, e, packed in self._kept_history:
             kept = np.unpackbits(packed, count=final.size).astype(bool)
