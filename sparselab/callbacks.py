@@ -49,6 +49,10 @@ class TrainState:
     ``grad_scale`` (the loss scale of the gradients in ``.grad`` of parameters *outside* the optimizer; 1.0
     without a grad scaler) and ``step_skipped`` (the scaler skipped this step after an overflow).
 
+    ``amp`` and ``amp_dtype`` are the run's autocast settings (fit sets them; None: :func:`sparselab.evaluate`'s
+    defaults, on for CUDA in bfloat16 where supported): a plug-in that evaluates the model itself uses them, so it
+    measures the precision the run trains and evaluates in.
+
     ``backward(term)`` back-propagates a loss term of the current micro-batch right away, weighted and scaled
     exactly as fit weights and scales the micro-batch's total loss: a plug-in whose term depends only on its own
     parameters (probe heads on detached features) can free that graph before the model's backward instead of
@@ -78,6 +82,8 @@ class TrainState:
     step_skipped: bool = False
     metrics: dict[str, float] = field(default_factory=dict)
     should_stop: bool = False
+    amp: bool | None = None
+    amp_dtype: torch.dtype | None = None
     backward: Callable[[torch.Tensor], None] | None = None
 
     @property

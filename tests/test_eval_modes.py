@@ -110,3 +110,38 @@ def test_fit_with_art_ends_with_the_test_row_of_the_model_it_returns():
     final = sl.evaluate(model, data.test)
     tests = h.metrics.query("split == 'test' and name == 'acc'")
     assert len(tests) == 1 and tests.value.iloc[-1] == pytest.approx(final["acc"], abs=0)
+
+
+def _autocast_recorder(model: nn.Module) -> list:
+    seen: list = []
+    model.register_forward_pre_hook(lambda m, a: seen.append(
+        torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None))
+    return seen
+
+
+@pytest.mark.parametrize("augment", [True, False])
+@pytest.mark.parametrize("amp, dtype", [(True, torch.float16), (True, torch.bfloat16), (False, torch.float16)])
+def test_art_pruned_copy_accuracy_runs_in_the_runs_precision(augment, amp, dtype):
+    """ART's own accuracy of the pruned copy (which picks its candidate and ends ART) autocasts as the run does."""
+    data = sl.data.load("digits", image_size=8)
+    model = sl.models.create("lenet_300_100", image_size=8)
+    seen = _autocast_recorder(model)
+    art = sl.ART(model, sparsity=0.9, warmup_epochs=0, train_eval_limit=64, train_eval_augment=augment)
+    state = TrainState(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1), history=History(),
+                       device=torch.device("cpu"), epochs=1, steps_per_epoch=1, data=data, amp=amp, amp_dtype=dtype)
+    art._train_accuracy(model, state)
+    assert seen and set(seen) == {dtype if amp else None}
+
+
+def test_fit_hands_its_autocast_settings_to_the_plug_ins():
+    data = sl.data.load("digits", image_size=8)
+    model = sl.models.create("lenet_300_100", image_size=8)
+
+    class Record(sl.callbacks.Callback):
+        def on_fit_start(self, state):
+            self.amp, self.dtype = state.amp, state.amp_dtype
+
+    rec = Record()
+    sl.fit(model, data, epochs=1, max_steps_per_epoch=1, callbacks=[rec], progress=False, amp_dtype="float16",
+           final_test=False)
+    assert rec.amp is False and rec.dtype == torch.float16  # amp is off on the CPU; the dtype is the run's

@@ -307,7 +307,7 @@ class ART(Pruner):
             if self.train_eval_limit is not None and len(ds) > self.train_eval_limit:
                 idx = torch.arange(self.train_eval_limit)
                 ds = ds.subset(idx) if hasattr(ds, "subset") else torch.utils.data.Subset(ds, idx.tolist())
-            return evaluate(model, ds, device=state.device)["acc"]
+            return evaluate(model, ds, device=state.device, amp=state.amp, amp_dtype=state.amp_dtype)["acc"]
         counts = self._train_counts(model, state)
         dist_utils.all_reduce_sum(counts)
         return counts[0].item() / max(counts[1].item(), 1.0)
@@ -324,7 +324,7 @@ class ART(Pruner):
         """
         from ..data.batches import to_model_input
         from ..data.datasets import TensorImages
-        from ..runtime import evaluating
+        from ..runtime import autocast, evaluating
 
         ds = state.data.train
         n = len(ds) if self.train_eval_limit is None else min(len(ds), self.train_eval_limit)
@@ -346,7 +346,7 @@ class ART(Pruner):
                 if len(y) == 0:
                     continue
                 x, y = to_model_input(x, model, device), y.to(device, non_blocking=True)
-                with _eval_autocast(device):
+                with autocast(device, device.type == "cuda" if state.amp is None else state.amp, state.amp_dtype):
                     out = model(x)
                 totals[0] += (out.argmax(1) == y).sum().item()
                 totals[1] += len(y)
@@ -425,10 +425,3 @@ def _seeded_rngs(seed: int) -> Iterator[None]:
         torch.set_rng_state(torch_state)
         np.random.set_state(np_state)
         random.setstate(py_state)
-
-
-def _eval_autocast(device: torch.device):
-    """Mixed precision on CUDA (bfloat16 where supported), as :func:`sparselab.evaluate` uses by default."""
-    if device.type != "cuda":
-        return contextlib.nullcontext()
-    return torch.autocast("cuda", dtype=torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)

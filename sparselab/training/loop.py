@@ -325,7 +325,8 @@ def fit(model: nn.Module, data: DataBundle, epochs: int | None = None, pruner: P
 
     state = TrainState(model=model, optimizer=optimizer, history=history, device=device, epochs=cfg.epochs,
                        steps_per_epoch=steps_per_epoch, rank=rank, world_size=world, data=data,
-                       label_smoothing=cfg.label_smoothing, accumulate_steps=cfg.accumulate_steps)
+                       label_smoothing=cfg.label_smoothing, accumulate_steps=cfg.accumulate_steps, amp=amp,
+                       amp_dtype=amp_dtype(cfg.amp_dtype))
     loop = LoopProgress()
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)  # timm's Mixup draws from numpy and random
