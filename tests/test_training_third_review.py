@@ -223,3 +223,22 @@ def test_torchrun_gets_a_process_group_that_all_reduces_cpu_tensors(monkeypatch,
     assert runtime.init_if_launched(device) is True
     assert seen == [backend]
     assert BackendConfig(backend).get_device_backend_map()["cpu"] == "gloo"  # metric sums live on the CPU
+
+
+def test_logged_lr_is_the_one_each_step_trained_with():
+    """The History's lr at step s is what optimizer step s used, read in the optimizer during that step, not the
+    schedule's value for the step after it (one step late at every milestone and along warm-up and cosine)."""
+    data = sl.data.load("digits", image_size=8)
+    used: dict[int, float] = {}
+
+    class Spy(sl.callbacks.Callback):
+        def after_backward(self, state):  # the optimizer steps right after this, with these values
+            used[state.step + 1] = state.optimizer.param_groups[0]["lr"]
+
+    model = sl.models.create("lenet_300_100", image_size=8)
+    h = sl.fit(model, data, epochs=3, max_steps_per_epoch=4, lr=0.1, lr_schedule="step", lr_milestones=(1, 2),
+               warmup_steps=2, log_every=1, callbacks=[Spy()], progress=False, final_test=False)
+    logged = h.series("lr", "train")
+    assert logged.index.tolist() == sorted(used)
+    assert logged.tolist() == pytest.approx([used[s] for s in logged.index], rel=1e-12)
+    assert logged[4] == pytest.approx(0.1) and logged[5] == pytest.approx(0.01)  # the milestone at epoch 1

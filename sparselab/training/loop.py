@@ -215,7 +215,7 @@ class LoopProgress:
     the running sums of the logging ``window`` (loss sum, images) and of the epoch's ``train`` metrics (loss sum,
     correct, images), the count of ``skipped`` (non-finite) steps, and the ``last_test`` evaluation of the test
     split after an epoch (its ``step``, ``loss`` and ``acc``; None where the epochs evaluate the validation
-    split)."""
+    split), and the ``lr`` the last optimizer step used (the first group's; the schedule has moved on since)."""
 
     epoch: int = 0
     batch: int = 0
@@ -225,6 +225,7 @@ class LoopProgress:
     train: list = dataclasses.field(default_factory=lambda: [0.0, 0.0, 0.0])
     skipped: int = 0
     last_test: dict | None = None
+    lr: float | None = None
 
 
 def fit(model: nn.Module, data: DataBundle, epochs: int | None = None, pruner: Pruner | None = None, *,
@@ -569,7 +570,7 @@ def _train_step(net, batches, sizes: list[int], state: TrainState, plugins, cfg:
     else:
         optimizer.step()
         state.step_skipped = False
-    _count_step(state, plugins, scheduler)
+    _count_step(state, plugins, scheduler, loop)
 
 
 def _skip_step(state: TrainState, plugins, optimizer, scheduler, loop) -> None:
@@ -581,11 +582,12 @@ def _skip_step(state: TrainState, plugins, optimizer, scheduler, loop) -> None:
                              split="train")
     with warnings.catch_warnings():  # torch warns that a schedule stepped without the optimizer: intended here
         warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)`")
-        _count_step(state, plugins, scheduler)
+        _count_step(state, plugins, scheduler, loop)
 
 
-def _count_step(state: TrainState, plugins, scheduler) -> None:
+def _count_step(state: TrainState, plugins, scheduler, loop) -> None:
     """Advance the schedules and the step count, then call the plug-ins' ``after_step``."""
+    loop.lr = scheduler.optimizer.param_groups[0]["lr"]  # what this step used: the History logs it at this step
     scheduler.step()
     state.step += 1
     for p in plugins:
@@ -633,7 +635,7 @@ def _backward(term: torch.Tensor, weight: float, scaler) -> None:
 
 def _log_window(loop, state: TrainState, optimizer, bar) -> None:
     t = dist_utils.all_reduce_sum(torch.tensor(loop.window, dtype=torch.float64))
-    lr = optimizer.param_groups[0]["lr"]
+    lr = loop.lr if loop.lr is not None else optimizer.param_groups[0]["lr"]
     loop.window = [0.0, 0.0]
     if t[1].item() == 0:  # every step of the window was skipped (non-finite): there is no loss to report
         state.history.log_metrics({"lr": lr}, step=state.step, epoch=state.epoch, split="train")
