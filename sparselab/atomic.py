@@ -24,8 +24,19 @@ from typing import Callable
 def atomic_write(path: str | os.PathLike, write: Callable[[str], object], fsync: bool = False) -> Path:
     """Call ``write(tmp)`` with the name of a fresh temporary file beside ``path``, then rename it to ``path``
     (creating the folder). ``fsync=True`` flushes the file to disk before the rename (checkpoints). The temporary
-    file is removed if ``write`` raises. Returns the path."""
+    file is removed if ``write`` raises. Returns the path.
+
+    A ``path`` that is a folder, or lies under a file, is refused with a :class:`~sparselab.errors.ConfigError`
+    before ``write`` runs (its work would be lost at the rename)."""
+    from .errors import ConfigError
+
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"cannot write {path}: it is a folder; give the path of a file (inside it, or elsewhere)")
+    blocking = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise ConfigError(f"cannot write {path}: {blocking} is a file, not a folder; write it elsewhere or move "
+                          f"that file")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)

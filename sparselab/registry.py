@@ -33,7 +33,9 @@ class Registry(dict):
 
     def register(self, name: str) -> Callable[[T], T]:
         """Decorator: add the class or function under ``name``; a later registration replaces an earlier one, with a
-        warning (a run recorded under that name would otherwise be mistaken for the one it replaced)."""
+        warning (a run recorded under that name would otherwise be mistaken for the one it replaced). A class
+        registered under a second name (an alias) keeps the ``name`` it was first registered under, which still
+        finds it."""
         if not isinstance(name, str) or not name:
             raise ConfigError(f"a {self.kind} is registered under a non-empty string name, got {name!r}")
 
@@ -42,7 +44,9 @@ class Registry(dict):
             if name in self and before != now:  # the same definition run again (a notebook cell) is no news
                 warnings.warn(f"{self.kind} {name!r} was registered before ({before}); {now} replaces it", stacklevel=2)
             if isinstance(obj, type):
-                obj.name = name
+                first = obj.__dict__.get("name")
+                if not (isinstance(first, str) and first != name and self.get(first) is obj):
+                    obj.name = name
             self[name] = obj
             return obj
         return add
@@ -50,6 +54,9 @@ class Registry(dict):
     def lookup(self, name: str):
         """The object registered under ``name``, or an :class:`~sparselab.errors.UnknownNameError` that lists the
         registered names and the close matches."""
+        if not isinstance(name, str):
+            raise ConfigError(f"a {self.kind} is named by a string (one of {', '.join(sorted(self)) or 'none'}), "
+                              f"got {name!r}")
         if name not in self:
             raise unknown_name(self.kind, name, self)
         return self[name]

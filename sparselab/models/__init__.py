@@ -221,6 +221,18 @@ def _vit_checkpoint(state: dict[str, Any], model: nn.Module, path: Path) -> tupl
     from timm.models.vision_transformer import checkpoint_filter_fn
 
     own = model.state_dict()
+    if "blocks.0.norm1.weight" in state and "pos_embed" in state:  # timm's own layout: its tokens can be read off
+        theirs, ours = _prefix_tokens(state), _prefix_tokens(own)
+        if theirs != ours:
+            def say(t: dict[str, int]) -> str:
+                return ", ".join(f"{n} {k}" for k, n in t.items() if n) or "none"
+            hint = (f"; create the model with class_token={bool(theirs['class token'])}, "
+                    f"reg_tokens={theirs['register tokens']} to load it"
+                    if theirs["distillation token"] == ours["distillation token"] else
+                    "; a distillation token belongs to the *_distilled models")
+            raise CheckpointError(f"checkpoint {path} has other tokens before the patch tokens than "
+                                  f"{type(model).__name__}: {say(theirs)} in the checkpoint, {say(ours)} in the "
+                                  f"model{hint}")
     resampled = [f"{k} {tuple(state[k].shape)} -> {tuple(own[k].shape)}"
                  for k in ("pos_embed", "patch_embed.proj.weight") if k in state and k in own
                  and state[k].dim() == own[k].dim() and state[k].shape != own[k].shape
@@ -231,6 +243,15 @@ def _vit_checkpoint(state: dict[str, Any], model: nn.Module, path: Path) -> tupl
         raise CheckpointError(f"checkpoint {path} does not match {type(model).__name__}: its ViT weights could "
                               f"not be converted ({type(exc).__name__}: {exc})") from None
     return state, resampled
+
+
+def _prefix_tokens(state: dict[str, Any]) -> dict[str, int]:
+    """The tokens a ViT state dict puts before the patch tokens: class, register and distillation tokens."""
+    def count(key: str) -> int:
+        t = state.get(key)
+        return int(t.shape[1]) if t is not None and t.dim() == 3 else 0
+    return {"class token": count("cls_token"), "register tokens": count("reg_token"),
+            "distillation token": count("dist_token")}
 
 
 def num_classes_of(model: nn.Module) -> int | None:

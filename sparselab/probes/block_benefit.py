@@ -207,12 +207,27 @@ class BlockBenefit(WindowedRecorder):
         return losses.view(2, k, batch).mean(-1)
 
     # ------------------------------------------------------------------ hooks
-    def on_fit_start(self, state: TrainState) -> None:
-        data_classes = getattr(state.data, "num_classes", None)
-        if isinstance(data_classes, int) and data_classes != self.num_classes:
+    def _check_classes(self, data) -> None:
+        """Refuse data of another class count than the probes were built for (their heads would index past their
+        outputs, or learn classes the data never shows)."""
+        data_classes = getattr(data, "num_classes", None)
+        if isinstance(data_classes, int) and not isinstance(data_classes, bool) and data_classes != self.num_classes:
             raise ConfigError(f"the block-benefit probes were built for num_classes={self.num_classes}, but "
-                              f"{getattr(state.data, 'name', 'the data')!r} has {data_classes} classes; build "
+                              f"{getattr(data, 'name', 'the data')!r} has {data_classes} classes; build "
                               f"them (or P3B) with num_classes={data_classes}")
+
+    def _check_labels(self, y: torch.Tensor, what: str) -> None:
+        """Refuse class labels outside ``[0, num_classes)`` with the call that read them."""
+        if y.dtype.is_floating_point or y.dim() != 1 or not len(y):
+            return
+        low, high = int(y.min()), int(y.max())
+        if low < 0 or high >= self.num_classes:
+            raise ConfigError(f"{what} read class label {low if low < 0 else high}, but the block-benefit probes "
+                              f"were built for num_classes={self.num_classes} (labels 0..{self.num_classes - 1}); "
+                              f"build them with the data's class count")
+
+    def on_fit_start(self, state: TrainState) -> None:
+        self._check_classes(state.data)
         check_trained_model(self.structure, state.model, "the block-benefit probes")
         self.probes.to(state.device, dtype=next(state.model.parameters()).dtype)
 
@@ -268,6 +283,7 @@ class BlockBenefit(WindowedRecorder):
         check_finite("calibrate()'s lr", lr, low=0, low_inclusive=False)
         if len(data.train) == 0:
             raise ConfigError("calibrate() needs a non-empty training split")
+        self._check_classes(data)
         model = self.structure.model
         ref = next(model.parameters())
         device = ref.device
@@ -278,17 +294,20 @@ class BlockBenefit(WindowedRecorder):
         model.eval()
         self.accumulate = False
         order = epoch_order(len(train), seed, 0)
-        for i in range(steps):
-            idx = order[(i * batch_size) % len(order):][:batch_size]
-            x, y = train.get_batch(idx) if hasattr(train, "get_batch") else _stack(train, idx)
-            model(to_model_input(x, model, device))
-            with torch.enable_grad():
-                loss = self.probe_loss(y.to(device))
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-        model.train(was_training)
-        self.accumulate = accumulate
+        try:  # a failed call gives the model its mode back and keeps recording benefits as before
+            for i in range(steps):
+                idx = order[(i * batch_size) % len(order):][:batch_size]
+                x, y = train.get_batch(idx) if hasattr(train, "get_batch") else _stack(train, idx)
+                self._check_labels(y, "calibrate()")
+                model(to_model_input(x, model, device))
+                with torch.enable_grad():
+                    loss = self.probe_loss(y.to(device))
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+        finally:
+            model.train(was_training)
+            self.accumulate = accumulate
         self.reset()
 
     @torch.no_grad()
@@ -301,6 +320,7 @@ class BlockBenefit(WindowedRecorder):
             raise ConfigError(f"measure() needs batches >= 1 and a non-empty split, got batches={batches!r} and "
                               f"{len(ds)} samples")
         check_positive_int("measure()'s batch_size", batch_size)
+        self._check_classes(data)
         self.probes.to(device, dtype=next(model.parameters()).dtype)
         saved = (self.sums.clone(), self.counts.clone(), self.accumulate, model.training, self.probes.training)
         previous = (self.prev_sums, self.prev_counts)
@@ -308,18 +328,21 @@ class BlockBenefit(WindowedRecorder):
         self.accumulate = True
         model.eval()
         self.probes.eval()
-        for i in range(batches):
-            if i * batch_size >= len(ds):
-                break
-            idx = torch.arange(i * batch_size, min((i + 1) * batch_size, len(ds)))
-            x, y = ds.get_batch(idx) if hasattr(ds, "get_batch") else _stack(ds, idx)
-            model(to_model_input(x, model, device))
-            self.probe_loss(y.to(device))
-        result = self.window_mean()
-        self.sums, self.counts, self.accumulate = saved[0], saved[1], saved[2]
-        self.prev_sums, self.prev_counts = previous
-        model.train(saved[3])
-        self.probes.train(saved[4])
+        try:  # a failed call leaves the window sums and the modes as they were
+            for i in range(batches):
+                if i * batch_size >= len(ds):
+                    break
+                idx = torch.arange(i * batch_size, min((i + 1) * batch_size, len(ds)))
+                x, y = ds.get_batch(idx) if hasattr(ds, "get_batch") else _stack(ds, idx)
+                self._check_labels(y, "measure()")
+                model(to_model_input(x, model, device))
+                self.probe_loss(y.to(device))
+            result = self.window_mean()
+        finally:
+            self.sums, self.counts, self.accumulate = saved[0], saved[1], saved[2]
+            self.prev_sums, self.prev_counts = previous
+            model.train(saved[3])
+            self.probes.train(saved[4])
         return result
 
     def remove(self) -> None:

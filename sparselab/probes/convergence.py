@@ -30,30 +30,49 @@ import pandas as pd
 from ..errors import ConfigError
 from ..history import select_run, sort_block_names
 
+#: what a moment can be: the optimizer step or the epoch of the History's rows
+MOMENTS = ("step", "epoch")
 
-def normalised_profiles(history, metric: str = "benefit_cls", run: str | None = None,
-                        by: str = "step") -> pd.DataFrame:
-    """Moments × blocks of ΔΨ_k / max_j ΔΨ_j (rows in time order, columns in depth order). ``run`` picks one
-    run of a History merged with ``History.concat`` (required when it holds several)."""
+
+def _raw_profiles(history, metric: str, run: str | None, by: str) -> pd.DataFrame:
+    """Moments × blocks of the recorded ΔΨ (rows in time order, columns in depth order)."""
+    if not isinstance(by, str) or by not in MOMENTS:
+        raise ConfigError(f"by must be one of {', '.join(MOMENTS)} (what a moment is), got {by!r}")
     rows = select_run(history, run)["blocks"]
     rows = rows[rows.metric == metric]
     if rows.empty:
         raise ConfigError(f"the History has no {metric!r} rows; record block benefit with sparselab.probes."
                           f"BlockBenefit (or P3B) first")
     table = rows.pivot_table(index=by, columns="block", values="value", aggfunc="last").sort_index()
-    table = table[sort_block_names(table.columns)]
+    return table[sort_block_names(table.columns)]
+
+
+def _normalise(table: pd.DataFrame) -> pd.DataFrame:
     top = table.max(axis=1).where(lambda m: m > 0)
     return table.div(top, axis=0)
 
 
+def normalised_profiles(history, metric: str = "benefit_cls", run: str | None = None,
+                        by: str = "step") -> pd.DataFrame:
+    """Moments × blocks of ΔΨ_k / max_j ΔΨ_j (rows in time order, columns in depth order; NaN at a moment where
+    no block has a positive benefit). ``run`` picks one run of a History merged with ``History.concat`` (required
+    when it holds several); ``by`` is ``step`` or ``epoch``."""
+    return _normalise(_raw_profiles(history, metric, run, by))
+
+
 def half_benefit_moments(history, metric: str = "benefit_cls", run: str | None = None,
                          by: str = "step") -> pd.DataFrame:
-    """Per block: its depth index, final normalised benefit and the first moment it reached half of that."""
-    prof = normalised_profiles(history, metric, run, by)
+    """Per block: its depth index, final normalised benefit and the first moment it reached half of that.
+
+    The final value is the one at the last moment the block was recorded; where no block had a positive benefit
+    then, it is not positive (NaN, no moment) rather than taken from an earlier moment."""
+    raw = _raw_profiles(history, metric, run, by)
+    prof = _normalise(raw)
     out = []
     for depth, block in enumerate(prof.columns):
+        recorded = raw[block].dropna().index
         series = prof[block].dropna()
-        final = float(series.iloc[-1]) if len(series) else math.nan
+        final = float(prof.at[recorded[-1], block]) if len(recorded) else math.nan
         moment = None
         if final > 0:
             reached = series[series >= 0.5 * final]

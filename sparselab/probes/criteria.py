@@ -62,17 +62,30 @@ class BlockCriteria(WindowedRecorder):
         self.grad_sums = torch.zeros(k, dtype=torch.float64)
         self.taylor_sums = torch.zeros(k, dtype=torch.float64)
         self.count = 0
+        self._pending = None
 
     @torch.no_grad()
     def after_backward(self, state: TrainState) -> None:
+        """Measure the step's gradients; they join the window in :meth:`after_step` unless the step is skipped."""
+        k = len(self.weights)
+        grad, taylor = torch.zeros(k, dtype=torch.float64), torch.zeros(k, dtype=torch.float64)
         for k, params in enumerate(self.weights):
             n = sum(p.numel() for p in params)
             grads = [p.grad for p in params if p.grad is not None]
             if len(grads) != len(params):
                 continue
-            self.grad_sums[k] += sum(float(g.abs().sum()) for g in grads) / n
-            self.taylor_sums[k] += sum(float((p * g).pow(2).sum()) for p, g in zip(params, grads)) / n
-        self.count += 1
+            grad[k] = sum(float(g.abs().sum()) for g in grads) / n
+            taylor[k] = sum(float((p * g).pow(2).sum()) for p, g in zip(params, grads)) / n
+        self._pending = (grad, taylor)
+
+    def after_step(self, state: TrainState) -> None:
+        # a step the grad scaler skipped after an overflow has non-finite gradients and changed no weight
+        pending, self._pending = self._pending, None
+        if pending is not None and not state.step_skipped:
+            self.grad_sums += pending[0]
+            self.taylor_sums += pending[1]
+            self.count += 1
+        super().after_step(state)
 
     @torch.no_grad()
     def values(self) -> dict[str, torch.Tensor]:
@@ -96,9 +109,10 @@ class BlockCriteria(WindowedRecorder):
         self.grad_sums, self.taylor_sums, self.count = state["grad"].clone(), state["taylor"].clone(), state["count"]
 
 
-def agreement(history, reference: str = "benefit_cls", metrics=CRITERIA) -> pd.DataFrame:
+def agreement(history, reference: str = "benefit_cls", metrics=CRITERIA, run: str | None = None) -> pd.DataFrame:
     """Spearman rank correlation across blocks between each criterion and ``reference`` (ΔΨ), at every moment both
-    were recorded: 1 means the criterion ranks the blocks as the block benefit does.
+    were recorded: 1 means the criterion ranks the blocks as the block benefit does. ``run`` picks one run of a
+    History merged with ``History.concat`` (required when it holds several).
 
     Example:
         >>> from sparselab.history import History
@@ -110,9 +124,9 @@ def agreement(history, reference: str = "benefit_cls", metrics=CRITERIA) -> pd.D
     """
     import pandas as pd
 
-    b = history.blocks
+    b = select_run(history, run)["blocks"]
     wide = b[b.metric.isin([reference, *metrics])].pivot_table(index=["step", "block"], columns="metric",
-                                                                values="value")
+                                                                values="value", aggfunc="last")
     rows = {}
     for step, table in wide.groupby(level="step"):
         table = table.dropna(axis=1, how="all")
