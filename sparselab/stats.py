@@ -38,9 +38,8 @@ def mean_ci(values: Iterable[float], confidence: float = CONFIDENCE) -> tuple[fl
     bounds nothing)."""
     from scipy import stats as st
 
-    if isinstance(confidence, bool) or not isinstance(confidence, (int, float)) or not 0 < confidence < 1:
-        raise ConfigError(f"confidence must be a number in (0, 1) such as 0.95, got {confidence!r}")
-    x = np.asarray([float(v) for v in values], dtype=float)
+    _check_confidence(confidence)
+    x = np.asarray([_number(v) for v in values], dtype=float)
     if not np.isfinite(x).all():  # a diverged seed: leaving it out raises the mean, so say so
         warnings.warn(f"mean_ci: {int((~np.isfinite(x)).sum())} of {len(x)} values are not finite and are left "
                       f"out of the mean and its interval", RuntimeWarning, stacklevel=2)
@@ -57,14 +56,19 @@ def mean_ci(values: Iterable[float], confidence: float = CONFIDENCE) -> tuple[fl
 
 def summarize_ci(table: pd.DataFrame, value: str = "acc", setting: str = "prune_ratio",
                  method: str = "method", confidence: float = CONFIDENCE) -> pd.DataFrame:
-    """Mean and confidence interval of ``value`` per method and setting (one row each)."""
+    """Mean and confidence interval of ``value`` per method and setting (one row each); the frame's
+    ``attrs["confidence"]`` records the confidence of the intervals."""
     _need(table, [value, setting, method])
     _keyed(table, [setting, method])
+    _numeric(table, value)
+    _check_confidence(confidence)
     rows = []
     for (s, m), group in table.groupby([setting, method], sort=False):
         mean, low, high, n = mean_ci(group[value], confidence)
         rows.append({setting: s, method: m, "mean": mean, "low": low, "high": high, "n": n})
-    return pd.DataFrame(rows)
+    out = pd.DataFrame(rows)
+    out.attrs["confidence"] = float(confidence)
+    return out
 
 
 def paired_mean_ci(a: pd.Series, b: pd.Series, confidence: float = CONFIDENCE) -> tuple[float, float, float, int]:
@@ -89,9 +93,15 @@ def paired_differences(table: pd.DataFrame, baseline: str, value: str = "acc", s
     """Per setting and method: mean of (method − ``baseline``) over the seeds both ran, with its interval.
 
     Pairing by seed removes what the seed does to both (warm start, data order); only seeds present for both
-    methods count (``n``)."""
+    methods count (``n``). ``methods`` picks the methods compared (a string is one method); the frame's
+    ``attrs["confidence"]`` records the confidence of the intervals, which :func:`findings_from` and
+    :func:`~sparselab.plots.plot_paired_differences` state."""
     _need(table, [value, setting, method, seed])
     _keyed(table, [setting, method, seed])
+    _numeric(table, value)
+    _check_confidence(confidence)
+    if isinstance(methods, str):  # one method, not its characters
+        methods = [methods]
     if baseline not in set(table[method]):
         raise ConfigError(f"baseline {baseline!r} is not among the methods {sorted(set(table[method]))}")
     unknown = [m for m in (methods or ()) if m not in set(table[method])]
@@ -111,7 +121,9 @@ def paired_differences(table: pd.DataFrame, baseline: str, value: str = "acc", s
             mean, low, high, n = paired_mean_ci(at[at[method] == m].set_index(seed)[value], base, confidence)
             rows.append({setting: s, method: m, "baseline": baseline, "diff": mean, "low": low, "high": high,
                          "n": n})
-    return pd.DataFrame(rows)
+    out = pd.DataFrame(rows)
+    out.attrs["confidence"] = float(confidence)
+    return out
 
 
 def paired_against_all(table: pd.DataFrame, method: str, setting: str = "prune_ratio", value: str = "acc",
@@ -169,6 +181,10 @@ def noninferior(low: float, high: float, margin: float) -> str:
         >>> noninferior(-0.006, 0.003, 0.01), noninferior(-0.03, -0.02, 0.01), noninferior(-0.02, 0.0, 0.01)
         ('supports', 'contradicts', 'inconclusive')
     """
+    if (isinstance(margin, bool) or not isinstance(margin, (int, float, np.integer, np.floating))
+            or not math.isfinite(margin) or margin < 0):
+        raise ConfigError(f"margin must be a finite number >= 0 (the largest loss the claim allows, e.g. 0.01), got "
+                          f"{margin!r}")
     if not (math.isfinite(low) and math.isfinite(high)):
         return "inconclusive"
     if low > -margin:
@@ -179,17 +195,19 @@ def noninferior(low: float, high: float, margin: float) -> str:
 
 
 def finding(label: str, diff: float, low: float, high: float, n: int, expect: str | None = "positive",
-            scale: float = 100.0, unit: str = "points", margin: float | None = None) -> str:
+            scale: float = 100.0, unit: str = "points", margin: float | None = None,
+            confidence: float = CONFIDENCE) -> str:
     """One line: ``"P3B − uniform at 90 %: +1.8 points, 95 % CI [+0.9, +2.7], 5 seeds — supports"``.
 
     ``expect=None``: a difference without a claim, ending in :func:`direction` instead of a verdict;
-    ``margin``: the claim is "a loss under ``margin``" (:func:`noninferior`). Without an interval (one seed) the
-    line says so instead of printing NaN bounds.
+    ``margin``: the claim is "a loss under ``margin``" (:func:`noninferior`); ``confidence``: that of the interval,
+    as the line states it. Without an interval (one seed) the line says so instead of printing NaN bounds.
 
     Example:
         >>> finding("A − B", 0.01, math.nan, math.nan, 1)
         'A − B: +1.00 points, no interval (1 seed) — inconclusive'
     """
+    _check_confidence(confidence)
     if margin is not None:
         word = noninferior(low, high, margin)
     else:
@@ -197,19 +215,33 @@ def finding(label: str, diff: float, low: float, high: float, n: int, expect: st
     seeds = f"{n} seed{'s' if n != 1 else ''}"
     if not (math.isfinite(low) and math.isfinite(high)):
         return f"{label}: {diff * scale:+.2f} {unit}, no interval ({seeds}) — {word}"
-    return (f"{label}: {diff * scale:+.2f} {unit}, {CONFIDENCE * 100:.0f} % CI [{low * scale:+.2f}, "
+    return (f"{label}: {diff * scale:+.2f} {unit}, {confidence_label(confidence)} CI [{low * scale:+.2f}, "
             f"{high * scale:+.2f}], {seeds} — {word}")
 
 
+def confidence_label(confidence: float) -> str:
+    """``0.95`` as ``"95 %"``, ``0.995`` as ``"99.5 %"``: how a line or a figure names an interval's confidence.
+
+    Example:
+        >>> confidence_label(0.95), confidence_label(0.995)
+        ('95 %', '99.5 %')
+    """
+    return f"{confidence * 100:.4g} %"
+
+
 def findings_from(diffs: pd.DataFrame, setting: str = "prune_ratio", method: str = "method",
-                  expect: str = "positive", names: dict[str, str] | None = None) -> list[str]:
-    """:func:`finding` for every row of :func:`paired_differences`."""
+                  expect: str = "positive", names: dict[str, str] | None = None,
+                  confidence: float | None = None) -> list[str]:
+    """:func:`finding` for every row of :func:`paired_differences`; the lines state the confidence the intervals
+    were computed with (``confidence``, else the table's ``attrs["confidence"]``, else 95 %)."""
     names = names or {}
+    if confidence is None:
+        confidence = diffs.attrs.get("confidence", CONFIDENCE)
     out = []
     for _, r in diffs.iterrows():
         label = (f"{names.get(r[method], r[method])} − {names.get(r['baseline'], r['baseline'])} at "
                  f"{r[setting] * 100:g} %")
-        out.append(finding(label, r["diff"], r["low"], r["high"], int(r["n"]), expect))
+        out.append(finding(label, r["diff"], r["low"], r["high"], int(r["n"]), expect, confidence=confidence))
     return out
 
 
@@ -225,6 +257,36 @@ def warn_unmeasured(table: pd.DataFrame, where: str, value: str = "acc") -> None
         warnings.warn(f"{where}: {len(bad)} of {len(table)} runs have no finite {value} ({example}); a NaN is left "
                       f"out of the means and the seed counts, an infinite value makes its mean infinite",
                       RuntimeWarning, stacklevel=3)
+
+
+def _check_confidence(confidence: object) -> None:
+    if (isinstance(confidence, bool) or not isinstance(confidence, (int, float, np.integer, np.floating))
+            or not 0 < confidence < 1):
+        raise ConfigError(f"confidence must be a number in (0, 1) such as 0.95, got {confidence!r}")
+
+
+def _number(value: object) -> float:
+    """``value`` as a float; None or pandas' NA (a run that measured nothing) is NaN, anything else that is not a
+    number is a :class:`ConfigError`."""
+    if value is None or value is pd.NA:
+        return math.nan
+    if not isinstance(value, (str, bytes)):
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            pass
+    raise ConfigError(f"the values of an interval must be numbers (NaN or None for a run that measured nothing), "
+                      f"got {value!r}")
+
+
+def _numeric(table: pd.DataFrame, value: str) -> None:
+    """Refuse a ``value`` column holding something other than numbers (NaN and None stand for unmeasured runs)."""
+    for v in table[value]:
+        try:
+            _number(v)
+        except ConfigError:
+            raise ConfigError(f"column {value!r} of the result table must hold numbers (NaN or None for a run that "
+                              f"measured nothing), got {v!r}") from None
 
 
 def _keyed(table: pd.DataFrame, columns: Sequence[str]) -> None:

@@ -548,9 +548,11 @@ class TraceScrubber:
     """Step through the mask updates of a P3B run.
 
     ``slider`` (an ``IntSlider`` from the first to the last recorded update step; values between updates snap to
-    the nearest recorded step) selects one update, shown as: ``benefit`` (per-block benefit ΔΨ of the class-token
-    and patch probes, when recorded), ``keep`` (applied keep ratio κ̃ per block) and ``table`` (HTML of
-    ``events_table``: elements reactivated and pruned at that update, per block and gate).
+    the nearest recorded step, or to the next one in the direction of the move when the nearest is the update
+    already shown, so that a one-notch move never lands back where it started) selects one update, shown as:
+    ``benefit`` (per-block benefit ΔΨ of the class-token and patch probes, when recorded), ``keep`` (applied keep
+    ratio κ̃ per block) and ``table`` (HTML of ``events_table``: elements reactivated and pruned at that update, per
+    block and gate).
 
     Example:
         >>> h = History()
@@ -607,6 +609,9 @@ class TraceScrubber:
         """Snap the slider to a recorded update step and redraw that update."""
         value = int(self.slider.value)
         step = min(self.steps, key=lambda s: (abs(s - value), s))
+        if step == self.step and value != step:  # snapping back would undo the move: go on to the next update
+            index = self.steps.index(step) + (1 if value > step else -1)
+            step = self.steps[min(max(index, 0), len(self.steps) - 1)]
         if step != value:
             self.slider.value = step  # re-enters update() with a recorded step
             return

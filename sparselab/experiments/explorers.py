@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from ..errors import unknown_name
+from ..errors import ConfigError, check_bool, unknown_name
 from ..history import History
 from . import art as art_exp
 from . import p3b as p3b_exp
@@ -34,8 +34,11 @@ class ExplorerInputs:
 
 def prepare(scale: str = "cpu", progress: bool = True) -> ExplorerInputs:
     """Train what the explorers show: ``tiny`` takes seconds, ``cpu`` about two minutes on 2 cores."""
+    if not isinstance(scale, str):
+        raise ConfigError(f"scale must be one of {', '.join(map(repr, SCALES))}, got {scale!r}")
     if scale not in SCALES:
         raise unknown_name("scale", scale, SCALES)
+    check_bool("progress", progress)  # before any data is loaded or trained
     art_name, p3b_name, sparsity = SCALES[scale]
     preset = art_exp.art_preset(art_name)
     data = art_exp.load_data(preset)

@@ -179,7 +179,8 @@ def plot_exchange(history: History, runs: Sequence[str] | None = None) -> go.Fig
 def plot_art_keep_ratios(history: History, run: str | None = None, log: bool = False) -> go.Figure:
     """Keep ratio of every prunable layer over ART epochs (the ``keep_ratio`` block metric that ART logs at the
     end of each ART epoch: the share of the layer's weights in the current top 1−κ), one line per layer in
-    module order.
+    module order. ``log=True`` draws a log axis, which cannot show a ratio of 0 (a layer with no weight in the
+    top 1−κ): such values are named in the title.
 
     Example:
         >>> h = History(meta={"run": "hs"})
@@ -205,13 +206,20 @@ def plot_art_keep_ratios(history: History, run: str | None = None, log: bool = F
     layers = list(dict.fromkeys(blocks["block"]))  # the order ART logs them in: module order
     colors = pcolors.sample_colorscale("Viridis", [i / max(len(layers) - 1, 1) for i in range(len(layers))])
     fig = go.Figure()
+    unshown: list[str] = []
     for layer, color in zip(layers, colors):
         rows = blocks[blocks["block"] == layer].groupby("step").agg(value=("value", "last"), epoch=("epoch", "last"))
         x = [x_of.get(int(s), int(e)) if x_of else int(e) for s, e in zip(rows.index, rows["epoch"])]
+        if log:  # a log axis drops these points without a word
+            unshown += [f"{layer} at {x_title} {xi}: {v:g}" for xi, v in zip(x, rows["value"]) if v <= 0]
         fig.add_trace(go.Scatter(x=x, y=rows["value"].tolist(), mode="lines+markers", name=layer,
                                  line=dict(color=color),
                                  hovertemplate=f"{layer}<br>{x_title} %{{x}}<br>keep ratio %{{y:.4f}}<extra></extra>"))
     fig.update_xaxes(title_text=x_title)
     fig.update_yaxes(title_text="keep ratio (kept / all weights)", type="log" if log else "linear")
-    fig.update_layout(template=TEMPLATE, title="Keep ratio per layer over ART epochs")
+    note = ""
+    if unshown:
+        shown = ", ".join(unshown[:4]) + (f" and {len(unshown) - 4} more" if len(unshown) > 4 else "")
+        note = f"<br><sup>{len(unshown)} value(s) not above 0, not drawn on the log axis: {shown}</sup>"
+    fig.update_layout(template=TEMPLATE, title="Keep ratio per layer over ART epochs" + note)
     return fig

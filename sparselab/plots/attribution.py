@@ -23,6 +23,9 @@ def plot_attribution_comparison(result: AttributionComparison, images: torch.Ten
     """One column per image: the image, the dense model's map and the pruned model's map (rows), titled with the
     target class and the maps' cosine similarity. ``images`` are those the maps were computed on, ``(N, C, H, W)``
     (or ``(N, H, W)``); the image row shows their mean over channels."""
+    if (isinstance(labels, (str, bytes)) or not isinstance(labels, (tuple, list)) or len(labels) != 2
+            or not all(isinstance(label, str) for label in labels)):
+        raise ConfigError(f"labels must name the two models, e.g. ('dense', 'pruned'), got {labels!r}")
     n = len(result.target)
     maps = tuple(result.dense.shape)
     if n == 0 or len(maps) != 3 or tuple(result.pruned.shape) != maps or maps[0] != n:

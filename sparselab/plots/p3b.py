@@ -300,6 +300,9 @@ def plot_keep_ratios(history: History, metric: str = "keep_applied", run: str | 
         [[0.7], [1.0]]
     """
     history = as_history(history, "plot_keep_ratios")
+    if metric not in _KEEP_TITLE:  # the axes and titles are those of a keep ratio in [0, 1]
+        raise ConfigError(f"metric must be 'keep_applied' or 'keep_goal' (a keep ratio), got {metric!r}; "
+                          f"plot_block_criteria(history, metrics=[...]) shows other block metrics")
     blocks = select_run(history, run)["blocks"]
     _require(blocks, [metric], "plot_keep_ratios", _NEEDS_P3B)
     wide = _pivot(blocks, metric)

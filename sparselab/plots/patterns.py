@@ -67,9 +67,21 @@ def _check_table(table: object, name: str) -> pd.DataFrame:
 
 
 def _overall(table: pd.DataFrame) -> float | None:
-    if {"kept", "numel"} <= set(table.columns) and table["numel"].sum() > 0:
-        return float(table["kept"].sum() / table["numel"].sum())
+    """Kept / all weights over the layers whose ``kept`` and ``numel`` are both known (a layer without a count is
+    left out of both sums, not counted as pruned); None without those columns or counts."""
+    if not {"kept", "numel"} <= set(table.columns):
+        return None
+    kept = pd.to_numeric(table["kept"], errors="coerce")
+    numel = pd.to_numeric(table["numel"], errors="coerce")
+    known = kept.notna() & numel.notna()
+    if numel[known].sum() > 0:
+        return float(kept[known].sum() / numel[known].sum())
     return None
+
+
+def _count(value: object) -> str:
+    """A weight count for a hover: ``1,234``, or ``?`` where the table has none (NaN)."""
+    return "?" if pd.isna(value) else f"{int(value):,}"
 
 
 def plot_layer_keep_ratios(model_or_table: nn.Module | pd.DataFrame | None = None, masks: Mapping | None = None,
@@ -130,7 +142,7 @@ def plot_layer_keep_ratios(model_or_table: nn.Module | pd.DataFrame | None = Non
                 if "shape" in t.columns and isinstance(row["shape"], (tuple, list)):
                     text += f"<br>shape {'×'.join(map(str, row['shape']))}"
                 if "kept" in t.columns and "numel" in t.columns:
-                    text += f"<br>kept {int(row['kept']):,} of {int(row['numel']):,}"
+                    text += f"<br>kept {_count(row['kept'])} of {_count(row['numel'])}"
             else:
                 text += "<br>(not in this table)"
             info.append(text)

@@ -14,7 +14,7 @@ from typing import Sequence
 import plotly.graph_objects as go
 
 from ..errors import ConfigError
-from ..stats import CONFIDENCE, _need, summarize_ci, verdict
+from ..stats import CONFIDENCE, _need, confidence_label, summarize_ci, verdict
 from .style import TEMPLATE
 
 
@@ -62,8 +62,10 @@ def plot_accuracy_ci(table, setting: str = "prune_ratio", value: str = "acc", me
 
 def plot_paired_differences(diffs, setting: str = "prune_ratio", method: str = "method",
                             expect: str = "positive", title: str | None = None) -> go.Figure:
-    """Each method − baseline (points, in accuracy points) with its 95 % interval per setting, coloured by the
-    verdict (green supports, red contradicts, grey inconclusive); the zero line marks no difference."""
+    """Each method − baseline (points, in accuracy points) with its interval per setting, coloured by the
+    verdict (green supports, red contradicts, grey inconclusive); the zero line marks no difference. The title
+    names the confidence :func:`~sparselab.stats.paired_differences` computed the intervals with (its
+    ``attrs["confidence"]``; 95 % for a table without it)."""
     _need(diffs, [method, "baseline", setting, "diff", "low", "high", "n"])
     if diffs.empty:
         raise ConfigError("the table of paired differences has no rows: there is nothing to plot")
@@ -78,7 +80,8 @@ def plot_paired_differences(diffs, setting: str = "prune_ratio", method: str = "
                                            arrayminus=[(r["diff"] - r["low"]) * 100]),
             hovertemplate=f"{label}<br>%{{x:+.2f}} points<br>{int(r['n'])} seeds — {v}<extra></extra>"))
     fig.add_vline(x=0, line_color="black", line_width=1)
-    fig.update_layout(template=TEMPLATE, title=title or f"Paired differences over seeds ({CONFIDENCE:.0%} "
-                                                          f"intervals)",
+    confidence = diffs.attrs.get("confidence", CONFIDENCE)
+    fig.update_layout(template=TEMPLATE, title=title or f"Paired differences over seeds "
+                                                          f"({confidence_label(confidence)} intervals)",
                       xaxis_title="difference (accuracy points)", height=max(300, 40 * len(labels) + 120))
     return fig
