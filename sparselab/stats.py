@@ -201,7 +201,8 @@ def finding(label: str, diff: float, low: float, high: float, n: int, expect: st
 
     ``expect=None``: a difference without a claim, ending in :func:`direction` instead of a verdict;
     ``margin``: the claim is "a loss under ``margin``" (:func:`noninferior`); ``confidence``: that of the interval,
-    as the line states it. Without an interval (one seed) the line says so instead of printing NaN bounds.
+    as the line states it. Without an interval (one seed) or without a difference (no seed in common) the line says
+    so instead of printing NaN.
 
     Example:
         >>> finding("A − B", 0.01, math.nan, math.nan, 1)
@@ -213,6 +214,8 @@ def finding(label: str, diff: float, low: float, high: float, n: int, expect: st
     else:
         word = direction(low, high) if expect is None else verdict(low, high, expect)
     seeds = f"{n} seed{'s' if n != 1 else ''}"
+    if not math.isfinite(diff):  # no seed in common (or only unmeasured ones): there is no difference to print
+        return f"{label}: no difference measured ({seeds}) — {word}"
     if not (math.isfinite(low) and math.isfinite(high)):
         return f"{label}: {diff * scale:+.2f} {unit}, no interval ({seeds}) — {word}"
     return (f"{label}: {diff * scale:+.2f} {unit}, {confidence_label(confidence)} CI [{low * scale:+.2f}, "

@@ -120,6 +120,14 @@ def test_paired_differences_take_one_method_given_as_a_string():
     assert d["method"].tolist() == ["p3b"] and d["diff"].iloc[0] == pytest.approx(0.025)
 
 
+def test_a_finding_without_a_seed_in_common_says_so_instead_of_printing_nan():
+    t = pd.DataFrame({"method": ["a", "a", "b", "b", "a"], "prune_ratio": [0.5, 0.5, 0.5, 0.5, 0.9],
+                      "seed": [0, 1, 0, 1, 0], "acc": [0.9, 0.8, 0.85, 0.8, 0.7]})
+    lines = stats.findings_from(stats.paired_differences(t, "b"))
+    assert lines[1] == "a − b at 90 %: no difference measured (0 seeds) — inconclusive"
+    assert "nan" not in " ".join(lines) and lines[0].startswith("a − b at 50 %: +2.50 points, 95 % CI")
+
+
 # ---------------------------------------------------------------------------------------------------- figures
 def test_layer_keep_ratios_draw_a_table_whose_layer_has_no_counts():
     # a NaN keep ratio shows no bar (as documented); its NaN counts crashed the hover and lowered the overall ratio
