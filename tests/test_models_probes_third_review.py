@@ -183,3 +183,21 @@ def test_a_checkpoint_with_other_prefix_tokens_is_refused_naming_them(tmp_path, 
     with pytest.raises(CheckpointError, match=named.replace("(", r"\(")):
         sl.models.create("vit_nano_patch4_28", num_classes=10, pretrained=str(path), **target)
     sl.models.create("vit_nano_patch4_28", num_classes=10, pretrained=str(path), **source)  # its own layout loads
+
+
+def test_source_head_of_a_class_split_recipe_is_kept_or_reset_by_its_own_class_count(fmnist_files, monkeypatch):
+    """A recipe trained on a class subset has a head of that many classes: reset_head=False keeps it when the
+    class counts agree, and another count gets a seeded fresh head (not the unseeded one a mismatch left)."""
+    from safetensors.torch import load_file
+
+    import sparselab.models.pretrained as pre
+
+    monkeypatch.setitem(pre.RECIPES, "quicksplit", pre.SourceRecipe(epochs=1, limit=512, warmup_steps=2,
+                                                                     classes=(0, 1, 2)))
+    kept = pre.source_pretrained("vit_nano_patch4_28", "fashion_mnist", num_classes=3, recipe="quicksplit",
+                                 reset_head=False, progress=False)
+    saved = load_file(str(pre.checkpoint_path("vit_nano_patch4_28", recipe="quicksplit")))
+    assert torch.equal(kept.head.weight, saved["head.weight"]) and torch.equal(kept.head.bias, saved["head.bias"])
+    first, again = (pre.source_pretrained("vit_nano_patch4_28", "fashion_mnist", num_classes=10, recipe="quicksplit",
+                                          reset_head=False, progress=False) for _ in range(2))
+    assert first.head.out_features == 10 and torch.equal(first.head.weight, again.head.weight)

@@ -188,7 +188,8 @@ def source_pretrained(name: str, dataset: str, num_classes: int = 10, in_chans: 
                       **kwargs: Any) -> nn.Module:
     """A small ViT with source-pretrained weights (trained and cached on first use).
 
-    The classifier head is freshly initialised (seeded) when ``reset_head`` or when the class count differs. A
+    The classifier head is freshly initialised (seeded) when ``reset_head`` or when ``num_classes`` differs from the
+    source's class count (10, or the recipe's ``classes``); otherwise it is the source's trained head. A
     source pretraining that was interrupted continues from its checkpoint.
     """
     from . import create, small_vit
@@ -201,11 +202,13 @@ def source_pretrained(name: str, dataset: str, num_classes: int = 10, in_chans: 
     # an interrupted source pretraining continues from its own checkpoint (kept per model, dataset and recipe;
     # fit refuses one written with other settings), so that running the command again resumes it
     path = pretrain(name, dataset, recipe or "default", progress=progress, resume=True)
+    rec = RECIPES[recipe or "default"]
+    source_classes = 10 if rec.classes is None else len(rec.classes)  # the head the source model was trained with
     try:
-        model = create(name, num_classes=10, in_chans=1, pretrained=path, **kwargs)
+        model = create(name, num_classes=source_classes, in_chans=1, pretrained=path, **kwargs)
     except CheckpointError as exc:
         raise CheckpointError(f"{exc}. Rebuild it: {rebuild_command(name, recipe or 'default')}") from None
-    if reset_head or num_classes != 10:
+    if reset_head or num_classes != source_classes:
         with torch.random.fork_rng():
             torch.manual_seed(RECIPES[recipe or "default"].seed + 1)
             model.reset_classifier(num_classes)
