@@ -172,7 +172,8 @@ def compact_stats(model: nn.Module) -> dict[str, int]:
     ``model.blocks`` once per token, the two attention matmuls of every timm ``Attention`` inside the blocks
     (q·k and attn·v: ``tokens^2 x heads x head_dim x 2``), a timm ``AttentionPoolLatent`` (``global_pool="map"``:
     its ``kv`` once per pooled token, its other Linear layers once per latent query, its two matmuls ``latent x
-    pooled tokens x dim x 2``) and every other ``nn.Linear`` (the heads) once.
+    pooled tokens x dim x 2``) and every other ``nn.Linear`` (the heads) once, or once per token for a model that
+    pools nothing (``global_pool=""``: its head classifies every token).
     Not counted: norms, activations, softmax, additions, LayerScale, channel select/scatter and constant
     branches. ``tokens`` is the number of patches at the configured image size plus the prefix tokens.
 
@@ -215,10 +216,22 @@ def compact_stats(model: nn.Module) -> dict[str, int]:
                 if isinstance(m, nn.Linear) and id(m) not in block_modules:
                     macs += m.in_features * m.out_features * latent
                 block_modules.add(id(m))
+    # the head reads one pooled vector per image, or every token of a model that pools nothing (global_pool="")
+    head_rows = tokens if _pools_nothing(model) else 1
     for m in model.modules():
         if id(m) not in block_modules and isinstance(m, nn.Linear):
-            macs += m.in_features * m.out_features
+            macs += m.in_features * m.out_features * head_rows
     return {"params": sum(p.numel() for p in model.parameters()), "flops": int(macs), "tokens": tokens}
+
+
+def _pools_nothing(model: nn.Module) -> bool:
+    """Whether ``model`` is a timm VisionTransformer whose head reads every token: no attention pooling and an
+    empty ``global_pool`` (a distilled model reads its two prefix tokens whatever ``global_pool`` says)."""
+    from timm.models.deit import VisionTransformerDistilled
+    from timm.models.vision_transformer import VisionTransformer
+
+    return (isinstance(model, VisionTransformer) and not isinstance(model, VisionTransformerDistilled)
+            and getattr(model, "attn_pool", None) is None and not getattr(model, "global_pool", "token"))
 
 
 __all__ = ["compact_stats", "latency_ms"]

@@ -33,6 +33,7 @@ Example:
 """
 from __future__ import annotations
 
+import operator
 import types
 from typing import Mapping
 
@@ -131,23 +132,67 @@ class Gates(nn.Module):
         return bool(self._handles or self._gated)
 
     # ------------------------------------------------------------------ values
-    @torch.no_grad()
-    def set_values(self, values: Mapping[int, Mapping[str, torch.Tensor]]) -> None:
-        """Set gate values (soft masks in [0, 1]) for the given layers and gates."""
-        for i, per_gate in values.items():
-            for name, v in per_gate.items():
-                p = self.gate(i, name)
+    def _checked(self, values: Mapping[int, Mapping[str, torch.Tensor]], what: str
+                 ) -> list[tuple[int, str, torch.Tensor]]:
+        """(layer, gate, vector) for each entry of ``values``, checked to name a layer and gate of the model and to
+        hold one entry per gate element (a shorter vector would be broadcast over the whole gate)."""
+        s = self.structure[0]
+        if not isinstance(values, Mapping):
+            raise ConfigError(f"{what} must be a dict layer -> gate -> vector, got {type(values).__name__}")
+        out = []
+        for key, per_gate in values.items():
+            try:
+                layer = int(key) if isinstance(key, str) else operator.index(key)
+            except (TypeError, ValueError):
+                raise ConfigError(f"{what}: layer keys must be whole layer numbers, got {key!r}") from None
+            if isinstance(key, bool) or not 0 <= layer < s.depth:
+                raise ConfigError(f"{what} name layer {key!r}, but the model has {s.depth} layers "
+                                  f"(0..{s.depth - 1})")
+            if not isinstance(per_gate, Mapping):
+                raise ConfigError(f"{what} for layer {layer} must be a dict gate -> vector")
+            sizes = s.gate_sizes(layer)
+            for gate, v in per_gate.items():
+                if gate not in sizes:
+                    raise ConfigError(f"{what} for layer {layer} name unknown gate {gate!r}; gates: "
+                                      f"{', '.join(GATES)}")
                 v = torch.as_tensor(v)
-                cast = v.to(dtype=p.dtype, device=p.device)
-                if v.is_floating_point() and cast.dtype != v.dtype:  # rounding must not move a value across 0.5
-                    cast = on_side_of_half(cast, (v >= 0.5).to(p.device))
-                p.copy_(cast)
-        if not self.enabled and not self.all_one():  # switched off is exact only while every gate is 1
-            self.enabled = True
+                if v.shape != (sizes[gate],):
+                    raise ConfigError(f"{what} for layer {layer}, gate {gate!r} has shape {tuple(v.shape)}; the "
+                                      f"gate has {sizes[gate]} entries")
+                out.append((layer, gate, v))
+        return out
+
+    def set_values(self, values: Mapping[int, Mapping[str, torch.Tensor]]) -> None:
+        """Set gate values (soft masks in [0, 1]) for the given layers and gates.
+
+        Raises:
+            ConfigError: a layer or gate the model does not have, or a vector without one value per gate element.
+        """
+        self._assign(self._checked(values, "gate values"))
 
     def set_hard(self, masks: Masks) -> None:
-        """Set gates to exactly 0/1 from boolean masks."""
-        self.set_values({i: {g: m.float() for g, m in per.items()} for i, per in masks.items()})
+        """Set gates to exactly 0/1 from boolean masks (or 0/1 values).
+
+        Raises:
+            ConfigError: as :meth:`set_values`, and a mask with values other than 0 and 1.
+        """
+        checked = self._checked(masks, "masks")
+        for layer, gate, m in checked:
+            if m.dtype != torch.bool and (m.is_complex() or not bool(((m == 0) | (m == 1)).all())):
+                raise ConfigError(f"the mask for layer {layer}, gate {gate!r} must be boolean (True = kept) or 0/1 "
+                                  f"values")
+        self._assign([(layer, gate, m.float()) for layer, gate, m in checked])
+
+    @torch.no_grad()
+    def _assign(self, values: list[tuple[int, str, torch.Tensor]]) -> None:
+        for layer, gate, v in values:
+            p = self.gate(layer, gate)
+            cast = v.to(dtype=p.dtype, device=p.device)
+            if v.is_floating_point() and cast.dtype != v.dtype:  # rounding must not move a value across 0.5
+                cast = on_side_of_half(cast, (v >= 0.5).to(p.device))
+            p.copy_(cast)
+        if not self.enabled and not self.all_one():  # switched off is exact only while every gate is 1
+            self.enabled = True
 
     @torch.no_grad()
     def all_one(self) -> bool:

@@ -157,7 +157,30 @@ def sparsity(masks: Masks) -> float:
 
 @torch.no_grad()
 def apply_masks(model: nn.Module, masks: Masks) -> None:
-    """Zero the masked-out weights in place."""
+    """Zero the masked-out weights in place (a mask on another device than its weight is moved there).
+
+    Raises:
+        ConfigError: a mask that names no parameter of ``model``, has another shape than its parameter (it would be
+            broadcast over it) or holds values other than 0 and 1 (it would scale the weights); nothing is changed.
+
+    Example:
+        >>> lin = nn.Linear(2, 2)
+        >>> apply_masks(lin, {"weight": torch.tensor([[True, False], [False, True]])})
+        >>> int((lin.weight == 0).sum())
+        2
+    """
+    if not isinstance(masks, Mapping):
+        raise ConfigError(f"masks must be a dict of weight name -> boolean tensor, got {type(masks).__name__}")
     params = dict(model.named_parameters())
+    checked = []
     for name, m in masks.items():
-        params[name].mul_(m.to(params[name].dtype))
+        if name not in params:
+            raise ConfigError(f"masks name {name!r}, which is not a parameter of {type(model).__name__}")
+        m, p = torch.as_tensor(m), params[name]
+        if m.shape != p.shape:
+            raise ConfigError(f"the mask of {name} has shape {tuple(m.shape)}; the parameter has {tuple(p.shape)}")
+        if m.dtype != torch.bool and (m.is_complex() or not bool(((m == 0) | (m == 1)).all())):
+            raise ConfigError(f"the mask of {name} must be boolean (True = kept) or 0/1 values")
+        checked.append((p, m))
+    for p, m in checked:
+        p.mul_(m.to(device=p.device, dtype=p.dtype))

@@ -85,10 +85,17 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, input_shape: tuple[in
     (:class:`ConfigError`, no file left behind) if they differ by more than :data:`TOLERANCE`. A model on another
     device is exported from a CPU copy; ``model`` itself stays where it is.
 
+    ``opset`` (None: the exporter's default) is the ONNX opset the file must use; one the exporter cannot write
+    (it would silently write another) is refused, as is one ONNX Runtime cannot run.
+
     Returns ``{"path", "max_abs_diff", "input_shape", "bytes"}``.
     """
     check_positive_int("check_batch", check_batch)
-    _require("onnx")
+    if opset is not None:
+        check_positive_int("opset", opset)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ConfigError(f"seed must be an integer, got {seed!r}")
+    onnx = _require("onnx")
     _require("onnxscript")
     given = input_shape if input_shape is not None else model_input_shape(model)
     try:
@@ -116,7 +123,17 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, input_shape: tuple[in
                                         input_names=["images"], output_names=["logits"],
                                         dynamic_shapes=({0: torch.export.Dim("batch")},), verbose=False)
         program.save(tmp)
-        got = onnx_session(tmp).run(None, {"images": check.numpy()})[0]
+        written = next((o.version for o in onnx.load(tmp, load_external_data=False).opset_import
+                        if o.domain in ("", "ai.onnx")), None)
+        if opset is not None and written != opset:  # the exporter moves an opset it cannot write to its own
+            raise ConfigError(f"the exporter could not write ONNX opset {opset} for this model and wrote opset "
+                              f"{written} instead; nothing was written to {path}. Give an opset it can write "
+                              f"(opset={written} works) or leave opset out")
+        try:
+            got = onnx_session(tmp).run(None, {"images": check.numpy()})[0]
+        except Exception as exc:  # ONNX Runtime's own exception types (an opset newer than it supports, ...)
+            raise ConfigError(f"ONNX Runtime cannot run the exported model (opset {written}): "
+                              f"{type(exc).__name__}: {str(exc)[:300]}") from None
         found["diff"] = diff = float(abs(got - expected).max())
         if not diff <= TOLERANCE:  # atomic_write removes the file
             raise ConfigError(f"the ONNX model's outputs differ from PyTorch's by {diff:.2e} (> {TOLERANCE:g}); "

@@ -17,7 +17,9 @@ from torch import nn
 from ...atomic import atomic_write
 from ...errors import CheckpointError, ConfigError
 from ...models.checkpoints import state_dict_mismatch, state_dict_values
-from .spec import SPEC_FILE, SPEC_FORMAT, WEIGHTS_FILE, _build
+from .modules import ConstantBranch, ScatterChannels, SelectChannels, ZeroPaddedLayerNorm
+from .slicing import _kept
+from .spec import SPEC_FILE, SPEC_FORMAT, WEIGHTS_FILE, _build, _masks_from_spec
 
 #: the key of ``spec.json`` that holds the SHA-256 of ``model.safetensors`` (absent in files written before it existed)
 CHECKSUM_KEY = "weights_sha256"
@@ -36,12 +38,50 @@ def _dtype_mismatch(own: Mapping[str, torch.Tensor], other: Mapping[str, torch.T
             if wrong else "")
 
 
+#: the gate whose kept channels a compact block's channel module holds, by the block part it sits in
+_INDEX_GATES = {"norm1": "attn_in", "ls1": "attn_out", "attn": "attn_out", "norm2": "mlp_in", "ls2": "mlp_out",
+                "mlp": "mlp_out"}
+
+
+def _layout_mismatch(spec: Mapping[str, Any], expected: nn.Module, model: nn.Module) -> str:
+    """What ``model`` computes otherwise than the model ``spec`` describes (``expected``, built from it) although
+    their weights have the same shapes: a module of another type, attention with another split into heads, norms
+    with another eps, or other kept channels (the channel indices are not weights, so the weights file cannot
+    carry them); an empty string when they agree."""
+    from timm.layers import Attention
+
+    own = dict(model.named_modules())
+    for name, want in expected.named_modules():
+        got = own.get(name)
+        where = name or "the model"
+        if type(got) is not type(want):
+            return f"{where} is {type(got).__name__ if got is not None else 'missing'} where the spec has " \
+                   f"{type(want).__name__}"
+        if isinstance(want, Attention) and (got.num_heads, got.head_dim) != (want.num_heads, want.head_dim):
+            return (f"{where} has {got.num_heads} heads of {got.head_dim} dimensions where the spec has "
+                    f"{want.num_heads} of {want.head_dim} (another qkv_unit or other kept heads)")
+        if isinstance(want, nn.LayerNorm) and got.eps != want.eps:
+            return f"{where} has eps {got.eps:g} where the spec has {want.eps:g}"
+        if isinstance(want, ZeroPaddedLayerNorm) and (got.full, got.eps, got.output_scale) != (
+                want.full, want.eps, want.output_scale):
+            return f"{where} ({got.extra_repr()}) differs from the spec's ({want.extra_repr()})"
+    masks = _masks_from_spec(spec, ConfigError)
+    for name, m in model.named_modules():
+        if isinstance(m, (SelectChannels, ScatterChannels, ConstantBranch)):
+            parts = name.split(".")
+            layer, gate = int(parts[1]), _INDEX_GATES[parts[2]]
+            if not torch.equal(m.index.detach().cpu(), _kept(masks[layer][gate])):
+                return f"{name} holds other {gate} channels of layer {layer} than the spec's indices"
+    return ""
+
+
 def save_compact(model: nn.Module, spec: Mapping[str, Any], directory: str | os.PathLike) -> Path:
     """Write a compact model to ``directory`` as ``spec.json`` (from :func:`compact_spec`) and
     ``model.safetensors`` (its state dict); each file is written to a temporary file and then renamed.
 
     The spec is checked against the model first (the model it describes must have the same state-dict keys,
-    shapes and dtypes, and the weights must be finite); a mismatch raises :class:`~sparselab.errors.ConfigError`.
+    shapes and dtypes, the same modules, heads and kept channels, and the weights must be finite); a mismatch
+    raises :class:`~sparselab.errors.ConfigError`.
     The written ``spec.json`` also records the SHA-256 of ``model.safetensors`` (``weights_sha256``). Returns the
     directory.
 
@@ -61,9 +101,11 @@ def save_compact(model: nn.Module, spec: Mapping[str, Any], directory: str | os.
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"compact spec is not JSON-serialisable ({exc})") from None
     described = json.loads(text)
-    expected = _build(described, ConfigError, device="meta").state_dict()
+    expected_model = _build(described, ConfigError, device="meta")
+    expected = expected_model.state_dict()
     state = _state(model)
-    problem = state_dict_mismatch(expected, state) or _dtype_mismatch(expected, state)
+    problem = (state_dict_mismatch(expected, state) or _dtype_mismatch(expected, state)
+               or _layout_mismatch(described, expected_model, model))
     if problem:
         raise ConfigError(f"the model does not match the compact spec: {problem}")
     problem = state_dict_values(expected, state)
@@ -97,6 +139,7 @@ def load_compact(directory: str | os.PathLike, device: torch.device | str = "cpu
         CheckpointError: the directory is missing or empty, a file is missing, unreadable or malformed, the
             weights do not fit the described model (keys, shapes, dtypes), differ from the checksum the spec
             records, or hold NaN or infinite values.
+        ConfigError: ``device`` names no torch device, or a GPU this machine does not have.
 
     Example:
         >>> import tempfile, timm, torch
@@ -111,6 +154,7 @@ def load_compact(directory: str | os.PathLike, device: torch.device | str = "cpu
     """
     from ...models.checkpoints import read_state_dict
 
+    target = _target_device(device)
     folder = Path(directory)
     if folder.is_file():
         raise CheckpointError(f"{folder} is a file; give the compact model directory that holds {SPEC_FILE} and "
@@ -141,4 +185,20 @@ def load_compact(directory: str | os.PathLike, device: torch.device | str = "cpu
     if problem:
         raise CheckpointError(f"{weights_path} cannot be loaded: {problem}")
     model.load_state_dict(state, strict=True)
-    return model.to(device).eval()
+    return model.to(target).eval()
+
+
+def _target_device(device: Any) -> torch.device:
+    """``device`` as a torch device that this machine has, checked before any file is read."""
+    try:
+        if isinstance(device, bool):
+            raise TypeError
+        target = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ConfigError(f"device must name a torch device such as 'cpu' or 'cuda:0', got {device!r}") from None
+    if target.type == "cuda" and (not torch.cuda.is_available()
+                                  or (target.index or 0) >= torch.cuda.device_count()):
+        have = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        raise ConfigError(f"device {str(target)!r} is not on this machine ({have} CUDA device(s)); give 'cpu' or "
+                          f"an existing GPU")
+    return target
