@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -295,8 +296,13 @@ def test_cosine_ends_at_min_lr_and_weight_decay_on_all_parameters(digits8):
     h = sl.fit(lenet(), digits8, epochs=1, batch_size=64, lr=0.1, lr_schedule="cosine", min_lr=1e-3,
                max_steps_per_epoch=10, log_every=1, progress=False, optimizer="sgd")
     lrs = h.metrics.query("name == 'lr'").value.to_numpy()
-    assert math.isclose(lrs[-1], 1e-3, rel_tol=1e-9) and lrs.min() >= 1e-3
-    from sparselab.training.optim import param_groups
+    from sparselab.training.optim import lr_factor, param_groups
+
+    cfg = sl.TrainConfig(epochs=1, lr=0.1, lr_schedule="cosine", min_lr=1e-3)
+    # each step logs the rate it trained with; the schedule reaches min_lr once the last step is done
+    assert lrs.tolist() == pytest.approx([0.1 * lr_factor(s, cfg, 10) for s in range(10)], rel=1e-12)
+    assert (np.diff(lrs) < 0).all() and lrs.min() > 1e-3
+    assert math.isclose(0.1 * lr_factor(10, cfg, 10), 1e-3, rel_tol=1e-9)
 
     model = lenet()
     weights_only = param_groups(model, sl.TrainConfig(weight_decay=1e-4))
