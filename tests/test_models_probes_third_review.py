@@ -201,3 +201,19 @@ def test_source_head_of_a_class_split_recipe_is_kept_or_reset_by_its_own_class_c
     first, again = (pre.source_pretrained("vit_nano_patch4_28", "fashion_mnist", num_classes=10, recipe="quicksplit",
                                           reset_head=False, progress=False) for _ in range(2))
     assert first.head.out_features == 10 and torch.equal(first.head.weight, again.head.weight)
+
+
+def test_a_distilled_deit_class_probe_reads_what_its_heads_pool():
+    """A distilled DeiT feeds its class token to ``head`` and its distillation token to ``head_dist`` and averages
+    them: the class probe reads the pooled features the model's ``pre_logits`` gives, both tokens, not token 0."""
+    from timm.models.deit import VisionTransformerDistilled
+
+    from sparselab.structure import ViTStructure
+
+    torch.manual_seed(0)
+    model = VisionTransformerDistilled(img_size=16, patch_size=4, in_chans=3, num_classes=5, embed_dim=16, depth=2,
+                                       num_heads=2, mlp_ratio=2.0).eval()
+    tokens = torch.randn(3, model.num_prefix_tokens + 16, 16)
+    pooled = ViTStructure(model).pooled(tokens)
+    torch.testing.assert_close(pooled, model.forward_head(tokens, pre_logits=True))
+    assert not torch.allclose(pooled, tokens[:, 0])

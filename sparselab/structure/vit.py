@@ -369,8 +369,13 @@ class ViTStructure:
 
     def pooled(self, x: torch.Tensor) -> torch.Tensor:
         """What the model's head pools from stream tokens: timm's own parameter-free pooling (``token``, ``avg``,
-        ``max``, ``avgmax``, honouring ``pool_include_prefix``); the mean of the patch tokens for attention
-        pooling (``map``), whose parameters must not be trained by probes, or no pooling."""
+        ``max``, ``avgmax``, honouring ``pool_include_prefix``); the mean of the class and the distillation token
+        for a distilled DeiT, whose two heads read one each (timm's ``pre_logits``); the mean of the patch tokens for
+        attention pooling (``map``), whose parameters must not be trained by probes, or no pooling."""
+        from timm.models.deit import VisionTransformerDistilled
+
+        if isinstance(self.model, VisionTransformerDistilled):
+            return (x[:, 0] + x[:, 1]) / 2
         pool = getattr(self.model, "global_pool", "token")
         if pool in ("token", "avg", "max", "avgmax") and hasattr(self.model, "pool"):
             if pool != "token" or self.num_prefix_tokens > 0:
