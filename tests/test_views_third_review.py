@@ -8,11 +8,13 @@ import math
 
 import numpy as np
 import pandas as pd
+import plotly.graph_objects as go
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import sparselab as sl
 from sparselab import stats
 from sparselab.attribution import AttributionComparison
 from sparselab.errors import ConfigError
@@ -206,3 +208,9 @@ def test_explorer_inputs_refuse_a_scale_that_is_not_a_name_before_any_work():
         prepare(["tiny"])
     with pytest.raises(ConfigError, match="progress"):
         prepare("tiny", progress="no")
+
+
+def test_export_figures_takes_one_format_given_as_a_string(tmp_path):
+    fig = go.Figure(go.Scatter(x=[0, 1], y=[1, 0]))
+    paths = sl.plots.export_figures({"line": fig}, tmp_path, formats="svg")
+    assert [p.name for p in paths] == ["line.svg"] and b"<svg" in paths[0].read_bytes()[:500]

@@ -25,7 +25,7 @@ def export_figures(figures: Mapping[str, go.Figure], out_dir: str | Path, format
     Needs ``kaleido`` and a Chromium/Chrome (Debian's ``chromium`` is found automatically; ``BROWSER_PATH``
     points elsewhere).
     """
-    formats = list(formats)
+    formats = [formats] if isinstance(formats, str) else list(formats)  # "png" is one format, not letters
     bad = [f for f in formats if f not in FORMATS]
     if bad:
         raise ConfigError(f"formats must be among {FORMATS}, got {bad}")
