@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import numbers
 from typing import Iterable
 
 
@@ -151,8 +152,14 @@ def check_distinct_seeds(seeds: Iterable[int], unit: str) -> list[int]:
 
 
 def check_positive_int(name: str, value: int, *, allow_zero: bool = False) -> int:
-    """Validate a positive (or non-negative) integer."""
-    if isinstance(value, bool) or not isinstance(value, (int,)) or value < (0 if allow_zero else 1):
+    """Validate a positive (or non-negative) integer (a numpy integer too; returned as a Python int, bool refused).
+
+    Example:
+        >>> import numpy as np
+        >>> check_positive_int("epochs", np.int64(3))
+        3
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < (0 if allow_zero else 1):
         bound = ">= 0" if allow_zero else ">= 1"
         raise ConfigError(f"{name} must be an integer {bound}, got {value!r}")
     return int(value)

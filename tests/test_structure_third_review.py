@@ -237,3 +237,20 @@ def test_export_onnx_refuses_an_opset_it_would_not_write(tmp_path):
     assert list(tmp_path.iterdir()) == []
     export_onnx(model, tmp_path / "m.onnx", opset=18)
     assert [o.version for o in onnx.load(tmp_path / "m.onnx").opset_import if o.domain == ""] == [18]
+
+
+def test_numpy_integers_count_as_integers_and_come_back_as_python_ints():
+    import numpy as np
+
+    from sparselab.errors import check_positive_int
+
+    value = check_positive_int("epochs", np.int64(3))
+    assert value == 3 and type(value) is int
+    for bad in (np.float64(3.0), np.bool_(True), True, 0, np.int32(-1)):
+        with pytest.raises(ConfigError, match="epochs must be an integer"):
+            check_positive_int("epochs", bad)
+    model = tiny_vit()
+    masks = random_masks(ViTStructure(model), 3)
+    x = torch.randn(2, 3, 16, 16)
+    torch.testing.assert_close(compact_vit(model, masks, pad_to=np.int64(8))(x), compact_vit(model, masks, pad_to=8)(x))
+    assert compact_spec(model, masks, pad_to=np.int64(8)) == compact_spec(model, masks, pad_to=8)
