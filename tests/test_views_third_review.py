@@ -214,3 +214,18 @@ def test_export_figures_takes_one_format_given_as_a_string(tmp_path):
     fig = go.Figure(go.Scatter(x=[0, 1], y=[1, 0]))
     paths = sl.plots.export_figures({"line": fig}, tmp_path, formats="svg")
     assert [p.name for p in paths] == ["line.svg"] and b"<svg" in paths[0].read_bytes()[:500]
+
+
+def test_a_one_seed_dense_reference_is_a_line_that_says_it_has_no_interval():
+    from sparselab.plots.stats import plot_accuracy_ci
+
+    t = pd.DataFrame({"method": ["dense"] + ["p3b"] * 3, "prune_ratio": [0.0, 0.5, 0.5, 0.5], "seed": [0, 0, 1, 2],
+                      "acc": [0.95, 0.90, 0.91, 0.92]})
+    layout = plot_accuracy_ci(t).layout
+    assert not layout.shapes or all(s.type != "rect" for s in layout.shapes)  # no band of NaN bounds
+    assert any("n=1, no interval" in a.text for a in layout.annotations)
+    three = pd.concat([t, pd.DataFrame({"method": ["dense"] * 2, "prune_ratio": [0.0] * 2, "seed": [1, 2],
+                                        "acc": [0.96, 0.955]})])
+    layout = plot_accuracy_ci(three).layout
+    assert sum(s.type == "rect" for s in layout.shapes) == 1
+    assert any("(n=3)" in a.text for a in layout.annotations)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import numpy as np
 import plotly.graph_objects as go
 
 from ..errors import ConfigError
@@ -43,9 +44,12 @@ def plot_accuracy_ci(table, setting: str = "prune_ratio", value: str = "acc", me
             continue
         if (rows[setting] == 0).all() and len(chosen) > 1:  # the dense reference
             r = rows.iloc[0]
-            fig.add_hrect(y0=r["low"] * 100, y1=r["high"] * 100, fillcolor="grey", opacity=0.15, line_width=0)
+            has_interval = bool(np.isfinite([r["low"], r["high"]]).all())
+            if has_interval:
+                fig.add_hrect(y0=r["low"] * 100, y1=r["high"] * 100, fillcolor="grey", opacity=0.15, line_width=0)
             fig.add_hline(y=r["mean"] * 100, line_dash="dot", line_color="grey",
-                          annotation_text=f"{m} {r['mean'] * 100:.1f} % (n={int(r['n'])})")
+                          annotation_text=f"{m} {r['mean'] * 100:.1f} % (n={int(r['n'])}"
+                                          + ("" if has_interval else ", no interval") + ")")
             continue
         fig.add_trace(go.Scatter(
             x=rows[setting] * 100, y=rows["mean"] * 100, name=m, mode="lines+markers",
