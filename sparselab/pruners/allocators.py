@@ -200,6 +200,8 @@ class FixedAllocation(Allocation):
     the budget by the water-filling."""
 
     def __init__(self, keep_ratios: Sequence[float] | None = None):
+        if keep_ratios is not None:
+            keep_ratios = _check_profile(keep_ratios)
         self.keep_ratios = keep_ratios
 
     def attach(self, model, structure: ViTStructure, num_classes: int | None) -> None:
@@ -217,6 +219,34 @@ class FixedAllocation(Allocation):
 
     def config(self) -> dict[str, Any]:
         return {"keep_ratios": list(map(float, self.keep_ratios))}
+
+
+def _check_profile(keep_ratios: Any) -> tuple[float, ...]:
+    """The keep-ratio profile of ``allocation='fixed'`` as floats: a sequence of finite numbers >= 0, at least one
+    of them positive (an all-zero profile has no shape to rescale to the budget; the water-filling would fall back
+    to a uniform allocation without a word)."""
+    try:
+        items = None if isinstance(keep_ratios, (str, bytes)) else list(keep_ratios)
+    except TypeError:
+        items = None
+    if items is None:
+        raise ConfigError(f"keep_ratios must be a sequence of numbers >= 0 (one per block), got {keep_ratios!r}")
+    values = []
+    for k in items:
+        if isinstance(k, (bool, str, bytes)) or k is None:
+            raise ConfigError(f"keep_ratios must be finite numbers >= 0 (one per block), got {items!r}")
+        try:
+            v = float(k)
+        except (TypeError, ValueError):
+            raise ConfigError(f"keep_ratios must be finite numbers >= 0 (one per block), got "
+                              f"{items!r}") from None
+        if not math.isfinite(v) or v < 0:
+            raise ConfigError(f"keep_ratios must be finite numbers >= 0 (one per block), got {items!r}")
+        values.append(v)
+    if values and max(values) <= 0:
+        raise ConfigError(f"keep_ratios are all 0: a profile needs at least one positive ratio to be rescaled to the "
+                          f"parameter budget, got {items!r}")
+    return tuple(values)
 
 
 __all__ = ["ALLOCATIONS", "Allocation", "AllocationContext", "BenefitAllocation", "FixedAllocation",

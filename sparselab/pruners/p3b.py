@@ -156,13 +156,18 @@ class P3B(Pruner):
         self.blocks_only = blocks_only  # checked with the other options by P3BConfig below
         if freeze_allocation_after is not None:
             check_positive_int("freeze_allocation_after", freeze_allocation_after)
+            if self.allocation.selection == "global":
+                raise ConfigError(f"freeze_allocation_after freezes the per-block keep ratios, but allocation "
+                                  f"{self.allocation.name or type(self.allocation).__name__!r} ranks every element "
+                                  f"across all blocks without per-block keep ratios and would ignore it: leave "
+                                  f"freeze_allocation_after out or pick an allocation with per-block selection")
         self.reactivation = reactivation
         self.freeze_allocation_after = freeze_allocation_after
         #: everything but the prune ratio and schedule, typed (what :meth:`from_config` takes back)
         self.options = P3BConfig(
             allocation=allocation if isinstance(allocation, str) else self.allocation.name,
             criterion=criterion if isinstance(criterion, str) else criterion.name,
-            keep_ratios=tuple(map(float, keep_ratios)) if keep_ratios is not None else None,
+            keep_ratios=self.allocation.keep_ratios if keep_ratios is not None else None,
             gate_factors=dict(self.gate_factors), blocks_only=self.blocks_only, reactivation=self.reactivation,
             freeze_allocation_after=freeze_allocation_after, qkv_unit=qkv_unit, benefit=benefit.options)
         self._config = {"prune_ratio": self.prune_ratio, "schedule": dataclasses.asdict(self.schedule),
@@ -240,6 +245,17 @@ class P3B(Pruner):
         if state.epochs < self.schedule.finalize and not self.finalized:
             warnings.warn(f"training for {state.epochs} epochs ends before P3B finalizes (epoch "
                           f"{self.schedule.finalize}); masks stay soft", stacklevel=3)
+        if self.finalized:
+            return
+        if self.schedule.updates_per_epoch > state.steps_per_epoch:
+            warnings.warn(f"updates_per_epoch={self.schedule.updates_per_epoch} exceeds the {state.steps_per_epoch} "
+                          f"optimizer steps of an epoch: the masks are updated after every step, "
+                          f"{state.steps_per_epoch} times per epoch", stacklevel=3)
+        total = len(range(self.steps.start + self.steps.interval, self.steps.final, self.steps.interval)) + 1
+        if self.freeze_allocation_after is not None and self.freeze_allocation_after >= total:
+            warnings.warn(f"freeze_allocation_after={self.freeze_allocation_after}, but this schedule makes {total} "
+                          f"mask updates (the final one included): no update after the freeze would use the frozen "
+                          f"keep ratios, so the option changes nothing", stacklevel=3)
 
     def param_groups(self, groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
         # the gates stay out of the optimizer (they are set, never stepped); their gradients are cleared in after_step
