@@ -575,29 +575,45 @@ def history_figures(history, run: str | None = None) -> dict:
     from . import plots
 
     runs_meta = history.meta.get("runs") if isinstance(history.meta.get("runs"), dict) else None
-    metrics_present = set(history.blocks.metric)
+    blocks = history.blocks
+
+    def present(name) -> set:
+        """The block metrics of run ``name`` (of the whole History when it holds one run)."""
+        if name is None or "run" not in blocks.columns:
+            return set(blocks.metric)
+        return set(blocks.metric[blocks.run.astype(str) == str(name)])
+
+    if run is not None and runs_meta and str(run) not in map(str, runs_meta):
+        raise ConfigError(f"--run {run!r} is not a run of this History; it holds: "
+                          f"{', '.join(map(str, runs_meta))}")
     figures = {}
     p3b_run = run
     if p3b_run is None and runs_meta:
-        p3b_run = next((r for r in runs_meta if str(r).startswith("p3b")), next(iter(runs_meta)))
+        # the first run with P3B block traces (a P3B run first): a dense run or an ART run has none to draw
+        traced = [r for r in runs_meta if present(r) & {"keep_goal", "benefit_cls"}]
+        p3b_run = next((r for r in traced if str(r).startswith("p3b")), traced[0] if traced else None)
+    metrics_present = present(p3b_run) if p3b_run is not None or not runs_meta else set()
+    # a pruning run without probes (uniform, l1, global_taylor, ...) has keep ratios and mask changes but no benefit
+    if "benefit_cls" in metrics_present:
+        if "keep_goal" in metrics_present:
+            figures["block_benefit_heatmap"] = plots.plot_block_benefit(history, view="heatmap", run=p3b_run)
+        figures["block_benefit_profile"] = plots.plot_block_benefit(history, view="profile", run=p3b_run)
     if "keep_goal" in metrics_present:
         figures.update({
-            "block_benefit_heatmap": plots.plot_block_benefit(history, view="heatmap", run=p3b_run),
-            "block_benefit_profile": plots.plot_block_benefit(history, view="profile", run=p3b_run),
             "keep_ratios": plots.plot_keep_ratios(history, run=p3b_run),
             "reactivations": plots.plot_reactivations(history, run=p3b_run),
         })
-    elif "benefit_cls" in metrics_present:
-        figures["block_benefit_profile"] = plots.plot_block_benefit(history, view="profile", run=p3b_run)
     if runs_meta:
         art_runs = [r for r, m in runs_meta.items() if isinstance(m, dict) and m.get("profiles")]
     else:
         art_runs = [None] if history.meta.get("profiles") else []
+    if run is not None and runs_meta:  # --run names one run: ART's figures only where it is an ART run
+        art_runs = [r for r in art_runs if str(r) == str(run)]
     if art_runs:
         art_run = run if run is not None else art_runs[0]
         figures["gradient_profile"] = plots.plot_gradient_profile(history, run=art_run)
         figures["exchange"] = plots.plot_exchange(history)
-        if "keep_ratio" in metrics_present:
+        if "keep_ratio" in present(art_run):
             figures["art_keep_ratios"] = plots.plot_art_keep_ratios(history, run=art_run)
     if not figures:
         raise ConfigError("no figure applies to this History: it holds neither P3B block traces (keep_goal, "

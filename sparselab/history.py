@@ -272,14 +272,14 @@ class History:
                         raise CheckpointError(f"{path}, line {line_no}: a {table!r} row lacks "
                                               f"{', '.join(map(repr, missing))} (a row has "
                                               f"{', '.join(COLUMNS[table])})")
-                    row = tuple(obj[c] for c in COLUMNS[table])
+                    row = _loaded_row(table, obj, path, line_no)
                     if "run" in obj:
                         if h._run is None:
                             if len(h):
                                 raise CheckpointError(f"{path}, line {line_no}: some rows name their run and earlier "
                                                       f"ones do not")
                             h._run = {t: [] for t in COLUMNS}
-                        h._run[table].append(obj["run"])
+                        h._run[table].append(str(obj["run"]))  # run names are strings, as concat makes them
                     elif h._run is not None:
                         raise CheckpointError(f"{path}, line {line_no}: this row names no run, earlier ones do")
                     h._rows[table].append(row)
@@ -291,6 +291,33 @@ class History:
             raise CheckpointError(f"{path}{where} cannot be read as a sparselab History: {kind} "
                                   f"({type(exc).__name__}: {exc})") from None
         return h
+
+
+def _loaded_row(table: str, obj: Mapping[str, Any], path: Path, line_no: int) -> tuple:
+    """One row of a saved History with the types the logging methods give it (whole steps, epochs and elements,
+    number values, a known split, text names); a field of another kind is a :class:`CheckpointError` naming the
+    file and line, rather than a row that reads back as text where a number belongs."""
+    row = []
+    for column in COLUMNS[table]:
+        value = obj[column]
+        if column in ("step", "epoch", "element", "old", "new"):
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif column == "value":
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+            value = float(value) if ok else value
+        elif column == "split":
+            ok = value in SPLITS
+        else:
+            ok = isinstance(value, str)
+        if ok and column in ("old", "new"):
+            ok = value in (0, 1)
+        if not ok:
+            allowed = {"step": "a whole number", "epoch": "a whole number", "element": "a whole number",
+                       "old": "0 or 1", "new": "0 or 1", "value": "a number", "split": f"one of {SPLITS}"}
+            raise CheckpointError(f"{path}, line {line_no}: a {table!r} row's {column!r} must be "
+                                  f"{allowed.get(column, 'text')}, got {value!r} (a damaged or edited file)")
+        row.append(value)
+    return tuple(row)
 
 
 def _whole(name: str, value: Any) -> int:

@@ -29,7 +29,9 @@ def save_run_files(out_dir: str | Path, table: pd.DataFrame | None = None, histo
     each atomically; returns the paths written by kind (``table``, ``histories``).
 
     One History without ``runs`` is saved as it is; several are merged with :meth:`History.concat` under the
-    names ``runs`` (default: each History's ``meta['run']``, which must then be distinct).
+    names ``runs`` (default: each History's ``meta['run']``, which must then be distinct). A ``results.csv`` or
+    ``histories.jsonl.gz`` that an earlier call left in ``out_dir`` and this call does not write (no table, no
+    Histories) is removed, so that the folder never pairs this call's table with another call's Histories.
 
     Raises:
         ConfigError: ``out_dir`` is an existing file, or the run names are not one distinct name per History.
@@ -47,4 +49,7 @@ def save_run_files(out_dir: str | Path, table: pd.DataFrame | None = None, histo
         paths["table"] = str(atomic_write(out / TABLE_FILE, lambda tmp: table.to_csv(tmp, index=False)))
     if merged is not None:
         paths["histories"] = str(merged.save(out / HISTORIES_FILE))
+    for kind, name in (("table", TABLE_FILE), ("histories", HISTORIES_FILE)):
+        if kind not in paths and (out / name).is_file():
+            (out / name).unlink()
     return paths

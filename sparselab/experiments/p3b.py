@@ -548,7 +548,10 @@ def latency_table(runs: Sequence[P3BRun], data, batch_sizes: Sequence[int] = (1,
 def save_results(out_dir, table: pd.DataFrame, runs: Sequence[P3BRun]) -> dict[str, str]:
     """Write the results table (CSV), all Histories merged (JSON Lines; :func:`~sparselab.experiments.outputs.
     save_run_files`) and each pruned method's first compact model (JSON spec + safetensors) under ``out_dir``;
-    returns the paths written."""
+    returns the paths written. A compact model an earlier call left under ``out_dir/compact`` (a folder with a
+    ``spec.json``) that these runs do not write is removed, so that every compact model there belongs to
+    ``table``."""
+    import shutil
     from pathlib import Path
 
     from .outputs import save_run_files
@@ -556,9 +559,16 @@ def save_results(out_dir, table: pd.DataFrame, runs: Sequence[P3BRun]) -> dict[s
     out = Path(out_dir)
     paths = save_run_files(out, table, [r.history for r in runs], runs=[str(r.history.meta.get("run", i))
                                                                         for i, r in enumerate(runs)])
+    written = set()
     for r in runs:
         if r.pruner is not None and r.seed == runs[0].seed:
             key = f"{r.method}-{int(round(r.prune_ratio * 100))}"
             if key not in paths:
                 paths[key] = str(r.pruner.save_compact(out / "compact" / key, model=r.model))
+                written.add(key)
+    compact = out / "compact"
+    if compact.is_dir():
+        for folder in compact.iterdir():
+            if folder.name not in written and folder.is_dir() and (folder / "spec.json").is_file():
+                shutil.rmtree(folder)
     return paths

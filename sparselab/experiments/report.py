@@ -13,6 +13,7 @@ from typing import Callable
 
 import pandas as pd
 
+from ..errors import ConfigError
 from ..stats import mean_ci, paired_against_all
 from .committed import RESULTS, committed_results
 from .diagnosis import diagnosis_summary
@@ -21,10 +22,32 @@ from .selection import qualified
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 FIGURES = "docs/results/figures"
+#: the columns the section reads from each result file (a file without one of them is refused by name)
+COLUMNS = {
+    "setting_selection": ("candidate", "data", "dense_mean", "dense_std", "uniform_mean", "loss", "loss_low",
+                          "loss_high", "qualifies"),
+    "p3b_cpu-full": ("method", "prune_ratio", "seed", "acc"),
+    "p3b_cpu-full_diagnosis": ("method", "prune_ratio", "seed", "acc", "baseline"),
+    "late_convergence": ("preset", "seed", "cls", "patch"),
+    "art_cpu-full": ("method", "sparsity", "seed", "acc"),
+}
+
+
+def _table(results: Callable[[str], pd.DataFrame], name: str) -> pd.DataFrame:
+    """``results(name)``, refused with the columns it lacks when it is not empty but misses one the section
+    reads."""
+    table = results(name)
+    missing = [c for c in COLUMNS[name] if c not in table.columns] if len(table) else []
+    if missing:
+        raise ConfigError(f"the result file {name!r} has no column(s) {', '.join(map(repr, missing))}; the results "
+                          f"section reads {', '.join(COLUMNS[name])} (it has {', '.join(map(str, table.columns))})")
+    return table
 
 
 def _cell(values: pd.Series) -> str:
     mean, low, high, n = mean_ci(values * 100)
+    if n == 0:  # every run of this cell measured nothing (NaN): no number, and no seed behind one
+        return "not measured"
     if n < 2:
         return f"{mean:.1f} (1 seed)"
     return f"{mean:.1f} ± {(high - low) / 2:.1f}"
@@ -73,14 +96,14 @@ def results_markdown(results: Callable[[str], pd.DataFrame] = committed_results,
              "(`scripts/select_setting.py` and `scripts/run_statistics.py` produce them); a test checks that this "
              "section is exactly what the script writes. Accuracies are test accuracy in %, mean ± half-width of "
              "the 95 % Student-t interval over seeds; differences are paired by seed.", ""]
-    selection = results("setting_selection")
+    selection = _table(results, "setting_selection")
     if len(selection):
         parts += ["**The CPU setting**, chosen by a rule fixed before any method comparison "
                   "(`sparselab.experiments.selection`): over ≥ 5 seeds, uniform allocation at 90 % must lose ≥ 3 "
                   "points against dense fine-tuning while dense fine-tuning's seed std stays below 0.5 points; "
                   "the first candidate that qualifies is the setting of the `cpu` and `cpu-full` scales.", "",
                   _selection(selection), ""]
-    p3b = results("p3b_cpu-full")
+    p3b = _table(results, "p3b_cpu-full")
     if len(p3b):
         parts += [f"**P3B against the structured baselines** (`cpu-full`: `vit_mini_patch7_28` pretrained on "
                   f"Fashion-MNIST classes 0-4, pruned while fine-tuned on 1 000 images of classes 5-9, compact "
@@ -89,12 +112,12 @@ def results_markdown(results: Callable[[str], pd.DataFrame] = committed_results,
                   f"![P3B accuracy against prune ratio]({figures}/p3b_accuracy.png)", "",
                   f"![P3B minus each other method, paired by seed]({figures}/p3b_paired.png)", "",
                   "Findings (`sparselab.experiments.findings.p3b_findings`):", "", _bullets(p3b_findings(p3b)), ""]
-        summary = [line for line in diagnosis_summary(p3b, results("p3b_cpu-full_diagnosis")) if line]
+        summary = [line for line in diagnosis_summary(p3b, _table(results, "p3b_cpu-full_diagnosis")) if line]
         if summary:
             parts += ["Diagnosis of where P3B trails (`sparselab.experiments.diagnosis`, rules fixed in "
                       "`diagnosis_conclusions`; `docs/results/p3b_cpu-full_diagnosis.csv`):", "", _bullets(summary),
                       ""]
-    late = results("late_convergence")
+    late = _table(results, "late_convergence")
     if len(late):
         lines = [line for name, rows in late.groupby("preset", sort=False)
                  for line in late_convergence_findings(rows.set_index("seed")[["cls", "patch"]], str(name))]
@@ -102,7 +125,7 @@ def results_markdown(results: Callable[[str], pd.DataFrame] = committed_results,
                   "moment its normalised ΔΨ first reaches half of its final value, and the Spearman ρ of that moment "
                   "with depth — positive when deep blocks arrive later; `cpu` is the class split, `cpu-digits` "
                   "Fashion-MNIST → digits; `docs/results/late_convergence.csv`):", "", _bullets(lines), ""]
-    art = results("art_cpu-full")
+    art = _table(results, "art_cpu-full")
     if len(art):
         parts += [f"**ART / HyperSparse against the other methods** (`cpu-full`: LeNet-300-100, 20 000 "
                   f"Fashion-MNIST training images; {_seeds(art)} seeds; `hypersparse_fast` / `_slow`: λ growing "
@@ -121,7 +144,7 @@ def result_figures(results: Callable[[str], pd.DataFrame] = committed_results) -
 
     out = {}
     for kind, setting, method in (("p3b", "prune_ratio", "p3b"), ("art", "sparsity", "hypersparse")):
-        table = results(f"{kind}_cpu-full")
+        table = _table(results, f"{kind}_cpu-full")
         if table.empty:
             continue
         out[f"{kind}_accuracy"] = plot_accuracy_ci(table, setting=setting)
@@ -136,6 +159,9 @@ def replace_section(readme: str, section: str) -> str:
     if START not in readme or END not in readme:
         raise ValueError(f"the README has no {START} … {END} markers")
     head, rest = readme.split(START, 1)
+    if END not in rest:
+        raise ValueError(f"the README's {END} marker comes before its {START} marker; the section goes between "
+                         f"them, start first")
     _, tail = rest.split(END, 1)
     return f"{head}{START}\n{section}{END}{tail}"
 
