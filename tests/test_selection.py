@@ -56,3 +56,18 @@ def test_the_class_split_candidate_separates_source_and_target_classes():
     preset = p3b_preset("cpu-split")
     target = set(preset.data_options["classes"])
     assert target.isdisjoint(RECIPES[preset.recipe].classes) and preset.data == "fashion_mnist"
+
+
+def test_a_seed_without_a_measured_accuracy_does_not_count_towards_the_rule(monkeypatch):
+    """min_seeds counts the seeds whose dense-minus-uniform loss was measured: a diverged (NaN) run is left out of
+    the interval, so it must not make up the seed count either."""
+    hard = p3b_preset("tiny").replace(name="hard")
+    dense = [0.90, 0.901, 0.902, 0.90, float("nan")]
+    accs = {"hard": {"dense": dense, "uniform": [0.85, 0.86, 0.84, 0.85, 0.86]}}
+    monkeypatch.setattr(selection, "run_p3b", _scripted(accs))
+    monkeypatch.setattr(selection, "load_data", lambda preset: None)
+    with pytest.warns(RuntimeWarning, match="not finite"):
+        summary = selection.measure_candidate(hard, seeds=(0, 1, 2, 3, 4), progress=False)["summary"]
+    assert not summary["qualifies"]
+    accs["hard"]["dense"] = dense[:4] + [0.899]
+    assert selection.measure_candidate(hard, seeds=(0, 1, 2, 3, 4), progress=False)["summary"]["qualifies"]

@@ -70,7 +70,7 @@ def measure_candidate(preset: P3BPreset, ratio: float = 0.9, seeds: Sequence[int
                "seeds": len(seeds), "dense_mean": float(dense.mean()), "dense_std": std,
                "uniform_mean": float(uniform.mean()), "loss": loss_mean, "loss_low": loss_low,
                "loss_high": loss_high,
-               "qualifies": bool(len(seeds) >= rule.min_seeds and loss_mean >= rule.min_loss
+               "qualifies": bool(n >= rule.min_seeds and loss_mean >= rule.min_loss
                                  and std < rule.max_dense_std)}
     return {"runs": table, "summary": summary}
 
