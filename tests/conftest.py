@@ -124,3 +124,38 @@ def nano_vit(seed: int = 0, **options):
 def tiny_vit():
     """:func:`nano_vit` as a fixture: ``model = tiny_vit(seed=1)``."""
     return nano_vit
+
+
+def counted_macs(model, shape=(3, 32, 32)) -> int:
+    """Multiply-accumulates of one image of ``shape``, counted by hooks on a forward pass (Linear, Conv2d,
+    attention scores and values, attention pooling): the reference ``compact_stats`` is checked against."""
+    import torch
+    from timm.layers import Attention, AttentionPoolLatent
+    from torch import nn
+
+    total, handles = [0], []
+
+    def linear(m, args, out):
+        total[0] += args[0].numel() // m.in_features * m.in_features * m.out_features
+
+    def conv(m, args, out):
+        total[0] += out.numel() * m.in_channels // m.groups * m.kernel_size[0] * m.kernel_size[1]
+
+    def attention(m, args, out):
+        b, n, _ = args[0].shape
+        total[0] += 2 * b * n * n * m.num_heads * m.head_dim
+
+    def pool(m, args, out):
+        b, n, _ = args[0].shape
+        total[0] += 2 * b * m.latent_len * n * m.num_heads * m.head_dim
+
+    for m in model.modules():
+        for kind, hook in ((nn.Linear, linear), (nn.Conv2d, conv), (Attention, attention),
+                           (AttentionPoolLatent, pool)):
+            if isinstance(m, kind):
+                handles.append(m.register_forward_hook(hook))
+    with torch.no_grad():
+        model(torch.randn(1, *shape))
+    for h in handles:
+        h.remove()
+    return total[0]

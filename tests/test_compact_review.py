@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import timm
 import torch
+from conftest import counted_macs
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from timm.layers import Attention, AttentionPoolLatent
 from torch import nn
 
 import sparselab  # noqa: F401  (registers the small ViTs with timm)
@@ -111,36 +111,6 @@ def test_a_fractional_layer_key_is_refused(key):
 
 
 # ====================================================================== compact_stats
-def counted_macs(model: nn.Module, shape=(3, 32, 32)) -> int:
-    """Multiply-accumulates of one image, counted on a forward pass with hooks."""
-    total, handles = [0], []
-
-    def linear(m, args, out):
-        total[0] += args[0].numel() // m.in_features * m.in_features * m.out_features
-
-    def conv(m, args, out):
-        total[0] += out.numel() * m.in_channels // m.groups * m.kernel_size[0] * m.kernel_size[1]
-
-    def attention(m, args, out):
-        b, n, _ = args[0].shape
-        total[0] += 2 * b * n * n * m.num_heads * m.head_dim
-
-    def pool(m, args, out):
-        b, n, _ = args[0].shape
-        total[0] += 2 * b * m.latent_len * n * m.num_heads * m.head_dim
-
-    for m in model.modules():
-        for kind, hook in ((nn.Linear, linear), (nn.Conv2d, conv), (Attention, attention),
-                           (AttentionPoolLatent, pool)):
-            if isinstance(m, kind):
-                handles.append(m.register_forward_hook(hook))
-    with torch.no_grad():
-        model(torch.randn(1, *shape))
-    for h in handles:
-        h.remove()
-    return total[0]
-
-
 @settings(max_examples=12, deadline=None)
 @given(options=st.sampled_from([dict(), dict(reg_tokens=2), dict(class_token=False, global_pool="avg"),
                                 dict(global_pool="map"), dict(global_pool="map", class_token=False),

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import counted_macs
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from timm.layers import Attention
 from timm.models.deit import VisionTransformerDistilled
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
@@ -118,31 +118,6 @@ def test_load_compact_checks_its_device_before_reading(tmp_path):
 
 
 # ====================================================================== compact_stats
-def counted_macs(model: nn.Module) -> int:
-    """Multiply-accumulates of one 16x16 image, counted by hooks on a forward pass."""
-    total, handles = [0], []
-
-    def linear(m, args, out):
-        total[0] += args[0].numel() // m.in_features * m.in_features * m.out_features
-
-    def conv(m, args, out):
-        total[0] += out.numel() * m.in_channels // m.groups * m.kernel_size[0] * m.kernel_size[1]
-
-    def attention(m, args, out):
-        b, n, _ = args[0].shape
-        total[0] += 2 * b * n * n * m.num_heads * m.head_dim
-
-    for m in model.modules():
-        for kind, hook in ((nn.Linear, linear), (nn.Conv2d, conv), (Attention, attention)):
-            if isinstance(m, kind):
-                handles.append(m.register_forward_hook(hook))
-    with torch.no_grad():
-        model(torch.randn(1, 3, 16, 16))
-    for h in handles:
-        h.remove()
-    return total[0]
-
-
 @pytest.mark.parametrize("cls, options", [
     (VisionTransformer, dict(global_pool="")),
     (VisionTransformer, dict(global_pool="", class_token=False, reg_tokens=2)),
@@ -153,7 +128,7 @@ def test_compact_stats_counts_a_head_that_reads_every_token(cls, options):
     model = tiny_vit(cls, **options)
     small = compact_vit(model, random_masks(ViTStructure(model), 1))
     for m in (model, small):
-        assert compact_stats(m)["flops"] == counted_macs(m)
+        assert compact_stats(m)["flops"] == counted_macs(m, shape=(3, 16, 16))
 
 
 # ====================================================================== gate masks
