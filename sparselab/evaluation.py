@@ -12,7 +12,7 @@ from . import runtime as dist_utils
 from .data.batches import eval_batches, to_model_input
 from .data.datasets import DataBundle
 from .errors import ConfigError, check_bool, check_positive_int
-from .runtime import autocast
+from .runtime import amp_enabled, autocast
 
 #: the precisions :func:`evaluate` can autocast to
 AMP_DTYPES = (torch.bfloat16, torch.float16)
@@ -54,7 +54,7 @@ def evaluate(model: nn.Module, dataset, batch_size: int = 512, device: str | tor
     if first is None:
         raise ConfigError(f"evaluate needs a model with parameters; {type(model).__name__} has none")
     device = dist_utils.local_device(device) if device is not None else first.device
-    amp = device.type == "cuda" if amp is None else amp
+    amp = amp_enabled(device, amp)
     rank, world = dist_utils.world()
     totals = torch.zeros(3, dtype=torch.float64)
     with dist_utils.evaluating(model):

@@ -112,6 +112,16 @@ def amp_dtype(name: str | None) -> torch.dtype:
     return torch.bfloat16 if name in ("bfloat16", "bf16") else torch.float16
 
 
+def amp_enabled(device: torch.device, amp: bool | None) -> bool:
+    """Whether to autocast on ``device``: ``amp`` as given, None: on for CUDA (evaluation's default).
+
+    Example:
+        >>> amp_enabled(torch.device("cpu"), None), amp_enabled(torch.device("cpu"), True)
+        (False, True)
+    """
+    return device.type == "cuda" if amp is None else bool(amp)
+
+
 def autocast(device: torch.device, enabled: bool, dtype: torch.dtype | None = None):
     """Mixed precision on ``device`` in ``dtype`` (None: :func:`amp_dtype`'s default) when ``enabled``."""
     if not enabled:

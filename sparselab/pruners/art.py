@@ -324,7 +324,7 @@ class ART(Pruner):
         """
         from ..data.batches import to_model_input
         from ..data.datasets import TensorImages
-        from ..runtime import autocast, evaluating
+        from ..runtime import amp_enabled, autocast, evaluating
 
         ds = state.data.train
         n = len(ds) if self.train_eval_limit is None else min(len(ds), self.train_eval_limit)
@@ -346,7 +346,7 @@ class ART(Pruner):
                 if len(y) == 0:
                     continue
                 x, y = to_model_input(x, model, device), y.to(device, non_blocking=True)
-                with autocast(device, device.type == "cuda" if state.amp is None else state.amp, state.amp_dtype):
+                with autocast(device, amp_enabled(device, state.amp), state.amp_dtype):
                     out = model(x)
                 totals[0] += (out.argmax(1) == y).sum().item()
                 totals[1] += len(y)
