@@ -15,7 +15,7 @@ from timm.models.vision_transformer import Block
 from torch import nn
 from torch.nn import functional as F
 
-from ...errors import ConfigError
+from ...errors import ConfigError, check_positive_int
 from ..vit import GATE_WEIGHTS, GATES, Masks, ViTStructure, is_identity, qkv_grid, weight_index
 from .modules import CompactBlock, CompactMlp, ConstantBranch, ScatterChannels, SelectChannels, ZeroPaddedLayerNorm
 
@@ -278,9 +278,7 @@ def pad_masks(structure: ViTStructure, masks: Masks, multiple: int = 8
         >>> int(padded[0]["mlp_hid"].sum()), added[0]["mlp_hid"].nonzero().flatten().tolist()
         (64, [61, 62, 63])
     """
-    if isinstance(multiple, bool) or not isinstance(multiple, numbers.Integral) or multiple < 1:
-        raise ConfigError(f"pad_to must be a positive integer (1: no padding), got {multiple!r}")
-    multiple = int(multiple)
+    multiple = check_positive_int("pad_to (1: no padding)", multiple)
     full = _check_masks(structure, masks)  # the layer and gate names, sizes and values checked, as compact_vit does
     for key, per in (masks or {}).items():
         for g, m in per.items():  # a mask given on another device stays there
