@@ -102,12 +102,12 @@ def test_pad_masks_reads_every_accepted_form_of_a_mask_alike(kept, multiple, for
     assert int(padded[0]["mlp_hid"].sum()) == min(-(-kept // multiple) * multiple, 768)
 
 
-@pytest.mark.parametrize("key", [0.5, 1.9])
-def test_a_fractional_layer_key_is_refused(key):
+@pytest.mark.parametrize("key", [0.5, 1.9, 1.0, True])
+def test_a_layer_key_that_is_no_layer_number_is_refused(key):
     model = small_vit()
     with pytest.raises(ConfigError, match="whole layer numbers"):
         compact_vit(model, {key: {"mlp_hid": torch.arange(768) < 3}})
-    compact_vit(model, {1.0: {"mlp_hid": torch.arange(768) < 3}})  # a whole number is a layer
+    compact_vit(model, {1: {"mlp_hid": torch.arange(768) < 3}})  # an int is a layer, as is "1" (JSON)
 
 
 # ====================================================================== compact_stats

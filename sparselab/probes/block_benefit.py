@@ -178,7 +178,8 @@ class BlockBenefit(WindowedRecorder):
             patch_losses = []
             pair_targets = twice(targets[:n])
             for k, pair in enumerate(self.probes):
-                grids = torch.cat([s.patch_tokens(stream[k][:n]), s.patch_tokens(stream[k + 1][:n])])
+                grids = torch.cat([s.patch_tokens(stream[k][:n], self.taps.grid),
+                                   s.patch_tokens(stream[k + 1][:n], self.taps.grid)])
                 pl = _loss(pair.patch(grids), pair_targets, label_smoothing).view(2, -1).mean(1)
                 if backward is not None:
                     backward(pl.sum())

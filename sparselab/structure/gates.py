@@ -33,7 +33,6 @@ Example:
 """
 from __future__ import annotations
 
-import operator
 import types
 from typing import Mapping
 
@@ -42,7 +41,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..errors import ConfigError
-from .vit import GATES, Masks, ViTStructure, is_identity, qkv_grid
+from .vit import GATES, Masks, ViTStructure, binary_mask, check_gate_layout, is_identity, qkv_grid
 
 #: where gates can act: on the Linear weights (default) or on the activations (forward hooks, the reference)
 GATE_SITES = ("weights", "activations")
@@ -132,55 +131,38 @@ class Gates(nn.Module):
         return bool(self._handles or self._gated)
 
     # ------------------------------------------------------------------ values
-    def _checked(self, values: Mapping[int, Mapping[str, torch.Tensor]], what: str
-                 ) -> list[tuple[int, str, torch.Tensor]]:
-        """(layer, gate, vector) for each entry of ``values``, checked to name a layer and gate of the model and to
-        hold one entry per gate element (a shorter vector would be broadcast over the whole gate)."""
-        s = self.structure[0]
-        if not isinstance(values, Mapping):
-            raise ConfigError(f"{what} must be a dict layer -> gate -> vector, got {type(values).__name__}")
-        out = []
-        for key, per_gate in values.items():
-            try:
-                layer = int(key) if isinstance(key, str) else operator.index(key)
-            except (TypeError, ValueError):
-                raise ConfigError(f"{what}: layer keys must be whole layer numbers, got {key!r}") from None
-            if isinstance(key, bool) or not 0 <= layer < s.depth:
-                raise ConfigError(f"{what} name layer {key!r}, but the model has {s.depth} layers "
-                                  f"(0..{s.depth - 1})")
-            if not isinstance(per_gate, Mapping):
-                raise ConfigError(f"{what} for layer {layer} must be a dict gate -> vector")
-            sizes = s.gate_sizes(layer)
-            for gate, v in per_gate.items():
-                if gate not in sizes:
-                    raise ConfigError(f"{what} for layer {layer} name unknown gate {gate!r}; gates: "
-                                      f"{', '.join(GATES)}")
-                v = torch.as_tensor(v)
-                if v.shape != (sizes[gate],):
-                    raise ConfigError(f"{what} for layer {layer}, gate {gate!r} has shape {tuple(v.shape)}; the "
-                                      f"gate has {sizes[gate]} entries")
-                out.append((layer, gate, v))
-        return out
-
     def set_values(self, values: Mapping[int, Mapping[str, torch.Tensor]]) -> None:
-        """Set gate values (soft masks in [0, 1]) for the given layers and gates.
+        """Set gate values (soft masks in [0, 1]) for the given layers and gates. Layer keys follow
+        :func:`~sparselab.structure.vit.layer_key`: ints, or strings of decimal digits as in JSON.
 
         Raises:
-            ConfigError: a layer or gate the model does not have, or a vector without one value per gate element.
+            ConfigError: a layer key that is no whole layer number (a bool, a float, another string), a layer or
+                gate the model does not have, or a vector without one value per gate element.
+
+        Example:
+            >>> import timm
+            >>> gates = Gates(ViTStructure(timm.create_model("vit_nano_patch4_28", num_classes=10)))
+            >>> gates.set_values({"1": {"mlp_hid": torch.full((256,), 0.25)}})
+            >>> gates.gate(1, "mlp_hid")[0].item()
+            0.25
         """
-        self._assign(self._checked(values, "gate values"))
+        self._assign(check_gate_layout(self.structure[0], values, "gate values"))
 
     def set_hard(self, masks: Masks) -> None:
-        """Set gates to exactly 0/1 from boolean masks (or 0/1 values).
+        """Set gates to exactly 0/1 from boolean masks (or 0/1 values), with the layer keys :meth:`set_values` takes.
 
         Raises:
             ConfigError: as :meth:`set_values`, and a mask with values other than 0 and 1.
+
+        Example:
+            >>> import timm
+            >>> gates = Gates(ViTStructure(timm.create_model("vit_nano_patch4_28", num_classes=10)))
+            >>> gates.set_hard({0: {"mlp_hid": torch.arange(256) < 64}})
+            >>> int(gates.gate(0, "mlp_hid").sum())
+            64
         """
-        checked = self._checked(masks, "masks")
-        for layer, gate, m in checked:
-            if m.dtype != torch.bool and (m.is_complex() or not bool(((m == 0) | (m == 1)).all())):
-                raise ConfigError(f"the mask for layer {layer}, gate {gate!r} must be boolean (True = kept) or 0/1 "
-                                  f"values")
+        checked = [(layer, gate, binary_mask(m, layer, gate, "masks"))
+                   for layer, gate, m in check_gate_layout(self.structure[0], masks, "masks", "boolean vector")]
         self._assign([(layer, gate, m.float()) for layer, gate, m in checked])
 
     @torch.no_grad()

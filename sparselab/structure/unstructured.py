@@ -95,11 +95,20 @@ def masks_from_scores(scores: Masks, sparsity: float, scope: str = "global") -> 
     same share of each tensor, ``row`` the same share of each output row (dimension 0; Wanda's comparison group).
     Exactly ⌊sparsity·n⌋ entries are removed per group; ties are broken by position, so the count is exact.
 
+    Raises:
+        ConfigError: ``scores`` is not a non-empty dict of weight name -> score tensor, ``sparsity`` is not in
+            [0, 1], or ``scope`` is not one of the three.
+        DivergedError: a score is NaN.
+
     Example:
         >>> m = masks_from_scores({"a": torch.tensor([[3., 1.], [2., 4.]])}, 0.5, scope="row")
         >>> m["a"].tolist()
         [[True, False], [False, True]]
     """
+    if not isinstance(scores, Mapping) or not scores:
+        got = "an empty dict" if isinstance(scores, Mapping) else type(scores).__name__
+        raise ConfigError(f"scores must be a non-empty dict of weight name -> score tensor (one score per weight, "
+                          f"higher = kept; e.g. |w| of each prunable weight), got {got}: there is nothing to rank")
     check_ratio("sparsity", sparsity)
     nan = [name for name, v in scores.items() if bool(torch.isnan(v).any())]
     if nan:  # topk ranks NaN above every number: the mask would keep whatever turned NaN

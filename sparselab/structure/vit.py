@@ -24,6 +24,7 @@ Example:
 """
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 from typing import Callable, Mapping
 
@@ -115,6 +116,96 @@ def reduce_gates(weights: Mapping[str, torch.Tensor], head_dim: int, qkv_unit: s
             total = per if total is None else total + per
         out[gate] = total
     return out
+
+
+def layer_key(key: object, depth: int, what: str) -> int:
+    """The layer number a key of a layer -> gate -> vector dict names: a Python or numpy integer, or a string of
+    decimal digits (the keys of masks saved as JSON), in ``0..depth-1``. ``what`` names the dict in errors.
+
+    Raises:
+        ConfigError: a bool, a float (even a whole one such as 1.0), another string or another type, naming the
+            key; or a layer the model does not have.
+
+    Example:
+        >>> layer_key("3", depth=4, what="masks"), layer_key(2, depth=4, what="masks")
+        (3, 2)
+        >>> layer_key(1.0, depth=4, what="masks")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        sparselab.errors.ConfigError: masks: layer keys must be whole layer numbers ... got 1.0 (float)
+    """
+    # bool is an Integral but True is no layer number; float keys are refused outright, whole or not, so that one
+    # rule holds wherever these dicts are read (a JSON key is always a string)
+    if isinstance(key, numbers.Integral) and not isinstance(key, bool):
+        layer = int(key)
+    elif isinstance(key, str) and key.isascii() and key.isdigit():
+        layer = int(key)
+    else:
+        raise ConfigError(f"{what}: layer keys must be whole layer numbers (an int, or a string of decimal digits "
+                          f"such as '0' as JSON keys are), got {key!r} ({type(key).__name__})")
+    if not 0 <= layer < depth:
+        raise ConfigError(f"{what} name layer {layer}, but the model has {depth} layers (0..{depth - 1})")
+    return layer
+
+
+def check_gate_layout(structure: ViTStructure, values: object, what: str, vector: str = "vector"
+                      ) -> list[tuple[int, str, torch.Tensor]]:
+    """(layer, gate, tensor) for each entry of a layer -> gate -> vector dict (:data:`Masks`, or gate values),
+    checked against ``structure``: each layer key passes :func:`layer_key` and names each layer once, each gate is
+    one of :data:`GATES`, and each vector holds exactly one entry per gate element (a shorter one would be
+    broadcast over the whole gate). Values are not checked (soft gate values, 0/1 masks: the caller's rule).
+    ``what`` names the dict in errors, ``vector`` what its vectors are.
+
+    Raises:
+        ConfigError: not a dict of dicts, a layer key or gate the model does not have, or a vector of another
+            shape; the message names the layer, the gate and what is allowed.
+
+    Example:
+        >>> import timm
+        >>> s = ViTStructure(timm.create_model("vit_nano_patch4_28", num_classes=10))
+        >>> [(i, g, tuple(v.shape)) for i, g, v in check_gate_layout(s, {"1": {"mlp_hid": [1.0] * 256}}, "masks")]
+        [(1, 'mlp_hid', (256,))]
+    """
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"{what} must be a dict layer -> gate -> {vector}, got {type(values).__name__}")
+    out, seen = [], {}
+    for key, per_gate in values.items():
+        layer = layer_key(key, structure.depth, what)
+        if layer in seen:  # e.g. 1 and "1": which one would win is an accident of the dict's order
+            raise ConfigError(f"{what} name layer {layer} twice, as {seen[layer]!r} and {key!r}; give each layer "
+                              f"once")
+        seen[layer] = key
+        if not isinstance(per_gate, Mapping):
+            raise ConfigError(f"{what} for layer {layer} must be a dict gate -> {vector}, got "
+                              f"{type(per_gate).__name__}")
+        sizes = structure.gate_sizes(layer)
+        for gate, v in per_gate.items():
+            if gate not in sizes:
+                raise ConfigError(f"{what} for layer {layer} name unknown gate {gate!r}; gates: {', '.join(GATES)}")
+            t = torch.as_tensor(v)
+            if t.shape != (sizes[gate],):
+                raise ConfigError(f"{what} for layer {layer}, gate {gate!r} has shape {tuple(t.shape)}; the gate "
+                                  f"has {sizes[gate]} entries")
+            out.append((layer, gate, t))
+    return out
+
+
+def binary_mask(mask: torch.Tensor, layer: int, gate: str, what: str) -> torch.Tensor:
+    """``mask`` (booleans, or 0/1 numbers) as a boolean tensor (True = kept).
+
+    Raises:
+        ConfigError: values other than 0 and 1 (a soft mask), naming the layer and gate.
+
+    Example:
+        >>> binary_mask(torch.tensor([1., 0.]), 0, "mlp_hid", "masks").tolist()
+        [True, False]
+    """
+    if mask.dtype == torch.bool:
+        return mask
+    if mask.is_complex() or not bool(((mask == 0) | (mask == 1)).all()):
+        raise ConfigError(f"{what}: the mask for layer {layer}, gate {gate!r} must be boolean (True = kept) or 0/1 "
+                          f"values")
+    return mask != 0
 
 
 @dataclass(frozen=True)
@@ -361,9 +452,42 @@ class ViTStructure:
         return reduce_gates({name: values(name, m.weight) for name, m in linear.items()}, self.head_dim[layer],
                             self.qkv_unit)
 
-    def patch_tokens(self, x: torch.Tensor) -> torch.Tensor:
-        """Residual-stream tokens ``(B, N, D)`` to a patch grid ``(B, D, h, w)``, skipping all prefix tokens."""
-        h, w = self.grid_size
+    @property
+    def fixed_grid(self) -> bool:
+        """Whether the model only takes images of the size it was created for, so that every input has the patch
+        grid :attr:`grid_size` (False for timm's ``dynamic_img_size=True``, whose grid follows the input)."""
+        return bool(getattr(self.model.patch_embed, "strict_img_size", True))
+
+    def patch_tokens(self, x: torch.Tensor, grid: tuple[int, int] | None = None) -> torch.Tensor:
+        """Residual-stream tokens ``(B, N, D)`` to a patch grid ``(B, D, h, w)``, skipping all prefix tokens.
+
+        ``grid`` is the ``(h, w)`` patch grid of the input the tokens were computed from
+        (:attr:`~sparselab.structure.taps.ResidualTaps.grid` records it during the forward pass). None: the grid
+        the model was created for (:attr:`grid_size`), which is only known to be the input's when the model takes
+        no other image size (:attr:`fixed_grid`).
+
+        Raises:
+            ConfigError: ``grid`` is None for a model that takes other image sizes (``dynamic_img_size``), or the
+                patch tokens do not fill the grid (another input size, or patch dropout in training).
+
+        Example:
+            >>> import timm
+            >>> s = ViTStructure(timm.create_model("vit_nano_patch4_28", num_classes=10))
+            >>> tuple(s.patch_tokens(torch.randn(2, 1 + 49, 64)).shape)
+            (2, 64, 7, 7)
+        """
+        n = x.shape[1] - self.num_prefix_tokens
+        if grid is None:
+            if not self.fixed_grid:
+                raise ConfigError(f"{type(self.model).__name__} takes images of any size (dynamic_img_size), so the "
+                                  f"patch grid of its {n} patch tokens is not known from the model: pass the input's "
+                                  f"grid=(h, w) (ResidualTaps.grid records it during the forward pass)")
+            grid = self.grid_size
+        h, w = (int(v) for v in grid)
+        if h * w != n:
+            raise ConfigError(f"{n} patch tokens (after {self.num_prefix_tokens} prefix tokens) do not fill a "
+                              f"{h}x{w} patch grid; the grid must be the one of the input the tokens came from "
+                              f"(patch dropout, which removes tokens, leaves no grid)")
         t = x[:, self.num_prefix_tokens:]
         return t.transpose(1, 2).reshape(x.shape[0], x.shape[2], h, w)
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import copy
 import math
-import numbers
 from typing import Mapping
 
 import torch
@@ -16,7 +15,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ...errors import ConfigError, check_positive_int
-from ..vit import GATE_WEIGHTS, GATES, Masks, ViTStructure, is_identity, qkv_grid, weight_index
+from ..vit import GATE_WEIGHTS, Masks, ViTStructure, binary_mask, check_gate_layout, is_identity, qkv_grid, weight_index
 from .modules import CompactBlock, CompactMlp, ConstantBranch, ScatterChannels, SelectChannels, ZeroPaddedLayerNorm
 
 _HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",
@@ -25,37 +24,13 @@ _HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_back
 
 # ====================================================================== masks
 def _check_masks(structure: ViTStructure, masks: Masks | None) -> dict[int, dict[str, torch.Tensor]]:
-    """Validated boolean CPU masks for every layer and gate (missing layers/gates: all kept)."""
+    """Validated boolean CPU masks for every layer and gate (missing layers/gates: all kept); the layout is checked
+    by :func:`~sparselab.structure.vit.check_gate_layout`, as :class:`~sparselab.structure.gates.Gates` does."""
     full = structure.full_masks()
     if masks is None:
         return full
-    if not isinstance(masks, Mapping):
-        raise ConfigError(f"masks must be a dict layer -> gate -> boolean vector, got {type(masks).__name__}")
-    for key, per in masks.items():
-        try:
-            layer = int(key)
-        except (TypeError, ValueError):
-            raise ConfigError(f"masks keys must be layer numbers, got {key!r}") from None
-        if isinstance(key, numbers.Real) and key != layer:  # int() would truncate 0.5 to layer 0
-            raise ConfigError(f"masks keys must be whole layer numbers, got {key!r}")
-        if not 0 <= layer < structure.depth:
-            raise ConfigError(f"masks name layer {layer}, but the model has {structure.depth} layers "
-                              f"(0..{structure.depth - 1})")
-        if not isinstance(per, Mapping):
-            raise ConfigError(f"masks for layer {layer} must be a dict gate -> boolean vector")
-        sizes = structure.gate_sizes(layer)
-        for gate, m in per.items():
-            if gate not in sizes:
-                raise ConfigError(f"masks for layer {layer} name unknown gate {gate!r}; gates: {', '.join(GATES)}")
-            t = torch.as_tensor(m).detach().cpu()
-            if t.dim() != 1 or t.numel() != sizes[gate]:
-                raise ConfigError(f"mask for layer {layer}, gate {gate!r} has shape {tuple(t.shape)}; "
-                                  f"the model's gate has {sizes[gate]} entries")
-            if t.dtype != torch.bool:
-                if t.is_complex() or not bool(((t == 0) | (t == 1)).all()):
-                    raise ConfigError(f"mask for layer {layer}, gate {gate!r} must be boolean (or 0/1 values)")
-                t = t != 0
-            full[layer][gate] = t.clone()
+    for layer, gate, m in check_gate_layout(structure, masks, "masks", "boolean vector"):
+        full[layer][gate] = binary_mask(m.detach().cpu(), layer, gate, "masks").clone()
     return full
 
 
