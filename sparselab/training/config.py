@@ -65,7 +65,8 @@ class TrainConfig:
             supports it, else float16.
         nonfinite: what a non-finite (NaN/inf) loss does: ``raise`` (stop with an error; the last checkpoint,
             written before, stays good) or ``skip`` (drop that optimizer step and go on; the History counts the
-            skipped steps as ``skipped_steps``).
+            skipped steps as ``skipped_steps``, together with the steps a float16 grad scaler skips after an
+            overflow; neither counts in the train loss and accuracy).
         device: ``cpu``, ``cuda``, ``cuda:1`` ...; None picks CUDA when available.
     """
 

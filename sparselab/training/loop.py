@@ -213,9 +213,11 @@ class LoopProgress:
     """Where :func:`fit` stands, saved in every checkpoint (as a dict) so that a resumed run continues at the same
     batch: the ``epoch`` and ``batch`` within it, whether training ``finished`` or was ``stopped`` by a callback,
     the running sums of the logging ``window`` (loss sum, images) and of the epoch's ``train`` metrics (loss sum,
-    correct, images), the count of ``skipped`` (non-finite) steps, and the ``last_test`` evaluation of the test
-    split after an epoch (its ``step``, ``loss`` and ``acc``; None where the epochs evaluate the validation
-    split), and the ``lr`` the last optimizer step used (the first group's; the schedule has moved on since)."""
+    correct, images; of the steps that updated the weights), the count of ``skipped`` steps (those without an
+    update: a non-finite loss, or gradients the loss scaler found non-finite), and the ``last_test`` evaluation of
+    the test split after an epoch (its ``step``, ``loss`` and ``acc``; None where the epochs evaluate the
+    validation split), and the ``lr`` the last optimizer step used (the first group's; the schedule has moved on
+    since)."""
 
     epoch: int = 0
     batch: int = 0
@@ -249,6 +251,10 @@ def fit(model: nn.Module, data: DataBundle, epochs: int | None = None, pruner: P
         grad_scaler: a ``torch.amp.GradScaler`` to use instead of the automatic one (float16 autocast on CUDA
             gets one by itself); hooks see its scale in ``state.grad_scale`` and skipped steps in
             ``state.step_skipped``.
+
+    A step without an update, whether its loss was not finite (``nonfinite="skip"``) or the loss scaler skipped
+    it for inf/NaN gradients, adds nothing to the logged train ``loss``, ``epoch_loss`` and ``acc``; the
+    History's ``skipped_steps`` counts both kinds (running total, logged at each such step).
 
     Under ``torchrun`` the model is wrapped in DistributedDataParallel, each process takes its share of every
     global batch, and metrics are all-reduced, so every process returns the same History.
@@ -535,7 +541,11 @@ def _mixup(cfg: TrainConfig, num_classes: int):
 
 def _train_step(net, batches, sizes: list[int], state: TrainState, plugins, cfg: TrainConfig, device, amp, scaler,
                 optimizer, scheduler, loop, mixup=None) -> None:
-    """One optimizer step over ``len(batches)`` accumulated micro-batches (each weighted by its share of images)."""
+    """One optimizer step over ``len(batches)`` accumulated micro-batches (each weighted by its share of images).
+
+    Only a step that updates the weights adds its loss and accuracy to the logging window and the epoch's train
+    metrics: one dropped for a non-finite loss, or one the loss scaler skipped for non-finite gradients, adds
+    nothing and is counted in ``skipped_steps`` instead."""
     total_size = sum(sizes)
     optimizer.zero_grad(set_to_none=True)
     measured = [0.0, 0.0, 0.0]  # loss sum, correct, images: counted only when the whole step is taken
@@ -553,9 +563,6 @@ def _train_step(net, batches, sizes: list[int], state: TrainState, plugins, cfg:
             _skip_step(state, plugins, optimizer, scheduler, loop)
             return
         measured = [a + b for a, b in zip(measured, micro)]
-    loop.window[0] += measured[0]
-    loop.window[1] += measured[2]
-    loop.train = [a + b for a, b in zip(loop.train, measured)]
     state.grad_scale = float(scaler.get_scale()) if scaler is not None else 1.0
     if scaler is not None:
         scaler.unscale_(optimizer)
@@ -570,6 +577,12 @@ def _train_step(net, batches, sizes: list[int], state: TrainState, plugins, cfg:
     else:
         optimizer.step()
         state.step_skipped = False
+    if state.step_skipped:  # the scaler found inf/NaN gradients: like a non-finite loss, no update to measure
+        _log_skipped(state, loop)
+    else:
+        loop.window[0] += measured[0]
+        loop.window[1] += measured[2]
+        loop.train = [a + b for a, b in zip(loop.train, measured)]
     _count_step(state, plugins, scheduler, loop)
 
 
@@ -577,12 +590,18 @@ def _skip_step(state: TrainState, plugins, optimizer, scheduler, loop) -> None:
     """Drop an optimizer step whose loss was not finite: no update; schedules and hooks still count the step."""
     optimizer.zero_grad(set_to_none=True)
     state.grad_scale, state.step_skipped = 1.0, True  # hooks drop what they hold outside the optimizer
-    loop.skipped += 1
-    state.history.log_metric("skipped_steps", float(loop.skipped), step=state.step + 1, epoch=state.epoch,
-                             split="train")
+    _log_skipped(state, loop)
     with warnings.catch_warnings():  # torch warns that a schedule stepped without the optimizer: intended here
         warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)`")
         _count_step(state, plugins, scheduler, loop)
+
+
+def _log_skipped(state: TrainState, loop) -> None:
+    """Count a step that made no update (a non-finite loss, or gradients the loss scaler found non-finite) in
+    the History's running ``skipped_steps``, logged at that step."""
+    loop.skipped += 1
+    state.history.log_metric("skipped_steps", float(loop.skipped), step=state.step + 1, epoch=state.epoch,
+                             split="train")
 
 
 def _count_step(state: TrainState, plugins, scheduler, loop) -> None:
@@ -637,7 +656,7 @@ def _log_window(loop, state: TrainState, optimizer, bar) -> None:
     t = dist_utils.all_reduce_sum(torch.tensor(loop.window, dtype=torch.float64))
     lr = loop.lr if loop.lr is not None else optimizer.param_groups[0]["lr"]
     loop.window = [0.0, 0.0]
-    if t[1].item() == 0:  # every step of the window was skipped (non-finite): there is no loss to report
+    if t[1].item() == 0:  # every step of the window was skipped (no update): there is no loss to report
         state.history.log_metrics({"lr": lr}, step=state.step, epoch=state.epoch, split="train")
         return
     loss = t[0].item() / t[1].item()
@@ -653,7 +672,7 @@ def _end_epoch(state: TrainState, plugins, loop, eval_ds, split: str, cfg: Train
         metrics = {"train_loss": t[0].item() / n, "train_acc": t[1].item() / n}
         state.history.log_metrics({"epoch_loss": metrics["train_loss"], "acc": metrics["train_acc"]},
                                   step=state.step, epoch=state.epoch, split="train")
-    else:  # every step of the epoch was skipped (non-finite): nothing was measured, and the History says nothing
+    else:  # every step of the epoch was skipped (no update): nothing was measured, and the History says nothing
         metrics = {"train_loss": math.nan, "train_acc": math.nan}
     loop.last_test = None
     if eval_ds is not None:
