@@ -19,7 +19,16 @@ from torch.utils.data import Dataset
 from ..errors import ConfigError, DataNotFoundError, check_ratio
 from ..paths import data_dir, offline
 from .datasets import AUGMENTS, DataBundle
-from .registry import check_download, check_image_size, check_limit, check_pad_value, check_root, check_seed, register
+from .registry import (
+    check_download,
+    check_image_size,
+    check_limit,
+    check_limit_per_class,
+    check_pad_value,
+    check_root,
+    check_seed,
+    register,
+)
 from .tensors import build_bundle, class_list, select_classes, stratified_limit, stratified_split
 from .transforms import PAPER_SCALE, check_pad, image_transforms
 
@@ -124,8 +133,10 @@ def _load(name: str, image_size, root, download, limit, classes, val_fraction, a
     seed = check_seed(seed)
     check_root(root)
     pad = check_pad_value(pad)
+    num_classes = 10 if name == "cifar10" else 100
     if classes is not None:
-        class_list(classes)
+        num_classes = len(set(class_list(classes)))
+    check_limit_per_class(name, limit, num_classes)  # before the files are read (or downloaded)
     download = check_download(download)
     size = check_image_size(image_size) or 32
     allowed = AUGMENTS if size < PAPER_SCALE else ("crop_flip", "randaugment", "none")
@@ -143,11 +154,12 @@ def _load(name: str, image_size, root, download, limit, classes, val_fraction, a
     tr_x, tr_y = select_classes(*train, classes)
     te_x, te_y = select_classes(*test, classes)
     tr_idx, va_idx = stratified_split(tr_y, val_fraction, seed)
-    if limit is not None:
-        tr_idx = tr_idx[stratified_limit(tr_y[tr_idx], limit, seed)]
     if not len(tr_idx):
         raise ConfigError(f"{name}: no training images are left (val_fraction={val_fraction} of {len(tr_y)} images "
                           f"goes to validation); lower val_fraction")
+    if limit is not None:
+        check_limit_per_class(name, limit, len(np.unique(tr_y[tr_idx])))
+        tr_idx = tr_idx[stratified_limit(tr_y[tr_idx], limit, seed)]
     train_tf, eval_tf = image_transforms(size, augment=augment != "none")
     kept = [names[c] for c in classes] if classes is not None else names
     return DataBundle(

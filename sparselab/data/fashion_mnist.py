@@ -15,7 +15,7 @@ from ..errors import ConfigError, DataNotFoundError, check_ratio
 from ..paths import data_dir, offline
 from .datasets import AUGMENTS
 from .idx import read_idx
-from .registry import check_download, check_limit, check_root, check_seed, register
+from .registry import check_download, check_limit, check_limit_per_class, check_root, check_seed, register
 from .tensors import build_bundle, class_list
 
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -155,12 +155,12 @@ def load_fashion_mnist(
     seed: int = 0,
 ):
     """Fashion-MNIST as normalised in-memory tensors (train/val carved from the 60k, test = the 10k)."""
-    check_limit(limit)
+    limit = check_limit(limit)
     check_ratio("val_fraction", val_fraction)
     check_seed(seed)
     check_root(root)
-    if classes is not None:
-        class_list(classes)
+    num_classes = len(CLASS_NAMES) if classes is None else len(set(class_list(classes)))
+    check_limit_per_class("fashion_mnist", limit, num_classes)  # before the files are read (or downloaded)
     download = check_download(download)
     if augment not in AUGMENTS:
         raise ConfigError(f"augment must be one of {AUGMENTS}, got {augment!r}")

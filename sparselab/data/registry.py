@@ -81,6 +81,23 @@ def check_limit(limit: Any) -> int | None:
     return limit
 
 
+def check_limit_per_class(name: str, limit: int | None, num_classes: int) -> None:
+    """Refuse a ``limit`` (a cap on training images, already checked by :func:`check_limit`) below the
+    ``num_classes`` classes of the training split: some class would then have no training image at all. From
+    ``num_classes`` on, the stratified limit keeps at least one image of every class.
+
+    Example:
+        >>> check_limit_per_class("digits", 10, 10)   # one training image per class at least
+        >>> check_limit_per_class("digits", 3, 10)   # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        sparselab.errors.ConfigError: digits: limit=3 is below its 10 classes, ... the smallest limit is 10 ...
+    """
+    if limit is not None and limit < num_classes:
+        raise ConfigError(f"{name}: limit={limit} is below its {num_classes} classes, so some class would have no "
+                          f"training image; the smallest limit is {num_classes} (one image per class), or None for "
+                          f"every training image")
+
+
 def check_image_size(image_size: Any) -> int | None:
     """``image_size`` is None (the dataset's own size) or an integer >= 4 (a numpy integer counts as one); returned
     as a Python int."""

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError, check_ratio
 from .datasets import DataBundle, TensorImages
-from .registry import check_image_size, check_limit, check_seed
+from .registry import check_image_size, check_limit, check_limit_per_class, check_seed
 
 
 def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -54,7 +54,16 @@ def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np
 
 def stratified_limit(labels: np.ndarray, limit: int, seed: int) -> np.ndarray:
     """Indices of exactly ``min(limit, len(labels))`` items, classes kept in proportion (largest remainders; ties
-    go to the larger class, then the lower label), sorted; deterministic for a seed."""
+    go to the larger class, then the lower label), sorted; deterministic for a seed.
+
+    A ``limit`` of at least the number of classes keeps at least one item of every class, even of one whose
+    share would round to none (that item is taken from the class furthest above its share).
+
+    Example:
+        >>> labels = np.array([0] * 98 + [1, 2])
+        >>> labels[stratified_limit(labels, 3, seed=0)].tolist()   # in proportion alone: [0, 0, 0]
+        [0, 1, 2]
+    """
     labels = np.asarray(labels)
     if limit >= len(labels):
         return np.arange(len(labels))
@@ -65,6 +74,12 @@ def stratified_limit(labels: np.ndarray, limit: int, seed: int) -> np.ndarray:
     order = sorted(range(len(classes)), key=lambda i: (-(quota[i] - take[i]), -counts[i], i))
     for i in order[: limit - int(take.sum())]:
         take[i] += 1
+    if limit >= len(classes) and not take.all():
+        take[take == 0] = 1
+        for _ in range(int(take.sum()) - limit):  # some class keeps more than one while the sum exceeds limit
+            i = max((i for i in range(len(classes)) if take[i] > 1),
+                    key=lambda i: (take[i] - quota[i], counts[i], -i))
+            take[i] -= 1
     keep = []
     for c, k in zip(classes, take):
         idx = np.flatnonzero(labels == c)
@@ -157,8 +172,9 @@ def build_bundle(
 
     The validation split is carved from the training images (stratified, fixed by ``seed``; every class keeps at
     least one training image unless ``val_fraction`` would take them all); ``limit`` caps the training images after
-    that; mean/std normalisation uses the training split's statistics. Random crops pad by ``pad`` pixels of black
-    (in normalised units).
+    that, keeping at least one of every class (a limit below the number of classes in the training split is
+    refused); mean/std normalisation uses the training split's statistics. Random crops pad by ``pad`` pixels of
+    black (in normalised units).
     """
     val_fraction = check_ratio("val_fraction", val_fraction)
     seed = check_seed(seed)
@@ -176,11 +192,12 @@ def build_bundle(
     tr_x, tr_y = select_classes(*train, classes)
     names = [class_names[c] for c in classes] if classes is not None else list(class_names)
     tr_idx, va_idx = stratified_split(tr_y, val_fraction, seed)
-    if limit is not None:
-        tr_idx = tr_idx[stratified_limit(tr_y[tr_idx], limit, seed)]
     if not len(tr_idx):
         raise ConfigError(f"{name}: no training images are left (val_fraction={val_fraction} of "
                           f"{len(tr_y)} images goes to validation); lower val_fraction")
+    if limit is not None:
+        check_limit_per_class(name, limit, len(np.unique(tr_y[tr_idx])))
+        tr_idx = tr_idx[stratified_limit(tr_y[tr_idx], limit, seed)]
     x_train = to_float(tr_x[tr_idx], image_size, max_value)
     mean = x_train.mean(dim=(0, 2, 3))
     std = x_train.std(dim=(0, 2, 3)).clamp_min(1e-6)

@@ -84,12 +84,17 @@ def _bits_per_sample(img) -> int:
     return 32
 
 
-def _to_rgb(img):
-    """``img`` as 8-bit RGB; 16-bit greyscale is scaled to 8 bits (0..65535 to 0..255) rather than clipped.
+def check_image_mode(img: Any) -> None:
+    """Refuse a 32-bit integer (PIL mode ``I`` with 32-bit values) or floating-point (mode ``F``) image: neither
+    has a range to scale from, and PIL's own conversion to RGB would clip it at 255. Only the mode and the file
+    format's header are looked at, so an image opened with ``PIL.Image.open`` needs no decoding.
 
     Raises:
-        DataNotFoundError: a 32-bit integer (PIL mode ``I`` with 32-bit values) or floating-point (mode ``F``)
-            image: neither has a range to scale from, and PIL's own conversion would clip it at 255.
+        DataNotFoundError: such an image.
+
+    Example:
+        >>> from PIL import Image
+        >>> check_image_mode(Image.new("I;16", (4, 4)))   # 16-bit greyscale: read, scaled to 8 bits
     """
     mode = getattr(img, "mode", "RGB")
     if mode == "F" or (mode == "I" and _bits_per_sample(img) > 16):
@@ -97,6 +102,16 @@ def _to_rgb(img):
         raise DataNotFoundError(f"a 32-bit {kind} image (PIL mode {mode}) cannot be read: only 8-bit and 16-bit "
                                 f"images can be (8-bit RGB or greyscale, 16-bit greyscale); convert it to one of "
                                 f"those, e.g. a 16-bit PNG")
+
+
+def _to_rgb(img):
+    """``img`` as 8-bit RGB; 16-bit greyscale is scaled to 8 bits (0..65535 to 0..255) rather than clipped.
+
+    Raises:
+        DataNotFoundError: a 32-bit image (see :func:`check_image_mode`).
+    """
+    check_image_mode(img)
+    mode = getattr(img, "mode", "RGB")
     if mode in SIXTEEN_BIT_MODES or mode == "I":
         import numpy as np
         from PIL import Image
