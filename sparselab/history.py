@@ -117,18 +117,42 @@ class History:
         return {name: self.table(name) for name in COLUMNS}
 
     def last(self, name: str, split: str = "val", default: float = math.nan) -> float:
-        """The most recent value of metric ``name`` on ``split`` (of a History holding one run)."""
+        """The value of metric ``name`` on ``split`` at the latest step (of a History holding one run); of rows at
+        the same step, the one logged later. ``default`` when the metric was never logged.
+
+        Rows logged after later steps (ART logs ``overlap_final`` for earlier epochs at the end) do not count as
+        the last. A History that a second :func:`~sparselab.training.fit` appends to restarts at step 0, so
+        give each fit its own History to read its last value.
+
+        Example:
+            >>> h = History()
+            >>> h.log_metric("acc", 0.9, step=20, epoch=1, split="test")
+            >>> h.log_metric("acc", 0.5, step=10, epoch=0, split="test")  # logged late, for an earlier step
+            >>> h.last("acc", "test")
+            0.9
+        """
         self._check_one_run("last")
-        for row in reversed(self._rows["metrics"]):
-            if row[3] == name and row[2] == split:
-                return row[4]
-        return default
+        found: int | None = None
+        value = default
+        for row in self._rows["metrics"]:
+            if row[3] == name and row[2] == split and (found is None or row[0] >= found):
+                found, value = row[0], row[4]
+        return value
 
     def series(self, name: str, split: str = "val") -> pd.Series:
-        """Metric ``name`` on ``split`` indexed by step (of a History holding one run)."""
+        """Metric ``name`` on ``split`` indexed by step in ascending order (of a History holding one run); rows
+        of the same step keep the order they were logged in.
+
+        Example:
+            >>> h = History()
+            >>> for step, loss in [(20, 0.4), (10, 0.6)]:
+            ...     h.log_metric("loss", loss, step=step, epoch=0)
+            >>> h.series("loss", "train").to_dict()
+            {10: 0.6, 20: 0.4}
+        """
         self._check_one_run("series")
         df = self.metrics
-        df = df[(df.name == name) & (df.split == split)]
+        df = df[(df.name == name) & (df.split == split)].sort_values("step", kind="stable")
         return pd.Series(df.value.to_numpy(), index=df.step.to_numpy(), name=f"{split}/{name}")
 
     def _check_one_run(self, what: str) -> None:

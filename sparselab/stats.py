@@ -31,6 +31,8 @@ import pandas as pd
 from .errors import ConfigError
 
 CONFIDENCE = 0.95
+#: result columns that hold a share in [0, 1] besides accuracies (``acc*``): shown in %, differences in points
+FRACTIONS = ("achieved_ratio", "nonzero_sparsity", "mask_sparsity", "chance_acc", "sparsity", "prune_ratio")
 
 
 def mean_ci(values: Iterable[float], confidence: float = CONFIDENCE) -> tuple[float, float, float, int]:
@@ -122,14 +124,15 @@ def paired_differences(table: pd.DataFrame, baseline: str, value: str = "acc", s
             rows.append({setting: s, method: m, "baseline": baseline, "diff": mean, "low": low, "high": high,
                          "n": n})
     out = pd.DataFrame(rows)
-    out.attrs["confidence"] = float(confidence)
+    out.attrs.update(confidence=float(confidence), value=value)
     return out
 
 
 def paired_against_all(table: pd.DataFrame, method: str, setting: str = "prune_ratio", value: str = "acc",
-                       skip: Sequence[str] = ("dense",)) -> pd.DataFrame:
+                       skip: Sequence[str] = ("dense",), confidence: float = CONFIDENCE) -> pd.DataFrame:
     """:func:`paired_differences` of ``method`` against every other method of ``table`` (except ``skip``), one
-    frame; empty when ``method`` or every other method is missing.
+    frame; empty when ``method`` or every other method is missing. Its ``attrs`` record the ``confidence`` of the
+    intervals and the compared ``value``, as those of :func:`paired_differences`.
 
     Example:
         >>> t = pd.DataFrame({"method": ["a", "a", "b", "b"], "prune_ratio": 0.5, "seed": [0, 1, 0, 1],
@@ -137,15 +140,22 @@ def paired_against_all(table: pd.DataFrame, method: str, setting: str = "prune_r
         >>> round(float(paired_against_all(t, "a")["diff"].iloc[0]), 3)
         0.025
     """
+    _check_confidence(confidence)
+    empty = pd.DataFrame()
+    empty.attrs.update(confidence=float(confidence), value=value)
     if table.empty:
-        return pd.DataFrame()
+        return empty
     _need(table, ["method", setting, "seed", value])
     if method not in set(table.method):
-        return pd.DataFrame()
+        return empty
     others = [m for m in dict.fromkeys(table.method) if m != method and m not in skip]
     frames = [paired_differences(table[table.method.isin([method, b])], b, value=value, setting=setting,
-                                 methods=[method]) for b in others]
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+                                 methods=[method], confidence=confidence) for b in others]
+    if not frames:
+        return empty
+    out = pd.concat(frames, ignore_index=True)
+    out.attrs.update(confidence=float(confidence), value=value)
+    return out
 
 
 def verdict(low: float, high: float, expect: str = "positive") -> str:
@@ -236,16 +246,49 @@ def findings_from(diffs: pd.DataFrame, setting: str = "prune_ratio", method: str
                   expect: str = "positive", names: dict[str, str] | None = None,
                   confidence: float | None = None) -> list[str]:
     """:func:`finding` for every row of :func:`paired_differences`; the lines state the confidence the intervals
-    were computed with (``confidence``, else the table's ``attrs["confidence"]``, else 95 %)."""
+    were computed with (``confidence``, else the table's ``attrs["confidence"]``, else 95 %). Differences of an
+    accuracy or another share (the table's ``attrs["value"]``, :data:`FRACTIONS`) read in points, those of any
+    other value (a loss) as they are, named by the value.
+
+    Example:
+        >>> t = pd.DataFrame({"method": ["a", "a", "b", "b"], "prune_ratio": 0.5, "seed": [0, 1, 0, 1],
+        ...                   "loss": [0.5, 0.7, 0.3, 0.4]})
+        >>> findings_from(paired_differences(t, "b", value="loss"))[0].split(",")[0]
+        'a − b at 50 %: +0.25 loss'
+    """
     names = names or {}
     if confidence is None:
         confidence = diffs.attrs.get("confidence", CONFIDENCE)
+    value = diffs.attrs.get("value", "acc")
+    scale, unit = (100.0, "points") if in_percent(value) else (1.0, str(value))
     out = []
     for _, r in diffs.iterrows():
         label = (f"{names.get(r[method], r[method])} − {names.get(r['baseline'], r['baseline'])} at "
                  f"{r[setting] * 100:g} %")
-        out.append(finding(label, r["diff"], r["low"], r["high"], int(r["n"]), expect, confidence=confidence))
+        out.append(finding(label, r["diff"], r["low"], r["high"], int(r["n"]), expect, scale=scale, unit=unit,
+                           confidence=confidence))
     return out
+
+
+def in_percent(value: str) -> bool:
+    """Whether a result column holds a share in [0, 1] that is shown in % (its differences in points): an
+    accuracy (``acc``, ``acc_pruned``, ...) or one of :data:`FRACTIONS`; a loss or a latency is not.
+
+    Example:
+        >>> in_percent("acc_best"), in_percent("achieved_ratio"), in_percent("loss")
+        (True, True, False)
+    """
+    return is_accuracy(value) or value in FRACTIONS
+
+
+def is_accuracy(value: str) -> bool:
+    """Whether a result column holds an accuracy (``acc``, ``acc_pruned``, ``acc_best``, ...).
+
+    Example:
+        >>> is_accuracy("acc"), is_accuracy("achieved_ratio")
+        (True, False)
+    """
+    return str(value).startswith("acc")
 
 
 def warn_unmeasured(table: pd.DataFrame, where: str, value: str = "acc") -> None:
