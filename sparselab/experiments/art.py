@@ -303,15 +303,25 @@ def run_art(preset: ARTPreset, method: str = "hypersparse", sparsity_: float = 0
             resume: bool = False) -> ARTRun:
     """Sparsify a warm model with ``method`` to ``sparsity_`` and fine-tune it with the mask fixed.
 
-    ``warm``: a :func:`warm_start` (its optimizer continues, as in the reference) or a bare model (a fresh
-    optimizer); None runs the warm-up first. ``checkpoint_dir``: each phase (``warmup/``, ``sparsify/``,
-    ``finetune/``) checkpoints there every epoch, and ``resume=True`` continues an interrupted run exactly."""
+    ``warm``: a :func:`warm_start` of the same seed (its optimizer continues, as in the reference) or a bare model
+    (a fresh optimizer); None runs the warm-up first. ``checkpoint_dir``: each phase (``warmup/``, ``sparsify/``,
+    ``finetune/``) checkpoints there every epoch, and ``resume=True`` continues an interrupted run exactly.
+
+    Example:
+        >>> preset = art_preset("tiny")
+        >>> warm = warm_start(preset, 0, load_data(preset), progress=False)  # doctest: +SKIP
+        >>> run_art(preset, "oneshot", 0.9, seed=0, warm=warm, progress=False).result["acc"]  # doctest: +SKIP
+    """
     METHOD_REGISTRY.lookup(method)
     check_ratio("sparsity", sparsity_)
     check_seed("seed", seed)
     if warm is not None and not isinstance(warm, (WarmStart, nn.Module)):
         raise ConfigError(f"warm must be a WarmStart (from warm_start), a model (nn.Module) or None, got "
                           f"{type(warm).__name__}")
+    warm_seed = warm.history.meta.get("seed") if isinstance(warm, WarmStart) else None
+    if warm_seed is not None and warm_seed != seed:  # the run would be recorded as seed ``seed`` but start elsewhere
+        raise ConfigError(f"warm is the warm-up of seed {warm_seed}, but this run is seed {seed}: pass "
+                          f"warm_start(preset, {seed}, data) (or warm=None to run it), or seed={warm_seed}")
     data = data if data is not None else load_data(preset)
     require_test_split(data)
     phase = (lambda name: str(Path(checkpoint_dir) / name)) if checkpoint_dir is not None else (lambda name: None)

@@ -25,6 +25,7 @@ Example:
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
@@ -146,6 +147,9 @@ def diagnosed_pairs(diag: pd.DataFrame, baseline: str | None = None, ratio: floa
             and (ratio is None or round(r, 6) == round(ratio, 6))]
 
 
+#: the direction :func:`diagnosis_conclusions` gives a pair without an interval (fewer than two seeds in common)
+NO_INTERVAL = "no interval"
+
 #: P3B's own diagnostic variants (shared by every baseline at a ratio); a baseline's are ``{baseline}_...``
 P3B_VARIANTS = ("p3b_allocation_static", "p3b_long_windows", "p3b_2x_schedule", "p3b_l1_selection")
 
@@ -167,6 +171,16 @@ def diagnosis_conclusions(table: pd.DataFrame, diag: pd.DataFrame, baseline: str
     - the path: P3B's final keep ratios from the start against P3B;
     - the benefit estimate's noise: longer windows against P3B;
     - the schedule: P3B − baseline again when every phase is twice as long.
+
+    A pair with fewer than two seeds in common has no interval: its line gives the difference (if any) and draws
+    no conclusion.
+
+    Example:
+        >>> t = pd.DataFrame({"method": ["p3b", "l1"], "prune_ratio": [0.5, 0.5], "seed": [0, 0], "acc": [0.7, 0.8]})
+        >>> d = pd.DataFrame({"method": ["p3b_long_windows"], "prune_ratio": [0.5], "seed": [0], "acc": [0.72],
+        ...                   "baseline": ["l1"]})
+        >>> diagnosis_conclusions(t, d)[0].split(": ")[1:3]
+        ['-10.00 points, no interval (1 seed)', 'no conclusion']
     """
     from ..stats import direction
 
@@ -179,15 +193,23 @@ def diagnosis_conclusions(table: pd.DataFrame, diag: pd.DataFrame, baseline: str
     at = lambda t, m: t[(t.method == m) & (t.prune_ratio.round(6) == round(ratio, 6))].set_index("seed").acc  # noqa: E731
 
     def pair(a: pd.Series, b: pd.Series) -> tuple[str, str]:
+        """The pair's direction and its text; the direction is :data:`NO_INTERVAL` where fewer than two seeds
+        (with a finite difference) pair up, so that no rule reads "within the seed noise" into a missing interval."""
         mean, low, high, n = paired_mean_ci(a, b)
-        return direction(low, high), f"{mean * 100:+.2f} points [{low * 100:+.2f}, {high * 100:+.2f}], {n} seeds"
+        seeds = f"{n} seed{'s' if n != 1 else ''}"
+        if not math.isfinite(mean):
+            return NO_INTERVAL, f"no difference measured ({seeds})"
+        if not (math.isfinite(low) and math.isfinite(high)):
+            return NO_INTERVAL, f"{mean * 100:+.2f} points, no interval ({seeds})"
+        return direction(low, high), f"{mean * 100:+.2f} points [{low * 100:+.2f}, {high * 100:+.2f}], {seeds}"
 
+    unmeasured = "no conclusion: an interval needs at least 2 seeds measured for both"
     p3b, base = at(table, "p3b"), at(table, baseline)
     where = f"at {ratio * 100:g} %"
     gap, gap_text = pair(p3b, base)
     lines = [f"P3B − {baseline} {where}: {gap_text}: " +
-             ("P3B trails the baseline." if gap == "lower" else "P3B does not trail the baseline beyond the seed "
-                                                                "noise; the variants below describe, not explain.")]
+             ("P3B trails the baseline." if gap == "lower" else f"{unmeasured}." if gap == NO_INTERVAL else
+              "P3B does not trail the baseline beyond the seed noise; the variants below describe, not explain.")]
     static = at(diag, f"{baseline}_allocation_static")
     common = static.index.intersection(base.index)
     if len(static) and len(common) and (static.loc[common] == base.loc[common]).all():
@@ -199,7 +221,9 @@ def diagnosis_conclusions(table: pd.DataFrame, diag: pd.DataFrame, baseline: str
     elif len(static):
         vs_base, t1 = pair(static, base)
         vs_p3b, t2 = pair(static, p3b)
-        if vs_base == "no clear difference" and vs_p3b == "higher":
+        if NO_INTERVAL in (vs_base, vs_p3b):
+            verdict = unmeasured
+        elif vs_base == "no clear difference" and vs_p3b == "higher":
             verdict = ("the allocation explains the gap: the baseline's keep ratios keep its advantage with P3B's "
                        "selection")
         elif vs_base == "no clear difference" and vs_p3b == "no clear difference":
@@ -233,7 +257,7 @@ def diagnosis_conclusions(table: pd.DataFrame, diag: pd.DataFrame, baseline: str
         mine = at(diag, variant)
         if len(mine) and len(reference):
             d, text = pair(mine, reference)
-            lines.append(f"{what} {text}: {meanings[d]}.")
+            lines.append(f"{what} {text}: {unmeasured if d == NO_INTERVAL else meanings[d]}.")
     return lines
 
 

@@ -8,6 +8,8 @@ Example:
 """
 from __future__ import annotations
 
+import math
+import os
 from pathlib import Path
 from typing import Callable
 
@@ -72,13 +74,35 @@ def _seeds(table: pd.DataFrame) -> str:
     return f"{counts.min()}" if counts.min() == counts.max() else f"{counts.min()}–{counts.max()}"
 
 
+def _finite(value: object) -> float | None:
+    """``value`` as a float, or None where it is no finite number (a diverged or unmeasured run, an empty cell)."""
+    number = pd.to_numeric(pd.Series([value]), errors="coerce").iloc[0]
+    return float(number) if math.isfinite(number) else None
+
+
+def _spread(mean: object, spread: tuple, digits: int, text: Callable[..., str], without: str) -> str:
+    """A share and its spread (a std, or the bounds of an interval), in percent, as ``text`` writes them:
+    ``not measured`` without a finite share, ``(without)`` in place of a missing spread (one seed has no
+    standard deviation or interval)."""
+    m, s = _finite(mean), [_finite(v) for v in spread]
+    if m is None:
+        return "not measured"
+    if None in s:
+        return f"{m * 100:.{digits}f} ({without})"
+    return text(m * 100, *(v * 100 for v in s))
+
+
 def _selection(selection: pd.DataFrame) -> str:
     lines = ["| candidate | target | dense (%) ± std | uniform at 90 % (%) | loss (points) [95 % CI] | qualifies |",
              "|---|---|---|---|---|---|"]
     for (_, r), qualifies in zip(selection.iterrows(), qualified(selection)):
-        lines.append(f"| `{r.candidate}` | {r.data} | {r.dense_mean * 100:.2f} ± {r.dense_std * 100:.2f} | "
-                     f"{r.uniform_mean * 100:.2f} | {r.loss * 100:.1f} [{r.loss_low * 100:.1f}, "
-                     f"{r.loss_high * 100:.1f}] | {'**yes**' if qualifies else 'no'} |")
+        dense = _spread(r.dense_mean, (r.dense_std,), 2, lambda m, s: f"{m:.2f} ± {s:.2f}", "no std")
+        uniform = _finite(r.uniform_mean)
+        loss = _spread(r.loss, (r.loss_low, r.loss_high), 1, lambda m, lo, hi: f"{m:.1f} [{lo:.1f}, {hi:.1f}]",
+                       "no interval")
+        lines.append(f"| `{r.candidate}` | {r.data} | {dense} | "
+                     f"{'not measured' if uniform is None else f'{uniform * 100:.2f}'} | {loss} | "
+                     f"{'**yes**' if qualifies else 'no'} |")
     return "\n".join(lines)
 
 
@@ -167,9 +191,18 @@ def replace_section(readme: str, section: str) -> str:
 
 
 def write_report(readme: Path, figures_dir: Path | None = RESULTS / "figures") -> None:
-    """Rewrite the README's results section and (unless ``figures_dir`` is None) its PNG figures."""
+    """Rewrite the README's results section and (unless ``figures_dir`` is None) its PNG figures; the section links
+    the figures where they are written (relative to the README's folder), or where the committed ones are
+    (``docs/results/figures``) when ``figures_dir`` is None.
+
+    Example:
+        >>> write_report(Path("README.md"))  # doctest: +SKIP
+    """
     from ..plots import export_figures
 
-    readme.write_text(replace_section(readme.read_text(), results_markdown()))
+    readme = Path(readme)
+    figures = FIGURES if figures_dir is None else Path(
+        os.path.relpath(Path(figures_dir).resolve(), readme.resolve().parent)).as_posix()
+    readme.write_text(replace_section(readme.read_text(), results_markdown(figures=figures)))
     if figures_dir is not None:
         export_figures(result_figures(), figures_dir, formats=("png",))
