@@ -11,6 +11,7 @@ Example:
 from __future__ import annotations
 
 import itertools
+import numbers
 import operator
 import statistics
 import time
@@ -165,7 +166,7 @@ def _device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def compact_stats(model: nn.Module) -> dict[str, int]:
+def compact_stats(model: nn.Module, image_size: int | Sequence[int] | None = None) -> dict[str, int]:
     """Parameters and multiply-accumulates (MACs) of one forward pass on one image of a (compact or dense) ViT.
 
     Counted: the patch-embedding convolution (once per output position), every ``nn.Linear`` inside
@@ -175,20 +176,34 @@ def compact_stats(model: nn.Module) -> dict[str, int]:
     pooled tokens x dim x 2``) and every other ``nn.Linear`` (the heads) once, or once per token for a model that
     pools nothing (``global_pool=""``: its head classifies every token).
     Not counted: norms, activations, softmax, additions, LayerScale, channel select/scatter and constant
-    branches. ``tokens`` is the number of patches at the configured image size plus the prefix tokens.
+    branches. ``tokens`` is the number of patches plus the prefix tokens.
+
+    ``image_size`` (an int for a square image, or ``(height, width)``) is the image the pass is counted at; None:
+    the size the model was created for. A model created with timm's ``dynamic_img_size=True`` takes other sizes:
+    multiples of the patch size, or any size with ``dynamic_img_pad=True`` (the image is padded up to whole
+    patches, which are counted).
+
+    Raises:
+        ConfigError: a model that is not a timm ViT; an ``image_size`` that is not a positive int or (height,
+            width) pair, or one the model cannot take (another size for a model of fixed image size, a size not
+            divisible by the patch size without ``dynamic_img_pad``, or smaller than one patch); no
+            ``image_size`` for a model created without one (``img_size=None``).
 
     Example:
         >>> import timm
         >>> s = compact_stats(timm.create_model("vit_nano_patch4_28", num_classes=10))
         >>> s["params"], s["tokens"], s["flops"] > 0
         (205066, 50, True)
+        >>> m = timm.create_model("vit_nano_patch4_28", num_classes=10, dynamic_img_size=True)
+        >>> compact_stats(m, image_size=(32, 16))["tokens"]  # an 8x4 patch grid and the class token
+        33
     """
     from timm.layers import Attention, AttentionPoolLatent
 
     if not hasattr(model, "patch_embed") or not hasattr(model, "blocks"):
         raise ConfigError(f"{type(model).__name__} is not a timm VisionTransformer (no .patch_embed/.blocks)")
     pe = model.patch_embed
-    grid = tuple(pe.grid_size)
+    grid = _patch_grid(model, image_size)
     patches = int(grid[0] * grid[1])
     tokens = patches + int(getattr(model, "num_prefix_tokens", 1))
     macs = 0
@@ -222,6 +237,60 @@ def compact_stats(model: nn.Module) -> dict[str, int]:
         if id(m) not in block_modules and isinstance(m, nn.Linear):
             macs += m.in_features * m.out_features * head_rows
     return {"params": sum(p.numel() for p in model.parameters()), "flops": int(macs), "tokens": tokens}
+
+
+def _patch_grid(model: nn.Module, image_size: int | Sequence[int] | None) -> tuple[int, int]:
+    """The (rows, columns) patch grid ``model`` cuts an image of ``image_size`` into (None: the size it was
+    created for), following timm's ``PatchEmbed``: a fixed size unless ``strict_img_size`` is off, then multiples
+    of the patch size, or any size padded up to whole patches with ``dynamic_img_pad``."""
+    pe = model.patch_embed
+    name = type(model).__name__
+    created = getattr(pe, "img_size", None)
+    if image_size is None:
+        grid = getattr(pe, "grid_size", None)
+        if grid is None:
+            raise ConfigError(f"{name} was created without an image size (img_size=None), so it has no patch grid "
+                              f"to count at: pass image_size=(height, width), or an int for a square image")
+        return int(grid[0]), int(grid[1])
+    size = _image_size(image_size)
+    patch = getattr(pe, "patch_size", None)
+    if patch is None:
+        raise ConfigError(f"{name}.patch_embed ({type(pe).__name__}) has no patch_size, so the patch grid of "
+                          f"another image size is not known; leave image_size out to count at the created size")
+    patch = (int(patch), int(patch)) if isinstance(patch, numbers.Integral) else (int(patch[0]), int(patch[1]))
+    pad = bool(getattr(pe, "dynamic_img_pad", False))
+    if created is not None:
+        created = (int(created[0]), int(created[1]))
+        if getattr(pe, "strict_img_size", True):
+            if size != created:
+                raise ConfigError(f"{name} takes only images of {created[0]}x{created[1]}, the size it was created "
+                                  f"for (create it with dynamic_img_size=True to take others), got image_size "
+                                  f"{size[0]}x{size[1]}")
+            return int(pe.grid_size[0]), int(pe.grid_size[1])
+        if not pad and (size[0] % patch[0] or size[1] % patch[1]):
+            raise ConfigError(f"{name} takes images whose height and width are multiples of its patch size "
+                              f"{patch[0]}x{patch[1]} (or any size with dynamic_img_pad=True), got image_size "
+                              f"{size[0]}x{size[1]}")
+    if pad:
+        return -(-size[0] // patch[0]), -(-size[1] // patch[1])
+    grid = size[0] // patch[0], size[1] // patch[1]
+    if min(grid) < 1:
+        raise ConfigError(f"image_size {size[0]}x{size[1]} is smaller than one {patch[0]}x{patch[1]} patch of "
+                          f"{name}")
+    return grid
+
+
+def _image_size(image_size: object) -> tuple[int, int]:
+    """``image_size`` (an int, or a (height, width) pair of ints) as (height, width)."""
+    items = [image_size] * 2 if isinstance(image_size, numbers.Integral) else image_size
+    try:
+        h, w = items
+        if any(isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1 for v in (h, w)):
+            raise TypeError
+    except (TypeError, ValueError):
+        raise ConfigError(f"image_size must be a positive int (a square image) or a (height, width) pair of "
+                          f"positive ints, got {image_size!r}") from None
+    return int(h), int(w)
 
 
 def _pools_nothing(model: nn.Module) -> bool:

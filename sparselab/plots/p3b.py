@@ -286,6 +286,8 @@ def plot_keep_ratios(history: History, metric: str = "keep_applied", run: str | 
     Left: one line per block, coloured by depth (sequential colour scale), attention solid and MLP dashed.
     Right: the ratio at each block's last logged step as bars, attention and MLP side by side per layer; when
     ``keep_goal`` (κ) is logged and ``metric`` is not itself ``keep_goal``, the final goal is drawn as markers.
+    Blocks not named ``blocks.{layer}.attn`` / ``blocks.{layer}.mlp`` have no layer depth: both panels show them,
+    the right one as grey bars after the last layer, each labelled with its name.
     ``metric`` is ``keep_applied`` (κ̃, the ramped ratio that was applied) or ``keep_goal``.
 
     Example:
@@ -323,18 +325,21 @@ def plot_keep_ratios(history: History, metric: str = "keep_applied", run: str | 
             hovertemplate=block + "<br>step %{x}<br>" + symbol + " %{y:.3f}<extra></extra>"), row=1, col=1)
 
     final = {b: wide.loc[b][np.isfinite(wide.loc[b])] for b in order}
-    final = {b: s for b, s in final.items() if len(s) and _parse(b)}
+    final = {b: s for b, s in final.items() if len(s)}
+    depth = max([_parse(b)[0] + 1 for b in final if _parse(b)] + [0])
+    others = [b for b in final if not _parse(b)]
     goal = _pivot(blocks, "keep_goal") if metric != "keep_goal" and (blocks["metric"] == "keep_goal").any() \
         else None
     kept = _pivot(blocks, "kept_params") if (blocks["metric"] == "kept_params").any() else None
     dense = _pivot(blocks, "dense_params") if (blocks["metric"] == "dense_params").any() else None
     offsets = {"attn": -0.2, "mlp": 0.2}
     goal_x, goal_y, goal_text = [], [], []
-    for kind in _KINDS:
-        members = [b for b in final if _parse(b)[1] == kind]
+    for kind in (*_KINDS, "other"):
+        members = others if kind == "other" else [b for b in final if _parse(b) and _parse(b)[1] == kind]
         if not members:
             continue
-        x = [_parse(b)[0] + 1 + offsets[kind] for b in members]
+        x = ([depth + 1 + i for i in range(len(others))] if kind == "other"
+             else [_parse(b)[0] + 1 + offsets[kind] for b in members])
         y = [float(final[b].iloc[-1]) for b in members]
         info = []
         for b in members:
@@ -346,7 +351,7 @@ def plot_keep_ratios(history: History, metric: str = "keep_applied", run: str | 
                     text += f" of {dense.at[b, last]:,.0f}"
             info.append(text)
         fig.add_trace(go.Bar(x=x, y=y, width=0.38, name=f"{kind} (final {symbol})",
-                             marker=dict(color="#4c78a8" if kind == "attn" else "#f58518"),
+                             marker=dict(color={"attn": "#4c78a8", "mlp": "#f58518"}.get(kind, "#8c8c8c")),
                              customdata=info, hovertemplate="%{customdata}<br>" + symbol
                              + " %{y:.3f}<extra></extra>"), row=1, col=2)
         if goal is not None:
@@ -363,10 +368,18 @@ def plot_keep_ratios(history: History, metric: str = "keep_applied", run: str | 
                                  marker=dict(symbol="line-ew-open", size=16, color="black", line=dict(width=2.5)),
                                  customdata=goal_text,
                                  hovertemplate="%{customdata}<br>goal κ %{y:.3f}<extra></extra>"), row=1, col=2)
-    depth = max([_parse(b)[0] + 1 for b in final] + [1])
     fig.update_xaxes(title_text="mask update step", row=1, col=1)
-    fig.update_xaxes(title_text="layer depth (1..L); attn left, mlp right", tickmode="linear", tick0=1,
-                     dtick=1 if depth <= 16 else 2, range=[0.4, depth + 0.6], row=1, col=2)
+    if others:  # layer ticks, then one tick per other block, labelled with its name
+        layers = list(range(1, depth + 1, 1 if depth <= 16 else 2))
+        fig.update_xaxes(title_text="layer depth (1..L); attn left, mlp right; then other blocks" if depth
+                         else "other blocks",
+                         tickmode="array", tickvals=layers + [depth + 1 + i for i in range(len(others))],
+                         ticktext=[str(v) for v in layers] + [block_label(b) for b in others],
+                         range=[0.4, depth + len(others) + 0.6], row=1, col=2)
+    else:
+        depth = max(depth, 1)
+        fig.update_xaxes(title_text="layer depth (1..L); attn left, mlp right", tickmode="linear", tick0=1,
+                         dtick=1 if depth <= 16 else 2, range=[0.4, depth + 0.6], row=1, col=2)
     fig.update_yaxes(title_text=label, range=[0, 1.05], row=1, col=1)
     fig.update_yaxes(title_text=f"final {label}", range=[0, 1.05], row=1, col=2)
     fig.update_layout(template=TEMPLATE, barmode="overlay",

@@ -255,7 +255,9 @@ class ViTStructure:
         self._check_unshared(model, self.layers)
         self.embed_dim: int = self.layers[0].norm1.normalized_shape[0]
         self.num_prefix_tokens: int = int(getattr(model, "num_prefix_tokens", 1))
-        self.grid_size: tuple[int, int] = tuple(model.patch_embed.grid_size)
+        grid = getattr(model.patch_embed, "grid_size", None)
+        # None: a patch embedding built with img_size=None has no grid of its own, only the input's
+        self.grid_size: tuple[int, int] | None = None if grid is None else tuple(int(v) for v in grid)
         self.num_heads: list[int] = [b.attn.num_heads for b in self.layers]
         self.head_dim: list[int] = [b.attn.head_dim for b in self.layers]
         self.hidden: list[int] = [b.mlp.fc1.out_features for b in self.layers]
@@ -455,8 +457,9 @@ class ViTStructure:
     @property
     def fixed_grid(self) -> bool:
         """Whether the model only takes images of the size it was created for, so that every input has the patch
-        grid :attr:`grid_size` (False for timm's ``dynamic_img_size=True``, whose grid follows the input)."""
-        return bool(getattr(self.model.patch_embed, "strict_img_size", True))
+        grid :attr:`grid_size` (False for timm's ``dynamic_img_size=True``, whose grid follows the input, and for a
+        patch embedding built without an image size, which checks none)."""
+        return self.grid_size is not None and bool(getattr(self.model.patch_embed, "strict_img_size", True))
 
     def patch_tokens(self, x: torch.Tensor, grid: tuple[int, int] | None = None) -> torch.Tensor:
         """Residual-stream tokens ``(B, N, D)`` to a patch grid ``(B, D, h, w)``, skipping all prefix tokens.
