@@ -83,7 +83,14 @@ def diagnose(preset: P3BPreset, table: pd.DataFrame, baseline: str, ratio: float
              ) -> pd.DataFrame:
     """Run the diagnostic variants (module docstring) of P3B against ``baseline`` at ``ratio`` for ``seeds``
     (default: the seeds both have in ``table``). One row per run, ``method`` naming the variant; ``record``
-    writes each row at once and skips recorded ones, as in :func:`~sparselab.experiments.p3b.compare`."""
+    writes each row at once and skips recorded ones, as in :func:`~sparselab.experiments.p3b.compare`; the rows
+    returned are those of ``seeds`` only, recorded or run (the record keeps every seed's).
+
+    Example:
+        >>> diag = diagnose(p3b_preset("tiny"), table, "l1", 0.5, seeds=[0], record="diag.csv")  # doctest: +SKIP
+        >>> sorted(set(diag.seed))  # doctest: +SKIP
+        [0]
+    """
     if baseline not in METHODS or baseline in ("p3b", "dense"):
         raise unknown_name("baseline", baseline, [m for m in METHODS if m not in ("p3b", "dense")])
     both = [set(table[(table.method == m) & (table.prune_ratio.round(6) == round(ratio, 6))].seed)
@@ -97,7 +104,10 @@ def diagnose(preset: P3BPreset, table: pd.DataFrame, baseline: str, ratio: float
     jobs = [(name, spec, seed) for seed in seeds for name, spec in variants(preset, table, baseline, ratio,
                                                                              seed).items()]
     data = None
-    rows = [r for r in recorded.to_dict("records") if round(float(r["prune_ratio"]), 6) == round(ratio, 6)]
+    # the record may hold other seeds (an earlier call's): they stay in the file but are no rows of this call
+    wanted = {int(s) for s in seeds}
+    rows = [r for r in recorded.to_dict("records") if round(float(r["prune_ratio"]), 6) == round(ratio, 6)
+            and int(r["seed"]) in wanted]
     for name, (method, options, variant_preset), seed in tqdm(jobs, desc=f"diagnosis vs {baseline}",
                                                                disable=not progress):
         if (name, round(ratio, 6), seed) in done:

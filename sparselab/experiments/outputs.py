@@ -34,12 +34,17 @@ def save_run_files(out_dir: str | Path, table: pd.DataFrame | None = None, histo
     Histories) is removed, so that the folder never pairs this call's table with another call's Histories.
 
     Raises:
-        ConfigError: ``out_dir`` is an existing file, or the run names are not one distinct name per History.
+        ConfigError: ``out_dir`` is an existing file, or the run names are not one distinct name per History
+            (names given without any History included).
     """
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"out_dir {str(out)!r} is a file; give a folder for the results")
     histories = list(histories)
+    if not histories and runs is not None and len(runs):
+        # without this, the names would be dropped and an earlier call's Histories file removed without a word
+        raise ConfigError(f"runs gives {len(runs)} run name(s) ({', '.join(map(repr, list(runs)[:5]))}) but no "
+                          f"History was given: pass one History per name, or leave runs out")
     merged = None
     if histories:  # checked before anything is written
         merged = histories[0] if len(histories) == 1 and runs is None else History.concat(histories, runs)

@@ -70,8 +70,24 @@ def _matrix(table: pd.DataFrame, setting: str, names: dict[str, str] | None = No
 
 
 def _seeds(table: pd.DataFrame) -> str:
-    counts = table.groupby(["method"]).seed.nunique()
-    return f"{counts.min()}" if counts.min() == counts.max() else f"{counts.min()}–{counts.max()}"
+    """``N seeds``: the number of seeds measured per method (a range where methods differ), and how many more were
+    run but not measured. A seed counts as measured for a method only when every run of it has a finite accuracy;
+    a diverged or unmeasured (NaN) run would otherwise let the heading claim seeds that no number stands on.
+
+    Example:
+        >>> _seeds(pd.DataFrame({"method": ["a"] * 3, "seed": [0, 1, 2], "acc": [0.5, 0.6, float("nan")]}))
+        '2 seeds (1 more not measured)'
+    """
+    finite = pd.to_numeric(table.acc, errors="coerce").map(math.isfinite)
+    run = table.groupby("method").seed.nunique()
+    unmeasured = table[~finite].groupby("method").seed.nunique().reindex(run.index, fill_value=0)
+    measured = run - unmeasured
+    text = (f"{measured.min()}" if measured.min() == measured.max() else f"{measured.min()}–{measured.max()}"
+            ) + " seeds"
+    if unmeasured.max() == 0:
+        return text
+    more = f"{unmeasured.max()}" if unmeasured.min() == unmeasured.max() else f"up to {unmeasured.max()}"
+    return f"{text} ({more} more not measured)"
 
 
 def _finite(value: object) -> float | None:
@@ -131,7 +147,7 @@ def results_markdown(results: Callable[[str], pd.DataFrame] = committed_results,
     if len(p3b):
         parts += [f"**P3B against the structured baselines** (`cpu-full`: `vit_mini_patch7_28` pretrained on "
                   f"Fashion-MNIST classes 0-4, pruned while fine-tuned on 1 000 images of classes 5-9, compact "
-                  f"model fine-tuned 2 more epochs; {_seeds(p3b)} seeds; `docs/results/p3b_cpu-full.csv`):", "",
+                  f"model fine-tuned 2 more epochs; {_seeds(p3b)}; `docs/results/p3b_cpu-full.csv`):", "",
                   _matrix(p3b, "prune_ratio", P3B_NAMES), "",
                   f"![P3B accuracy against prune ratio]({figures}/p3b_accuracy.png)", "",
                   f"![P3B minus each other method, paired by seed]({figures}/p3b_paired.png)", "",
@@ -152,7 +168,7 @@ def results_markdown(results: Callable[[str], pd.DataFrame] = committed_results,
     art = _table(results, "art_cpu-full")
     if len(art):
         parts += [f"**ART / HyperSparse against the other methods** (`cpu-full`: LeNet-300-100, 20 000 "
-                  f"Fashion-MNIST training images; {_seeds(art)} seeds; `hypersparse_fast` / `_slow`: λ growing "
+                  f"Fashion-MNIST training images; {_seeds(art)}; `hypersparse_fast` / `_slow`: λ growing "
                   f"with η² / √η per epoch; `docs/results/art_cpu-full.csv`):", "",
                   _matrix(art, "sparsity"), "",
                   f"![ART accuracy against sparsity]({figures}/art_accuracy.png)", "",
