@@ -107,9 +107,13 @@ def _regularized(regularizer: str, eta_power: float = 1.0):
 
 def _scheduled(cls):
     def sparsify(job: Sparsify) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+        from .recipes import steps_per_epoch
+
         p = job.preset
+        # four mask updates per epoch, counted in the optimizer steps fit takes (max_steps_per_epoch and
+        # accumulate_steps included)
         pruner = cls(job.model, job.sparsity, start_epoch=0, end_epoch=p.gmp_epochs,
-                     every=max(1, len(job.data.train) // p.fit.get("batch_size", 128) // 4))
+                     every=max(1, steps_per_epoch(len(job.data.train), p.fit) // 4))
         job.fit(pruner, p.gmp_epochs)
         return pruner.masks, {}
     return sparsify
