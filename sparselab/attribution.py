@@ -34,6 +34,13 @@ def _check_images(images: torch.Tensor, who: str) -> torch.Tensor:
     return images.float() if not images.is_floating_point() else images
 
 
+def _on_model(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """``images`` on the device and in the floating dtype of the model's weights, so that the forward pass and the
+    integrated-gradients baseline (built like ``images``) match the model."""
+    weight = next((t for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()), None)
+    return images if weight is None else images.to(device=weight.device, dtype=weight.dtype)
+
+
 def _targets(model: nn.Module, images: torch.Tensor, target: torch.Tensor | None, who: str) -> torch.Tensor:
     """The classes to attribute: ``target`` checked against the model's outputs, or the model's predictions.
     The model must be in eval mode already."""
@@ -51,7 +58,8 @@ def _targets(model: nn.Module, images: torch.Tensor, target: torch.Tensor | None
     target = torch.as_tensor(target, device=out.device)
     if target.dim() == 0:
         target = target.expand(len(images))
-    if target.shape != (len(images),) or target.is_floating_point() or target.is_complex():
+    if (target.shape != (len(images),) or target.is_floating_point() or target.is_complex()
+            or target.dtype == torch.bool):
         raise ConfigError(f"target must hold one integer class per image ({len(images)}), got shape "
                           f"{tuple(target.shape)} of {target.dtype}")
     if len(target) and (int(target.min()) < 0 or int(target.max()) >= out.shape[1]):
@@ -64,13 +72,20 @@ def attribute(model: nn.Module, images: torch.Tensor, target: torch.Tensor | Non
               method: str = "integrated_gradients", n_steps: int = 32) -> torch.Tensor:
     """Per-pixel attribution maps ``(N, H, W)`` (absolute values summed over channels) for ``target`` classes
     (default: the model's own predictions), with captum's ``IntegratedGradients`` (zero baseline), ``Saliency`` or
-    ``InputXGradient``."""
+    ``InputXGradient``. The images are moved to the device and floating dtype of the model's weights first.
+
+    Example:
+        >>> import torch
+        >>> net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2)).double()
+        >>> attribute(net, torch.rand(3, 1, 2, 2), method="saliency").shape
+        torch.Size([3, 2, 2])
+    """
     from captum.attr import InputXGradient, IntegratedGradients, Saliency
 
     if method not in METHODS:
         raise unknown_name("attribution method", method, METHODS)
     n_steps = check_positive_int("n_steps", n_steps)
-    images = _check_images(images, "attribute")
+    images = _on_model(model, _check_images(images, "attribute"))
     with evaluating(model):
         target = _targets(model, images, target, "attribute")
         images = images.detach().clone().requires_grad_(True)
@@ -124,7 +139,7 @@ def compare_attributions(dense: nn.Module, pruned: nn.Module, images: torch.Tens
     images = _check_images(images, "compare_attributions")
     if target is None:
         with evaluating(dense):
-            target = _targets(dense, images, None, "compare_attributions")
+            target = _targets(dense, _on_model(dense, images), None, "compare_attributions")
     a = attribute(dense, images, target, method, n_steps)
     b = attribute(pruned, images, target, method, n_steps)
     return AttributionComparison(a, b, target, map_similarity(a, b), method)
@@ -148,7 +163,7 @@ def block_attributions(model: nn.Module, images: torch.Tensor, target: torch.Ten
 
     structure = ViTStructure(model)
     n_steps = check_positive_int("n_steps", n_steps)
-    images = _check_images(images, "block_attributions")
+    images = _on_model(model, _check_images(images, "block_attributions"))
     with evaluating(model):
         target = _targets(model, images, target, "block_attributions")
         out = {}

@@ -409,8 +409,9 @@ def vit_pattern_summary(model: nn.Module, masks: Masks | None = None, sparsity: 
     - ``attn_kept`` / ``mlp_kept``: kept fraction of the attention (qkv + proj) and MLP (fc1 + fc2) weights;
     - ``depth_rho``: Spearman correlation of each block's kept fraction with its depth (negative: deep blocks lose
       more); ``per_block``: the kept fraction per block, attention and MLP;
-    - ``head_spread``: mean over blocks of (largest − smallest) kept fraction among its heads (0: heads thinned
-      alike);
+    - ``head_spread``: mean over blocks of (largest − smallest) kept fraction among its heads, a head's fraction
+      counted over all its weights (its q, k and v rows of ``attn.qkv`` and its columns of ``attn.proj``; 0: heads
+      thinned alike);
     - ``dead_neurons``: share of MLP hidden neurons with no kept weight in fc1's row nor fc2's column;
     - ``unread_channels``: share of residual-stream channels (inputs of qkv and fc1) that no block reads any more,
       and ``channel_gini``: how unevenly the kept input weights spread over the channels (0 even, →1 few).
@@ -442,8 +443,10 @@ def vit_pattern_summary(model: nn.Module, masks: Masks | None = None, sparsity: 
         rows.append({"block": layer, "attn": a_k / a_n, "mlp": m_k / m_n, "all": (a_k + m_k) / (a_n + m_n)})
         heads = b.attn.num_heads
         d = qkv.shape[0] // (3 * heads)
-        per_head = (qkv.reshape(3, heads, d, -1).float().mean(dim=(0, 2, 3))
-                    + proj.reshape(proj.shape[0], heads, -1).float().mean(dim=(0, 2))) / 2
+        # a head's kept fraction over all its weights: its q/k/v rows hold three times as many as its proj columns
+        head_kept = (qkv.reshape(3, heads, d, -1).double().sum(dim=(0, 2, 3))
+                     + proj.reshape(proj.shape[0], heads, -1).double().sum(dim=(0, 2)))
+        per_head = head_kept / (3 * d * qkv.shape[1] + proj.shape[0] * d)
         spreads.append(float(per_head.max() - per_head.min()))
         per_gate = reduce_gates({"qkv": qkv.long(), "proj": proj.long(), "fc1": fc1.long(), "fc2": fc2.long()}, d)
         alive = per_gate["mlp_hid"] > 0

@@ -321,7 +321,8 @@ def _vit_patterns(model: nn.Module, masks: Mapping | None, sparsity: float | Non
         coloraxis=dict(colorscale=_SEQUENTIAL, cmin=0, cmax=vmax,
                        colorbar=dict(title=attn_what, y=(top[0] + top[1]) / 2, len=top[1] - top[0],
                                      thickness=12)),
-        coloraxis2=dict(colorscale=_SEQUENTIAL, cmin=0,
+        # plotly ignores cmin unless cmax is set too: without it the scale would start at the smallest neuron
+        coloraxis2=dict(colorscale=_SEQUENTIAL, cmin=0, cmax=max(float(np.nanmax(z)), 1e-12),
                         colorbar=dict(title="kept<br>fraction" if kept else "L1 norm",
                                       y=(bottom[0] + bottom[1]) / 2, len=bottom[1] - bottom[0], thickness=12)),
         title=f"Where the {'kept' if kept else 'large'} weights of the ViT sit: attention heads (q, k, v, proj) "
