@@ -52,8 +52,9 @@ class CifarResNet(nn.Module):
 
     def __init__(self, depth: int, num_classes: int = 10, in_chans: int = 3, widths: Sequence[int] = (16, 32, 64)):
         super().__init__()
-        if (depth - 2) % 6 != 0:
-            raise ValueError(f"CIFAR ResNet depth must be 6n+2 (20, 32, 56, ...), got {depth}")
+        if isinstance(depth, bool) or not isinstance(depth, numbers.Integral) or depth < 8 or (depth - 2) % 6 != 0:
+            raise ConfigError(f"CIFAR ResNet depth must be a whole number 6n+2 (8, 14, 20, 32, 56, ...), got {depth!r}")
+        depth = int(depth)
         n = (depth - 2) // 6
         in_chans = positive_int("in_chans", in_chans)
         if isinstance(widths, (str, bytes)) or not isinstance(widths, Sequence) or not widths:
@@ -149,5 +150,15 @@ class LeNet300100(nn.Module):
 
 
 def cifar_resnet(depth: int, num_classes: int = 10, in_chans: int = 3, widths: Sequence[int] = (16, 32, 64),
-                 **_ignored) -> CifarResNet:
+                 **options) -> CifarResNet:
+    """A :class:`CifarResNet` of ``depth`` layers; any other option (a misspelt ``widths``, VGG's ``width``) is
+    refused rather than dropped, which would build the default network.
+
+    Example:
+        >>> cifar_resnet(20, num_classes=5, widths=(8, 16, 32)).fc.out_features
+        5
+    """
+    if options:
+        raise ConfigError(f"unknown option(s) {', '.join(sorted(options))} for a CIFAR ResNet; it takes depth, "
+                          f"num_classes, in_chans and widths")
     return CifarResNet(depth, num_classes, in_chans, widths)
