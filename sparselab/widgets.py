@@ -103,6 +103,16 @@ def _check_checkpoints(checkpoints: Any) -> dict[str, Mapping[str, torch.Tensor]
     return dict(checkpoints)
 
 
+def _check_finite(whose: str, state: Mapping[str, torch.Tensor]) -> None:
+    """Refuse a state_dict with NaN or ±inf entries: its magnitudes cannot be ranked, and the accuracy of a model
+    computing NaN would be shown as if measured."""
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+        raise ConfigError(f"{whose} holds NaN or inf in {', '.join(bad[:3])}{more}: the explorer shows finite "
+                          f"(trained, not diverged) weights only")
+
+
 class LiveFigure(go.Figure):
     """A plotly figure shown in an ``ipywidgets.Output`` (:attr:`widget`) and redrawn there after every
     ``batch_update()`` block — the behaviour of a ``FigureWidget`` for explorers, stored as plain figure outputs.
@@ -195,7 +205,10 @@ class SparsityExplorer:
     reads the flattened image, else the kept fraction per 3×3 kernel position of every convolution).
 
     The user's model is never changed: a private copy is loaded with the chosen weights and masked. Magnitudes
-    and the held-out subset (``max_eval`` images of the test split, else val) are computed once.
+    and the held-out subset (``max_eval`` images of the test split, else val) are computed once. ``masks``, the
+    bars, the heatmap and the achieved sparsity count the weights the evaluated copy keeps: a weight that is zero
+    in the chosen weights (a sparse checkpoint) is pruned even where the magnitude mask keeps it. Weights holding
+    NaN or inf are refused up front.
 
     Args:
         model: the trained network.
@@ -233,6 +246,7 @@ class SparsityExplorer:
         self._x, self._y = x.to(device, dtype=next(self._work.parameters()).dtype), y.to(device)
         # original weights of every source, and their magnitudes (flat, per layer and concatenated)
         own = {k: v.detach().clone() for k, v in self._work.state_dict().items()}
+        _check_finite("the model", own)
         # the model's own weights sit under None, so that a checkpoint may have any name (even "model")
         self._sources: dict[str | None, dict[str, torch.Tensor]] = {None: own}
         for name, state in checkpoints.items():
@@ -241,6 +255,7 @@ class SparsityExplorer:
                 raise ConfigError(f"checkpoint {name!r} does not fit the model: {mismatch}")
             self._sources[name] = {k: torch.as_tensor(state[k]).detach().to(own[k].device, own[k].dtype).clone()
                                    for k in own}
+            _check_finite(f"checkpoint {name!r}", self._sources[name])
         # magnitudes per source, computed once: each slider move only ranks them (masks_from_scores)
         self._mags: dict[str | None, dict[str, torch.Tensor]] = {
             src: {n: state[n].abs().float().cpu() for n in self._names} for src, state in self._sources.items()}
@@ -327,22 +342,29 @@ class SparsityExplorer:
         choice = self.method.value
         source = choice if choice in self._checkpoints else None
         scope = "layer" if choice == LAYER else "global"
-        masks = self._masks(source, scope, s)
+        magnitude = self._masks(source, scope, s)
         self._work.load_state_dict(self._sources[source])
         params = dict(self._work.named_parameters())
-        for name, m in masks.items():
+        for name, m in magnitude.items():
             params[name].mul_(m.to(params[name].device, params[name].dtype))
         correct = 0
         for i in range(0, len(self._y), 512):
             out = self._work(self._x[i:i + 512])
             correct += int((out.argmax(1) == self._y[i:i + 512]).sum())
+        # A weight that is zero in the chosen weights (a sparse checkpoint) is pruned whatever the magnitude mask
+        # keeps: readouts and figures count the weights the evaluated model really has.
+        masks = {name: m & (params[name].detach() != 0).cpu() for name, m in magnitude.items()}
         self.masks = masks
         self.accuracy = correct / len(self._y)
         self.achieved_sparsity = mask_sparsity(masks)
         self.keep_table = layer_keep_ratios(self._work, masks)
+        removed = mask_sparsity(magnitude)
+        zeros = (f"; magnitude pruning removes {removed:.4f}, the rest were zero in these weights already"
+                 if self.achieved_sparsity > removed else "")
         self.info.value = (f"<b>{choice}</b> at sparsity {s:.3f}: held-out accuracy <b>{self.accuracy:.2%}</b> "
                            f"on {len(self._y)} images; achieved sparsity {self.achieved_sparsity:.4f} "
-                           f"({int(self.keep_table.kept.sum())} of {int(self.keep_table.numel.sum())} weights kept)")
+                           f"({int(self.keep_table.kept.sum())} of {int(self.keep_table.numel.sum())} weights kept"
+                           f"{zeros})")
         if self._pixel_shape is not None:
             z = input_pixel_map(self._work, masks, image_shape=self._pixel_shape, fraction=True).numpy()
             x_labels, y_labels = None, None
@@ -536,9 +558,10 @@ class BudgetExplorer:
         dense = sum(p.numel() for p in self._model.parameters())
         source = (f"importance of step {self.importance_step}" if self.importance_step is not None
                   else "uniform importance (none recorded)")
+        timed = (f"batch-1 latency <b>{self.latency:.2f} ms</b>" if math.isfinite(self.latency)
+                 else "batch-1 latency not measured (measure_latency=False)")
         self.info.value = (f"prune ratio {ratio:.2f} ({source}): compact model <b>{self.params:,}</b> parameters "
-                           f"of {dense:,} (achieved ratio {self.achieved_ratio:.4f}), batch-1 latency "
-                           f"<b>{self.latency:.2f} ms</b>")
+                           f"of {dense:,} (achieved ratio {self.achieved_ratio:.4f}), {timed}")
         with self.bars.batch_update():
             self.bars.data[0].y = self.keep_goal.tolist()
             self.bars.data[1].y = self.keep_applied.tolist()
