@@ -11,6 +11,7 @@ after a checkpoint, with exit status 130. torch and the training code are import
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -31,6 +32,7 @@ RUN_IDENTITY = "run.json"
 RUN_OUTPUTS = RUN_MARKERS + ("finetune_history.jsonl.gz", "compact", "model.safetensors", RUN_IDENTITY)
 SOURCE_DATASETS = ("fashion_mnist",)  # sparselab.models.SOURCE_DATASETS, without importing torch
 FIGURE_FORMATS = ("png", "svg", "pdf")
+RESUME_AND_OVERWRITE = "--resume continues the run in --out and --overwrite replaces it: pass only one"
 
 
 # ------------------------------------------------------------------------------------------------ option types
@@ -205,7 +207,7 @@ def _prepare_out(out: Path, args, identity: dict | None = None) -> None:
     checkpoint to continue from."""
     resume, overwrite = getattr(args, "resume", False), getattr(args, "overwrite", False)
     if resume and overwrite:
-        raise ConfigError("--resume continues the run in --out and --overwrite replaces it: pass only one")
+        raise ConfigError(RESUME_AND_OVERWRITE)
     _check_out_path(out)
     found = [name for name in RUN_MARKERS if (out / name).exists()]
     if found and resume:
@@ -361,7 +363,6 @@ def _cmd_p3b(args) -> int:
     from .experiments.presets import preset_settings
     from .experiments.recipes import method_probe_options
     from .probes import FAST_PROBES
-    from .pruners import P3BSchedule
 
     benefit_flags = _config_flags(args, BenefitConfig)
     probe_flags = ["--" + name.replace("_", "-") for name in benefit_flags]
@@ -405,7 +406,8 @@ def _cmd_p3b(args) -> int:
     schedule = preset.schedule
     if args.schedule is not None:
         w, s_, f = _schedule(args.schedule)
-        schedule = P3BSchedule(warmup=w, sparsify=s_, finalize=f, updates_per_epoch=schedule.updates_per_epoch)
+        # only the three epochs change: the preset's mask-update rate and soft-mask temperatures stay
+        schedule = dataclasses.replace(schedule, warmup=w, sparsify=s_, finalize=f)
     patch_probe = benefit_flags.pop("patch_probe", preset.patch_probe)
     _check_patch_cadence(patch_probe, [flag for flag in probe_flags if flag in cadence],
                          "--patch-probe none" if "--patch-probe" in probe_flags else f"the preset {preset.name!r}")
@@ -628,7 +630,8 @@ def _cmd_figures(args) -> int:
     _check_out_path(Path(args.out))
     history = History.load(args.history)
     figures = history_figures(history, run=args.run)
-    for path in plots.export_figures(figures, args.out, formats=args.format):
+    formats = list(dict.fromkeys(args.format)) if args.format else ["png"]
+    for path in plots.export_figures(figures, args.out, formats=formats):
         print(path)
     return 0
 
@@ -780,7 +783,8 @@ def build_parser() -> argparse.ArgumentParser:
     fg.add_argument("--run", default=None,
                     help="the run of a merged History (default: the first P3B run, or the first ART run)")
     fg.add_argument("--out", default="runs/figures", help="output folder")
-    fg.add_argument("--format", nargs="+", default=["png"], choices=FIGURE_FORMATS, help="file formats")
+    fg.add_argument("--format", nargs="+", action="extend", default=None, choices=FIGURE_FORMATS,
+                    help="file formats (--format png svg, or --format repeated) (default: png)")
     fg.set_defaults(fn=_cmd_figures)
 
     ex = add("export", help="export a compact model to ONNX, checked against PyTorch with ONNX Runtime")
@@ -816,6 +820,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         args.argv = list(sys.argv[1:] if argv is None else argv)
+        if getattr(args, "resume", False) and getattr(args, "overwrite", False):  # --dry-run never reaches _prepare_out
+            raise ConfigError(RESUME_AND_OVERWRITE)
         return args.fn(args)
     except SparselabError as exc:
         text = str(exc)
