@@ -9,6 +9,7 @@ Example:
 """
 from __future__ import annotations
 
+import math
 import numbers
 from typing import Iterable, Sequence
 
@@ -89,6 +90,8 @@ def plot_gradient_profile(history: History, run: str | None = None, epochs: Sequ
             seen.add(p["art_epoch"])
             unique.append(p)
     colors = pcolors.sample_colorscale("Viridis", [i / max(len(unique) - 1, 1) for i in range(len(unique))])
+    unshown = [f"{what} at ART epoch {p['art_epoch']}: {n}" for p in unique for what, key in (("|w|", "abs_w"),
+               ("gradient", "grad")) if (n := _not_on_log_axis(p[key]))]
     fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08,
                         subplot_titles=("sorted weight magnitude |w|", "regularizer gradient |∂L/∂w|"))
     for p, color in zip(unique, colors):
@@ -106,9 +109,19 @@ def plot_gradient_profile(history: History, run: str | None = None, epochs: Sequ
     fig.update_yaxes(type="log", row=2, col=1, title_text="|∂L/∂w|")
     fig.update_xaxes(title_text="relative index in sorted |w|", row=2, col=1)
     reg = unique[0].get("regularizer", "")
-    fig.update_layout(template=TEMPLATE, title=f"Gradient profile of the {reg} regularizer over ART epochs",
+    note = ""
+    if unshown:
+        shown = ", ".join(unshown[:4]) + (f" and {len(unshown) - 4} more" if len(unshown) > 4 else "")
+        note = f"<br><sup>values not above 0 or not finite, not drawn on the log axes: {shown}</sup>"
+    fig.update_layout(template=TEMPLATE, title=f"Gradient profile of the {reg} regularizer over ART epochs" + note,
                       height=600)
     return fig
+
+
+def _not_on_log_axis(values: Sequence[float]) -> int:
+    """How many of ``values`` a log axis leaves out without a word: zeros (a zero weight, or a gradient that
+    underflowed), negatives and NaN or ±inf."""
+    return sum(1 for v in values if v is None or not math.isfinite(float(v)) or float(v) <= 0)
 
 
 def plot_exchange(history: History, runs: Sequence[str] | None = None) -> go.Figure:

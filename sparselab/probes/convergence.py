@@ -43,8 +43,20 @@ def _raw_profiles(history, metric: str, run: str | None, by: str) -> pd.DataFram
     if rows.empty:
         raise ConfigError(f"the History has no {metric!r} rows; record block benefit with sparselab.probes."
                           f"BlockBenefit (or P3B) first")
-    table = rows.pivot_table(index=by, columns="block", values="value", aggfunc="last").sort_index()
+    table = _last_rows(rows, by).pivot(index=by, columns="block", values="value").sort_index()
     return table[sort_block_names(table.columns)]
+
+
+def _last_rows(rows: pd.DataFrame, by: str) -> pd.DataFrame:
+    """The row of each (moment, block) with the latest step (of rows at one step, the one logged last), whatever
+    order the rows were logged in; a NaN there stays NaN rather than letting an earlier value stand in for it."""
+    return rows.sort_values("step", kind="stable").drop_duplicates([by, "block"], keep="last")
+
+
+def _last_moments(history, metric: str, run: str | None, by: str) -> pd.Series:
+    """Block → the last moment it was recorded at (a NaN value counts as recorded)."""
+    rows = select_run(history, run)["blocks"]
+    return rows[rows.metric == metric].groupby("block")[by].max()
 
 
 def _normalise(table: pd.DataFrame) -> pd.DataFrame:
@@ -64,15 +76,15 @@ def half_benefit_moments(history, metric: str = "benefit_cls", run: str | None =
                          by: str = "step") -> pd.DataFrame:
     """Per block: its depth index, final normalised benefit and the first moment it reached half of that.
 
-    The final value is the one at the last moment the block was recorded; where no block had a positive benefit
-    then, it is not positive (NaN, no moment) rather than taken from an earlier moment."""
-    raw = _raw_profiles(history, metric, run, by)
-    prof = _normalise(raw)
+    The final value is the one at the last moment the block was recorded (of a moment's rows, the one at the
+    latest step); where no block had a positive benefit then, or the block's benefit there is NaN, it is NaN with
+    no moment rather than taken from an earlier moment."""
+    prof = _normalise(_raw_profiles(history, metric, run, by))
+    last = _last_moments(history, metric, run, by)
     out = []
     for depth, block in enumerate(prof.columns):
-        recorded = raw[block].dropna().index
         series = prof[block].dropna()
-        final = float(prof.at[recorded[-1], block]) if len(recorded) else math.nan
+        final = float(prof.at[last[block], block])
         moment = None
         if final > 0:
             reached = series[series >= 0.5 * final]

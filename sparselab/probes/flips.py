@@ -28,14 +28,26 @@ def mask_flips(history, run: str | None = None) -> pd.DataFrame:
 
 
 def flip_counts(events: pd.DataFrame) -> pd.DataFrame:
-    """:func:`mask_flips` of an ``events`` table of one run (``History.events``, or what ``select_run`` gives).
+    """:func:`mask_flips` of an ``events`` table of one run (``History.events``, or what ``select_run`` gives); the
+    events of a merged History's several runs are refused rather than summed per block.
 
     Example:
         >>> flip_counts(pd.DataFrame({"block": ["blocks.0.mlp"], "old": [0], "new": [1]})).reactivated.tolist()
         [1]
     """
+    from ..errors import ConfigError
     from ..history import sort_block_names
 
+    missing = [c for c in ("block", "old", "new") if c not in getattr(events, "columns", ())]
+    if missing:
+        raise ConfigError(f"flip_counts takes an events table (columns block, old, new, as History.events has "
+                          f"them); got {type(events).__name__} without {', '.join(missing)}")
+    runs = list(dict.fromkeys(events["run"].astype(str))) if "run" in events.columns else []
+    if len(runs) > 1:
+        # the same block of different runs would be summed into one count
+        raise ConfigError(f"these events come from {len(runs)} runs ({', '.join(map(repr, runs[:5]))}) of a merged "
+                          f"History; count one run with mask_flips(history, run=...) or "
+                          f"sparselab.history.select_run(history, run)['events']")
     order = sort_block_names(events.block) if len(events) else []
     counts = {kind: events[(events.old == old) & (events.new == new)].groupby("block").size()
               .reindex(order, fill_value=0).astype(int) for kind, (old, new) in FLIPS.items()}
