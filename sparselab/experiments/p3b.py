@@ -68,6 +68,10 @@ for _name, _options in METHODS.items():  # a misspelt P3B argument fails here, n
             raise unknown_name(f"P3B argument of method {_name!r}", _key, inspect.signature(P3B).parameters)
 
 
+#: training options a preset's ``fit`` and ``finetune`` may not set: every run sets them itself
+RUN_SET_OPTIONS = ("epochs", "seed")
+
+
 @dataclass(frozen=True)
 class P3BPreset:
     """Everything one P3B transfer experiment needs; ``replace(**changes)`` makes variants."""
@@ -98,6 +102,12 @@ class P3BPreset:
         check_positive_int("calibration_steps", self.calibration_steps)
         for part in ("fit", "finetune"):  # a misspelt or out-of-range training option fails where the preset is made
             checked_replace(TrainConfig(), f"{part} option of preset {self.name!r}", **getattr(self, part))
+            # the runs set these themselves (epochs from the schedule or finetune_epochs, seed from each run)
+            taken = [k for k in RUN_SET_OPTIONS if k in getattr(self, part)]
+            if taken:
+                raise ConfigError(f"{part} options of preset {self.name!r} set {', '.join(taken)}, which each run "
+                                  f"sets itself (epochs: schedule.finalize for the pruning run, finetune_epochs for "
+                                  f"the compact fine-tuning; seed: the preset's seeds); leave them out")
         # a misspelt or out-of-range probe option, too
         from_options(BenefitConfig, {**self.probe_options, "patch_probe": self.patch_probe},
                      f"probe option of preset {self.name!r}")
@@ -242,7 +252,7 @@ def benefit_trace(preset: P3BPreset, seed: int = 0, data=None, progress: bool = 
     options = from_options(BenefitConfig, {**preset.probe_options, "patch_probe": preset.patch_probe},
                            f"probe option of preset {preset.name!r}")
     probes = BlockBenefit(model, num_classes=data.num_classes, patch_probe=preset.patch_probe,
-                          log_every=max(1, len(data.train) // preset.fit.get("batch_size", 128) // 2),
+                          log_every=max(1, _optimizer_steps(len(data.train), preset.fit) // 2),
                           probe_every=options.probe_every, probe_fraction=options.probe_fraction,
                           lr=options.probe_lr, weight_decay=options.probe_weight_decay)
     steps = preset.calibration_steps if calibration_steps is None else calibration_steps
@@ -251,6 +261,14 @@ def benefit_trace(preset: P3BPreset, seed: int = 0, data=None, progress: bool = 
     fit(model, data, epochs=preset.schedule.finalize, callbacks=[probes, *callbacks], history=history, seed=seed,
         progress=progress, **preset.fit)
     return history
+
+
+def _optimizer_steps(train_images: int, options: dict[str, Any]) -> int:
+    """About how many optimizer steps an epoch of :func:`sparselab.fit` takes with these training options: full
+    effective batches (micro-batch × accumulation steps), at most ``max_steps_per_epoch``."""
+    cfg = TrainConfig(**options)
+    steps = train_images // (cfg.batch_size * cfg.accumulate_steps)
+    return min(steps, cfg.max_steps_per_epoch) if cfg.max_steps_per_epoch else steps
 
 
 def late_convergence_by_seed(preset: P3BPreset, seeds: Sequence[int] | None = None, data=None,
@@ -267,6 +285,12 @@ def late_convergence_by_seed(preset: P3BPreset, seeds: Sequence[int] | None = No
 
     seeds = list(preset.seeds if seeds is None else seeds)
     traces = dict(traces or {})
+    for seed, trace in traces.items():  # a trace of another seed or preset would stand in for this one's
+        meta = getattr(trace, "meta", None) or {}
+        if meta.get("seed", seed) != seed or meta.get("preset", preset.name) != preset.name:
+            raise ConfigError(f"traces[{seed!r}] is the benefit trace of seed {meta.get('seed', seed)!r} of preset "
+                              f"{meta.get('preset', preset.name)!r}, not of seed {seed!r} of preset "
+                              f"{preset.name!r}: give each seed its own trace (benefit_trace(preset, seed))")
     todo = [s for s in seeds if s not in traces]
     data = data if data is not None or not todo else load_data(preset)
     for seed in tqdm(todo, desc=f"benefit traces {preset.name}", disable=not progress):

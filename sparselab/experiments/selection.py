@@ -21,6 +21,7 @@ import math
 from dataclasses import dataclass
 from typing import Sequence
 
+import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
@@ -65,10 +66,13 @@ def measure_candidate(preset: P3BPreset, ratio: float = 0.9, seeds: Sequence[int
     dense = table[table.method == "dense"].set_index("seed").acc
     uniform = table[table.method == "uniform"].set_index("seed").acc
     loss_mean, loss_low, loss_high, n = mean_ci(dense - uniform)
-    std = float(dense.std(ddof=1)) if len(dense) > 1 else math.nan
+    std = float(dense.std(ddof=1)) if len(dense) > 1 else math.nan  # rule (2) is about dense fine-tuning alone
+    # the means and the seed count are over the seeds whose loss was measured (both runs finite), as the loss is:
+    # a seed without its uniform run would otherwise enter dense_mean but not uniform_mean
+    paired = np.isfinite((dense - uniform).to_numpy(dtype=float))
     summary = {"candidate": preset.name, "data": preset.data, "model": preset.model, "ratio": ratio,
-               "seeds": len(seeds), "dense_mean": float(dense.mean()), "dense_std": std,
-               "uniform_mean": float(uniform.mean()), "loss": loss_mean, "loss_low": loss_low,
+               "seeds": n, "dense_mean": float(dense[paired].mean()), "dense_std": std,
+               "uniform_mean": float(uniform[paired].mean()), "loss": loss_mean, "loss_low": loss_low,
                "loss_high": loss_high,
                "qualifies": bool(n >= rule.min_seeds and loss_mean >= rule.min_loss
                                  and std < rule.max_dense_std)}
