@@ -47,7 +47,14 @@ from .allocators import (
 )
 from .criteria import CRITERIA, GateCriterion, create_criterion
 from .schedules import P3BSchedule, P3BSteps
-from .selection import GATE_FACTORS, find_threshold, merged_gate_factors, order_block_elements, soft_masks
+from .selection import (
+    GATE_FACTORS,
+    find_threshold,
+    masks_for_threshold,
+    merged_gate_factors,
+    order_block_elements,
+    soft_masks,
+)
 
 
 class P3B(Pruner):
@@ -90,7 +97,9 @@ class P3B(Pruner):
             water-filling caps each block at what its living elements hold, so the budget is still met.
         freeze_allocation_after: keep the per-block goal keep ratios of this many first updates' last one for
             the rest of the run (``1``: the benefit read at the first update decides; an ablation of late
-            re-allocation). None: re-allocate at every update (the method).
+            re-allocation). None: re-allocate at every update (the method). Without reactivation a block whose
+            living elements no longer reach its frozen ratio is capped there, and the other blocks take up the
+            rest of the budget in proportion to their frozen ratios.
         qkv_unit: what one ``attn_qkv`` element removes: ``"dim"``, one dimension of every head (the reference,
             which keeps every head), or ``"head"``, one whole head (head pruning, an extension: the compact model
             then has fewer heads of the full width, which runs faster than as many narrower ones).
@@ -167,9 +176,13 @@ class P3B(Pruner):
         self.options = P3BConfig(
             allocation=allocation if isinstance(allocation, str) else self.allocation.name,
             criterion=criterion if isinstance(criterion, str) else criterion.name,
-            keep_ratios=self.allocation.keep_ratios if keep_ratios is not None else None,
+            # an allocation instance carries its own profile or benefit options (the keywords are left at their
+            # defaults then): they are what from_config must rebuild
+            keep_ratios=(self.allocation.keep_ratios if isinstance(self.allocation, FixedAllocation)
+                         and self.allocation.keep_ratios is not None else None),
             gate_factors=dict(self.gate_factors), blocks_only=self.blocks_only, reactivation=self.reactivation,
-            freeze_allocation_after=freeze_allocation_after, qkv_unit=qkv_unit, benefit=benefit.options)
+            freeze_allocation_after=freeze_allocation_after, qkv_unit=qkv_unit,
+            benefit=self.allocation.options if isinstance(self.allocation, BenefitAllocation) else benefit.options)
         self._config = {"prune_ratio": self.prune_ratio, "schedule": dataclasses.asdict(self.schedule),
                         **self.options.record()}
         if not isinstance(allocation, str):
@@ -353,14 +366,21 @@ class P3B(Pruner):
         if self.allocation.selection == "global":
             kappa = torch.full((len(s.blocks),), self.linear_budget / float(self.dense_linear.sum()),
                                dtype=torch.float64)
-            applied = ramp_keep(kappa, ramp)
-            self._select_global(scores, float((applied * self.dense_linear).sum()), tau, values)
+            # one ranking across blocks: the per-block keep ratios are what it leaves in each block (at the full
+            # budget for the goal, at the ramped one for the applied ratio), not the model-wide fraction
+            kappa, applied = self._select_global(scores, float((ramp_keep(kappa, ramp) * self.dense_linear).sum()),
+                                                 tau, values)
             logged: dict[str, torch.Tensor] = {}
         else:
             kappa, logged = self._allocate(state, final)
             if self.freeze_allocation_after is not None:
                 if self._frozen_kappa is not None:
                     kappa = self._frozen_kappa.clone()
+                    caps = self._alive_caps()
+                    if caps is not None and bool((kappa > caps).any()):
+                        # without reactivation a block may no longer hold its frozen share: the rest of the budget
+                        # goes to the other blocks in proportion to their frozen keep ratios
+                        kappa = water_fill(kappa, self.dense_linear, self.linear_budget, upper=caps)
                 elif self.updates + 1 >= self.freeze_allocation_after:
                     self._frozen_kappa = kappa.clone()
             applied = ramp_keep(kappa, ramp)
@@ -403,7 +423,10 @@ class P3B(Pruner):
                                         f"selection can be made from them; the last checkpoint is left as it was")
 
     def _select_global(self, scores: Mapping[str, torch.Tensor], target: float, tau: float,
-                       values: dict[int, dict[str, torch.Tensor]]) -> None:
+                       values: dict[int, dict[str, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """One ranking of every element across all blocks, thresholded to ``target`` kept Linear parameters (the
+        gate values go to ``values``). Returns the per-block Linear keep ratios this ranking leaves at the full
+        budget (the goal) and at ``target`` (applied)."""
         s = self.structure
         keys = list(scores)
         flat = torch.cat([torch.where(self._dead[k], torch.full_like(scores[k], -math.inf), scores[k])
@@ -420,11 +443,21 @@ class P3B(Pruner):
                 total += s.kept_linear_params(b, {g: kept[Gates.key(b.layer, g)] for g in b.gates})
             return total
 
-        t = find_threshold(keys, sizes, order, kept_total, target)
-        t = max(t, sum(int(d.sum()) for d in self._dead.values()))
+        n_dead = sum(int(d.sum()) for d in self._dead.values())
+
+        def block_keep(t: int) -> torch.Tensor:
+            masks: dict[int, dict[str, torch.Tensor]] = {i: {} for i in range(s.depth)}
+            for key, keep in masks_for_threshold(keys, sizes, order, t).items():
+                layer, gate = key[1:].split("_", 1)
+                masks[int(layer)][gate] = keep
+            return torch.tensor([s.linear_params(b, masks) for b in s.blocks], dtype=torch.float64) / self.dense_linear
+
+        t = max(find_threshold(keys, sizes, order, kept_total, target), n_dead)
+        t_goal = max(find_threshold(keys, sizes, order, kept_total, self.linear_budget), n_dead)
         for key, v in soft_masks(keys, sizes, order, t, tau).items():
             layer, gate = key[1:].split("_", 1)
             values[int(layer)][gate] = v
+        return block_keep(t_goal), block_keep(t)
 
     def _record(self, state: TrainState, old, new, kappa, applied, logged, ramp: float, tau: float) -> None:
         s, h, step, epoch = self.structure, state.history, state.step, state.epoch
