@@ -145,7 +145,10 @@ class GradualMagnitude(ScheduledMasks):
     """Global magnitude pruning on Zhu & Gupta's cubic schedule (score |w|)."""
 
     def scores(self, state: TrainState) -> dict[str, torch.Tensor]:
-        return {n: w.detach().abs() for n, w in prunable_weights(state.model).items()}
+        # masked weights score 0: the step just taken may have moved them (momentum), and the schedule only grows,
+        # so a pruned weight must not outrank a kept one and come back with a value it was never trained to
+        return {n: w.detach().abs() * self.masks[n].to(w.device) if n in self.masks else w.detach().abs()
+                for n, w in prunable_weights(state.model).items()}
 
 
 class MovementPruning(ScheduledMasks):
