@@ -316,7 +316,8 @@ def run_p3b(preset: P3BPreset, method: str = "p3b", prune_ratio: float = 0.5, se
 
     ``method="dense"`` fine-tunes without pruning for the same number of epochs (the reference). ``callbacks``
     join the pruning fit (e.g. a step timer). ``pruner_options`` change the method's :class:`P3B` arguments (e.g.
-    ``keep_ratios`` of another run for ``method="fixed"``, ``criterion="l1"``).
+    ``keep_ratios`` of another run for ``method="fixed"``, ``criterion="l1"``, ``patch_probe="linear"``); the
+    schedule and the class count come from the preset and the data and are refused there.
     """
     if method not in METHODS:
         raise unknown_name("method", method, METHODS)
@@ -335,11 +336,15 @@ def run_p3b(preset: P3BPreset, method: str = "p3b", prune_ratio: float = 0.5, se
         options = dict(METHODS[method])
         if method == "fixed":
             options["keep_ratios"] = fixed_profile(model)
+        set_here = sorted(set(pruner_options or {}) & {"schedule", "num_classes"})
+        if set_here:
+            raise ConfigError(f"pruner_options may not set {', '.join(set_here)}: the run takes the schedule from "
+                              f"the preset and the class count from the data; change the preset instead")
         options.update(pruner_options or {})
         benefit = options.get("allocation") == "benefit"
+        patch_probe = options.pop("patch_probe", preset.patch_probe if benefit else None)
         pruner = P3B(model, prune_ratio, schedule=preset.schedule, num_classes=data.num_classes,
-                     patch_probe=preset.patch_probe if benefit else None,
-                     **{**(preset.probe_options if benefit else {}), **options})
+                     patch_probe=patch_probe, **{**(preset.probe_options if benefit else {}), **options})
     fit(model, data, epochs=preset.schedule.finalize, pruner=pruner, seed=seed, history=history,
         progress=progress, checkpoint_dir=checkpoint_dir, resume=resume, callbacks=list(callbacks), **preset.fit)
     result: dict[str, float] = {"acc_pruned": history.last("acc", "test")}

@@ -143,10 +143,13 @@ class P3B(Pruner):
         if allocation != "benefit":  # the probes and the benefit are not used: a changed option would be ignored
             unused = _changed_benefit_options(benefit.options)
             if unused:
-                name = allocation if isinstance(allocation, str) else type(allocation).__name__
-                raise ConfigError(f"{', '.join(unused)} set the block-benefit allocation, but allocation is {name!r}, "
-                                  f"which runs no probes and would ignore them: pass allocation='benefit' or leave "
-                                  f"them out")
+                if isinstance(allocation, str):
+                    raise ConfigError(f"{', '.join(unused)} set the block-benefit allocation, but allocation is "
+                                      f"{allocation!r}, which runs no probes and would ignore them: pass "
+                                      f"allocation='benefit' or leave them out")
+                raise ConfigError(f"{', '.join(unused)} set the block-benefit allocation, but allocation is a "
+                                  f"{type(allocation).__name__} object, which carries its own settings and would "
+                                  f"ignore them: set them on the object, or pass allocation='benefit' with them")
         self.structure = ViTStructure(model, qkv_unit)
         s = self.structure
         if allocation == "benefit":
