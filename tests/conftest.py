@@ -159,3 +159,49 @@ def counted_macs(model, shape=(3, 32, 32)) -> int:
     for h in handles:
         h.remove()
     return total[0]
+
+
+def outlier_logits(outliers=(), nans=()):
+    """A two-class model whose training forwards give logits ``[0, 0]`` (loss log 2, predicts class 0), except the
+    forwards numbered in ``outliers`` (1-based: ``[0, 5]``, a large loss, wrong) and in ``nans`` (a NaN loss)."""
+    import math
+
+    import torch
+    from torch import nn
+
+    class OutlierLogits(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.zeros(1))
+            self.outliers, self.nans = set(outliers), set(nans)
+            self.calls = 0
+
+        def forward(self, x):
+            base = x.flatten(1)[:, :1] * self.w * 0.0
+            logits = torch.cat([base, base], dim=1)
+            if self.training:
+                self.calls += 1
+                if self.calls in self.outliers:
+                    logits = logits + torch.tensor([0.0, 5.0])
+                elif self.calls in self.nans:
+                    logits = logits * math.nan
+            return logits
+
+    return OutlierLogits()
+
+
+def infinite_gradient(x):
+    """0, with an infinite gradient for ``x``: added to a loss, a gradient overflow with a finite loss."""
+    import torch
+
+    class InfGradient(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            ctx.shape = x.shape
+            return x.new_zeros(())
+
+        @staticmethod
+        def backward(ctx, grad):
+            return grad.new_full(ctx.shape, float("inf"))
+
+    return InfGradient.apply(x)

@@ -103,16 +103,6 @@ def test_check_limit_per_class_allows_none_and_the_class_count():
 
 
 # ------------------------------------------------------------------------------------------------ 32-bit images
-@pytest.mark.parametrize("array,kind", [(np.full((8, 8), 100_000, np.int32), "integer"),
-                                        (np.full((8, 8), 0.5, np.float32), "floating-point")])
-def test_a_32_bit_image_is_refused_when_the_tree_is_built(tmp_path, array, kind):
-    root = tmp_path / "t"
-    _save(root / "a" / "0.tif", array)
-    _save(root / "b" / "0.png", np.zeros((8, 8, 3), np.uint8))
-    with pytest.raises(DataNotFoundError, match=rf"a[/\\]0\.tif: a 32-bit {kind} image .* only 8-bit and 16-bit"):
-        sl.data.load("imagefolder", root=root, image_size=8, val_fraction=0.0, **PLAIN)
-
-
 def test_a_32_bit_image_in_a_val_folder_is_refused_when_the_tree_is_built(tmp_path):
     root = write_image_folder(tmp_path / "t", per_class=2, size=8)
     _save(root / "val" / "cat" / "9.tif", np.full((8, 8), 100_000, np.int32))

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import nano_vit
+from conftest import infinite_gradient, nano_vit
 
 import sparselab as sl
 from sparselab.data.batches import epoch_groups, local_chunk
@@ -218,19 +218,6 @@ def test_gate_scores_under_loss_scaling_equal_the_unscaled_run(digits28):
     assert scaled.skipped_steps == 0
 
 
-class _InfGradient(torch.autograd.Function):
-    """Adds 0 to the loss and an infinite gradient to its input: a gradient overflow with a finite loss."""
-
-    @staticmethod
-    def forward(ctx, x):
-        ctx.shape = x.shape
-        return x.new_zeros(())
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad.new_full(ctx.shape, float("inf"))
-
-
 def test_a_step_the_scaler_skips_adds_nothing_to_the_scores(digits28):
     class Overflow(sl.Pruner):  # one step whose gradients overflow
         def __init__(self):
@@ -238,7 +225,7 @@ def test_a_step_the_scaler_skips_adds_nothing_to_the_scores(digits28):
 
         def extra_loss(self, state):
             if state.step == 5:
-                return _InfGradient.apply(state.outputs)
+                return infinite_gradient(state.outputs)
 
         def after_step(self, state):
             self.skipped.append(state.step_skipped)

@@ -6,47 +6,13 @@ import math
 
 import pytest
 import torch
+from conftest import infinite_gradient, outlier_logits
 from torch import nn
 
 import sparselab as sl
 from sparselab.callbacks import Callback
 from sparselab.data import TensorImages
 from sparselab.data.datasets import DataBundle
-
-
-class Outlier(nn.Module):
-    """Two-class logits ``[0, 0]`` (loss log 2, predicts class 0, the right one) for every training forward but
-    those in ``outliers`` (``[0, 5]``: a large loss, wrong) and those in ``nans`` (a NaN loss)."""
-
-    def __init__(self, outliers=(), nans=()):
-        super().__init__()
-        self.w = nn.Parameter(torch.zeros(1))
-        self.outliers, self.nans = set(outliers), set(nans)
-        self.calls = 0
-
-    def forward(self, x):
-        base = x.flatten(1)[:, :1] * self.w * 0.0
-        logits = torch.cat([base, base], dim=1)
-        if self.training:
-            self.calls += 1
-            if self.calls in self.outliers:
-                logits = logits + torch.tensor([0.0, 5.0])
-            elif self.calls in self.nans:
-                logits = logits * math.nan
-        return logits
-
-
-class _InfGradient(torch.autograd.Function):
-    """Adds 0 to the loss and an infinite gradient to its input: a gradient overflow with a finite loss."""
-
-    @staticmethod
-    def forward(ctx, x):
-        ctx.shape = x.shape
-        return x.new_zeros(())
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad.new_full(ctx.shape, float("inf"))
 
 
 class Overflow(Callback):
@@ -58,7 +24,7 @@ class Overflow(Callback):
 
     def extra_loss(self, state):
         if state.step in self.at:
-            return _InfGradient.apply(state.outputs)
+            return infinite_gradient(state.outputs)
 
     def after_step(self, state):
         self.skipped.append(state.step_skipped)
@@ -79,7 +45,7 @@ def run(model: nn.Module, overflow: Overflow, **options) -> sl.History:
 def test_a_step_the_scaler_skips_stays_out_of_the_train_metrics():
     # 4 steps of 2 images; step 3 has the outlier loss and overflowing gradients, so the scaler skips it
     overflow = Overflow(at={2})
-    history = run(Outlier(outliers={3}), overflow)
+    history = run(outlier_logits(outliers={3}), overflow)
     assert overflow.skipped == [False, False, True, False]
     assert history.last("epoch_loss", "train") == pytest.approx(math.log(2))
     assert history.last("acc", "train") == 1.0
@@ -93,7 +59,7 @@ def test_a_step_the_scaler_skips_stays_out_of_the_train_metrics():
 def test_skipped_steps_counts_scaler_skips_and_non_finite_losses_alike():
     # step 2 has a NaN loss (dropped before backward), step 4 the outlier and overflowing gradients
     overflow = Overflow(at={3})
-    history = run(Outlier(outliers={4}, nans={2}), overflow, nonfinite="skip")
+    history = run(outlier_logits(outliers={4}, nans={2}), overflow, nonfinite="skip")
     assert overflow.skipped == [False, True, False, True]
     skipped = history.metrics.query("split == 'train' and name == 'skipped_steps'")
     assert skipped.step.tolist() == [2, 4] and skipped.value.tolist() == [1.0, 2.0]
@@ -103,7 +69,7 @@ def test_skipped_steps_counts_scaler_skips_and_non_finite_losses_alike():
 
 def test_an_epoch_whose_every_step_the_scaler_skips_reports_no_train_metrics():
     overflow = Overflow(at={0, 1, 2, 3})
-    history = run(Outlier(outliers={1, 2, 3, 4}), overflow)
+    history = run(outlier_logits(outliers={1, 2, 3, 4}), overflow)
     assert overflow.skipped == [True] * 4
     train = history.metrics.query("split == 'train'")
     assert set(train.name) == {"skipped_steps", "lr"}  # no loss, no accuracy made up from updates never made

@@ -10,6 +10,7 @@ import math
 import pytest
 import torch
 import torch.distributed as dist
+from conftest import outlier_logits
 from torch import nn
 from torch.distributed.distributed_c10d import BackendConfig
 
@@ -173,34 +174,12 @@ def test_a_resumed_run_ends_with_the_same_test_rows(no_val, tmp_path):
 
 
 # ------------------------------------------------------------------------------------ skipped accumulated steps
-class PoisonAfterAnOutlier(nn.Module):
-    """Two-class logits; every training forward gives ``[0, 0]`` (loss log 2, predicts class 0), except forward
-    ``outlier`` (``[0, 5]``: a large loss, wrong) and forward ``outlier + 1`` (NaN)."""
-
-    def __init__(self, outlier: int):
-        super().__init__()
-        self.w = nn.Parameter(torch.zeros(1))
-        self.outlier = outlier
-        self.calls = 0
-
-    def forward(self, x):
-        base = x.flatten(1)[:, :1] * self.w * 0.0
-        logits = torch.cat([base, base], dim=1)
-        if self.training:
-            self.calls += 1
-            if self.calls == self.outlier:
-                logits = logits + torch.tensor([0.0, 5.0])
-            elif self.calls == self.outlier + 1:
-                logits = logits * math.nan
-        return logits
-
-
 def test_the_micro_batches_of_a_skipped_step_do_not_count_in_the_epochs_train_metrics():
     x, y = torch.randn(8, 1, 2, 2), torch.zeros(8, dtype=torch.long)  # every label is class 0
     data = DataBundle("zeros", TensorImages(x, y, augment="none"), None, TensorImages(x, y, augment="none"),
                       num_classes=2, in_chans=1, image_size=2)
     # 2 steps of 2 micro-batches of 2 images: step 2's first micro-batch is the outlier, its second is NaN
-    model = PoisonAfterAnOutlier(outlier=3)
+    model = outlier_logits(outliers={3}, nans={4})  # a large loss, then NaN in the same step
     history = sl.fit(model, data, epochs=1, batch_size=2, accumulate_steps=2, nonfinite="skip", log_every=1,
                      lr=0.1, optimizer="sgd", final_test=False, progress=False)
     assert model.calls == 4 and history.last("skipped_steps", "train") == 1
