@@ -41,7 +41,7 @@ from .data.datasets import DataBundle
 from .errors import ConfigError, check_bool, check_positive_int
 from .history import History, as_history
 from .latency import latency_ms
-from .models.checkpoints import state_dict_mismatch
+from .models.checkpoints import nonfinite_entries, state_dict_mismatch
 from .patterns import image_layer, input_pixel_map, kernel_positions, layer_keep_ratios
 from .plots.p3b import block_label, select_run, sort_block_names
 from .plots.style import TEMPLATE
@@ -106,7 +106,7 @@ def _check_checkpoints(checkpoints: Any) -> dict[str, Mapping[str, torch.Tensor]
 def _check_finite(whose: str, state: Mapping[str, torch.Tensor]) -> None:
     """Refuse a state_dict with NaN or ±inf entries: its magnitudes cannot be ranked, and the accuracy of a model
     computing NaN would be shown as if measured."""
-    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    bad = nonfinite_entries(state)
     if bad:
         more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
         raise ConfigError(f"{whose} holds NaN or inf in {', '.join(bad[:3])}{more}: the explorer shows finite "

@@ -122,6 +122,16 @@ def load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str = "c
     return skipped
 
 
+def nonfinite_entries(state: Mapping[str, torch.Tensor]) -> list[str]:
+    """The keys of ``state`` whose floating-point tensors hold NaN or ±inf, in ``state``'s order.
+
+    Example:
+        >>> nonfinite_entries({"a": torch.ones(2), "b": torch.tensor([1.0, float("nan")]), "n": torch.tensor(3)})
+        ['b']
+    """
+    return [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+
+
 def state_dict_values(own: Mapping[str, torch.Tensor], other: Mapping[str, torch.Tensor]) -> str:
     """What makes the values of ``other`` unfit for a module whose state dict is ``own`` (keys and shapes already
     agreeing): integer or boolean tensors for floating-point ones, and NaN or infinite values, each listed; an empty
@@ -132,7 +142,7 @@ def state_dict_values(own: Mapping[str, torch.Tensor], other: Mapping[str, torch
     if kinds:
         parts.append("not floating point: " + _show([f"{k} {str(other[k].dtype).replace('torch.', '')}"
                                                       for k in kinds]))
-    bad = sorted(k for k, v in other.items() if v.is_floating_point() and not bool(torch.isfinite(v).all()))
+    bad = sorted(nonfinite_entries(other))
     if bad:
         parts.append(f"NaN or infinite values in {_show(bad)}")
     return "; ".join(parts)

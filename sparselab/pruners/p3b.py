@@ -448,18 +448,19 @@ class P3B(Pruner):
 
         n_dead = sum(int(d.sum()) for d in self._dead.values())
 
-        def block_keep(t: int) -> torch.Tensor:
-            masks: dict[int, dict[str, torch.Tensor]] = {i: {} for i in range(s.depth)}
-            for key, keep in masks_for_threshold(keys, sizes, order, t).items():
+        def by_layer(flat: Mapping[str, torch.Tensor], into: dict[int, dict[str, torch.Tensor]]):
+            for key, v in flat.items():  # gate keys are "L{layer}_{gate}" (Gates.key)
                 layer, gate = key[1:].split("_", 1)
-                masks[int(layer)][gate] = keep
+                into[int(layer)][gate] = v
+            return into
+
+        def block_keep(t: int) -> torch.Tensor:
+            masks = by_layer(masks_for_threshold(keys, sizes, order, t), {i: {} for i in range(s.depth)})
             return torch.tensor([s.linear_params(b, masks) for b in s.blocks], dtype=torch.float64) / self.dense_linear
 
         t = max(find_threshold(keys, sizes, order, kept_total, target), n_dead)
         t_goal = max(find_threshold(keys, sizes, order, kept_total, self.linear_budget), n_dead)
-        for key, v in soft_masks(keys, sizes, order, t, tau).items():
-            layer, gate = key[1:].split("_", 1)
-            values[int(layer)][gate] = v
+        by_layer(soft_masks(keys, sizes, order, t, tau), values)
         return block_keep(t_goal), block_keep(t)
 
     def _record(self, state: TrainState, old, new, kappa, applied, logged, ramp: float, tau: float) -> None:
