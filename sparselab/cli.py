@@ -29,6 +29,8 @@ RUN_MARKERS = ("result.json", "summary.json", "history.jsonl.gz", "checkpoint")
 #: What the run commands write into ``--out`` (``--overwrite`` deletes these, and nothing else).
 #: the command and settings that made the run in a folder (what --resume must match besides the checkpoint)
 RUN_IDENTITY = "run.json"
+#: the source-pretraining recipe a run uses without --recipe (a run's identity names only other recipes)
+DEFAULT_RECIPE = "default"
 RUN_OUTPUTS = RUN_MARKERS + ("finetune_history.jsonl.gz", "compact", "model.safetensors", RUN_IDENTITY)
 SOURCE_DATASETS = ("fashion_mnist",)  # sparselab.models.SOURCE_DATASETS, without importing torch
 FIGURE_FORMATS = ("png", "svg", "pdf")
@@ -237,6 +239,8 @@ def _check_resumable(out: Path, identity: dict) -> None:
             recorded = None
         if not isinstance(recorded, dict):
             raise ConfigError(f"--resume: {path} cannot be read; the run in --out {out} cannot be checked")
+        if recorded.get("recipe") == DEFAULT_RECIPE:  # written by a version that kept the default recipe too
+            recorded = {k: v for k, v in recorded.items() if k != "recipe"}
         differ = [f"{k}: {recorded.get(k)!r} there, {identity.get(k)!r} now"
                   for k in sorted(set(recorded) | set(identity)) if recorded.get(k) != identity.get(k)]
         if differ:
@@ -320,7 +324,7 @@ def _cmd_train(args) -> int:
                           f"--image-size {size} or a model for {args.image_size}-px images")
     out = Path(args.out)
     identity = {"command": "train", "pretrained": _jsonable_pretrained(pretrained)}
-    if args.recipe is not None:  # which source weights the run started from: no checkpoint holds it
+    if args.recipe not in (None, DEFAULT_RECIPE):  # which source weights the run started from: no checkpoint holds it
         identity["recipe"] = args.recipe
     _prepare_out(out, args, identity=identity)
 

@@ -82,3 +82,22 @@ def test_run_names_without_histories_are_refused_before_anything_changes(tmp_pat
     assert sorted(save_run_files(tmp_path, pd.DataFrame({"acc": [0.9]}), [], runs=[])) == ["table"]
     assert sorted(p.name for p in tmp_path.iterdir()) == [TABLE_FILE]
     assert HISTORIES_FILE not in {p.name for p in tmp_path.iterdir()}
+
+
+def test_a_diagnosis_read_from_its_record_gives_only_this_baseline_s_variants(tmp_path, monkeypatch):
+    """A record holding an l1 diagnosis at the same ratio: diagnosing uniform reuses P3B's shared variants (now
+    labelled uniform) and leaves l1's own variants out, so that diagnosed_pairs lists only the pair asked for."""
+    from sparselab.experiments.p3b import _write_record
+
+    preset, table, record, _ = _diagnosis_inputs(tmp_path, seeds=[0])
+    table = pd.concat([table, table[table.method == "l1"].assign(method="uniform")], ignore_index=True)
+    uniform_own = [name for name in diagnosis.variants(preset, table, "uniform", 0.5, 0) if name.startswith("uniform")]
+    recorded = pd.read_csv(record)
+    _write_record(record, pd.concat([recorded, pd.DataFrame([
+        {"preset": preset.name, "method": name, "prune_ratio": 0.5, "seed": 0, "acc": 0.7, "baseline": "uniform"}
+        for name in uniform_own])], ignore_index=True), preset)
+    monkeypatch.setattr(diagnosis, "run_p3b", lambda *_, **__: (_ for _ in ()).throw(AssertionError("ran again")))
+    diag = diagnosis.diagnose(preset, table, "uniform", 0.5, record=record, progress=False)
+    assert sorted(diag.method) == sorted(set(diagnosis.variants(preset, table, "uniform", 0.5, 0)))
+    assert not diag.method.str.startswith("l1").any() and "p3b_l1_selection" not in set(diag.method)
+    assert set(diag.baseline) == {"uniform"} and diagnosis.diagnosed_pairs(diag) == [("uniform", 0.5)]

@@ -84,7 +84,8 @@ def diagnose(preset: P3BPreset, table: pd.DataFrame, baseline: str, ratio: float
     """Run the diagnostic variants (module docstring) of P3B against ``baseline`` at ``ratio`` for ``seeds``
     (default: the seeds both have in ``table``). One row per run, ``method`` naming the variant; ``record``
     writes each row at once and skips recorded ones, as in :func:`~sparselab.experiments.p3b.compare`; the rows
-    returned are those of ``seeds`` only, recorded or run (the record keeps every seed's).
+    returned are this call's variants for ``seeds`` only, recorded or run, labelled with ``baseline`` (the record
+    keeps every seed's and every baseline's; P3B's own variants recorded for another baseline are reused).
 
     Example:
         >>> diag = diagnose(p3b_preset("tiny"), table, "l1", 0.5, seeds=[0], record="diag.csv")  # doctest: +SKIP
@@ -104,10 +105,11 @@ def diagnose(preset: P3BPreset, table: pd.DataFrame, baseline: str, ratio: float
     jobs = [(name, spec, seed) for seed in seeds for name, spec in variants(preset, table, baseline, ratio,
                                                                              seed).items()]
     data = None
-    # the record may hold other seeds (an earlier call's): they stay in the file but are no rows of this call
-    wanted = {int(s) for s in seeds}
-    rows = [r for r in recorded.to_dict("records") if round(float(r["prune_ratio"]), 6) == round(ratio, 6)
-            and int(r["seed"]) in wanted]
+    # the record may hold other seeds and other baselines' variants (an earlier call's): they stay in the file but
+    # are no rows of this call; P3B's own variants, shared by every baseline at a ratio, are this call's rows too
+    wanted = {(name, int(seed)) for name, _, seed in jobs}
+    rows = [{**r, "baseline": baseline} for r in recorded.to_dict("records")
+            if round(float(r["prune_ratio"]), 6) == round(ratio, 6) and (r["method"], int(r["seed"])) in wanted]
     for name, (method, options, variant_preset), seed in tqdm(jobs, desc=f"diagnosis vs {baseline}",
                                                                disable=not progress):
         if (name, round(ratio, 6), seed) in done:
