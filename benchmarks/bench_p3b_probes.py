@@ -76,7 +76,7 @@ REFERENCE = next(iter(ESTIMATORS))
 #: step-cost passes over all estimators (the reported ratio is their median; one run spreads by a few percent)
 COST_REPEATS = 5
 #: the row of sl.probes.FAST_PROBES
-FAST = next(name for name, o in ESTIMATORS.items() if o == dict(patch_probe="conv2", **sl.probes.FAST_PROBES))
+FAST = next(name for name, o in ESTIMATORS.items() if o == {"patch_probe": "conv2", **sl.probes.FAST_PROBES})
 QUICK = (REFERENCE, "class-token probe only", FAST)  # the estimators --quick runs
 
 
@@ -177,14 +177,15 @@ def step_cost(preset, data, method: str, options: dict, max_steps: int | None) -
             clock.steps * 1000}
 
 
+#: the previous FAST_PROBES (patch probes on every 16th step and a quarter of the batch), timed on DeiT-Tiny too
+PATCH_CADENCE = "conv2 patch probe, every 16th step, 1/4 of the batch"
 #: the DeiT-Tiny pass: estimators timed (none for dense), steps per epoch over warm-up, sparsify, finalize
 DEIT_JOBS = (("dense (control)", None), ("uniform (no probes)", dict(allocation="uniform")),
-             ("class-token probe only", dict(allocation="benefit", patch_probe=None)),
-             (FAST, dict(allocation="benefit", **ESTIMATORS[FAST])),
-             (REFERENCE, dict(allocation="benefit", **ESTIMATORS[REFERENCE])))
-#: steps per epoch: at least 7, and enough that FAST_PROBES' patch-probe steps include one that is timed (the
+             *((name, dict(allocation="benefit", **ESTIMATORS[name]))
+               for name in dict.fromkeys(("class-token probe only", FAST, PATCH_CADENCE, REFERENCE))))
+#: steps per epoch: at least 7, and enough that the patch-probe steps of every job include one that is timed (the
 #: first step of each of the three epochs is not)
-DEIT_STEPS_PER_EPOCH = max(7, math.ceil((sl.probes.FAST_PROBES["probe_every"] + 1) / 3))
+DEIT_STEPS_PER_EPOCH = max(7, *(math.ceil((o.get("probe_every", 1) + 1) / 3) for _, o in DEIT_JOBS if o))
 DEIT_BATCH = 32
 
 

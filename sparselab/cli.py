@@ -365,7 +365,7 @@ def _cmd_p3b(args) -> int:
     from .experiments import p3b_preset, run_p3b
     from .experiments.p3b import METHODS
     from .experiments.presets import preset_settings
-    from .experiments.recipes import method_probe_options
+    from .experiments.recipes import method_patch_probe, method_probe_options
     from .probes import FAST_PROBES
 
     benefit_flags = _config_flags(args, BenefitConfig)
@@ -380,10 +380,18 @@ def _cmd_p3b(args) -> int:
     if args.prune_ratio is not None and args.method == "dense":
         raise ConfigError("--prune-ratio sets how much to prune; --method dense prunes nothing")
     prune_ratio = 0.0 if args.method == "dense" else (0.5 if args.prune_ratio is None else args.prune_ratio)
-    cadence = ["--fast-probes"] + ["--" + k.replace("_", "-") for k in FAST_PROBES]
-    fixed = [flag for flag in probe_flags if flag in cadence and set(METHODS[args.method]) & set(FAST_PROBES)]
-    if fixed:
-        raise ConfigError(f"--method {args.method} fixes the probe cadence itself; leave out {', '.join(fixed)}")
+    # the flags that choose the patch probe and its cadence, which a method like p3b_fast_probes fixes itself
+    patch_keys = ("patch_probe", "probe_every", "probe_fraction")
+    patch_flags = [flag for flag in probe_flags if flag in ["--fast-probes", *("--" + k.replace("_", "-")
+                                                                              for k in patch_keys)]]
+    fixed = set(METHODS[args.method]) & set(patch_keys)
+    if fixed and patch_flags:
+        raise ConfigError(f"--method {args.method} fixes its probes itself ({', '.join(sorted(fixed))}); leave out "
+                          f"{', '.join(patch_flags)}")
+    if args.fast_probes and len(patch_flags) > 1:
+        given = [flag for flag in patch_flags if flag != "--fast-probes"]
+        raise ConfigError(f"--fast-probes sets the probes (sparselab.probes.FAST_PROBES: the class-token probes alone, "
+                          f"no patch probe); leave out {', '.join(given)}, or --fast-probes")
     _check_model_name(args.model)
     changes: dict = {}
     if args.model is not None:
@@ -412,10 +420,11 @@ def _cmd_p3b(args) -> int:
         w, s_, f = _schedule(args.schedule)
         # only the three epochs change: the preset's mask-update rate and soft-mask temperatures stay
         schedule = dataclasses.replace(schedule, warmup=w, sparsify=s_, finalize=f)
-    patch_probe = benefit_flags.pop("patch_probe", preset.patch_probe)
-    _check_patch_cadence(patch_probe, [flag for flag in probe_flags if flag in cadence],
+    fast = dict(FAST_PROBES) if args.fast_probes else {}
+    patch_probe = fast.pop("patch_probe", benefit_flags.pop("patch_probe", preset.patch_probe))
+    _check_patch_cadence(patch_probe, [flag for flag in probe_flags if flag in ("--probe-every", "--probe-fraction")],
                          "--patch-probe none" if "--patch-probe" in probe_flags else f"the preset {preset.name!r}")
-    probe_options = {**preset.probe_options, **(FAST_PROBES if args.fast_probes else {}), **benefit_flags}
+    probe_options = {**preset.probe_options, **fast, **benefit_flags}
     # the one run this command makes (what --dry-run shows and result.json's settings record)
     preset = preset.replace(methods=(args.method,), prune_ratios=(prune_ratio,), seeds=(args.seed,))
     preset = preset.replace(data_options=data_options, fit=fit_options, finetune=finetune, schedule=schedule,
@@ -452,8 +461,8 @@ def _cmd_p3b(args) -> int:
         probes = METHODS.get(args.method, {}).get("allocation") == "benefit"
         record = {"preset": preset.name, "method": args.method, "prune_ratio": prune_ratio, "seed": args.seed,
                   **({"qkv_unit": args.qkv_unit} if args.method != "dense" else {}),
-                  **({"patch_probe": preset.patch_probe, "probe_options": method_probe_options(preset, args.method)}
-                     if probes else {}),
+                  **({"patch_probe": method_patch_probe(preset, args.method),
+                      "probe_options": method_probe_options(preset, args.method)} if probes else {}),
                   "settings": preset_settings(preset), **run.result}
         (out / "result.json").write_text(json.dumps(record, indent=2, allow_nan=False))
         print(json.dumps(run.result, indent=2))
@@ -463,8 +472,8 @@ def _cmd_p3b(args) -> int:
 
 
 def _check_patch_cadence(patch_probe: str | None, flags: list[str], source: str) -> None:
-    """Refuse patch-probe cadence flags (``--fast-probes``, ``--probe-every``, ``--probe-fraction``) where no patch
-    probe runs (``source`` says why): they would be recorded in result.json but change nothing."""
+    """Refuse patch-probe cadence flags (``--probe-every``, ``--probe-fraction``) where no patch probe runs
+    (``source`` says why): they would be recorded in result.json but change nothing."""
     if patch_probe is None and flags:
         raise ConfigError(f"{', '.join(flags)} set how often and on how much of each batch the patch probes run, "
                           f"but there is no patch probe ({source}); pass --patch-probe conv2, conv1 or linear, or "
@@ -738,7 +747,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="epochs of compact fine-tuning; 0: none (default: the preset's)")
     _add_config_flags(pb, BenefitConfig, "block benefit")
     pb.add_argument("--fast-probes", action="store_true",
-                    help="sparselab.probes.FAST_PROBES: patch probes on every 16th step and a quarter of the batch")
+                    help="sparselab.probes.FAST_PROBES: the class-token probes alone, no patch probe (about a third "
+                         "of the reference probes' cost)")
     pb.add_argument("--qkv-unit", choices=QKV_UNITS, default="dim",
                     help="what P3B prunes in attention: one dimension of every head (dim, the reference) or whole "
                          "heads (head, an extension: the compact model has fewer heads)")

@@ -54,13 +54,15 @@ def test_p3b_paper_preset_smoke_on_random_deit_tiny(tmp_path):
     out = tmp_path / "run"
     rc = main(["p3b", "--preset", "paper-deit-t-ifood", "--pretrained", "none", "--data", "imagefolder",
                "--data-root", str(tree), "--batch-size", "4", "--max-steps-per-epoch", "2", "--workers", "0",
-               "--schedule", "0,1,1", "--finetune-epochs", "1", "--no-latency", "--fast-probes",
+               "--schedule", "0,1,1", "--finetune-epochs", "1", "--no-latency", "--probe-every", "16",
+               "--probe-fraction", "0.25",
                "--out", str(out)])
     assert rc == 0
     result = json.loads((out / "result.json").read_text())
     assert abs(result["achieved_ratio"] - 0.5) < 0.005
     assert result["patch_probe"] == "conv2"
-    assert result["probe_options"] == {**sl.probes.FAST_PROBES, "probe_lr": 5e-4, "probe_weight_decay": 0.05}
+    assert result["probe_options"] == {"probe_every": 16, "probe_fraction": 0.25, "probe_lr": 5e-4,
+                                       "probe_weight_decay": 0.05}
     history = sl.History.load(out / "history.jsonl.gz")
     assert {"keep_goal", "benefit_cls", "benefit_patch"} <= set(history.blocks.metric)
     compact = sl.structure.load_compact(out / "compact")

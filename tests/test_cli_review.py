@@ -24,7 +24,7 @@ def _never(*_, **__):
 
 
 # ------------------------------------------------------------------------------------------------ p3b command
-@pytest.mark.parametrize("flags", [["--probe-every", "4"], ["--probe-fraction", "0.5"], ["--fast-probes"]])
+@pytest.mark.parametrize("flags", [["--probe-every", "4"], ["--probe-fraction", "0.5"]])
 def test_patch_probe_cadence_without_a_patch_probe_is_refused(flags, capsys):
     assert main(["p3b", "--preset", "tiny", "--patch-probe", "none", *flags, "--dry-run"]) == 2
     err = capsys.readouterr().err
@@ -44,7 +44,31 @@ def test_result_json_records_the_probe_options_the_method_ran_with(tmp_path, mon
     out = tmp_path / "run"
     assert main(["p3b", "--preset", "tiny", "--method", "p3b_fast_probes", "--out", str(out)]) == 0
     result = json.loads((out / "result.json").read_text())
-    assert result["probe_options"] == FAST_PROBES  # was {}: the defaults, which the run did not use
+    # was {}: the defaults, which the run did not use
+    assert result["patch_probe"] is FAST_PROBES["patch_probe"] is None
+    assert result["probe_options"] == {k: v for k, v in FAST_PROBES.items() if k != "patch_probe"} == {}
+
+
+def test_fast_probes_flag_runs_the_class_token_probes_alone(tmp_path, monkeypatch, capsys):
+    """--fast-probes is FAST_PROBES: the run gets no patch probe, and result.json says so."""
+    import sparselab.experiments as experiments
+
+    seen = {}
+
+    def fake_run(preset, method, ratio, seed, **_):
+        seen.update(patch_probe=preset.patch_probe, probe_options=dict(preset.probe_options))
+        return SimpleNamespace(history=sl.History(), finetune_history=None, pruner=None,
+                               result={"acc": 0.5, "acc_pruned": 0.5, "achieved_ratio": ratio})
+
+    monkeypatch.setattr(experiments, "run_p3b", fake_run)
+    out = tmp_path / "run"
+    assert main(["p3b", "--preset", "tiny", "--fast-probes", "--probe-lr", "1e-3", "--out", str(out)]) == 0
+    assert seen == {"patch_probe": None, "probe_options": {"probe_lr": 1e-3}}
+    result = json.loads((out / "result.json").read_text())
+    assert result["patch_probe"] is None and result["probe_options"] == {"probe_lr": 1e-3}
+    capsys.readouterr()
+    assert main(["p3b", "--preset", "tiny", "--fast-probes", "--dry-run"]) == 0
+    assert "patch probe                       none (class-token probes only)" in capsys.readouterr().out
 
 
 def test_p3b_dry_run_shows_probes_only_where_the_method_runs_them(capsys):
@@ -54,8 +78,7 @@ def test_p3b_dry_run_shows_probes_only_where_the_method_runs_them(capsys):
     assert "compact fine-tune                 1 epochs = 4 steps, constant lr 0.0005, effective batch 64" in text
     assert main(["p3b", "--preset", "tiny", "--method", "p3b_fast_probes", "--dry-run"]) == 0
     text = capsys.readouterr().out
-    assert "patch probe                       conv2" in text
-    assert "probe options                     probe_every 16, probe_fraction 0.25" in text
+    assert "patch probe                       none (class-token probes only)" in text
 
 
 # ------------------------------------------------------------------------------------------------ art dry run

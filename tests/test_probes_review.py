@@ -135,7 +135,8 @@ def test_late_convergence_of_a_merged_history_needs_a_run():
         sl.probes.normalised_profiles(late, run="early")
 
 
-@pytest.mark.parametrize("options", [sl.probes.FAST_PROBES, {"probe_every": 4}, {"probe_fraction": 0.5}])
+@pytest.mark.parametrize("options", [{"probe_every": 16, "probe_fraction": 0.25}, {"probe_every": 4},
+                                     {"probe_fraction": 0.5}])
 def test_patch_probe_cadence_without_a_patch_probe_is_refused(options):
     """The cadence only concerns the patch probes: with none it used to be accepted and change nothing."""
     with pytest.raises(ConfigError, match="patch_probe=None runs none"):

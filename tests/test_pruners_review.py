@@ -179,13 +179,14 @@ def test_gates_of_a_uniform_qk_norm_model_hook_every_layer():
 
 
 def test_block_benefit_options_beside_an_allocation_without_probes_are_refused():
-    """allocation='uniform' (or 'global', 'fixed') runs no probes: FAST_PROBES or a benefit scale given beside it
-    would be ignored without a word."""
+    """allocation='uniform' (or 'global', 'fixed') runs no probes: a probe cadence or a benefit scale given beside
+    it would be ignored without a word."""
     model = sl.models.create("vit_nano_patch4_28", num_classes=10)
     with pytest.raises(ConfigError, match=r"probe_every=16, probe_fraction=0.25 set the block-benefit allocation, "
                                           r"but allocation is 'uniform'"):
-        sl.P3B(model, 0.5, allocation="uniform", **sl.probes.FAST_PROBES)
+        sl.P3B(model, 0.5, allocation="uniform", probe_every=16, probe_fraction=0.25)
     with pytest.raises(ConfigError, match=r"benefit_scale=5.0 .* allocation is 'global'"):
         sl.P3B(model, 0.5, allocation="global", benefit_scale=5.0)
-    for options in ({}, {"patch_probe": None}, {"patch_probe": "conv2", "momentum": 0.2}):  # defaults, no probes
+    for options in ({}, {"patch_probe": None}, {"patch_probe": "conv2", "momentum": 0.2},  # defaults, no probes
+                    sl.probes.FAST_PROBES):
         sl.P3B(model, 0.5, allocation="uniform", **options).remove()

@@ -356,7 +356,9 @@ def resolved_recipe(preset: P3BPreset | ARTPreset, data=None) -> dict[str, Any]:
             "mask update every": (f"{max(1, steps // sch.updates_per_epoch)} optimizer steps" if steps is not None
                                   else f"1/{sch.updates_per_epoch} epoch"),
             "τ / τ_min": (sch.tau, sch.tau_min),
-            "patch probe": preset.patch_probe if probes else f"none ({_NO_PROBES})",
+            "patch probe": (method_patch_probe(preset, preset.methods[0]) if len(preset.methods) == 1
+                            else preset.patch_probe) or "none (class-token probes only)" if probes
+                           else f"none ({_NO_PROBES})",
             "probe options": (method_probe_options(preset, preset.methods[0]) if len(preset.methods) == 1
                               else dict(preset.probe_options)) if probes else f"none ({_NO_PROBES})",
             "compact fine-tune": f"{preset.finetune_epochs} epochs"
@@ -389,15 +391,26 @@ _GRADUAL_METHODS, _ONE_SHOT_METHODS = ("gmp", "movement"), ("oneshot", "layerwis
 
 
 def method_probe_options(preset: P3BPreset, method: str) -> dict[str, Any]:
-    """The probe options a run of ``method`` uses: the preset's, overridden by those the method fixes itself
-    (``p3b_fast_probes``'s cadence).
+    """The probe options a run of ``method`` uses besides its patch probe (:func:`method_patch_probe`): the
+    preset's, overridden by those the method fixes itself.
 
     Example:
-        >>> method_probe_options(P3B_PRESETS["tiny"], "p3b_fast_probes")
-        {'probe_every': 16, 'probe_fraction': 0.25}
+        >>> method_probe_options(P3B_PRESETS["tiny"].replace(probe_options={"probe_lr": 1e-3}), "p3b_fast_probes")
+        {'probe_lr': 0.001}
     """
-    own = {f.name for f in fields(BenefitConfig)}
+    own = {f.name for f in fields(BenefitConfig)} - {"patch_probe"}
     return {**preset.probe_options, **{k: v for k, v in P3B_METHODS[method].items() if k in own}}
+
+
+def method_patch_probe(preset: P3BPreset, method: str) -> str | None:
+    """The patch probe a run of ``method`` trains: the preset's, unless the method fixes its own
+    (``p3b_fast_probes``: none, the class-token probes alone).
+
+    Example:
+        >>> method_patch_probe(P3B_PRESETS["tiny"], "p3b"), method_patch_probe(P3B_PRESETS["tiny"], "p3b_fast_probes")
+        ('conv2', None)
+    """
+    return P3B_METHODS[method].get("patch_probe", preset.patch_probe)
 
 
 def _uses_probes(preset: P3BPreset) -> bool:
