@@ -149,7 +149,7 @@ def test_fast_probe_method_refuses_only_the_cadence_flags(capsys):
     assert main(["p3b", "--preset", "tiny", "--dry-run", "--probe-lr", "none"]) == 0  # None: the model's lr
     assert main(["p3b", "--preset", "tiny", "--dry-run", "--method", "p3b_fast_probes", "--momentum", "0.5"]) == 0
     assert main(["p3b", "--preset", "tiny", "--dry-run", "--method", "p3b_fast_probes", "--probe-every", "4"]) == 2
-    assert "fixes the probe cadence itself; leave out --probe-every" in capsys.readouterr().err
+    assert "fixes its probes itself (patch_probe); leave out --probe-every" in capsys.readouterr().err
 
 
 def test_a_diverged_run_is_told_what_the_command_line_can_change(monkeypatch, capsys):
