@@ -243,6 +243,7 @@ def benefit_trace(preset: P3BPreset, seed: int = 0, data=None, progress: bool = 
         ['benefit_cls', 'benefit_patch']
     """
     from ..probes import BlockBenefit
+    from .recipes import steps_per_epoch
 
     data = data if data is not None else load_data(preset)
     if model is None:
@@ -252,7 +253,7 @@ def benefit_trace(preset: P3BPreset, seed: int = 0, data=None, progress: bool = 
     options = from_options(BenefitConfig, {**preset.probe_options, "patch_probe": preset.patch_probe},
                            f"probe option of preset {preset.name!r}")
     probes = BlockBenefit(model, num_classes=data.num_classes, patch_probe=preset.patch_probe,
-                          log_every=max(1, _optimizer_steps(len(data.train), preset.fit) // 2),
+                          log_every=max(1, steps_per_epoch(len(data.train), preset.fit) // 2),
                           probe_every=options.probe_every, probe_fraction=options.probe_fraction,
                           lr=options.probe_lr, weight_decay=options.probe_weight_decay)
     steps = preset.calibration_steps if calibration_steps is None else calibration_steps
@@ -261,14 +262,6 @@ def benefit_trace(preset: P3BPreset, seed: int = 0, data=None, progress: bool = 
     fit(model, data, epochs=preset.schedule.finalize, callbacks=[probes, *callbacks], history=history, seed=seed,
         progress=progress, **preset.fit)
     return history
-
-
-def _optimizer_steps(train_images: int, options: dict[str, Any]) -> int:
-    """About how many optimizer steps an epoch of :func:`sparselab.fit` takes with these training options: full
-    effective batches (micro-batch × accumulation steps), at most ``max_steps_per_epoch``."""
-    cfg = TrainConfig(**options)
-    steps = train_images // (cfg.batch_size * cfg.accumulate_steps)
-    return min(steps, cfg.max_steps_per_epoch) if cfg.max_steps_per_epoch else steps
 
 
 def late_convergence_by_seed(preset: P3BPreset, seeds: Sequence[int] | None = None, data=None,
