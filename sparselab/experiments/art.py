@@ -351,13 +351,12 @@ def run_art(preset: ARTPreset, method: str = "hypersparse", sparsity_: float = 0
     fit(model, data, epochs=preset.finetune_epochs, pruner=FixedMask(masks), seed=seed, history=ft_history,
         progress=progress, checkpoint_dir=phase("finetune"), resume=resume, **preset.finetune)
     nonzero = {k: (w.detach() != 0).cpu() for k, w in prunable_weights(model).items()}
-    tests = ft_history.metrics.query("split == 'test' and name == 'acc'").value
     chance = majority_share(data.test)
     if chance is not None:  # predicting the most frequent class: a pruned network that lost its input path
         result["chance_acc"] = chance
     # the best over fine-tuning exists only where fit evaluated the test split after every epoch (no validation
     # split); with one, the test split is evaluated once, at the end, and a "best" would just repeat acc
-    best = float(tests.max()) if tests_every_epoch(data, preset.finetune) else math.nan
+    best = float(ft_history.series("acc", "test").max()) if tests_every_epoch(data, preset.finetune) else math.nan
     result.update({"acc": ft_history.last("acc", "test"), "acc_best": best,
                    "mask_sparsity": sparsity(masks), "nonzero_sparsity": sparsity(nonzero)})
     return ARTRun(method, sparsity_, seed, history, ft_history, model, masks, result)
@@ -420,8 +419,8 @@ def compare(preset: ARTPreset, methods: Sequence[str] | None = None, sparsities:
             elif m == "dense":
                 acc = warm.history.last("acc", "test")
                 # the best test accuracy over the warm-up's epochs, as acc_best is over a sparse run's fine-tune
-                warm_tests = warm.history.metrics.query("split == 'test' and name == 'acc'").value
-                best = float(warm_tests.max()) if tests_every_epoch(data, preset.fit) else math.nan
+                best = (float(warm.history.series("acc", "test").max()) if tests_every_epoch(data, preset.fit)
+                        else math.nan)
                 keep({"method": "dense", "sparsity": 0.0, "seed": seed, "acc": acc, "acc_best": best,
                       "acc_pruned": acc, "nonzero_sparsity": 0.0})
             else:
