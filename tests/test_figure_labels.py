@@ -109,6 +109,29 @@ def test_the_accuracy_figure_draws_a_loss_as_it_is():
     assert acc.layout.yaxis.title.text == "acc (%)" and acc.data[0].y[0] == pytest.approx(91.0)
 
 
+def _epochs_table() -> pd.DataFrame:
+    """Accuracies against a setting that is a count, not a share of the weights."""
+    return pd.DataFrame({"method": ["a"] * 4 + ["b"] * 4, "epochs": [2, 2, 4, 4] * 2, "seed": [0, 1] * 4,
+                         "acc": [0.90, 0.91, 0.92, 0.93, 0.88, 0.89, 0.90, 0.90]})
+
+
+def test_a_setting_that_is_not_a_share_is_drawn_as_it_is():
+    fig = plot_accuracy_ci(_epochs_table(), setting="epochs")
+    assert sorted(fig.data[0].x) == [2, 4]  # epochs, not 200 and 400
+    assert fig.layout.xaxis.title.text == "epochs"
+    assert "epochs %{x:g}<br>" in fig.data[0].hovertemplate
+    diffs = paired_differences(_epochs_table(), "b", setting="epochs")
+    labels = [tr.y[0] for tr in plot_paired_differences(diffs, setting="epochs").data]
+    assert labels == ["a − b @ epochs 2", "a − b @ epochs 4"]
+
+
+def test_the_prune_ratio_stays_in_percent():
+    table = _table("acc", [0.9, 0.92], [0.88, 0.9])
+    fig = plot_accuracy_ci(table)
+    assert list(fig.data[0].x) == [50.0] and fig.layout.xaxis.title.text == "prune_ratio (%)"
+    assert plot_paired_differences(paired_differences(table, "b")).data[0].y[0] == "a − b @ 50 %"
+
+
 # ------------------------------------------------------------------ History.last / series follow the step
 def _out_of_order() -> History:
     h = History(meta={"run": "r"})

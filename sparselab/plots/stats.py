@@ -29,13 +29,20 @@ def _scale(value: str, percent: bool | None) -> float:
     return 100.0 if (in_percent(value) if percent is None else percent) else 1.0
 
 
+def _setting_text(setting: str, x) -> str:
+    """A setting's value as a figure prints it: a share (:func:`~sparselab.stats.in_percent`, e.g. the prune
+    ratio) in %, any other setting (an epoch count, a λ) as it is, named."""
+    return f"{x * 100:g} %" if in_percent(setting) else f"{setting} {x:g}"
+
+
 def plot_accuracy_ci(table, setting: str = "prune_ratio", value: str = "acc", method: str = "method",
                      methods: Sequence[str] | None = None, title: str | None = None,
                      confidence: float = CONFIDENCE, percent: bool | None = None) -> go.Figure:
-    """Mean ``value`` against ``setting`` (in %) per method, with the Student-t ``confidence`` interval over seeds
-    as error bars; a dense reference (``setting == 0``) is drawn as a horizontal band. ``methods`` picks and
-    orders the methods shown (each must be in the table; a string is one method). ``value`` is drawn in % when it
-    is an accuracy or another share (``percent=None``, :func:`~sparselab.stats.in_percent`), else as it is;
+    """Mean ``value`` against ``setting`` (in % where it is a share, such as the prune ratio) per method, with
+    the Student-t ``confidence`` interval over seeds as error bars; a dense reference (``setting == 0``) is drawn
+    as a horizontal band. ``methods`` picks and orders the methods shown (each must be in the table; a string is
+    one method). ``value`` is drawn in % when it is an accuracy or another share (``percent=None``,
+    :func:`~sparselab.stats.in_percent`), else as it is;
     ``percent`` forces one or the other.
 
     Example:
@@ -50,6 +57,7 @@ def plot_accuracy_ci(table, setting: str = "prune_ratio", value: str = "acc", me
         raise ConfigError("the result table has no rows: there is nothing to plot")
     scale = _scale(value, percent)
     unit = " %" if scale == 100 else ""
+    x_scale, x_unit = (100.0, " %") if in_percent(setting) else (1.0, "")
     summary = summarize_ci(table, value, setting, method, confidence=confidence)
     fig = go.Figure()
     present = list(dict.fromkeys(summary[method]))
@@ -76,15 +84,16 @@ def plot_accuracy_ci(table, setting: str = "prune_ratio", value: str = "acc", me
                                           + ("" if has_interval else ", no interval") + ")")
             continue
         fig.add_trace(go.Scatter(
-            x=rows[setting] * 100, y=rows["mean"] * scale, name=m, mode="lines+markers",
+            x=rows[setting] * x_scale, y=rows["mean"] * scale, name=m, mode="lines+markers",
             error_y=dict(type="data", symmetric=False, array=(rows["high"] - rows["mean"]) * scale,
                          arrayminus=(rows["mean"] - rows["low"]) * scale),
             customdata=rows[["n"]].to_numpy(),
-            hovertemplate=f"{m}<br>{setting} %{{x:g}} %<br>{value} %{{y:.{2 if unit else 4}f}}{unit}<br>seeds "
+            hovertemplate=f"{m}<br>{setting} %{{x:g}}{x_unit}<br>{value} %{{y:.{2 if unit else 4}f}}{unit}<br>seeds "
                           "%{customdata[0]}<extra></extra>"))
     fig.update_layout(template=TEMPLATE, title=title or f"{value} against {setting} (mean, "
                                                           f"{confidence_label(confidence)} interval over seeds)",
-                      xaxis_title=f"{setting} (%)", yaxis_title=f"{value} (%)" if unit else value,
+                      xaxis_title=f"{setting} (%)" if x_unit else setting,
+                      yaxis_title=f"{value} (%)" if unit else value,
                       legend_title=method)
     return fig
 
@@ -129,7 +138,7 @@ def plot_paired_differences(diffs, setting: str = "prune_ratio", method: str = "
         axis, unit = f"difference in {value}", ""
     colours = {"supports": "#2ca02c", "contradicts": "#d62728", "inconclusive": "#7f7f7f"}
     fig = go.Figure()
-    labels = [f"{r[method]} − {r['baseline']} @ {r[setting] * 100:g} %" for _, r in diffs.iterrows()]
+    labels = [f"{r[method]} − {r['baseline']} @ {_setting_text(setting, r[setting])}" for _, r in diffs.iterrows()]
     repeated = sorted({label for label in labels if labels.count(label) > 1})
     if repeated:  # they would share one line of the figure, their points drawn over each other
         raise ConfigError(f"the table of paired differences holds {', '.join(map(repr, repeated))} more than once; "
