@@ -584,6 +584,11 @@ def _cmd_presets(args) -> int:
     return 0
 
 
+#: every figure :func:`history_figures` may draw, by file stem
+FIGURE_NAMES = ("block_benefit_heatmap", "block_benefit_profile", "keep_ratios", "reactivations",
+                "gradient_profile", "exchange", "art_keep_ratios")
+
+
 def history_figures(history, run: str | None = None) -> dict:
     """The key figures of a saved History, by name: P3B's block benefit, keep ratios and reactivations; ART's
     gradient profile, exchange and per-layer keep ratios over ART epochs. Raises ConfigError when none applies."""
@@ -640,13 +645,49 @@ def _cmd_figures(args) -> int:
     from . import plots
     from .history import History
 
-    _check_out_path(Path(args.out))
+    out = Path(args.out)
+    _check_out_path(out)
     history = History.load(args.history)
     figures = history_figures(history, run=args.run)
     formats = list(dict.fromkeys(args.format)) if args.format else ["png"]
-    for path in plots.export_figures(figures, args.out, formats=formats):
+    written = plots.export_figures(figures, out, formats=formats)
+    for path in written:
         print(path)
+    _replace_figure_manifest(out, written, history=args.history, run=args.run)
     return 0
+
+
+#: the file in a `sparselab figures` folder that names the History its figures were drawn from
+FIGURE_MANIFEST = "figures.json"
+
+
+def _replace_figure_manifest(out: Path, written: list[Path], history: str, run: str | None) -> None:
+    """Record what ``written`` shows in ``out/figures.json`` and remove the figures an earlier call wrote there
+    that this one did not (another run's, or another format's), so its figures show one History. Files no call
+    of this command wrote are left, with a note on stderr when they bear a figure's name."""
+    from .atomic import atomic_write
+
+    manifest = out / FIGURE_MANIFEST
+    names = {p.name for p in written}
+    known = {f"{name}.{fmt}" for name in FIGURE_NAMES for fmt in FIGURE_FORMATS}
+    earlier = []
+    if manifest.is_file():
+        try:
+            earlier = [Path(str(n)).name for n in json.loads(manifest.read_text()).get("files", [])]
+        except (ValueError, AttributeError):  # unreadable: nothing is removed on its word
+            earlier = []
+    for name in earlier:
+        stale = out / name  # a figure's name inside the folder, never a path out of it nor another file
+        if name in known and name not in names and stale.is_file():
+            stale.unlink()
+            print(f"removed {stale} (an earlier call's figure that this History does not draw)")
+    present = {p.name for p in out.iterdir()} if out.is_dir() else set()
+    strangers = sorted(present & (known - names - set(earlier)))
+    if strangers:
+        print(f"note: {out} also holds {', '.join(strangers)}, not written by `sparselab figures` with a "
+              f"{FIGURE_MANIFEST}; they may show another run", file=sys.stderr)
+    record = dict(history=str(Path(history).resolve()), run=run, files=sorted(names))
+    atomic_write(manifest, lambda tmp: Path(tmp).write_text(json.dumps(record, indent=1) + "\n"))
 
 
 def _cmd_export(args) -> int:
@@ -796,7 +837,9 @@ def build_parser() -> argparse.ArgumentParser:
     fg.add_argument("history", help="a History file (.jsonl or .jsonl.gz) written by sparselab")
     fg.add_argument("--run", default=None,
                     help="the run of a merged History (default: the first P3B run, or the first ART run)")
-    fg.add_argument("--out", default="runs/figures", help="output folder")
+    fg.add_argument("--out", default="runs/figures",
+                    help="output folder (figures an earlier call wrote there that this History does not draw are "
+                         "removed; other files are left)")
     fg.add_argument("--format", nargs="+", action="extend", default=None, choices=FIGURE_FORMATS,
                     help="file formats (--format png svg, or --format repeated) (default: png)")
     fg.set_defaults(fn=_cmd_figures)

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from sparselab import plots
-from sparselab.cli import history_figures
+from sparselab.cli import FIGURE_NAMES, history_figures
 from sparselab.errors import CheckpointError, ConfigError
 from sparselab.experiments import report
 from sparselab.experiments.outputs import HISTORIES_FILE, TABLE_FILE, save_run_files
@@ -149,3 +149,12 @@ def test_figures_of_one_p3b_run_beside_an_art_run(drawn):
     assert set(history_figures(merged, run="hypersparse-0.9-s0")) == {"gradient_profile", "exchange",
                                                                        "art_keep_ratios"}
     assert {run for name, _, run in drawn if name != "plot_exchange"} == {"hypersparse-0.9-s0"}
+
+
+def test_every_figure_drawn_bears_a_name_the_figures_folder_knows(drawn):
+    """`sparselab figures` tells apart a folder's stale figures by these names (cli.FIGURE_NAMES)."""
+    art = History(meta={"run": "hypersparse-0.9-s0", "profiles": [{"epoch": 0}]})
+    art.log_blocks("keep_ratio", {"fc1": 0.1}, step=1, epoch=0)
+    merged = History.concat([_pruned("p3b-50-s0", benefit=True), art])
+    drawn_names = set(history_figures(merged, run="p3b-50-s0")) | set(history_figures(merged, run=art.meta["run"]))
+    assert drawn_names == set(FIGURE_NAMES)
