@@ -7,7 +7,6 @@ Example:
 """
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 
 from torch import nn
@@ -42,9 +41,10 @@ def prepare(scale: str = "cpu", progress: bool = True) -> ExplorerInputs:
     art_name, p3b_name, sparsity = SCALES[scale]
     preset = art_exp.art_preset(art_name)
     data = art_exp.load_data(preset)
-    dense, _ = art_exp.warm_start(preset, 0, data, progress=progress)
-    hs = art_exp.run_art(preset, "hypersparse", sparsity, 0, data=data, warm=copy.deepcopy(dense), progress=progress)
+    warm = art_exp.warm_start(preset, 0, data, progress=progress)
+    # the warm start as ART's comparison hands it on: its optimizer state continues into the sparsification
+    hs = art_exp.run_art(preset, "hypersparse", sparsity, 0, data=data, warm=warm, progress=progress)
     run = p3b_exp.run_p3b(p3b_exp.p3b_preset(p3b_name), "p3b", 0.5, 0, progress=progress, measure_latency=False)
-    return ExplorerInputs(model=dense, data=data,
+    return ExplorerInputs(model=warm.model, data=data,
                           checkpoints={f"ART / HyperSparse {sparsity:.0%}": hs.model.state_dict()},
                           p3b_history=run.history, p3b_model=run.pruner.structure.model)
