@@ -561,7 +561,8 @@ class BudgetExplorer:
         timed = (f"batch-1 latency <b>{self.latency:.2f} ms</b>" if math.isfinite(self.latency)
                  else "batch-1 latency not measured (measure_latency=False)")
         self.info.value = (f"prune ratio {ratio:.2f} ({source}): compact model <b>{self.params:,}</b> parameters "
-                           f"of {dense:,} (achieved ratio {self.achieved_ratio:.4f}), {timed}")
+                           f"of {dense:,} (achieved ratio {self.achieved_ratio:.4f} of the "
+                           f"{'blocks' if self.blocks_only else 'model'}'s parameters), {timed}")
         with self.bars.batch_update():
             self.bars.data[0].y = self.keep_goal.tolist()
             self.bars.data[1].y = self.keep_applied.tolist()

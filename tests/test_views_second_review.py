@@ -192,6 +192,19 @@ def test_budget_explorer_measures_a_ratio_seen_without_latency_once_latency_is_o
     assert explorer.latency > 0 and "nan ms" not in explorer.info.value
 
 
+@pytest.mark.parametrize("blocks_only", [False, True])
+def test_budget_explorer_says_what_its_achieved_ratio_refers_to(blocks_only):
+    """The parameter count shown is the whole compact model's; the ratio is of the blocks with blocks_only."""
+    model = sl.models.create("vit_nano_patch4_28", num_classes=10)
+    explorer = BudgetExplorer(keep_goal_history(), model, blocks_only=blocks_only, measure_latency=False)
+    s = explorer.structure
+    ratio = s.prune_ratio(explorer.masks, blocks_only=blocks_only)
+    assert explorer.achieved_ratio == ratio
+    assert abs(ratio - explorer.slider.value) < 0.02
+    assert f"achieved ratio {ratio:.4f} of the {'blocks' if blocks_only else 'model'}'s parameters" in \
+        explorer.info.value
+
+
 def test_block_benefit_heatmap_refuses_moments_it_would_ignore():
     h = History()
     h.log_blocks("benefit_cls", {"blocks.0.attn": 0.2, "blocks.0.mlp": 0.3}, step=0, epoch=0)
