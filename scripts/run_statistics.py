@@ -9,6 +9,9 @@
   5 seeds (minutes).
 
 Each finished run is written at once, so an interrupted run continues where it stopped when started again.
+Every row names the code that ran it (its ``code`` column: the checkout's commit); continuing a file with other
+code warns, since its tables would then pair rows of two versions. To record a new version, move the old files
+(and their ``.settings.json``) away first.
 ``--diagnose N`` then runs the diagnosis (sparselab.experiments.diagnosis) for the N pairs (baseline,
 ratio) where P3B trails most, into ``p3b_cpu-full_diagnosis.csv`` (about 15 minutes per pair).
 
@@ -23,6 +26,7 @@ from pathlib import Path
 import torch
 
 from sparselab.experiments import art, diagnosis, p3b
+from sparselab.experiments.provenance import code_version
 
 OUT = Path(__file__).resolve().parents[1] / "docs" / "results"
 
@@ -35,7 +39,8 @@ def late_convergence(path: Path, presets=("cpu", "cpu-digits"), seeds=(0, 1, 2, 
     for name in presets:
         if name in set(done.preset):
             continue
-        rho = p3b.late_convergence_by_seed(p3b.p3b_preset(name), list(seeds)).reset_index().assign(preset=name)
+        rho = (p3b.late_convergence_by_seed(p3b.p3b_preset(name), list(seeds)).reset_index()
+               .assign(preset=name, code=code_version()))
         done = pd.concat([done, rho[["preset", "seed", *[c for c in rho.columns if c not in ("preset", "seed")]]]],
                          ignore_index=True)
         p3b._write_record(path, done)

@@ -50,6 +50,7 @@ from ..structure.unstructured import apply_masks, check_masks, magnitude_masks, 
 from ..training import OptimizerHandoff, evaluate, fit
 from ..training.config import TrainConfig, checked_replace
 from .presets import check_preset_lists, load_data, named_preset, require_test_split, run_lists
+from .provenance import CODE_COLUMN, code_version
 
 ART_METHODS = ("hypersparse", "l1", "l2", "gmp", "movement", "oneshot", "layerwise")
 #: Ablations of HyperSparse's schedule λ_e = λ_init · η^e: λ growing twice as fast (η²: twice the growth per epoch
@@ -399,6 +400,8 @@ def compare(preset: ARTPreset, methods: Sequence[str] | None = None, sparsities:
     bar = tqdm(total=sum(map(len, wanted.values())), desc=f"ART {preset.name}", disable=not progress)
 
     def keep(row: dict) -> None:
+        if record is not None:  # a row for a record: it names the code that ran it
+            row = {**row, CODE_COLUMN: code_version()}
         rows.append(row)
         if record is not None:
             nonlocal recorded

@@ -47,6 +47,7 @@ from ..stats import warn_unmeasured
 from ..training import fit
 from ..training.config import TrainConfig, checked_replace
 from .presets import check_preset_lists, load_data, named_preset, preset_settings, require_test_split, run_lists
+from .provenance import CODE_COLUMN, code_version, other_versions
 
 METHODS: dict[str, dict[str, Any]] = {
     "p3b": dict(allocation="benefit"),
@@ -379,8 +380,8 @@ def run_row(run: P3BRun, preset: str | None = None) -> dict[str, Any]:
     from ..probes.convergence import late_convergence
 
     row: dict[str, Any] = {"method": run.method, "prune_ratio": run.prune_ratio, "seed": run.seed, **run.result}
-    if preset is not None:
-        row = {"preset": preset, **row}
+    if preset is not None:  # a row for a record: it names the code that ran it
+        row = {"preset": preset, **row, CODE_COLUMN: code_version()}
     if run.pruner is None:
         return row
     h = run.history
@@ -495,7 +496,20 @@ def _read_record(path: str | Path, preset: Any, setting: str = "prune_ratio") ->
         changed = sorted(k for k in set(stored) | set(current) if stored.get(k) != current.get(k))
         raise ConfigError(f"{path} was recorded with other settings of preset {preset.name!r} (they differ in "
                           f"{', '.join(changed)}): its rows are not runs of this setting; give another file")
+    _warn_other_code(path, table)
     return table
+
+
+def _warn_other_code(path: Path, table: pd.DataFrame) -> None:
+    """Warn when ``table`` holds rows that other code recorded: rows this code adds would be paired with them."""
+    import warnings
+
+    others = other_versions(table)
+    if others:
+        listed = ", ".join(f"{v} ({n} rows)" for v, n in others.items())
+        warnings.warn(f"{path} holds rows recorded by other code than this ({code_version()}): {listed}; rows "
+                      f"added now are compared with them in paired differences, so run the record again whole "
+                      f"(a new file) for results of one version", RuntimeWarning, stacklevel=4)
 
 
 def _write_record(path: str | Path, table: pd.DataFrame, preset: Any = None) -> None:

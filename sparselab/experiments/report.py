@@ -20,6 +20,7 @@ from ..stats import mean_ci, paired_against_all
 from .committed import RESULTS, committed_results
 from .diagnosis import diagnosis_summary
 from .findings import art_findings, late_convergence_findings, p3b_findings
+from .provenance import versions_note
 from .selection import qualified
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
@@ -147,16 +148,18 @@ def results_markdown(results: Callable[[str], pd.DataFrame] = committed_results,
     if len(p3b):
         parts += [f"**P3B against the structured baselines** (`cpu-full`: `vit_mini_patch7_28` pretrained on "
                   f"Fashion-MNIST classes 0-4, pruned while fine-tuned on 1 000 images of classes 5-9, compact "
-                  f"model fine-tuned 2 more epochs; {_seeds(p3b)}; `docs/results/p3b_cpu-full.csv`):", "",
+                  f"model fine-tuned 2 more epochs; {_seeds(p3b)}; `docs/results/p3b_cpu-full.csv`, "
+                  f"{versions_note(p3b)}):", "",
                   _matrix(p3b, "prune_ratio", P3B_NAMES), "",
                   f"![P3B accuracy against prune ratio]({figures}/p3b_accuracy.png)", "",
                   f"![P3B minus each other method, paired by seed]({figures}/p3b_paired.png)", "",
                   "Findings (`sparselab.experiments.findings.p3b_findings`):", "", _bullets(p3b_findings(p3b)), ""]
-        summary = [line for line in diagnosis_summary(p3b, _table(results, "p3b_cpu-full_diagnosis")) if line]
+        diag = _table(results, "p3b_cpu-full_diagnosis")
+        summary = [line for line in diagnosis_summary(p3b, diag) if line]
         if summary:
             parts += ["Diagnosis of where P3B trails (`sparselab.experiments.diagnosis`, rules fixed in "
-                      "`diagnosis_conclusions`; `docs/results/p3b_cpu-full_diagnosis.csv`):", "", _bullets(summary),
-                      ""]
+                      f"`diagnosis_conclusions`; `docs/results/p3b_cpu-full_diagnosis.csv`, {versions_note(diag)}):",
+                      "", _bullets(summary), ""]
     late = _table(results, "late_convergence")
     if len(late):
         lines = [line for name, rows in late.groupby("preset", sort=False)
@@ -164,12 +167,13 @@ def results_markdown(results: Callable[[str], pd.DataFrame] = committed_results,
         parts += ["**Late convergence, measured** (dense fine-tuning with the probes attached; for each block the "
                   "moment its normalised ΔΨ first reaches half of its final value, and the Spearman ρ of that moment "
                   "with depth — positive when deep blocks arrive later; `cpu` is the class split, `cpu-digits` "
-                  "Fashion-MNIST → digits; `docs/results/late_convergence.csv`):", "", _bullets(lines), ""]
+                  f"Fashion-MNIST → digits; `docs/results/late_convergence.csv`, {versions_note(late)}):", "",
+                  _bullets(lines), ""]
     art = _table(results, "art_cpu-full")
     if len(art):
         parts += [f"**ART / HyperSparse against the other methods** (`cpu-full`: LeNet-300-100, 20 000 "
                   f"Fashion-MNIST training images; {_seeds(art)}; `hypersparse_fast` / `_slow`: λ growing "
-                  f"with η² / √η per epoch; `docs/results/art_cpu-full.csv`):", "",
+                  f"with η² / √η per epoch; `docs/results/art_cpu-full.csv`, {versions_note(art)}):", "",
                   _matrix(art, "sparsity"), "",
                   f"![ART accuracy against sparsity]({figures}/art_accuracy.png)", "",
                   f"![HyperSparse minus each other method, paired by seed]({figures}/art_paired.png)", "",
