@@ -431,12 +431,7 @@ def _cmd_p3b(args) -> int:
                             finetune_epochs=args.finetune_epochs if args.finetune_epochs is not None
                             else preset.finetune_epochs,
                             patch_probe=patch_probe, probe_options=probe_options)
-    from .models import input_size
-
-    size = input_size(preset.model)
-    if size is not None and preset.image_size is not None and preset.image_size != size:
-        raise ConfigError(f"{preset.model} takes {size}-px images, but the image size is {preset.image_size}; pass "
-                          f"--image-size {size} or a --model for {preset.image_size}-px images")
+    _check_image_size(preset)
     if args.dry_run:
         return _dry_run(preset)
     out = Path(args.out)
@@ -502,12 +497,7 @@ def _cmd_art(args) -> int:
     for key, value in (("batch_size", args.batch_size), ("max_steps_per_epoch", args.max_steps_per_epoch)):
         if value is not None:
             preset = preset.replace(fit={**preset.fit, key: value}, finetune={**preset.finetune, key: value})
-    from .models import input_size
-
-    size = input_size(preset.model)
-    if size is not None and preset.image_size is not None and preset.image_size != size:
-        raise ConfigError(f"{preset.model} takes {size}-px images, but the image size is {preset.image_size}; pass "
-                          f"--image-size {size} or a --model for {preset.image_size}-px images")
+    _check_image_size(preset)
     if args.dry_run:
         return _dry_run(preset)
     out = Path(args.out)
@@ -639,6 +629,16 @@ def history_figures(history, run: str | None = None) -> dict:
         raise ConfigError("no figure applies to this History: it holds neither P3B block traces (keep_goal, "
                           "benefit_cls) nor ART gradient profiles")
     return figures
+
+
+def _check_image_size(preset) -> None:
+    """Refuse a preset whose model takes another image size than the preset gives it (before any data loads)."""
+    from .models import input_size
+
+    size = input_size(preset.model)
+    if size is not None and preset.image_size is not None and preset.image_size != size:
+        raise ConfigError(f"{preset.model} takes {size}-px images, but the image size is {preset.image_size}; pass "
+                          f"--image-size {size} or a --model for {preset.image_size}-px images")
 
 
 def _cmd_figures(args) -> int:
