@@ -308,6 +308,7 @@ def _cmd_pretrain(args) -> int:
 
 def _cmd_train(args) -> int:
     from . import models
+    from .experiments.provenance import code_version
 
     _check_model_name(args.model)
     pretrained = _pretrained_arg(args.pretrained)
@@ -342,7 +343,8 @@ def _cmd_train(args) -> int:
                           pretrained=pretrained or False, **extra)
     models.check_input_size(model, args.model, bundle.image_size)
     history = fit(model, bundle, config=config, checkpoint_dir=out / "checkpoint", resume=args.resume)
-    history.meta.update({"command": _command_line(args), "pretrained": str(args.pretrained)})
+    history.meta.update({"command": _command_line(args), "pretrained": str(args.pretrained),
+                         "code": code_version()})
     history.save(out / "history.jsonl.gz")
     # a split that was never evaluated (no test images) is left out, not written as NaN
     summary = {split: {k: history.last(k, split) for k in ("acc", "loss")} for split in ("val", "test")
@@ -365,6 +367,7 @@ def _cmd_p3b(args) -> int:
     from .experiments import p3b_preset, run_p3b
     from .experiments.p3b import METHODS
     from .experiments.presets import preset_settings
+    from .experiments.provenance import code_version
     from .experiments.recipes import method_patch_probe, method_probe_options
     from .probes import FAST_PROBES
 
@@ -458,7 +461,7 @@ def _cmd_p3b(args) -> int:
                   **({"qkv_unit": args.qkv_unit} if args.method != "dense" else {}),
                   **({"patch_probe": method_patch_probe(preset, args.method),
                       "probe_options": method_probe_options(preset, args.method)} if probes else {}),
-                  "settings": preset_settings(preset), **run.result}
+                  "settings": preset_settings(preset), "code": code_version(), **run.result}
         (out / "result.json").write_text(json.dumps(record, indent=2, allow_nan=False))
         print(json.dumps(run.result, indent=2))
     if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -478,6 +481,7 @@ def _check_patch_cadence(patch_probe: str | None, flags: list[str], source: str)
 def _cmd_art(args) -> int:
     from .experiments import art as art_exp
     from .experiments.presets import preset_settings
+    from .experiments.provenance import code_version
 
     _check_model_name(args.model)
     changes: dict = {key: getattr(args, key) for key in ("model", "data", "image_size", "finetune_epochs")
@@ -520,7 +524,8 @@ def _cmd_art(args) -> int:
         (out / "result.json").write_text(json.dumps({"preset": preset.name, "method": args.method,
                                                      "sparsity": args.sparsity, "seed": args.seed,
                                                      "settings": preset_settings(preset),
-                                                     **result}, indent=2, allow_nan=False))
+                                                     "code": code_version(), **result}, indent=2,
+                                                    allow_nan=False))
         print(json.dumps(result, indent=2))
     return 0
 

@@ -9,6 +9,7 @@ import pytest
 
 import sparselab as sl
 from sparselab.cli import main
+from sparselab.experiments.provenance import code_version
 
 
 def test_train_command_writes_history_and_summary(tmp_path, capsys):
@@ -19,6 +20,7 @@ def test_train_command_writes_history_and_summary(tmp_path, capsys):
     history = sl.History.load(out / "history.jsonl.gz")
     summary = json.loads((out / "summary.json").read_text())
     assert summary["test"]["acc"] == history.last("acc", "test") > 0.5
+    assert history.meta["code"] == code_version()  # the code that trained it
     assert json.loads((out / "run.json").read_text()) == {"command": "train", "pretrained": None}
     assert (out / "checkpoint" / "last.pt").is_file()
     assert "history:" in capsys.readouterr().out
@@ -60,7 +62,7 @@ def test_p3b_paper_preset_smoke_on_random_deit_tiny(tmp_path):
     assert rc == 0
     result = json.loads((out / "result.json").read_text())
     assert abs(result["achieved_ratio"] - 0.5) < 0.005
-    assert result["patch_probe"] == "conv2"
+    assert result["patch_probe"] == "conv2" and result["code"] == code_version()
     assert result["probe_options"] == {"probe_every": 16, "probe_fraction": 0.25, "probe_lr": 5e-4,
                                        "probe_weight_decay": 0.05}
     history = sl.History.load(out / "history.jsonl.gz")
@@ -121,6 +123,7 @@ def test_art_command_runs_a_preset(tmp_path):
     assert rc == 0
     result = json.loads((out / "result.json").read_text())
     assert result["nonzero_sparsity"] == pytest.approx(0.9, abs=1e-4)
+    assert result["code"] == code_version()
     assert "acc_best" not in result  # the tiny preset has a validation split: the test split is seen once
     h = sl.History.load(out / "history.jsonl.gz")
     assert h.meta["art"]["regularizer"] == "hypersparse" and h.meta["profiles"]
