@@ -42,6 +42,9 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], object], fsync:
     os.close(fd)
     try:
         write(tmp)
+        # mkstemp creates the file for its owner alone (0600); the file takes the mode a plain open would give it,
+        # or keeps the mode of the file it replaces
+        os.chmod(tmp, path.stat().st_mode & 0o7777 if path.exists() else 0o666 & ~_umask())
         if fsync:
             with open(tmp, "rb") as f:
                 os.fsync(f.fileno())
@@ -50,6 +53,19 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], object], fsync:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def _umask() -> int:
+    """This process's umask, read without changing it where the system tells it (Linux), else set and restored."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def orphans(path: str | os.PathLike) -> list[Path]:

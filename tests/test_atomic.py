@@ -56,3 +56,22 @@ def test_every_writer_goes_through_the_helper(tmp_path, monkeypatch, writer):
         atomic_save({"x": 1}, tmp_path / "c.pt")
         assert load_checkpoint(tmp_path / "c.pt")["x"] == 1
     assert calls and calls[0] in {"h.jsonl.gz", "r.csv", "c.pt"}
+
+
+def test_a_written_file_gets_the_mode_a_plain_write_gives_it(tmp_path):
+    """Not the owner-only 0600 of the temporary file: the umask's mode for a new file, the old mode for a
+    replaced one."""
+    import os
+    import stat
+
+    mask = os.umask(0o022)
+    try:
+        plain = tmp_path / "plain.csv"
+        plain.write_text("x")
+        target = atomic_write(tmp_path / "table.csv", lambda tmp: Path(tmp).write_text("a,b\n"))
+        assert stat.S_IMODE(target.stat().st_mode) == stat.S_IMODE(plain.stat().st_mode) == 0o644
+        os.chmod(target, 0o640)
+        atomic_write(target, lambda tmp: Path(tmp).write_text("a,b\n1,2\n"))
+        assert stat.S_IMODE(target.stat().st_mode) == 0o640
+    finally:
+        os.umask(mask)
