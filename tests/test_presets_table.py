@@ -37,6 +37,14 @@ def test_a_changed_preset_shows_up_as_a_difference():
     assert not rows["random crop padding"].matches and not rows["training images"].matches
 
 
+@pytest.mark.parametrize("name", ["paper-deit-s-ifood", "paper-vgg19-cifar10"])
+def test_an_image_size_left_to_the_dataset_is_said_so(name):
+    preset = recipes.find_preset(name).replace(image_size=None)
+    row = next(r for r in recipes.recipe_rows(preset) if r.parameter == "image size")
+    assert row.value == "the dataset's own" and not row.matches  # not a bare dash read as "not set"
+    assert "| image size | the dataset's own |" in recipes.render_table(preset)
+
+
 def test_docs_presets_md_is_the_generated_table():
     committed = (ROOT / "docs" / "presets.md").read_text()
     assert committed == recipes.render_markdown() + "\n", "regenerate: sparselab presets markdown --out docs/presets.md"

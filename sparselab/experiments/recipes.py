@@ -67,7 +67,7 @@ def _p3b_rows(p: P3BPreset) -> list[RecipeRow]:
     rows = [
         RecipeRow("source model", p.model, f"deit_{'small' if size == 's' else 'tiny'}_patch16_224", "METHODS.md §1.7"),
         RecipeRow("ImageNet-pretrained (timm hub weights)", p.pretrained, True, "METHODS.md §1.7"),
-        RecipeRow("image size", p.image_size, 224, "METHODS.md §1.6"),
+        RecipeRow("image size", _image_size(p), 224, "METHODS.md §1.6"),
         RecipeRow("training images", *_p3b_splits(p)[0], src),
         RecipeRow("test set", *_p3b_splits(p)[1], src),
         RecipeRow("effective batch", fit.effective_batch_size, 512, src),
@@ -166,6 +166,11 @@ def _art_splits(p: ARTPreset) -> tuple[tuple[str, str], tuple[str, str]]:
     return (train, "all 50 000"), (test, "official test set")
 
 
+def _image_size(p: P3BPreset | ARTPreset) -> int | str:
+    """The preset's image size as its table shows it: ``image_size=None`` loads the images at the size they have."""
+    return p.image_size if p.image_size is not None else "the dataset's own"
+
+
 def _timm_pipeline(p: P3BPreset) -> bool:
     """Whether the preset's training images get timm's DeiT augmentation (RandAugment, random erasing): at
     :data:`~sparselab.data.transforms.PAPER_SCALE` px and more, unless augmentation is off."""
@@ -190,7 +195,7 @@ def _art_rows(p: ARTPreset) -> list[RecipeRow]:
         RecipeRow("model", p.model, reference_model, "METHODS.md §2.4",
                   "ResNet-32 at widths 32/64/128" if reference_model == "resnet32_wide" else
                   "VGG-19-BN: four max-pools, average pooling, conv bias, He-normal conv / N(0, 0.01) linear init"),
-        RecipeRow("image size", p.image_size, 64 if tiny else 32, src),
+        RecipeRow("image size", _image_size(p), 64 if tiny else 32, src),
         RecipeRow("random crop padding", p.data_options.get("pad"), 4, src),
         RecipeRow("augmentation", p.data_options.get("augment"), "crop_flip", src),
         RecipeRow("training images", *_art_splits(p)[0], src),
