@@ -1,9 +1,10 @@
 """Run the `cpu-full` statistics of both papers and record every run under docs/results/:
 
 - ``p3b_cpu-full.csv``: P3B, its ablations and the structured baselines at 50 / 75 / 90 % plus dense fine-tuning,
-  5 seeds each, on the setting the selection rule chose (about an hour on 2 quiet cores);
+  5 seeds each, on the setting the selection rule chose (hours on 2 quiet cores: 140 runs, a baseline's about a
+  minute, one with P3B's reference probes two to three);
 - ``art_cpu-full.csv``: HyperSparse, its λ-schedule ablations, L1, L2, GMP, movement, one-shot and layer-wise at
-  90 / 98 / 99.5 %, 5 seeds each (minutes);
+  90 / 98 / 99.5 %, 5 seeds each (under an hour);
 - ``late_convergence.csv``: the late-convergence measure of dense fine-tuning with probes (Spearman ρ of each
   block's half-benefit moment with depth, class and patch probe) for the class split and Fashion-MNIST → digits,
   5 seeds (minutes).

@@ -185,7 +185,7 @@ PRESETS["cpu-split"] = PRESETS["cpu-digits"].replace(
 PRESETS["cpu-split-1k"] = PRESETS["cpu-split"].replace(  # the next candidate: less target data to recover with
     name="cpu-split-1k", data_options={"classes": [5, 6, 7, 8, 9], "limit": 1000, "augment": "flip"})
 # cpu-split-1k is the first candidate that qualifies under the selection rule (docs/results/setting_selection.csv),
-# so it is the CPU setting: `cpu` shows a subset in minutes, `cpu-full` runs the statistics (about an hour)
+# so it is the CPU setting: `cpu` shows a subset in minutes, `cpu-full` runs the statistics (hours)
 PRESETS["cpu"] = PRESETS["cpu-split-1k"].replace(name="cpu", prune_ratios=(0.9,), seeds=(0, 1, 2))
 PRESETS["cpu-full"] = PRESETS["cpu-split-1k"].replace(
     name="cpu-full", prune_ratios=(0.5, 0.75, 0.9), seeds=(0, 1, 2, 3, 4),
