@@ -34,3 +34,16 @@ def test_the_section_follows_the_tables():
     assert "ART" not in text.split("Findings")[0] and "art_accuracy" not in text
     with pytest.raises(ValueError, match="markers"):
         report.replace_section("no markers here", text)
+
+
+@pytest.mark.parametrize("name", ["p3b_cpu-full", "art_cpu-full", "late_convergence", "p3b_cpu-full_diagnosis"])
+def test_a_committed_table_is_of_one_code_version(name):
+    """Paired differences within a table compare its rows with each other: rows of two versions would compare
+    code changes along with the methods, so a committed table is run again whole, never in part."""
+    from sparselab.experiments.committed import committed_results
+    from sparselab.experiments.provenance import row_versions
+
+    table = committed_results(name)
+    if table.empty:
+        pytest.skip(f"docs/results/{name}.csv is not committed")
+    assert len(row_versions(table)) == 1, row_versions(table)
