@@ -88,3 +88,14 @@ def test_the_report_names_the_code_of_each_table():
                          "acc": [0.9, 0.91, 0.88, 0.89], CODE_COLUMN: ["abc", "abc", "abc", "def"]})
     text = results_markdown(lambda name: rows if name == "p3b_cpu-full" else pd.DataFrame(), figures="figs")
     assert "rows of 2 code versions: abc (3 rows), def (1 rows)" in text
+
+
+def test_a_record_without_its_settings_file_still_warns_of_other_code(tmp_path, version):
+    preset = p3b_preset("tiny", pretrained=False, recipe=None, seeds=(0,))
+    path = tmp_path / "p3b.csv"
+    pd.DataFrame({"preset": ["tiny"], "method": ["uniform"], "prune_ratio": [0.5], "seed": [0], "acc": [0.5],
+                  CODE_COLUMN: ["aaaaaaaaaaaa"]}).to_csv(path, index=False)
+    version("bbbbbbbbbbbb")
+    with pytest.warns(RuntimeWarning, match=r"other code than this \(bbbbbbbbbbbb\): aaaaaaaaaaaa \(1 rows\)"):
+        table = p3b._read_record(path, preset)
+    assert len(table) == 1

@@ -485,6 +485,7 @@ def _read_record(path: str | Path, preset: Any, setting: str = "prune_ratio") ->
     if not stored_path.exists():
         warnings.warn(f"{path} holds no record of the settings its rows were run with ({stored_path.name}); they "
                       f"are taken for runs of preset {preset.name!r} as it is now", stacklevel=3)
+        _warn_other_code(path, table)
         return table
     try:
         stored = json.loads(stored_path.read_text(encoding="utf-8"))
