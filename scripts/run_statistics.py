@@ -25,13 +25,12 @@ from __future__ import annotations
 import argparse
 import shutil
 import time
-import warnings
 from pathlib import Path
 
 import torch
 
 from sparselab.experiments import art, diagnosis, p3b
-from sparselab.experiments.provenance import code_version, other_versions
+from sparselab.experiments.provenance import code_version, warn_other_code
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "docs" / "results"
@@ -60,11 +59,7 @@ def late_convergence(path: Path, presets=("cpu", "cpu-digits"), seeds=(0, 1, 2, 
     import pandas as pd
 
     done = pd.read_csv(path) if path.exists() else pd.DataFrame(columns=["preset", "seed"])
-    others = other_versions(done)
-    if others:
-        warnings.warn(f"{path} holds rows recorded by other code than this ({code_version()}): "
-                      f"{', '.join(f'{v} ({n} rows)' for v, n in others.items())}; its presets are not run again "
-                      f"(--fresh starts a new file)", RuntimeWarning, stacklevel=2)
+    warn_other_code(path, done, "its presets are not run again (--fresh starts a new file)")
     for name in presets:
         if name in set(done.preset):
             continue

@@ -47,7 +47,7 @@ from ..stats import warn_unmeasured
 from ..training import fit
 from ..training.config import TrainConfig, checked_replace
 from .presets import check_preset_lists, load_data, named_preset, preset_settings, require_test_split, run_lists
-from .provenance import CODE_COLUMN, code_version, other_versions
+from .provenance import CODE_COLUMN, code_version, warn_other_code
 
 METHODS: dict[str, dict[str, Any]] = {
     "p3b": dict(allocation="benefit"),
@@ -485,32 +485,21 @@ def _read_record(path: str | Path, preset: Any, setting: str = "prune_ratio") ->
     if not stored_path.exists():
         warnings.warn(f"{path} holds no record of the settings its rows were run with ({stored_path.name}); they "
                       f"are taken for runs of preset {preset.name!r} as it is now", stacklevel=3)
-        _warn_other_code(path, table)
-        return table
-    try:
-        stored = json.loads(stored_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise ConfigError(f"{stored_path} cannot be read ({type(exc).__name__}: {exc}); restore it or give "
-                          f"another record file") from None
-    current = record_settings(preset)
-    if stored != current:
-        changed = sorted(k for k in set(stored) | set(current) if stored.get(k) != current.get(k))
-        raise ConfigError(f"{path} was recorded with other settings of preset {preset.name!r} (they differ in "
-                          f"{', '.join(changed)}): its rows are not runs of this setting; give another file")
-    _warn_other_code(path, table)
+    else:
+        try:
+            stored = json.loads(stored_path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            raise ConfigError(f"{stored_path} cannot be read ({type(exc).__name__}: {exc}); restore it or give "
+                              f"another record file") from None
+        current = record_settings(preset)
+        if stored != current:
+            changed = sorted(k for k in set(stored) | set(current) if stored.get(k) != current.get(k))
+            raise ConfigError(f"{path} was recorded with other settings of preset {preset.name!r} (they differ in "
+                              f"{', '.join(changed)}): its rows are not runs of this setting; give another file")
+    # rows added now would be paired with those of other code
+    warn_other_code(path, table, "rows added now are compared with them in paired differences, so run the record "
+                                 "again whole (a new file) for results of one version", stacklevel=3)
     return table
-
-
-def _warn_other_code(path: Path, table: pd.DataFrame) -> None:
-    """Warn when ``table`` holds rows that other code recorded: rows this code adds would be paired with them."""
-    import warnings
-
-    others = other_versions(table)
-    if others:
-        listed = ", ".join(f"{v} ({n} rows)" for v, n in others.items())
-        warnings.warn(f"{path} holds rows recorded by other code than this ({code_version()}): {listed}; rows "
-                      f"added now are compared with them in paired differences, so run the record again whole "
-                      f"(a new file) for results of one version", RuntimeWarning, stacklevel=4)
 
 
 def _write_record(path: str | Path, table: pd.DataFrame, preset: Any = None) -> None:

@@ -62,11 +62,35 @@ def versions_note(table: pd.DataFrame) -> str:
         return "code version not recorded"
     if len(counts) == 1:
         return f"recorded by code {next(iter(counts))}"
-    listed = ", ".join(f"{v} ({n} rows)" for v, n in counts.items())
-    return f"rows of {len(counts)} code versions: {listed}; paired differences across versions mix code changes in"
+    return (f"rows of {len(counts)} code versions: {_listed(counts)}; paired differences across versions mix code "
+            f"changes in")
 
 
 def other_versions(table: pd.DataFrame, current: str | None = None) -> dict[str, int]:
     """The rows of ``table`` recorded by code other than ``current`` (default: :func:`code_version`)."""
     current = code_version() if current is None else current
     return {v: n for v, n in row_versions(table).items() if v != current}
+
+
+def warn_other_code(path, table: pd.DataFrame, consequence: str, stacklevel: int = 2) -> None:
+    """Warn (``RuntimeWarning``) when ``table``, read from ``path``, holds rows that other code recorded;
+    ``consequence`` says what continuing it means.
+
+    Example:
+        >>> import warnings
+        >>> with warnings.catch_warnings(record=True) as caught:
+        ...     warnings.simplefilter("always")
+        ...     warn_other_code("t.csv", pd.DataFrame({"acc": [0.9]}), "its rows stay")
+        >>> "not recorded (1 rows); its rows stay" in str(caught[0].message)
+        True
+    """
+    import warnings
+
+    others = other_versions(table)
+    if others:
+        warnings.warn(f"{path} holds rows recorded by other code than this ({code_version()}): "
+                      f"{_listed(others)}; {consequence}", RuntimeWarning, stacklevel=stacklevel + 1)
+
+
+def _listed(counts: dict[str, int]) -> str:
+    return ", ".join(f"{v} ({n} rows)" for v, n in counts.items())

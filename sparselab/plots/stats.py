@@ -32,7 +32,7 @@ def _scale(value: str, percent: bool | None) -> float:
 def _setting_text(setting: str, x) -> str:
     """A setting's value as a figure prints it: a share (:func:`~sparselab.stats.in_percent`, e.g. the prune
     ratio) in %, any other setting (an epoch count, a λ) as it is, named."""
-    return f"{x * 100:g} %" if in_percent(setting) else f"{setting} {x:g}"
+    return f"{x * 100:g} %" if _scale(setting, None) == 100 else f"{setting} {x:g}"
 
 
 def plot_accuracy_ci(table, setting: str = "prune_ratio", value: str = "acc", method: str = "method",
@@ -57,7 +57,8 @@ def plot_accuracy_ci(table, setting: str = "prune_ratio", value: str = "acc", me
         raise ConfigError("the result table has no rows: there is nothing to plot")
     scale = _scale(value, percent)
     unit = " %" if scale == 100 else ""
-    x_scale, x_unit = (100.0, " %") if in_percent(setting) else (1.0, "")
+    x_scale = _scale(setting, None)
+    x_unit = " %" if x_scale == 100 else ""
     summary = summarize_ci(table, value, setting, method, confidence=confidence)
     fig = go.Figure()
     present = list(dict.fromkeys(summary[method]))
