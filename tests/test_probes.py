@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 from conftest import nano_vit as nano
 from timm.models.vision_transformer import VisionTransformer
 
@@ -231,3 +233,20 @@ def test_bad_input():
         sl.probes.BlockBenefit(nano(), num_classes=10, probe_fraction=1.5)
     with pytest.raises(ConfigError, match="VisionTransformer"):
         sl.probes.BlockBenefit(sl.models.create("lenet_300_100"), num_classes=10)
+
+
+def _nano_probes(**options) -> sl.probes.BlockBenefit:
+    return sl.probes.BlockBenefit(nano(), num_classes=10, patch_probe="linear", **options)
+
+
+@settings(max_examples=60, deadline=None)
+@given(percent=st.integers(1, 99), batch=st.integers(1, 512))
+@example(percent=7, batch=100)
+def test_probe_fraction_takes_its_share_rounded_up_exactly(percent, batch):
+    probes = _nano_probes(probe_fraction=percent / 100)
+    # 0.07 · 100 is 7.000000000000001 in floating point; the share of the batch is still 7 samples
+    assert probes.patch_samples(batch) == max(1, -(-percent * batch // 100))
+
+
+def test_probe_fraction_one_means_the_whole_batch():
+    assert _nano_probes(probe_fraction=1.0).patch_samples(64) is None

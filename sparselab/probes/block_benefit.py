@@ -244,10 +244,25 @@ class BlockBenefit(WindowedRecorder):
         """Whether the patch probes run on the current step (``probe_every``)."""
         return state.step % self.probe_every == 0
 
+    def patch_samples(self, batch: int) -> int | None:
+        """How many samples of a batch of ``batch`` the patch probes see: ``probe_fraction`` of it rounded up, at
+        least one; None for the whole batch.
+
+        Example:
+            >>> import sparselab as sl
+            >>> model = sl.models.create("vit_nano_patch4_28", num_classes=10)
+            >>> sl.probes.BlockBenefit(model, 10, probe_fraction=0.07).patch_samples(100)
+            7
+        """
+        if self.probe_fraction >= 1:
+            return None
+        # rounded first: 0.07 * 100 is 7.000000000000001 in floating point, which a bare ceil makes 8
+        return max(1, math.ceil(round(self.probe_fraction * batch, 9)))
+
     def extra_loss(self, state: TrainState) -> torch.Tensor:
         if not self.probes.training:
             self.probes.train()
-        n = math.ceil(self.probe_fraction * len(state.targets)) if self.probe_fraction < 1 else None
+        n = self.patch_samples(len(state.targets))
         # a non-finite probe loss makes the step's loss non-finite, and fit drops that step: its benefits too
         self._training_step = True
         try:
