@@ -59,11 +59,20 @@ def mean_ci(values: Iterable[float], confidence: float = CONFIDENCE) -> tuple[fl
 def summarize_ci(table: pd.DataFrame, value: str = "acc", setting: str = "prune_ratio",
                  method: str = "method", confidence: float = CONFIDENCE) -> pd.DataFrame:
     """Mean and confidence interval of ``value`` per method and setting (one row each); the frame's
-    ``attrs["confidence"]`` records the confidence of the intervals."""
+    ``attrs["confidence"]`` records the confidence of the intervals. A table with a ``seed`` column may hold each
+    seed once per method and setting."""
     _need(table, [value, setting, method])
     _keyed(table, [setting, method])
     _numeric(table, value)
     _check_confidence(confidence)
+    if "seed" in table.columns:
+        seeded = table[table["seed"].notna()]
+        dup = seeded[seeded.duplicated([method, setting, "seed"], keep=False)]
+        if len(dup):
+            first = {k: v.item() if hasattr(v, "item") else v for k, v in dup.iloc[0].items()}
+            raise ConfigError(f"summarize_ci: {len(dup)} rows repeat a (method, {setting}, seed): e.g. "
+                              f"{first[method]!r} at {setting}={first[setting]!r}, seed {first['seed']!r}; an "
+                              f"interval over seeds needs one row each (was a run appended twice?)")
     rows = []
     for (s, m), group in table.groupby([setting, method], sort=False):
         mean, low, high, n = mean_ci(group[value], confidence)
@@ -85,6 +94,9 @@ def paired_mean_ci(a: pd.Series, b: pd.Series, confidence: float = CONFIDENCE) -
         if dup:
             raise ConfigError(f"paired_mean_ci: the {name} series holds seeds {dup} more than once; a pairing by "
                               f"seed needs one value per seed (was a run appended twice?)")
+        if series.index.isna().any():  # two rows without a seed would pair up with each other
+            raise ConfigError(f"paired_mean_ci: the {name} series holds {int(series.index.isna().sum())} values "
+                              f"without a seed (NaN); a pairing by seed needs every value's seed")
     common = a.index.intersection(b.index)
     return mean_ci((a.loc[common] - b.loc[common]).to_numpy(dtype=float), confidence)
 

@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 
 from ..errors import ConfigError, check_distinct_seeds, unknown_name
 from ..stats import finding, paired_mean_ci
+from .findings import VARIANTS
 from .p3b import METHODS, P3BPreset, _read_record, _write_record, run_p3b, run_row
 from .presets import load_data
 
@@ -141,7 +142,9 @@ def diagnosis_findings(table: pd.DataFrame, diag: pd.DataFrame, baseline: str | 
     ref = {m: base[base.method == m].set_index("seed").acc for m in ("p3b", baseline)}
     lines = []
     mean, low, high, n = paired_mean_ci(ref["p3b"], ref[baseline])
-    lines.append(finding(f"P3B − {baseline} at {ratio * 100:g} %", mean, low, high, n))
+    # sparselab's own variants test no claim of the paper: higher / lower, not a verdict (as in p3b_findings)
+    lines.append(finding(f"P3B − {baseline} at {ratio * 100:g} %", mean, low, high, n,
+                         expect=None if baseline in VARIANTS else "positive"))
     for name, group in at(diag).groupby("method", sort=False):
         acc = group.set_index("seed").acc
         for other in ("p3b", baseline):
@@ -167,10 +170,17 @@ P3B_VARIANTS = ("p3b_allocation_static", "p3b_long_windows", "p3b_2x_schedule", 
 
 
 def _pair_rows(diag: pd.DataFrame, baseline: str, ratio: float) -> pd.DataFrame:
-    """The variants of one pair: P3B's own (shared by every baseline at that ratio) and the baseline's."""
+    """The variants of one pair: P3B's own (shared by every baseline at that ratio) and the baseline's. A variant
+    and seed listed under several baselines is one run; two runs of it (different accuracies) are refused."""
     at = diag[diag.prune_ratio.round(6) == round(ratio, 6)]
-    mine = at.method.isin(P3B_VARIANTS) | at.method.isin([f"{baseline}_allocation_static", f"{baseline}_2x_schedule"])
-    return at[mine].drop_duplicates(subset=["method", "seed"])
+    mine = at[at.method.isin(P3B_VARIANTS) | at.method.isin([f"{baseline}_allocation_static",
+                                                             f"{baseline}_2x_schedule"])]
+    runs = mine.groupby(["method", "seed"]).acc.nunique(dropna=False)
+    if (runs > 1).any():
+        name, seed = runs[runs > 1].index[0]
+        raise ConfigError(f"the diagnosis holds {name} at {ratio:g}, seed {seed} more than once with different "
+                          f"accuracies; a pairing by seed needs one run each (rows of two records mixed?)")
+    return mine.drop_duplicates(subset=["method", "seed"])
 
 
 def diagnosis_conclusions(table: pd.DataFrame, diag: pd.DataFrame, baseline: str | None = None,
@@ -244,6 +254,10 @@ def diagnosis_conclusions(table: pd.DataFrame, diag: pd.DataFrame, baseline: str
         elif vs_base == "lower":
             verdict = ("the allocation alone does not explain the gap: with P3B's selection the baseline's keep "
                        "ratios lose (part of) their advantage, so how elements are chosen matters too")
+        elif "no clear difference" in (vs_base, vs_p3b):
+            differs, same = ("P3B", baseline) if vs_base == "no clear difference" else (baseline, "P3B")
+            verdict = (f"mixed: the baseline's keep ratios with P3B's selection differ from {differs} but cannot "
+                       f"be told apart from {same}")
         else:
             verdict = "mixed: the baseline's keep ratios with P3B's selection differ from both"
         lines.append(f"allocation or selection: {baseline}'s final keep ratios with P3B's selection − {baseline} "

@@ -17,8 +17,10 @@ from __future__ import annotations
 import math
 from typing import Mapping, Sequence
 
+import numpy as np
 import pandas as pd
 
+from ..errors import ConfigError
 from ..stats import finding, mean_ci, paired_differences, paired_mean_ci, verdict
 from .art import at_chance
 
@@ -126,7 +128,12 @@ def _per_seed(per_run: Sequence[tuple[int, float]]) -> tuple[list[float], int]:
 
 def late_convergence_findings(rho: pd.DataFrame, label: str = "") -> list[str]:
     """One line per probe of a :func:`~sparselab.experiments.p3b.late_convergence_by_seed` table: the mean ρ with
-    its 95 % interval over seeds and the verdict on "deep blocks converge late" (ρ > 0)."""
+    its 95 % interval over seeds and the verdict on "deep blocks converge late" (ρ > 0). A seed (row index)
+    given twice is refused: it would count as two seeds."""
+    repeated = rho.index[rho.index.duplicated()].unique().tolist()
+    if repeated:
+        raise ConfigError(f"late_convergence_findings: the table holds seeds {repeated} more than once; an interval "
+                          f"over seeds needs one row per seed (was a run appended twice?)")
     lines = []
     for probe in rho.columns:
         values = [float(v) for v in rho[probe]]
@@ -180,9 +187,12 @@ def art_findings(table: pd.DataFrame, method: str = "hypersparse") -> list[str]:
         pair = pruned[pruned.method.isin([method, other])]
         for _, r in paired_differences(pair, other, setting="sparsity", methods=[method]).iterrows():
             label = f"{method} − {other} at {r.sparsity * 100:g} %"
-            # seeds of this comparison, and whether each of its two runs sat at chance
+            # seeds of this comparison (both runs measured, as the paired difference counts them), and whether
+            # each of its two runs sat at chance
             runs = pair[pair.sparsity == r.sparsity]
-            per_seed = chance[runs.index].groupby([runs.seed, runs.method]).any().unstack("method")
+            runs = runs[np.isfinite(pd.to_numeric(runs.acc, errors="coerce").to_numpy(dtype=float))]
+            per_seed = (chance[runs.index].groupby([runs.seed, runs.method]).any().unstack("method")
+                        .reindex(columns=[method, other]).dropna().astype(bool))
             both, either = int(per_seed.all(axis=1).sum()), int(per_seed.any(axis=1).sum())
             if len(per_seed) and both == len(per_seed):
                 lines.append(f"{label}: both methods at chance in every seed ({both}) — no comparison")

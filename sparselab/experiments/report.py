@@ -62,6 +62,14 @@ def _matrix(table: pd.DataFrame, setting: str, names: dict[str, str] | None = No
     lines = [header, "|---|" + "---|" * len(settings)]
     for method in dict.fromkeys(table.method):
         at = table[table.method == method]
+        # dense fine-tuning's cell is over all its rows, whatever their setting
+        keys = ["seed"] if method == "dense" else [setting, "seed"]
+        repeated = at[at.seed.notna() & at.duplicated(keys, keep=False)]
+        if len(repeated):
+            first = {k: v.item() if hasattr(v, "item") else v for k, v in repeated.iloc[0][[setting, "seed"]].items()}
+            raise ConfigError(f"the result table holds {method} at {setting}={first[setting]!r}, seed "
+                              f"{first['seed']!r} more than once; a mean over seeds needs one run each (was a run "
+                              f"appended twice?)")
         if method == "dense":
             cells = [_cell(at.acc)] * len(settings)
         else:
