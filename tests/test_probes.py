@@ -2,9 +2,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import nano_vit as nano
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
-from conftest import nano_vit as nano
 from timm.models.vision_transformer import VisionTransformer
 
 import sparselab as sl
