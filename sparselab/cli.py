@@ -201,12 +201,11 @@ def _check_out_path(out: Path, want: str = "folder") -> None:
             break
 
 
-def _prepare_out(out: Path, args, identity: dict | None = None) -> None:
+def _check_out(out: Path, args, identity: dict | None = None) -> list[str]:
     """Refuse to write a run into a folder that holds one, unless ``--resume`` (continue it) or ``--overwrite``
-    (delete sparselab's outputs there first) was given. ``identity`` (the command and settings no checkpoint
-    holds, such as where the starting weights come from) is kept in ``RUN_IDENTITY``; ``--resume`` refuses a
-    folder whose run was made by another command or with other such settings, and one that holds outputs but no
-    checkpoint to continue from."""
+    (replace it) was given; ``--resume`` refuses a folder whose run was made by another command or with other
+    settings that no checkpoint holds (``identity``), and one that holds outputs but no checkpoint to continue
+    from. Changes nothing; returns the run files found in ``out``."""
     resume, overwrite = getattr(args, "resume", False), getattr(args, "overwrite", False)
     if resume and overwrite:
         raise ConfigError(RESUME_AND_OVERWRITE)
@@ -217,7 +216,16 @@ def _prepare_out(out: Path, args, identity: dict | None = None) -> None:
     if found and not resume and not overwrite:
         raise ConfigError(f"--out {out} already holds a run ({', '.join(found)}): pass --resume to continue it, "
                           f"--overwrite to replace it, or choose another --out")
-    if found and overwrite and os.environ.get("RANK", "0") == "0":  # under torchrun one process clears the folder
+    return found
+
+
+def _prepare_out(out: Path, args, identity: dict | None = None) -> None:
+    """:func:`_check_out`, then with ``--overwrite`` delete sparselab's outputs in ``out``, and keep ``identity``
+    (the command and settings no checkpoint holds, such as where the starting weights come from) in
+    ``RUN_IDENTITY``. Called once the run's inputs have loaded, so that a bad one leaves the folder as it was."""
+    found = _check_out(out, args, identity)
+    if found and getattr(args, "overwrite", False) and os.environ.get("RANK", "0") == "0":
+        # under torchrun one process clears the folder
         for name in RUN_OUTPUTS:
             path = out / name
             if path.is_dir() and not path.is_symlink():
@@ -226,7 +234,14 @@ def _prepare_out(out: Path, args, identity: dict | None = None) -> None:
                 path.unlink(missing_ok=True)
     if identity is not None and os.environ.get("RANK", "0") == "0":
         out.mkdir(parents=True, exist_ok=True)
-        (out / RUN_IDENTITY).write_text(json.dumps(identity, indent=2, sort_keys=True) + "\n")
+        _write_text(out / RUN_IDENTITY, json.dumps(identity, indent=2, sort_keys=True) + "\n")
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically: a run killed while writing leaves the old file or the new one."""
+    from .atomic import atomic_write
+
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
 def _check_resumable(out: Path, identity: dict) -> None:
@@ -327,7 +342,7 @@ def _cmd_train(args) -> int:
     identity = {"command": "train", "pretrained": _jsonable_pretrained(pretrained)}
     if args.recipe not in (None, DEFAULT_RECIPE):  # which source weights the run started from: no checkpoint holds it
         identity["recipe"] = args.recipe
-    _prepare_out(out, args, identity=identity)
+    _check_out(out, args, identity=identity)
 
     import torch
 
@@ -342,6 +357,7 @@ def _cmd_train(args) -> int:
     model = models.create(args.model, num_classes=bundle.num_classes, in_chans=bundle.in_chans,
                           pretrained=pretrained or False, **extra)
     models.check_input_size(model, args.model, bundle.image_size)
+    _prepare_out(out, args, identity=identity)
     history = fit(model, bundle, config=config, checkpoint_dir=out / "checkpoint", resume=args.resume)
     history.meta.update({"command": _command_line(args), "pretrained": str(args.pretrained),
                          "code": code_version()})
@@ -349,7 +365,7 @@ def _cmd_train(args) -> int:
     # a split that was never evaluated (no test images) is left out, not written as NaN
     summary = {split: {k: history.last(k, split) for k in ("acc", "loss")} for split in ("val", "test")
                if not math.isnan(history.last("acc", split))}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=False))
+    _write_text(out / "summary.json", json.dumps(summary, indent=2, allow_nan=False))
     print(json.dumps(summary, indent=2))
     print(f"history: {out / 'history.jsonl.gz'}")
     return 0
@@ -366,7 +382,7 @@ def _command_line(args) -> str:
 def _cmd_p3b(args) -> int:
     from .experiments import p3b_preset, run_p3b
     from .experiments.p3b import METHODS
-    from .experiments.presets import preset_settings
+    from .experiments.presets import load_data, preset_settings, require_test_split
     from .experiments.provenance import code_version
     from .experiments.recipes import method_patch_probe, method_probe_options
     from .probes import FAST_PROBES
@@ -401,6 +417,8 @@ def _cmd_p3b(args) -> int:
         changes["model"] = args.model
     if args.pretrained is not None:
         changes["pretrained"] = _pretrained_arg(args.pretrained)
+        if changes["pretrained"] not in SOURCE_DATASETS:  # the preset's source recipe would refuse other weights
+            changes["recipe"] = None
     if args.data is not None:
         changes["data"] = args.data
     if args.image_size is not None:
@@ -438,14 +456,18 @@ def _cmd_p3b(args) -> int:
     if args.dry_run:
         return _dry_run(preset)
     out = Path(args.out)
-    _prepare_out(out, args, identity={"command": "p3b", "pretrained": _jsonable_pretrained(preset.pretrained)})
+    identity = {"command": "p3b", "pretrained": _jsonable_pretrained(preset.pretrained)}
+    _check_out(out, args, identity=identity)
+    data = load_data(preset)
+    require_test_split(data)
+    _prepare_out(out, args, identity=identity)
 
     import torch
 
     from . import runtime as dist_utils
 
     pruner_options = {"qkv_unit": args.qkv_unit} if args.qkv_unit != "dim" else None
-    run = run_p3b(preset, args.method, prune_ratio, args.seed, checkpoint_dir=str(out / "checkpoint"),
+    run = run_p3b(preset, args.method, prune_ratio, args.seed, data=data, checkpoint_dir=str(out / "checkpoint"),
                   resume=args.resume, measure_latency=not args.no_latency, pruner_options=pruner_options)
     rank, _ = dist_utils.world()
     if rank == 0:
@@ -462,7 +484,7 @@ def _cmd_p3b(args) -> int:
                   **({"patch_probe": method_patch_probe(preset, args.method),
                       "probe_options": method_probe_options(preset, args.method)} if probes else {}),
                   "settings": preset_settings(preset), "code": code_version(), **run.result}
-        (out / "result.json").write_text(json.dumps(record, indent=2, allow_nan=False))
+        _write_text(out / "result.json", json.dumps(record, indent=2, allow_nan=False))
         print(json.dumps(run.result, indent=2))
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
@@ -480,7 +502,7 @@ def _check_patch_cadence(patch_probe: str | None, flags: list[str], source: str)
 
 def _cmd_art(args) -> int:
     from .experiments import art as art_exp
-    from .experiments.presets import preset_settings
+    from .experiments.presets import load_data, preset_settings, require_test_split
     from .experiments.provenance import code_version
 
     _check_model_name(args.model)
@@ -505,12 +527,15 @@ def _cmd_art(args) -> int:
     if args.dry_run:
         return _dry_run(preset)
     out = Path(args.out)
+    _check_out(out, args, identity={"command": "art"})
+    data = load_data(preset)
+    require_test_split(data)
     _prepare_out(out, args, identity={"command": "art"})
 
     from . import runtime as dist_utils
 
-    run = art_exp.run_art(preset, args.method, args.sparsity, args.seed, checkpoint_dir=str(out / "checkpoint"),
-                          resume=args.resume)
+    run = art_exp.run_art(preset, args.method, args.sparsity, args.seed, data=data,
+                          checkpoint_dir=str(out / "checkpoint"), resume=args.resume)
     rank, _ = dist_utils.world()
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
@@ -518,14 +543,15 @@ def _cmd_art(args) -> int:
         run.finetune_history.save(out / "finetune_history.jsonl.gz")
         from safetensors.torch import save_file
 
-        save_file({k: v.contiguous() for k, v in run.model.state_dict().items()}, str(out / "model.safetensors"))
+        from .atomic import atomic_write
+
+        state = {k: v.contiguous() for k, v in run.model.state_dict().items()}
+        atomic_write(out / "model.safetensors", lambda tmp: save_file(state, tmp))
         # a best over fine-tuning that was not measured (a validation split: the test split seen once) is left out
         result = {k: v for k, v in run.result.items() if not (k == "acc_best" and math.isnan(v))}
-        (out / "result.json").write_text(json.dumps({"preset": preset.name, "method": args.method,
-                                                     "sparsity": args.sparsity, "seed": args.seed,
-                                                     "settings": preset_settings(preset),
-                                                     "code": code_version(), **result}, indent=2,
-                                                    allow_nan=False))
+        record = {"preset": preset.name, "method": args.method, "sparsity": args.sparsity, "seed": args.seed,
+                  "settings": preset_settings(preset), "code": code_version(), **result}
+        _write_text(out / "result.json", json.dumps(record, indent=2, allow_nan=False))
         print(json.dumps(result, indent=2))
     return 0
 
