@@ -297,7 +297,11 @@ class SparsityExplorer:
         else:
             self.heatmap.add_heatmap(z=[[0.0] * 9], colorscale="Viridis", zmin=0, zmax=1,
                                      colorbar=dict(title="kept"))
-            self.heatmap.update_layout(title="Kept fraction per 3×3 kernel position", xaxis_title="(row, col)")
+            has_kernels = not kernel_positions(self._work).empty
+            self.heatmap.update_layout(
+                title="Kept fraction per 3×3 kernel position" if has_kernels else
+                "No 3×3 convolution, no first Linear layer reading the image: no map",
+                xaxis_title="(row, col)")
         self.masks: dict[str, torch.Tensor] = {}
         self.keep_table = pd.DataFrame()
         self.accuracy = math.nan

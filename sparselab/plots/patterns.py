@@ -94,7 +94,8 @@ def plot_layer_keep_ratios(model_or_table: nn.Module | pd.DataFrame | None = Non
     ``compare={"HS": table, "L1": table2}`` adds one bar series per method, side by side per layer (layers missing
     from a table leave a gap); ``model_or_table`` may then be left out, otherwise it is the first series, named
     ``label`` (default ``"keep ratio"``). Each legend entry gives the method's overall keep ratio when its table has
-    ``kept`` and ``numel``. ``log=True`` draws the ratios on a log scale (a ratio of 0 is then not drawn).
+    ``kept`` and ``numel``. ``log=True`` draws the ratios on a log scale (a ratio of 0 is then not drawn;
+    the title names those layers).
 
     Example:
         >>> import torch
@@ -128,12 +129,16 @@ def plot_layer_keep_ratios(model_or_table: nn.Module | pd.DataFrame | None = Non
     if len(set(names)) != len(names):
         raise ConfigError(f"series names must differ, got {names}; pass label= for the first one")
 
-    layers = list(dict.fromkeys(layer for _, t in series for layer in t["layer"].astype(str)))
+    layers = _merged_order([t["layer"].astype(str).tolist() for _, t in series])
     labels = [_label(layer) for layer in layers]
     fig = go.Figure()
+    unshown: list[str] = []
     for name, table in series:
         t = table.assign(layer=table["layer"].astype(str)).set_index("layer").reindex(layers)
         y = [None if pd.isna(v) else float(v) for v in t["keep_ratio"]]
+        if log:  # a log axis drops a ratio of 0 without a word, the bar of a layer pruned away
+            unshown += [_label(layer) + (f" ({name})" if len(series) > 1 else "")
+                        for layer, v in zip(layers, y) if v is not None and v <= 0]
         info = []
         for layer in layers:
             text = layer
@@ -157,10 +162,26 @@ def plot_layer_keep_ratios(model_or_table: nn.Module | pd.DataFrame | None = Non
         fig.update_yaxes(title_text="keep ratio (kept / all weights, log scale)", type="log")
     else:
         fig.update_yaxes(title_text="keep ratio (kept / all weights)", range=[0, 1.05])
-    title = "Keep ratio of each prunable layer"
+    title = "Keep ratio of each prunable layer" + (f": {what}" if len(series) > 1 else "")
+    if unshown:
+        shown = ", ".join(unshown[:4]) + (f" and {len(unshown) - 4} more" if len(unshown) > 4 else "")
+        title += f"<br><sup>{len(unshown)} keep ratio(s) of 0, not drawn on the log axis: {shown}</sup>"
     fig.update_layout(template=TEMPLATE, barmode="group", showlegend=True, legend_title_text="method",
-                      title=title + (f": {what}" if len(series) > 1 else ""))
+                      title=title)
     return fig
+
+
+def _merged_order(orders: list[list[str]]) -> list[str]:
+    """One layer order holding every layer of ``orders`` (each in module order): a layer that an earlier order
+    lacks is placed after its predecessor in the order that holds it, not appended at the end."""
+    merged: list[str] = []
+    for order in orders:
+        previous: str | None = None
+        for layer in order:
+            if layer not in merged:
+                merged.insert(merged.index(previous) + 1 if previous is not None else 0, layer)
+            previous = layer
+    return merged
 
 
 # ------------------------------------------------------------------------------------------- weight patterns
