@@ -21,6 +21,7 @@ from torch import nn
 from ..errors import ConfigError, DivergedError, check_ratio
 
 Masks = Mapping[str, torch.Tensor]
+_EXACT_IN_FLOAT32 = (torch.float32, torch.float16, torch.bfloat16, torch.bool, torch.uint8, torch.int8, torch.int16)
 
 
 def prunable_weights(model: nn.Module) -> dict[str, nn.Parameter]:
@@ -50,8 +51,8 @@ def prunable_weights(model: nn.Module) -> dict[str, nn.Parameter]:
 
 def check_masks(model: nn.Module, masks: Masks, owner: str, complete: bool = False) -> dict[str, torch.Tensor]:
     """``masks`` as boolean tensors (True = kept) on the CPU, checked against ``model``: each names a parameter of
-    its shape and holds booleans or 0/1; with ``complete``, every prunable weight has one (a missing layer would be
-    left dense). ``owner`` names the masks in errors.
+    its shape and holds booleans or 0/1; with ``complete``, the masks cover exactly the prunable weights (a missing
+    layer would be left dense, a masked bias or norm weight pruned). ``owner`` names the masks in errors.
 
     Example:
         >>> lin = nn.Linear(2, 2)
@@ -66,10 +67,14 @@ def check_masks(model: nn.Module, masks: Masks, owner: str, complete: bool = Fal
         raise ConfigError(f"{owner} must be a dict of weight name -> boolean tensor, got {type(masks).__name__}")
     params = dict(model.named_parameters())
     unknown = sorted(set(masks) - set(params))
-    missing = sorted(set(prunable_weights(model)) - set(masks)) if complete else []
+    prunable = set(prunable_weights(model))
+    missing = sorted(prunable - set(masks)) if complete else []
+    # a complete set covers the prunable weights only: a mask on a bias or norm would prune it and count it
+    extra = sorted(set(masks) - prunable - set(unknown)) if complete else []
     wrong = [f"shape of {k} {tuple(torch.as_tensor(masks[k]).shape)} vs {tuple(params[k].shape)}"
              for k in masks if k in params and torch.as_tensor(masks[k]).shape != params[k].shape]
-    problems = ([f"missing {missing[:5]}"] if missing else []) + ([f"unknown {unknown[:5]}"] if unknown else []) + wrong
+    problems = ([f"missing {missing[:5]}"] if missing else []) + ([f"unknown {unknown[:5]}"] if unknown else [])
+    problems += ([f"not prunable weights {extra[:5]}"] if extra else []) + wrong
     if problems:
         what = "the prunable weights" if complete else "the model"
         raise ConfigError(f"{owner} do not {'match' if complete else 'fit'} {what}: {'; '.join(problems[:5])}")
@@ -129,8 +134,9 @@ def masks_from_scores(scores: Masks, sparsity: float, scope: str = "global") -> 
         return out
     if scope != "global":
         raise ConfigError(f"scope must be 'global', 'layer' or 'row', got {scope!r}")
-    # float64 scores are ranked as float64: float32 would tie (and then rank by position) scores it cannot tell apart
-    dtype = torch.float64 if any(v.dtype == torch.float64 for v in scores.values()) else torch.float32
+    # scores float32 cannot hold exactly (float64, int32, int64) are ranked as float64: float32 would tie (and then
+    # rank by position) scores it cannot tell apart
+    dtype = torch.float32 if all(v.dtype in _EXACT_IN_FLOAT32 for v in scores.values()) else torch.float64
     flat = torch.cat([v.flatten().to(dtype).cpu() for v in scores.values()])
     keep = _top_mask(flat, flat.numel() - num_pruned(flat.numel(), sparsity))
     masks, offset = {}, 0
@@ -159,9 +165,9 @@ def _top_mask(values: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def sparsity(masks: Masks) -> float:
-    """Fraction of masked-out weights."""
+    """Fraction of masked-out weights (0 when the masks cover no weights: nothing is pruned)."""
     total = sum(m.numel() for m in masks.values())
-    return 1.0 - sum(int(m.sum()) for m in masks.values()) / max(total, 1)
+    return 1.0 - sum(int(m.sum()) for m in masks.values()) / total if total else 0.0
 
 
 @torch.no_grad()
