@@ -66,13 +66,8 @@ def summarize_ci(table: pd.DataFrame, value: str = "acc", setting: str = "prune_
     _numeric(table, value)
     _check_confidence(confidence)
     if "seed" in table.columns:
-        seeded = table[table["seed"].notna()]
-        dup = seeded[seeded.duplicated([method, setting, "seed"], keep=False)]
-        if len(dup):
-            first = {k: v.item() if hasattr(v, "item") else v for k, v in dup.iloc[0].items()}
-            raise ConfigError(f"summarize_ci: {len(dup)} rows repeat a (method, {setting}, seed): e.g. "
-                              f"{first[method]!r} at {setting}={first[setting]!r}, seed {first['seed']!r}; an "
-                              f"interval over seeds needs one row each (was a run appended twice?)")
+        refuse_repeated_runs(table[table["seed"].notna()], "summarize_ci", "an interval over seeds", method,
+                             "seed", setting)
     rows = []
     for (s, m), group in table.groupby([setting, method], sort=False):
         mean, low, high, n = mean_ci(group[value], confidence)
@@ -80,6 +75,52 @@ def summarize_ci(table: pd.DataFrame, value: str = "acc", setting: str = "prune_
     out = pd.DataFrame(rows)
     out.attrs["confidence"] = float(confidence)
     return out
+
+
+def refuse_repeated_runs(table: pd.DataFrame, where: str, purpose: str, method: str = "method",
+                         seed: str = "seed", setting: str | None = None) -> None:
+    """Raise :class:`ConfigError` when two rows of ``table`` are the same run: the same ``method``, ``seed`` and,
+    unless ``setting`` is None, the same setting. ``where`` and ``purpose`` say who refuses and what needs one row
+    per run. Rows without a seed repeat one another too; callers that allow them filter them out first.
+
+    Example:
+        >>> t = pd.DataFrame({"method": ["a", "a"], "prune_ratio": 0.5, "seed": [0, 0]})
+        >>> refuse_repeated_runs(t, "summary", "a mean over seeds", setting="prune_ratio")
+        Traceback (most recent call last):
+        ...
+        sparselab.errors.ConfigError: summary: 2 rows repeat a (method, prune_ratio, seed): e.g. 'a' at \
+prune_ratio=0.5, seed 0; a mean over seeds needs one row each (was a run appended twice?)
+    """
+    keys = [method] + ([setting] if setting is not None else []) + [seed]
+    repeated = table[table.duplicated(keys, keep=False)]
+    if len(repeated):
+        first = repeated.iloc[0]
+        at = f" at {setting}={_plain(first[setting])!r}" if setting is not None else ""
+        raise ConfigError(f"{where}: {len(repeated)} rows repeat a ({', '.join(keys)}): e.g. "
+                          f"{_plain(first[method])!r}{at}, seed {_plain(first[seed])!r}; {purpose} needs one row "
+                          f"each (was a run appended twice?)")
+
+
+def refuse_repeated_seeds(seeds: pd.Index, where: str, purpose: str) -> None:
+    """Raise :class:`ConfigError` when the index ``seeds`` (one value per seed) holds a seed more than once: it
+    would count as two seeds. ``where`` names what holds them, ``purpose`` what needs one value per seed.
+
+    Example:
+        >>> refuse_repeated_seeds(pd.Index([0, 0, 1]), "the table", "an interval over seeds")
+        Traceback (most recent call last):
+        ...
+        sparselab.errors.ConfigError: the table holds seeds [0] more than once; an interval over seeds needs one \
+value per seed (was a run appended twice?)
+    """
+    repeated = [_plain(v) for v in seeds[seeds.duplicated()].unique()]
+    if repeated:
+        raise ConfigError(f"{where} holds seeds {repeated} more than once; {purpose} needs one value per seed (was "
+                          f"a run appended twice?)")
+
+
+def _plain(value: object) -> object:
+    """A numpy scalar as the Python value it holds, so that a message shows ``0``, not ``np.int64(0)``."""
+    return value.item() if hasattr(value, "item") else value
 
 
 def paired_mean_ci(a: pd.Series, b: pd.Series, confidence: float = CONFIDENCE) -> tuple[float, float, float, int]:
@@ -90,10 +131,7 @@ def paired_mean_ci(a: pd.Series, b: pd.Series, confidence: float = CONFIDENCE) -
         0.2
     """
     for name, series in (("first", a), ("second", b)):
-        dup = series.index[series.index.duplicated()].unique().tolist()
-        if dup:
-            raise ConfigError(f"paired_mean_ci: the {name} series holds seeds {dup} more than once; a pairing by "
-                              f"seed needs one value per seed (was a run appended twice?)")
+        refuse_repeated_seeds(series.index, f"paired_mean_ci: the {name} series", "a pairing by seed")
         if series.index.isna().any():  # two rows without a seed would pair up with each other
             raise ConfigError(f"paired_mean_ci: the {name} series holds {int(series.index.isna().sum())} values "
                               f"without a seed (NaN); a pairing by seed needs every value's seed")
@@ -121,12 +159,7 @@ def paired_differences(table: pd.DataFrame, baseline: str, value: str = "acc", s
     unknown = [m for m in (methods or ()) if m not in set(table[method])]
     if unknown:
         raise ConfigError(f"methods {unknown} are not among the methods of the table {sorted(set(table[method]))}")
-    dup = table[table.duplicated([method, setting, seed], keep=False)]
-    if len(dup):
-        first = {k: v.item() if hasattr(v, "item") else v for k, v in dup.iloc[0].items()}
-        raise ConfigError(f"paired_differences: {len(dup)} rows repeat a (method, {setting}, seed): e.g. "
-                          f"{first[method]!r} at {setting}={first[setting]!r}, seed {first[seed]!r}; a pairing by "
-                          f"seed needs one row each (was a run appended twice?)")
+    refuse_repeated_runs(table, "paired_differences", "a pairing by seed", method, seed, setting)
     rows = []
     for s, at in table.groupby(setting, sort=False):
         base = at[at[method] == baseline].set_index(seed)[value]
@@ -310,8 +343,8 @@ def warn_unmeasured(table: pd.DataFrame, where: str, value: str = "acc") -> None
     bad = table[~np.isfinite(values)]
     if len(bad):
         keys = [c for c in bad.columns if c in ("method", "prune_ratio", "sparsity", "seed")]
-        first = {k: v.item() if hasattr(v, "item") else v for k, v in bad.iloc[0][keys].items()}
-        example = ", ".join(f"{k}={v!r}" for k, v in first.items()) + (", ..." if len(bad) > 1 else "")
+        example = ", ".join(f"{k}={_plain(v)!r}" for k, v in bad.iloc[0][keys].items())
+        example += ", ..." if len(bad) > 1 else ""
         warnings.warn(f"{where}: {len(bad)} of {len(table)} runs have no finite {value} ({example}); a NaN is left "
                       f"out of the means and the seed counts, an infinite value makes its mean infinite",
                       RuntimeWarning, stacklevel=3)

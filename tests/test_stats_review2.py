@@ -94,7 +94,7 @@ def test_the_results_section_refuses_a_dense_seed_recorded_twice():
     art = pd.DataFrame({"method": ["dense"] * 3 + ["gmp"] * 2, "sparsity": [0.0, 0.0, 0.0, 0.9, 0.9],
                         "seed": [0, 0, 1, 0, 1], "acc": [0.90, 0.90, 0.88, 0.85, 0.86]})
     tables = {"art_cpu-full": art}
-    with pytest.raises(ConfigError, match="dense at sparsity=0.0, seed 0 more than once"):
+    with pytest.raises(ConfigError, match=r"repeat a \(method, seed\): e.g. 'dense', seed 0"):
         report.results_markdown(lambda name: tables.get(name, pd.DataFrame()))  # was: dense over 3 "seeds"
     tables["art_cpu-full"] = art.drop(index=1)
     assert "| dense | 89.0 ± 12.7 |" in report.results_markdown(lambda name: tables.get(name, pd.DataFrame()))

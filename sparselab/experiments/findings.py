@@ -20,8 +20,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from ..errors import ConfigError
-from ..stats import finding, mean_ci, paired_differences, paired_mean_ci, verdict
+from ..stats import finding, mean_ci, paired_differences, paired_mean_ci, refuse_repeated_seeds, verdict
 from .art import at_chance
 
 #: sparselab's variants of P3B (a cheaper estimator, another selection rule): compared, but no claim of the paper
@@ -130,10 +129,7 @@ def late_convergence_findings(rho: pd.DataFrame, label: str = "") -> list[str]:
     """One line per probe of a :func:`~sparselab.experiments.p3b.late_convergence_by_seed` table: the mean ρ with
     its 95 % interval over seeds and the verdict on "deep blocks converge late" (ρ > 0). A seed (row index)
     given twice is refused: it would count as two seeds."""
-    repeated = rho.index[rho.index.duplicated()].unique().tolist()
-    if repeated:
-        raise ConfigError(f"late_convergence_findings: the table holds seeds {repeated} more than once; an interval "
-                          f"over seeds needs one row per seed (was a run appended twice?)")
+    refuse_repeated_seeds(rho.index, "late_convergence_findings: the table", "an interval over seeds")
     lines = []
     for probe in rho.columns:
         values = [float(v) for v in rho[probe]]

@@ -16,7 +16,7 @@ from typing import Callable
 import pandas as pd
 
 from ..errors import ConfigError
-from ..stats import mean_ci, paired_against_all
+from ..stats import mean_ci, paired_against_all, refuse_repeated_runs
 from .committed import RESULTS, committed_results
 from .diagnosis import diagnosis_summary
 from .findings import art_findings, late_convergence_findings, p3b_findings
@@ -63,13 +63,8 @@ def _matrix(table: pd.DataFrame, setting: str, names: dict[str, str] | None = No
     for method in dict.fromkeys(table.method):
         at = table[table.method == method]
         # dense fine-tuning's cell is over all its rows, whatever their setting
-        keys = ["seed"] if method == "dense" else [setting, "seed"]
-        repeated = at[at.seed.notna() & at.duplicated(keys, keep=False)]
-        if len(repeated):
-            first = {k: v.item() if hasattr(v, "item") else v for k, v in repeated.iloc[0][[setting, "seed"]].items()}
-            raise ConfigError(f"the result table holds {method} at {setting}={first[setting]!r}, seed "
-                              f"{first['seed']!r} more than once; a mean over seeds needs one run each (was a run "
-                              f"appended twice?)")
+        refuse_repeated_runs(at[at.seed.notna()], "the result table", "a mean over seeds",
+                             setting=None if method == "dense" else setting)
         if method == "dense":
             cells = [_cell(at.acc)] * len(settings)
         else:
