@@ -460,6 +460,7 @@ def _cmd_p3b(args) -> int:
     _check_out(out, args, identity=identity)
     data = load_data(preset)
     require_test_split(data)
+    _check_starting_weights(preset, data)
     _prepare_out(out, args, identity=identity)
 
     import torch
@@ -489,6 +490,23 @@ def _cmd_p3b(args) -> int:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
     return 0
+
+
+def _check_starting_weights(preset, data) -> None:
+    """Build the source model once when its weights come from a checkpoint file, so that a file that cannot be
+    read or does not fit the model stops the command before ``--overwrite`` clears the earlier run (the run builds
+    it again; torch's random state is left as it was)."""
+    if isinstance(preset.pretrained, bool) or preset.pretrained in SOURCE_DATASETS:
+        return
+    import warnings
+
+    import torch
+
+    from .experiments import source_model
+
+    with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the run itself warns, e.g. of resampled position embeddings
+        source_model(preset, data)
 
 
 def _check_patch_cadence(patch_probe: str | None, flags: list[str], source: str) -> None:

@@ -93,3 +93,22 @@ def test_a_write_of_the_summary_that_fails_half_way_leaves_the_earlier_one(tmp_p
     with pytest.raises(OSError):
         main([*argv, "--resume"])
     assert (out / "summary.json").read_text() == before
+
+
+@pytest.mark.parametrize("weights", ["corrupt", "another model"])
+def test_p3b_overwrite_with_starting_weights_that_do_not_load_keeps_the_earlier_run(tmp_path, monkeypatch, weights,
+                                                                                    capsys):
+    path = tmp_path / "source.pth"
+    if weights == "corrupt":
+        path.write_bytes(b"not a torch file")
+    else:
+        torch.save(models.create("lenet_300_100", num_classes=10).state_dict(), path)
+
+    def run_p3b(*_, **__):
+        raise AssertionError("the run must not start")
+
+    monkeypatch.setattr(experiments, "run_p3b", run_p3b)
+    out = _earlier_run(tmp_path, "p3b")
+    assert main(["p3b", "--preset", "tiny", "--pretrained", str(path), "--overwrite", "--out", str(out)]) == 2
+    assert "checkpoint" in capsys.readouterr().err  # was: the earlier run deleted, then the model failed to load
+    assert _left_as_it_was(out)
