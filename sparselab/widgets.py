@@ -302,6 +302,8 @@ class SparsityExplorer:
                 title="Kept fraction per 3×3 kernel position" if has_kernels else
                 "No 3×3 convolution, no first Linear layer reading the image: no map",
                 xaxis_title="(row, col)")
+            # the first layer on top, as in plot_weight_patterns
+            self.heatmap.update_yaxes(autorange="reversed", title_text="3×3 conv layer (module order)")
         self.masks: dict[str, torch.Tensor] = {}
         self.keep_table = pd.DataFrame()
         self.accuracy = math.nan

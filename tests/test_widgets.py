@@ -88,6 +88,9 @@ def test_conv_model_shows_kernel_positions():
     z = np.array(explorer.heatmap.data[0].z)
     assert z.shape == (2, 9)
     assert list(explorer.heatmap.data[0].y) == ["0.weight", "2.weight"]
+    # the first layer on top, as plot_weight_patterns draws it (was: at the bottom)
+    assert explorer.heatmap.layout.yaxis.autorange == "reversed"
+    assert sl.plot_weight_patterns(net).layout.yaxis.autorange == "reversed"
 
 
 # ---------------------------------------------------------------- P3B run on a tiny ViT
