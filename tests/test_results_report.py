@@ -47,3 +47,21 @@ def test_a_committed_table_is_of_one_code_version(name):
     if table.empty:
         pytest.skip(f"docs/results/{name}.csv is not committed")
     assert len(row_versions(table)) == 1, row_versions(table)
+
+
+def test_a_diagnosis_of_other_code_than_the_p3b_table_is_not_paired_with_it():
+    from sparselab.experiments.provenance import CODE_COLUMN
+
+    seeds = [0, 1, 2]
+    p3b = pd.DataFrame({"method": ["p3b"] * 3 + ["l1"] * 3, "prune_ratio": 0.9, "seed": seeds * 2,
+                        "acc": [0.70, 0.71, 0.72, 0.80, 0.81, 0.82], CODE_COLUMN: "new"})
+    diag = pd.DataFrame({"method": "p3b_long_windows", "prune_ratio": 0.9, "seed": seeds, "acc": [0.8, 0.81, 0.8],
+                         "baseline": "l1", CODE_COLUMN: "old"})
+    tables = {"p3b_cpu-full": p3b, "p3b_cpu-full_diagnosis": diag}
+    text = report.results_markdown(lambda name: tables.get(name, pd.DataFrame()))
+    assert "P3B trails: l1 at 90 %" in text  # from the P3B table alone
+    assert "holds rows of code the P3B table does not (old)" in text
+    assert "p3b_long_windows − p3b" not in text  # was: old variants paired with new P3B runs
+    tables["p3b_cpu-full_diagnosis"] = diag.assign(**{CODE_COLUMN: "new"})
+    text = report.results_markdown(lambda name: tables.get(name, pd.DataFrame()))
+    assert "p3b_long_windows − p3b at 90 %" in text and "holds rows of code" not in text
