@@ -38,6 +38,7 @@ from ..stats import finding, paired_mean_ci
 from .findings import VARIANTS
 from .p3b import METHODS, P3BPreset, _read_record, _write_record, run_p3b, run_row
 from .presets import load_data
+from .provenance import row_versions
 
 
 def _final_keep(table: pd.DataFrame, method: str, ratio: float, seed: int) -> list[float]:
@@ -289,7 +290,9 @@ def diagnosis_conclusions(table: pd.DataFrame, diag: pd.DataFrame, baseline: str
 
 def diagnosis_summary(table: pd.DataFrame, diag: pd.DataFrame) -> list[str]:
     """Everything the diagnosis says, computed: where P3B trails (:func:`trailing`; or that it trails nowhere),
-    then for each diagnosed pair its paired lines and what they imply, and the trailing pairs left undiagnosed."""
+    then for each diagnosed pair its paired lines and what they imply, and the trailing pairs left undiagnosed.
+    A diagnosis with rows of code that recorded none of ``table``'s rows is not paired with it (the lines say so).
+    """
     if table.empty or "p3b" not in set(table.method):
         return []
     pairs = trailing(table)
@@ -298,6 +301,11 @@ def diagnosis_summary(table: pd.DataFrame, diag: pd.DataFrame) -> list[str]:
                 "there is nothing to diagnose."]
     lines = ["P3B trails: " + "; ".join(f"{r.baseline} at {r.prune_ratio * 100:g} % ({r['diff'] * 100:+.2f} points "
                                          f"[{r.low * 100:+.2f}, {r.high * 100:+.2f}])" for _, r in pairs.iterrows())]
+    other = set(row_versions(diag)) - set(row_versions(table))
+    if other:  # its variants would be paired with P3B and baseline runs of other code
+        return lines + [f"the diagnosis holds rows of code the P3B table does not ({', '.join(sorted(other))}): its "
+                        f"variants are not paired with runs of another version, so it is not computed here; "
+                        f"`scripts/run_statistics.py --only diagnosis` records it again"]
     done = set(diagnosed_pairs(diag)) if not diag.empty else set()
     for b, r in diagnosed_pairs(diag) if not diag.empty else []:
         lines += [""] + diagnosis_findings(table, diag, b, r) + diagnosis_conclusions(table, diag, b, r)

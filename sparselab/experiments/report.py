@@ -20,7 +20,7 @@ from ..stats import mean_ci, paired_against_all, refuse_repeated_runs
 from .committed import RESULTS, committed_results
 from .diagnosis import diagnosis_summary
 from .findings import art_findings, late_convergence_findings, p3b_findings
-from .provenance import row_versions, versions_note
+from .provenance import versions_note
 from .selection import qualified
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
@@ -159,13 +159,6 @@ def results_markdown(results: Callable[[str], pd.DataFrame] = committed_results,
                   "Findings (`sparselab.experiments.findings.p3b_findings`):", "", _bullets(p3b_findings(p3b)), ""]
         diag = _table(results, "p3b_cpu-full_diagnosis")
         summary = [line for line in diagnosis_summary(p3b, diag) if line]
-        other = set(row_versions(diag)) - set(row_versions(p3b))
-        if summary and other:
-            # its variants would be paired with P3B and baseline runs of other code
-            summary = summary[:1] + [f"the diagnosis (`docs/results/p3b_cpu-full_diagnosis.csv`) holds rows of "
-                                     f"code the P3B table does not ({', '.join(sorted(other))}): its variants "
-                                     f"are not paired with runs of another version, so it is not computed here; "
-                                     f"`scripts/run_statistics.py --only diagnosis` records it again"]
         if summary:
             parts += ["Diagnosis of where P3B trails (`sparselab.experiments.diagnosis`, rules fixed in "
                       f"`diagnosis_conclusions`; `docs/results/p3b_cpu-full_diagnosis.csv`, {versions_note(diag)}):",
