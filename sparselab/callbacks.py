@@ -104,7 +104,9 @@ class Callback:
         """Called once after the model is on its device and the optimizer exists."""
 
     def param_groups(self, groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Adjust the optimizer's parameter groups before it is built (add probe heads, freeze gates, ...)."""
+        """Adjust the optimizer's parameter groups before it is built (add probe heads, freeze gates, ...). The model
+        is on its device by then; parameters added here belong there and in its dtype already, since a resume loads
+        their weights and optimizer state before :meth:`on_fit_start`."""
         return groups
 
     def extra_loss(self, state: TrainState) -> torch.Tensor | None:

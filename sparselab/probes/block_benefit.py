@@ -231,9 +231,17 @@ class BlockBenefit(WindowedRecorder):
     def on_fit_start(self, state: TrainState) -> None:
         self._check_classes(state.data)
         check_trained_model(self.structure, state.model, "the block-benefit probes")
-        self.probes.to(state.device, dtype=next(state.model.parameters()).dtype)
+        self._place_like(state.model)
+
+    def _place_like(self, model: nn.Module) -> None:
+        """The probe heads (made in float32 on the CPU) on the device and in the dtype of ``model``'s weights."""
+        weight = next(model.parameters())
+        self.probes.to(weight.device, dtype=weight.dtype)
 
     def param_groups(self, groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        # placed before the optimizer holds them: a resume loads their weights and optimizer state in the model's
+        # dtype and on its device, not into float32 CPU heads that are moved afterwards
+        self._place_like(self.structure.model)
         decay = [p for p in self.probes.parameters() if p.ndim > 1]
         no_decay = [p for p in self.probes.parameters() if p.ndim <= 1]
         lr = {"lr": self.lr} if self.lr is not None else {}
