@@ -22,6 +22,7 @@ Example:
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import warnings
@@ -33,7 +34,7 @@ from torch import nn
 from ..callbacks import Pruner, TrainState
 from ..configs import BenefitConfig, P3BConfig
 from ..errors import ConfigError, DivergedError, check_positive_int, check_ratio, unknown_name
-from ..probes.block_benefit import BlockBenefit, all_reduce_mean_grads
+from ..probes.block_benefit import BlockBenefit, all_reduce_mean_grads, check_trained_model
 from ..structure.gates import Gates
 from ..structure.vit import ViTStructure
 from .allocation import ramp_keep, water_fill
@@ -202,12 +203,16 @@ class P3B(Pruner):
             raise ConfigError(f"prune_ratio {self.prune_ratio} removes more than the prunable Linear layers hold: "
                               f"at most {most:.3f} of {'the blocks' if blocks_only else 'the model'} is prunable")
 
-        self.gates = Gates(s)
-        if not self.criterion.needs_gate_grads:  # only gradient-based criteria read the gates' gradients
-            self.gates.requires_grad_(False)
-        self.criterion.attach(s, self.gates)
-        n_cls = num_classes if num_classes is not None else getattr(model, "num_classes", None)
-        self.allocation.attach(model, s, n_cls)
+        with contextlib.ExitStack() as undo:  # an option refused while attaching leaves the model as it was given
+            self.gates = Gates(s)
+            undo.callback(self.gates.remove)
+            if not self.criterion.needs_gate_grads:  # only gradient-based criteria read the gates' gradients
+                self.gates.requires_grad_(False)
+            self.criterion.attach(s, self.gates)
+            undo.callback(self.criterion.remove)
+            n_cls = num_classes if num_classes is not None else getattr(model, "num_classes", None)
+            self.allocation.attach(model, s, n_cls)
+            undo.pop_all()
         self.steps: P3BSteps | None = None
         self.finalized = False
         self.updates = 0
@@ -255,6 +260,7 @@ class P3B(Pruner):
 
     # ------------------------------------------------------------------ hooks
     def on_fit_start(self, state: TrainState) -> None:
+        check_trained_model(self.structure, state.model, "P3B's gates")  # whatever the allocation
         self.gates.to(state.device)
         self.allocation.on_fit_start(state)
         self.steps = self.schedule.steps(state.steps_per_epoch)

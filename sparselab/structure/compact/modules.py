@@ -143,8 +143,8 @@ def add_branch(x: torch.Tensor, out: torch.Tensor, ls: nn.Module, drop_path: nn.
         [[2.0, 1.0, 3.0]]
     """
     index = scattered_channels(ls, drop_path)
-    if index is not None:
-        return x.index_add(-1, index, out)
+    if index is not None:  # under autocast ``out`` may be float16 / bfloat16 where x + out would promote
+        return x.index_add(-1, index, out.to(x.dtype))
     return x + drop_path(ls(out))
 
 
