@@ -46,3 +46,20 @@ def test_a_float64_p3b_run_resumes_exactly(digits, tmp_path):
     for a, b in zip(ref_model.state_dict().values(), model2.state_dict().values()):
         assert torch.equal(a, b)
     assert resumed.to_pandas()["blocks"].equals(ref.to_pandas()["blocks"])
+
+
+def test_an_lr_milestone_past_the_last_epoch_is_refused_where_it_is_given():
+    with pytest.raises(sl.errors.ConfigError, match=r"lr_milestones \[3, 5\] lie at or after the end of training"):
+        sl.TrainConfig(epochs=3, lr_schedule="step", lr_milestones=(1, 3, 5)).check_schedule_length()
+    sl.TrainConfig(epochs=4, lr_schedule="step", lr_milestones=(1, 3)).check_schedule_length()
+    data = sl.data.load("digits", image_size=8, limit=64)
+    with pytest.raises(sl.errors.ConfigError, match=r"lr_milestones \[3\]"):
+        sl.fit(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10)), data, epochs=3, lr_schedule="step",
+               lr_milestones=(1, 3), batch_size=32, progress=False)  # was: lr constant after epoch 1
+    from sparselab.experiments.art import art_preset
+
+    # the paper's fine-tune drops at epochs 80 and 120: 100 fine-tuning epochs would never reach the second
+    with pytest.raises(sl.errors.ConfigError, match=r"lr_milestones \[120\] lie at or after the end of training"):
+        art_preset("paper-vgg19-cifar10", finetune_epochs=100)
+    assert art_preset("paper-vgg19-cifar10").finetune_epochs == 160
+

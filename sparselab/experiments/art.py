@@ -162,10 +162,15 @@ class ARTPreset:
 
     def __post_init__(self) -> None:
         check_positive_int("warmup_epochs", self.warmup_epochs, allow_zero=True)
-        for part in ("fit", "finetune"):  # a misspelt or out-of-range training option fails where the preset is made
-            checked_replace(TrainConfig(), f"{part} option of preset {self.name!r}", **getattr(self, part))
         for name in ("max_art_epochs", "gmp_epochs", "finetune_epochs"):  # ART's result is the fine-tuned model
             check_positive_int(name, getattr(self, name))
+        # a misspelt or out-of-range training option fails where the preset is made, as does an lr milestone past
+        # the longest phase the options train
+        longest = {"fit": max(self.warmup_epochs, self.max_art_epochs, self.gmp_epochs),
+                   "finetune": self.finetune_epochs}
+        for part, epochs in longest.items():
+            checked_replace(TrainConfig(), f"{part} option of preset {self.name!r}",
+                            **{"epochs": epochs, **getattr(self, part)}).check_schedule_length()
         check_finite("lam_init", self.lam_init, low=0, low_inclusive=False)
         check_finite("eta", self.eta, low=1)
         # ART's own options, checked here rather than when ART is built after the warm-up

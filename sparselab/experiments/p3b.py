@@ -101,8 +101,12 @@ class P3BPreset:
     def __post_init__(self) -> None:
         check_positive_int("finetune_epochs", self.finetune_epochs, allow_zero=True)  # 0: no compact fine-tuning
         check_positive_int("calibration_steps", self.calibration_steps)
-        for part in ("fit", "finetune"):  # a misspelt or out-of-range training option fails where the preset is made
-            checked_replace(TrainConfig(), f"{part} option of preset {self.name!r}", **getattr(self, part))
+        # a misspelt or out-of-range training option fails where the preset is made, as does an lr milestone past
+        # the run's epochs
+        epochs = {"fit": self.schedule.finalize, "finetune": max(1, self.finetune_epochs)}
+        for part in ("fit", "finetune"):
+            checked_replace(TrainConfig(), f"{part} option of preset {self.name!r}",
+                            **{**getattr(self, part), "epochs": epochs[part]}).check_schedule_length()
             # the runs set these themselves (epochs from the schedule or finetune_epochs, seed from each run)
             taken = [k for k in RUN_SET_OPTIONS if k in getattr(self, part)]
             if taken:

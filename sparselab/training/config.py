@@ -171,6 +171,23 @@ class TrainConfig:
         """Images per optimizer step: ``batch_size * accumulate_steps``."""
         return self.batch_size * self.accumulate_steps
 
+    def check_schedule_length(self) -> None:
+        """Refuse ``lr_milestones`` at or after the last epoch: the learning rate would never drop there.
+        :func:`sparselab.fit` checks this before the first step, presets where they are made.
+
+        Example:
+            >>> TrainConfig(epochs=3, lr_schedule="step", lr_milestones=(1, 3)).check_schedule_length()
+            Traceback (most recent call last):
+            ...
+            sparselab.errors.ConfigError: lr_milestones [3] lie at or after the end of training (epochs=3, \
+counted from 0): the learning rate would never drop there; give milestones below 3, or more epochs
+        """
+        late = [m for m in self.lr_milestones if m >= self.epochs]
+        if self.lr_schedule == "step" and late:
+            raise ConfigError(f"lr_milestones {late} lie at or after the end of training (epochs={self.epochs}, "
+                              f"counted from 0): the learning rate would never drop there; give milestones below "
+                              f"{self.epochs}, or more epochs")
+
     def replace(self, **changes: Any) -> "TrainConfig":
         """A copy with some fields changed; unknown names raise with close matches."""
         return checked_replace(self, "training option", **changes)

@@ -306,6 +306,7 @@ def fit(model: nn.Module, data: DataBundle, epochs: int | None = None, pruner: P
                           f"accumulate_steps {cfg.accumulate_steps}) exceeds the {len(train_ds)} training images "
                           f"(with drop_last=True no batch is left)")
     steps_per_epoch = min(n_steps, cfg.max_steps_per_epoch or n_steps)
+    cfg.check_schedule_length()
     if cfg.mixup or cfg.cutmix:
         _check_even_batches(plan(0)[:steps_per_epoch], world, cfg)
 
