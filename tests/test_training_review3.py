@@ -7,6 +7,7 @@ import torch
 from conftest import nano_vit as nano
 
 import sparselab as sl
+from sparselab.callbacks import Callback
 
 SCHED = sl.P3BSchedule(warmup=1, sparsify=2, finalize=3, updates_per_epoch=2)
 FIT = dict(epochs=3, batch_size=64, lr=1e-3, progress=False, max_steps_per_epoch=4)
@@ -63,3 +64,58 @@ def test_an_lr_milestone_past_the_last_epoch_is_refused_where_it_is_given():
         art_preset("paper-vgg19-cifar10", finetune_epochs=100)
     assert art_preset("paper-vgg19-cifar10").finetune_epochs == 160
 
+
+
+class CrashAt(Callback):
+    def __init__(self, at):
+        self.at = at
+
+    def after_step(self, state):
+        if state.step == self.at:
+            raise RuntimeError("simulated crash")
+
+
+def _dropout_net(seed: int) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 32), torch.nn.Dropout(0.5),
+                               torch.nn.Linear(32, 3))
+
+
+def test_a_mid_epoch_resume_of_image_files_with_dropout_is_exact(tmp_path):
+    """Image files go through a DataLoader, which drew its base seed from torch's global generator on each new
+    iterator: the resumed run drew once more than the uninterrupted one, shifting every later dropout draw."""
+    from conftest import write_image_folder
+
+    data = sl.data.load("imagefolder", root=write_image_folder(tmp_path / "images"), image_size=8, augment="crop_flip")
+    opts = dict(epochs=2, batch_size=4, progress=False, device="cpu", seed=3)
+    ref = _dropout_net(0)
+    sl.fit(ref, data, **opts)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        sl.fit(_dropout_net(0), data, callbacks=[CrashAt(3)], checkpoint_dir=tmp_path / "ck", checkpoint_every=2,
+               **opts)
+
+    class Quiet(Callback):
+        pass
+
+    Quiet.__name__ = "CrashAt"  # same callback list as the interrupted run
+    model = _dropout_net(1)
+    sl.fit(model, data, callbacks=[Quiet()], checkpoint_dir=tmp_path / "ck", checkpoint_every=2, resume=True, **opts)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), ref.state_dict().values()))
+
+
+def test_a_checkpoint_folder_under_a_file_is_refused_before_the_first_step(tmp_path, digits):
+    (tmp_path / "notes.txt").write_text("")
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(28 * 28, 10))
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(sl.errors.ConfigError, match=r"lies under .*notes.txt', which is a file"):
+        sl.fit(model, digits, epochs=1, batch_size=64, checkpoint_dir=tmp_path / "notes.txt" / "ck",
+               progress=False)  # was: refused when the first checkpoint was written, after the epoch
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert not (tmp_path / "ck").exists()
+
+
+def test_too_large_a_batch_with_repeated_augmentation_names_the_images_an_epoch_draws():
+    data = sl.data.load("digits", image_size=8, limit=320)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+    with pytest.raises(sl.errors.ConfigError, match=r"exceeds the \d+ images an epoch draws with repeated_aug=3"):
+        sl.fit(model, data, epochs=1, batch_size=len(data.train) + 8, repeated_aug=3, progress=False)

@@ -164,7 +164,10 @@ def train_batches(dataset: Dataset, batches: list[torch.Tensor], generator: torc
         keyed = [(item_seed(epoch_seed, b, j), int(i)) for j, i in enumerate(idx.tolist())]
         part = local_chunk(idx, rank, world_size)
         local.append(keyed[part])
-    yield from DataLoader(SeededItems(dataset), batch_sampler=local, num_workers=num_workers)
+    # a generator of its own: a DataLoader draws its workers' base seed from torch's global one otherwise, which a
+    # resume mid-epoch would draw again (every later dropout draw shifted); the items are seeded by SeededItems
+    yield from DataLoader(SeededItems(dataset), batch_sampler=local, num_workers=num_workers,
+                          generator=torch.Generator())
 
 
 def eval_batches(dataset: Dataset, batch_size: int, rank: int, world_size: int,

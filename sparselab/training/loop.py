@@ -16,6 +16,7 @@ import dataclasses
 import functools
 import json
 import math
+import os
 import random
 import re
 import signal
@@ -189,9 +190,19 @@ def _check_fit_arguments(checkpoint_dir: Any, resume: Any, progress: Any, histor
         if not isinstance(checkpoint_dir, (str, Path)):
             raise ConfigError(f"checkpoint_dir must be a folder path (str or pathlib.Path) or None, got "
                               f"{checkpoint_dir!r}")
-        if Path(checkpoint_dir).exists() and not Path(checkpoint_dir).is_dir():
+        folder = Path(checkpoint_dir)
+        if folder.exists() and not folder.is_dir():
             raise ConfigError(f"checkpoint_dir {str(checkpoint_dir)!r} is a file, not a folder: pass the folder "
                               f"that is to hold {CHECKPOINT_NAME}")
+        # the first checkpoint is written after an epoch's work (or checkpoint_every steps): a folder that cannot
+        # be made or written there is refused now, without making it
+        existing = next(p for p in (folder, *folder.parents) if p.exists())
+        if not existing.is_dir():
+            raise ConfigError(f"checkpoint_dir {str(checkpoint_dir)!r} lies under {str(existing)!r}, which is a file; "
+                              f"pass a folder elsewhere")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise ConfigError(f"checkpoint_dir {str(checkpoint_dir)!r} cannot be written ({str(existing)!r} is not "
+                              f"writable by this process); pass a folder elsewhere")
     elif cfg.checkpoint_every is not None:
         raise ConfigError(f"checkpoint_every={cfg.checkpoint_every} needs checkpoint_dir (the folder that holds "
                           f"{CHECKPOINT_NAME}); without one nothing is checkpointed")
@@ -302,9 +313,14 @@ def fit(model: nn.Module, data: DataBundle, epochs: int | None = None, pruner: P
 
     n_steps = len(plan(0))
     if n_steps == 0:
+        drawn = sum(len(b) for g in epoch_groups(len(train_ds), cfg.batch_size, cfg.accumulate_steps, False, cfg.seed,
+                                                  0, cfg.repeated_aug, world) for b in g)
+        source = (f"the {drawn} images an epoch draws with repeated_aug={cfg.repeated_aug} (timm's sampler keeps a "
+                  f"multiple of 256 of the {len(train_ds)} training images)" if cfg.repeated_aug > 1
+                  else f"the {len(train_ds)} training images")
         raise ConfigError(f"an effective batch of {cfg.effective_batch_size} images (batch_size {cfg.batch_size} x "
-                          f"accumulate_steps {cfg.accumulate_steps}) exceeds the {len(train_ds)} training images "
-                          f"(with drop_last=True no batch is left)")
+                          f"accumulate_steps {cfg.accumulate_steps}) exceeds {source}"
+                          + (" (with drop_last=True no batch is left)" if cfg.drop_last else ""))
     steps_per_epoch = min(n_steps, cfg.max_steps_per_epoch or n_steps)
     cfg.check_schedule_length()
     if cfg.mixup or cfg.cutmix:
