@@ -20,6 +20,29 @@ def run(mode: str = "plain", out: Path | None = None) -> dict:
         data = sl.data.load("digits", image_size=8, augment="crop_flip")
         model = sl.models.create("lenet_300_100", num_classes=10, image_size=8)
         history = sl.fit(model, data, device="cpu", **FIT_OPTIONS)
+    elif mode == "resume":  # "plain", interrupted mid-epoch after a checkpoint at step 2, then resumed
+        from sparselab.callbacks import Callback
+
+        class Crash(Callback):
+            def __init__(self, at: int | None = 3):
+                self.at = at
+
+            def after_step(self, state):
+                if state.step == self.at:
+                    raise RuntimeError("simulated crash")
+
+        data = sl.data.load("digits", image_size=8, augment="crop_flip")
+        folder = out / "checkpoint"
+        model = sl.models.create("lenet_300_100", num_classes=10, image_size=8)
+        try:
+            sl.fit(model, data, device="cpu", callbacks=[Crash()], checkpoint_dir=folder, checkpoint_every=2,
+                   **FIT_OPTIONS)
+        except RuntimeError:
+            pass
+        torch.manual_seed(1)
+        model = sl.models.create("lenet_300_100", num_classes=10, image_size=8)
+        history = sl.fit(model, data, device="cpu", callbacks=[Crash(None)], checkpoint_dir=folder,
+                         checkpoint_every=2, resume=True, **FIT_OPTIONS)
     elif mode == "repeat":  # timm's repeated augmentation and gradient accumulation
         data = sl.data.load("digits", image_size=8, augment="crop_flip")
         model = sl.models.create("lenet_300_100", num_classes=10, image_size=8)

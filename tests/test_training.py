@@ -283,6 +283,22 @@ def test_two_process_ddp_matches_one_process(tmp_path):
     assert (multi.value - one.value).abs().max() < 1e-4
 
 
+@pytest.mark.slow
+def test_a_two_process_run_resumed_mid_epoch_logs_what_the_uninterrupted_run_logs(tmp_path):
+    """The epoch's running sums are each process's own: the checkpoint keeps all of them (was: process 0's,
+    restored into every process, so the epoch's loss and accuracy counted process 0's images twice)."""
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "resume").mkdir()
+    plain, _ = run_two_processes("plain", tmp_path / "plain")
+    resumed, _ = run_two_processes("resume", tmp_path / "resume")
+    for k, v in plain["model"].items():
+        assert torch.equal(resumed["model"][k], v), k
+    a = sl.History.from_state_dict(plain["history"]).metrics
+    b = sl.History.from_state_dict(resumed["history"]).metrics
+    assert a[["step", "epoch", "split", "name"]].equals(b[["step", "epoch", "split", "name"]])
+    assert ((a.value - b.value).abs() <= 1e-12 * a.value.abs().clip(lower=1)).all(), (a.value - b.value).abs().max()
+
+
 def test_mixup_and_cutmix_train_and_resume_exactly(digits, tmp_path):
     opts = dict(epochs=2, batch_size=64, max_steps_per_epoch=3, progress=False, mixup=0.8, cutmix=1.0,
                 label_smoothing=0.1)

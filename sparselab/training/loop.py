@@ -365,9 +365,14 @@ def fit(model: nn.Module, data: DataBundle, epochs: int | None = None, pruner: P
         _check_finite_weights(model, state.step, ckpt_path)
         if ckpt_path is None:
             return
+        progress = dataclasses.asdict(loop)
+        # the running sums are this process's own: the checkpoint keeps those of all processes (a resume restores
+        # them on process 0 alone, so that the epoch's all-reduce counts each image once)
+        for key in ("window", "train"):
+            progress[key] = dist_utils.all_reduce_sum(torch.tensor(progress[key], dtype=torch.float64)).tolist()
         if rank == 0:
             atomic_save({
-                "format": FORMAT, "config": cfg.fingerprint(), "loop": dataclasses.asdict(loop), "step": state.step,
+                "format": FORMAT, "config": cfg.fingerprint(), "loop": progress, "step": state.step,
                 "data": data.fingerprint(), "plugin_configs": [p.config() for p in plugins],
                 "architecture": architecture, "runtime": runtime,
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
@@ -423,6 +428,8 @@ def fit(model: nn.Module, data: DataBundle, epochs: int | None = None, pruner: P
         if ck["rng"]["cuda"] is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(ck["rng"]["cuda"])
         loop.__dict__.update(dataclasses.asdict(LoopProgress(**ck["loop"])))  # a checkpoint without "skipped" too
+        if rank != 0:  # the checkpoint's running sums are of all processes; process 0 carries them on
+            loop.window, loop.train = [0.0, 0.0], [0.0, 0.0, 0.0]
         state.step = ck["step"]
         _load_hook_state(state, ck.get("hook_state"))
 
