@@ -45,3 +45,21 @@ def test_p3b_refuses_to_be_fitted_on_another_model_whatever_its_allocation(alloc
     pruner = sl.P3B(nano(), 0.5, allocation=allocation)
     with pytest.raises(ConfigError, match="another model"):  # was (uniform, global): masks on the untrained model
         sl.fit(nano(seed=1), data, pruner=pruner, epochs=1, batch_size=32, progress=False)
+
+
+def test_a_compact_model_is_not_cut_from_soft_gates(tmp_path):
+    model = nano()
+    pruner = sl.P3B(model, 0.5, allocation="uniform")
+    key = next(iter(pruner.gates.values))
+    with torch.no_grad():
+        pruner.gates.values[key][0] = 0.7  # soft, as during sparsification before the masks are made hard
+    with pytest.raises(ConfigError, match="1 gate values lie strictly between 0 and 1"):
+        pruner.compact()  # was: cut at 0.5, another function than the gated model's
+    with pytest.raises(ConfigError, match="save_compact"):
+        pruner.save_compact(tmp_path / "compact")
+    with torch.no_grad():
+        pruner.gates.values[key][0] = 0.0
+    pruner.gates.enabled = True  # the gated model computes with the hard gate
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.allclose(pruner.compact().eval()(x), model.eval()(x), atol=1e-5)

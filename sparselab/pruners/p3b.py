@@ -497,7 +497,17 @@ class P3B(Pruner):
         faster CPU inference (see :func:`sparselab.structure.compact_vit`)."""
         from ..structure.compact import compact_vit
 
+        self._check_hard_gates("compact()")
         return compact_vit(self.structure.model, self.hard_masks(), pad_to=pad_to, qkv_unit=self.structure.qkv_unit)
+
+    def _check_hard_gates(self, what: str) -> None:
+        """Refuse to cut a compact model while gates are soft: cut at 0.5, it would not compute what the gated
+        model that was trained and evaluated computes."""
+        soft = sum(int(((v > 0) & (v < 1)).sum()) for v in self.gates.values.values())
+        if soft:
+            raise ConfigError(f"{what}: {soft} gate values lie strictly between 0 and 1, so a compact model would not "
+                              f"compute what the gated model computes; P3B makes its masks hard at the end of epoch "
+                              f"{self.schedule.finalize} (schedule.finalize): train through it first")
 
     def save_compact(self, directory, model: nn.Module | None = None, pad_to: int = 1):
         """Save the compact model (``model``, e.g. after fine-tuning, or a fresh :meth:`compact`; built with the
@@ -505,6 +515,7 @@ class P3B(Pruner):
         :func:`sparselab.structure.load_compact` reads it back."""
         from ..structure.compact import compact_spec, save_compact
 
+        self._check_hard_gates("save_compact()")
         spec = compact_spec(self.structure.model, self.hard_masks(), pad_to=pad_to, qkv_unit=self.structure.qkv_unit)
         return save_compact(model if model is not None else self.compact(pad_to), spec, directory)
 
