@@ -60,7 +60,7 @@ def test_a_diagnosis_of_other_code_than_the_p3b_table_is_not_paired_with_it():
     tables = {"p3b_cpu-full": p3b, "p3b_cpu-full_diagnosis": diag}
     text = report.results_markdown(lambda name: tables.get(name, pd.DataFrame()))
     assert "P3B trails: l1 at 90 %" in text  # from the P3B table alone
-    assert "the diagnosis holds rows of code the P3B table does not (old)" in text
+    assert "the diagnosis holds rows of code the P3B table does not (old)" in text and "--fresh" in text
     assert "p3b_long_windows − p3b" not in text  # was: old variants paired with new P3B runs
     tables["p3b_cpu-full_diagnosis"] = diag.assign(**{CODE_COLUMN: "new"})
     text = report.results_markdown(lambda name: tables.get(name, pd.DataFrame()))

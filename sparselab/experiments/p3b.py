@@ -120,6 +120,10 @@ class P3BPreset:
         for m in self.methods:
             if m not in METHODS:
                 raise unknown_name("method", m, METHODS)
+        if "dense" in self.methods:
+            raise ConfigError(f"preset {self.name!r} lists 'dense' among its methods; dense fine-tuning is the "
+                              f"reference every comparison runs once per seed (compare's include_dense), not a method "
+                              f"of a prune ratio")
         for r in self.prune_ratios:
             check_ratio("prune_ratio", r)
 
@@ -422,6 +426,9 @@ def compare(preset: P3BPreset, methods: Sequence[str] | None = None, prune_ratio
     for m in methods:
         if m not in METHODS:
             raise unknown_name("method", m, METHODS)
+    if "dense" in methods:  # it would run once per prune ratio, each recorded at ratio 0
+        raise ConfigError("compare runs dense fine-tuning once per seed itself (include_dense=True, at prune ratio "
+                          "0); leave 'dense' out of methods")
     jobs = [("dense", 0.0, s) for s in seeds] if include_dense else []
     jobs += [(m, r, s) for r in ratios for m in methods for s in seeds]
     recorded = _read_record(record, preset) if record is not None else pd.DataFrame()
@@ -476,6 +483,7 @@ def _read_record(path: str | Path, preset: Any, setting: str = "prune_ratio") ->
     import warnings
 
     path = Path(path)
+    code_version()  # read now, before any run: the rows then name the code this process started with
     if not path.exists():
         return pd.DataFrame()
     table = pd.read_csv(path)
