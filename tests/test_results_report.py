@@ -65,3 +65,14 @@ def test_a_diagnosis_of_other_code_than_the_p3b_table_is_not_paired_with_it():
     tables["p3b_cpu-full_diagnosis"] = diag.assign(**{CODE_COLUMN: "new"})
     text = report.results_markdown(lambda name: tables.get(name, pd.DataFrame()))
     assert "p3b_long_windows − p3b at 90 %" in text and "holds rows of code" not in text
+
+
+def test_the_selection_text_states_the_recorded_ratio_and_thresholds():
+    row = {"candidate": "cpu-x", "data": "digits", "model": "m", "ratio": 0.75, "seeds": 5, "dense_mean": 0.9,
+           "dense_std": 0.004, "uniform_mean": 0.85, "loss": 0.05, "loss_low": 0.03, "loss_high": 0.07,
+           "qualifies": True, "min_loss": 0.02, "max_dense_std": 0.005}
+    tables = {"setting_selection": pd.DataFrame([row])}
+    text = report.results_markdown(lambda name: tables.get(name, pd.DataFrame()))
+    # was: "uniform allocation at 90 % must lose ≥ 3 points" whatever the rows recorded
+    assert "uniform allocation at 75 % must lose ≥ 2 points" in text and "below 0.5 points" in text
+    assert "| 85.00 at 75 % |" in text and "90 %" not in text

@@ -21,7 +21,7 @@ from .committed import RESULTS, committed_results
 from .diagnosis import diagnosis_summary
 from .findings import art_findings, late_convergence_findings, p3b_findings
 from .provenance import versions_note
-from .selection import qualified
+from .selection import RULE, qualified
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 FIGURES = "docs/results/figures"
@@ -112,16 +112,31 @@ def _spread(mean: object, spread: tuple, digits: int, text: Callable[..., str], 
     return text(m * 100, *(v * 100 for v in s))
 
 
+def _recorded(selection: pd.DataFrame, column: str, default: float, scale: float = 1.0) -> str:
+    """The value(s) of a rule threshold the selection rows recorded (``default``, the rule's, where no row has
+    the column), scaled and joined by " / " where rows differ."""
+    values = selection[column].dropna().unique().tolist() if column in selection.columns else []
+    return " / ".join(f"{float(v) * scale:g}" for v in (values or [default]))
+
+
+def _selection_rule(selection: pd.DataFrame) -> str:
+    return (f"over ≥ {RULE.min_seeds} seeds, uniform allocation at {_recorded(selection, 'ratio', 0.9, 100)} % "
+            f"must lose ≥ {_recorded(selection, 'min_loss', RULE.min_loss, 100)} points against dense fine-tuning "
+            f"while dense fine-tuning's seed std stays below "
+            f"{_recorded(selection, 'max_dense_std', RULE.max_dense_std, 100)} points")
+
+
 def _selection(selection: pd.DataFrame) -> str:
-    lines = ["| candidate | target | dense (%) ± std | uniform at 90 % (%) | loss (points) [95 % CI] | qualifies |",
+    lines = ["| candidate | target | dense (%) ± std | uniform (%) | loss (points) [95 % CI] | qualifies |",
              "|---|---|---|---|---|---|"]
     for (_, r), qualifies in zip(selection.iterrows(), qualified(selection)):
         dense = _spread(r.dense_mean, (r.dense_std,), 2, lambda m, s: f"{m:.2f} ± {s:.2f}", "no std")
         uniform = _finite(r.uniform_mean)
         loss = _spread(r.loss, (r.loss_low, r.loss_high), 1, lambda m, lo, hi: f"{m:.1f} [{lo:.1f}, {hi:.1f}]",
                        "no interval")
+        at = f" at {float(r.ratio) * 100:g} %" if "ratio" in selection.columns and pd.notna(r.ratio) else ""
         lines.append(f"| `{r.candidate}` | {r.data} | {dense} | "
-                     f"{'not measured' if uniform is None else f'{uniform * 100:.2f}'} | {loss} | "
+                     f"{'not measured' if uniform is None else f'{uniform * 100:.2f}{at}'} | {loss} | "
                      f"{'**yes**' if qualifies else 'no'} |")
     return "\n".join(lines)
 
@@ -143,8 +158,7 @@ def results_markdown(results: Callable[[str], pd.DataFrame] = committed_results,
     selection = _table(results, "setting_selection")
     if len(selection):
         parts += ["**The CPU setting**, chosen by a rule fixed before any method comparison "
-                  "(`sparselab.experiments.selection`): over ≥ 5 seeds, uniform allocation at 90 % must lose ≥ 3 "
-                  "points against dense fine-tuning while dense fine-tuning's seed std stays below 0.5 points; "
+                  f"(`sparselab.experiments.selection`): {_selection_rule(selection)}; "
                   "the first candidate that qualifies is the setting of the `cpu` and `cpu-full` scales.", "",
                   _selection(selection), ""]
     p3b = _table(results, "p3b_cpu-full")
