@@ -28,3 +28,24 @@ def test_dense_is_refused_as_a_method_of_a_comparison_or_a_preset(tmp_path, monk
     assert not (tmp_path / "r.csv").exists()
     with pytest.raises(ConfigError, match="lists 'dense' among its methods"):
         p3b.p3b_preset("tiny", methods=("p3b", "dense"))
+
+
+def test_an_art_record_is_not_continued_from_another_warm_up(tmp_path):
+    import pandas as pd
+
+    from sparselab.experiments import art
+
+    preset = art.art_preset("tiny")
+    record = tmp_path / "art.csv"
+    art.compare(preset, methods=["gmp"], sparsities=[0.9], seeds=[0], record=record, progress=False)
+    table = pd.read_csv(record)
+    # as if seed 0's runs had come from another warm-up, with one of its runs still to do
+    table.loc[table.method == "dense", "acc"] += 0.01
+    table[table.method != "gmp"].to_csv(record, index=False)
+    with pytest.raises(ConfigError, match="the warm-up of seed 0 reaches test accuracy"):
+        art.compare(preset, methods=["gmp"], sparsities=[0.9], seeds=[0], record=record, progress=False)
+    # the record as it was made continues
+    table.loc[table.method == "dense", "acc"] -= 0.01
+    table[table.method != "gmp"].to_csv(record, index=False)
+    again, _ = art.compare(preset, methods=["gmp"], sparsities=[0.9], seeds=[0], record=record, progress=False)
+    assert set(again.method) == {"dense", "gmp"}

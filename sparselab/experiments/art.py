@@ -421,6 +421,7 @@ def compare(preset: ARTPreset, methods: Sequence[str] | None = None, sparsities:
             continue
         data = data if data is not None else load_data(preset)
         warm = warm_start(preset, seed, data, progress=False)
+        _check_same_warm_up(done.get(("dense", 0.0, seed)), warm, seed)
         for m, s in jobs:
             if (m, float(s), seed) in done:
                 rows.append({k: v for k, v in done[(m, float(s), seed)].items() if k not in ("Index", "preset")})
@@ -440,6 +441,21 @@ def compare(preset: ARTPreset, methods: Sequence[str] | None = None, sparsities:
             bar.update(1)
     bar.close()
     return pd.DataFrame(rows), runs
+
+
+def _check_same_warm_up(dense_row: dict | None, warm: WarmStart, seed: int) -> None:
+    """Refuse to continue a seed whose recorded runs started from another warm-up than the one just run (other
+    threads, library versions or code): each method of a seed is paired with the others as starting from the same
+    dense model, which the recorded dense row's test accuracy stands for."""
+    if dense_row is None:
+        return
+    recorded, now = float(dense_row["acc"]), float(warm.history.last("acc", "test"))
+    if (math.isnan(recorded) and math.isnan(now)) or math.isclose(recorded, now, rel_tol=1e-12, abs_tol=1e-12):
+        return
+    raise ConfigError(f"the warm-up of seed {seed} reaches test accuracy {now:.6f}, but the record's dense row of "
+                      f"that seed holds {recorded:.6f}: the runs recorded for seed {seed} started from another "
+                      f"warm-up (other threads, library versions or code), and new runs would be paired with them as "
+                      f"if from the same one; continue the record where it was made, or start it again")
 
 
 def majority_share(dataset) -> float | None:
