@@ -1,12 +1,14 @@
 """The README's results section is what scripts/results_report.py writes from the committed result files."""
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
+from sparselab.errors import ConfigError
 from sparselab.experiments import report
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,3 +78,23 @@ def test_the_selection_text_states_the_recorded_ratio_and_thresholds():
     # was: "uniform allocation at 90 % must lose ≥ 3 points" whatever the rows recorded
     assert "uniform allocation at 75 % must lose ≥ 2 points" in text and "below 0.5 points" in text
     assert "| 85.00 at 75 % |" in text and "90 %" not in text
+
+
+def test_the_text_alone_is_not_written_beside_figures_of_other_numbers(tmp_path):
+    tables = {"p3b_cpu-full": pd.DataFrame({"method": ["p3b", "uniform"], "prune_ratio": 0.5, "seed": 0,
+                                            "acc": [0.9, 0.8]})}
+    results = lambda name: tables.get(name, pd.DataFrame())  # noqa: E731
+    with pytest.raises(ConfigError, match="not drawn from the result tables p3b_cpu-full"):
+        report.check_figures_current(tmp_path, results)  # no record of what the figures show
+    (tmp_path / report.FIGURE_SOURCES).write_text(json.dumps(report.figure_sources(results)))
+    report.check_figures_current(tmp_path, results)
+    tables["p3b_cpu-full"] = tables["p3b_cpu-full"].assign(acc=[0.91, 0.8])
+    with pytest.raises(ConfigError, match="p3b_cpu-full"):  # was: new text beside the old figures
+        report.check_figures_current(tmp_path, results)
+
+
+def test_a_paired_figure_is_linked_only_where_one_is_drawn():
+    tables = {"p3b_cpu-full": pd.DataFrame({"method": "p3b", "prune_ratio": 0.5, "seed": [0, 1],
+                                            "acc": [0.9, 0.8]})}
+    text = report.results_markdown(lambda name: tables.get(name, pd.DataFrame()))
+    assert "p3b_accuracy.png" in text and "p3b_paired.png" not in text  # one method: no pair to draw

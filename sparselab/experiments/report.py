@@ -8,6 +8,8 @@ Example:
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import os
 from pathlib import Path
@@ -15,6 +17,7 @@ from typing import Callable
 
 import pandas as pd
 
+from ..atomic import atomic_write
 from ..errors import ConfigError
 from ..stats import mean_ci, paired_against_all, refuse_repeated_runs
 from .committed import RESULTS, committed_results
@@ -141,6 +144,11 @@ def _selection(selection: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def _paired_link(table: pd.DataFrame, method: str, setting: str, link: str) -> list[str]:
+    """The paired-differences figure's link, where :func:`result_figures` draws one (some pair to show)."""
+    return [link, ""] if len(paired_against_all(table, method, setting=setting)) else []
+
+
 def _bullets(lines: list[str]) -> str:
     return "\n".join(f"- {line}" for line in lines)
 
@@ -169,7 +177,8 @@ def results_markdown(results: Callable[[str], pd.DataFrame] = committed_results,
                   f"{versions_note(p3b)}):", "",
                   _matrix(p3b, "prune_ratio", P3B_NAMES), "",
                   f"![P3B accuracy against prune ratio]({figures}/p3b_accuracy.png)", "",
-                  f"![P3B minus each other method, paired by seed]({figures}/p3b_paired.png)", "",
+                  *_paired_link(p3b, "p3b", "prune_ratio", f"![P3B minus each other method, paired by seed]"
+                                f"({figures}/p3b_paired.png)"),
                   "Findings (`sparselab.experiments.findings.p3b_findings`):", "", _bullets(p3b_findings(p3b)), ""]
         diag = _table(results, "p3b_cpu-full_diagnosis")
         summary = [line for line in diagnosis_summary(p3b, diag) if line]
@@ -193,7 +202,8 @@ def results_markdown(results: Callable[[str], pd.DataFrame] = committed_results,
                   f"with η² / √η per epoch; `docs/results/art_cpu-full.csv`, {versions_note(art)}):", "",
                   _matrix(art, "sparsity"), "",
                   f"![ART accuracy against sparsity]({figures}/art_accuracy.png)", "",
-                  f"![HyperSparse minus each other method, paired by seed]({figures}/art_paired.png)", "",
+                  *_paired_link(art, "hypersparse", "sparsity", f"![HyperSparse minus each other method, paired "
+                                f"by seed]({figures}/art_paired.png)"),
                   "Findings (`sparselab.experiments.findings.art_findings`; for the two schedule ablations "
                   "*supports* means the paper's schedule keeps more accuracy):", "", _bullets(art_findings(art)), ""]
     return "\n".join(parts).rstrip() + "\n"
@@ -238,8 +248,35 @@ def write_report(readme: Path, figures_dir: Path | None = RESULTS / "figures") -
     from ..plots import export_figures
 
     readme = Path(readme)
+    if figures_dir is None:
+        check_figures_current(RESULTS / "figures")
     figures = FIGURES if figures_dir is None else Path(
         os.path.relpath(Path(figures_dir).resolve(), readme.resolve().parent)).as_posix()
-    readme.write_text(replace_section(readme.read_text(), results_markdown(figures=figures)))
-    if figures_dir is not None:
+    section = replace_section(readme.read_text(), results_markdown(figures=figures))
+    if figures_dir is not None:  # the figures first: a failed export leaves the README as it was
         export_figures(result_figures(), figures_dir, formats=("png",))
+        sources = json.dumps(figure_sources(), indent=1) + "\n"
+        atomic_write(Path(figures_dir) / FIGURE_SOURCES, lambda tmp: Path(tmp).write_text(sources))
+    readme.write_text(section)
+
+
+#: the file beside the figures that names the result tables they were drawn from (a hash of each)
+FIGURE_SOURCES = "made_from.json"
+
+
+def figure_sources(results: Callable[[str], pd.DataFrame] = committed_results) -> dict[str, str]:
+    """A hash of each result table the figures are drawn from (:func:`result_figures`), by name."""
+    return {name: hashlib.sha256(_table(results, name).to_csv(index=False).encode()).hexdigest()[:16]
+            for name in ("p3b_cpu-full", "art_cpu-full")}
+
+
+def check_figures_current(folder: Path, results: Callable[[str], pd.DataFrame] = committed_results) -> None:
+    """Refuse to link the figures in ``folder`` when they were drawn from other result tables than ``results``
+    holds now (or it does not say which): the text would then stand beside figures of other numbers."""
+    path = Path(folder) / FIGURE_SOURCES
+    made_from = json.loads(path.read_text()) if path.is_file() else {}
+    changed = [name for name, digest in figure_sources(results).items() if made_from.get(name) != digest]
+    if changed:
+        raise ConfigError(f"the figures in {folder} were not drawn from the result tables {', '.join(changed)} as "
+                          f"they are now ({path.name} says otherwise, or is missing): write the section with its "
+                          f"figures (scripts/results_report.py without --no-figures)")
