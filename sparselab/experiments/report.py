@@ -264,13 +264,19 @@ def write_report(readme: Path, figures_dir: Path | None = RESULTS / "figures") -
 FIGURE_SOURCES = "made_from.json"
 
 
-def figure_sources(results: Callable[[str], pd.DataFrame] = committed_results) -> dict[str, str]:
-    """A hash of each result table the figures are drawn from (:func:`result_figures`), by name."""
-    return {name: hashlib.sha256(_table(results, name).to_csv(index=False).encode()).hexdigest()[:16]
-            for name in ("p3b_cpu-full", "art_cpu-full")}
+def figure_sources(results: Callable[[str], pd.DataFrame] | None = None) -> dict[str, str]:
+    """A hash of each result table the figures are drawn from (:func:`result_figures`), by name: of the committed
+    file's bytes (None: ``absent``), or of ``results(name)`` as CSV text where ``results`` is given."""
+    def content(name: str) -> bytes:
+        if results is not None:
+            return _table(results, name).to_csv(index=False).encode()
+        path = RESULTS / f"{name}.csv"
+        return path.read_bytes() if path.is_file() else b"absent"
+
+    return {name: hashlib.sha256(content(name)).hexdigest()[:16] for name in ("p3b_cpu-full", "art_cpu-full")}
 
 
-def check_figures_current(folder: Path, results: Callable[[str], pd.DataFrame] = committed_results) -> None:
+def check_figures_current(folder: Path, results: Callable[[str], pd.DataFrame] | None = None) -> None:
     """Refuse to link the figures in ``folder`` when they were drawn from other result tables than ``results``
     holds now (or it does not say which): the text would then stand beside figures of other numbers."""
     path = Path(folder) / FIGURE_SOURCES
