@@ -305,8 +305,8 @@ def diagnosis_summary(table: pd.DataFrame, diag: pd.DataFrame) -> list[str]:
     if other:  # its variants would be paired with P3B and baseline runs of other code
         return lines + [f"the diagnosis holds rows of code the P3B table does not ({', '.join(sorted(other))}): its "
                         f"variants are not paired with runs of another version, so it is not computed here; "
-                        f"`scripts/run_statistics.py --only diagnosis --fresh` records it again (the old record "
-                        f"moved aside)"]
+                        f"record both with the same code (`scripts/run_statistics.py --only p3b --fresh`, then "
+                        f"`--only diagnosis --fresh`)"]
     done = set(diagnosed_pairs(diag)) if not diag.empty else set()
     for b, r in diagnosed_pairs(diag) if not diag.empty else []:
         lines += [""] + diagnosis_findings(table, diag, b, r) + diagnosis_conclusions(table, diag, b, r)
