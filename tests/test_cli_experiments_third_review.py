@@ -158,3 +158,22 @@ def test_every_figure_drawn_bears_a_name_the_figures_folder_knows(drawn):
     merged = History.concat([_pruned("p3b-50-s0", benefit=True), art])
     drawn_names = set(history_figures(merged, run="p3b-50-s0")) | set(history_figures(merged, run=art.meta["run"]))
     assert drawn_names == set(FIGURE_NAMES)
+
+
+def test_p3b_save_results_keeps_the_compact_fine_tune_histories(tmp_path):
+    from sparselab.experiments.outputs import HISTORIES_FILE
+    from sparselab.experiments.p3b import save_results
+
+    pruning, finetune = History(meta={"run": "uniform-50-s0"}), History()
+    pruning.log_metrics({"acc": 0.8}, step=1, epoch=0, split="test")
+    finetune.log_metrics({"acc": 0.9}, step=1, epoch=0, split="test")
+    run = SimpleNamespace(history=pruning, finetune_history=finetune, pruner=None, seed=0, method="uniform",
+                          prune_ratio=0.5)
+    dense = SimpleNamespace(history=History(meta={"run": "dense-s0"}), finetune_history=None, pruner=None, seed=0,
+                            method="dense", prune_ratio=0.0)
+    dense.history.log_metrics({"acc": 0.95}, step=1, epoch=0, split="test")
+    save_results(tmp_path, pd.DataFrame({"method": ["uniform"], "acc": [0.9]}), [dense, run])
+    saved = History.load(tmp_path / HISTORIES_FILE).metrics
+    # was: the pruning Histories only, not the fine-tune the table's acc comes from
+    assert set(saved.run) == {"dense-s0", "uniform-50-s0", "uniform-50-s0-finetune"}
+    assert saved[saved.run == "uniform-50-s0-finetune"].value.tolist() == [0.9]

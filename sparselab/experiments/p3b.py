@@ -585,7 +585,8 @@ def latency_table(runs: Sequence[P3BRun], data, batch_sizes: Sequence[int] = (1,
 
 def save_results(out_dir, table: pd.DataFrame, runs: Sequence[P3BRun]) -> dict[str, str]:
     """Write the results table (CSV), all Histories merged (JSON Lines; :func:`~sparselab.experiments.outputs.
-    save_run_files`) and each pruned method's first compact model (JSON spec + safetensors) under ``out_dir``;
+    save_run_files`; each run's pruning History as ``{run}``, its compact fine-tune as ``{run}-finetune``) and
+    each pruned method's first compact model (JSON spec + safetensors) under ``out_dir``;
     returns the paths written. A compact model an earlier call left under ``out_dir/compact`` (a folder with a
     ``spec.json``) that these runs do not write is removed, so that every compact model there belongs to
     ``table``."""
@@ -595,8 +596,15 @@ def save_results(out_dir, table: pd.DataFrame, runs: Sequence[P3BRun]) -> dict[s
     from .outputs import save_run_files
 
     out = Path(out_dir)
-    paths = save_run_files(out, table, [r.history for r in runs], runs=[str(r.history.meta.get("run", i))
-                                                                        for i, r in enumerate(runs)])
+    histories, names = [], []
+    for i, r in enumerate(runs):  # the compact model's fine-tune too: the table's acc is measured there
+        name = str(r.history.meta.get("run", i))
+        histories.append(r.history)
+        names.append(name)
+        if getattr(r, "finetune_history", None) is not None:
+            histories.append(r.finetune_history)
+            names.append(f"{name}-finetune")
+    paths = save_run_files(out, table, histories, runs=names)
     written = set()
     for r in runs:
         if r.pruner is not None and r.seed == runs[0].seed:
