@@ -119,3 +119,16 @@ def test_too_large_a_batch_with_repeated_augmentation_names_the_images_an_epoch_
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
     with pytest.raises(sl.errors.ConfigError, match=r"exceeds the \d+ images an epoch draws with repeated_aug=3"):
         sl.fit(model, data, epochs=1, batch_size=len(data.train) + 8, repeated_aug=3, progress=False)
+
+
+def test_a_fresh_fit_into_a_folder_with_a_checkpoint_says_it_replaces_it(tmp_path):
+    data = sl.data.load("digits", image_size=8, limit=64)
+
+    def net():
+        torch.manual_seed(0)
+        return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+
+    sl.fit(net(), data, epochs=1, batch_size=32, checkpoint_dir=tmp_path, progress=False)
+    assert (tmp_path / "last.pt").is_file()
+    with pytest.warns(RuntimeWarning, match="holds the checkpoint of an earlier run; resume=False starts afresh"):
+        sl.fit(net(), data, epochs=1, batch_size=32, checkpoint_dir=tmp_path, progress=False)  # was: silent

@@ -258,6 +258,7 @@ def fit(model: nn.Module, data: DataBundle, epochs: int | None = None, pruner: P
         checkpoint_dir: where ``last.pt`` is written (atomically) after every epoch and every
             ``checkpoint_every`` steps; Ctrl-C then stops after the current step and checkpoints first.
         resume: continue from ``checkpoint_dir/last.pt`` if it exists; the result equals an uninterrupted run.
+            Without it, an existing ``last.pt`` is replaced at the first checkpoint (with a warning).
         progress: show a progress bar (terminal or notebook).
         grad_scaler: a ``torch.amp.GradScaler`` to use instead of the automatic one (float16 autocast on CUDA
             gets one by itself); hooks see its scale in ``state.grad_scale`` and skipped steps in
@@ -385,6 +386,10 @@ def fit(model: nn.Module, data: DataBundle, epochs: int | None = None, pruner: P
             }, ckpt_path)
         dist_utils.barrier()
 
+    if not resume and ckpt_path is not None and ckpt_path.exists() and rank == 0:
+        warnings.warn(f"{ckpt_path} holds the checkpoint of an earlier run; resume=False starts afresh and replaces it "
+                      f"at the first checkpoint (pass resume=True to continue that run instead)", RuntimeWarning,
+                      stacklevel=2)
     if resume and ckpt_path.exists():
         ck = load_checkpoint(ckpt_path)
         if ck.get("format") != FORMAT:
