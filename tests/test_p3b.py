@@ -375,8 +375,11 @@ def test_a_block_whose_benefit_rises_after_pruning_gets_its_elements_back():
     assert goal[-1] > goal[1]
 
 
-def test_p3b_resumes_exactly(digits, tmp_path):
-    ref_model = nano()
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_p3b_resumes_exactly(digits, tmp_path, dtype):
+    """In float64 too: the probe heads are made in float32 and must take the model's dtype before a resume loads
+    their weights and optimizer state (was: float32 state for float64 probes, a failed step)."""
+    ref_model = nano().to(dtype)
     ref_pruner = sl.P3B(ref_model, 0.5, schedule=SCHED, patch_probe="conv1")
     ref = sl.fit(ref_model, digits, pruner=ref_pruner, seed=1, **FIT)
 
@@ -385,7 +388,7 @@ def test_p3b_resumes_exactly(digits, tmp_path):
             if state.step == 7:
                 raise RuntimeError("boom")
 
-    model = nano()
+    model = nano().to(dtype)
     with pytest.raises(RuntimeError, match="boom"):
         sl.fit(model, digits, pruner=sl.P3B(model, 0.5, schedule=SCHED, patch_probe="conv1"), callbacks=[Crash()],
                checkpoint_dir=tmp_path, checkpoint_every=3, seed=1, **FIT)
@@ -394,7 +397,7 @@ def test_p3b_resumes_exactly(digits, tmp_path):
         pass
 
     NoCrash.__name__ = "Crash"  # same callback list as the interrupted run
-    model2 = nano(seed=5)
+    model2 = nano(seed=5).to(dtype)
     pruner2 = sl.P3B(model2, 0.5, schedule=SCHED, patch_probe="conv1")
     resumed = sl.fit(model2, digits, pruner=pruner2, callbacks=[NoCrash()], checkpoint_dir=tmp_path, resume=True,
                      seed=1, **FIT)

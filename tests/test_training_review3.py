@@ -1,52 +1,17 @@
-"""Training: a resumed P3B run whose probes the pruner moves or casts after the optimizer state is loaded, and
-checks of a fit's options that used to surface only after an epoch's work, or not at all."""
+"""Training: checks of a fit's options that used to surface only after an epoch's work, or not at all."""
 from __future__ import annotations
 
 import pytest
 import torch
-from conftest import nano_vit as nano
+from test_training_review import Crash
 
 import sparselab as sl
 from sparselab.callbacks import Callback
-
-SCHED = sl.P3BSchedule(warmup=1, sparsify=2, finalize=3, updates_per_epoch=2)
-FIT = dict(epochs=3, batch_size=64, lr=1e-3, progress=False, max_steps_per_epoch=4)
 
 
 @pytest.fixture(scope="module")
 def digits():
     return sl.data.load("digits", image_size=28, limit=320)
-
-
-class Crash(sl.Pruner):
-    def after_step(self, state):
-        if state.step == 7:
-            raise RuntimeError("boom")
-
-
-def test_a_float64_p3b_run_resumes_exactly(digits, tmp_path):
-    """The probe heads are made in float32 and cast to the model's dtype when the fit starts, after a resume has
-    loaded their optimizer state: that state must follow them (was: float32 state for float64 probes)."""
-    ref_model = nano().double()
-    ref_pruner = sl.P3B(ref_model, 0.5, schedule=SCHED, patch_probe="conv1")
-    ref = sl.fit(ref_model, digits, pruner=ref_pruner, seed=1, **FIT)
-
-    model = nano().double()
-    with pytest.raises(RuntimeError, match="boom"):
-        sl.fit(model, digits, pruner=sl.P3B(model, 0.5, schedule=SCHED, patch_probe="conv1"), callbacks=[Crash()],
-               checkpoint_dir=tmp_path, checkpoint_every=3, seed=1, **FIT)
-
-    class NoCrash(sl.Pruner):
-        pass
-
-    NoCrash.__name__ = "Crash"  # same callback list as the interrupted run
-    model2 = nano(seed=5).double()
-    pruner2 = sl.P3B(model2, 0.5, schedule=SCHED, patch_probe="conv1")
-    resumed = sl.fit(model2, digits, pruner=pruner2, callbacks=[NoCrash()], checkpoint_dir=tmp_path, resume=True,
-                     seed=1, **FIT)
-    for a, b in zip(ref_model.state_dict().values(), model2.state_dict().values()):
-        assert torch.equal(a, b)
-    assert resumed.to_pandas()["blocks"].equals(ref.to_pandas()["blocks"])
 
 
 def test_an_lr_milestone_past_the_last_epoch_is_refused_where_it_is_given():
@@ -66,15 +31,6 @@ def test_an_lr_milestone_past_the_last_epoch_is_refused_where_it_is_given():
 
 
 
-class CrashAt(Callback):
-    def __init__(self, at):
-        self.at = at
-
-    def after_step(self, state):
-        if state.step == self.at:
-            raise RuntimeError("simulated crash")
-
-
 def _dropout_net(seed: int) -> torch.nn.Module:
     torch.manual_seed(seed)
     return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 32), torch.nn.Dropout(0.5),
@@ -91,13 +47,13 @@ def test_a_mid_epoch_resume_of_image_files_with_dropout_is_exact(tmp_path):
     ref = _dropout_net(0)
     sl.fit(ref, data, **opts)
     with pytest.raises(RuntimeError, match="simulated crash"):
-        sl.fit(_dropout_net(0), data, callbacks=[CrashAt(3)], checkpoint_dir=tmp_path / "ck", checkpoint_every=2,
+        sl.fit(_dropout_net(0), data, callbacks=[Crash(3)], checkpoint_dir=tmp_path / "ck", checkpoint_every=2,
                **opts)
 
     class Quiet(Callback):
         pass
 
-    Quiet.__name__ = "CrashAt"  # same callback list as the interrupted run
+    Quiet.__name__ = "Crash"  # same callback list as the interrupted run
     model = _dropout_net(1)
     sl.fit(model, data, callbacks=[Quiet()], checkpoint_dir=tmp_path / "ck", checkpoint_every=2, resume=True, **opts)
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), ref.state_dict().values()))

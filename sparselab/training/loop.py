@@ -191,12 +191,12 @@ def _check_fit_arguments(checkpoint_dir: Any, resume: Any, progress: Any, histor
             raise ConfigError(f"checkpoint_dir must be a folder path (str or pathlib.Path) or None, got "
                               f"{checkpoint_dir!r}")
         folder = Path(checkpoint_dir)
-        if folder.exists() and not folder.is_dir():
-            raise ConfigError(f"checkpoint_dir {str(checkpoint_dir)!r} is a file, not a folder: pass the folder "
-                              f"that is to hold {CHECKPOINT_NAME}")
         # the first checkpoint is written after an epoch's work (or checkpoint_every steps): a folder that cannot
         # be made or written there is refused now, without making it
         existing = next(p for p in (folder, *folder.parents) if p.exists())
+        if existing == folder and not folder.is_dir():
+            raise ConfigError(f"checkpoint_dir {str(checkpoint_dir)!r} is a file, not a folder: pass the folder "
+                              f"that is to hold {CHECKPOINT_NAME}")
         if not existing.is_dir():
             raise ConfigError(f"checkpoint_dir {str(checkpoint_dir)!r} lies under {str(existing)!r}, which is a file; "
                               f"pass a folder elsewhere")
